@@ -1,0 +1,346 @@
+"""The node agent: one long-lived process per SSH connection, JSON lines in and out.
+
+Requests arrive on stdin as `{"id": N, "op": NAME, "args": {...}}`; replies go to stdout as
+`{"id": N, "ok": true, "result": {...}}` or `{"id": N, "ok": false, "error": {"code", "message"}}`.
+Telemetry, when streaming, is `{"event": "snapshot", "data": {...}}`. The caller's identity is the
+OS user this process runs as; nothing the client sends can change it.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+
+from . import gpus as gpu_sources
+from . import procs
+from . import state as st
+from .hostio import HostSampler
+from .store import CorruptState, StateStore, filesystem_type, is_network_fs
+
+AGENT_VERSION = 1
+POLICY_PATH = "/etc/gpuconsole/policy.json"
+MIN_RATE_WINDOW_S = 0.2
+MAX_REQUEST_BYTES = 1 << 20
+
+
+def now_bt():
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _is_admin(uid):
+    """Root, or a member of the admin group named in the root-owned policy file."""
+    if uid == 0:
+        return True
+    try:
+        info = os.stat(POLICY_PATH)
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return False  # a policy anyone could edit grants nothing
+        with open(POLICY_PATH) as handle:
+            group = json.load(handle).get("admin_group")
+        if not group:
+            return False
+        gid = grp.getgrnam(group).gr_gid
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return gid in os.getgroups() or gid == os.getgid()
+
+
+class Agent:
+    """Serves one client connection: state operations and an optional telemetry stream."""
+
+    def __init__(self, out):
+        self.out = out
+        self.write_lock = threading.Lock()
+        self.sample_lock = threading.Lock()
+        self.uid = os.getuid()
+        self.user = procs.user_name(self.uid)
+        self.admin = _is_admin(self.uid)
+        self.ident = procs.identity()
+        self.boot_id = self.ident["boot_id"]
+        self.node = socket.gethostname()
+        self.gpus = None
+        self.host = HostSampler()
+        self.store = None
+        self.stream_s = None
+        self.stream_wake = threading.Event()
+        self.stream_thread = None
+        self.in_critical = False
+        self.stop_requested = False
+
+    # -- output -----------------------------------------------------------------------------
+
+    def send(self, message):
+        line = json.dumps(message, separators=(",", ":")) + "\n"
+        with self.write_lock:
+            self.out.write(line.encode())
+            self.out.flush()
+
+    # -- telemetry --------------------------------------------------------------------------
+
+    def snapshot(self):
+        """Host I/O, GPUs with their reservations and processes, and the state listing."""
+        with self.sample_lock:
+            wait_s = MIN_RATE_WINDOW_S - self.host.age_s()
+            if wait_s > 0:
+                time.sleep(wait_s)  # rates need a window; only the first sample of a connection waits
+            host = self.host.sample()
+            gpu_list = self.gpus.sample() if self.gpus else []
+        ctx = self._ctx()
+        state_error, warnings = None, []
+        try:
+            state, warnings, _ = self.store.load(self.boot_id)
+        except CorruptState as exc:
+            state, state_error = st.new_state(self.boot_id), "state unreadable: %s" % exc
+        except OSError as exc:
+            state, state_error = st.new_state(self.boot_id), "state dir: %s" % exc
+        ctx.gpus_in_use = {g["index"] for g in gpu_list if g.get("processes")}
+        if state.get("boot_id") != self.boot_id:
+            state = json.loads(json.dumps(state))
+            st.reboot_recovery(state, self.boot_id, ctx)
+        by_lease = {}
+        for lease in state["leases"].values():
+            if lease["exp_bt"] > ctx.now_bt:
+                for gpu in lease["gpus"]:
+                    by_lease[gpu] = lease
+        for gpu in gpu_list:
+            lease = by_lease.get(gpu["index"])
+            gpu["reservation"] = None if lease is None else {
+                "id": lease["id"], "owner": lease["owner"],
+                "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"])),
+                "priority": st.PRIORITY_NAMES.get(lease["priority"], "normal"),
+            }
+            gpu["unreserved_use"] = lease is None and bool(gpu.get("processes"))
+        data = dict(host)
+        data.update({
+            "t_wall": ctx.now_wall, "gpus": gpu_list,
+            "gpu_source": self.gpus.source if self.gpus else "none",
+            "state_error": state_error, "warnings": warnings,
+        })
+        data.update(st.listing(state, ctx))
+        return data
+
+    def _stream_loop(self):
+        while not self.stop_requested:
+            interval = self.stream_s
+            if interval is None:
+                self.stream_wake.wait()
+                self.stream_wake.clear()
+                continue
+            started = time.monotonic()
+            try:
+                self.send({"event": "snapshot", "data": self.snapshot()})
+            except (BrokenPipeError, ValueError):
+                return
+            except Exception as exc:  # a bad sample must not end the stream
+                try:
+                    self.send({"event": "error", "message": "%s: %s" % (exc.__class__.__name__, exc)})
+                except (BrokenPipeError, ValueError):
+                    return
+            self.stream_wake.wait(max(0.0, interval - (time.monotonic() - started)))
+            self.stream_wake.clear()
+
+    # -- state operations -------------------------------------------------------------------
+
+    def _ctx(self):
+        return st.Ctx(self.uid, self.user, now_bt(), time.time(),
+                      self.gpus.count() if self.gpus else 0, admin=self.admin,
+                      agent=self.ident, alive=procs.is_alive)
+
+    def _gpus_in_use(self):
+        """GPUs with processes, observed before the lock is taken (no NVML under the lock)."""
+        if not self.gpus:
+            return set()
+        with self.sample_lock:
+            return {g for g, items in self.gpus.processes().items() if items}
+
+    def transaction(self, op, args):
+        """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change."""
+        func = st.MUTATIONS[op]
+        in_use = self._gpus_in_use() if op in ("reserve", "poll", "release", "gc") else set()
+        req_id = args.get("req_id")
+        self.in_critical = True
+        self.store.acquire()
+        try:
+            ctx = self._ctx()
+            ctx.gpus_in_use = in_use
+            try:
+                state, warnings, recovered = self.store.load_locked(self.boot_id)
+            except CorruptState as exc:
+                raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
+                                 "repairs %s: %s" % (self.store.dir, exc))
+            loaded = st.canonical(state) if not recovered else None
+            if req_id and req_id in state["applied"]:
+                result = dict(state["applied"][req_id]["res"], replayed=True)
+                return result, warnings
+            if state.get("boot_id") != self.boot_id:
+                st.reboot_recovery(state, self.boot_id, ctx)
+            st.gc(state, ctx)
+            st.dispatch(state, ctx)
+            after_gc = st.canonical(state)
+            try:
+                result = func(state, ctx, args)
+            except st.OpError:
+                if after_gc != loaded:
+                    self.store.commit(json.loads(after_gc))
+                raise
+            if st.canonical(state) != loaded:
+                if req_id and op != "poll":
+                    state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
+                self.store.commit(state)
+            return result, warnings
+        finally:
+            self.store.release_lock()
+            self.in_critical = False
+
+    # -- request handling -------------------------------------------------------------------
+
+    def op_hello(self, args):
+        node = args.get("node") or self.node
+        simulate = args.get("simulate_gpus") or 0
+        if isinstance(simulate, bool) or not isinstance(simulate, int) or not 0 <= simulate <= 64:
+            raise st.OpError("invalid", "simulate_gpus must be an integer 0..64")
+        sim_node = os.environ.get("GPUCONSOLE_SIM_NODE") or node
+        self.gpus = gpu_sources.open_gpus(simulate, sim_node, args.get("seed") or 0)
+        state_dir = args.get("state_dir") or "/var/lib/gpuconsole"
+        if not isinstance(state_dir, str) or "\0" in state_dir:
+            raise st.OpError("invalid", "state_dir must be a path")
+        self.store = StateStore(state_dir)
+        state_dir_error = None
+        try:
+            self.store.ensure_dir()
+        except OSError as exc:
+            state_dir_error = str(exc)
+        self.set_stream(args.get("stream_s"))
+        return {
+            "agent_version": AGENT_VERSION, "user": self.user, "uid": self.uid,
+            "admin": self.admin, "hostname": self.node, "boot_id": self.boot_id,
+            "python": platform.python_version(), "gpu_source": self.gpus.source,
+            "gpu_count": self.gpus.count(), "gpu_error": getattr(self.gpus, "reason", None),
+            "state_dir": self.store.dir, "state_dir_error": state_dir_error, "pid": os.getpid(),
+        }
+
+    def set_stream(self, interval):
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                     or not 0.05 <= interval <= 3600):
+            raise st.OpError("invalid", "stream_s must be between 0.05 and 3600 seconds")
+        self.stream_s = interval
+        if interval is not None and self.stream_thread is None:
+            self.stream_thread = threading.Thread(target=self._stream_loop, daemon=True)
+            self.stream_thread.start()
+        self.stream_wake.set()
+
+    def op_doctor(self, args):
+        checks = []
+        info = None
+        try:
+            info = os.stat(self.store.dir)
+        except OSError as exc:
+            checks.append(["state_dir", False, "%s: %s" % (self.store.dir, exc.strerror),
+                           "sudo install -d -m 2775 -g gpu %s" % self.store.dir])
+        if info is not None:
+            writable = os.access(self.store.dir, os.W_OK | os.X_OK)
+            checks.append(["state_dir", writable,
+                           "%s mode %o" % (self.store.dir, info.st_mode & 0o7777),
+                           None if writable else "sudo install -d -m 2775 -g gpu %s && add %s to group gpu"
+                           % (self.store.dir, self.user)])
+            fstype = filesystem_type(self.store.dir)
+            checks.append(["filesystem", not is_network_fs(fstype), "%s is on %s" % (self.store.dir, fstype),
+                           None if not is_network_fs(fstype) else "use a local disk for state_dir"])
+            try:
+                self.store.load(self.boot_id)
+                checks.append(["state_file", True, "readable", None])
+            except CorruptState as exc:
+                checks.append(["state_file", False, str(exc), "inspect %s/corrupt and restore" % self.store.dir])
+        checks.append(["python", sys.version_info >= (3, 8), platform.python_version(), None])
+        gpu_ok = self.gpus is not None and self.gpus.source != "none"
+        checks.append(["gpus", gpu_ok, "%s, %d GPUs" % (self.gpus.source, self.gpus.count())
+                       if self.gpus else "no source",
+                       None if gpu_ok else "install the NVIDIA driver and `pip install nvidia-ml-py`"])
+        return {"checks": [dict(zip(("check", "ok", "detail", "fix"), c)) for c in checks]}
+
+    def handle(self, request):
+        op = request.get("op")
+        args = request.get("args") or {}
+        if not isinstance(args, dict):
+            raise st.OpError("invalid", "args must be an object")
+        if op == "hello":
+            return self.op_hello(args), []
+        if self.store is None:
+            raise st.OpError("invalid", "hello must come first")
+        if op == "snapshot":
+            return self.snapshot(), []
+        if op == "stream":
+            self.set_stream(args.get("interval_s"))
+            return {"stream_s": self.stream_s}, []
+        if op == "reservations":
+            try:
+                state, warnings, _ = self.store.load(self.boot_id)
+            except CorruptState as exc:
+                raise st.OpError("corrupt", "node state unreadable: %s" % exc)
+            return st.listing(state, self._ctx()), warnings
+        if op == "doctor":
+            return self.op_doctor(args), []
+        if op == "ping":
+            return {"pong": True}, []
+        if op in st.MUTATIONS:
+            return self.transaction(op, args)
+        raise st.OpError("invalid", "unknown op %r" % (op,))
+
+    def serve(self, stream_in):
+        for raw in iter(stream_in.readline, b""):
+            if len(raw) > MAX_REQUEST_BYTES:
+                self.send({"id": None, "ok": False, "error": {"code": "invalid", "message": "request too large"}})
+                continue
+            req_id = None
+            try:
+                request = json.loads(raw.decode("utf-8"))
+                if not isinstance(request, dict):
+                    raise ValueError("request must be an object")
+                req_id = request.get("id")
+                result, warnings = self.handle(request)
+                reply = {"id": req_id, "ok": True, "result": result}
+                if warnings:
+                    reply["warnings"] = warnings
+            except st.OpError as exc:
+                reply = {"id": req_id, "ok": False, "error": exc.to_dict()}
+            except (ValueError, UnicodeDecodeError) as exc:
+                reply = {"id": req_id, "ok": False, "error": {"code": "invalid", "message": str(exc)}}
+            except Exception as exc:  # report, keep serving: one bad request must not drop the node
+                reply = {"id": req_id, "ok": False,
+                         "error": {"code": "internal", "message": "%s: %s" % (exc.__class__.__name__, exc)}}
+            self.send(reply)
+            if self.stop_requested:
+                break
+
+
+def main():
+    """Entry point on the node: serve requests from stdin until EOF or a signal."""
+    out = sys.stdout.buffer
+    agent = Agent(out)
+
+    def on_signal(signum, frame):
+        # Inside a transaction the signal is deferred: the step completes or never happened.
+        agent.stop_requested = True
+        if not agent.in_critical:
+            raise SystemExit(0)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        agent.serve(sys.stdin.buffer)
+    except (BrokenPipeError, KeyboardInterrupt):
+        pass
+    finally:
+        agent.stop_requested = True
+        agent.stream_wake.set()
+
+
+if __name__ == "__main__":
+    main()

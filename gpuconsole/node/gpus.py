@@ -1,0 +1,322 @@
+"""GPU telemetry behind one facade: NVML, else `nvidia-smi` CSV, else simulated GPUs.
+
+Every metric a device cannot report is None, never a string, so callers need no special cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import subprocess
+import time
+
+from . import procs
+
+SMI_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
+
+
+def _process_record(pid, mem_mib):
+    uid = procs.proc_uid(pid)
+    return {
+        "pid": pid,
+        "user": procs.user_name(uid) if uid is not None else None,
+        "command": procs.command_line(pid),
+        "mem_mib": mem_mib,
+    }
+
+
+class NvmlGpus:
+    """NVML through nvidia-ml-py (`import pynvml`), initialised once with handles cached."""
+
+    source = "nvml"
+
+    def __init__(self):
+        import pynvml  # optional: present on nodes with nvidia-ml-py installed
+
+        self._nvml = pynvml
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        self._static = []
+        for index, handle in enumerate(self._handles):
+            name = self._query(pynvml.nvmlDeviceGetName, handle)
+            if isinstance(name, bytes):
+                name = name.decode()
+            uuid = self._query(pynvml.nvmlDeviceGetUUID, handle)
+            if isinstance(uuid, bytes):
+                uuid = uuid.decode()
+            self._static.append({"index": index, "uuid": uuid, "name": name})
+
+    def _query(self, func, *args):
+        """Call one NVML function; any NVML error (NotSupported, NoPermission…) becomes None."""
+        try:
+            return func(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def count(self):
+        return len(self._handles)
+
+    def processes(self):
+        """{gpu index: [process records]} from the compute and graphics process lists."""
+        nvml = self._nvml
+        result = {}
+        for index, handle in enumerate(self._handles):
+            seen = {}
+            for getter in (nvml.nvmlDeviceGetComputeRunningProcesses,
+                           nvml.nvmlDeviceGetGraphicsRunningProcesses):
+                for proc in self._query(getter, handle) or []:
+                    used = getattr(proc, "usedGpuMemory", None)
+                    mem_mib = int(used // (1024 * 1024)) if isinstance(used, int) else None
+                    seen[proc.pid] = mem_mib
+            result[index] = [_process_record(pid, mem) for pid, mem in sorted(seen.items())]
+        return result
+
+    def sample(self):
+        nvml = self._nvml
+        gpus = []
+        procs_by_gpu = self.processes()
+        for index, handle in enumerate(self._handles):
+            util = self._query(nvml.nvmlDeviceGetUtilizationRates, handle)
+            mem = self._query(nvml.nvmlDeviceGetMemoryInfo, handle)
+            temp = self._query(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+            power_mw = self._query(nvml.nvmlDeviceGetPowerUsage, handle)
+            record = dict(self._static[index])
+            record.update({
+                "util_pct": float(util.gpu) if util is not None else None,
+                "mem_used_mib": int(mem.used // (1024 * 1024)) if mem is not None else None,
+                "mem_total_mib": int(mem.total // (1024 * 1024)) if mem is not None else None,
+                "temperature_c": float(temp) if temp is not None else None,
+                "power_w": round(power_mw / 1000.0, 1) if power_mw is not None else None,
+                "processes": procs_by_gpu.get(index, []),
+            })
+            gpus.append(record)
+        return gpus
+
+
+def _smi_number(text):
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        return None  # "[N/A]", "[Not Supported]", "" …
+
+
+def parse_smi_csv(text):
+    """Parse `nvidia-smi --query-gpu=SMI_FIELDS --format=csv,noheader,nounits` output."""
+    gpus = []
+    for line in text.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 8:
+            continue
+        try:
+            index = int(parts[0])
+        except ValueError:
+            continue
+        used, total = _smi_number(parts[4]), _smi_number(parts[5])
+        gpus.append({
+            "index": index, "uuid": parts[1] or None, "name": parts[2] or None,
+            "util_pct": _smi_number(parts[3]),
+            "mem_used_mib": int(used) if used is not None else None,
+            "mem_total_mib": int(total) if total is not None else None,
+            "temperature_c": _smi_number(parts[6]), "power_w": _smi_number(parts[7]),
+            "processes": [],
+        })
+    return gpus
+
+
+class SmiGpus:
+    """Fallback for nodes without nvidia-ml-py: one `nvidia-smi` CSV query per sample."""
+
+    source = "nvidia-smi"
+
+    def __init__(self):
+        self._last = self.sample()
+
+    def _run(self, *args):
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            raise OSError(out.stderr.strip() or "nvidia-smi failed")
+        return out.stdout
+
+    def count(self):
+        return len(self._last)
+
+    def processes(self):
+        by_uuid = {g["uuid"]: g["index"] for g in self._last}
+        result = {g["index"]: [] for g in self._last}
+        try:
+            text = self._run("--query-compute-apps=pid,gpu_uuid,used_memory",
+                             "--format=csv,noheader,nounits")
+        except (OSError, subprocess.SubprocessError):
+            return result
+        for line in text.strip().splitlines():
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) >= 3 and parts[1] in by_uuid and parts[0].isdigit():
+                mem = _smi_number(parts[2])
+                result[by_uuid[parts[1]]].append(
+                    _process_record(int(parts[0]), int(mem) if mem is not None else None))
+        return result
+
+    def sample(self):
+        gpus = parse_smi_csv(self._run("--query-gpu=" + SMI_FIELDS, "--format=csv,noheader,nounits"))
+        self._last = gpus
+        procs_by_gpu = self.processes()
+        for gpu in gpus:
+            gpu["processes"] = procs_by_gpu.get(gpu["index"], [])
+        return gpus
+
+
+SIM_MODELS = (("NVIDIA H100 80GB HBM3", 81559, 700.0), ("NVIDIA A100-SXM4-80GB", 81920, 400.0))
+
+
+class SimulatedGpus:
+    """Plausible GPUs whose load follows real processes bound to them.
+
+    A process counts as running on simulated GPU i of node N when its environment has
+    GPUCONSOLE_SIM_NODE=N and CUDA_VISIBLE_DEVICES naming index i (or its UUID). Its CPU use
+    becomes the GPU's utilization and its resident memory, scaled, the GPU memory in use.
+    """
+
+    source = "simulated"
+
+    def __init__(self, count, node, seed=0):
+        self._node = node
+        self._count = count
+        digest = int(hashlib.sha256(("%s/%s" % (node, seed)).encode()).hexdigest(), 16)
+        self._model = SIM_MODELS[digest % len(SIM_MODELS)]
+        self._uuids = []
+        for index in range(count):
+            h = hashlib.sha256(("%s/%d/%s" % (node, index, seed)).encode()).hexdigest()
+            self._uuids.append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
+        self._rng = random.Random(digest)
+        self._env_cache = {}  # (pid, start) -> tuple of GPU indices, or () when not bound here
+        self._cpu_prev = {}  # pid -> (ticks, monotonic time)
+        self._ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._self_pid = os.getpid()
+
+    def count(self):
+        return self._count
+
+    def _bound_gpus(self, pid):
+        start = procs.start_ticks(pid)
+        if start is None:
+            return ()
+        key = (pid, start)
+        if key not in self._env_cache:
+            gpus = ()
+            try:
+                env = procs.environ(pid)
+            except OSError:
+                env = {}
+            if env.get("GPUCONSOLE_SIM_NODE") == self._node and "CUDA_VISIBLE_DEVICES" in env:
+                gpus = tuple(self._parse_visible(env["CUDA_VISIBLE_DEVICES"]))
+            self._env_cache[key] = gpus
+        return self._env_cache[key]
+
+    def _parse_visible(self, text):
+        for item in text.split(","):
+            item = item.strip()
+            if item.isdigit() and int(item) < self._count:
+                yield int(item)
+            elif item in self._uuids:
+                yield self._uuids.index(item)
+
+    def _scan(self):
+        """{gpu index: [(pid, cpu_pct, rss_mib)]} for live processes bound to this node's GPUs."""
+        now = time.monotonic()
+        bound = {i: [] for i in range(self._count)}
+        live = set()
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            pids = []
+        for pid in pids:
+            if pid == self._self_pid:
+                continue
+            gpus = self._bound_gpus(pid)
+            if not gpus:
+                continue
+            live.add(pid)
+            ticks = procs.cpu_ticks(pid)
+            if ticks is None:
+                continue
+            prev = self._cpu_prev.get(pid)
+            self._cpu_prev[pid] = (ticks, now)
+            cpu_pct = 0.0
+            if prev is not None and now > prev[1]:
+                cpu_pct = 100.0 * (ticks - prev[0]) / self._ticks_per_s / (now - prev[1])
+            rss_mib = _rss_mib(pid)
+            for gpu in gpus:
+                bound[gpu].append((pid, cpu_pct, rss_mib))
+        for pid in list(self._cpu_prev):
+            if pid not in live:
+                del self._cpu_prev[pid]
+        if len(self._env_cache) > 4096:
+            self._env_cache = {k: v for k, v in self._env_cache.items() if k[0] in live}
+        return bound
+
+    def processes(self):
+        total_mib = self._model[1]
+        return {
+            gpu: [_process_record(pid, min(total_mib, 512 + rss * 8)) for pid, _, rss in items]
+            for gpu, items in self._scan().items()
+        }
+
+    def sample(self):
+        name, total_mib, max_power_w = self._model
+        gpus = []
+        for index, items in sorted(self._scan().items()):
+            util = min(100.0, sum(cpu for _, cpu, _ in items))
+            used = min(total_mib, sum(512 + rss * 8 for _, _, rss in items))
+            jitter = self._rng.uniform(-0.5, 0.5)
+            gpus.append({
+                "index": index, "uuid": self._uuids[index], "name": name,
+                "util_pct": round(util, 1), "mem_used_mib": int(used), "mem_total_mib": total_mib,
+                "temperature_c": round(31.0 + 0.5 * util + jitter, 1),
+                "power_w": round(0.1 * max_power_w + 0.85 * max_power_w * util / 100.0 + jitter, 1),
+                "processes": [_process_record(pid, min(total_mib, 512 + rss * 8))
+                              for pid, _, rss in items],
+            })
+        return gpus
+
+
+def _rss_mib(pid):
+    try:
+        with open("/proc/%d/statm" % pid) as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class NoGpus:
+    """A node without GPUs or driver: telemetry still flows, with an empty GPU list."""
+
+    source = "none"
+
+    def __init__(self, reason):
+        self.reason = reason
+
+    def count(self):
+        return 0
+
+    def processes(self):
+        return {}
+
+    def sample(self):
+        return []
+
+
+def open_gpus(simulate=0, node="node", seed=0):
+    """Pick the best source: simulated when asked, else NVML, else nvidia-smi, else none."""
+    if simulate:
+        return SimulatedGpus(int(simulate), node, seed)
+    errors = []
+    for factory in (NvmlGpus, SmiGpus):
+        try:
+            return factory()
+        except Exception as exc:  # any import, driver or parse failure means "try the next source"
+            errors.append("%s: %s" % (factory.source, exc))
+    return NoGpus("; ".join(errors))

@@ -1,0 +1,113 @@
+"""Process facts from /proc: owner, command line, start time, and liveness by identity."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+_USER_CACHE = {}
+
+
+def boot_id():
+    """The kernel's boot id; changes on every reboot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return "unknown"
+
+
+def user_name(uid):
+    """Login name for ``uid`` (cached), or the number as a string."""
+    if uid not in _USER_CACHE:
+        try:
+            _USER_CACHE[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _USER_CACHE[uid] = str(uid)
+    return _USER_CACHE[uid]
+
+
+def start_ticks(pid):
+    """Process start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; fields resume after the last ')'.
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def cpu_ticks(pid):
+    """utime + stime of a process in clock ticks, or None when it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_uid(pid):
+    """Real uid of a process, or None."""
+    try:
+        with open("/proc/%d/status" % pid) as handle:
+            for line in handle:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def command_line(pid, limit=200):
+    """The process's command line, space-joined and cut to ``limit`` characters."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    if not text:
+        try:
+            with open("/proc/%d/comm" % pid) as handle:
+                text = "[" + handle.read().strip() + "]"
+        except OSError:
+            return None
+    return text[:limit]
+
+
+def identity(pid=None):
+    """(pid, start ticks, boot id) — what liveness checks compare, so PID reuse is harmless."""
+    pid = os.getpid() if pid is None else pid
+    return {"pid": pid, "start": start_ticks(pid), "boot_id": boot_id()}
+
+
+def is_alive(ident):
+    """True when the process named by an identity() record still runs (same boot, same start)."""
+    if not ident:
+        return False
+    if ident.get("boot_id") != boot_id():
+        return False
+    start = start_ticks(int(ident.get("pid", -1)))
+    return start is not None and start == ident.get("start")
+
+
+def environ(pid):
+    """The initial environment of a process (own processes only; others raise OSError)."""
+    with open("/proc/%d/environ" % pid, "rb") as handle:
+        raw = handle.read()
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return env

@@ -1,0 +1,194 @@
+"""Durable state files under one flock: atomic replace, a mirror, a previous version, recovery.
+
+Layout of a state dir: `lock` (flock target; never deleted or renamed), `state.json` (the truth),
+`state.json.mirror` (a second copy of the same version, so one corrupted file loses nothing),
+`state.json.prev` (the version before), `corrupt/` (quarantined unreadable files).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+
+from . import state as st
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre")
+LOCK_TIMEOUT_S = 10.0
+FILE_MODE = 0o664  # cooperative mode: group members of a setgid state dir share the files
+
+
+class CorruptState(Exception):
+    """Every copy of the state is unreadable: the node refuses grants (fail closed)."""
+
+
+def filesystem_type(path):
+    """The mount type of the filesystem holding ``path`` (longest /proc/mounts prefix)."""
+    best, fstype = "", None
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount = parts[1].replace("\\040", " ")
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                    best, fstype = mount, parts[2]
+    except OSError:
+        return None
+    return fstype
+
+
+def is_network_fs(fstype):
+    return bool(fstype) and (fstype in NETWORK_FS or fstype.startswith("fuse"))
+
+
+class StateStore:
+    """Reads without the lock; changes only inside `locked()`, each committed durably."""
+
+    def __init__(self, state_dir):
+        self.dir = os.path.abspath(os.path.expanduser(state_dir))
+        self.path = os.path.join(self.dir, "state.json")
+        self.mirror = self.path + ".mirror"
+        self.prev = self.path + ".prev"
+        self.lock_path = os.path.join(self.dir, "lock")
+        self._lock_fd = None
+        self.lock_held_s = 0.0
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def ensure_dir(self):
+        """Create the state dir when missing (demo, single user) and refuse network filesystems."""
+        if not os.path.isdir(self.dir):
+            os.makedirs(self.dir, mode=0o2775, exist_ok=True)
+        fstype = filesystem_type(self.dir)
+        if is_network_fs(fstype) and os.environ.get("GPUCONSOLE_ALLOW_NETFS") != "1":
+            raise OSError(errno.EREMOTE, "state dir %s is on %s; flock is unreliable there" % (self.dir, fstype))
+
+    # -- locking ----------------------------------------------------------------------------
+
+    def acquire(self, timeout_s=LOCK_TIMEOUT_S):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise st.OpError("busy", "state lock %s held for more than %gs" % (self.lock_path, timeout_s))
+                time.sleep(delay)
+                delay = min(delay * 2, 0.01)
+        self._lock_fd = fd
+        self._locked_at = time.monotonic()
+
+    def release_lock(self):
+        if self._lock_fd is not None:
+            self.lock_held_s = time.monotonic() - self._locked_at
+            os.close(self._lock_fd)  # closing the only fd drops the flock
+            self._lock_fd = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _parse(self, path):
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read().decode("utf-8"))
+        st.validate_state(data)
+        return data
+
+    def load(self, boot_id):
+        """(state, warnings, source). Fresh state only when no copy exists at all."""
+        try:
+            return self._parse(self.path), [], "state.json"
+        except FileNotFoundError:
+            primary_error = "missing"
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            primary_error = str(exc) or exc.__class__.__name__
+        candidates, errors = [], []
+        for path in (self.mirror, self.prev):
+            try:
+                candidates.append((self._parse(path), os.path.basename(path)))
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                errors.append("%s: %s" % (os.path.basename(path), exc))
+        if not candidates:
+            if primary_error == "missing" and not errors:
+                return st.new_state(boot_id), [], "new"
+            raise CorruptState("state.json: %s; %s" % (primary_error, "; ".join(errors) or "no backup"))
+        state, source = max(candidates, key=lambda c: c[0]["gen"])
+        warning = "state.json %s; recovered generation %d from %s" % (primary_error, state["gen"], source)
+        return state, [warning], source
+
+    def load_locked(self, boot_id):
+        """Load under the lock; a recovery quarantines the bad file and fences old tokens."""
+        state, warnings, source = self.load(boot_id)
+        recovered = source not in ("state.json", "new")
+        if recovered:
+            self._quarantine()
+            state["next_token"] += st.TOKEN_JUMP_ON_RECOVERY
+            state.setdefault("recoveries", 0)
+            state["recoveries"] += 1
+        self._remove_stale_temps()
+        return state, warnings, recovered
+
+    def _quarantine(self):
+        if not os.path.exists(self.path):
+            return
+        corrupt_dir = os.path.join(self.dir, "corrupt")
+        os.makedirs(corrupt_dir, mode=0o2775, exist_ok=True)
+        target = os.path.join(corrupt_dir, "state.json.%d.%d" % (int(time.time()), os.getpid()))
+        os.replace(self.path, target)
+
+    def _remove_stale_temps(self):
+        # Only the lock holder writes temp files, so any found now were left by a killed writer.
+        for name in os.listdir(self.dir):
+            if ".tmp." in name and name.startswith("state.json"):
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except OSError:
+                    pass
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write_temp(self, body):
+        name = "%s.tmp.%d.%s" % (self.path, os.getpid(), os.urandom(4).hex())
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)  # data durable before any name points at it
+        finally:
+            os.close(fd)
+        return name
+
+    def commit(self, state):
+        """tmp+fsync → previous version kept → rename over state.json → mirror → fsync dir."""
+        if self._lock_fd is None:
+            raise RuntimeError("commit without the lock")
+        state["gen"] += 1
+        state["checksum"] = st.checksum(state)
+        body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+        primary_tmp = self._write_temp(body)
+        if os.path.exists(self.path):
+            prev_tmp = "%s.tmp.prev.%s" % (self.path, os.urandom(4).hex())
+            try:
+                os.link(self.path, prev_tmp)
+                os.replace(prev_tmp, self.prev)
+            except OSError:
+                pass  # protected_hardlinks on another user's file: the mirror still covers us
+        os.replace(primary_tmp, self.path)
+        mirror_tmp = self._write_temp(body)
+        os.replace(mirror_tmp, self.mirror)
+        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
