@@ -236,6 +236,17 @@ class Agent:
             self.stream_thread.start()
         self.stream_wake.set()
 
+    def op_capacity(self):
+        """Free GPUs and queue length, read without the lock, for choosing a node."""
+        ctx = self._ctx()
+        ctx.gpus_in_use = self._gpus_in_use()
+        try:
+            state, _, _ = self.store.load(self.boot_id)
+        except CorruptState as exc:
+            raise st.OpError("corrupt", "node state unreadable: %s" % exc)
+        return {"gpu_count": ctx.gpu_count, "free": len(st.free_gpus(state, ctx)),
+                "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx)}
+
     def op_doctor(self, args):
         checks = []
         info = None
@@ -285,6 +296,8 @@ class Agent:
             except CorruptState as exc:
                 raise st.OpError("corrupt", "node state unreadable: %s" % exc)
             return st.listing(state, self._ctx()), warnings
+        if op == "capacity":
+            return self.op_capacity(), []
         if op == "doctor":
             return self.op_doctor(args), []
         if op == "ping":

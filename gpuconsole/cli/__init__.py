@@ -1,0 +1,63 @@
+"""`gpuconsole` entry point: parse, dispatch lazily, map errors to one line and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gpuconsole.errors import ExitCode, GpuConsoleError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    from gpuconsole.cli.parser import build_parser
+
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except GpuConsoleError as exc:
+        print(f"gpuconsole: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("gpuconsole: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the contract: never a traceback unless asked for
+        if os.environ.get("GPUCONSOLE_DEBUG"):
+            raise
+        print(f"gpuconsole: internal error: {exc.__class__.__name__}: {exc} "
+              "(set GPUCONSOLE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return int(ExitCode.INTERNAL)
+
+
+def _dispatch(args: object) -> int:
+    command = getattr(args, "command", None)
+    if command == "demo":
+        from gpuconsole.cli.demo import run_demo
+
+        return run_demo(args)
+    from gpuconsole.config import load_config
+
+    config = load_config(getattr(args, "config", None))
+    if command is None:
+        from gpuconsole.cli.console import run_console
+
+        return run_console(config, args)
+    if command == "status":
+        from gpuconsole.cli.status import run_status
+
+        return run_status(config, args)
+    if command == "doctor":
+        from gpuconsole.cli.doctor import run_doctor
+
+        return run_doctor(config, args)
+    from gpuconsole.cli import reservations
+
+    handler = {
+        "reserve": reservations.run_reserve,
+        "release": reservations.run_release,
+        "renew": reservations.run_renew,
+        "reservations": reservations.run_list,
+    }[str(command)]
+    return handler(config, args)

@@ -1,0 +1,49 @@
+"""`gpuconsole doctor`: config, SSH, python3, driver and state dir on every node, with fixes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gpuconsole.cli.output import print_json
+from gpuconsole.config import Config
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.errors import ExitCode, GpuConsoleError
+from gpuconsole.node.bundle import agent_digest
+
+
+def run_doctor(config: Config, args: Any) -> int:
+    report = asyncio.run(_doctor(config))
+    failed = [c for node in report for c in node["checks"] if not c["ok"]]
+    if args.json:
+        print_json({"config": str(config.path), "agent": agent_digest(), "nodes": report})
+    else:
+        print(f"config {config.path}: ok ({len(config.nodes)} nodes), agent {agent_digest()}")
+        for node in report:
+            for check in node["checks"]:
+                mark = "ok  " if check["ok"] else "FAIL"
+                print(f"{mark} {node['node']:<16} {check['check']:<11} {check['detail']}")
+                if not check["ok"] and check.get("fix"):
+                    print(f"     fix: {check['fix']}")
+    if any(c["check"] == "ssh" for c in failed):
+        return int(ExitCode.UNREACHABLE)
+    return int(ExitCode.INTERNAL) if failed else int(ExitCode.OK)
+
+
+async def _doctor(config: Config) -> list[dict[str, Any]]:
+    async with Fleet(config) as fleet:
+        results = await fleet.call_all("doctor")
+        report = []
+        for cfg in config.nodes:
+            result = results.get(cfg.name)
+            if isinstance(result, GpuConsoleError) or result is None:
+                report.append({"node": cfg.name, "checks": [{
+                    "check": "ssh", "ok": False, "detail": str(result),
+                    "fix": "check host, port, user, identity_file and known_hosts for this node",
+                }]})
+                continue
+            hello = fleet.conns[cfg.name].hello
+            ssh = {"check": "ssh", "ok": True,
+                   "detail": f"{hello.get('user')}@{hello.get('hostname')}", "fix": None}
+            report.append({"node": cfg.name, "checks": [ssh, *result["checks"]]})
+        return report

@@ -1,0 +1,96 @@
+"""The argument parser (argparse only: building it must stay cheap for `--help`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from gpuconsole.errors import UsageError
+
+PRIORITY_CHOICES = ("low", "normal", "high")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that map to exit code 2 instead of usage dumps."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def positive_int(text: str) -> int:
+    """`--gpus` and friends: a whole number ≥ 1."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        help="config file (default: $GPUCONSOLE_CONFIG, then ~/.config/gpuconsole/config.toml)",
+    )
+    return parent
+
+
+def build_parser() -> Parser:
+    """The whole command tree of the CLI contract."""
+    common = _config_parent()
+    parser = Parser(
+        prog="gpuconsole",
+        description="A console for shared GPU clusters: live telemetry, reservations and jobs over SSH.",
+        parents=[common],
+        epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config error, 3 no capacity or timeout, "
+        "4 permission denied, 5 node unreachable, 6 not found.",
+    )
+    parser.add_argument("--theme", help="TUI theme name")
+    parser.add_argument("--readonly", action="store_true", help="TUI without mutating actions")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    status = sub.add_parser("status", parents=[common], help="fleet snapshot")
+    status.add_argument("--node", metavar="NAME")
+    status.add_argument("--json", action="store_true", help="one JSON document (lines with --watch)")
+    status.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
+                        help="refresh every SECONDS (default 2)")
+
+    reserve = sub.add_parser("reserve", parents=[common], help="reserve GPUs on one node")
+    reserve.add_argument("--gpus", type=positive_int, required=True, metavar="N")
+    reserve.add_argument("--node", metavar="NAME")
+    reserve.add_argument("--for", dest="duration", metavar="DUR", help="lease length (default: config reserve_for)")
+    reserve.add_argument("--wait", action="store_true", help="queue until granted")
+    reserve.add_argument("--timeout", metavar="DUR", help="with --wait: give up after DUR (exit 3)")
+    reserve.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal")
+    reserve.add_argument("--preemptible", action="store_true")
+    reserve.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
+    reserve.add_argument("--json", action="store_true")
+
+    release = sub.add_parser("release", parents=[common], help="end reservations")
+    release.add_argument("ids", nargs="*", metavar="ID")
+    release.add_argument("--mine", action="store_true", help="release all of yours")
+    release.add_argument("--token", type=int, help="fencing token the grant returned")
+    release.add_argument("--json", action="store_true")
+
+    renew = sub.add_parser("renew", parents=[common], help="extend a reservation")
+    renew.add_argument("id", metavar="ID")
+    renew.add_argument("--for", dest="duration", metavar="DUR")
+    renew.add_argument("--token", type=int, help="fencing token the grant returned")
+    renew.add_argument("--json", action="store_true")
+
+    listing = sub.add_parser("reservations", parents=[common], help="reservations and queue")
+    listing.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
+    doctor.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", parents=[common], help="simulated cluster on loopback")
+    demo.add_argument("--nodes", type=positive_int, default=4)
+    demo.add_argument("--gpus", type=positive_int, default=8)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--serve", action="store_true", help="headless: serve until SIGINT/SIGTERM")
+    demo.add_argument("--write-config", metavar="PATH", help="where to write the demo config")
+    demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")
+    return parser

@@ -1,0 +1,144 @@
+"""`reserve`, `release`, `renew` and `reservations`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.config import Config
+from gpuconsole.core import reservations as core
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.durations import format_duration_s, parse_duration_s
+from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
+
+
+def run_reserve(config: Config, args: Any) -> int:
+    if args.burst and config.aws is None:
+        raise UsageError("--burst needs a [cloud.aws] section in the config")
+    if args.node:
+        config.node(args.node)
+    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration else config.defaults.reserve_for_s
+    timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout else None
+    if timeout_s is not None and not args.wait:
+        raise UsageError("--timeout only makes sense with --wait")
+    request = core.ReserveRequest(
+        gpus=args.gpus, ttl_s=ttl_s, node=args.node, wait=args.wait, timeout_s=timeout_s,
+        priority=args.priority, preemptible=args.preemptible,
+    )
+    result = asyncio.run(_reserve(config, request))
+    if args.json:
+        print_json({
+            "id": result["id"], "node": result["node"], "gpus": result["gpus"],
+            "owner": result["owner"], "expires_at": result["expires_at"],
+            "cuda_visible_devices": result["cuda_visible_devices"], "token": result["token"],
+            "priority": result.get("priority", request.priority),
+        })
+    else:
+        print(f"reserved {result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} "
+              f"for {result['owner']} until {result['expires_at']}")
+        print(f"export CUDA_VISIBLE_DEVICES={result['cuda_visible_devices']}")
+    return int(ExitCode.OK)
+
+
+async def _reserve(config: Config, request: core.ReserveRequest) -> dict[str, Any]:
+    last_line: list[str] = []
+
+    def progress(node: str, position: int, elapsed_s: float) -> None:
+        line = f"queued on {node}: position {position}, waited {format_duration_s(elapsed_s)}"
+        if line != (last_line[0] if last_line else None):
+            if sys.stderr.isatty():
+                sys.stderr.write("\r\033[K" + line)
+            else:
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+            last_line[:] = [line]
+
+    async with Fleet(config) as fleet:
+        try:
+            return await core.reserve(fleet, request, on_progress=progress)
+        finally:
+            if last_line and sys.stderr.isatty():
+                sys.stderr.write("\n")
+
+
+def run_release(config: Config, args: Any) -> int:
+    if not args.ids and not args.mine:
+        raise UsageError("release: give reservation IDs or --mine")
+    if args.ids and args.mine:
+        raise UsageError("release: give IDs or --mine, not both")
+    results, failures = asyncio.run(_release(config, args))
+    if args.json:
+        print_json({"released": results, "errors": [
+            {"id": rid, "error": str(exc), "exit_code": int(exc.exit_code)} for rid, exc in failures]})
+    else:
+        for result in results:
+            gpus = ",".join(str(g) for g in result.get("gpus", [])) or "-"
+            print(f"released {result['id']} on {result['node']} (GPUs {gpus})")
+        if args.mine and not results:
+            print("nothing to release")
+    for rid, exc in failures:
+        warn(f"{rid}: {exc}")
+    return int(failures[0][1].exit_code) if failures else int(ExitCode.OK)
+
+
+async def _release(config: Config, args: Any) -> tuple[list[dict[str, Any]], list[tuple[str, GpuConsoleError]]]:
+    results: list[dict[str, Any]] = []
+    failures: list[tuple[str, GpuConsoleError]] = []
+    async with Fleet(config) as fleet:
+        if args.mine:
+            return await core.release_mine(fleet), failures
+        for rid in args.ids:
+            try:
+                results.append(await core.release(fleet, rid, args.token))
+            except GpuConsoleError as exc:
+                failures.append((rid, exc))
+    return results, failures
+
+
+def run_renew(config: Config, args: Any) -> int:
+    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration else config.defaults.reserve_for_s
+
+    async def go() -> dict[str, Any]:
+        async with Fleet(config) as fleet:
+            return await core.renew(fleet, args.id, ttl_s, args.token)
+
+    result = asyncio.run(go())
+    if args.json:
+        print_json({k: result[k] for k in ("id", "node", "gpus", "owner", "expires_at", "token")})
+    else:
+        print(f"renewed {result['id']} on {result['node']} until {result['expires_at']}")
+    return int(ExitCode.OK)
+
+
+def run_list(config: Config, args: Any) -> int:
+    async def go() -> tuple[Any, Any, dict[str, str]]:
+        async with Fleet(config) as fleet:
+            return await core.list_all(fleet)
+
+    reservations, queue, errors = asyncio.run(go())
+    for node, error in errors.items():
+        warn(f"{node}: {error}")
+    if args.json:
+        print_json({
+            "reservations": [r.to_json() for r in reservations],
+            "queue": [q.to_json() for q in queue],
+            "errors": [{"node": n, "error": e} for n, e in errors.items()],
+        })
+    else:
+        from rich.table import Table
+
+        table = Table(title="reservations", title_justify="left", header_style="bold")
+        for column in ("id", "node", "gpus", "owner", "priority", "state", "created", "expires"):
+            table.add_column(column, no_wrap=True)
+        for r in reservations:
+            table.add_row(r.id, r.node, ",".join(map(str, r.gpus)), r.owner, r.priority, r.state,
+                          r.created_at, r.expires_at)
+        for q in queue:
+            table.add_row(q.id, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
+                          f"queued #{q.position}", q.created_at, "-")
+        console().print(table)
+    if errors and not reservations and not queue and len(errors) == len(config.nodes):
+        return int(ExitCode.UNREACHABLE)
+    return int(ExitCode.OK)

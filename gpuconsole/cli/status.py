@@ -1,0 +1,89 @@
+"""`gpuconsole status`: a fleet snapshot as a table or JSON, once or every N seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.config import Config
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.status import fleet_snapshot
+from gpuconsole.errors import ExitCode, UnreachableError, UsageError
+from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
+from gpuconsole.model import NodeSnapshot
+
+
+def run_status(config: Config, args: Any) -> int:
+    names = [config.node(args.node).name] if args.node else None
+    if args.watch is not None and not 0.1 <= args.watch <= 3600:
+        raise UsageError("--watch: SECONDS must be between 0.1 and 3600")
+    return asyncio.run(_status(config, args, names))
+
+
+async def _status(config: Config, args: Any, names: list[str] | None) -> int:
+    async with Fleet(config) as fleet:
+        while True:
+            snapshots = await fleet_snapshot(fleet, names)
+            if args.json:
+                print_json({"nodes": [s.to_json() for s in snapshots]})
+            else:
+                render(snapshots, clear=args.watch is not None)
+            for snap in snapshots:
+                for warning in snap.warnings:
+                    warn(f"{snap.name}: {warning}")
+            if args.watch is None:
+                break
+            started = time.monotonic()
+            # Dead nodes are retried each round; live ones keep their connection.
+            for name in [s.name for s in snapshots if not s.reachable]:
+                dead = fleet.conns.pop(name, None)
+                if dead is not None:
+                    await dead.close()
+            await asyncio.sleep(max(0.0, args.watch - (time.monotonic() - started)))
+    if snapshots and not any(s.reachable for s in snapshots):
+        raise UnreachableError("; ".join(s.error or s.name for s in snapshots))
+    return int(ExitCode.OK)
+
+
+def render(snapshots: list[NodeSnapshot], clear: bool = False) -> None:
+    """Two rich tables: nodes, then every GPU with its reservation and processes."""
+    from rich.table import Table
+
+    out = console()
+    if clear:
+        out.clear()
+    nodes = Table(title="nodes", title_justify="left", header_style="bold")
+    for column in ("node", "src", "state", "GPUs free", "CPU", "mem", "disk r/w", "net rx/tx"):
+        nodes.add_column(column, no_wrap=True)
+    gpus = Table(title="GPUs", title_justify="left", header_style="bold")
+    for column in ("node", "gpu", "name", "util", "mem", "temp", "power", "reservation", "processes"):
+        gpus.add_column(column, no_wrap=column != "processes")
+    for snap in snapshots:
+        if not snap.reachable:
+            nodes.add_row(snap.name, snap.source, f"[red]unreachable[/] {snap.error or ''}",
+                          NA, NA, NA, NA, NA)
+            continue
+        mem = f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}"
+        nodes.add_row(
+            snap.name, snap.source, "[green]up[/]" if not snap.state_error else f"[red]{snap.state_error}[/]",
+            f"{snap.gpus_free}/{len(snap.gpus)}", pct_h(snap.cpu_pct), mem,
+            f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}",
+            f"{rate_h(snap.net_rx_bps)} {rate_h(snap.net_tx_bps)}",
+        )
+        for gpu in snap.gpus:
+            if gpu.reservation:
+                res = f"{gpu.reservation.owner} {gpu.reservation.id} until {gpu.reservation.expires_at[11:16]}Z"
+            elif gpu.unreserved_use:
+                res = "[yellow]UNRESERVED USE[/]"
+            else:
+                res = "[green]free[/]"
+            procs = ", ".join(f"{p.user}:{p.pid} {mib_h(p.mem_mib)}" for p in gpu.processes) or NA
+            gpus.add_row(
+                snap.name, str(gpu.index), gpu.name or NA, pct_h(gpu.util_pct),
+                f"{mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}",
+                num_h(gpu.temperature_c, "C"), num_h(gpu.power_w, "W"), res, procs,
+            )
+    out.print(nodes)
+    out.print(gpus)

@@ -1,0 +1,29 @@
+"""Choose nodes for a request: pure functions over the capacity each node reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a node can offer right now."""
+
+    node: str
+    gpu_count: int
+    free: int
+    queued: int
+
+
+def best_fit(capacities: list[Capacity], gpus: int) -> list[str]:
+    """Nodes that can grant ``gpus`` now, tightest fit first (keeps big holes for big requests)."""
+    fitting = [c for c in capacities if c.free >= gpus]
+    return [c.node for c in sorted(fitting, key=lambda c: (c.free - gpus, c.queued, c.node))]
+
+
+def queue_choice(capacities: list[Capacity], gpus: int) -> str | None:
+    """Where to wait: among nodes big enough, the shortest queue, then the most free GPUs."""
+    big_enough = [c for c in capacities if c.gpu_count >= gpus]
+    if not big_enough:
+        return None
+    return min(big_enough, key=lambda c: (c.queued, -c.free, c.node)).node

@@ -1,0 +1,179 @@
+"""Reserve, release, renew and list reservations across the fleet (CLI and TUI share these)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.placement import Capacity, best_fit, queue_choice
+from gpuconsole.errors import (
+    GpuConsoleError,
+    NoCapacityError,
+    NotFoundError,
+    UnreachableError,
+    UsageError,
+)
+from gpuconsole.model import QueuedRequest, Reservation
+from gpuconsole.ssh.connection import AgentError
+
+WAIT_POLL_S = 0.2
+ProgressCallback = Callable[[str, int, float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """What `reserve` asks for; durations are seconds and are evaluated on the node's clock."""
+
+    gpus: int
+    ttl_s: float
+    node: str | None = None
+    wait: bool = False
+    timeout_s: float | None = None
+    priority: str = "normal"
+    preemptible: bool = False
+
+
+def _req_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _raise_if_all_failed(results: dict[str, Any]) -> None:
+    errors = [v for v in results.values() if isinstance(v, GpuConsoleError)]
+    if results and len(errors) == len(results):
+        raise UnreachableError("no node reachable: " + "; ".join(str(e) for e in errors))
+
+
+async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capacity]:
+    """Free GPUs per reachable node (lock-free reads)."""
+    results = await fleet.call_all("capacity", names=names)
+    _raise_if_all_failed(results)
+    return [
+        Capacity(name, int(r["gpu_count"]), int(r["free"]), int(r["queued"]))
+        for name, r in results.items()
+        if not isinstance(r, GpuConsoleError)
+    ]
+
+
+async def reserve(
+    fleet: Fleet, request: ReserveRequest, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Grant on the best-fitting node, trying the next on a lost race; queue with `wait`."""
+    if request.gpus < 1:
+        raise UsageError("--gpus must be at least 1")
+    names = [request.node] if request.node else None
+    caps = await capacities(fleet, names)
+    largest = max((c.gpu_count for c in caps), default=0)
+    if request.gpus > largest:
+        where = f"node {request.node} has" if request.node else "the largest reachable node has"
+        raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
+    args = {
+        "gpus": request.gpus, "ttl_s": request.ttl_s, "priority": request.priority,
+        "preemptible": request.preemptible,
+    }
+    for name in best_fit(caps, request.gpus):
+        try:
+            result = await fleet.request(name, "reserve", dict(args, req_id=_req_id()))
+            return dict(result, node=name)
+        except AgentError as exc:
+            if exc.code != "insufficient":
+                raise
+        except UnreachableError:
+            continue  # a node that died between the capacity read and the grant: try the next
+    if not request.wait:
+        summary = ", ".join(f"{c.node} {c.free}/{c.gpu_count}" for c in sorted(caps, key=lambda c: c.node))
+        raise NoCapacityError(
+            f"no node has {request.gpus} free GPUs now (free: {summary}); use --wait to queue"
+        )
+    target = request.node or queue_choice(caps, request.gpus)
+    assert target is not None
+    return await _wait_for_grant(fleet, target, args, request.timeout_s, on_progress)
+
+
+async def _wait_for_grant(
+    fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
+    on_progress: ProgressCallback | None,
+) -> dict[str, Any]:
+    started = time.monotonic()
+    ticket = await fleet.request(node, "reserve", dict(args, wait=True, req_id=_req_id()))
+    ticket_id = ticket["id"]
+    while ticket.get("state") != "granted":
+        elapsed_s = time.monotonic() - started
+        if on_progress is not None:
+            on_progress(node, int(ticket.get("position", 0)), elapsed_s)
+        if timeout_s is not None and elapsed_s >= timeout_s:
+            try:
+                await fleet.request(node, "release", {"id": ticket_id, "req_id": _req_id()})
+            except AgentError as exc:
+                if exc.code != "not_found":
+                    raise
+            else:
+                raise NoCapacityError(
+                    f"timed out after {timeout_s:g}s waiting for {args['gpus']} GPUs on {node} "
+                    f"(position {ticket.get('position')})"
+                )
+        await asyncio.sleep(WAIT_POLL_S)
+        ticket = await fleet.request(node, "poll", {"id": ticket_id})
+    return dict(ticket, node=node)
+
+
+async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
+    """Every active reservation and queued request, and the nodes that could not be read."""
+    results = await fleet.call_all("reservations")
+    reservations: list[Reservation] = []
+    queue: list[QueuedRequest] = []
+    errors: dict[str, str] = {}
+    for name, result in sorted(results.items()):
+        if isinstance(result, GpuConsoleError):
+            errors[name] = str(result)
+            continue
+        reservations += [Reservation.from_agent(name, r) for r in result["reservations"]]
+        queue += [QueuedRequest.from_agent(name, q) for q in result["queue"]]
+    return reservations, queue, errors
+
+
+async def find_node(fleet: Fleet, reservation_id: str) -> str:
+    """The node holding an active or queued reservation id; NotFoundError otherwise."""
+    reservations, queue, errors = await list_all(fleet)
+    for item in [*reservations, *queue]:
+        if item.id == reservation_id:
+            return item.node
+    unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
+    raise NotFoundError(f"no reservation {reservation_id!r} on any reachable node{unreachable}")
+
+
+async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> dict[str, Any]:
+    """Release one reservation wherever it is; the node checks ownership."""
+    node = await find_node(fleet, reservation_id)
+    args: dict[str, Any] = {"id": reservation_id, "req_id": _req_id()}
+    if token is not None:
+        args["token"] = token
+    result = await fleet.request(node, "release", args)
+    return dict(result, node=node)
+
+
+async def release_mine(fleet: Fleet) -> list[dict[str, Any]]:
+    """Release every reservation and queued request owned by the SSH user on each node."""
+    reservations, queue, _ = await list_all(fleet)
+    released = []
+    for item in [*reservations, *queue]:
+        conn = fleet.conns.get(item.node)
+        if conn is None or conn.hello.get("user") != item.owner:
+            continue
+        result = await fleet.request(item.node, "release", {"id": item.id, "req_id": _req_id()})
+        released.append(dict(result, node=item.node))
+    return released
+
+
+async def renew(fleet: Fleet, reservation_id: str, ttl_s: float, token: int | None = None) -> dict[str, Any]:
+    """Extend a reservation to at least now + ttl on its node's clock."""
+    node = await find_node(fleet, reservation_id)
+    args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": _req_id()}
+    if token is not None:
+        args["token"] = token
+    result = await fleet.request(node, "renew", args)
+    return dict(result, node=node)

@@ -1,0 +1,1 @@
+"""The demo cluster: real SSH servers on loopback with simulated GPUs, for users, tests and bench."""

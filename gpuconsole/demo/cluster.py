@@ -1,0 +1,208 @@
+"""Simulated nodes: one asyncssh server per node on 127.0.0.1, running commands through /bin/sh.
+
+Each node has its own host key (written to the demo's known_hosts), its own state dir and a
+GPUCONSOLE_SIM_NODE environment marker, so the real agent and the real protocol run unchanged and
+simulated GPU load follows the processes started on that node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class DemoNode:
+    """One simulated node and its running server."""
+
+    name: str
+    gpus: int
+    state_dir: Path
+    host_key: asyncssh.SSHKey
+    port: int = 0
+    server: asyncssh.SSHAcceptor | None = None
+    children: set[asyncio.subprocess.Process] = field(default_factory=set)
+
+
+class DemoCluster:
+    """N simulated SSH nodes with G GPUs each, plus the client key, known_hosts and config."""
+
+    def __init__(self, root: Path, nodes: int = 4, gpus: int = 8, *, prefix: str = "node") -> None:
+        self.root = Path(root)
+        self.node_count = nodes
+        self.gpus = gpus
+        self.prefix = prefix
+        self.nodes: dict[str, DemoNode] = {}
+        self.client_key_path = self.root / "id_ed25519"
+        self.known_hosts_path = self.root / "known_hosts"
+        self.authorized_keys_path = self.root / "authorized_keys"
+        self.config_path = self.root / "config.toml"
+
+    def _node_name(self, index: int) -> str:
+        width = max(2, len(str(self.node_count)))
+        return f"{self.prefix}-{index + 1:0{width}d}"
+
+    async def start(self) -> Path:
+        """Create keys, start every node, write known_hosts and config; return the config path."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        client_key = asyncssh.generate_private_key("ssh-ed25519", comment="gpuconsole-demo")
+        client_key.write_private_key(str(self.client_key_path))
+        os.chmod(self.client_key_path, 0o600)
+        client_key.write_public_key(str(self.authorized_keys_path))
+        for index in range(self.node_count):
+            await self.add_node(self._node_name(index), self.gpus)
+        return self.config_path
+
+    async def add_node(self, name: str, gpus: int) -> DemoNode:
+        """Start one more simulated node (cloud instances in the demo arrive this way)."""
+        state_dir = self.root / "state" / name
+        state_dir.mkdir(parents=True, exist_ok=True)
+        node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"))
+        self.nodes[name] = node
+        await self.start_node(name)
+        self.write_files()
+        return node
+
+    async def start_node(self, name: str) -> None:
+        """(Re)start a node's server on its previous port (or a free one the first time)."""
+        node = self.nodes[name]
+
+        async def handle(process: asyncssh.SSHServerProcess[bytes]) -> None:
+            await self._run_command(node, process)
+
+        node.server = await asyncssh.listen(
+            LOOPBACK,
+            node.port,
+            server_host_keys=[node.host_key],
+            authorized_client_keys=str(self.authorized_keys_path),
+            process_factory=handle,
+            encoding=None,
+            reuse_address=True,
+        )
+        node.port = node.server.sockets[0].getsockname()[1]
+
+    async def stop_node(self, name: str) -> None:
+        """Kill a node: close its server, drop its connections, kill its processes."""
+        node = self.nodes[name]
+        if node.server is not None:
+            node.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.server.wait_closed(), 5)
+            node.server = None
+        for child in list(node.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+
+    async def _run_command(self, node: DemoNode, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        env = dict(os.environ)
+        env["GPUCONSOLE_SIM_NODE"] = node.name
+        command = process.command or "exec ${SHELL:-/bin/sh} -i"
+        child = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", command,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+        )
+        node.children.add(child)
+        try:
+            await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr)
+            returncode = await child.wait()
+            process.exit(returncode if returncode >= 0 else 128 - returncode)
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+        finally:
+            node.children.discard(child)
+            if child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
+
+    def write_files(self) -> None:
+        """known_hosts (one line per node, [127.0.0.1]:port form) and the client config."""
+        lines = []
+        for node in self.nodes.values():
+            public = node.host_key.export_public_key("openssh").decode().strip()
+            lines.append(f"[{LOOPBACK}]:{node.port} {public}\n")
+        tmp = self.known_hosts_path.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(self.known_hosts_path)
+        self.config_path.write_text(self.config_text())
+
+    def config_text(self) -> str:
+        parts = [
+            "# Written by `gpuconsole demo`: simulated nodes on loopback.\n",
+            "[defaults]\n",
+            f'identity_file = "{self.client_key_path}"\n',
+            f'known_hosts = "{self.known_hosts_path}"\n',
+            "poll_seconds = 1.0\n",
+            'reserve_for = "4h"\n',
+        ]
+        for node in self.nodes.values():
+            parts += [
+                "\n[[nodes]]\n",
+                f'name = "{node.name}"\n',
+                f'host = "{LOOPBACK}"\n',
+                f"port = {node.port}\n",
+                f'state_dir = "{node.state_dir}"\n',
+                f"simulate_gpus = {node.gpus}\n",
+            ]
+        return "".join(parts)
+
+    async def stop(self) -> None:
+        """Stop every node and kill what they started."""
+        for name in list(self.nodes):
+            await self.stop_node(name)
+
+
+class DemoThread:
+    """Runs a DemoCluster on its own event loop in a background thread (tests, benchmarks)."""
+
+    def __init__(self, root: Path, nodes: int = 4, gpus: int = 8) -> None:
+        self.cluster = DemoCluster(root, nodes, gpus)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="demo-cluster", daemon=True)
+
+    def __enter__(self) -> DemoThread:
+        self._thread.start()
+        self.call(self.cluster.start())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, coro: object, timeout_s: float = 60.0) -> object:
+        """Run a coroutine on the cluster's loop and wait for its result."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        return future.result(timeout_s)
+
+    @property
+    def config_path(self) -> Path:
+        return self.cluster.config_path
+
+    def stop_node(self, name: str) -> None:
+        self.call(self.cluster.stop_node(name))
+
+    def start_node(self, name: str) -> None:
+        self.call(self.cluster.start_node(name))
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                self.call(self.cluster.stop(), timeout_s=30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+
+
+@contextlib.contextmanager
+def demo_cluster(root: Path, nodes: int = 4, gpus: int = 8) -> Iterator[DemoThread]:
+    """Context manager form of DemoThread."""
+    with DemoThread(root, nodes, gpus) as demo:
+        yield demo

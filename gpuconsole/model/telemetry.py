@@ -1,0 +1,218 @@
+"""Frozen snapshots of nodes, GPUs, processes and reservations (None = metric not available)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProcess:
+    """A process using a GPU, as the node's NVML (or simulator) reports it."""
+
+    pid: int
+    user: str | None
+    command: str | None
+    mem_mib: int | None
+
+    @classmethod
+    def from_agent(cls, data: dict[str, Any]) -> GpuProcess:
+        return cls(int(data["pid"]), data.get("user"), data.get("command"), _opt_int(data.get("mem_mib")))
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRef:
+    """The reservation covering a GPU, as shown next to it."""
+
+    id: str
+    owner: str
+    expires_at: str
+    priority: str = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSample:
+    """One GPU at one instant."""
+
+    index: int
+    uuid: str | None
+    name: str | None
+    util_pct: float | None
+    mem_used_mib: int | None
+    mem_total_mib: int | None
+    temperature_c: float | None
+    power_w: float | None
+    reservation: ReservationRef | None = None
+    processes: tuple[GpuProcess, ...] = ()
+
+    @property
+    def unreserved_use(self) -> bool:
+        """Processes on a GPU that no reservation covers."""
+        return self.reservation is None and bool(self.processes)
+
+    @property
+    def is_free(self) -> bool:
+        return self.reservation is None and not self.processes
+
+    @classmethod
+    def from_agent(cls, data: dict[str, Any]) -> GpuSample:
+        res = data.get("reservation")
+        return cls(
+            index=int(data["index"]),
+            uuid=data.get("uuid"),
+            name=data.get("name"),
+            util_pct=_opt_float(data.get("util_pct")),
+            mem_used_mib=_opt_int(data.get("mem_used_mib")),
+            mem_total_mib=_opt_int(data.get("mem_total_mib")),
+            temperature_c=_opt_float(data.get("temperature_c")),
+            power_w=_opt_float(data.get("power_w")),
+            reservation=ReservationRef(
+                res["id"], res["owner"], res["expires_at"], res.get("priority", "normal")
+            ) if res else None,
+            processes=tuple(GpuProcess.from_agent(p) for p in data.get("processes") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An active reservation on a node."""
+
+    id: str
+    node: str
+    gpus: tuple[int, ...]
+    owner: str
+    priority: str
+    state: str
+    created_at: str
+    expires_at: str
+    preemptible: bool = False
+    token: int | None = None
+
+    @classmethod
+    def from_agent(cls, node: str, data: dict[str, Any]) -> Reservation:
+        return cls(
+            id=data["id"], node=node, gpus=tuple(data["gpus"]), owner=data["owner"],
+            priority=data.get("priority", "normal"), state=data.get("state", "active"),
+            created_at=data["created_at"], expires_at=data["expires_at"],
+            preemptible=bool(data.get("preemptible")), token=data.get("token"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpus"] = list(self.gpus)
+        if self.token is None:
+            del data["token"]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRequest:
+    """A request waiting in a node's queue."""
+
+    id: str
+    node: str
+    gpus_requested: int
+    owner: str
+    priority: str
+    position: int
+    created_at: str
+
+    @classmethod
+    def from_agent(cls, node: str, data: dict[str, Any]) -> QueuedRequest:
+        return cls(
+            id=data["id"], node=node, gpus_requested=int(data["gpus_requested"]),
+            owner=data["owner"], priority=data.get("priority", "normal"),
+            position=int(data["position"]), created_at=data["created_at"],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """A node as last seen: host I/O, GPUs, reservations and queue, or why it is unreachable."""
+
+    name: str
+    source: str = "onprem"
+    reachable: bool = False
+    error: str | None = None
+    taken_at: float | None = None  # Unix time of the node's sample
+    cpu_pct: float | None = None
+    cpu_count: int | None = None
+    load1: float | None = None
+    mem_used_bytes: int | None = None
+    mem_total_bytes: int | None = None
+    disk_read_bps: int | None = None
+    disk_write_bps: int | None = None
+    net_rx_bps: int | None = None
+    net_tx_bps: int | None = None
+    gpu_source: str | None = None
+    gpus: tuple[GpuSample, ...] = ()
+    reservations: tuple[Reservation, ...] = ()
+    queue: tuple[QueuedRequest, ...] = ()
+    state_error: str | None = None
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_agent(cls, name: str, data: dict[str, Any], source: str = "onprem") -> NodeSnapshot:
+        return cls(
+            name=name, source=source, reachable=True, error=None,
+            taken_at=_opt_float(data.get("t_wall")),
+            cpu_pct=_opt_float(data.get("cpu_pct")), cpu_count=_opt_int(data.get("cpu_count")),
+            load1=_opt_float(data.get("load1")),
+            mem_used_bytes=_opt_int(data.get("mem_used_bytes")),
+            mem_total_bytes=_opt_int(data.get("mem_total_bytes")),
+            disk_read_bps=_opt_int(data.get("disk_read_bps")),
+            disk_write_bps=_opt_int(data.get("disk_write_bps")),
+            net_rx_bps=_opt_int(data.get("net_rx_bps")), net_tx_bps=_opt_int(data.get("net_tx_bps")),
+            gpu_source=data.get("gpu_source"),
+            gpus=tuple(GpuSample.from_agent(g) for g in data.get("gpus") or ()),
+            reservations=tuple(Reservation.from_agent(name, r) for r in data.get("reservations") or ()),
+            queue=tuple(QueuedRequest.from_agent(name, q) for q in data.get("queue") or ()),
+            state_error=data.get("state_error"),
+            warnings=tuple(data.get("warnings") or ()),
+        )
+
+    @classmethod
+    def unreachable(cls, name: str, error: str, source: str = "onprem") -> NodeSnapshot:
+        return cls(name=name, source=source, reachable=False, error=error)
+
+    @property
+    def gpus_free(self) -> int:
+        return sum(1 for g in self.gpus if g.is_free)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `status --json` node object of the CLI contract (fields only ever added)."""
+        return {
+            "name": self.name, "source": self.source, "reachable": self.reachable,
+            "error": self.error, "cpu_pct": self.cpu_pct, "cpu_count": self.cpu_count,
+            "load1": self.load1,
+            "mem_used_bytes": self.mem_used_bytes, "mem_total_bytes": self.mem_total_bytes,
+            "disk_read_bps": self.disk_read_bps, "disk_write_bps": self.disk_write_bps,
+            "net_rx_bps": self.net_rx_bps, "net_tx_bps": self.net_tx_bps,
+            "gpu_source": self.gpu_source, "state_error": self.state_error,
+            "warnings": list(self.warnings),
+            "gpus": [
+                {
+                    "index": g.index, "uuid": g.uuid, "name": g.name, "util_pct": g.util_pct,
+                    "mem_used_mib": g.mem_used_mib, "mem_total_mib": g.mem_total_mib,
+                    "temperature_c": g.temperature_c, "power_w": g.power_w,
+                    "reservation": None if g.reservation is None else {
+                        "id": g.reservation.id, "owner": g.reservation.owner,
+                        "expires_at": g.reservation.expires_at,
+                    },
+                    "unreserved_use": g.unreserved_use,
+                    "processes": [asdict(p) for p in g.processes],
+                }
+                for g in self.gpus
+            ],
+        }

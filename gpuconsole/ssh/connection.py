@@ -1,0 +1,214 @@
+"""One node: an asyncssh connection, the agent process on it, and request/reply over JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+from gpuconsole.config import NodeConfig
+from gpuconsole.errors import (
+    AGENT_ERROR_TYPES,
+    GpuConsoleError,
+    UnreachableError,
+)
+from gpuconsole.node.bundle import agent_preamble, remote_command
+
+SnapshotCallback = Callable[[str, dict[str, Any]], None]
+
+
+class AuthFailedError(UnreachableError):
+    """Authentication was refused: final, never retried."""
+
+
+class HostKeyError(UnreachableError):
+    """The node's host key is unknown or changed: final until known_hosts is fixed."""
+
+
+class AgentError(GpuConsoleError):
+    """The agent answered with an error; `code` is the agent's error code."""
+
+    def __init__(self, node: str, error: dict[str, Any]) -> None:
+        self.code = str(error.get("code", "internal"))
+        self.detail = error
+        message = f"{node}: {error.get('message', self.code)}"
+        super().__init__(message, AGENT_ERROR_TYPES.get(self.code, GpuConsoleError).exit_code)
+
+
+def classify_connect_error(node: str, exc: BaseException) -> UnreachableError:
+    """Map an asyncssh/OS failure to a one-line, final-or-retryable error."""
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthFailedError(f"{node}: authentication refused ({exc.reason or 'permission denied'})")
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return HostKeyError(
+            f"{node}: host key not trusted ({exc.reason}); add the node's key to known_hosts"
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return UnreachableError(f"{node}: connection timed out")
+    if isinstance(exc, ConnectionRefusedError):
+        return UnreachableError(f"{node}: connection refused")
+    if isinstance(exc, asyncssh.Error):
+        return UnreachableError(f"{node}: ssh: {exc.reason}")
+    if isinstance(exc, OSError):
+        return UnreachableError(f"{node}: {exc.strerror or exc}")
+    return UnreachableError(f"{node}: {exc.__class__.__name__}: {exc}")
+
+
+class NodeConnection:
+    """A live agent on one node. Use `await NodeConnection.open(cfg)`; close with `close()`."""
+
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.hello: dict[str, Any] = {}
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._proc: asyncssh.SSHClientProcess[bytes] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr_tail = b""
+        self.on_snapshot: SnapshotCallback | None = None
+        self.closed = asyncio.Event()
+
+    @classmethod
+    async def open(
+        cls,
+        cfg: NodeConfig,
+        *,
+        stream_s: float | None = None,
+        timeout_s: float | None = None,
+        on_snapshot: SnapshotCallback | None = None,
+    ) -> NodeConnection:
+        """Connect, start the agent and say hello, all within ``timeout_s``."""
+        node = cls(cfg)
+        node.on_snapshot = on_snapshot
+        limit_s = timeout_s if timeout_s is not None else cfg.connect_timeout_s + 10.0
+        try:
+            await asyncio.wait_for(node._start(stream_s), limit_s)
+        except BaseException as exc:
+            await node.close()
+            if isinstance(exc, GpuConsoleError):
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise classify_connect_error(cfg.name, exc) from None
+        return node
+
+    def _connect_options(self) -> dict[str, Any]:
+        cfg = self.cfg
+        options: dict[str, Any] = {
+            "connect_timeout": cfg.connect_timeout_s,
+            "login_timeout": cfg.connect_timeout_s,
+            "keepalive_interval": 5,
+            "keepalive_count_max": 3,
+        }
+        if cfg.port is not None:
+            options["port"] = cfg.port
+        if cfg.user:
+            options["username"] = cfg.user
+        if cfg.identity_file:
+            options["client_keys"] = [cfg.identity_file]
+        if cfg.known_hosts:
+            options["known_hosts"] = cfg.known_hosts
+        if cfg.ssh_config:
+            options["config"] = [cfg.ssh_config]
+        return options
+
+    async def _start(self, stream_s: float | None) -> None:
+        self._conn = await asyncssh.connect(self.cfg.host, **self._connect_options())
+        self._proc = await self._conn.create_process(remote_command(self.cfg.python), encoding=None)
+        self._proc.stdin.write(agent_preamble())
+        self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
+        asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
+        self.hello = await self.request(
+            "hello",
+            {
+                "node": self.cfg.name,
+                "state_dir": self.cfg.state_dir,
+                "simulate_gpus": self.cfg.simulate_gpus,
+                "stream_s": stream_s,
+            },
+        )
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(Exception):
+            while chunk := await self._proc.stderr.read(4096):
+                self._stderr_tail = (self._stderr_tail + chunk)[-2000:]
+
+    def _agent_died_error(self) -> UnreachableError:
+        tail = self._stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        reason = tail[-1] if tail else "connection lost"
+        if "not found" in reason and self.cfg.python in reason:
+            reason = f"{self.cfg.python} not found on the node"
+        return UnreachableError(f"{self.name}: agent stopped: {reason}")
+
+    async def _read_loop(self) -> None:
+        assert self._proc is not None
+        try:
+            while line := await self._proc.stdout.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if "event" in message:
+                    if message["event"] == "snapshot" and self.on_snapshot is not None:
+                        self.on_snapshot(self.name, message["data"])
+                    continue
+                future = self._pending.pop(message.get("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(message)
+        except (asyncssh.Error, OSError):
+            pass
+        finally:
+            await asyncio.sleep(0)  # let stderr drain a little so the error names the cause
+            error = self._agent_died_error()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(error)
+            self._pending.clear()
+            self.closed.set()
+
+    async def request(
+        self, op: str, args: dict[str, Any] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Send one request; return its result or raise AgentError / UnreachableError."""
+        if self._proc is None or self.closed.is_set():
+            raise self._agent_died_error()
+        msg_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        line = json.dumps({"id": msg_id, "op": op, "args": args or {}}) + "\n"
+        try:
+            self._proc.stdin.write(line.encode())
+            reply = await asyncio.wait_for(future, timeout_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            self._pending.pop(msg_id, None)
+            raise UnreachableError(f"{self.name}: no answer to {op} within {timeout_s:g}s") from None
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            self._pending.pop(msg_id, None)
+            raise self._agent_died_error() from None
+        self.last_warnings: list[str] = list(reply.get("warnings") or [])
+        if not reply.get("ok"):
+            raise AgentError(self.name, reply.get("error") or {})
+        result: dict[str, Any] = reply.get("result") or {}
+        return result
+
+    async def close(self) -> None:
+        """Stop the agent (stdin EOF) and close the connection."""
+        if self._proc is not None:
+            with contextlib.suppress(Exception):
+                self._proc.stdin.write_eof()
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.wait_closed(), 2.0)
+        if self._reader is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._reader, 1.0)
+        self.closed.set()
