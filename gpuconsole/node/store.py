@@ -72,6 +72,12 @@ class StateStore:
 
     def acquire(self, timeout_s=LOCK_TIMEOUT_S):
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o777 != FILE_MODE:
+                os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
+        except OSError:
+            pass
         deadline = time.monotonic() + timeout_s
         delay = 0.0005
         while True:

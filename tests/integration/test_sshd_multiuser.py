@@ -1,0 +1,371 @@
+"""Two real OS users reach one node through a real OpenSSH sshd on 127.0.0.1.
+
+Why: the demo cluster runs every session as the test process's own user, so it cannot show
+that ownership comes from the node-side login, that a setgid group-writable state dir really
+works for two users, or that OpenSSH (which runs the constant remote command through the
+user's login shell) accepts what the client sends. These tests need root (useradd, sshd), so
+the module skips itself elsewhere; CI runs as root with openssh-server installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tests.conftest import run_cli, wait_for
+
+SSHD = Path("/usr/sbin/sshd")
+USERADD = shutil.which("useradd") or "/usr/sbin/useradd"
+NODE_PYTHON = "/usr/bin/python3"  # test users cannot read root's pyenv interpreter
+USERS = ("gcutest1", "gcutest2")
+GROUP = "gcutestgpu"
+NODE = "sshd-node"
+GPUS = 4
+
+if os.geteuid() != 0:
+    pytest.skip("needs root (useradd, sshd on a loopback port)", allow_module_level=True)
+if not SSHD.is_file() or not Path(USERADD).is_file() or not Path(NODE_PYTHON).is_file():
+    pytest.skip(f"needs {SSHD}, useradd and {NODE_PYTHON} (Debian openssh-server)",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.sshd
+
+
+@dataclass
+class SshdNode:
+    """The running sshd, its users' configs and the paths a test may inspect."""
+
+    root: Path
+    port: int
+    state_dir: Path
+    host_key_line: str
+    configs: dict[str, Path]
+    keys: dict[str, Path]
+
+    def config(self, user: str, *, identity_file: Path | None = None,
+               known_hosts_text: str | None = None, name: str | None = None) -> Path:
+        """Write (or return) a config for ``user``, optionally with another key or known_hosts."""
+        if identity_file is None and known_hosts_text is None:
+            return self.configs[user]
+        tag = name or uuid.uuid4().hex[:8]
+        known_hosts = self.root / f"known_hosts.{tag}"
+        text = self.host_key_line if known_hosts_text is None else known_hosts_text
+        known_hosts.write_text(text)
+        return _write_config(self.root / f"config.{tag}.toml", self, user,
+                             identity_file or self.keys[user], known_hosts)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run an admin command that must succeed; its stderr is in the failure message."""
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr.strip()}"
+    return result
+
+
+def _ensure_users(homes: Path) -> None:
+    """Create the shared group and both users, or reuse them; unlock them for key logins."""
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        _run("groupadd", "-f", GROUP)
+    for user in USERS:
+        home = homes / user
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            _run(USERADD, "-M", "-d", str(home), "-s", "/bin/sh", "-G", GROUP, user)
+        # Reused users may come from an older run: reset home, shell, group and the lock.
+        _run("usermod", "-d", str(home), "-s", "/bin/sh", "-a", "-G", GROUP, "-p", "*", user)
+        home.mkdir(mode=0o755)
+        info = pwd.getpwnam(user)
+        os.chown(home, info.pw_uid, info.pw_gid)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            return sock.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+
+
+def _write_config(path: Path, node: SshdNode, user: str, identity_file: Path,
+                  known_hosts: Path) -> Path:
+    path.write_text(
+        f"""[defaults]
+connect_timeout = 5
+reserve_for = "10m"
+
+[[nodes]]
+name = "{NODE}"
+host = "127.0.0.1"
+port = {node.port}
+user = "{user}"
+identity_file = "{identity_file}"
+known_hosts = "{known_hosts}"
+state_dir = "{node.state_dir}"
+python = "{NODE_PYTHON}"
+simulate_gpus = {GPUS}
+"""
+    )
+    return path
+
+
+def _start_sshd(root: Path, host_key: Path, auth_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start sshd on a free loopback port and wait until it greets; retry if the port was taken."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    log_path = root / "sshd.log"
+    for _attempt in range(3):
+        port = _free_port()
+        cfg = root / "sshd_config"
+        cfg.write_text(
+            f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {host_key}
+PidFile {root / "sshd.pid"}
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthenticationMethods publickey
+PermitRootLogin no
+AllowUsers {" ".join(USERS)}
+StrictModes no
+AuthorizedKeysFile {auth_dir}/%u/authorized_keys
+UseDNS no
+PrintMotd no
+X11Forwarding no
+AllowTcpForwarding no
+MaxStartups 64:30:128
+LogLevel VERBOSE
+"""
+        )
+        _run(str(SSHD), "-t", "-f", str(cfg))
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(cfg)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _accepts(port):
+                return proc, port
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    raise AssertionError(f"sshd did not start; log:\n{log_path.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="module")
+def sshd_node() -> Iterator[SshdNode]:
+    """sshd as root on 127.0.0.1, two users in one group, one admin-made shared state dir."""
+    # pytest's tmp_path lives under a mode-700 dir the test users cannot traverse.
+    root = Path(tempfile.mkdtemp(prefix="gcu-sshd-", dir="/tmp"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        os.chmod(root, 0o755)
+        homes = root / "home"
+        homes.mkdir(mode=0o755)
+        _ensure_users(homes)
+
+        host_key_path = root / "ssh_host_ed25519_key"
+        host_key = asyncssh.generate_private_key("ssh-ed25519")
+        _write_key(host_key_path, host_key)
+
+        auth_dir = root / "auth"
+        keys: dict[str, Path] = {}
+        for user in USERS:
+            client_key = asyncssh.generate_private_key("ssh-ed25519", comment=user)
+            keys[user] = root / f"id_{user}"
+            _write_key(keys[user], client_key)
+            (auth_dir / user).mkdir(parents=True, mode=0o755)
+            # sshd reads authorized_keys as the logging-in user, so it must be readable.
+            authorized = auth_dir / user / "authorized_keys"
+            authorized.write_bytes(client_key.export_public_key())
+            os.chmod(authorized, 0o644)
+
+        state_dir = root / "state"
+        _run("install", "-d", "-m", "2775", "-g", GROUP, str(state_dir))
+
+        proc, port = _start_sshd(root, host_key_path, auth_dir)
+        pubkey = host_key.export_public_key().decode().strip()
+        node = SshdNode(root, port, state_dir, f"[127.0.0.1]:{port} {pubkey}\n", {}, keys)
+        for user in USERS:
+            known_hosts = root / f"known_hosts.{user}"
+            known_hosts.write_text(node.host_key_line)
+            node.configs[user] = _write_config(root / f"config.{user}.toml", node, user,
+                                               keys[user], known_hosts)
+        yield node
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, config=config, timeout_s=60)
+
+
+def _ok_json(config: Path, *args: str) -> Any:
+    result = _cli(config, *args, "--json")
+    assert result.returncode == 0, f"{args}: exit {result.returncode}: {result.stderr}"
+    return json.loads(result.stdout)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a failed command: a single line, never a traceback."""
+    text = result.stderr.strip()
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(text.splitlines()) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    return text
+
+
+def _listed_ids(config: Path) -> set[str]:
+    listing = _ok_json(config, "reservations")
+    return {r["id"] for r in listing["reservations"]}
+
+
+def test_second_user_cannot_release_first_users_reservation(sshd_node: SshdNode) -> None:
+    """Ownership is the node-side login: gcutest2 gets exit 4 on gcutest1's reservation."""
+    cfg1, cfg2 = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    granted = _ok_json(cfg1, "reserve", "--gpus", "1", "--node", NODE)
+    rid = granted["id"]
+    assert granted["owner"] == "gcutest1"
+    assert granted["node"] == NODE
+    assert len(granted["gpus"]) == 1
+
+    denied = _cli(cfg2, "release", rid)
+    assert denied.returncode == 4, denied.stderr
+    message = _one_line_error(denied)
+    assert message.startswith("gpuconsole:")
+
+    listing = _ok_json(cfg2, "reservations")
+    mine = [r for r in listing["reservations"] if r["id"] == rid]
+    assert len(mine) == 1, listing
+    assert mine[0]["owner"] == "gcutest1"
+
+    released = _cli(cfg1, "release", rid)
+    assert released.returncode == 0, released.stderr
+    wait_for(lambda: rid not in _listed_ids(cfg1), timeout_s=10,
+             message=f"reservation {rid} to disappear")
+
+
+def test_state_files_shared_by_group(sshd_node: SshdNode) -> None:
+    """Both users write the same state dir: files stay group-writable, the lock is never removed."""
+    cfg1, cfg2 = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    first = _ok_json(cfg1, "reserve", "--gpus", "1", "--node", NODE)
+    second = _ok_json(cfg2, "reserve", "--gpus", "1", "--node", NODE)
+    assert (first["owner"], second["owner"]) == ("gcutest1", "gcutest2")
+    assert not set(first["gpus"]) & set(second["gpus"])
+    for cfg, rid in ((cfg2, second["id"]), (cfg1, first["id"])):
+        result = _cli(cfg, "release", rid)
+        assert result.returncode == 0, result.stderr
+
+    gid = grp.getgrnam(GROUP).gr_gid
+    state_json = sshd_node.state_dir / "state.json"
+    lock = sshd_node.state_dir / "lock"
+    assert lock.is_file(), "the lock file must never be deleted"
+    for path in (state_json, lock):
+        info = path.stat()
+        assert info.st_mode & stat.S_IWGRP, f"{path.name} mode {stat.filemode(info.st_mode)}"
+        assert info.st_gid == gid, f"{path.name} group {info.st_gid}, want {GROUP}"
+    owners = {pwd.getpwuid(p.stat().st_uid).pw_name for p in sshd_node.state_dir.iterdir()}
+    assert owners <= set(USERS), owners
+    data = json.loads(state_json.read_text())
+    assert not [r for r in data.get("leases", {}) if r in (first["id"], second["id"])]
+
+
+def test_status_json_over_openssh(sshd_node: SshdNode) -> None:
+    """OpenSSH runs the constant command through the login shell; the agent still answers."""
+    status = _ok_json(sshd_node.configs["gcutest2"], "status")
+    nodes = {n["name"]: n for n in status["nodes"]}
+    node = nodes[NODE]
+    assert node["reachable"] is True, node.get("error")
+    assert [g["index"] for g in node["gpus"]] == list(range(GPUS))
+
+
+def test_wrong_host_key_is_refused(sshd_node: SshdNode) -> None:
+    """A known_hosts entry with another key for [127.0.0.1]:PORT fails with exit 5."""
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    cfg = sshd_node.config("gcutest1", known_hosts_text=f"[127.0.0.1]:{sshd_node.port} {other}\n")
+    result = _cli(cfg, "status", "--json")
+    assert result.returncode == 5, result.stderr
+    assert "host key" in _one_line_error(result)
+
+
+def test_unknown_host_key_is_refused(sshd_node: SshdNode) -> None:
+    """An empty known_hosts refuses the node every time: no trust on first use."""
+    cfg = sshd_node.config("gcutest1", known_hosts_text="", name="empty")
+    known_hosts = sshd_node.root / "known_hosts.empty"
+    for _ in range(2):
+        result = _cli(cfg, "reserve", "--gpus", "1", "--node", NODE, "--json")
+        assert result.returncode == 5, result.stderr
+        assert "host key" in _one_line_error(result)
+        assert result.stdout == ""
+    assert known_hosts.read_text() == ""
+    assert not (Path.home() / ".ssh" / "known_hosts").exists()
+
+
+def test_refused_auth(sshd_node: SshdNode) -> None:
+    """A key that is not in the user's authorized_keys fails with exit 5 and says so."""
+    stranger = sshd_node.root / "id_stranger"
+    _write_key(stranger, asyncssh.generate_private_key("ssh-ed25519"))
+    cfg = sshd_node.config("gcutest1", identity_file=stranger)
+    result = _cli(cfg, "reserve", "--gpus", "1", "--node", NODE, "--json")
+    assert result.returncode == 5, result.stderr
+    assert "authentication" in _one_line_error(result).lower()
+
+
+def test_hostile_arguments_travel_as_data(sshd_node: SshdNode) -> None:
+    """Shell syntax in a node name or reservation id is never run, locally or on the node."""
+    cfg = sshd_node.configs["gcutest1"]
+    marker = Path(f"/tmp/gcu-pwned-{uuid.uuid4().hex}")  # a place the test users could write
+    try:
+        bad_node = _cli(cfg, "reserve", "--gpus", "1", "--node", f"x;touch {marker}", "--json")
+        assert bad_node.returncode == 6, bad_node.stderr
+        _one_line_error(bad_node)
+
+        for hostile in (f"$(touch {marker})", f"`touch {marker}`", f"'; touch {marker}; '"):
+            result = _cli(cfg, "release", hostile)
+            assert result.returncode == 6, result.stderr
+            _one_line_error(result)
+        # The release lookups went over SSH to the node; the node is still healthy afterwards.
+        status = _ok_json(cfg, "status")
+        assert status["nodes"][0]["reachable"] is True
+        assert not marker.exists()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
