@@ -19,8 +19,8 @@ def run_reserve(config: Config, args: Any) -> int:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
         config.node(args.node)
-    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration else config.defaults.reserve_for_s
-    timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout else None
+    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration is not None else config.defaults.reserve_for_s
+    timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout is not None else None
     if timeout_s is not None and not args.wait:
         raise UsageError("--timeout only makes sense with --wait")
     request = core.ReserveRequest(
@@ -98,7 +98,7 @@ async def _release(config: Config, args: Any) -> tuple[list[dict[str, Any]], lis
 
 
 def run_renew(config: Config, args: Any) -> int:
-    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration else config.defaults.reserve_for_s
+    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration is not None else config.defaults.reserve_for_s
 
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:

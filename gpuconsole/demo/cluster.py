@@ -47,6 +47,7 @@ class DemoCluster:
         self.known_hosts_path = self.root / "known_hosts"
         self.authorized_keys_path = self.root / "authorized_keys"
         self.config_path = self.root / "config.toml"
+        self._handlers: set[asyncio.Task[None]] = set()
 
     def _node_name(self, index: int) -> str:
         width = max(2, len(str(self.node_count)))
@@ -104,6 +105,10 @@ class DemoCluster:
                 os.killpg(child.pid, signal.SIGKILL)
 
     async def _run_command(self, node: DemoNode, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         env = dict(os.environ)
         env["GPUCONSOLE_SIM_NODE"] = node.name
         command = process.command or "exec ${SHELL:-/bin/sh} -i"
@@ -124,6 +129,11 @@ class DemoCluster:
             if child.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGTERM)
+            if not process.is_closing():
+                process.close()
+            # Awaits asyncssh's redirect cleanup (queue joins) so no coroutine is left unawaited.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait_closed(), 5)
 
     def write_files(self) -> None:
         """known_hosts (one line per node, [127.0.0.1]:port form) and the client config."""
@@ -160,6 +170,8 @@ class DemoCluster:
         """Stop every node and kill what they started."""
         for name in list(self.nodes):
             await self.stop_node(name)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=5)
 
 
 class DemoThread:
@@ -197,8 +209,19 @@ class DemoThread:
         if self._thread.is_alive():
             with contextlib.suppress(Exception):
                 self.call(self.cluster.stop(), timeout_s=30)
+            self.call(self._cancel_leftovers(), timeout_s=10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+    @staticmethod
+    async def _cancel_leftovers() -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.contextmanager

@@ -17,7 +17,19 @@ from . import state as st
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre")
 LOCK_TIMEOUT_S = 10.0
-FILE_MODE = 0o664  # cooperative mode: group members of a setgid state dir share the files
+FILE_MODE = 0o664
+DIR_MODE = 0o2775  # cooperative mode: group members of a setgid state dir share the files
+
+
+def _make_shared_dir(path):
+    """mkdir -p with mode 2775 regardless of umask, so other group members can write too."""
+    if os.path.isdir(path):
+        return
+    os.makedirs(path, exist_ok=True)
+    try:
+        os.chmod(path, DIR_MODE)
+    except OSError:
+        pass
 
 
 class CorruptState(Exception):
@@ -63,7 +75,7 @@ class StateStore:
     def ensure_dir(self):
         """Create the state dir when missing (demo, single user) and refuse network filesystems."""
         if not os.path.isdir(self.dir):
-            os.makedirs(self.dir, mode=0o2775, exist_ok=True)
+            _make_shared_dir(self.dir)
         fstype = filesystem_type(self.dir)
         if is_network_fs(fstype) and os.environ.get("GPUCONSOLE_ALLOW_NETFS") != "1":
             raise OSError(errno.EREMOTE, "state dir %s is on %s; flock is unreliable there" % (self.dir, fstype))
@@ -147,7 +159,7 @@ class StateStore:
         if not os.path.exists(self.path):
             return
         corrupt_dir = os.path.join(self.dir, "corrupt")
-        os.makedirs(corrupt_dir, mode=0o2775, exist_ok=True)
+        _make_shared_dir(corrupt_dir)
         target = os.path.join(corrupt_dir, "state.json.%d.%d" % (int(time.time()), os.getpid()))
         os.replace(self.path, target)
 

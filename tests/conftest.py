@@ -1,0 +1,83 @@
+"""Shared fixtures: an isolated environment and demo clusters of real loopback SSH servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuconsole.demo.cluster import DemoThread
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read the developer's config, ssh config or agent."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.delenv("GPUCONSOLE_CONFIG", raising=False)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[DemoThread]:
+    """A 2-node × 4-GPU demo cluster."""
+    with DemoThread(tmp_path / "demo", nodes=2, gpus=4) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def demo_factory(tmp_path: Path) -> Iterator[Callable[..., DemoThread]]:
+    """Start demo clusters of any size; all are stopped at the end of the test."""
+    started: list[DemoThread] = []
+
+    def make(nodes: int = 2, gpus: int = 4, name: str = "demo") -> DemoThread:
+        cluster = DemoThread(tmp_path / f"{name}-{len(started)}", nodes=nodes, gpus=gpus)
+        cluster.__enter__()
+        started.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in started:
+        cluster.close()
+
+
+def run_cli(*args: str, config: Path | None = None, timeout_s: float = 60,
+            env: dict[str, str] | None = None, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `gpuconsole` entry point in a fresh process."""
+    argv = [sys.executable, "-m", "gpuconsole"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=timeout_s,
+                          env=full_env, input=input_text, stdin=None if input_text else subprocess.DEVNULL)
+
+
+def cli_json(*args: str, config: Path) -> Any:
+    """Run a `--json` command that must succeed and return its parsed stdout."""
+    result = run_cli(*args, "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+        time.sleep(interval_s)
