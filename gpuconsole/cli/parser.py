@@ -28,8 +28,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _config_parent() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+def _config_parent() -> Parser:
+    parent = Parser(add_help=False)
     parent.add_argument(
         "--config", metavar="PATH", default=argparse.SUPPRESS,
         help="config file (default: $GPUCONSOLE_CONFIG, then ~/.config/gpuconsole/config.toml)",

@@ -14,12 +14,19 @@ from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 
 
+def _ttl_s(config: Config, args: Any) -> float:
+    """`--for DUR`, else the config's reserve_for."""
+    if args.duration is None:
+        return config.defaults.reserve_for_s
+    return parse_duration_s(args.duration, what="--for")
+
+
 def run_reserve(config: Config, args: Any) -> int:
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
         config.node(args.node)
-    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration is not None else config.defaults.reserve_for_s
+    ttl_s = _ttl_s(config, args)
     timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout is not None else None
     if timeout_s is not None and not args.wait:
         raise UsageError("--timeout only makes sense with --wait")
@@ -98,7 +105,7 @@ async def _release(config: Config, args: Any) -> tuple[list[dict[str, Any]], lis
 
 
 def run_renew(config: Config, args: Any) -> int:
-    ttl_s = parse_duration_s(args.duration, what="--for") if args.duration is not None else config.defaults.reserve_for_s
+    ttl_s = _ttl_s(config, args)
 
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:

@@ -139,7 +139,8 @@ async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest]
 async def find_node(fleet: Fleet, reservation_id: str) -> str:
     """The node holding an active or queued reservation id; NotFoundError otherwise."""
     reservations, queue, errors = await list_all(fleet)
-    for item in [*reservations, *queue]:
+    items: list[Reservation | QueuedRequest] = [*reservations, *queue]
+    for item in items:
         if item.id == reservation_id:
             return item.node
     unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
@@ -160,7 +161,8 @@ async def release_mine(fleet: Fleet) -> list[dict[str, Any]]:
     """Release every reservation and queued request owned by the SSH user on each node."""
     reservations, queue, _ = await list_all(fleet)
     released = []
-    for item in [*reservations, *queue]:
+    items: list[Reservation | QueuedRequest] = [*reservations, *queue]
+    for item in items:
         conn = fleet.conns.get(item.node)
         if conn is None or conn.hello.get("user") != item.owner:
             continue

@@ -12,13 +12,15 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncssh
 
 LOOPBACK = "127.0.0.1"
+T = TypeVar("T")
 
 
 @dataclass
@@ -190,10 +192,9 @@ class DemoThread:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, coro: object, timeout_s: float = 60.0) -> object:
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
         """Run a coroutine on the cluster's loop and wait for its result."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        return future.result(timeout_s)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     @property
     def config_path(self) -> Path:

@@ -174,7 +174,7 @@ class Agent:
                 state, warnings, recovered = self.store.load_locked(self.boot_id)
             except CorruptState as exc:
                 raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
-                                 "repairs %s: %s" % (self.store.dir, exc))
+                                 "repairs %s: %s" % (self.store.dir, exc)) from None
             loaded = st.canonical(state) if not recovered else None
             if req_id and req_id in state["applied"]:
                 result = dict(state["applied"][req_id]["res"], replayed=True)
@@ -243,7 +243,7 @@ class Agent:
         try:
             state, _, _ = self.store.load(self.boot_id)
         except CorruptState as exc:
-            raise st.OpError("corrupt", "node state unreadable: %s" % exc)
+            raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
         return {"gpu_count": ctx.gpu_count, "free": len(st.free_gpus(state, ctx)),
                 "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx)}
 
@@ -294,7 +294,7 @@ class Agent:
             try:
                 state, warnings, _ = self.store.load(self.boot_id)
             except CorruptState as exc:
-                raise st.OpError("corrupt", "node state unreadable: %s" % exc)
+                raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
             return st.listing(state, self._ctx()), warnings
         if op == "capacity":
             return self.op_capacity(), []

@@ -35,9 +35,9 @@ def agent_program() -> bytes:
         f"for _name in {MODULES!r}:",
         f"    _mod = types.ModuleType({PACKAGE!r} + '.' + _name)",
         f"    _mod.__package__ = {PACKAGE!r}",
-        f"    sys.modules[_mod.__name__] = _mod",
-        f"    setattr(_pkg, _name, _mod)",
-        f"    exec(compile(_SOURCES[_name], '<gcnode/' + _name + '.py>', 'exec'), _mod.__dict__)",
+        "    sys.modules[_mod.__name__] = _mod",
+        "    setattr(_pkg, _name, _mod)",
+        "    exec(compile(_SOURCES[_name], '<gcnode/' + _name + '.py>', 'exec'), _mod.__dict__)",
         f"sys.modules[{PACKAGE!r} + '.agent'].main()",
     ]
     return "\n".join(lines).encode("utf-8")

@@ -163,9 +163,9 @@ def ticket_view(ticket, position):
 
 def listing(state, ctx):
     """Live reservations and the queue, as the `reservations` command shows them."""
-    leases = [lease_view(l, ctx, with_token=(l["uid"] == ctx.uid))
-              for l in sorted(state["leases"].values(), key=lambda l: l["created_wall"])
-              if l["exp_bt"] > ctx.now_bt]
+    leases = [lease_view(lease, ctx, with_token=(lease["uid"] == ctx.uid))
+              for lease in sorted(state["leases"].values(), key=lambda item: item["created_wall"])
+              if lease["exp_bt"] > ctx.now_bt]
     queue = [ticket_view(t, i + 1) for i, t in enumerate(queue_order(state, ctx.now_bt))]
     return {"reservations": leases, "queue": queue}
 
@@ -237,7 +237,7 @@ def _plan(state, ctx, extra=None):
     """
     order = queue_order(state, ctx.now_bt)
     if extra is not None:
-        order = sorted(order + [extra], key=lambda t: (-effective_priority(t, ctx.now_bt), t["seq"]))
+        order = sorted([*order, extra], key=lambda t: (-effective_priority(t, ctx.now_bt), t["seq"]))
     free = free_gpus(state, ctx)
     granted, blocked = [], []
     for ticket in order:

@@ -99,7 +99,8 @@ class StateStore:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise st.OpError("busy", "state lock %s held for more than %gs" % (self.lock_path, timeout_s))
+                    raise st.OpError("busy", "state lock %s held for more than %gs"
+                                     % (self.lock_path, timeout_s)) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.01)
         self._lock_fd = fd

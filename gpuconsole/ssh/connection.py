@@ -71,6 +71,7 @@ class NodeConnection:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._reader: asyncio.Task[None] | None = None
+        self._stderr_task: asyncio.Task[None] | None = None
         self._stderr_tail = b""
         self.on_snapshot: SnapshotCallback | None = None
         self.closed = asyncio.Event()
@@ -124,7 +125,7 @@ class NodeConnection:
         self._proc = await self._conn.create_process(remote_command(self.cfg.python), encoding=None)
         self._proc.stdin.write(agent_preamble())
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
-        asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
+        self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
         self.hello = await self.request(
             "hello",
             {
@@ -187,7 +188,7 @@ class NodeConnection:
         try:
             self._proc.stdin.write(line.encode())
             reply = await asyncio.wait_for(future, timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self._pending.pop(msg_id, None)
             raise UnreachableError(f"{self.name}: no answer to {op} within {timeout_s:g}s") from None
         except (asyncssh.Error, OSError, BrokenPipeError):

@@ -13,7 +13,7 @@ from gpuconsole.config import Config
 from gpuconsole.core.poller import Poller
 from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
 from gpuconsole.model import NodeSnapshot
-from gpuconsole.model.events import NodeFailed, NodeUpdated
+from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 from gpuconsole.tui.messages import PollEventArrived
 
 NODE_COLUMNS = ("node", "src", "health", "GPUs free", "CPU", "mem", "disk r/w", "net rx/tx")
@@ -62,7 +62,10 @@ class GpuConsoleApp(App[int]):
 
     @work(exclusive=True, group="poll", exit_on_error=False)
     async def poll(self) -> None:
-        poller = Poller(self.config, lambda event: self.post_message(PollEventArrived(event)))
+        def forward(event: PollEvent) -> None:
+            self.post_message(PollEventArrived(event))
+
+        poller = Poller(self.config, forward)
         poller.start()
         try:
             await self._forever()
@@ -117,7 +120,7 @@ class GpuConsoleApp(App[int]):
         table = self.query_one("#gpus", DataTable)
         snap = self.snapshots.get(name)
         wanted = {f"{name}/{g.index}" for g in snap.gpus} if snap else set()
-        for key in [k.value for k in table.rows if k.value not in wanted]:
+        for key in [k for k in table.rows if k.value not in wanted]:
             table.remove_row(key)
         if snap is None:
             return
@@ -132,12 +135,12 @@ class GpuConsoleApp(App[int]):
             cells = [str(gpu.index), gpu.name or NA, pct_h(gpu.util_pct),
                      f"{mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}",
                      num_h(gpu.temperature_c, "C"), num_h(gpu.power_w, "W"), res, procs]
-            key = f"{name}/{gpu.index}"
-            if key in table.rows:
+            row_key = f"{name}/{gpu.index}"
+            if row_key in table.rows:
                 for column, value in zip(GPU_COLUMNS, cells, strict=True):
-                    table.update_cell(key, column, value)
+                    table.update_cell(row_key, column, value)
             else:
-                table.add_row(*cells, key=key)
+                table.add_row(*cells, key=row_key)
 
     def _update_summary(self) -> None:
         up = sum(1 for n in self.config.nodes if n.name in self.snapshots and n.name not in self.failures)

@@ -35,7 +35,9 @@ def test_help_imports_no_textual_boto3_or_asyncssh() -> None:
 
 
 @pytest.mark.parametrize("argv", [["reserve", "--help"], ["reserve", "--gpus", "1"], ["status", "--json"]])
-def test_headless_commands_import_no_textual_or_boto3(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_headless_commands_import_no_textual_or_boto3(
+    argv: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     config = tmp_path_factory.mktemp("cfg") / "c.toml"
     config.write_text("[[nodes]]\nname = 'n1'\nhost = '127.0.0.1'\nport = 1\nconnect_timeout = 1\n")
     loaded = _loaded_modules(["--config", str(config), *argv])
