@@ -16,8 +16,11 @@ from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 from gpuconsole.tui.messages import PollEventArrived
 
-NODE_COLUMNS = ("node", "src", "health", "GPUs free", "CPU", "mem", "disk r/w", "net rx/tx")
-GPU_COLUMNS = ("gpu", "name", "util", "mem", "temp", "power", "reservation", "processes")
+# Fixed widths: cells change every second and must not make columns jump.
+NODE_COLUMNS = {"node": 16, "src": 7, "health": 18, "GPUs free": 9, "CPU": 5, "mem": 13,
+                "disk r/w": 19, "net rx/tx": 19}
+GPU_COLUMNS = {"gpu": 3, "name": 22, "util": 5, "mem": 13, "temp": 5, "power": 6, "reservation": 20,
+               "processes": 30}
 
 
 class GpuConsoleApp(App[int]):
@@ -51,13 +54,13 @@ class GpuConsoleApp(App[int]):
 
     def on_mount(self) -> None:
         nodes = self.query_one("#nodes", DataTable)
-        for column in NODE_COLUMNS:
-            nodes.add_column(column, key=column)
+        for column, width in NODE_COLUMNS.items():
+            nodes.add_column(column, key=column, width=width)
         for cfg in self.config.nodes:
             nodes.add_row(cfg.name, cfg.source, "connecting", NA, NA, NA, NA, NA, key=cfg.name)
         gpus = self.query_one("#gpus", DataTable)
-        for column in GPU_COLUMNS:
-            gpus.add_column(column, key=column)
+        for column, width in GPU_COLUMNS.items():
+            gpus.add_column(column, key=column, width=width)
         self.poll()
 
     @work(exclusive=True, group="poll", exit_on_error=False)
