@@ -24,4 +24,5 @@ def console() -> Console:
     """A rich console on stdout (imported lazily: JSON paths never load rich)."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False)
+    # Piped output keeps whole columns (a file or `less` has no width to respect).
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)

@@ -81,7 +81,7 @@ def render(snapshots: list[NodeSnapshot], clear: bool = False) -> None:
                 res = "[green]free[/]"
             procs = ", ".join(f"{p.user}:{p.pid} {mib_h(p.mem_mib)}" for p in gpu.processes) or NA
             gpus.add_row(
-                snap.name, str(gpu.index), gpu.name or NA, pct_h(gpu.util_pct),
+                snap.name, str(gpu.index), (gpu.name or NA).removeprefix("NVIDIA "), pct_h(gpu.util_pct),
                 f"{mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}",
                 num_h(gpu.temperature_c, "C"), num_h(gpu.power_w, "W"), res, procs,
             )

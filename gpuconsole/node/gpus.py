@@ -244,9 +244,10 @@ class SimulatedGpus:
                 continue
             prev = self._cpu_prev.get(pid)
             self._cpu_prev[pid] = (ticks, now)
-            cpu_pct = 0.0
             if prev is not None and now > prev[1]:
                 cpu_pct = 100.0 * (ticks - prev[0]) / self._ticks_per_s / (now - prev[1])
+            else:
+                cpu_pct = self._lifetime_cpu_pct(pid, ticks)
             rss_mib = _rss_mib(pid)
             for gpu in gpus:
                 bound[gpu].append((pid, cpu_pct, rss_mib))
@@ -256,6 +257,19 @@ class SimulatedGpus:
         if len(self._env_cache) > 4096:
             self._env_cache = {k: v for k, v in self._env_cache.items() if k[0] in live}
         return bound
+
+    def _lifetime_cpu_pct(self, pid, ticks):
+        """A first-seen process's average CPU use since it started (one-shot samples need it)."""
+        start = procs.start_ticks(pid)
+        try:
+            with open("/proc/uptime") as handle:
+                uptime_s = float(handle.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0.0
+        if start is None:
+            return 0.0
+        alive_s = uptime_s - start / float(self._ticks_per_s)
+        return 100.0 * ticks / self._ticks_per_s / alive_s if alive_s > 0.05 else 0.0
 
     def processes(self):
         total_mib = self._model[1]
