@@ -1,164 +1,324 @@
-"""The first console: a live node table and the selected node's GPUs (the full TUI is issue 4)."""
+"""The console: wiring only — themes, the poll worker, message routing and actions."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 from gpuconsole.config import Config
 from gpuconsole.core.poller import Poller
-from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
-from gpuconsole.model import NodeSnapshot
-from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
+from gpuconsole.durations import format_duration_s
+from gpuconsole.errors import GpuConsoleError
+from gpuconsole.model.events import NodeUpdated, PollEvent
+from gpuconsole.model.fleet import FleetState
+from gpuconsole.tui.commands import ConsoleCommands
 from gpuconsole.tui.messages import PollEventArrived
+from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, ReserveDialog, ReserveForm
+from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
+from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
+from gpuconsole.tui.widgets.reservation_table import ReservationTable
+from gpuconsole.tui.widgets.summary import SummaryBar
 
-# Fixed widths: cells change every second and must not make columns jump.
-NODE_COLUMNS = {"node": 16, "src": 7, "health": 18, "GPUs free": 9, "CPU": 5, "mem": 13,
-                "disk r/w": 19, "net rx/tx": 19}
-GPU_COLUMNS = {"gpu": 3, "name": 22, "util": 5, "mem": 13, "temp": 5, "power": 6, "reservation": 20,
-               "processes": 30}
+if TYPE_CHECKING:
+    from gpuconsole.core.fleet import Fleet
+
+RENDER_INTERVAL_S = 0.25  # data arrives at poll rate; the screen repaints at most 4×/s
+MUTATING_ACTIONS = frozenset({"reserve", "release", "renew"})
 
 
 class GpuConsoleApp(App[int]):
-    """Fleet overview fed by the poller; tables update cell by cell, keyed by node and GPU."""
+    """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
-    CSS = """
-    #nodes { height: 1fr; }
-    #gpus { height: 2fr; }
-    #summary { height: 1; padding: 0 1; background: $panel; color: $text; }
-    """
-    BINDINGS = [Binding("q", "quit", "Quit")]
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    BINDINGS = [
+        Binding("r", "reserve", "Reserve"),
+        Binding("x", "release", "Release"),
+        Binding("e", "renew", "Renew"),
+        Binding("slash", "filter", "Filter"),
+        Binding("t", "next_theme", "Theme"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("escape", "close_filter", "Close filter", show=False),
+    ]
 
-    def __init__(self, config: Config, *, theme_name: str | None = None, readonly: bool = False) -> None:
+    def __init__(self, config: Config, *, theme_name: str | None = None, readonly: bool = False,
+                 poll: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.config = config
         self.readonly = readonly
-        self.snapshots: dict[str, NodeSnapshot] = {}
-        self.last_seen: dict[str, float] = {}
-        self.failures: dict[str, str] = {}
-        self.selected: str | None = config.nodes[0].name if config.nodes else None
-        if theme_name:
-            self.theme = theme_name
+        self.clock = clock
+        self._poll_enabled = poll
+        self.fleet = FleetState([n.name for n in config.nodes], {n.name: n.source for n in config.nodes})
+        self.name_filter = ""
+        self.selected_node: str | None = config.nodes[0].name if config.nodes else None
+        self.poller: Poller | None = None
+        self._dirty = True
+        self._themes = load_themes()
+        self._theme_names = [t.name for t in self._themes.themes]
+        self._requested_theme = theme_name or DEFAULT_THEME
+        self._action_fleet: Fleet | None = None
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return dict(VARIABLE_DEFAULTS)
 
     def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("connecting…", id="summary")
-        yield DataTable(id="nodes", cursor_type="row")
-        yield DataTable(id="gpus", cursor_type="row")
+        yield Header(show_clock=False)
+        yield SummaryBar("connecting…", id="summary")
+        nodes = NodeTable(id="nodes")
+        nodes.border_title = "nodes"
+        yield nodes
+        gpus = GpuTable(id="gpus")
+        gpus.border_title = "GPUs"
+        yield gpus
+        with TabbedContent(id="bottom"):
+            with TabPane("Processes", id="tab-processes"):
+                yield ProcessTable(id="processes")
+            with TabPane("Reservations", id="tab-reservations"):
+                yield ReservationTable(id="reservations")
+            with TabPane("Jobs", id="tab-jobs"):
+                yield Static("No jobs yet: batch jobs arrive with `gpuconsole submit`.", classes="placeholder")
+            with TabPane("Cloud", id="tab-cloud"):
+                yield Static(self._cloud_text(), classes="placeholder")
+        yield Input(placeholder="filter nodes by name (esc to close)", id="filter")
         yield Footer()
 
+    def _cloud_text(self) -> str:
+        if self.config.aws is None:
+            return "Cloud: not configured. Add a [cloud.aws] section to the config to burst to EC2."
+        return "Cloud: configured; instances appear here once `gpuconsole cloud up` has started one."
+
     def on_mount(self) -> None:
-        nodes = self.query_one("#nodes", DataTable)
-        for column, width in NODE_COLUMNS.items():
-            nodes.add_column(column, key=column, width=width)
-        for cfg in self.config.nodes:
-            nodes.add_row(cfg.name, cfg.source, "connecting", NA, NA, NA, NA, NA, key=cfg.name)
-        gpus = self.query_one("#gpus", DataTable)
-        for column, width in GPU_COLUMNS.items():
-            gpus.add_column(column, key=column, width=width)
-        self.poll()
+        for theme in self._themes.themes:
+            self.register_theme(theme)
+        if self._requested_theme in self.available_themes:
+            self.theme = self._requested_theme
+        else:
+            self.notify(f"unknown theme {self._requested_theme!r}; using {DEFAULT_THEME}", severity="warning")
+            self.theme = DEFAULT_THEME
+        for failure in self._themes.failed:
+            self.notify(f"theme not loaded: {failure}", severity="warning")
+        self.set_interval(RENDER_INTERVAL_S, self.render_fleet)
+        self.render_fleet(force=True)
+        self.query_one(NodeTable).focus()
+        if self._poll_enabled:
+            self.poll_fleet()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """--readonly hides every mutating action (keys, footer and palette)."""
+        return not (self.readonly and action in MUTATING_ACTIONS)
+
+    # -- data -------------------------------------------------------------------------------
 
     @work(exclusive=True, group="poll", exit_on_error=False)
-    async def poll(self) -> None:
+    async def poll_fleet(self) -> None:
+        """Run the poller on the app's loop; it only posts messages, never touches widgets."""
+
         def forward(event: PollEvent) -> None:
             self.post_message(PollEventArrived(event))
 
-        poller = Poller(self.config, forward)
-        poller.start()
+        self.poller = Poller(self.config, forward)
+        self.poller.start()
         try:
-            await self._forever()
+            await asyncio.Event().wait()
         finally:
-            await poller.aclose()
-
-    async def _forever(self) -> None:
-        import asyncio
-
-        await asyncio.Event().wait()
+            await self.poller.aclose()
 
     @on(PollEventArrived)
-    def _apply(self, message: PollEventArrived) -> None:
-        event = message.event
-        if isinstance(event, NodeUpdated):
-            self.snapshots[event.snapshot.name] = event.snapshot
-            self.last_seen[event.snapshot.name] = time.monotonic()
-            self.failures.pop(event.snapshot.name, None)
-            name = event.snapshot.name
-        elif isinstance(event, NodeFailed):
-            self.failures[event.name] = event.error
-            name = event.name
-        else:
+    def _fold(self, message: PollEventArrived) -> None:
+        self.fleet.apply(message.event)
+        self._dirty = True
+
+    def inject(self, event: PollEvent) -> None:
+        """Feed an event directly (tests, snapshots and the demo's recorded data)."""
+        self.fleet.apply(event)
+        self._dirty = True
+
+    def _styles(self) -> dict[str, str]:
+        variables = self.theme_variables or {}
+        return {key: variables.get(key, default) for key, default in VARIABLE_DEFAULTS.items()}
+
+    def render_fleet(self, force: bool = False) -> None:
+        """Push the folded state down to the widgets (ages tick even without new data)."""
+        if not self.screen_stack:
             return
+        main = self.screen_stack[0]  # dialogs may be on top; the tables live on the main screen
+        now_s = self.clock()
+        styles = self._styles()
         with self.batch_update():
-            self._update_node_row(name)
-            if name == self.selected:
-                self._show_gpus(name)
-            self._update_summary()
+            main.query_one(NodeTable).show(self.fleet, now_s, styles, self.name_filter)
+            view = self.fleet.nodes.get(self.selected_node or "")
+            gpus = main.query_one(GpuTable)
+            gpus.show(view, self.fleet, now_s, styles)
+            gpus.border_title = f"GPUs · {self.selected_node}" if self.selected_node else "GPUs"
+            main.query_one(ProcessTable).show(view)
+            main.query_one(ReservationTable).show(self.fleet, styles)
+            main.query_one(SummaryBar).show(self.fleet, now_s)
+        self._dirty = False
 
-    def _update_node_row(self, name: str) -> None:
-        table = self.query_one("#nodes", DataTable)
-        snap = self.snapshots.get(name)
-        failure = self.failures.get(name)
-        if snap is None:
-            cells = [name, "onprem", f"unreachable: {failure}" if failure else "connecting", NA, NA, NA, NA, NA]
-        else:
-            health = "up"
-            if failure:
-                age_s = time.monotonic() - self.last_seen.get(name, time.monotonic())
-                health = f"stale ({age_s:.0f}s ago)"
-            cells = [
-                name, snap.source, health, f"{snap.gpus_free}/{len(snap.gpus)}", pct_h(snap.cpu_pct),
-                f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}",
-                f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}",
-                f"{rate_h(snap.net_rx_bps)} {rate_h(snap.net_tx_bps)}",
-            ]
-        for column, value in zip(NODE_COLUMNS, cells, strict=True):
-            table.update_cell(name, column, value)
+    @on(NodeTable.RowHighlighted, "#nodes")
+    def _select_node(self, event: NodeTable.RowHighlighted) -> None:
+        if event.row_key.value is not None and event.row_key.value != self.selected_node:
+            self.selected_node = str(event.row_key.value)
+            self.render_fleet()
 
-    def _show_gpus(self, name: str) -> None:
-        table = self.query_one("#gpus", DataTable)
-        snap = self.snapshots.get(name)
-        wanted = {f"{name}/{g.index}" for g in snap.gpus} if snap else set()
-        for key in [k for k in table.rows if k.value not in wanted]:
-            table.remove_row(key)
-        if snap is None:
+    # -- actions ----------------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_next_theme(self) -> None:
+        names = self._theme_names or [DEFAULT_THEME]
+        index = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(index + 1) % len(names)]
+        self.notify(f"theme: {self.theme}")
+        self.render_fleet(force=True)
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("-open")
+        box.focus()
+
+    def action_close_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.has_class("-open"):
+            box.remove_class("-open")
+            self.query_one(NodeTable).focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.name_filter = event.value.strip()
+        self.render_fleet()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.action_close_filter()
+
+    def action_reserve(self) -> None:
+        duration = format_duration_s(self.config.defaults.reserve_for_s)
+        self.push_screen(ReserveDialog([n.name for n in self.config.nodes], duration), self._reserve_chosen)
+
+    def _reserve_chosen(self, form: ReserveForm | None) -> None:
+        if form is not None:
+            self.run_reserve(form)
+
+    def selected_reservation(self) -> tuple[str, str] | None:
+        """(id, description) of the reservation the user points at, if any."""
+        tabs = self.query_one(TabbedContent)
+        if tabs.active == "tab-reservations":
+            rid = self.query_one(ReservationTable).selected_key
+            if rid:
+                for view in self.fleet.nodes.values():
+                    for res in view.snapshot.reservations if view.snapshot else ():
+                        if res.id == rid:
+                            return rid, f"{rid} on {res.node} (GPUs {','.join(map(str, res.gpus))}, {res.owner})"
+                    for req in view.snapshot.queue if view.snapshot else ():
+                        if req.id == rid:
+                            return rid, f"queued request {rid} on {req.node} ({req.owner})"
+        key = self.query_one(GpuTable).selected_key
+        node_view = self.fleet.nodes.get(self.selected_node or "")
+        if key and node_view and node_view.snapshot:
+            index = int(key.rsplit("/", 1)[1])
+            for gpu in node_view.snapshot.gpus:
+                if gpu.index == index and gpu.reservation is not None:
+                    ref = gpu.reservation
+                    return ref.id, f"{ref.id} on {node_view.name} (GPU {index}, {ref.owner})"
+        return None
+
+    def action_release(self) -> None:
+        target = self.selected_reservation()
+        if target is None:
+            self.notify("select a reservation first (Reservations tab, or a reserved GPU)", severity="warning")
             return
-        for gpu in snap.gpus:
-            if gpu.reservation:
-                res = f"{gpu.reservation.owner} {gpu.reservation.id}"
-            elif gpu.unreserved_use:
-                res = "UNRESERVED USE"
-            else:
-                res = "free"
-            procs = ", ".join(f"{p.user}:{p.pid}" for p in gpu.processes) or NA
-            cells = [str(gpu.index), gpu.name or NA, pct_h(gpu.util_pct),
-                     f"{mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}",
-                     num_h(gpu.temperature_c, "C"), num_h(gpu.power_w, "W"), res, procs]
-            row_key = f"{name}/{gpu.index}"
-            if row_key in table.rows:
-                for column, value in zip(GPU_COLUMNS, cells, strict=True):
-                    table.update_cell(row_key, column, value)
-            else:
-                table.add_row(*cells, key=row_key)
+        rid, description = target
 
-    def _update_summary(self) -> None:
-        up = sum(1 for n in self.config.nodes if n.name in self.snapshots and n.name not in self.failures)
-        gpus = [g for s in self.snapshots.values() for g in s.gpus]
-        free = sum(1 for g in gpus if g.is_free)
-        reserved = sum(1 for g in gpus if g.reservation is not None)
-        unreserved = sum(1 for g in gpus if g.unreserved_use)
-        queued = sum(len(s.queue) for s in self.snapshots.values())
-        self.query_one("#summary", Static).update(
-            f"nodes {up}/{len(self.config.nodes)} up · GPUs {free} free, {reserved} reserved, "
-            f"{unreserved} unreserved use · queue {queued}"
-        )
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_release(rid)
 
-    @on(DataTable.RowHighlighted, "#nodes")
-    def _select(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key.value is not None:
-            self.selected = str(event.row_key.value)
-            self._show_gpus(self.selected)
+        self.push_screen(ConfirmDialog(f"Release {description}?", "Release"), confirmed)
+
+    def action_renew(self) -> None:
+        target = self.selected_reservation()
+        if target is None:
+            self.notify("select a reservation first (Reservations tab, or a reserved GPU)", severity="warning")
+            return
+        self.run_renew(target[0])
+
+    # -- action workers: core calls off the UI path; results come back as toasts -------------
+
+    async def _fleet(self) -> Fleet:
+        """Connections for actions, opened on first use and kept (the poller's stream its own)."""
+        from gpuconsole.core.fleet import Fleet
+
+        if self._action_fleet is None:
+            self._action_fleet = Fleet(self.config)
+        return self._action_fleet
+
+    @work(group="actions", exit_on_error=False)
+    async def run_reserve(self, form: ReserveForm) -> None:
+        from gpuconsole.core import reservations as core
+
+        request = core.ReserveRequest(gpus=form.gpus, ttl_s=form.ttl_s, node=form.node,
+                                      preemptible=form.preemptible)
+        try:
+            result = await core.reserve(await self._fleet(), request)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="reserve failed", severity="error", timeout=8)
+            return
+        self.notify(f"{result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} until "
+                    f"{result['expires_at'][11:16]}Z", title="reserved")
+        await self.refresh_node(result["node"])
+
+    @work(group="actions", exit_on_error=False)
+    async def run_release(self, rid: str) -> None:
+        from gpuconsole.core import reservations as core
+
+        try:
+            result = await core.release(await self._fleet(), rid)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="release failed", severity="error", timeout=8)
+            return
+        self.notify(f"{rid} on {result['node']}", title="released")
+        await self.refresh_node(result["node"])
+
+    @work(group="actions", exit_on_error=False)
+    async def run_renew(self, rid: str) -> None:
+        from gpuconsole.core import reservations as core
+
+        try:
+            result = await core.renew(await self._fleet(), rid, self.config.defaults.reserve_for_s)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="renew failed", severity="error", timeout=8)
+            return
+        self.notify(f"{rid} until {result['expires_at'][11:16]}Z", title="renewed")
+        await self.refresh_node(result["node"])
+
+    async def refresh_node(self, name: str) -> None:
+        """Fetch one node's snapshot now instead of waiting for the next poll tick."""
+        conn = self.poller.conns.get(name) if self.poller else None
+        if conn is None:
+            return
+        try:
+            data = await conn.request("snapshot", timeout_s=10)
+        except GpuConsoleError:
+            return
+        from gpuconsole.model import NodeSnapshot
+
+        source = next((n.source for n in self.config.nodes if n.name == name), "onprem")
+        self.inject(NodeUpdated(NodeSnapshot.from_agent(name, data, source), self.clock()))
+        self.render_fleet()
+
+    async def on_unmount(self) -> None:
+        if self._action_fleet is not None:
+            await self._action_fleet.close()

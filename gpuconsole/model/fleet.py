@@ -1,0 +1,143 @@
+"""The fleet as the console sees it: last snapshot per node, health, utilization history, flags.
+
+A pure fold over poller events with an injected clock, shared by the TUI and the watcher.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+
+from gpuconsole.model.events import NodeUpdated, PollEvent
+from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
+
+HISTORY_SAMPLES = 180  # three minutes at the default 1 Hz
+IDLE_UTIL_BELOW_PCT = 5.0
+IDLE_FLAG_AFTER_S = 60.0
+
+
+class Health(Enum):
+    """How fresh a node's data is."""
+
+    CONNECTING = "connecting"
+    UP = "up"
+    STALE = "stale"  # connected before, failing now: last data shown dimmed
+    UNREACHABLE = "unreachable"  # never answered, or gave up (auth / host key)
+
+
+@dataclass
+class NodeView:
+    """Everything the console knows about one node."""
+
+    name: str
+    source: str = "onprem"
+    snapshot: NodeSnapshot | None = None
+    last_ok_s: float | None = None  # monotonic time of the last good snapshot
+    error: str | None = None
+    final: bool = False
+    retry_in_s: float | None = None
+
+    def health(self) -> Health:
+        if self.error is None:
+            return Health.UP if self.snapshot is not None else Health.CONNECTING
+        if self.snapshot is None or self.final:
+            return Health.UNREACHABLE
+        return Health.STALE
+
+
+@dataclass
+class FleetState:
+    """Folds NodeUpdated/NodeFailed into per-node views and per-GPU utilization history."""
+
+    node_names: list[str]
+    sources: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, NodeView] = field(default_factory=dict)
+    util_history: dict[str, deque[float]] = field(default_factory=dict)
+    idle_since_s: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.node_names:
+            self.nodes.setdefault(name, NodeView(name, self.sources.get(name, "onprem")))
+
+    def apply(self, event: PollEvent) -> str:
+        """Fold one event; returns the name of the node it changed."""
+        if isinstance(event, NodeUpdated):
+            snap = event.snapshot
+            view = self.nodes.setdefault(snap.name, NodeView(snap.name, snap.source))
+            view.snapshot, view.last_ok_s = snap, event.received_at
+            view.error, view.final, view.retry_in_s = None, False, None
+            for gpu in snap.gpus:
+                self._record_gpu(snap.name, gpu, event.received_at)
+            return snap.name
+        view = self.nodes.setdefault(event.name, NodeView(event.name))
+        view.error, view.final, view.retry_in_s = event.error, event.final, event.retry_in_s
+        return event.name
+
+    def _record_gpu(self, node: str, gpu: GpuSample, now_s: float) -> None:
+        key = f"{node}/{gpu.index}"
+        history = self.util_history.setdefault(key, deque(maxlen=HISTORY_SAMPLES))
+        history.append(gpu.util_pct or 0.0)
+        idle = gpu.reservation is not None and (gpu.util_pct or 0.0) < IDLE_UTIL_BELOW_PCT
+        if idle:
+            self.idle_since_s.setdefault(key, now_s)
+        else:
+            self.idle_since_s.pop(key, None)
+
+    def idle_for_s(self, node: str, gpu_index: int, now_s: float) -> float | None:
+        """How long a reserved GPU has been idle, or None when it is not an idle reservation."""
+        since = self.idle_since_s.get(f"{node}/{gpu_index}")
+        return None if since is None else now_s - since
+
+    def visible(self, name_filter: str = "") -> list[NodeView]:
+        """Nodes in config order (then discovered ones), filtered by a substring of the name."""
+        needle = name_filter.lower()
+        return [v for v in self.nodes.values() if needle in v.name.lower()]
+
+    def totals(self, now_s: float) -> dict[str, int]:
+        """Counts for the summary bar."""
+        counts = {"nodes": len(self.nodes), "up": 0, "gpus": 0, "free": 0, "reserved": 0,
+                  "in_use": 0, "idle_reserved": 0, "unreserved": 0, "queued": 0}
+        for view in self.nodes.values():
+            if view.health() is Health.UP:
+                counts["up"] += 1
+            snap = view.snapshot
+            if snap is None or view.health() is not Health.UP:
+                continue
+            counts["queued"] += len(snap.queue)
+            for gpu in snap.gpus:
+                counts["gpus"] += 1
+                busy = bool(gpu.processes) or (gpu.util_pct or 0.0) >= IDLE_UTIL_BELOW_PCT
+                counts["free"] += gpu.is_free
+                counts["reserved"] += gpu.reservation is not None
+                counts["in_use"] += busy
+                counts["unreserved"] += gpu.unreserved_use
+                idle_s = self.idle_for_s(view.name, gpu.index, now_s)
+                counts["idle_reserved"] += idle_s is not None and idle_s >= IDLE_FLAG_AFTER_S
+        return counts
+
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int, maximum: float = 100.0) -> str:
+    """Unicode block sparkline of the last values, each cell the max of its bucket."""
+    if not values:
+        return " " * width
+    values = values[-width * 4:]
+    buckets = max(1, -(-len(values) // width))
+    cells = [max(values[i:i + buckets]) for i in range(0, len(values), buckets)]
+    out = "".join(SPARK_BLOCKS[min(len(SPARK_BLOCKS) - 1, int(v / maximum * (len(SPARK_BLOCKS) - 1) + 0.5))]
+                  for v in cells)
+    return out.rjust(width)
+
+
+def bar(fraction: float | None, width: int) -> str:
+    """A text bar like `████▌     ` for 0..1 (blank when unknown)."""
+    if fraction is None:
+        return " " * width
+    fraction = min(1.0, max(0.0, fraction))
+    eighths = round(fraction * width * 8)
+    full, rem = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[rem] if rem else ""
+    return ("█" * full + partial).ljust(width)

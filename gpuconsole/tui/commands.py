@@ -1,0 +1,45 @@
+"""Command palette entries (ctrl+p): the same actions as the keys, searchable by name."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Provider
+
+if TYPE_CHECKING:
+    from gpuconsole.tui.app import GpuConsoleApp
+
+COMMANDS = (
+    ("Reserve GPUs…", "reserve", "open the reserve dialog", True),
+    ("Release selected reservation", "release", "end the reservation under the cursor", True),
+    ("Renew selected reservation", "renew", "extend it by the default duration", True),
+    ("Filter nodes", "filter", "show only nodes whose name contains text", False),
+    ("Next theme", "next_theme", "cycle dark → light → high contrast", False),
+    ("Help", "help", "keys and symbols", False),
+)
+
+
+class ConsoleCommands(Provider):
+    """Palette hits for console actions; mutating ones are absent in --readonly mode."""
+
+    def _commands(self) -> list[tuple[str, str, str]]:
+        app: GpuConsoleApp = self.app  # type: ignore[assignment]
+        return [(name, action, help_text) for name, action, help_text, mutating in COMMANDS
+                if not (mutating and app.readonly)]
+
+    async def discover(self) -> AsyncIterator[DiscoveryHit]:
+        for name, action, help_text in self._commands():
+            yield DiscoveryHit(name, self._runner(action), help=help_text)
+
+    async def search(self, query: str) -> AsyncIterator[Hit]:
+        matcher = self.matcher(query)
+        for name, action, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), self._runner(action), help=help_text)
+
+    def _runner(self, action: str):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            await self.app.run_action(action)
+        return run

@@ -1,0 +1,144 @@
+"""Modal dialogs: reserve GPUs, confirm a destructive action, help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static
+
+from gpuconsole.durations import parse_duration_s
+from gpuconsole.errors import UsageError
+
+AUTO_NODE = "__auto__"
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveForm:
+    """What the reserve dialog returns."""
+
+    gpus: int
+    ttl_s: float
+    node: str | None
+    preemptible: bool
+
+
+class ReserveDialog(ModalScreen[ReserveForm | None]):
+    """GPU count, duration, node (or auto) and preemptible; validated before it closes."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, nodes: list[str], default_duration: str, default_node: str | None = None) -> None:
+        super().__init__()
+        self.nodes = nodes
+        self.default_duration = default_duration
+        self.default_node = default_node
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label("Reserve GPUs", classes="dialog-title")
+            with Grid(classes="form"):
+                yield Label("GPUs")
+                yield Input("1", id="gpus", type="integer", max_length=3)
+                yield Label("for")
+                yield Input(self.default_duration, id="duration", placeholder="90s, 30m, 4h, 1d")
+                yield Label("node")
+                yield Select([("auto (best fit)", AUTO_NODE), *[(n, n) for n in self.nodes]],
+                             value=AUTO_NODE, id="node", allow_blank=False)
+                yield Label("")
+                yield Checkbox("preemptible", id="preemptible")
+            yield Static("", id="error", classes="dialog-error")
+            with Horizontal(classes="buttons"):
+                yield Button("Reserve", variant="primary", id="ok")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#gpus", Input).focus()
+
+    def _form(self) -> ReserveForm:
+        raw = self.query_one("#gpus", Input).value.strip()
+        if not raw.isdigit() or int(raw) < 1:
+            raise UsageError("GPUs must be a whole number ≥ 1")
+        ttl_s = parse_duration_s(self.query_one("#duration", Input).value, what="duration")
+        node = self.query_one("#node", Select).value
+        return ReserveForm(int(raw), ttl_s, None if node == AUTO_NODE else str(node),
+                           self.query_one("#preemptible", Checkbox).value)
+
+    @on(Button.Pressed, "#ok")
+    @on(Input.Submitted)
+    def submit(self) -> None:
+        try:
+            self.dismiss(self._form())
+        except UsageError as exc:
+            self.query_one("#error", Static).update(str(exc))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Yes/no for destructive actions (release, preempt); `y` confirms, `n`/escape cancels."""
+
+    BINDINGS = [Binding("escape,n", "no", "No"), Binding("y", "yes", "Yes")]
+
+    def __init__(self, question: str, confirm_label: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.confirm_label = confirm_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog"):
+            yield Label(self.question, classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button(self.confirm_label, variant="error", id="yes")
+                yield Button("Cancel", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    @on(Button.Pressed, "#yes")
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#no")
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+HELP_TEXT = """\
+[b]Keys[/b]
+  r        reserve GPUs (dialog)          x   release the selected reservation
+  e        renew the selected reservation  /   filter nodes by name
+  tab      next panel                      t   next theme
+  ctrl+p   command palette                 ?   this help
+  q        quit
+
+[b]Reading the screen[/b]
+  ● up   ◌ stale (last data, dimmed)   ✕ unreachable
+  ⚑ idle   a reserved GPU below 5% utilization for a minute or more
+  ⚠ unreserved   processes on a GPU that no reservation covers
+
+The selected reservation is the row under the cursor in the Reservations tab,
+or else the reservation of the GPU under the cursor.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """Keys and symbols."""
+
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="dialog help"):
+            yield Label("gpuconsole help", classes="dialog-title")
+            yield Static(HELP_TEXT)
+            yield Button("Close", id="close")
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,133 @@
+"""The node table, the GPU panel and the process list, rendered from a FleetState."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
+from gpuconsole.model.fleet import IDLE_FLAG_AFTER_S as IDLE_FLAG_S
+from gpuconsole.model.fleet import FleetState, Health, NodeView, bar, sparkline
+from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
+
+NODE_COLUMNS = {"node": 14, "src": 6, "health": 20, "GPUs free": 9, "CPU": 5, "mem": 13,
+                "disk r/w": 17, "net rx/tx": 17}
+GPU_COLUMNS = {"gpu": 3, "name": 16, "util": 16, "mem": 20, "temp": 4, "power": 5, "history": 16,
+               "reservation": 24}
+PROCESS_COLUMNS = {"gpu": 3, "user": 10, "pid": 8, "mem": 7, "command": 60}
+
+
+def _age_h(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+class NodeTable(KeyedTable):
+    """One row per node: health with "last seen", CPU, memory, disk and network rates, GPUs free."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(NODE_COLUMNS, **kwargs)
+
+    def show(self, fleet: FleetState, now_s: float, styles: dict[str, str], name_filter: str = "") -> None:
+        rows: dict[str, list[Cell]] = {}
+        for view in fleet.visible(name_filter):
+            rows[view.name] = self._cells(view, now_s, styles)
+        self.sync(rows)
+
+    @staticmethod
+    def _cells(view: NodeView, now_s: float, styles: dict[str, str]) -> list[Cell]:
+        health = view.health()
+        snap = view.snapshot
+        seen = "" if view.last_ok_s is None else f" · {_age_h(max(0.0, now_s - view.last_ok_s))} ago"
+        if health is Health.UP:
+            health_cell: Cell = Text("● up", style=styles["gc-free"])
+        elif health is Health.CONNECTING:
+            health_cell = Text("○ connecting", style=styles["gc-stale"])
+        elif health is Health.STALE:
+            health_cell = Text(f"◌ stale{seen}", style=styles["gc-stale"])
+        else:
+            health_cell = Text("✕ auth/host key" if view.final else "✕ unreachable",
+                               style=styles["gc-unreachable"])
+        if snap is None:
+            return [view.name, view.source, health_cell, NA, NA, NA, NA, NA]
+        dim = "dim" if health is not Health.UP else ""
+        cells: list[Cell] = [
+            Text(view.name, style=dim), Text(view.source, style=dim), health_cell,
+            Text(f"{snap.gpus_free}/{len(snap.gpus)}", style=dim), Text(pct_h(snap.cpu_pct), style=dim),
+            Text(f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}", style=dim),
+            Text(f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}", style=dim),
+            Text(f"{rate_h(snap.net_rx_bps)} {rate_h(snap.net_tx_bps)}", style=dim),
+        ]
+        return cells
+
+
+def util_style(pct: float | None, styles: dict[str, str]) -> str:
+    if pct is None:
+        return styles["gc-stale"]
+    if pct >= 75:
+        return styles["gc-util-high"]
+    return styles["gc-util-mid"] if pct >= 10 else styles["gc-util-low"]
+
+
+class GpuTable(KeyedTable):
+    """The selected node's GPUs: bars, temperature, power, history and who holds each one."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(GPU_COLUMNS, **kwargs)
+
+    def show(self, view: NodeView | None, fleet: FleetState, now_s: float, styles: dict[str, str]) -> None:
+        rows: dict[str, list[Cell]] = {}
+        snap = view.snapshot if view else None
+        if view is not None and snap is not None:
+            dim = "dim" if view.health() is not Health.UP else ""
+            for gpu in snap.gpus:
+                key = f"{view.name}/{gpu.index}"
+                mem_frac = (gpu.mem_used_mib / gpu.mem_total_mib
+                            if gpu.mem_used_mib is not None and gpu.mem_total_mib else None)
+                util_text = Text(bar((gpu.util_pct or 0) / 100, 10), style=util_style(gpu.util_pct, styles))
+                util_text.append(f" {pct_h(gpu.util_pct):>4}", style=dim)
+                mem_text = Text(bar(mem_frac, 8), style=util_style(None if mem_frac is None else mem_frac * 100,
+                                                                    styles))
+                mem_text.append(f" {mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}", style=dim)
+                history = list(fleet.util_history.get(key, ()))
+                rows[key] = [
+                    Text(str(gpu.index), style=dim),
+                    Text((gpu.name or NA).removeprefix("NVIDIA "), style=dim),
+                    util_text, mem_text,
+                    Text(num_h(gpu.temperature_c, "C"), style=dim), Text(num_h(gpu.power_w, "W"), style=dim),
+                    Text(sparkline(history, 16), style=styles["gc-util-low"]),
+                    self._holder(view.name, gpu, fleet, now_s, styles),
+                ]
+        self.sync(rows)
+
+    @staticmethod
+    def _holder(node: str, gpu: object, fleet: FleetState, now_s: float, styles: dict[str, str]) -> Text:
+        from gpuconsole.model.telemetry import GpuSample
+
+        assert isinstance(gpu, GpuSample)
+        if gpu.reservation is not None:
+            text = Text(f"{gpu.reservation.owner} ·{gpu.reservation.expires_at[11:16]}Z")
+            idle_s = fleet.idle_for_s(node, gpu.index, now_s)
+            if idle_s is not None and idle_s >= IDLE_FLAG_S:
+                text.append(f" ⚑idle {_age_h(idle_s)}", style=f"bold {styles['gc-flag']}")
+            return text
+        if gpu.unreserved_use:
+            users = ",".join(sorted({p.user or "?" for p in gpu.processes}))
+            return Text(f"⚠ unreserved: {users}", style=f"bold {styles['gc-flag']}")
+        return Text("free", style=styles["gc-free"])
+
+
+class ProcessTable(KeyedTable):
+    """Processes on the selected node's GPUs: user, pid, GPU memory, command."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(PROCESS_COLUMNS, **kwargs)
+
+    def show(self, view: NodeView | None) -> None:
+        rows: dict[str, list[Cell]] = {}
+        if view is not None and view.snapshot is not None:
+            for gpu in view.snapshot.gpus:
+                for proc in gpu.processes:
+                    rows[f"{view.name}/{gpu.index}/{proc.pid}"] = [
+                        str(gpu.index), proc.user or NA, str(proc.pid), mib_h(proc.mem_mib),
+                        proc.command or NA,
+                    ]
+        self.sync(rows)

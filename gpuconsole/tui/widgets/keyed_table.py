@@ -1,0 +1,48 @@
+"""A DataTable that is updated by key: only changed cells are touched, no rebuilds, no flicker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+Cell = str | Text
+
+
+class KeyedTable(DataTable[Cell]):
+    """Rows are identified by a stable key; `sync` diffs the wanted rows against what is shown."""
+
+    def __init__(self, columns: Mapping[str, int], **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
+        self._column_widths = dict(columns)
+        self._shown: dict[str, tuple[Cell, ...]] = {}
+
+    def on_mount(self) -> None:
+        for label, width in self._column_widths.items():
+            self.add_column(label, key=label, width=width)
+
+    def sync(self, rows: Mapping[str, Sequence[Cell]]) -> None:
+        """Make the table show exactly ``rows`` (in the given order for new keys)."""
+        for key in [k for k in self._shown if k not in rows]:
+            self.remove_row(key)
+            del self._shown[key]
+        columns = list(self._column_widths)
+        for key, cells in rows.items():
+            cells = tuple(cells)
+            old = self._shown.get(key)
+            if old is None:
+                self.add_row(*cells, key=key)
+            elif old != cells:
+                for column, new_cell, old_cell in zip(columns, cells, old, strict=True):
+                    if new_cell != old_cell:
+                        self.update_cell(key, column, new_cell)
+            self._shown[key] = cells
+
+    @property
+    def selected_key(self) -> str | None:
+        """The key of the row under the cursor, if any."""
+        if not self._shown or self.cursor_row < 0 or self.cursor_row >= self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return None if row_key.value is None else str(row_key.value)
