@@ -42,7 +42,7 @@ async def test_fleet_renders_with_right_counts(demo_factory: Callable[..., DemoT
         assert app.query_one(NodeTable).row_count == 3
         assert app.query_one(GpuTable).row_count == 4
         summary = str(app.query_one("#summary").render())
-        assert "3/3 up" in summary and "12 free" in summary and "of 12" in summary
+        assert "3/3 up" in summary and "12 free" in summary and "/ 12" in summary
 
 
 async def test_reserve_dialog_creates_reservation_and_release_works(demo: DemoThread) -> None:
