@@ -50,6 +50,7 @@ class Defaults:
     ssh_config: str | None = None
     connect_timeout_s: float = 10.0
     max_parallel: int = 64
+    theme: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class Config:
 
 _DEFAULT_KEYS = {
     "user", "identity_file", "known_hosts", "state_dir", "poll_seconds", "reserve_for",
-    "ssh_config", "connect_timeout", "max_parallel",
+    "ssh_config", "connect_timeout", "max_parallel", "theme",
 }
 _NODE_KEYS = {
     "name", "host", "port", "user", "identity_file", "known_hosts", "state_dir", "python",
@@ -274,6 +275,7 @@ def _parse_defaults(raw: dict[str, Any], loc: _Locator, base_dir: Path) -> Defau
         ssh_config=_path(raw, "ssh_config", "defaults", loc, base_dir),
         connect_timeout_s=timeout if timeout is not None else base.connect_timeout_s,
         max_parallel=int(parallel) if parallel is not None else base.max_parallel,
+        theme=_str(raw, "theme", "defaults", loc, NAME_RE),
     )
 
 

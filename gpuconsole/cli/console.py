@@ -10,4 +10,5 @@ from gpuconsole.config import Config
 def run_console(config: Config, args: Any) -> int:
     from gpuconsole.tui import run
 
-    return run(config, theme=getattr(args, "theme", None), readonly=bool(getattr(args, "readonly", False)))
+    theme = getattr(args, "theme", None) or config.defaults.theme
+    return run(config, theme=theme, readonly=bool(getattr(args, "readonly", False)))
