@@ -133,10 +133,19 @@ def effective_priority(ticket, now_bt):
     return ticket["priority"] + waited_s / AGING_S_PER_LEVEL
 
 
+def queue_key(ticket):
+    """Sort key equal to (-effective_priority, seq) at any instant, but independent of `now`.
+
+    Every waiting ticket ages at the same rate, so `p + (now - created) / AGING` orders tickets
+    exactly like `created - p * AGING`. Computing the aged float at each `now` let rounding flip
+    two exactly tied tickets back and forth over time (the later one overtaking the earlier).
+    """
+    return (ticket["created_bt"] - ticket["priority"] * AGING_S_PER_LEVEL, ticket["seq"])
+
+
 def queue_order(state, now_bt):
     """Queued tickets in grant order: effective priority (aged) desc, then submit order."""
-    return sorted(state["queue"].values(),
-                  key=lambda t: (-effective_priority(t, now_bt), t["seq"]))
+    return sorted(state["queue"].values(), key=queue_key)
 
 
 def lease_view(lease, ctx, with_token=False):
@@ -237,7 +246,7 @@ def _plan(state, ctx, extra=None):
     """
     order = queue_order(state, ctx.now_bt)
     if extra is not None:
-        order = sorted([*order, extra], key=lambda t: (-effective_priority(t, ctx.now_bt), t["seq"]))
+        order = sorted([*order, extra], key=queue_key)
     free = free_gpus(state, ctx)
     granted, blocked = [], []
     for ticket in order:
