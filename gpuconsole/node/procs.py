@@ -27,31 +27,30 @@ def user_name(uid):
     return _USER_CACHE[uid]
 
 
-def start_ticks(pid):
-    """Process start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
+def _stat_fields(pid):
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
             data = handle.read()
     except OSError:
         return None
     # The command name may contain spaces and parentheses; fields resume after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
+    return data[data.rfind(b")") + 2:].split()
+
+
+def start_ticks(pid):
+    """Process start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
+    fields = _stat_fields(pid)
     try:
-        return int(fields[19])
+        return int(fields[19]) if fields else None
     except (IndexError, ValueError):
         return None
 
 
 def cpu_ticks(pid):
     """utime + stime of a process in clock ticks, or None when it is gone."""
+    fields = _stat_fields(pid)
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(fields[11]) + int(fields[12])
+        return int(fields[11]) + int(fields[12]) if fields else None
     except (IndexError, ValueError):
         return None
 
@@ -92,13 +91,19 @@ def identity(pid=None):
 
 
 def is_alive(ident):
-    """True when the process named by an identity() record still runs (same boot, same start)."""
-    if not ident:
+    """True when the process named by an identity() record still runs (same boot, same start).
+
+    A zombie (exited, not yet reaped) is dead: it holds no GPU and will never renew.
+    """
+    if not ident or ident.get("boot_id") != boot_id():
         return False
-    if ident.get("boot_id") != boot_id():
+    fields = _stat_fields(int(ident.get("pid", -1)))
+    if not fields or fields[0] in (b"Z", b"X"):
         return False
-    start = start_ticks(int(ident.get("pid", -1)))
-    return start is not None and start == ident.get("start")
+    try:
+        return int(fields[19]) == ident.get("start")
+    except (IndexError, ValueError):
+        return False
 
 
 def environ(pid):
