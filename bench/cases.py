@@ -1,0 +1,782 @@
+"""The benchmarks of design.md section 5, each returning Result rows (see README.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from harness import (
+    Check,
+    DemoProcess,
+    Result,
+    bench_env,
+    cli_argv,
+    ms,
+    percentile,
+    proc_children,
+    proc_cpu_ns,
+    proc_cpu_s,
+    run_timed,
+)
+
+from gpuconsole.config import Config, NodeConfig, load_config
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.status import fleet_snapshot
+from gpuconsole.ssh.connection import AgentError, NodeConnection
+
+TTL_S = 3600.0
+# What a naive monitor does per node: read host counters, then start a Python tool (the stand-in
+# for `gpustat --json` / `nvidia-smi`, which the demo nodes do not have).
+NAIVE_COMMAND = ("cat /proc/loadavg /proc/meminfo >/dev/null && "
+                 "python3 -c 'import json, os; print(json.dumps(os.getloadavg()))'")
+HEAVY_MODULES = ("asyncssh", "textual", "boto3", "botocore")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetitions: full mode follows design.md section 5, quick is a CI smoke run."""
+
+    quick: bool
+    status_nodes: tuple[int, ...]
+    status_reps: int
+    naive_reps: int
+    state_pairs: int
+    renews: int
+    reserve_cli_runs: int
+    help_runs: int
+    clients: int
+    ops_per_client: int
+    agent_cpu_s: float
+    ping_n: int
+    exec_n: int
+    handshake_n: int
+    fsync_n: int
+    pystart_n: int
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, (1, 4), 2, 1, 25, 25, 3, 5, 4, 20, 3.0, 30, 10, 5, 30, 5)
+        return cls(False, (1, 8, 32, 64), 7, 3, 300, 300, 10, 20, 16, 200, 10.0, 500, 100, 20,
+                   300, 20)
+
+
+def _node_kwargs(cfg: NodeConfig) -> dict[str, Any]:
+    """asyncssh.connect options for a demo node, as NodeConnection builds them."""
+    return {"port": cfg.port, "client_keys": [cfg.identity_file], "known_hosts": cfg.known_hosts}
+
+
+def _req() -> str:
+    return uuid.uuid4().hex
+
+
+# -- 1. status fan-out ------------------------------------------------------------------------
+
+
+async def _snapshot_round(config: Config) -> tuple[float, int, dict[str, float]]:
+    """Open a Fleet, take one fleet snapshot, close: what `status --json` does in-process.
+
+    The connect is called explicitly first (fleet_snapshot would do it) to time the phases.
+    """
+    started = time.perf_counter()
+    async with Fleet(config) as fleet:
+        await fleet.connect()
+        connected = time.perf_counter()
+        snapshots = await fleet_snapshot(fleet)
+        snapped = time.perf_counter()
+    ended = time.perf_counter()
+    phases = {"connect_and_agent_hello_ms": ms(connected - started),
+              "snapshot_call_ms": ms(snapped - connected), "close_ms": ms(ended - snapped)}
+    return ended - started, sum(s.reachable for s in snapshots), phases
+
+
+async def _naive_round(nodes: tuple[NodeConfig, ...]) -> float:
+    """Sequential per node, asyncssh in-process: connect, run one command, close."""
+    started = time.perf_counter()
+    for cfg in nodes:
+        async with asyncssh.connect(cfg.host, **_node_kwargs(cfg)) as conn:
+            result = await conn.run(NAIVE_COMMAND, check=True)
+            json.loads(str(result.stdout))
+    return time.perf_counter() - started
+
+
+def _openssh_round(nodes: tuple[NodeConfig, ...], ssh: str) -> float:
+    """Sequential per node with the OpenSSH client: `for h in hosts: ssh h CMD` (research B0)."""
+    started = time.perf_counter()
+    for cfg in nodes:
+        argv = [ssh, "-F", "/dev/null", "-p", str(cfg.port), "-i", str(cfg.identity_file),
+                "-o", f"UserKnownHostsFile={cfg.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+                cfg.host, NAIVE_COMMAND]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True,
+                             stdin=subprocess.DEVNULL, env=bench_env())
+        json.loads(out.stdout)
+    return time.perf_counter() - started
+
+
+@dataclass
+class _Series:
+    """Samples of one variant at one fleet size, with the CPU it cost on each side."""
+
+    wall_ms: list[float]
+    client_cpu_ms: list[float]
+    server_cpu_ms: list[float]
+
+    @classmethod
+    def empty(cls) -> _Series:
+        return cls([], [], [])
+
+    def extra(self) -> dict[str, float]:
+        cores = len(os.sched_getaffinity(0))
+        client_ms = percentile(self.client_cpu_ms, 50)
+        server_ms = percentile(self.server_cpu_ms, 50)
+        return {"client_cpu_ms_median": client_ms, "server_and_agents_cpu_ms_median": server_ms,
+                "cpu_bound_floor_ms": (client_ms + server_ms) / cores}
+
+
+def _measured(demo: DemoProcess, series: _Series | None, func: Any) -> Any:
+    """Run func(); record its wall time and the client/server CPU it cost unless series is None.
+
+    func returns (elapsed_s, client_cpu_s, value); server CPU is the demo process plus its
+    reaped children (the agents and commands), read once every child has exited and been reaped.
+    """
+    _wait_reaped(demo)
+    server_before_s = proc_cpu_s(demo.pid, children=True)
+    elapsed_s, client_cpu_s, value = func()
+    _wait_reaped(demo)
+    if series is not None:
+        series.wall_ms.append(ms(elapsed_s))
+        series.client_cpu_ms.append(ms(client_cpu_s))
+        series.server_cpu_ms.append(ms(proc_cpu_s(demo.pid, children=True) - server_before_s))
+    return value
+
+
+def _wait_reaped(demo: DemoProcess, timeout_s: float = 10.0) -> None:
+    """Wait until the demo has no child processes: agents of closed connections are reaped."""
+    deadline = time.monotonic() + timeout_s
+    while proc_children(demo.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _in_process(coro_factory: Any) -> tuple[float, float, Any]:
+    cpu_before_s = time.process_time()
+    result = asyncio.run(coro_factory())
+    elapsed_s, value = (result[0], result[1:]) if isinstance(result, tuple) else (result, None)
+    return elapsed_s, time.process_time() - cpu_before_s, value
+
+
+def _status_at(plan: Plan, work: Path, nodes: int, ssh: str | None) -> dict[str, _Series | Any]:
+    """All variants at one fleet size, interleaved per repetition; repetition 0 is a warm-up."""
+    series = {kind: _Series.empty() for kind in ("inproc", "cli", "naive", "openssh")}
+    phase_runs: list[dict[str, float]] = []
+    with DemoProcess(work / f"status-{nodes}", nodes) as demo:
+        config = load_config(str(demo.config_path))
+        argv = cli_argv("--config", str(demo.config_path), "status", "--json")
+        for rep in range(plan.status_reps + 1):
+            keep = rep > 0
+            reachable, phases = _measured(demo, series["inproc"] if keep else None,
+                                          lambda: _in_process(lambda: _snapshot_round(config)))
+            if reachable != nodes:
+                raise RuntimeError(f"status: {reachable}/{nodes} nodes reachable")
+            if keep:
+                phase_runs.append(phases)
+
+            def cli() -> tuple[float, float, Any]:
+                timed = run_timed(argv)
+                if timed.returncode != 0:
+                    raise RuntimeError(f"status CLI exit {timed.returncode}: {timed.stderr[-500:]}")
+                return timed.elapsed_s, timed.cpu_s, json.loads(timed.stdout)
+
+            document = _measured(demo, series["cli"] if keep else None, cli)
+            if sum(n["reachable"] for n in document["nodes"]) != nodes:
+                raise RuntimeError(f"status CLI: not all {nodes} nodes reachable")
+            if rep > plan.naive_reps:
+                continue
+            _measured(demo, series["naive"] if keep else None,
+                      lambda: _in_process(lambda: _naive_round(config.nodes)))
+            if ssh is not None:
+                def openssh() -> tuple[float, float, Any]:
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    elapsed_s = _openssh_round(config.nodes, ssh)
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    return elapsed_s, (after.ru_utime - before.ru_utime
+                                       + after.ru_stime - before.ru_stime), None
+
+                _measured(demo, series["openssh"] if keep else None, openssh)
+        return {**series, "phases": {k: percentile([p[k] for p in phase_runs], 50)
+                                     for k in phase_runs[0]}, "demo_start_s": demo.start_s}
+
+
+def bench_status(plan: Plan, work: Path) -> list[Result]:
+    """`status --json` at several fleet sizes: in-process, CLI subprocess and naive loops."""
+    ssh = shutil.which("ssh")
+    cores = len(os.sched_getaffinity(0))
+    results: list[Result] = []
+    medians: dict[tuple[str, int], float] = {}
+    client_cpu: dict[tuple[str, int], float] = {}
+    cpu_floor: dict[tuple[str, int], float] = {}
+    for nodes in plan.status_nodes:
+        data = _status_at(plan, work, nodes, ssh)
+        inproc, cli, naive, openssh = (data[k] for k in ("inproc", "cli", "naive", "openssh"))
+        results += [
+            Result(f"status fleet_snapshot in-process, {nodes} nodes", "status", "ms",
+                   inproc.wall_ms, extra={**inproc.extra(), "phases_median_ms": data["phases"],
+                                          "demo_start_s": data["demo_start_s"]}),
+            Result(f"status --json CLI, {nodes} nodes", "status", "ms", cli.wall_ms,
+                   extra=cli.extra()),
+            Result(f"naive loop, asyncssh connect+run+close, {nodes} nodes", "status", "ms",
+                   naive.wall_ms, extra=naive.extra(),
+                   notes="in-process asyncssh: no ssh binary spawn, a charitable baseline"),
+        ]
+        if openssh.wall_ms:
+            results.append(Result(
+                f"naive loop, OpenSSH `ssh host CMD`, {nodes} nodes", "status", "ms",
+                openssh.wall_ms, extra=openssh.extra(),
+                notes="a new ssh process and connection per node (research baseline B0)"))
+        for kind in ("inproc", "cli", "naive", "openssh"):
+            medians[(kind, nodes)] = percentile(data[kind].wall_ms, 50)
+            client_cpu[(kind, nodes)] = percentile(data[kind].client_cpu_ms, 50)
+            server_cpu_ms = percentile(data[kind].server_cpu_ms, 50)
+            cpu_floor[(kind, nodes)] = (client_cpu[(kind, nodes)] + server_cpu_ms) / cores
+    small, large = min(plan.status_nodes), max(plan.status_nodes)
+    labels = {"cli": "status --json CLI", "inproc": "fleet_snapshot in-process"}
+    for kind, label in labels.items():
+        # With every node on its own machine only the client's extra CPU would add to T(small).
+        extra_client_ms = client_cpu[(kind, large)] - client_cpu[(kind, small)]
+        results.append(Result(
+            f"{label}: T({large})/T({small})", "status", "x",
+            value=medians[(kind, large)] / medians[(kind, small)], budget="≤ 3x",
+            checks=[Check("value", "<=", 3.0)],
+            extra={"projected_ratio_nodes_on_own_machines":
+                   (medians[(kind, small)] + extra_client_ms) / medians[(kind, small)],
+                   "cpu_bound_floor_ms_at_large": cpu_floor[(kind, large)]}))
+    for baseline, baseline_label in (("openssh", "OpenSSH loop"), ("naive", "asyncssh loop")):
+        if math.isnan(medians[(baseline, large)]):
+            continue
+        for kind, label in labels.items():
+            results.append(Result(
+                f"{label}: speedup vs {baseline_label} at {large} nodes", "status", "x",
+                value=medians[(baseline, large)] / medians[(kind, large)], budget="≥ 20x",
+                checks=[Check("value", ">=", 20.0)]))
+    return results
+
+
+# -- 2. state operations on an open connection -------------------------------------------------
+
+
+async def _state_ops(cfg: NodeConfig, pairs: int, renews: int, pings: int) -> dict[str, Any]:
+    conn = await NodeConnection.open(cfg)
+    try:
+        for _ in range(10):  # warm-up: first writes create the files, caches fill
+            lease = await conn.request("reserve", {"gpus": 1, "ttl_s": TTL_S, "req_id": _req()})
+            await conn.request("release", {"id": lease["id"], "req_id": _req()})
+        reserve_ms: list[float] = []
+        release_ms: list[float] = []
+        for _ in range(pairs):
+            started = time.perf_counter()
+            lease = await conn.request("reserve", {"gpus": 1, "ttl_s": TTL_S, "req_id": _req()})
+            mid = time.perf_counter()
+            await conn.request("release", {"id": lease["id"], "req_id": _req()})
+            reserve_ms.append(ms(mid - started))
+            release_ms.append(ms(time.perf_counter() - mid))
+        held = await conn.request("reserve", {"gpus": 1, "ttl_s": TTL_S, "req_id": _req()})
+        renew_ms: list[float] = []
+        for _ in range(renews):
+            started = time.perf_counter()
+            await conn.request("renew", {"id": held["id"], "ttl_s": TTL_S, "req_id": _req()})
+            renew_ms.append(ms(time.perf_counter() - started))
+        await conn.request("release", {"id": held["id"], "req_id": _req()})
+        ping_ms: list[float] = []
+        for _ in range(pings):
+            started = time.perf_counter()
+            await conn.request("ping")
+            ping_ms.append(ms(time.perf_counter() - started))
+        state_bytes = Path(cfg.state_dir, "state.json").stat().st_size  # noqa: ASYNC240
+        return {"reserve": reserve_ms, "release": release_ms, "renew": renew_ms, "ping": ping_ms,
+                "state_bytes": state_bytes}
+    finally:
+        await conn.close()
+
+
+def prefill_replay_window(state_dir: str, entries: int) -> int:
+    """Fill the node's replay window (remembered request ids) to ``entries``, as on a busy node.
+
+    The agent keeps every applied request id for an hour, up to APPLIED_KEEP_MAX, so any node
+    with more than one state change every two seconds lives with a full window. Returns bytes.
+    """
+    from gpuconsole.node import procs
+    from gpuconsole.node.store import StateStore
+
+    store = StateStore(state_dir)
+    store.acquire()
+    try:
+        state, _, _ = store.load_locked(procs.identity()["boot_id"])
+        now_bt = time.clock_gettime(time.CLOCK_BOOTTIME)
+        result = {"id": "r-fill00", "gpus": [0], "owner": "bench", "token": 1, "state": "granted",
+                  "expires_at": "2030-01-01T00:00:00Z", "cuda_visible_devices": "0",
+                  "priority": "normal"}
+        for index in range(max(0, entries - len(state["applied"]))):
+            state["applied"][_req()] = {"bt": now_bt, "res": dict(result, id=f"r-fill{index}")}
+        store.commit(state)
+    finally:
+        store.release_lock()
+    return Path(store.path).stat().st_size
+
+
+def bench_state_ops(plan: Plan, cfg: NodeConfig, *, full_window: bool = False
+                    ) -> tuple[list[Result], list[float]]:
+    """reserve/release pairs and renews on one open connection; returns rows and ping samples.
+
+    With ``full_window`` the node's replay window is first filled to its cap (steady state of a
+    busy node) and fewer operations run.
+    """
+    from gpuconsole.node.state import APPLIED_KEEP_MAX
+
+    prefill_bytes = None
+    if full_window:
+        prefill_bytes = prefill_replay_window(cfg.state_dir, APPLIED_KEEP_MAX)
+        pairs, renews, pings = max(10, plan.state_pairs // 3), max(10, plan.renews // 3), 0
+        label = f", replay window full ({APPLIED_KEEP_MAX} ids)"
+    else:
+        pairs, renews, pings = plan.state_pairs, plan.renews, plan.ping_n
+        label = ", fresh node"
+    data = asyncio.run(_state_ops(cfg, pairs, renews, pings))
+    budget = "p50 ≤ 5 ms, p99 ≤ 20 ms"
+    checks = [Check("p50", "<=", 5.0), Check("p99", "<=", 20.0)]
+    rows = []
+    for op in ("reserve", "release", "renew"):
+        samples: list[float] = data[op]
+        tenth = max(1, len(samples) // 10)
+        rows.append(Result(
+            f"state op {op}{label}", "state ops", "ms", samples, budget=budget,
+            checks=checks, extra={"p50_first_10pct_ms": percentile(samples[:tenth], 50),
+                                  "p50_last_10pct_ms": percentile(samples[-tenth:], 50)}))
+    combined = data["reserve"] + data["release"] + data["renew"]
+    rows.append(Result(f"state ops, all{label}", "state ops", "ms", combined,
+                       budget=budget, checks=checks,
+                       extra={"state_json_bytes_at_start": prefill_bytes,
+                              "state_json_bytes_at_end": data["state_bytes"]}))
+    return rows, data["ping"]
+
+
+# -- 3. reserve CLI end to end ----------------------------------------------------------------
+
+
+async def _reserve_phases(config: Config) -> dict[str, float]:
+    """Where a CLI reserve spends its time, in-process: connect+agent, capacity, grant, close."""
+    from gpuconsole.core.placement import best_fit
+    from gpuconsole.core.reservations import capacities
+
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+    fleet = Fleet(config)
+    await fleet.connect()
+    phases["connect_and_agent_hello_ms"] = ms(time.perf_counter() - started)
+    mark = time.perf_counter()
+    caps = await capacities(fleet)
+    phases["capacity_all_nodes_ms"] = ms(time.perf_counter() - mark)
+    mark = time.perf_counter()
+    target = best_fit(caps, 1)[0]
+    lease = await fleet.request(target, "reserve", {"gpus": 1, "ttl_s": TTL_S, "req_id": _req()})
+    phases["reserve_request_ms"] = ms(time.perf_counter() - mark)
+    await fleet.request(target, "release", {"id": lease["id"], "req_id": _req()})
+    mark = time.perf_counter()
+    await fleet.close()
+    phases["close_ms"] = ms(time.perf_counter() - mark)
+    phases["total_ms"] = ms(time.perf_counter() - started)
+    return phases
+
+
+async def _release_all(config: Config) -> int:
+    from gpuconsole.core.reservations import release_mine
+
+    async with Fleet(config) as fleet:
+        return len(await release_mine(fleet))
+
+
+def _import_ms(statement: str, runs: int) -> float:
+    """Best-of-N wall time of a fresh `python -c STATEMENT`: its inherent cost, least noise."""
+    return min(ms(run_timed([sys.executable, "-c", statement]).elapsed_s) for _ in range(runs))
+
+
+def bench_reserve_cli(plan: Plan, work: Path) -> list[Result]:
+    """`reserve --gpus 1 --json` in a fresh process against a 4-node demo, plus a phase split."""
+    with DemoProcess(work / "reserve-cli", 4) as demo:
+        config = load_config(str(demo.config_path))
+        argv = cli_argv("--config", str(demo.config_path), "reserve", "--gpus", "1", "--json")
+        samples: list[float] = []
+        cpu_ms: list[float] = []
+        for run in range(plan.reserve_cli_runs + 1):
+            timed = run_timed(argv)
+            if timed.returncode != 0:
+                raise RuntimeError(f"reserve CLI exit {timed.returncode}: {timed.stderr[-500:]}")
+            grant = json.loads(timed.stdout)
+            if grant["node"] not in {n.name for n in config.nodes} or len(grant["gpus"]) != 1:
+                raise RuntimeError(f"reserve CLI: unexpected grant {grant}")
+            if run:  # run 0 is the warm-up
+                samples.append(ms(timed.elapsed_s))
+                cpu_ms.append(ms(timed.cpu_s))
+            if run % 16 == 15:  # 4 nodes x 8 GPUs: free them before they run out
+                asyncio.run(_release_all(config))
+        released = asyncio.run(_release_all(config))
+        phase_runs = [asyncio.run(_reserve_phases(config)) for _ in range(3 if plan.quick else 5)]
+        phases = {key: percentile([p[key] for p in phase_runs], 50) for key in phase_runs[0]}
+    # Interpreter and import costs are best-of-N (see _import_ms); the phases above are medians.
+    runs = 3 if plan.quick else 7
+    python_ms = _import_ms("pass", runs)
+    phases["python_start_ms"] = python_ms
+    phases["import_cli_reserve_path_ms"] = _import_ms(
+        "import gpuconsole.cli.parser, gpuconsole.config, gpuconsole.cli.reservations", runs
+    ) - python_ms
+    phases["import_asyncssh_alone_ms"] = _import_ms("import asyncssh", runs) - python_ms
+    return [Result("reserve --gpus 1 --json CLI, fresh process, 4 nodes", "reserve CLI", "ms",
+                   samples, budget="≤ 500 ms", checks=[Check("median", "<=", 500.0)],
+                   extra={"cli_cpu_ms_median": percentile(cpu_ms, 50),
+                          "phases_ms": phases, "released_after": released})]
+
+
+# -- 4. --help start time and imports ----------------------------------------------------------
+
+
+def _imported_top_level(importtime_stderr: str) -> dict[str, float]:
+    """Top-level packages in a `-X importtime` report with their largest cumulative ms."""
+    found: dict[str, float] = {}
+    pattern = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|\s?(\s*)(\S+)")
+    for line in importtime_stderr.splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        top = match.group(4).split(".")[0]
+        found[top] = max(found.get(top, 0.0), int(match.group(2)) / 1000.0)
+    return found
+
+
+def bench_help(plan: Plan) -> list[Result]:
+    """`gpuconsole --help` wall time in fresh processes, and which heavy packages it imports."""
+    rows = []
+    argv = cli_argv("--help")
+    timed = [run_timed(argv) for _ in range(plan.help_runs + 1)][1:]
+    if any(t.returncode != 0 for t in timed):
+        raise RuntimeError("--help failed")
+    report = run_timed([sys.executable, "-X", "importtime", "-m", "gpuconsole", "--help"])
+    imported = _imported_top_level(report.stderr)
+    heavy = sorted(m for m in HEAVY_MODULES if m in imported)
+    slowest = sorted(imported.items(), key=lambda kv: -kv[1])[:8]
+    rows.append(Result(
+        "gpuconsole --help (python -m gpuconsole)", "startup", "ms",
+        [ms(t.elapsed_s) for t in timed], budget="≤ 150 ms; no asyncssh/textual/boto3",
+        checks=[Check("median", "<=", 150.0)],
+        notes=f"heavy imports: {', '.join(heavy) or 'none'}",
+        extra={"heavy_imported": heavy, "slowest_top_level_imports_ms": dict(slowest),
+               "import_total_ms": sum(imported.get(m, 0.0) for m in imported)}))
+    rows.append(Result("--help imports asyncssh/textual/boto3", "startup", "count",
+                       value=float(len(heavy)), budget="0",
+                       checks=[Check("value", "==", 0.0)], notes=", ".join(heavy) or "none"))
+    script = Path(sys.executable).parent / "gpuconsole"
+    if script.exists():
+        timed = [run_timed([str(script), "--help"]) for _ in range(plan.help_runs + 1)][1:]
+        rows.append(Result(f"gpuconsole --help ({script})", "startup", "ms",
+                           [ms(t.elapsed_s) for t in timed], budget="≤ 150 ms",
+                           checks=[Check("median", "<=", 150.0)],
+                           notes="the installed console script, no pyenv shim"))
+    return rows
+
+
+# -- 5. contention ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Contention:
+    """Client-side view of who holds which GPU, plus counters; one event loop, so no lock."""
+
+    held: dict[int, int]
+    violations: list[str]
+    latencies_ms: list[float]
+    tokens: list[int]
+    granted: int = 0
+    refused: int = 0
+    busy: int = 0
+    released: int = 0
+
+
+async def _client(index: int, conn: NodeConnection, ops: int, shared: _Contention) -> None:
+    done = 0
+    while done < ops:
+        started = time.perf_counter()
+        try:
+            lease = await conn.request("reserve", {"gpus": 1, "ttl_s": TTL_S, "req_id": _req()})
+        except AgentError as exc:
+            if exc.code not in ("insufficient", "busy"):
+                raise
+            if exc.code == "busy":
+                shared.busy += 1  # the node's lock wait (10 s) ran out
+            else:
+                shared.refused += 1
+            shared.latencies_ms.append(ms(time.perf_counter() - started))
+            done += 1
+            await asyncio.sleep(0)  # let the holders release
+            continue
+        shared.latencies_ms.append(ms(time.perf_counter() - started))
+        done += 1
+        shared.granted += 1
+        shared.tokens.append(int(lease["token"]))
+        for gpu in lease["gpus"]:
+            other = shared.held.get(gpu)
+            if other is not None and other != index:
+                shared.violations.append(f"GPU {gpu} granted to client {index} while client "
+                                         f"{other} held it (lease {lease['id']})")
+            shared.held[gpu] = index
+        if done >= ops:
+            break
+        # Forget the GPUs before asking: the node may re-grant them as soon as it commits.
+        for gpu in lease["gpus"]:
+            if shared.held.get(gpu) == index:
+                del shared.held[gpu]
+        started = time.perf_counter()
+        await conn.request("release", {"id": lease["id"], "req_id": _req()})
+        shared.latencies_ms.append(ms(time.perf_counter() - started))
+        shared.released += 1
+        done += 1
+
+
+async def _contention(cfg: NodeConfig, plan: Plan) -> tuple[_Contention, float, int]:
+    conns = await asyncio.gather(*(NodeConnection.open(cfg) for _ in range(plan.clients)))
+    shared = _Contention({}, [], [], [])
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(_client(i, c, plan.ops_per_client, shared)
+                               for i, c in enumerate(conns)))
+        elapsed_s = time.perf_counter() - started
+        leftover = await conns[0].request("reservations")
+        for lease in leftover.get("reservations", []):
+            await conns[0].request("release", {"id": lease["id"], "req_id": _req()})
+    finally:
+        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+    return shared, elapsed_s, len(leftover.get("reservations", []))
+
+
+def bench_contention(plan: Plan, work: Path) -> list[Result]:
+    """N clients, each with its own connection, reserve 1 GPU / release on one 8-GPU node."""
+    with DemoProcess(work / "contention", 1) as demo:
+        cfg = load_config(str(demo.config_path)).nodes[0]
+        shared, elapsed_s, leftover = asyncio.run(_contention(cfg, plan))
+    total_ops = shared.granted + shared.refused + shared.busy + shared.released
+    duplicate_tokens = len(shared.tokens) - len(set(shared.tokens))
+    label = f"{plan.clients} clients x {plan.ops_per_client} ops, 1 node x 8 GPUs"
+    extra = {"ops": total_ops, "elapsed_s": elapsed_s, "granted": shared.granted,
+             "refused_no_capacity": shared.refused, "refused_lock_busy": shared.busy,
+             "released": shared.released,
+             "committed_ops_per_s": (shared.granted + shared.released) / elapsed_s,
+             "duplicate_tokens": duplicate_tokens, "leases_left_at_end": leftover,
+             "violations": shared.violations[:10]}
+    return [
+        Result(f"contention throughput, {label}", "contention", "ops/s",
+               value=total_ops / elapsed_s, budget="≥ 200 ops/s",
+               checks=[Check("value", ">=", 200.0)], extra=extra),
+        Result(f"contention double allocations, {label}", "contention", "count",
+               value=float(len(shared.violations) + duplicate_tokens), budget="0",
+               checks=[Check("value", "==", 0.0)],
+               notes="client-side check after every grant, plus unique fencing tokens"),
+        Result(f"contention per-op latency, {label}", "contention", "ms", shared.latencies_ms,
+               notes="informational: every reply, granted, refused or released"),
+    ]
+
+
+# -- 6. physical limits -----------------------------------------------------------------------
+
+
+async def _ssh_limits(cfg: NodeConfig, plan: Plan) -> tuple[list[float], list[float], list[float]]:
+    exec_ms: list[float] = []
+    async with asyncssh.connect(cfg.host, **_node_kwargs(cfg)) as conn:
+        for index in range(plan.exec_n + 2):
+            started = time.perf_counter()
+            await conn.run("true", check=True)
+            if index >= 2:
+                exec_ms.append(ms(time.perf_counter() - started))
+    handshake_ms: list[float] = []
+    for index in range(plan.handshake_n + 1):
+        started = time.perf_counter()
+        conn = await asyncssh.connect(cfg.host, **_node_kwargs(cfg))
+        conn.close()
+        await conn.wait_closed()
+        if index:
+            handshake_ms.append(ms(time.perf_counter() - started))
+    agent_ms: list[float] = []
+    for index in range(min(plan.handshake_n, 10) + 1):
+        started = time.perf_counter()
+        node = await NodeConnection.open(cfg)
+        elapsed_s = time.perf_counter() - started
+        await node.close()
+        if index:
+            agent_ms.append(ms(elapsed_s))
+    return exec_ms, handshake_ms, agent_ms
+
+
+def _durable_writes(directory: Path, count: int) -> list[float]:
+    """write + fsync + rename + directory fsync of a 4 KiB file, as one state commit's floor."""
+    body = os.urandom(2048).hex().encode()
+    target = directory / "state.json"
+    samples = []
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index in range(count + 5):
+            started = time.perf_counter()
+            tmp = directory / f"state.json.tmp.{index}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, body)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            os.fsync(dir_fd)
+            if index >= 5:
+                samples.append(ms(time.perf_counter() - started))
+    finally:
+        os.close(dir_fd)
+    return samples
+
+
+def _store_commits(directory: Path, count: int) -> list[float]:
+    """The product's StateStore.commit (temp+fsync, .prev link, rename, mirror, dir fsync)."""
+    from gpuconsole.node import state as st
+    from gpuconsole.node.store import StateStore
+
+    store = StateStore(str(directory))
+    store.ensure_dir()
+    state = st.new_state("bench-boot")
+    samples = []
+    for index in range(count + 5):
+        store.acquire()
+        try:
+            started = time.perf_counter()
+            store.commit(state)
+            elapsed_s = time.perf_counter() - started
+        finally:
+            store.release_lock()
+        if index >= 5:
+            samples.append(ms(elapsed_s))
+    return samples
+
+
+def bench_physical(plan: Plan, cfg: NodeConfig, ping_ms: list[float]) -> list[Result]:
+    """Floors measured in the same run: SSH round trips, handshake, durable write, interpreter."""
+    exec_ms, handshake_ms, agent_ms = asyncio.run(_ssh_limits(cfg, plan))
+    state_parent = Path(cfg.state_dir).parent
+    with tempfile.TemporaryDirectory(dir=state_parent, prefix="fsync-") as raw_dir:
+        write_ms = _durable_writes(Path(raw_dir), plan.fsync_n)
+    with tempfile.TemporaryDirectory(dir=state_parent, prefix="store-") as store_dir:
+        commit_ms = _store_commits(Path(store_dir), plan.fsync_n)
+    python_ms = [ms(run_timed([sys.executable, "-c", "pass"]).elapsed_s)
+                 for _ in range(plan.pystart_n + 1)][1:]
+    nosite_ms = [ms(run_timed([sys.executable, "-S", "-c", "pass"]).elapsed_s)
+                 for _ in range(plan.pystart_n + 1)][1:]
+    node_python_ms = [ms(run_timed(["/bin/sh", "-c", "exec python3 -c pass"]).elapsed_s)
+                      for _ in range(plan.pystart_n + 1)][1:]
+    return [
+        Result("SSH round trip: agent ping on open connection", "physical", "ms", ping_ms),
+        Result("SSH round trip: raw exec `true` on open connection", "physical", "ms", exec_ms),
+        Result("SSH handshake: asyncssh connect + close", "physical", "ms", handshake_ms),
+        Result("agent start: connect + agent spawn + hello (NodeConnection.open)", "physical",
+               "ms", agent_ms),
+        Result("durable write: write+fsync+rename+dir fsync", "physical", "ms", write_ms,
+               extra={"filesystem_dir": str(state_parent)}),
+        Result("StateStore.commit (2 fsync + mirror + dir fsync)", "physical", "ms", commit_ms),
+        Result(f"python -c pass ({sys.executable})", "physical", "ms", python_ms),
+        Result("python -S -c pass (no site: without .pth processing)", "physical", "ms",
+               nosite_ms, notes="the gap to `python -c pass` is site-packages start-up cost"),
+        Result("node python3 -c pass (via /bin/sh, PATH)", "physical", "ms", node_python_ms,
+               notes="the interpreter the demo nodes start for each agent"),
+    ]
+
+
+def efficiency(rows: list[Result]) -> list[Result]:
+    """η_res = reserve p50 / (agent RTT p50 + durable write p50), target ≤ 3 (research 9.4)."""
+    by_name = {r.name: r for r in rows}
+    reserve = by_name.get("state op reserve, fresh node")
+    ping = by_name.get("SSH round trip: agent ping on open connection")
+    write = by_name.get("durable write: write+fsync+rename+dir fsync")
+    if not (reserve and ping and write):
+        return []
+    floor_ms = ping.stat("p50") + write.stat("p50")
+    return [Result("η_res: reserve p50 / (RTT + durable write)", "physical", "x",
+                   value=reserve.stat("p50") / floor_ms, budget="≤ 3 (research target)",
+                   checks=[Check("value", "<=", 3.0)],
+                   extra={"floor_ms": floor_ms})]
+
+
+# -- 7. agent CPU while streaming ---------------------------------------------------------------
+
+
+async def _agent_cpu(cfg: NodeConfig, duration_s: float) -> dict[str, Any]:
+    snapshots: list[float] = []
+    first = asyncio.Event()
+
+    def on_snapshot(name: str, data: dict[str, Any]) -> None:
+        snapshots.append(time.monotonic())
+        first.set()
+
+    conn = await NodeConnection.open(cfg, stream_s=1.0, on_snapshot=on_snapshot)
+    try:
+        pid = int(conn.hello["pid"])
+        await asyncio.wait_for(first.wait(), 10)
+        await asyncio.sleep(0.1)
+        cpu0_s, ns0, wall0 = proc_cpu_s(pid), proc_cpu_ns(pid), time.monotonic()
+        count0 = len(snapshots)
+        max_children = 0
+        deadline = wall0 + duration_s
+        while time.monotonic() < deadline:
+            max_children = max(max_children, len(proc_children(pid)))
+            await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+        cpu1_s, ns1, wall1 = proc_cpu_s(pid), proc_cpu_ns(pid), time.monotonic()
+        wall_s = wall1 - wall0
+        return {
+            "pid": pid, "wall_s": wall_s, "cpu_s": cpu1_s - cpu0_s,
+            "cpu_pct_ticks": 100.0 * (cpu1_s - cpu0_s) / wall_s,
+            "cpu_pct_schedstat": (100.0 * (ns1 - ns0) / 1e9 / wall_s
+                                  if ns0 is not None and ns1 is not None else None),
+            "snapshots": len(snapshots) - count0, "max_children_seen": max_children,
+        }
+    finally:
+        await conn.close()
+
+
+def bench_agent_cpu(plan: Plan, cfg: NodeConfig, label: str = "fresh node") -> list[Result]:
+    """A node agent streaming snapshots at 1 Hz: its CPU (all threads) as % of one core."""
+    data = asyncio.run(_agent_cpu(cfg, plan.agent_cpu_s))
+    state_path = Path(cfg.state_dir, "state.json")
+    data["state_json_bytes"] = state_path.stat().st_size if state_path.exists() else 0
+    precise = data["cpu_pct_schedstat"]
+    value = precise if precise is not None else data["cpu_pct_ticks"]
+    return [
+        Result(f"agent CPU streaming at 1 Hz for {plan.agent_cpu_s:g} s, {label}", "agent",
+               "% core",
+               value=value, budget="≤ 1% of a core", checks=[Check("value", "<=", 1.0)],
+               notes=f"{data['snapshots']} snapshots; /proc stat ticks say "
+                     f"{data['cpu_pct_ticks']:.2f}%", extra=data),
+        Result(f"agent child processes while streaming, {label}", "agent", "count",
+               value=float(data["max_children_seen"]), budget="0 (no process per sample)",
+               checks=[Check("value", "==", 0.0)]),
+    ]
+
+
+@contextlib.contextmanager
+def lab(work: Path) -> Any:
+    """A one-node demo shared by the state-op, physical-limit and agent-CPU benchmarks."""
+    with DemoProcess(work / "lab", 1) as demo:
+        yield load_config(str(demo.config_path)).nodes[0]

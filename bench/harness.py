@@ -1,0 +1,330 @@
+"""Shared benchmark plumbing: statistics, result records, timed subprocesses, demo clusters.
+
+Standard library plus the project only, so `python bench/run.py` runs wherever the project does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import math
+import os
+import platform
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = math.floor(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """median/p50/p95/p99/min/max/mean of samples (same unit as the samples)."""
+    if not values:
+        return {}
+    return {
+        "median": percentile(values, 50), "p50": percentile(values, 50),
+        "p95": percentile(values, 95), "p99": percentile(values, 99),
+        "min": min(values), "max": max(values), "mean": sum(values) / len(values),
+    }
+
+
+OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b}
+
+
+@dataclass
+class Check:
+    """One budget clause: `stat op limit`, e.g. p99 <= 20 (ms)."""
+
+    stat: str
+    op: str
+    limit: float
+
+
+@dataclass
+class Result:
+    """One benchmark row: samples (or a single value), its budget clauses and their outcome."""
+
+    name: str
+    group: str
+    unit: str
+    samples: list[float] = field(default_factory=list)
+    value: float | None = None
+    budget: str | None = None
+    checks: list[Check] = field(default_factory=list)
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stat(self, name: str) -> float:
+        """A named statistic of the samples, or the single value for `value`."""
+        if name == "value":
+            return self.value if self.value is not None else math.nan
+        return summarize(self.samples).get(name, math.nan) if self.samples else math.nan
+
+    def headline(self) -> float:
+        """The number a reader looks at first: the median, or the single value."""
+        return self.stat("median") if self.samples else self.stat("value")
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        """Each budget clause with the measured number and whether it held."""
+        rows = []
+        for check in self.checks:
+            actual = self.stat(check.stat)
+            ok = not math.isnan(actual) and bool(OPS[check.op](actual, check.limit))
+            rows.append({"stat": check.stat, "op": check.op, "limit": check.limit,
+                         "actual": _round(actual), "passed": ok})
+        return rows
+
+    @property
+    def passed(self) -> bool | None:
+        """True/False when there is a budget, None for informational rows."""
+        outcomes = self.outcomes()
+        return all(o["passed"] for o in outcomes) if outcomes else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON record written to results/latest.json."""
+        record: dict[str, Any] = {"name": self.name, "group": self.group, "unit": self.unit,
+                                  "n": len(self.samples) if self.samples else None}
+        for key, value in summarize(self.samples).items():
+            record[key] = _round(value)
+        record["value"] = _round(self.value) if self.value is not None else None
+        record["budget"] = self.budget
+        record["checks"] = self.outcomes()
+        record["passed"] = self.passed
+        record["notes"] = self.notes
+        record["extra"] = self.extra
+        record["samples"] = [_round(v) for v in self.samples]
+        return record
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    if value is None or math.isnan(value):
+        return None
+    return round(value, digits)
+
+
+def ms(seconds: float) -> float:
+    """Seconds → milliseconds."""
+    return seconds * 1000.0
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def bench_env() -> dict[str, str]:
+    """Environment for child processes: no SSH agent and no user config can change the result."""
+    env = dict(os.environ)
+    for key in ("SSH_AUTH_SOCK", "GPUCONSOLE_CONFIG", "GPUCONSOLE_DEBUG", "PYTHONPROFILEIMPORTTIME"):
+        env.pop(key, None)
+    return env
+
+
+@dataclass
+class Timed:
+    """A finished child process with its wall time and its CPU time (user + system)."""
+
+    elapsed_s: float
+    cpu_s: float
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_timed(argv: list[str], *, timeout_s: float = 60.0, cwd: Path | None = None) -> Timed:
+    """Run argv to completion; wall time from spawn to exit, CPU from RUSAGE_CHILDREN."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, env=bench_env(),
+                          stdin=subprocess.DEVNULL, cwd=cwd, check=False)
+    elapsed_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(elapsed_s, cpu_s, proc.returncode, proc.stdout, proc.stderr)
+
+
+def cli_argv(*args: str) -> list[str]:
+    """`python -m gpuconsole ARGS` with this interpreter (what tests and CI run)."""
+    return [sys.executable, "-m", "gpuconsole", *args]
+
+
+def proc_cpu_s(pid: int, *, children: bool = False) -> float:
+    """CPU seconds (all threads) of a live process from /proc/PID/stat; with reaped children."""
+    with open(f"/proc/{pid}/stat") as handle:
+        text = handle.read()
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): utime=14, stime=15, cutime=16, cstime=17 (1-based)
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def proc_cpu_ns(pid: int) -> int | None:
+    """On-CPU nanoseconds summed over the process's threads (/proc/PID/task/*/schedstat)."""
+    total_ns = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as handle:
+                total_ns += int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total_ns
+
+
+def proc_children(pid: int) -> list[int]:
+    """Direct children of a process, over all its threads."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as handle:
+                found += [int(p) for p in handle.read().split()]
+    return found
+
+
+class DemoProcess:
+    """A demo cluster (`gpuconsole demo --serve`) in its own process.
+
+    The SSH servers then never share the benchmark client's GIL, as with a real remote node; the
+    nodes and their agents still share this machine's cores, which the report states.
+    """
+
+    def __init__(self, root: Path, nodes: int, gpus: int = 8, *, start_timeout_s: float = 120.0):
+        self.root = Path(root)
+        self.nodes = nodes
+        self.gpus = gpus
+        self.start_timeout_s = start_timeout_s
+        self.config_path = self.root / "config.toml"
+        self.proc: subprocess.Popen[str] | None = None
+        self.start_s = math.nan
+
+    def __enter__(self) -> DemoProcess:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = cli_argv("demo", "--serve", "--dir", str(self.root / "demo"),
+                        "--write-config", str(self.config_path),
+                        "--nodes", str(self.nodes), "--gpus", str(self.gpus))
+        started = time.perf_counter()
+        with open(self.root / "demo.stderr", "w") as stderr:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                         stdin=subprocess.DEVNULL, env=bench_env(),
+                                         start_new_session=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0 or self.proc.poll() is not None:
+                self.close()
+                tail = (self.root / "demo.stderr").read_text()[-800:]
+                raise RuntimeError(f"demo with {self.nodes} nodes did not start: {tail}")
+            ready, _, _ = select.select([self.proc.stdout], [], [], min(remaining_s, 1.0))
+            if ready and self.proc.stdout.readline().startswith("ready "):
+                break
+        self.start_s = time.perf_counter() - started
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def close(self) -> None:
+        """SIGTERM (the demo stops its nodes and their agents), SIGKILL its group if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: only what we started
+            self.proc.wait(10)
+        finally:
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+# -- machine description ----------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def _mem_total_bytes() -> int | None:
+    with contextlib.suppress(OSError, ValueError), open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO_ROOT,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def machine_info(tmp_dir: Path) -> dict[str, Any]:
+    """What the numbers depend on: cores, CPU, Python, crypto stack, filesystem, load."""
+    from gpuconsole.node.store import filesystem_type
+
+    node_python = shutil.which("python3")
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "mem_total_bytes": _mem_total_bytes(),
+        "platform": platform.platform(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "python_executable": sys.executable,
+        "node_python3": node_python,
+        "node_python3_is_pyenv_shim": bool(node_python and "/shims/" in node_python),
+        "versions": {name: _version(name) for name in
+                     ("gpuconsole", "asyncssh", "cryptography", "textual", "rich")},
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_modified_files": (_git("diff", "--name-only", "HEAD") or "").split(),
+        "tmp_dir": str(tmp_dir),
+        "tmp_filesystem": filesystem_type(str(tmp_dir)),
+        "loadavg_start": list(os.getloadavg()),
+    }
