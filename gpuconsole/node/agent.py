@@ -26,7 +26,7 @@ from .store import CorruptState, StateStore, filesystem_type, is_network_fs
 
 AGENT_VERSION = 1
 POLICY_PATH = "/etc/gpuconsole/policy.json"
-MIN_RATE_WINDOW_S = 0.2
+MIN_RATE_WINDOW_S = 0.1
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -97,7 +97,7 @@ class Agent:
         ctx = self._ctx()
         state_error, warnings = None, []
         try:
-            state, warnings, _ = self.store.load(self.boot_id)
+            state, warnings, _ = self.store.read_cached(self.boot_id)
         except CorruptState as exc:
             state, state_error = st.new_state(self.boot_id), "state unreadable: %s" % exc
         except OSError as exc:
@@ -173,24 +173,27 @@ class Agent:
             ctx = self._ctx()
             ctx.gpus_in_use = in_use
             try:
-                state, warnings, recovered = self.store.load_locked(self.boot_id)
+                state, warnings, _, loaded = self.store.load_locked_with_body(self.boot_id)
             except CorruptState as exc:
                 raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
                                  "repairs %s: %s" % (self.store.dir, exc)) from None
-            loaded = st.canonical(state) if not recovered else None
             if req_id and req_id in state["applied"]:
                 result = dict(state["applied"][req_id]["res"], replayed=True)
                 return result, warnings
-            if state.get("boot_id") != self.boot_id:
-                st.reboot_recovery(state, self.boot_id, ctx)
-            st.gc(state, ctx)
-            st.dispatch(state, ctx)
-            after_gc = st.canonical(state)
+            state.pop("checksum", None)
+            if loaded is None:
+                loaded = ""  # new or recovered: always write
             try:
+                self._housekeep(state, ctx)
                 result = func(state, ctx, args)
             except st.OpError:
-                if after_gc != loaded:
-                    self.store.commit(json.loads(after_gc))
+                # Refused: keep only what gc/dispatch changed (re-derived from what was read).
+                if loaded:
+                    state = json.loads(loaded)
+                    state.pop("checksum", None)
+                self._housekeep(state, ctx)
+                if st.canonical(state) != loaded:
+                    self.store.commit(state)
                 raise
             if st.canonical(state) != loaded:
                 if req_id and op != "poll":
@@ -200,6 +203,12 @@ class Agent:
         finally:
             self.store.release_lock()
             self.in_critical = False
+
+    def _housekeep(self, state, ctx):
+        if state.get("boot_id") != self.boot_id:
+            st.reboot_recovery(state, self.boot_id, ctx)
+        st.gc(state, ctx)
+        st.dispatch(state, ctx)
 
     # -- request handling -------------------------------------------------------------------
 

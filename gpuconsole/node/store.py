@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
+import signal
+import threading
 import time
 
 from . import state as st
@@ -19,6 +20,47 @@ NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glus
 LOCK_TIMEOUT_S = 10.0
 FILE_MODE = 0o664
 DIR_MODE = 0o2775  # cooperative mode: group members of a setgid state dir share the files
+
+
+class _LockTimeout(Exception):
+    pass
+
+
+def _raise_lock_timeout(signum, frame):
+    raise _LockTimeout()
+
+
+def _flock_with_timeout(fd, timeout_s):
+    """flock(LOCK_EX) that gives up after timeout_s with OpError("busy").
+
+    On the main thread the wait is a blocking flock bounded by a timer signal, so the kernel wakes
+    us the instant the holder unlocks; other threads fall back to short polling.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGALRM, _raise_lock_timeout)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        except _LockTimeout:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    else:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.001)
+    raise st.OpError("busy", "state lock held for more than %gs" % timeout_s)
 
 
 def _make_shared_dir(path):
@@ -90,19 +132,11 @@ class StateStore:
                 os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
         except OSError:
             pass
-        deadline = time.monotonic() + timeout_s
-        delay = 0.0005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise st.OpError("busy", "state lock %s held for more than %gs"
-                                     % (self.lock_path, timeout_s)) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.01)
+        try:
+            _flock_with_timeout(fd, timeout_s)
+        except st.OpError:
+            os.close(fd)
+            raise
         self._lock_fd = fd
         self._locked_at = time.monotonic()
 
@@ -116,14 +150,20 @@ class StateStore:
 
     def _parse(self, path):
         with open(path, "rb") as handle:
-            data = json.loads(handle.read().decode("utf-8"))
-        st.validate_state(data)
-        return data
+            raw = handle.read()
+        state, body = st.decode_file(raw)
+        return state, body
 
     def load(self, boot_id):
         """(state, warnings, source). Fresh state only when no copy exists at all."""
+        state, warnings, source, _ = self.load_with_body(boot_id)
+        return state, warnings, source
+
+    def load_with_body(self, boot_id):
+        """Like load(), plus the canonical body it was read from (None when not state.json)."""
         try:
-            return self._parse(self.path), [], "state.json"
+            state, body = self._parse(self.path)
+            return state, [], "state.json", body
         except FileNotFoundError:
             primary_error = "missing"
         except (OSError, ValueError, UnicodeDecodeError) as exc:
@@ -131,22 +171,42 @@ class StateStore:
         candidates, errors = [], []
         for path in (self.mirror, self.prev):
             try:
-                candidates.append((self._parse(path), os.path.basename(path)))
+                candidates.append((self._parse(path)[0], os.path.basename(path)))
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, UnicodeDecodeError) as exc:
                 errors.append("%s: %s" % (os.path.basename(path), exc))
         if not candidates:
             if primary_error == "missing" and not errors:
-                return st.new_state(boot_id), [], "new"
+                return st.new_state(boot_id), [], "new", None
             raise CorruptState("state.json: %s; %s" % (primary_error, "; ".join(errors) or "no backup"))
         state, source = max(candidates, key=lambda c: c[0]["gen"])
         warning = "state.json %s; recovered generation %d from %s" % (primary_error, state["gen"], source)
-        return state, [warning], source
+        return state, [warning], source, None
+
+    def read_cached(self, boot_id):
+        """Lock-free read for telemetry, re-parsed only when the file changed (inode, mtime, size)."""
+        try:
+            info = os.stat(self.path)
+            key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        except OSError:
+            key = None
+        cached = getattr(self, "_read_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        result = self.load(boot_id)
+        if key is not None and result[2] == "state.json":
+            self._read_cache = (key, result)
+        return result
 
     def load_locked(self, boot_id):
         """Load under the lock; a recovery quarantines the bad file and fences old tokens."""
-        state, warnings, source = self.load(boot_id)
+        state, warnings, recovered, _ = self.load_locked_with_body(boot_id)
+        return state, warnings, recovered
+
+    def load_locked_with_body(self, boot_id):
+        """load_locked() plus the canonical body read (None after a recovery or on a new node)."""
+        state, warnings, source, body = self.load_with_body(boot_id)
         recovered = source not in ("state.json", "new")
         if recovered:
             self._quarantine()
@@ -154,7 +214,7 @@ class StateStore:
             state.setdefault("recoveries", 0)
             state["recoveries"] += 1
         self._remove_stale_temps()
-        return state, warnings, recovered
+        return state, warnings, recovered, body
 
     def _quarantine(self):
         if not os.path.exists(self.path):
@@ -193,9 +253,10 @@ class StateStore:
         if self._lock_fd is None:
             raise RuntimeError("commit without the lock")
         state["gen"] += 1
-        state["checksum"] = st.checksum(state)
-        body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
-        primary_tmp = self._write_temp(body)
+        state.pop("checksum", None)
+        data = st.encode_file(st.canonical(state))
+        state["checksum"] = "sha256:" + data[len(st.CHECKSUM_PREFIX):len(st.CHECKSUM_PREFIX) + 64].decode()
+        primary_tmp = self._write_temp(data)
         if os.path.exists(self.path):
             prev_tmp = "%s.tmp.prev.%s" % (self.path, os.urandom(4).hex())
             try:
@@ -204,7 +265,7 @@ class StateStore:
             except OSError:
                 pass  # protected_hardlinks on another user's file: the mirror still covers us
         os.replace(primary_tmp, self.path)
-        mirror_tmp = self._write_temp(body)
+        mirror_tmp = self._write_temp(data)
         os.replace(mirror_tmp, self.mirror)
         dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
