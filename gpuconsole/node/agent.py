@@ -11,9 +11,7 @@ from __future__ import annotations
 import grp
 import json
 import os
-import platform
 import signal
-import socket
 import sys
 import threading
 import time
@@ -25,6 +23,7 @@ from .hostio import HostSampler
 from .store import CorruptState, StateStore, filesystem_type, is_network_fs
 
 AGENT_VERSION = 1
+_PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
 POLICY_PATH = "/etc/gpuconsole/policy.json"
 MIN_RATE_WINDOW_S = 0.1
 MAX_REQUEST_BYTES = 1 << 20
@@ -66,7 +65,7 @@ class Agent:
         self.admin = _is_admin(self.uid)
         self.ident = procs.identity()
         self.boot_id = self.ident["boot_id"]
-        self.node = socket.gethostname()
+        self.node = os.uname().nodename
         self.gpus = None
         self.host = HostSampler()
         self.store = None
@@ -181,23 +180,22 @@ class Agent:
                 result = dict(state["applied"][req_id]["res"], replayed=True)
                 return result, warnings
             state.pop("checksum", None)
-            if loaded is None:
-                loaded = ""  # new or recovered: always write
+            must_write = loaded is None  # a new node, or a recovery that must be persisted
             try:
-                self._housekeep(state, ctx)
+                changed = self._housekeep(state, ctx)
                 result = func(state, ctx, args)
             except st.OpError:
-                # Refused: keep only what gc/dispatch changed (re-derived from what was read).
-                if loaded:
+                # Refused: keep only what housekeeping changed, re-derived from what was read.
+                if loaded is not None:
                     state = json.loads(loaded)
-                    state.pop("checksum", None)
-                self._housekeep(state, ctx)
-                if st.canonical(state) != loaded:
+                if self._housekeep(state, ctx) or must_write:
                     self.store.commit(state)
                 raise
-            if st.canonical(state) != loaded:
-                if req_id and op != "poll":
+            if op in st.ALWAYS_CHANGES:
+                if req_id:
                     state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
+                changed = True
+            if changed or must_write:
                 self.store.commit(state)
             return result, warnings
         finally:
@@ -205,10 +203,13 @@ class Agent:
             self.in_critical = False
 
     def _housekeep(self, state, ctx):
+        """Reboot rule, expiry, dead waiters, then queued grants; True when anything changed."""
+        changed = False
         if state.get("boot_id") != self.boot_id:
             st.reboot_recovery(state, self.boot_id, ctx)
-        st.gc(state, ctx)
-        st.dispatch(state, ctx)
+            changed = True
+        changed = st.gc(state, ctx) or changed
+        return bool(st.dispatch(state, ctx)) or changed
 
     # -- request handling -------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ class Agent:
         return {
             "agent_version": AGENT_VERSION, "user": self.user, "uid": self.uid,
             "admin": self.admin, "hostname": self.node, "boot_id": self.boot_id,
-            "python": platform.python_version(), "gpu_source": self.gpus.source,
+            "python": _PY_VERSION, "gpu_source": self.gpus.source,
             "gpu_count": self.gpus.count(), "gpu_error": getattr(self.gpus, "reason", None),
             "state_dir": self.store.dir, "state_dir_error": state_dir_error, "pid": os.getpid(),
         }
@@ -280,7 +281,7 @@ class Agent:
                 checks.append(["state_file", True, "readable", None])
             except CorruptState as exc:
                 checks.append(["state_file", False, str(exc), "inspect %s/corrupt and restore" % self.store.dir])
-        checks.append(["python", sys.version_info >= (3, 8), platform.python_version(), None])
+        checks.append(["python", sys.version_info >= (3, 8), _PY_VERSION, None])
         gpu_ok = self.gpus is not None and self.gpus.source != "none"
         checks.append(["gpus", gpu_ok, "%s, %d GPUs" % (self.gpus.source, self.gpus.count())
                        if self.gpus else "no source",

@@ -21,6 +21,34 @@ BOOTSTRAP = (
 )
 
 
+# Runs on the node: compiled module code is cached per agent version and interpreter in the
+# user's cache dir (a cache, not an install: deleting it costs one compile), because compiling
+# the sources is most of an agent's start-up time.
+_LOADER = """
+import marshal, os, sys, types
+def _codes(sources, digest):
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "gpuconsole", "agent-%s-%s.marshal" % (digest, sys.implementation.cache_tag))
+    try:
+        with open(path, "rb") as handle:
+            codes = marshal.loads(handle.read())
+        if sorted(codes) == sorted(sources):
+            return codes
+    except Exception:
+        pass
+    codes = dict((name, compile(src, "<gcnode/%s.py>" % name, "exec")) for name, src in sources.items())
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "wb") as handle:
+            handle.write(marshal.dumps(codes))
+        os.replace(tmp, path)
+    except Exception:
+        pass
+    return codes
+"""
+
+
 @lru_cache(maxsize=1)
 def agent_program() -> bytes:
     """The agent as one Python program that installs the modules and runs `agent.main()`."""
@@ -28,17 +56,19 @@ def agent_program() -> bytes:
         name: resources.files("gpuconsole.node").joinpath(f"{name}.py").read_text(encoding="utf-8")
         for name in MODULES
     }
+    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
+    package = repr(PACKAGE)
     lines = [
-        "import sys, types",
-        f"_pkg = types.ModuleType({PACKAGE!r}); _pkg.__path__ = []; sys.modules[{PACKAGE!r}] = _pkg",
-        f"_SOURCES = {sources!r}",
+        _LOADER,
+        f"_pkg = types.ModuleType({package}); _pkg.__path__ = []; sys.modules[{package}] = _pkg",
+        f"_CODES = _codes({sources!r}, {digest!r})",
         f"for _name in {MODULES!r}:",
-        f"    _mod = types.ModuleType({PACKAGE!r} + '.' + _name)",
-        f"    _mod.__package__ = {PACKAGE!r}",
+        f"    _mod = types.ModuleType({package} + '.' + _name)",
+        f"    _mod.__package__ = {package}",
         "    sys.modules[_mod.__name__] = _mod",
         "    setattr(_pkg, _name, _mod)",
-        "    exec(compile(_SOURCES[_name], '<gcnode/' + _name + '.py>', 'exec'), _mod.__dict__)",
-        f"sys.modules[{PACKAGE!r} + '.agent'].main()",
+        "    exec(_CODES[_name], _mod.__dict__)",
+        f"sys.modules[{package} + '.agent'].main()",
     ]
     return "\n".join(lines).encode("utf-8")
 
@@ -50,7 +80,8 @@ def agent_digest() -> str:
 
 def remote_command(python: str) -> str:
     """The constant command line run on the node; `python` comes from the validated config."""
-    return f"exec {shlex.quote(python)} -c {shlex.quote(BOOTSTRAP)}"
+    # -S: the agent is stdlib-only; the NVML path loads `site` itself before importing pynvml.
+    return f"exec {shlex.quote(python)} -S -c {shlex.quote(BOOTSTRAP)}"
 
 
 def agent_preamble() -> bytes:

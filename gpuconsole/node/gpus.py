@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import subprocess
 import time
 
 from . import procs
@@ -135,6 +134,8 @@ class SmiGpus:
         self._last = self.sample()
 
     def _run(self, *args):
+        import subprocess  # only the nvidia-smi fallback needs it; it costs start-up time
+
         out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
         if out.returncode != 0:
             raise OSError(out.stderr.strip() or "nvidia-smi failed")
@@ -149,7 +150,7 @@ class SmiGpus:
         try:
             text = self._run("--query-compute-apps=pid,gpu_uuid,used_memory",
                              "--format=csv,noheader,nounits")
-        except (OSError, subprocess.SubprocessError):
+        except Exception:  # a hung or failing nvidia-smi: report no processes, keep the metrics
             return result
         for line in text.strip().splitlines():
             parts = [p.strip() for p in line.split(",")]
@@ -323,10 +324,24 @@ class NoGpus:
         return []
 
 
+def _enable_site_packages():
+    """The agent starts with `python3 -S`; add site-packages (where pynvml lives) when needed."""
+    import sys
+
+    if sys.flags.no_site and "site" not in sys.modules:
+        try:
+            import site
+
+            site.main()
+        except Exception:
+            pass
+
+
 def open_gpus(simulate=0, node="node", seed=0):
     """Pick the best source: simulated when asked, else NVML, else nvidia-smi, else none."""
     if simulate:
         return SimulatedGpus(int(simulate), node, seed)
+    _enable_site_packages()
     errors = []
     for factory in (NvmlGpus, SmiGpus):
         try:

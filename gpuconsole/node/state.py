@@ -231,19 +231,26 @@ def reboot_recovery(state, boot_id, ctx):
 
 
 def gc(state, ctx):
-    """Expire leases, drop tickets whose waiting process died, prune the replay window."""
+    """Expire leases, drop tickets whose waiting process died, prune the replay window.
+
+    Returns True when a lease or ticket went away (pruning alone is not worth a commit).
+    """
+    changed = False
     for lease_id, lease in list(state["leases"].items()):
         if lease["exp_bt"] <= ctx.now_bt:
             del state["leases"][lease_id]
+            changed = True
     for ticket_id, ticket in list(state["queue"].items()):
         if not ctx.alive(ticket.get("agent")):
             del state["queue"][ticket_id]
+            changed = True
     applied = state["applied"]
     for req_id in [r for r, e in applied.items() if ctx.now_bt - e["bt"] > APPLIED_KEEP_S]:
         del applied[req_id]
     if len(applied) > APPLIED_KEEP_MAX:
         for req_id in sorted(applied, key=lambda r: applied[r]["bt"])[: len(applied) - APPLIED_KEEP_MAX]:
             del applied[req_id]
+    return changed
 
 
 def _grant(state, ctx, lease_id, uid, owner, gpus, ttl_s, priority, preemptible, ticket=None):
@@ -408,5 +415,8 @@ def renew(state, ctx, args):
     return grant_result(lease, ctx)
 
 
+# Operations that change the state whenever they succeed (poll and gc change it only through
+# the housekeeping that runs before every operation).
+ALWAYS_CHANGES = frozenset({"reserve", "release", "renew"})
 MUTATIONS = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
              "gc": lambda state, ctx, args: {"gc": True}}
