@@ -192,7 +192,7 @@ class SimulatedGpus:
             h = hashlib.sha256(("%s/%d/%s" % (node, index, seed)).encode()).hexdigest()
             self._uuids.append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
         self._rng = random.Random(digest)
-        self._env_cache = {}  # (pid, start) -> tuple of GPU indices, or () when not bound here
+        self._env_cache = {}  # pid -> (start ticks, GPU indices or () when not bound here)
         self._cpu_prev = {}  # pid -> (ticks, monotonic time)
         self._ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._self_pid = os.getpid()
@@ -201,20 +201,28 @@ class SimulatedGpus:
         return self._count
 
     def _bound_gpus(self, pid):
+        """GPUs a process is bound to, from its environment, read once per (pid, start time).
+
+        Unbound pids are cached by pid alone and forgotten when the pid disappears, so a scan
+        reads /proc/PID/stat only for bound processes (pid reuse between two scans is the cost).
+        """
+        entry = self._env_cache.get(pid)
+        if entry is not None:
+            start, gpus = entry
+            if not gpus or procs.start_ticks(pid) == start:
+                return gpus
         start = procs.start_ticks(pid)
         if start is None:
             return ()
-        key = (pid, start)
-        if key not in self._env_cache:
-            gpus = ()
-            try:
-                env = procs.environ(pid)
-            except OSError:
-                env = {}
-            if env.get("GPUCONSOLE_SIM_NODE") == self._node and "CUDA_VISIBLE_DEVICES" in env:
-                gpus = tuple(self._parse_visible(env["CUDA_VISIBLE_DEVICES"]))
-            self._env_cache[key] = gpus
-        return self._env_cache[key]
+        gpus = ()
+        try:
+            env = procs.environ(pid)
+        except OSError:
+            env = {}
+        if env.get("GPUCONSOLE_SIM_NODE") == self._node and "CUDA_VISIBLE_DEVICES" in env:
+            gpus = tuple(self._parse_visible(env["CUDA_VISIBLE_DEVICES"]))
+        self._env_cache[pid] = (start, gpus)
+        return gpus
 
     def _parse_visible(self, text):
         for item in text.split(","):
@@ -255,8 +263,9 @@ class SimulatedGpus:
         for pid in list(self._cpu_prev):
             if pid not in live:
                 del self._cpu_prev[pid]
-        if len(self._env_cache) > 4096:
-            self._env_cache = {k: v for k, v in self._env_cache.items() if k[0] in live}
+        present = set(pids)
+        for pid in [p for p in self._env_cache if p not in present]:
+            del self._env_cache[pid]
         return bound
 
     def _lifetime_cpu_pct(self, pid, ticks):
