@@ -315,13 +315,11 @@ def _validate_request(args, ctx):
     if n > ctx.gpu_count:
         raise OpError("insufficient", "%d GPUs requested but this node has %d" % (n, ctx.gpu_count),
                       gpu_count=ctx.gpu_count, free=0, too_big=True)
-    ttl_s = args.get("ttl_s")
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= MAX_TTL_S:
-        raise OpError("invalid", "ttl_s must be a duration in (0, %d] seconds" % MAX_TTL_S)
+    ttl_s = _ttl_s(args)
     priority = args.get("priority", "normal")
     if priority not in PRIORITIES:
         raise OpError("invalid", "priority must be one of low, normal, high")
-    return n, float(ttl_s), PRIORITIES[priority]
+    return n, ttl_s, PRIORITIES[priority]
 
 
 def _ticket(state, ctx, n, ttl_s, priority, preemptible, ticket_id=None):
@@ -376,28 +374,8 @@ def _check_owner(obj, ctx, what):
                       % (what, obj["id"], obj["owner"]))
 
 
-def release(state, ctx, args):
-    """End a reservation (or withdraw a queued request); the owner or an admin only."""
-    target = args.get("id")
-    if target in state["queue"]:
-        ticket = state["queue"][target]
-        _check_owner(ticket, ctx, "queued request")
-        del state["queue"][target]
-        return {"id": target, "released": True, "was": "queued", "gpus": []}
-    lease = state["leases"].get(target)
-    if lease is None or lease["exp_bt"] <= ctx.now_bt:
-        raise OpError("not_found", "no active reservation %s (released or expired)" % target)
-    _check_owner(lease, ctx, "reservation")
-    token = args.get("token")
-    if token is not None and token != lease["token"]:
-        raise OpError("stale_token", "token %s is stale for %s" % (token, target))
-    del state["leases"][target]
-    dispatch(state, ctx)
-    return {"id": target, "released": True, "was": "active", "gpus": list(lease["gpus"])}
-
-
-def renew(state, ctx, args):
-    """Extend a live lease to at least now + ttl; a late renew never shortens it."""
+def _held_lease(state, ctx, args):
+    """The live lease named by args["id"], checked for ownership and (if given) its token."""
     target = args.get("id")
     lease = state["leases"].get(target)
     if lease is None or lease["exp_bt"] <= ctx.now_bt:
@@ -407,10 +385,35 @@ def renew(state, ctx, args):
     if token is not None and token != lease["token"]:
         raise OpError("stale_token", "token %s is stale for %s: the grant it named is over"
                       % (token, target))
+    return lease
+
+
+def _ttl_s(args):
     ttl_s = args.get("ttl_s")
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s <= MAX_TTL_S:
         raise OpError("invalid", "ttl_s must be a duration in (0, %d] seconds" % MAX_TTL_S)
-    lease["exp_bt"] = max(lease["exp_bt"], ctx.now_bt + float(ttl_s))
+    return float(ttl_s)
+
+
+def release(state, ctx, args):
+    """End a reservation (or withdraw a queued request); the owner or an admin only."""
+    target = args.get("id")
+    if target in state["queue"]:
+        ticket = state["queue"][target]
+        _check_owner(ticket, ctx, "queued request")
+        del state["queue"][target]
+        return {"id": target, "released": True, "was": "queued", "gpus": []}
+    lease = _held_lease(state, ctx, args)
+    del state["leases"][target]
+    dispatch(state, ctx)
+    return {"id": target, "released": True, "was": "active", "gpus": list(lease["gpus"])}
+
+
+def renew(state, ctx, args):
+    """Extend a live lease to at least now + ttl; a late renew never shortens it."""
+    lease = _held_lease(state, ctx, args)
+    ttl_s = _ttl_s(args)
+    lease["exp_bt"] = max(lease["exp_bt"], ctx.now_bt + ttl_s)
     lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
     return grant_result(lease, ctx)
 
