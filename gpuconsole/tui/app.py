@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 from gpuconsole.config import Config
@@ -153,17 +154,22 @@ class GpuConsoleApp(App[int]):
         if not self.screen_stack:
             return
         main = self.screen_stack[0]  # dialogs may be on top; the tables live on the main screen
+        try:
+            nodes, gpus = main.query_one(NodeTable), main.query_one(GpuTable)
+            procs, reservations = main.query_one(ProcessTable), main.query_one(ReservationTable)
+            summary = main.query_one(SummaryBar)
+        except NoMatches:
+            return  # shutting down: the widgets are already gone
         now_s = self.clock()
         styles = self._styles()
+        view = self.fleet.nodes.get(self.selected_node or "")
         with self.batch_update():
-            main.query_one(NodeTable).show(self.fleet, now_s, styles, self.name_filter)
-            view = self.fleet.nodes.get(self.selected_node or "")
-            gpus = main.query_one(GpuTable)
+            nodes.show(self.fleet, now_s, styles, self.name_filter)
             gpus.show(view, self.fleet, now_s, styles)
             gpus.border_title = f"GPUs · {self.selected_node}" if self.selected_node else "GPUs"
-            main.query_one(ProcessTable).show(view)
-            main.query_one(ReservationTable).show(self.fleet, styles)
-            main.query_one(SummaryBar).show(self.fleet, now_s)
+            procs.show(view)
+            reservations.show(self.fleet, styles)
+            summary.show(self.fleet, now_s)
         self._dirty = False
 
     @on(NodeTable.RowHighlighted, "#nodes")
