@@ -203,6 +203,19 @@ def proc_children(pid: int) -> list[int]:
     return found
 
 
+def proc_tree_cpu_ns(pid: int) -> int:
+    """On-CPU nanoseconds of a process and all its live descendants (threads included)."""
+    total_ns, todo, seen = 0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        total_ns += proc_cpu_ns(current) or 0  # a process that just exited counts as 0
+        todo += proc_children(current)
+    return total_ns
+
+
 class DemoProcess:
     """A demo cluster (`gpuconsole demo --serve`) in its own process.
 
@@ -266,6 +279,76 @@ class DemoProcess:
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+
+
+class Tmux:
+    """A private tmux server (its own socket, no user config) to run the console in a real terminal.
+
+    A placeholder session keeps the server up between app sessions, so launching the app does
+    not include the server's own start. Leaving the context kills the server and its panes.
+    """
+
+    def __init__(self, width: int = 120, height: int = 40) -> None:
+        self.binary = shutil.which("tmux")
+        self.socket = f"gpuconsole-bench-{os.getpid()}-{time.monotonic_ns()}"
+        self.width = width
+        self.height = height
+
+    def __enter__(self) -> Tmux:
+        if self.binary is None:
+            raise RuntimeError("tmux not found")
+        self.new_session("idle", "exec cat")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self.cmd("kill-server", check=False)
+
+    def cmd(self, *args: str, check: bool = True) -> str:
+        """One tmux client command against the private server; its stdout."""
+        assert self.binary is not None
+        out = subprocess.run([self.binary, "-L", self.socket, "-f", "/dev/null", *args],
+                             capture_output=True, text=True, timeout=30, env=bench_env(),
+                             stdin=subprocess.DEVNULL, check=False)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"tmux {args[0]}: exit {out.returncode}: {out.stderr.strip()}")
+        return out.stdout
+
+    def new_session(self, name: str, shell_command: str) -> None:
+        """A detached session of the configured size running ``shell_command`` (via sh -c)."""
+        self.cmd("new-session", "-d", "-s", name, "-x", str(self.width), "-y", str(self.height),
+                 shell_command)
+
+    def capture(self, name: str) -> str:
+        """The visible text of a session's pane ("" once the session is gone)."""
+        return self.cmd("capture-pane", "-p", "-t", name, check=False)
+
+    def pane_pid(self, name: str) -> int:
+        """The pid of the process the pane runs (the app itself when started with `exec`)."""
+        return int(self.cmd("list-panes", "-t", name, "-F", "#{pane_pid}").split()[0])
+
+    def server_pid(self) -> int:
+        """The tmux server's pid (it draws the pane: the terminal emulator's share of the work)."""
+        return int(self.cmd("display-message", "-p", "-t", "idle", "#{pid}").strip())
+
+    def send_keys(self, name: str, *keys: str) -> None:
+        """Send key names (tmux syntax: Down, Up, q) to a session's pane."""
+        self.cmd("send-keys", "-t", name, *keys)
+
+    def wait_for(self, name: str, predicate: Any, timeout_s: float,
+                 interval_s: float = 0.01) -> tuple[float, str]:
+        """Poll capture-pane until predicate(text) holds: (monotonic time seen, text)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            text = self.capture(name)
+            seen = time.monotonic()
+            if predicate(text):
+                return seen, text
+            if seen > deadline:
+                raise RuntimeError(f"tmux pane {name}: condition not met in {timeout_s:g} s; "
+                                   f"screen: {text[-600:]!r}")
+            time.sleep(interval_s)
 
 
 # -- machine description ----------------------------------------------------------------------

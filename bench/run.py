@@ -22,7 +22,7 @@ from typing import Any
 import cases
 from harness import REPO_ROOT, Result, machine_info
 
-GROUPS = ("help", "lab", "reserve", "contention", "status")
+GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -110,6 +110,16 @@ def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dic
         guarded("contention", lambda: cases.bench_contention(plan, work))
     if "status" in groups:
         guarded("status", lambda: cases.bench_status(plan, work))
+    if "poll" in groups:
+        guarded("poll", lambda: cases.bench_poll(plan, work))
+    if "tui" in groups:
+        def tui_group() -> list[Result]:
+            # One demo for both steps, each guarded alone (a terminal problem keeps the rest).
+            with cases.tui_demo(plan, work) as config_path:
+                guarded("tui/headless", lambda: cases.bench_tui_headless(plan, work, config_path))
+                guarded("tui/terminal", lambda: cases.bench_tui_terminal(plan, config_path))
+            return []
+        guarded("tui", tui_group)
     return rows
 
 
