@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from gpuconsole.core.fleet import Fleet
 
 RENDER_INTERVAL_S = 0.25  # data arrives at poll rate; the screen repaints at most 4×/s
+AGE_REFRESH_S = 1.0
 MUTATING_ACTIONS = frozenset({"reserve", "release", "renew"})
 
 
@@ -63,6 +64,7 @@ class GpuConsoleApp(App[int]):
         self.selected_node: str | None = config.nodes[0].name if config.nodes else None
         self.poller: Poller | None = None
         self._dirty = True
+        self._last_render_s = 0.0
         self._themes = load_themes()
         self._theme_names = [t.name for t in self._themes.themes]
         self._requested_theme = theme_name or DEFAULT_THEME
@@ -109,7 +111,7 @@ class GpuConsoleApp(App[int]):
             self.theme = DEFAULT_THEME
         for failure in self._themes.failed:
             self.notify(f"theme not loaded: {failure}", severity="warning")
-        self.set_interval(RENDER_INTERVAL_S, self.render_fleet)
+        self.set_interval(RENDER_INTERVAL_S, self._tick)
         self.render_fleet(force=True)
         self.query_one(NodeTable).focus()
         if self._poll_enabled:
@@ -146,8 +148,14 @@ class GpuConsoleApp(App[int]):
         self._dirty = True
 
     def _styles(self) -> dict[str, str]:
-        variables = self.theme_variables or {}
+        variables = self.current_theme.variables  # the theme's own, not the stylesheet's (may lag)
         return {key: variables.get(key, default) for key, default in VARIABLE_DEFAULTS.items()}
+
+    def _tick(self) -> None:
+        """Repaint when data arrived; otherwise once a second so "last seen" ages move."""
+        now_s = self.clock()
+        if self._dirty or now_s - self._last_render_s >= AGE_REFRESH_S:
+            self.render_fleet()
 
     def render_fleet(self, force: bool = False) -> None:
         """Push the folded state down to the widgets (ages tick even without new data)."""
@@ -171,6 +179,7 @@ class GpuConsoleApp(App[int]):
             reservations.show(self.fleet, styles)
             summary.show(self.fleet, now_s)
         self._dirty = False
+        self._last_render_s = now_s
 
     @on(NodeTable.RowHighlighted, "#nodes")
     def _select_node(self, event: NodeTable.RowHighlighted) -> None:
@@ -234,7 +243,7 @@ class GpuConsoleApp(App[int]):
         key = self.query_one(GpuTable).selected_key
         node_view = self.fleet.nodes.get(self.selected_node or "")
         if key and node_view and node_view.snapshot:
-            index = int(key.rsplit("/", 1)[1])
+            index = int(key.rsplit("/", 1)[-1])
             for gpu in node_view.snapshot.gpus:
                 if gpu.index == index and gpu.reservation is not None:
                     ref = gpu.reservation

@@ -79,7 +79,9 @@ class GpuTable(KeyedTable):
         if view is not None and snap is not None:
             dim = "dim" if view.health() is not Health.UP else ""
             for gpu in snap.gpus:
-                key = f"{view.name}/{gpu.index}"
+                # Rows keyed by GPU index: switching nodes rewrites cells instead of rebuilding rows.
+                key = str(gpu.index)
+                history_key = f"{view.name}/{gpu.index}"
                 mem_frac = (gpu.mem_used_mib / gpu.mem_total_mib
                             if gpu.mem_used_mib is not None and gpu.mem_total_mib else None)
                 util_text = Text(bar((gpu.util_pct or 0) / 100, 10), style=util_style(gpu.util_pct, styles))
@@ -87,7 +89,7 @@ class GpuTable(KeyedTable):
                 mem_text = Text(bar(mem_frac, 8), style=util_style(None if mem_frac is None else mem_frac * 100,
                                                                     styles))
                 mem_text.append(f" {mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}", style=dim)
-                history = list(fleet.util_history.get(key, ()))
+                history = list(fleet.util_history.get(history_key, ()))
                 rows[key] = [
                     Text(str(gpu.index), style=dim),
                     Text((gpu.name or NA).removeprefix("NVIDIA "), style=dim),
