@@ -83,6 +83,28 @@ def build_parser() -> Parser:
     listing = sub.add_parser("reservations", parents=[common], help="reservations and queue")
     listing.add_argument("--json", action="store_true")
 
+    submit = sub.add_parser("submit", parents=[common], help="queue a job: submit --gpus N -- CMD [ARG…]")
+    submit.add_argument("--gpus", type=positive_int, required=True, metavar="N")
+    submit.add_argument("--node", metavar="NAME")
+    submit.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal")
+    submit.add_argument("--preempt", action="store_true", help="may take GPUs from lower-priority jobs")
+    submit.add_argument("--requeue", action="store_true", help="run again if preempted or lost")
+    submit.add_argument("--name", metavar="NAME")
+    submit.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
+    submit.add_argument("--json", action="store_true")
+    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]")
+
+    jobs = sub.add_parser("jobs", parents=[common], help="jobs on every node")
+    jobs.add_argument("--json", action="store_true")
+
+    logs = sub.add_parser("logs", parents=[common], help="a job's output")
+    logs.add_argument("id", metavar="JOB")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    cancel.add_argument("id", metavar="JOB")
+    cancel.add_argument("--json", action="store_true")
+
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
     doctor.add_argument("--json", action="store_true")
 

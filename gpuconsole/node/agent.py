@@ -17,7 +17,7 @@ import threading
 import time
 
 from . import gpus as gpu_sources
-from . import procs
+from . import jobs, loader, procs
 from . import state as st
 from .hostio import HostSampler
 from .store import CorruptState, StateStore, filesystem_type, is_network_fs
@@ -27,6 +27,9 @@ _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
 POLICY_PATH = "/etc/gpuconsole/policy.json"
 MIN_RATE_WINDOW_S = 0.1
 MAX_REQUEST_BYTES = 1 << 20
+MUTATIONS = dict(st.MUTATIONS, **jobs.MUTATIONS)
+ALWAYS_CHANGES = st.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
+MAX_LOG_CHUNK = 256 * 1024
 
 
 def now_bt():
@@ -163,7 +166,7 @@ class Agent:
 
     def transaction(self, op, args):
         """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change."""
-        func = st.MUTATIONS[op]
+        func = MUTATIONS[op]
         in_use = self._gpus_in_use() if op in ("reserve", "poll", "release", "gc") else set()
         req_id = args.get("req_id")
         self.in_critical = True
@@ -191,7 +194,7 @@ class Agent:
                 if self._housekeep(state, ctx) or must_write:
                     self.store.commit(state)
                 raise
-            if op in st.ALWAYS_CHANGES:
+            if op in ALWAYS_CHANGES:
                 if req_id:
                     state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
                 changed = True
@@ -209,6 +212,7 @@ class Agent:
             st.reboot_recovery(state, self.boot_id, ctx)
             changed = True
         changed = st.gc(state, ctx) or changed
+        changed = jobs.reap(state, ctx) or changed
         return bool(st.dispatch(state, ctx)) or changed
 
     # -- request handling -------------------------------------------------------------------
@@ -224,6 +228,7 @@ class Agent:
         if not isinstance(state_dir, str) or "\0" in state_dir:
             raise st.OpError("invalid", "state_dir must be a path")
         self.store = StateStore(state_dir)
+        self.hello_args = {"simulate": simulate, "node": node}
         state_dir_error = None
         try:
             self.store.ensure_dir()
@@ -247,6 +252,87 @@ class Agent:
             self.stream_thread = threading.Thread(target=self._stream_loop, daemon=True)
             self.stream_thread.start()
         self.stream_wake.set()
+
+    def _read_state(self):
+        try:
+            return self.store.load(self.boot_id)
+        except CorruptState as exc:
+            raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
+
+    def _job_dir(self, job_id):
+        if not isinstance(job_id, str) or not job_id.startswith("j-") or not job_id[2:].isalnum():
+            raise st.OpError("not_found", "no job %r on this node" % (job_id,))
+        return os.path.join(self.store.dir, "jobs", job_id)
+
+    def op_submit(self, args):
+        """Write the job's spec, start its detached supervisor, then queue the job (one transaction)."""
+        argv = args.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv) \
+                or not argv[0]:
+            raise st.OpError("invalid", "the command must be a non-empty list of strings")
+        cwd = args.get("cwd")
+        if cwd is not None and (not isinstance(cwd, str) or not os.path.isdir(cwd)):
+            cwd = None  # the client's directory may not exist here; run in the job dir instead
+        job_id = st.new_id({"leases": {}, "queue": {}}, "j")
+        job_dir = self._job_dir(job_id)
+        os.makedirs(job_dir, mode=0o700)
+        with open(os.path.join(job_dir, "spec.json"), "w") as handle:
+            json.dump({"argv": argv, "cwd": cwd or job_dir}, handle)
+        child = self._spawn_supervisor(job_id, job_dir)
+        ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id}
+        try:
+            result, _ = self.transaction("submit_job", {
+                "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
+                "name": args.get("name"), "requeue": args.get("requeue"), "supervisor": ident,
+                "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id"),
+            })
+        except st.OpError:
+            child.kill()
+            child.wait()
+            raise
+        return result
+
+    def _spawn_supervisor(self, job_id, job_dir):
+        import subprocess  # only submit needs it
+
+        codes = sys.modules[__package__]
+        program = loader.build_program(codes.SOURCES, codes.DIGEST, codes.MODULES) \
+            if hasattr(codes, "SOURCES") else _local_program()
+        env = dict(os.environ, GPUCONSOLE_ROLE="supervisor", GPUCONSOLE_JOB_ID=job_id,
+                   GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir,
+                   GPUCONSOLE_SIMULATE_GPUS=str(self.hello_args["simulate"]),
+                   GPUCONSOLE_NODE_NAME=self.hello_args["node"])
+        with open(os.path.join(job_dir, "supervisor.log"), "ab") as log:
+            child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=job_dir,
+                                     start_new_session=True, close_fds=True)
+        child.stdin.write(loader.preamble(program))
+        child.stdin.close()
+        return child
+
+    def op_logs(self, args):
+        """A chunk of a job's stdout or stderr from `offset` (the files are the owner's own)."""
+        job_dir = self._job_dir(args.get("id"))
+        stream = args.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise st.OpError("invalid", "stream must be stdout or stderr")
+        offset = args.get("offset") or 0
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise st.OpError("invalid", "offset must be a non-negative integer")
+        state, _, _ = self._read_state()
+        job = state.get("jobs", {}).get(args.get("id"))
+        if job is None:
+            raise st.OpError("not_found", "no job %s on this node" % args.get("id"))
+        try:
+            with open(os.path.join(job_dir, stream), "rb") as handle:
+                handle.seek(offset)
+                data = handle.read(MAX_LOG_CHUNK)
+        except FileNotFoundError:
+            data = b""
+        except PermissionError:
+            raise st.OpError("permission", "job %s belongs to %s" % (job["id"], job["owner"])) from None
+        return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data),
+                "state": job["state"], "ended": job["state"] not in jobs.ACTIVE}
 
     def op_capacity(self):
         """Free GPUs and queue length, read without the lock, for choosing a node."""
@@ -314,7 +400,16 @@ class Agent:
             return self.op_doctor(args), []
         if op == "ping":
             return {"pong": True}, []
-        if op in st.MUTATIONS:
+        if op == "submit":
+            return self.op_submit(args), []
+        if op == "jobs":
+            state, warnings, _ = self._read_state()
+            return jobs.listing(state, self._ctx()), warnings
+        if op == "logs":
+            return self.op_logs(args), []
+        if op == "cancel":
+            return self.transaction("cancel_job", args)
+        if op in MUTATIONS:
             return self.transaction(op, args)
         raise st.OpError("invalid", "unknown op %r" % (op,))
 
@@ -345,8 +440,34 @@ class Agent:
                 break
 
 
+def _shell_quote(arg):
+    """Display form of one argument (for `jobs`; the job itself is exec'd from the list)."""
+    safe = all(c.isalnum() or c in "@%+=:,./-_" for c in arg)
+    return arg if arg and safe else "'" + arg.replace("'", "'\\''") + "'"
+
+
+def _local_program():
+    """The program when running from the installed package (tests), not from a shipped bundle."""
+    import hashlib
+
+    names = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "agent", "supervisor")
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = {}
+    for name in names:
+        with open(os.path.join(here, name + ".py")) as handle:
+            sources[name] = handle.read()
+    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
+    return loader.build_program(sources, digest, names)
+
+
 def main():
     """Entry point on the node: serve requests from stdin until EOF or a signal."""
+    if os.environ.get("GPUCONSOLE_ROLE") == "supervisor":
+        from . import supervisor
+
+        with open(os.devnull, "wb") as sink:
+            supervisor.main(Agent(sink))
+        return
     out = sys.stdout.buffer
     agent = Agent(out)
 

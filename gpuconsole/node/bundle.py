@@ -11,42 +11,11 @@ import shlex
 from functools import lru_cache
 from importlib import resources
 
+from gpuconsole.node import loader
+
 # Dependency order: each module only imports modules listed before it.
-MODULES = ("procs", "hostio", "gpus", "state", "store", "agent")
-PACKAGE = "gcnode"
-
-BOOTSTRAP = (
-    "import sys;r=sys.stdin.buffer;n=int(r.readline());"
-    "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"
-)
-
-
-# Runs on the node: compiled module code is cached per agent version and interpreter in the
-# user's cache dir (a cache, not an install: deleting it costs one compile), because compiling
-# the sources is most of an agent's start-up time.
-_LOADER = """
-import marshal, os, sys, types
-def _codes(sources, digest):
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "gpuconsole", "agent-%s-%s.marshal" % (digest, sys.implementation.cache_tag))
-    try:
-        with open(path, "rb") as handle:
-            codes = marshal.loads(handle.read())
-        if sorted(codes) == sorted(sources):
-            return codes
-    except Exception:
-        pass
-    codes = dict((name, compile(src, "<gcnode/%s.py>" % name, "exec")) for name, src in sources.items())
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = "%s.%d.tmp" % (path, os.getpid())
-        with open(tmp, "wb") as handle:
-            handle.write(marshal.dumps(codes))
-        os.replace(tmp, path)
-    except Exception:
-        pass
-    return codes
-"""
+MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "agent", "supervisor")
+BOOTSTRAP = loader.BOOTSTRAP
 
 
 @lru_cache(maxsize=1)
@@ -57,20 +26,8 @@ def agent_program() -> bytes:
         for name in MODULES
     }
     digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
-    package = repr(PACKAGE)
-    lines = [
-        _LOADER,
-        f"_pkg = types.ModuleType({package}); _pkg.__path__ = []; sys.modules[{package}] = _pkg",
-        f"_CODES = _codes({sources!r}, {digest!r})",
-        f"for _name in {MODULES!r}:",
-        f"    _mod = types.ModuleType({package} + '.' + _name)",
-        f"    _mod.__package__ = {package}",
-        "    sys.modules[_mod.__name__] = _mod",
-        "    setattr(_pkg, _name, _mod)",
-        "    exec(_CODES[_name], _mod.__dict__)",
-        f"sys.modules[{package} + '.agent'].main()",
-    ]
-    return "\n".join(lines).encode("utf-8")
+    program: str = loader.build_program(sources, digest, MODULES)  # type: ignore[no-untyped-call]
+    return program.encode("utf-8")
 
 
 def agent_digest() -> str:

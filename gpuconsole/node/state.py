@@ -46,7 +46,7 @@ class OpError(Exception):
 def new_state(boot_id):
     """An empty state for a node that has never had one."""
     return {"schema": SCHEMA, "gen": 0, "next_token": 1, "seq": 0, "boot_id": boot_id,
-            "leases": {}, "queue": {}, "applied": {}}
+            "leases": {}, "queue": {}, "applied": {}, "jobs": {}}
 
 
 def canonical(state):
@@ -186,6 +186,7 @@ def lease_view(lease, ctx, with_token=False):
         "id": lease["id"], "gpus": list(lease["gpus"]), "owner": lease["owner"],
         "uid": lease["uid"], "priority": PRIORITY_NAMES.get(lease["priority"], "normal"),
         "preemptible": lease.get("preemptible", False), "state": "active",
+        "kind": "job" if lease.get("job") else "reservation",
         "created_at": iso_utc(lease["created_wall"]),
         "expires_at": iso_utc(ctx.wall_at(lease["exp_bt"])),
         "expires_in_s": round(lease["exp_bt"] - ctx.now_bt, 1),
@@ -200,6 +201,7 @@ def ticket_view(ticket, position):
         "id": ticket["id"], "gpus_requested": ticket["n"], "owner": ticket["owner"],
         "uid": ticket["uid"], "priority": PRIORITY_NAMES.get(ticket["priority"], "normal"),
         "position": position, "created_at": iso_utc(ticket["created_wall"]),
+        "kind": "job" if ticket.get("job") else "reservation",
     }
 
 
@@ -264,6 +266,8 @@ def _grant(state, ctx, lease_id, uid, owner, gpus, ttl_s, priority, preemptible,
     }
     if ticket is not None:
         lease["from_queue"] = True
+        if ticket.get("job"):
+            lease["job"] = True
     state["leases"][lease_id] = lease
     return lease
 
@@ -401,9 +405,13 @@ def release(state, ctx, args):
     if target in state["queue"]:
         ticket = state["queue"][target]
         _check_owner(ticket, ctx, "queued request")
+        if ticket.get("job"):
+            raise OpError("invalid", "%s is a queued job; use `gpuconsole cancel %s`" % (target, target))
         del state["queue"][target]
         return {"id": target, "released": True, "was": "queued", "gpus": []}
     lease = _held_lease(state, ctx, args)
+    if lease.get("job"):
+        raise OpError("invalid", "%s holds GPUs for a running job; use `gpuconsole cancel %s`" % (target, target))
     del state["leases"][target]
     dispatch(state, ctx)
     return {"id": target, "released": True, "was": "active", "gpus": list(lease["gpus"])}

@@ -1,0 +1,93 @@
+"""`submit`, `jobs`, `logs` and `cancel`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.config import Config
+from gpuconsole.core import jobs as core
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.errors import ExitCode, UsageError
+
+
+def run_submit(config: Config, args: Any) -> int:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv or not argv[0]:
+        raise UsageError("submit: give the command after `--`, e.g. submit --gpus 1 -- python train.py")
+    if args.burst and config.aws is None:
+        raise UsageError("--burst needs a [cloud.aws] section in the config")
+    if args.preempt:
+        raise UsageError("--preempt is not available yet (preemption arrives in a later version)")
+    if args.node:
+        config.node(args.node)
+    request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue)
+
+    async def go() -> dict[str, Any]:
+        async with Fleet(config) as fleet:
+            return await core.submit(fleet, request)
+
+    result = asyncio.run(go())
+    if args.json:
+        print_json({k: result.get(k) for k in ("id", "node", "state", "position", "owner")})
+    else:
+        where = f"position {result['position']}" if result.get("position") else "starting"
+        print(f"submitted {result['id']} on {result['node']} ({where})")
+    return int(ExitCode.OK)
+
+
+def run_jobs(config: Config, args: Any) -> int:
+    async def go() -> tuple[list[dict[str, Any]], dict[str, str]]:
+        async with Fleet(config) as fleet:
+            return await core.list_jobs(fleet)
+
+    found, errors = asyncio.run(go())
+    for node, error in errors.items():
+        warn(f"{node}: {error}")
+    if args.json:
+        print_json({"jobs": found, "errors": [{"node": n, "error": e} for n, e in errors.items()]})
+        return int(ExitCode.OK)
+    from rich.table import Table
+
+    table = Table(title="jobs", title_justify="left", header_style="bold")
+    for column in ("id", "name", "node", "gpus", "owner", "priority", "state", "exit", "command"):
+        table.add_column(column, no_wrap=column != "command")
+    for job in found:
+        state = job["state"] + (f" #{job['position']}" if job["state"] == "queued" and job.get("position") else "")
+        gpus = ",".join(map(str, job["gpus"])) or f"{job['gpus_requested']} wanted"
+        exit_code = "" if job["exit_code"] is None else str(job["exit_code"])
+        table.add_row(job["id"], job["name"], job["node"], gpus, job["owner"], job["priority"], state,
+                      exit_code, job["command"])
+    console().print(table)
+    return int(ExitCode.OK)
+
+
+def run_logs(config: Config, args: Any) -> int:
+    def emit(stream: str, text: str) -> None:
+        target = sys.stdout if stream == "stdout" else sys.stderr
+        target.write(text)
+        target.flush()
+
+    async def go() -> dict[str, Any]:
+        async with Fleet(config) as fleet:
+            return await core.follow_logs(fleet, args.id, emit, follow=args.follow)
+
+    asyncio.run(go())
+    return int(ExitCode.OK)
+
+
+def run_cancel(config: Config, args: Any) -> int:
+    async def go() -> dict[str, Any]:
+        async with Fleet(config) as fleet:
+            return await core.cancel(fleet, args.id)
+
+    result = asyncio.run(go())
+    if args.json:
+        print_json(result)
+    else:
+        print(f"cancelled {result['id']} on {result['node']} ({result['state']})")
+    return int(ExitCode.OK)

@@ -1,0 +1,114 @@
+"""Submit, list, follow and cancel batch jobs across the fleet (CLI and TUI share these)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.placement import Capacity
+from gpuconsole.core.reservations import capacities
+from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
+
+FOLLOW_POLL_S = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """A job: argv exactly as given (sent as JSON, exec'd without a shell)."""
+
+    argv: tuple[str, ...]
+    gpus: int
+    node: str | None = None
+    priority: str = "normal"
+    name: str | None = None
+    requeue: bool = False
+
+
+def best_start(caps: list[Capacity], gpus: int) -> str | None:
+    """Best expected start: a node with enough free GPUs (tightest fit), else the shortest queue."""
+    fitting = [c for c in caps if c.free >= gpus and c.queued == 0]
+    if fitting:
+        return min(fitting, key=lambda c: (c.free - gpus, c.node)).node
+    big_enough = [c for c in caps if c.gpu_count >= gpus]
+    if not big_enough:
+        return None
+    return min(big_enough, key=lambda c: (c.queued, -c.free, c.node)).node
+
+
+async def submit(fleet: Fleet, request: SubmitRequest) -> dict[str, Any]:
+    """Queue the job on the node where it should start soonest; the node's supervisor runs it."""
+    if not request.argv or not request.argv[0]:
+        raise UsageError("submit: give the command after `--`")
+    caps = await capacities(fleet, [request.node] if request.node else None)
+    target = best_start(caps, request.gpus)
+    if target is None:
+        largest = max((c.gpu_count for c in caps), default=0)
+        where = f"node {request.node} has" if request.node else "the largest reachable node has"
+        raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
+    result = await fleet.request(target, "submit", {
+        "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
+        "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(),
+        "req_id": uuid.uuid4().hex,
+    })
+    return dict(result, node=target)
+
+
+async def list_jobs(fleet: Fleet) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Every job on every reachable node (with its node), and the nodes that could not be read."""
+    results = await fleet.call_all("jobs")
+    found: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for node, result in sorted(results.items()):
+        if isinstance(result, GpuConsoleError):
+            errors[node] = str(result)
+        else:
+            found += [dict(job, node=node) for job in result["jobs"]]
+    found.sort(key=lambda j: (j["created_at"] or "", j["id"]))
+    return found, errors
+
+
+async def find_job(fleet: Fleet, job_id: str) -> dict[str, Any]:
+    jobs, errors = await list_jobs(fleet)
+    for job in jobs:
+        if job["id"] == job_id:
+            return job
+    unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
+    raise NotFoundError(f"no job {job_id!r} on any reachable node{unreachable}")
+
+
+async def cancel(fleet: Fleet, job_id: str) -> dict[str, Any]:
+    """Queued: withdrawn. Running: SIGTERM to its process group, SIGKILL after the grace."""
+    job = await find_job(fleet, job_id)
+    result = await fleet.request(job["node"], "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
+    return dict(result, node=job["node"])
+
+
+async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,
+                      follow: bool = False) -> dict[str, Any]:
+    """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end."""
+    job = await find_job(fleet, job_id)
+    offsets = {"stdout": 0, "stderr": 0}
+    saw_end = False
+    while True:
+        ended = True
+        for stream in ("stdout", "stderr"):
+            while True:
+                chunk = await fleet.request(job["node"], "logs",
+                                            {"id": job_id, "stream": stream, "offset": offsets[stream]})
+                if chunk["data"]:
+                    on_chunk(stream, chunk["data"])
+                offsets[stream] = chunk["offset"]
+                ended = chunk["ended"]
+                if not chunk["data"]:
+                    break
+        if not follow or saw_end:
+            return dict(job, state=chunk["state"])
+        if ended:
+            saw_end = True  # one more pass: output written just before the end is still read
+            continue
+        await asyncio.sleep(FOLLOW_POLL_S)

@@ -1,0 +1,64 @@
+"""The program text that installs the node modules in a fresh interpreter and runs the agent.
+
+Used by the client to start agents and by agents to start job supervisors, so both build the
+same program. The bootstrap on the command line is constant; the program follows on stdin.
+"""
+
+from __future__ import annotations
+
+PACKAGE = "gcnode"
+BOOTSTRAP = (
+    "import sys;r=sys.stdin.buffer;n=int(r.readline());"
+    "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"
+)
+
+# Compiled module code is cached per agent version and interpreter in the user's cache dir (a
+# cache, not an install: deleting it costs one compile); compiling is most of a start-up.
+_LOADER = """
+import marshal, os, sys, types
+def _codes(sources, digest):
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    path = os.path.join(base, "gpuconsole", "agent-%s-%s.marshal" % (digest, sys.implementation.cache_tag))
+    try:
+        with open(path, "rb") as handle:
+            codes = marshal.loads(handle.read())
+        if sorted(codes) == sorted(sources):
+            return codes
+    except Exception:
+        pass
+    codes = dict((name, compile(src, "<gcnode/%s.py>" % name, "exec")) for name, src in sources.items())
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = "%s.%d.tmp" % (path, os.getpid())
+        with open(tmp, "wb") as handle:
+            handle.write(marshal.dumps(codes))
+        os.replace(tmp, path)
+    except Exception:
+        pass
+    return codes
+"""
+
+
+def build_program(sources, digest, modules):
+    """Program text: install `modules` (in order) from `sources` as package gcnode, run agent.main()."""
+    package = repr(PACKAGE)
+    lines = [
+        _LOADER,
+        "_pkg = types.ModuleType(%s); _pkg.__path__ = []; sys.modules[%s] = _pkg" % (package, package),
+        "_pkg.SOURCES = %r; _pkg.DIGEST = %r; _pkg.MODULES = %r" % (sources, digest, tuple(modules)),
+        "_CODES = _codes(_pkg.SOURCES, _pkg.DIGEST)",
+        "for _name in _pkg.MODULES:",
+        "    _mod = types.ModuleType(%s + '.' + _name)" % package,
+        "    _mod.__package__ = %s" % package,
+        "    sys.modules[_mod.__name__] = _mod",
+        "    setattr(_pkg, _name, _mod)",
+        "    exec(_CODES[_name], _mod.__dict__)",
+        "sys.modules[%s + '.agent'].main()" % package,
+    ]
+    return "\n".join(lines)
+
+
+def preamble(program):
+    """Bytes written to the bootstrap's stdin: the length line, then the program."""
+    data = program.encode("utf-8")
+    return str(len(data)).encode() + b"\n" + data

@@ -1,0 +1,133 @@
+"""The per-job supervisor: waits for the grant, runs the command, renews, records the exit.
+
+Started detached (new session) by the owner's agent, so it runs as the owner and outlives the
+SSH connection. The job runs in its own process group with CUDA_VISIBLE_DEVICES set; its output
+goes to <state_dir>/jobs/<id>/stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from . import jobs
+from . import state as st
+
+POLL_S = 0.2
+CANCEL_GRACE_S = 10.0
+
+
+class Supervisor:
+    """Drives one job through the node's state with the same transactions as the agent."""
+
+    def __init__(self, agent, job_id, job_dir):
+        self.agent = agent
+        self.job_id = job_id
+        self.job_dir = job_dir
+        with open(os.path.join(job_dir, "spec.json")) as handle:
+            self.spec = json.load(handle)
+
+    def _job(self):
+        state, _, _ = self.agent.store.load(self.agent.boot_id)
+        return state.get("jobs", {}).get(self.job_id), state["leases"].get(self.job_id)
+
+    def wait_for_grant(self):
+        """Poll (and housekeep, so expiries and releases dispatch) until granted; None if ended."""
+        while True:
+            job, lease = self._job()
+            if job is None or job["state"] not in jobs.ACTIVE:
+                return None
+            if lease is not None:
+                try:
+                    result, _ = self.agent.transaction("claim_job", {"id": self.job_id, "token": lease["token"]})
+                    return result
+                except st.OpError as exc:
+                    if exc.code not in ("not_found", "stale_token"):
+                        raise
+            else:
+                self.agent.transaction("gc", {})
+            time.sleep(POLL_S)
+
+    def run(self):
+        grant = self.wait_for_grant()
+        if grant is None:
+            return
+        env = dict(os.environ)
+        for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_ID", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR"):
+            env.pop(key, None)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant["gpus"])
+        env["GPUCONSOLE_JOB_ID"] = self.job_id
+        import subprocess  # only supervisors need it
+
+        with open(os.path.join(self.job_dir, "stdout"), "ab") as out, \
+                open(os.path.join(self.job_dir, "stderr"), "ab") as err:
+            try:
+                child = subprocess.Popen(self.spec["argv"], cwd=self.spec.get("cwd") or None, env=env,
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         start_new_session=True)
+            except OSError as exc:
+                err.write(("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
+                err.flush()
+                self._finish(grant["token"], 127)
+                return
+        exit_code = self._supervise(child, grant["token"])
+        self._finish(grant["token"], exit_code)
+
+    def _supervise(self, child, token):
+        renew_every_s = jobs.JOB_LEASE_TTL_S / 3
+        last_renew = time.monotonic()
+        kill_at = None
+        while True:
+            try:
+                return _exit_code(child.wait(timeout=POLL_S * 2))
+            except Exception:  # TimeoutExpired: still running
+                pass
+            now = time.monotonic()
+            if now - last_renew >= renew_every_s:
+                try:
+                    self.agent.transaction("renew", {"id": self.job_id, "token": token,
+                                                      "ttl_s": jobs.JOB_LEASE_TTL_S})
+                    last_renew = now
+                except st.OpError:
+                    pass
+            job, _ = self._job()
+            if kill_at is None and job is not None and job.get("cancel_requested"):
+                _signal_group(child.pid, signal.SIGTERM)
+                kill_at = now + CANCEL_GRACE_S
+            elif kill_at is not None and now >= kill_at:
+                _signal_group(child.pid, signal.SIGKILL)
+
+    def _finish(self, token, exit_code):
+        for attempt in range(50):
+            try:
+                self.agent.transaction("finish_job", {"id": self.job_id, "token": token, "exit_code": exit_code})
+                return
+            except st.OpError as exc:
+                if exc.code != "busy":
+                    return
+                time.sleep(0.1 * (attempt + 1))
+
+
+def _exit_code(returncode):
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+def _signal_group(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+def main(agent):
+    """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor."""
+    job_id = os.environ["GPUCONSOLE_JOB_ID"]
+    job_dir = os.environ["GPUCONSOLE_JOB_DIR"]
+    agent.op_hello({
+        "state_dir": os.environ["GPUCONSOLE_STATE_DIR"],
+        "simulate_gpus": int(os.environ.get("GPUCONSOLE_SIMULATE_GPUS") or 0),
+        "node": os.environ.get("GPUCONSOLE_NODE_NAME") or None,
+    })
+    Supervisor(agent, job_id, job_dir).run()
