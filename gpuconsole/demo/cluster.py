@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import threading
@@ -31,6 +32,7 @@ class DemoNode:
     gpus: int
     state_dir: Path
     host_key: asyncssh.SSHKey
+    sim_key: str = ""  # GPUCONSOLE_SIM_NODE of this node: its name plus the cluster's tag
     port: int = 0
     server: asyncssh.SSHAcceptor | None = None
     children: set[asyncio.subprocess.Process] = field(default_factory=set)
@@ -70,7 +72,9 @@ class DemoCluster:
         """Start one more simulated node (cloud instances in the demo arrive this way)."""
         state_dir = self.root / "state" / name
         state_dir.mkdir(parents=True, exist_ok=True)
-        node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"))
+        # Unique per cluster, so processes left over from another demo never bind to our GPUs.
+        tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"), f"{name}.{tag}")
         self.nodes[name] = node
         await self.start_node(name)
         self.write_files()
@@ -112,7 +116,7 @@ class DemoCluster:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
         env = dict(os.environ)
-        env["GPUCONSOLE_SIM_NODE"] = node.name
+        env["GPUCONSOLE_SIM_NODE"] = node.sim_key
         command = process.command or "exec ${SHELL:-/bin/sh} -i"
         child = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,

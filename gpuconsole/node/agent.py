@@ -308,6 +308,8 @@ class Agent:
                                      start_new_session=True, close_fds=True)
         child.stdin.write(loader.preamble(program))
         child.stdin.close()
+        # Reap it when it ends, so a dead supervisor is gone from /proc rather than a zombie.
+        threading.Thread(target=child.wait, daemon=True).start()
         return child
 
     def op_logs(self, args):
@@ -404,7 +406,12 @@ class Agent:
             return self.op_submit(args), []
         if op == "jobs":
             state, warnings, _ = self._read_state()
-            return jobs.listing(state, self._ctx()), warnings
+            ctx = self._ctx()
+            if any(j["state"] in jobs.ACTIVE and not ctx.alive(j.get("supervisor"))
+                   for j in state.get("jobs", {}).values()):
+                self.transaction("gc", {})  # record lost jobs now rather than at the next change
+                state, warnings, _ = self._read_state()
+            return jobs.listing(state, ctx), warnings
         if op == "logs":
             return self.op_logs(args), []
         if op == "cancel":

@@ -66,7 +66,7 @@ class Supervisor:
             try:
                 child = subprocess.Popen(self.spec["argv"], cwd=self.spec.get("cwd") or None, env=env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as exc:
                 err.write(("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
                 err.flush()
@@ -108,6 +108,17 @@ class Supervisor:
                 if exc.code != "busy":
                     return
                 time.sleep(0.1 * (attempt + 1))
+
+
+def _die_with_parent():
+    """In the job's child: be killed if the supervisor dies (SIGKILL included), so a lost job
+    does not keep its GPUs busy with no one accounting for them (Linux PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
 
 
 def _exit_code(returncode):

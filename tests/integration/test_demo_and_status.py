@@ -75,7 +75,7 @@ def test_status_watch_json_streams_lines(demo: DemoThread) -> None:
 
 def test_unreserved_use_is_flagged_and_never_granted(demo: DemoThread) -> None:
     """A process on GPU 2 with no reservation: flagged in status, utilization follows it, reserve skips it."""
-    env = dict(os.environ, GPUCONSOLE_SIM_NODE="node-01", CUDA_VISIBLE_DEVICES="2")
+    env = dict(os.environ, GPUCONSOLE_SIM_NODE=demo.cluster.nodes["node-01"].sim_key, CUDA_VISIBLE_DEVICES="2")
     burner = subprocess.Popen([sys.executable, "-c", "while True: pass"], env=env)
     try:
         def flagged() -> dict[str, object] | None:
