@@ -52,11 +52,11 @@ def _dispatch(args: object) -> int:
         from gpuconsole.cli.doctor import run_doctor
 
         return run_doctor(config, args)
-    if command in ("submit", "jobs", "logs", "cancel"):
+    if command in ("submit", "jobs", "logs", "cancel", "preempt"):
         from gpuconsole.cli import jobs
 
         return {"submit": jobs.run_submit, "jobs": jobs.run_jobs, "logs": jobs.run_logs,
-                "cancel": jobs.run_cancel}[str(command)](config, args)
+                "cancel": jobs.run_cancel, "preempt": jobs.run_preempt}[str(command)](config, args)
     from gpuconsole.cli import reservations
 
     handler = {

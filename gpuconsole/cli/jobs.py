@@ -21,11 +21,10 @@ def run_submit(config: Config, args: Any) -> int:
         raise UsageError("submit: give the command after `--`, e.g. submit --gpus 1 -- python train.py")
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
-    if args.preempt:
-        raise UsageError("--preempt is not available yet (preemption arrives in a later version)")
     if args.node:
         config.node(args.node)
-    request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue)
+    request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
+                                 args.preempt, args.grace)
 
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:
@@ -77,6 +76,17 @@ def run_logs(config: Config, args: Any) -> int:
             return await core.follow_logs(fleet, args.id, emit, follow=args.follow)
 
     asyncio.run(go())
+    return int(ExitCode.OK)
+
+
+def run_preempt(config: Config, args: Any) -> int:
+    async def go() -> dict[str, Any]:
+        async with Fleet(config) as fleet:
+            return await core.preempt(fleet, args.id, args.grace)
+
+    result = asyncio.run(go())
+    what = "revoked" if result.get("revoked") else "preempting"
+    print(f"{what} {result['id']} on {result['node']}")
     return int(ExitCode.OK)
 
 

@@ -90,6 +90,8 @@ def build_parser() -> Parser:
     submit.add_argument("--preempt", action="store_true", help="may take GPUs from lower-priority jobs")
     submit.add_argument("--requeue", action="store_true", help="run again if preempted or lost")
     submit.add_argument("--name", metavar="NAME")
+    submit.add_argument("--grace", type=float, metavar="SECONDS",
+                        help="when preempted: SIGTERM, then SIGKILL after SECONDS (default 30)")
     submit.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
     submit.add_argument("--json", action="store_true")
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]")
@@ -100,6 +102,10 @@ def build_parser() -> Parser:
     logs = sub.add_parser("logs", parents=[common], help="a job's output")
     logs.add_argument("id", metavar="JOB")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    preempt = sub.add_parser("preempt", parents=[common], help="preempt a job or revoke a reservation")
+    preempt.add_argument("id", metavar="ID")
+    preempt.add_argument("--grace", type=float, metavar="SECONDS")
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel.add_argument("id", metavar="JOB")

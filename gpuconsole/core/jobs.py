@@ -27,6 +27,8 @@ class SubmitRequest:
     priority: str = "normal"
     name: str | None = None
     requeue: bool = False
+    preempt: bool = False
+    grace_s: float | None = None
 
 
 def best_start(caps: list[Capacity], gpus: int) -> str | None:
@@ -52,7 +54,8 @@ async def submit(fleet: Fleet, request: SubmitRequest) -> dict[str, Any]:
         raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
     result = await fleet.request(target, "submit", {
         "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
-        "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(),
+        "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
+        **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
         "req_id": uuid.uuid4().hex,
     })
     return dict(result, node=target)
@@ -86,6 +89,21 @@ async def cancel(fleet: Fleet, job_id: str) -> dict[str, Any]:
     job = await find_job(fleet, job_id)
     result = await fleet.request(job["node"], "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
     return dict(result, node=job["node"])
+
+
+async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) -> dict[str, Any]:
+    """Preempt a running job (TERM, grace, KILL; requeued if it asked) or revoke a reservation."""
+    try:
+        node = (await find_job(fleet, target_id))["node"]
+    except NotFoundError:
+        from gpuconsole.core.reservations import find_node
+
+        node = await find_node(fleet, target_id)
+    args: dict[str, Any] = {"id": target_id, "req_id": uuid.uuid4().hex}
+    if grace_s is not None:
+        args["grace_s"] = grace_s
+    result = await fleet.request(node, "preempt", args)
+    return dict(result, node=node)
 
 
 async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,

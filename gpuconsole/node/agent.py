@@ -213,7 +213,11 @@ class Agent:
             changed = True
         changed = st.gc(state, ctx) or changed
         changed = jobs.reap(state, ctx) or changed
-        return bool(st.dispatch(state, ctx)) or changed
+        changed = bool(st.dispatch(state, ctx)) or changed
+        if jobs.preempt_for_head(state, ctx):
+            st.dispatch(state, ctx)  # revoked reservations free GPUs at once
+            changed = True
+        return changed
 
     # -- request handling -------------------------------------------------------------------
 
@@ -284,6 +288,7 @@ class Agent:
             result, _ = self.transaction("submit_job", {
                 "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
                 "name": args.get("name"), "requeue": args.get("requeue"), "supervisor": ident,
+                "preempt": args.get("preempt"), "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
                 "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id"),
             })
         except st.OpError:

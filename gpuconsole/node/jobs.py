@@ -9,6 +9,8 @@ from __future__ import annotations
 from . import state as st
 
 JOB_LEASE_TTL_S = 60.0  # the supervisor renews every third of this while the job runs
+DEFAULT_GRACE_S = 30.0
+MAX_GRACE_S = 3600.0
 KEEP_FINISHED = 200
 ACTIVE = ("queued", "running")
 
@@ -47,9 +49,13 @@ def submit(state, ctx, args):
     job_id = args.get("job_id") or st.new_id(state, "j")
     if job_id in _jobs(state) or job_id in state["queue"] or job_id in state["leases"]:
         raise st.OpError("invalid", "job id %s is taken" % job_id)
+    grace_s = args.get("grace_s", DEFAULT_GRACE_S)
+    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s <= MAX_GRACE_S:
+        raise st.OpError("invalid", "grace must be between 0 and %d seconds" % MAX_GRACE_S)
     ticket = st._ticket(state, ctx, n, JOB_LEASE_TTL_S, priority, False, ticket_id=job_id)
     ticket["agent"] = supervisor
     ticket["job"] = True
+    ticket["preempt"] = bool(args.get("preempt"))
     state["queue"][job_id] = ticket
     _jobs(state)[job_id] = {
         "id": job_id, "uid": ctx.uid, "owner": ctx.user, "name": str(args.get("name") or "")[:64],
@@ -57,6 +63,8 @@ def submit(state, ctx, args):
         "command": str(args.get("command") or "")[:300], "created_wall": ctx.now_wall,
         "started_wall": None, "ended_wall": None, "supervisor": supervisor, "gpus": [],
         "requeue": bool(args.get("requeue")), "cancel_requested": False,
+        "preempt_others": bool(args.get("preempt")), "grace_s": float(grace_s), "preempt": None,
+        "requeues": 0, "created_bt": ctx.now_bt, "seq": ticket["seq"],
     }
     st.dispatch(state, ctx)
     order = [t["id"] for t in st.queue_order(state, ctx.now_bt)]
@@ -93,17 +101,105 @@ def finish(state, ctx, args):
     if lease is not None and args.get("token") not in (None, lease["token"]):
         raise st.OpError("stale_token", "stale token for job %s" % job["id"])
     exit_code = args.get("exit_code")
+    state["leases"].pop(job["id"], None)
+    state["queue"].pop(job["id"], None)
+    preempted = job.get("preempt") is not None
     if job.get("cancel_requested"):
         job["state"] = "cancelled"
     elif exit_code == 0:
-        job["state"] = "succeeded"
+        job["state"] = "succeeded"  # finished, even if a preemption signal came first
+    elif preempted and job.get("requeue"):
+        _requeue(state, ctx, job)
+        st.dispatch(state, ctx)
+        return dict(job_view(job), requeued=True)
     else:
-        job["state"] = "failed"
+        job["state"] = "preempted" if preempted else "failed"
     job.update(exit_code=exit_code, ended_wall=ctx.now_wall)
-    state["leases"].pop(job["id"], None)
-    state["queue"].pop(job["id"], None)
     st.dispatch(state, ctx)
     return job_view(job)
+
+
+def _requeue(state, ctx, job):
+    """Back in the queue at its original place (its submit time and sequence), same supervisor."""
+    ticket = {
+        "id": job["id"], "uid": job["uid"], "owner": job["owner"], "n": job["n"], "ttl_s": JOB_LEASE_TTL_S,
+        "priority": job["priority"], "preemptible": False, "created_bt": job.get("created_bt", ctx.now_bt),
+        "created_wall": job["created_wall"], "seq": job.get("seq", 0), "agent": job["supervisor"],
+        "job": True, "preempt": job.get("preempt_others", False),
+    }
+    state["queue"][job["id"]] = ticket
+    job.update(state="queued", started_wall=None, gpus=[], preempt=None,
+               requeues=job.get("requeues", 0) + 1, exit_code=None)
+
+
+def preempt_for_head(state, ctx):
+    """If the queue head may preempt and is blocked, mark the fewest lower-priority victims.
+
+    Victims: running jobs of lower priority (lowest priority first, then the youngest), and
+    interactive reservations made `--preemptible` (revoked at once). Nothing is marked unless
+    the victims would free enough GPUs. Returns True when something changed.
+    """
+    _, blocked = st._plan(state, ctx)
+    if not blocked or not blocked[0].get("preempt"):
+        return False
+    head = blocked[0]
+    need = head["n"] - len(st.free_gpus(state, ctx))
+    need -= sum(len(lease["gpus"]) for lease in state["leases"].values() if lease.get("preempted_by") == head["id"])
+    if need <= 0:
+        return False
+    candidates = []
+    for lease in state["leases"].values():
+        if lease["exp_bt"] <= ctx.now_bt or lease.get("preempted_by") or lease["priority"] >= head["priority"]:
+            continue
+        if lease.get("job") or lease.get("preemptible"):
+            job = _jobs(state).get(lease["id"])
+            started = (job or {}).get("started_wall") or lease["created_wall"]
+            candidates.append((lease["priority"], -started, lease))
+    chosen = []
+    for _, _, lease in sorted(candidates, key=lambda c: (c[0], c[1])):
+        if need <= 0:
+            break
+        chosen.append(lease)
+        need -= len(lease["gpus"])
+    if need > 0:
+        return False
+    for lease in chosen:
+        _mark_victim(state, ctx, lease, head["id"], None)
+    return True
+
+
+def _mark_victim(state, ctx, lease, by, grace_s):
+    job = _jobs(state).get(lease["id"])
+    if job is None:
+        del state["leases"][lease["id"]]  # an interactive reservation: preempting revokes it
+        return
+    grace = job.get("grace_s", DEFAULT_GRACE_S) if grace_s is None else grace_s
+    lease["preempted_by"] = by
+    job["preempt"] = {"by": by, "grace_s": grace, "deadline_wall": ctx.now_wall + grace}
+
+
+def preempt(state, ctx, args):
+    """`preempt ID` by hand (owner or admin): a running job is signalled, a reservation revoked."""
+    target = args.get("id")
+    grace_s = args.get("grace_s")
+    if grace_s is not None and (isinstance(grace_s, bool) or not isinstance(grace_s, (int, float))
+                                or not 0 <= grace_s <= MAX_GRACE_S):
+        raise st.OpError("invalid", "grace must be between 0 and %d seconds" % MAX_GRACE_S)
+    job = _jobs(state).get(target)
+    if job is not None:
+        job = _own_job(state, ctx, target)
+        lease = state["leases"].get(target)
+        if job["state"] != "running" or lease is None:
+            raise st.OpError("invalid", "job %s is %s, not running" % (target, job["state"]))
+        _mark_victim(state, ctx, lease, "manual:" + ctx.user, grace_s)
+        return job_view(job)
+    lease = state["leases"].get(target)
+    if lease is None or lease["exp_bt"] <= ctx.now_bt:
+        raise st.OpError("not_found", "no running job or active reservation %s" % target)
+    st._check_owner(lease, ctx, "reservation")
+    del state["leases"][target]
+    st.dispatch(state, ctx)
+    return {"id": target, "revoked": True, "gpus": list(lease["gpus"])}
 
 
 def cancel(state, ctx, args):
@@ -138,4 +234,5 @@ def reap(state, ctx):
     return changed
 
 
-MUTATIONS = {"submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel}
+MUTATIONS = {"submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
+             "preempt": preempt}

@@ -51,14 +51,24 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def run(self):
-        grant = self.wait_for_grant()
-        if grant is None:
-            return
+        """Wait, run, and after a requeueing preemption wait and run again."""
+        while True:
+            grant = self.wait_for_grant()
+            if grant is None:
+                return
+            exit_code = self._run_once(grant)
+            result = self._finish(grant["token"], exit_code)
+            if not (result or {}).get("requeued"):
+                return
+
+    def _run_once(self, grant):
         env = dict(os.environ)
-        for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_ID", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR"):
+        for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR", "GPUCONSOLE_SIMULATE_GPUS",
+                    "GPUCONSOLE_NODE_NAME"):
             env.pop(key, None)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant["gpus"])
         env["GPUCONSOLE_JOB_ID"] = self.job_id
+        env["GPUCONSOLE_PREEMPT_FILE"] = os.path.join(self.job_dir, "preempt.json")
         import subprocess  # only supervisors need it
 
         with open(os.path.join(self.job_dir, "stdout"), "ab") as out, \
@@ -70,18 +80,17 @@ class Supervisor:
             except OSError as exc:
                 err.write(("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
                 err.flush()
-                self._finish(grant["token"], 127)
-                return
-        exit_code = self._supervise(child, grant["token"])
-        self._finish(grant["token"], exit_code)
+                return 127
+        return self._supervise(child, grant["token"])
 
     def _supervise(self, child, token):
+        """Renew the lease while the job runs; on cancel or preemption TERM the group, KILL at the deadline."""
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
         kill_at = None
         while True:
             try:
-                return _exit_code(child.wait(timeout=POLL_S * 2))
+                return _exit_code(child.wait(timeout=POLL_S))
             except Exception:  # TimeoutExpired: still running
                 pass
             now = time.monotonic()
@@ -92,22 +101,38 @@ class Supervisor:
                     last_renew = now
                 except st.OpError:
                     pass
-            job, _ = self._job()
-            if kill_at is None and job is not None and job.get("cancel_requested"):
-                _signal_group(child.pid, signal.SIGTERM)
-                kill_at = now + CANCEL_GRACE_S
-            elif kill_at is not None and now >= kill_at:
+            if kill_at is None:
+                job, _ = self._job()
+                if job is not None and job.get("cancel_requested"):
+                    kill_at = now + CANCEL_GRACE_S
+                elif job is not None and job.get("preempt"):
+                    notice = job["preempt"]
+                    self._write_notice(notice)
+                    kill_at = now + float(notice.get("grace_s", jobs.DEFAULT_GRACE_S))
+                if kill_at is not None:
+                    _signal_group(child.pid, signal.SIGTERM)
+            elif now >= kill_at:
                 _signal_group(child.pid, signal.SIGKILL)
+
+    def _write_notice(self, notice):
+        try:
+            with open(os.path.join(self.job_dir, "preempt.json"), "w") as handle:
+                json.dump({"deadline": st.iso_utc(notice["deadline_wall"]), "by": notice.get("by"),
+                           "reason": "preempted by a higher-priority request"}, handle)
+        except OSError:
+            pass
 
     def _finish(self, token, exit_code):
         for attempt in range(50):
             try:
-                self.agent.transaction("finish_job", {"id": self.job_id, "token": token, "exit_code": exit_code})
-                return
+                result, _ = self.agent.transaction("finish_job", {"id": self.job_id, "token": token,
+                                                                  "exit_code": exit_code})
+                return result
             except st.OpError as exc:
                 if exc.code != "busy":
-                    return
+                    return None
                 time.sleep(0.1 * (attempt + 1))
+        return None
 
 
 def _die_with_parent():
