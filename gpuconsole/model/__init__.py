@@ -3,6 +3,7 @@
 from gpuconsole.model.telemetry import (
     GpuProcess,
     GpuSample,
+    Job,
     NodeSnapshot,
     QueuedRequest,
     Reservation,
@@ -12,6 +13,7 @@ from gpuconsole.model.telemetry import (
 __all__ = [
     "GpuProcess",
     "GpuSample",
+    "Job",
     "NodeSnapshot",
     "QueuedRequest",
     "Reservation",

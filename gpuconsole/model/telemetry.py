@@ -138,6 +138,36 @@ class QueuedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """A batch job as its node reports it (times are ISO 8601 UTC strings)."""
+
+    id: str
+    node: str
+    name: str
+    gpus: tuple[int, ...]
+    gpus_requested: int
+    owner: str
+    priority: str
+    state: str
+    exit_code: int | None
+    command: str
+    created_at: str | None
+    started_at: str | None
+    ended_at: str | None
+    position: int | None = None
+
+    @classmethod
+    def from_agent(cls, node: str, data: dict[str, Any]) -> Job:
+        return cls(
+            id=data["id"], node=node, name=data.get("name") or data["id"], gpus=tuple(data.get("gpus") or ()),
+            gpus_requested=int(data.get("gpus_requested") or 0), owner=data["owner"],
+            priority=data.get("priority", "normal"), state=data["state"], exit_code=data.get("exit_code"),
+            command=data.get("command", ""), created_at=data.get("created_at"),
+            started_at=data.get("started_at"), ended_at=data.get("ended_at"), position=data.get("position"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     """A node as last seen: host I/O, GPUs, reservations and queue, or why it is unreachable."""
 
@@ -159,6 +189,7 @@ class NodeSnapshot:
     gpus: tuple[GpuSample, ...] = ()
     reservations: tuple[Reservation, ...] = ()
     queue: tuple[QueuedRequest, ...] = ()
+    jobs: tuple[Job, ...] = ()
     state_error: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
@@ -178,6 +209,7 @@ class NodeSnapshot:
             gpus=tuple(GpuSample.from_agent(g) for g in data.get("gpus") or ()),
             reservations=tuple(Reservation.from_agent(name, r) for r in data.get("reservations") or ()),
             queue=tuple(QueuedRequest.from_agent(name, q) for q in data.get("queue") or ()),
+            jobs=tuple(Job.from_agent(name, j) for j in data.get("jobs") or ()),
             state_error=data.get("state_error"),
             warnings=tuple(data.get("warnings") or ()),
         )

@@ -128,6 +128,7 @@ class Agent:
             "state_error": state_error, "warnings": warnings,
         })
         data.update(st.listing(state, ctx))
+        data["jobs"] = jobs.recent(state, ctx)
         return data
 
     def _stream_loop(self):

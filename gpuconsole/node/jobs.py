@@ -40,6 +40,19 @@ def listing(state, ctx):
     return {"jobs": [job_view(j, positions.get(j["id"])) for j in jobs]}
 
 
+RECENT_S = 600.0
+RECENT_MAX = 50
+
+
+def recent(state, ctx):
+    """Active jobs and those that ended in the last ten minutes (what telemetry carries)."""
+    positions = {t["id"]: i + 1 for i, t in enumerate(st.queue_order(state, ctx.now_bt))}
+    chosen = [j for j in _jobs(state).values()
+              if j["state"] in ACTIVE or (j.get("ended_wall") or 0) >= ctx.now_wall - RECENT_S]
+    chosen.sort(key=lambda j: (j["state"] not in ACTIVE, -(j["created_wall"])))
+    return [job_view(j, positions.get(j["id"])) for j in chosen[:RECENT_MAX]]
+
+
 def submit(state, ctx, args):
     """Queue a job whose supervisor (args["supervisor"], an identity) waits for the grant."""
     n, _, priority = st._validate_request(dict(args, ttl_s=JOB_LEASE_TTL_S), ctx)

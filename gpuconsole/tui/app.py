@@ -21,9 +21,10 @@ from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.fleet import FleetState
 from gpuconsole.tui.commands import ConsoleCommands
 from gpuconsole.tui.messages import PollEventArrived
-from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, ReserveDialog, ReserveForm
+from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
 from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
+from gpuconsole.tui.widgets.job_table import JobTable
 from gpuconsole.tui.widgets.reservation_table import ReservationTable
 from gpuconsole.tui.widgets.summary import SummaryBar
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 # 64 rows four times a second. Keys repaint at once (see _select_node).
 RENDER_INTERVAL_S = 0.5
 AGE_REFRESH_S = 1.0
-MUTATING_ACTIONS = frozenset({"reserve", "release", "renew"})
+MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job"})
 
 
 class GpuConsoleApp(App[int]):
@@ -47,6 +48,9 @@ class GpuConsoleApp(App[int]):
         Binding("r", "reserve", "Reserve"),
         Binding("x", "release", "Release"),
         Binding("e", "renew", "Renew"),
+        Binding("c", "cancel_job", "Cancel job", show=False),
+        Binding("p", "preempt_job", "Preempt", show=False),
+        Binding("l", "job_logs", "Logs", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("t", "next_theme", "Theme"),
         Binding("question_mark", "help", "Help"),
@@ -92,7 +96,7 @@ class GpuConsoleApp(App[int]):
             with TabPane("Reservations", id="tab-reservations"):
                 yield ReservationTable(id="reservations")
             with TabPane("Jobs", id="tab-jobs"):
-                yield Static("No jobs yet: batch jobs arrive with `gpuconsole submit`.", classes="placeholder")
+                yield JobTable(id="jobs")
             with TabPane("Cloud", id="tab-cloud"):
                 yield Static(self._cloud_text(), classes="placeholder")
         yield Input(placeholder="filter nodes by name (esc to close)", id="filter")
@@ -167,6 +171,7 @@ class GpuConsoleApp(App[int]):
         try:
             nodes, gpus = main.query_one(NodeTable), main.query_one(GpuTable)
             procs, reservations = main.query_one(ProcessTable), main.query_one(ReservationTable)
+            job_table = main.query_one(JobTable)
             summary = main.query_one(SummaryBar)
         except NoMatches:
             return  # shutting down: the widgets are already gone
@@ -179,6 +184,7 @@ class GpuConsoleApp(App[int]):
             gpus.border_title = f"GPUs · {self.selected_node}" if self.selected_node else "GPUs"
             procs.show(view)
             reservations.show(self.fleet, styles)
+            job_table.show(self.fleet, styles)
             summary.show(self.fleet, now_s)
         self._dirty = False
         self._last_render_s = now_s
@@ -278,6 +284,68 @@ class GpuConsoleApp(App[int]):
             self.notify("select a reservation first (Reservations tab, or a reserved GPU)", severity="warning")
             return
         self.run_renew(target[0])
+
+    def selected_job(self) -> str | None:
+        if self.query_one(TabbedContent).active != "tab-jobs":
+            return None
+        return self.query_one(JobTable).selected_key
+
+    def action_cancel_job(self) -> None:
+        job_id = self.selected_job()
+        if job_id is None:
+            self.notify("select a job in the Jobs tab first", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_job_action("cancel", job_id)
+
+        self.push_screen(ConfirmDialog(f"Cancel job {job_id}? (SIGTERM, then SIGKILL)", "Cancel job"), confirmed)
+
+    def action_preempt_job(self) -> None:
+        job_id = self.selected_job()
+        if job_id is None:
+            self.notify("select a job in the Jobs tab first", severity="warning")
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_job_action("preempt", job_id)
+
+        self.push_screen(ConfirmDialog(f"Preempt job {job_id}? (requeued if it asked)", "Preempt"), confirmed)
+
+    def action_job_logs(self) -> None:
+        job_id = self.selected_job()
+        if job_id is None:
+            self.notify("select a job in the Jobs tab first", severity="warning")
+            return
+        screen = LogScreen(job_id, f"output of {job_id}")
+        self.push_screen(screen)
+        self.load_logs(screen)
+
+    @work(group="actions", exit_on_error=False)
+    async def load_logs(self, screen: LogScreen) -> None:
+        from gpuconsole.core import jobs as core_jobs
+
+        try:
+            await core_jobs.follow_logs(await self._fleet(), screen.job_id, screen.add_output)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="logs failed", severity="error", timeout=8)
+
+    @work(group="actions", exit_on_error=False)
+    async def run_job_action(self, action: str, job_id: str) -> None:
+        from gpuconsole.core import jobs as core_jobs
+
+        try:
+            if action == "cancel":
+                result = await core_jobs.cancel(await self._fleet(), job_id)
+            else:
+                result = await core_jobs.preempt(await self._fleet(), job_id)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title=f"{action} failed", severity="error", timeout=8)
+            return
+        self.notify(f"{job_id} on {result['node']}", title="cancelled" if action == "cancel" else "preempting")
+        await self.refresh_node(result["node"])
 
     # -- action workers: core calls off the UI path; results come back as toasts -------------
 

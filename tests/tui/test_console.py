@@ -141,3 +141,33 @@ async def test_filter_narrows_the_node_table(tmp_path: Path, demo_factory: Calla
         await pilot.press("escape")
         app.query_one("#filter").value = ""  # type: ignore[attr-defined]
         await until(pilot, lambda: app.query_one(NodeTable).row_count == 3, "unfiltered")
+
+
+async def test_jobs_tab_lists_shows_output_and_cancels(demo: DemoThread) -> None:
+    from gpuconsole.tui.screens.dialogs import LogScreen
+    from gpuconsole.tui.widgets.job_table import JobTable
+    from tests.conftest import run_cli
+
+    submitted = run_cli("submit", "--gpus", "1", "--name", "loop", "--json", "--",
+                        "sh", "-c", "echo hello-from-job; sleep 60", config=demo.config_path)
+    assert submitted.returncode == 0, submitted.stderr
+    app = GpuConsoleApp(load_config(str(demo.config_path)))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: any(j.state == "running" for v in app.fleet.nodes.values()
+                                       if v.snapshot for j in v.snapshot.jobs), "job running in telemetry")
+        app.query_one("#bottom").active = "tab-jobs"  # type: ignore[attr-defined]
+        await pilot.pause(0.6)
+        table = app.query_one(JobTable)
+        assert table.row_count == 1
+        table.focus()
+        await pilot.press("l")
+        await until(pilot, lambda: isinstance(app.screen, LogScreen), "log view")
+        log = app.screen.query_one("#log")
+        await until(pilot, lambda: any("hello-from-job" in str(line.text) for line in log.lines),  # type: ignore[attr-defined]
+                    "job output in the log view")
+        await pilot.press("escape")
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "cancel confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: cli_json("jobs", config=demo.config_path)["jobs"][0]["state"] == "cancelled",
+                    "job cancelled", timeout_s=30)

@@ -110,10 +110,42 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(False)
 
 
+class LogScreen(ModalScreen[None]):
+    """A job's output (stdout, then stderr in the error colour), fetched when opened."""
+
+    BINDINGS = [Binding("escape,q,l", "close", "Close")]
+
+    def __init__(self, job_id: str, title: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.title_text = title
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import RichLog
+
+        with Vertical(id="dialog", classes="dialog logs"):
+            yield Label(self.title_text, classes="dialog-title")
+            yield RichLog(id="log", wrap=True, markup=False, highlight=False)
+            yield Button("Close", id="close")
+
+    def add_output(self, stream: str, text: str) -> None:
+        from rich.text import Text
+        from textual.widgets import RichLog
+
+        style = (self.app.current_theme.error or "red") if stream == "stderr" else ""
+        self.query_one("#log", RichLog).write(Text(text.rstrip("\n"), style=style))
+
+    @on(Button.Pressed, "#close")
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
 HELP_TEXT = """\
 [b]Keys[/b]
   r        reserve GPUs (dialog)          x   release the selected reservation
   e        renew the selected reservation  /   filter nodes by name
+  c        cancel the selected job         p   preempt the selected job
+  l        the selected job's output       (in the Jobs tab)
   tab      next panel                      t   next theme
   ctrl+p   command palette                 ?   this help
   q        quit
