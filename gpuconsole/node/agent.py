@@ -20,7 +20,7 @@ from . import gpus as gpu_sources
 from . import jobs, loader, procs
 from . import state as st
 from .hostio import HostSampler
-from .store import CorruptState, StateStore, filesystem_type, is_network_fs
+from .store import CorruptState, StateStore, filesystem_type, is_network_fs, make_shared_dir
 
 AGENT_VERSION = 1
 _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
@@ -280,7 +280,8 @@ class Agent:
             cwd = None  # the client's directory may not exist here; run in the job dir instead
         job_id = st.new_id({"leases": {}, "queue": {}}, "j")
         job_dir = self._job_dir(job_id)
-        os.makedirs(job_dir, mode=0o700)
+        make_shared_dir(os.path.dirname(job_dir))  # jobs/ is shared by the group; each job dir is private
+        os.mkdir(job_dir, 0o700)
         with open(os.path.join(job_dir, "spec.json"), "w") as handle:
             json.dump({"argv": argv, "cwd": cwd or job_dir}, handle)
         child = self._spawn_supervisor(job_id, job_dir)

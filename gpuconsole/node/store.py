@@ -63,7 +63,7 @@ def _flock_with_timeout(fd, timeout_s):
     raise st.OpError("busy", "state lock held for more than %gs" % timeout_s)
 
 
-def _make_shared_dir(path):
+def make_shared_dir(path):
     """mkdir -p with mode 2775 regardless of umask, so other group members can write too."""
     if os.path.isdir(path):
         return
@@ -117,7 +117,7 @@ class StateStore:
     def ensure_dir(self):
         """Create the state dir when missing (demo, single user) and refuse network filesystems."""
         if not os.path.isdir(self.dir):
-            _make_shared_dir(self.dir)
+            make_shared_dir(self.dir)
         fstype = filesystem_type(self.dir)
         if is_network_fs(fstype) and os.environ.get("GPUCONSOLE_ALLOW_NETFS") != "1":
             raise OSError(errno.EREMOTE, "state dir %s is on %s; flock is unreliable there" % (self.dir, fstype))
@@ -220,7 +220,7 @@ class StateStore:
         if not os.path.exists(self.path):
             return
         corrupt_dir = os.path.join(self.dir, "corrupt")
-        _make_shared_dir(corrupt_dir)
+        make_shared_dir(corrupt_dir)
         target = os.path.join(corrupt_dir, "state.json.%d.%d" % (int(time.time()), os.getpid()))
         os.replace(self.path, target)
 

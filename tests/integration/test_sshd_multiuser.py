@@ -92,7 +92,9 @@ def _ensure_users(homes: Path) -> None:
             pwd.getpwnam(user)
         except KeyError:
             _run(USERADD, "-M", "-d", str(home), "-s", "/bin/sh", "-G", GROUP, user)
-        # Reused users may come from an older run: reset home, shell, group and the lock.
+        # Reused users may come from an older run: end its leftovers (job supervisors run as the
+        # user), then reset home, shell, group and the lock.
+        subprocess.run(["pkill", "-KILL", "-u", user], check=False)
         _run("usermod", "-d", str(home), "-s", "/bin/sh", "-a", "-G", GROUP, "-p", "*", user)
         home.mkdir(mode=0o755)
         info = pwd.getpwnam(user)
@@ -232,6 +234,8 @@ def sshd_node() -> Iterator[SshdNode]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        for user in USERS:
+            subprocess.run(["pkill", "-KILL", "-u", user], check=False)  # job supervisors and jobs
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -369,3 +373,31 @@ def test_hostile_arguments_travel_as_data(sshd_node: SshdNode) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
+
+
+def test_jobs_run_as_their_owner_and_others_cannot_cancel(sshd_node: SshdNode) -> None:
+    """A job submitted by gcutest1 runs as gcutest1; gcutest2's cancel is refused (exit 4)."""
+    cfg1, cfg2 = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    def submit(config: Path, *argv: str) -> Any:
+        result = _cli(config, "submit", "--gpus", "1", "--node", NODE, "--json", "--", *argv)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    job = submit(cfg1, "sh", "-c", "id -un; sleep 30")
+    job_id = job["id"]
+    assert job["owner"] == "gcutest1"
+    other = submit(cfg2, "true")  # the shared jobs/ dir works for the second user too
+    assert other["owner"] == "gcutest2"
+
+    def state_of(jid: str) -> str:
+        return {j["id"]: j["state"] for j in _ok_json(cfg1, "jobs")["jobs"]}[jid]
+
+    wait_for(lambda: state_of(job_id) == "running", timeout_s=20, message="job running")
+    wait_for(lambda: "gcutest1" in _cli(cfg1, "logs", job_id).stdout, timeout_s=10, message="job output")
+    denied = _cli(cfg2, "cancel", job_id)
+    assert denied.returncode == 4, denied.stderr
+    _one_line_error(denied)
+    assert state_of(job_id) == "running"
+    assert _cli(cfg1, "cancel", job_id).returncode == 0
+    wait_for(lambda: state_of(job_id) == "cancelled", timeout_s=30, message="job cancelled")
+    wait_for(lambda: state_of(other["id"]) == "succeeded", timeout_s=30, message="other user's job done")
