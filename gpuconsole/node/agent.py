@@ -240,6 +240,8 @@ class Agent:
         except OSError as exc:
             state_dir_error = str(exc)
         self.set_stream(args.get("stream_s"))
+        if state_dir_error is None and os.environ.get("GPUCONSOLE_ROLE") != "supervisor":
+            self._adopt_orphans()
         return {
             "agent_version": AGENT_VERSION, "user": self.user, "uid": self.uid,
             "admin": self.admin, "hostname": self.node, "boot_id": self.boot_id,
@@ -298,6 +300,20 @@ class Agent:
             child.wait()
             raise
         return result
+
+    def _adopt_orphans(self):
+        """Requeued jobs of ours whose supervisor died (e.g. a reboot) get a new one now."""
+        try:
+            state, _, _ = self.store.load(self.boot_id)
+        except (CorruptState, OSError):
+            return
+        for job_id in jobs.orphans(state, self.uid):
+            child = self._spawn_supervisor(job_id, self._job_dir(job_id))
+            ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id}
+            try:
+                self.transaction("adopt_job", {"id": job_id, "supervisor": ident})
+            except st.OpError:
+                child.kill()
 
     def _spawn_supervisor(self, job_id, job_dir):
         import subprocess  # only submit needs it

@@ -145,6 +145,25 @@ def _requeue(state, ctx, job):
                requeues=job.get("requeues", 0) + 1, exit_code=None)
 
 
+def orphans(state, uid):
+    """Requeued jobs of `uid` that lost their supervisor and wait to be adopted."""
+    return [j["id"] for j in _jobs(state).values() if j.get("orphaned") and j["uid"] == uid]
+
+
+def adopt(state, ctx, args):
+    """A new supervisor (started by the owner's agent) takes over a requeued orphan job."""
+    job = _own_job(state, ctx, args.get("id"))
+    if not job.get("orphaned"):
+        raise st.OpError("invalid", "job %s has a supervisor" % job["id"])
+    job["orphaned"] = False
+    job["supervisor"] = args.get("supervisor")
+    requeues = job.get("requeues", 0)
+    _requeue(state, ctx, job)
+    job["requeues"] = requeues  # counted when it was orphaned
+    st.dispatch(state, ctx)
+    return job_view(job)
+
+
 def preempt_for_head(state, ctx):
     """If the queue head may preempt and is blocked, mark the fewest lower-priority victims.
 
@@ -235,10 +254,15 @@ def reap(state, ctx):
     changed = False
     jobs = _jobs(state)
     for job in jobs.values():
-        if job["state"] in ACTIVE and not ctx.alive(job.get("supervisor")):
-            job.update(state="lost", ended_wall=ctx.now_wall)
+        if job["state"] in ACTIVE and not job.get("orphaned") and not ctx.alive(job.get("supervisor")):
             state["queue"].pop(job["id"], None)
             state["leases"].pop(job["id"], None)
+            if job.get("requeue"):
+                # Queued again, waiting for its owner's next connection to start a new supervisor.
+                job.update(state="queued", orphaned=True, started_wall=None, gpus=[], preempt=None,
+                           requeues=job.get("requeues", 0) + 1)
+            else:
+                job.update(state="lost", ended_wall=ctx.now_wall)
             changed = True
     finished = sorted((j for j in jobs.values() if j["state"] not in ACTIVE), key=lambda j: j["ended_wall"] or 0)
     for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
@@ -248,4 +272,4 @@ def reap(state, ctx):
 
 
 MUTATIONS = {"submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
-             "preempt": preempt}
+             "preempt": preempt, "adopt_job": adopt}

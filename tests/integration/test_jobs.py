@@ -105,3 +105,22 @@ def test_job_bad_input(demo: DemoThread) -> None:
         unknown = run_cli(*command, config=config)
         assert unknown.returncode == 6, unknown.stderr
         assert len(unknown.stderr.strip().splitlines()) == 1 and "Traceback" not in unknown.stderr
+
+
+def test_requeue_job_whose_supervisor_died_runs_again(demo_factory: Callable[..., DemoThread],
+                                                       tmp_path: Path) -> None:
+    """A lost --requeue job goes back to the queue and its owner's next connection restarts it."""
+    demo = demo_factory(nodes=1, gpus=1)
+    config = demo.config_path
+    marker = tmp_path / "ran-once"
+    script = f'if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; sleep 60'
+    result = run_cli("submit", "--gpus", "1", "--name", "phoenix", "--requeue", "--json", "--", "sh", "-c", script,
+                     config=config)
+    assert result.returncode == 0, result.stderr
+    job_id = json.loads(result.stdout)["id"]
+    wait_for(lambda: _jobs(config)["phoenix"]["state"] == "running", timeout_s=20, message="running")
+    state = json.loads((demo.cluster.nodes["node-01"].state_dir / "state.json").read_text())
+    os.kill(state["jobs"][job_id]["supervisor"]["pid"], signal.SIGKILL)
+    wait_for(lambda: _jobs(config)["phoenix"]["state"] == "succeeded", timeout_s=30, interval_s=0.3,
+             message="requeued and run again")
+    assert "second" in run_cli("logs", job_id, config=config).stdout
