@@ -14,7 +14,7 @@ from importlib import resources
 from gpuconsole.node import loader
 
 # Dependency order: each module only imports modules listed before it.
-MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "agent", "supervisor")
+MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "jobops", "agent", "supervisor")
 BOOTSTRAP = loader.BOOTSTRAP
 
 

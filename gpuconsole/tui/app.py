@@ -286,38 +286,34 @@ class GpuConsoleApp(App[int]):
         self.run_renew(target[0])
 
     def selected_job(self) -> str | None:
-        if self.query_one(TabbedContent).active != "tab-jobs":
-            return None
-        return self.query_one(JobTable).selected_key
+        """The job under the cursor in the Jobs tab, or None (with a hint)."""
+        job_id = None
+        if self.query_one(TabbedContent).active == "tab-jobs":
+            job_id = self.query_one(JobTable).selected_key
+        if job_id is None:
+            self.notify("select a job in the Jobs tab first", severity="warning")
+        return job_id
+
+    def _confirm_job_action(self, action: str, question: str, label: str) -> None:
+        job_id = self.selected_job()
+        if job_id is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_job_action(action, job_id)
+
+        self.push_screen(ConfirmDialog(question.format(job=job_id), label), confirmed)
 
     def action_cancel_job(self) -> None:
-        job_id = self.selected_job()
-        if job_id is None:
-            self.notify("select a job in the Jobs tab first", severity="warning")
-            return
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self.run_job_action("cancel", job_id)
-
-        self.push_screen(ConfirmDialog(f"Cancel job {job_id}? (SIGTERM, then SIGKILL)", "Cancel job"), confirmed)
+        self._confirm_job_action("cancel", "Cancel job {job}? (SIGTERM, then SIGKILL)", "Cancel job")
 
     def action_preempt_job(self) -> None:
-        job_id = self.selected_job()
-        if job_id is None:
-            self.notify("select a job in the Jobs tab first", severity="warning")
-            return
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self.run_job_action("preempt", job_id)
-
-        self.push_screen(ConfirmDialog(f"Preempt job {job_id}? (requeued if it asked)", "Preempt"), confirmed)
+        self._confirm_job_action("preempt", "Preempt job {job}? (requeued if it asked)", "Preempt")
 
     def action_job_logs(self) -> None:
         job_id = self.selected_job()
         if job_id is None:
-            self.notify("select a job in the Jobs tab first", severity="warning")
             return
         screen = LogScreen(job_id, f"output of {job_id}")
         self.push_screen(screen)
