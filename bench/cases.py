@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from harness import (
     Tmux,
     bench_env,
     cli_argv,
+    machine_cpu_ticks,
     ms,
     percentile,
     proc_children,
@@ -79,14 +81,18 @@ class Plan:
     tui_cpu_s: float
     tui_presses: int
     first_paint_runs: int
+    jobs_n: int
+    jobs_backlog_n: int
+    jobs_submit_cap_s: float
+    jobs_latency_trials: int
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, (1, 4), 2, 1, 25, 25, 3, 5, 4, 20, 3.0, 30, 10, 5, 30, 5,
-                       (1, 8), 10, 8, 5.0, 10, 1)
+                       (1, 8), 10, 8, 5.0, 10, 1, 20, 10, 10.0, 5)
         return cls(False, (1, 8, 32, 64), 7, 3, 300, 300, 10, 20, 16, 200, 10.0, 500, 100, 20,
-                   300, 20, (1, 8, 32, 64), 20, 64, 30.0, 40, 5)
+                   300, 20, (1, 8, 32, 64), 20, 64, 30.0, 40, 5, 500, 100, 60.0, 30)
 
 
 def _node_kwargs(cfg: NodeConfig) -> dict[str, Any]:
@@ -1184,3 +1190,429 @@ def bench_tui_terminal(plan: Plan, config_path: Path) -> list[Result]:
                checks=[Check("median", "<=", 1000.0)],
                notes="tmux new-session → first capture-pane showing the first node name"),
     ]
+
+
+# -- 10. batch jobs: queue throughput, GPU free → queued job start --------------------------------
+
+JOB_TERMINAL = frozenset({"succeeded", "failed", "cancelled", "preempted", "lost"})
+JOBS_GPUS = 8
+JOBS_POLL_S = 0.1  # the `jobs` poller's period while a batch drains
+JOBS_DRAIN_TIMEOUT_S = 300.0
+JOB_STEP_TIMEOUT_S = 30.0
+JOB_SETTLE_S = (0.3, 0.5)  # a queued job's supervisor is up and polling before the gate opens
+SHORT_JOB_ARGV = ("true",)
+STAMP_ARGV = ("date", "+%s.%N")  # GNU date: wall clock in ns as the job's first action, ~1 ms
+JOBS_LATENCY_BUDGET = "p99 ≤ 1 s"
+
+
+@dataclass
+class _JobWatch:
+    """What the `jobs` poller saw of the submitted jobs: when each started and ended (perf s)."""
+
+    submitted: dict[str, float] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    final: dict[str, str] = field(default_factory=dict)
+    poll_ms: list[float] = field(default_factory=list)
+    expected: int | None = None
+    peak_queued: int = 0
+    queued_now: int = 0
+
+
+async def _watch_jobs(fleet: Fleet, node: str, watch: _JobWatch) -> None:
+    """Poll `jobs` every JOBS_POLL_S until `watch.expected` submitted jobs have all ended.
+
+    A job counts as started when first seen running or with a start time, and as ended when first
+    seen in a final state, or gone from the listing (only finished jobs are pruned).
+    """
+    began = time.perf_counter()
+    while True:
+        sent = time.perf_counter()
+        reply = await fleet.request(node, "jobs", {})
+        seen = time.perf_counter()
+        watch.poll_ms.append(ms(seen - sent))
+        listed = {job["id"]: job for job in reply["jobs"]}
+        queued = 0
+        for job_id, submitted in list(watch.submitted.items()):
+            if job_id in watch.ended:
+                continue
+            job = listed.get(job_id)
+            if job is None:
+                if submitted < sent:
+                    watch.ended[job_id], watch.final[job_id] = seen, "pruned"
+                continue
+            queued += job["state"] == "queued"
+            if job["state"] == "running" or job["started_at"]:
+                watch.started.setdefault(job_id, seen)
+            if job["state"] in JOB_TERMINAL:
+                watch.ended[job_id], watch.final[job_id] = seen, job["state"]
+        watch.queued_now = queued
+        watch.peak_queued = max(watch.peak_queued, queued)
+        if watch.expected is not None and len(watch.ended) >= watch.expected:
+            return
+        if seen - began > JOBS_DRAIN_TIMEOUT_S:
+            raise RuntimeError(f"jobs: {len(watch.ended)}/{len(watch.submitted)} ended after "
+                               f"{JOBS_DRAIN_TIMEOUT_S:g} s")
+        await asyncio.sleep(JOBS_POLL_S)
+
+
+async def _submit_burst(fleets: list[Fleet], node: str, count: int, per_fleet: int,
+                        watch: _JobWatch, cap_s: float | None = None) -> tuple[list[float], float]:
+    """`count` submits of SHORT_JOB_ARGV, `per_fleet` submitters on each Fleet, as fast as they go.
+
+    Returns each request's latency (ms) and the wall time from the first send to the last reply;
+    with `cap_s` no new submit starts after that many seconds.
+    """
+    remaining = [count]
+    latencies_ms: list[float] = []
+    began = time.perf_counter()
+
+    async def submitter(fleet: Fleet, index: int) -> None:
+        while remaining[0] > 0 and (cap_s is None or time.perf_counter() - began < cap_s):
+            remaining[0] -= 1
+            sent = time.perf_counter()
+            reply = await fleet.request(node, "submit", {
+                "argv": list(SHORT_JOB_ARGV), "gpus": 1, "name": f"bench-{index}",
+                "req_id": _req()})
+            done = time.perf_counter()
+            watch.submitted[reply["id"]] = done
+            latencies_ms.append(ms(done - sent))
+
+    await asyncio.gather(*(submitter(fleet, f * per_fleet + i)
+                           for f, fleet in enumerate(fleets) for i in range(per_fleet)))
+    return latencies_ms, time.perf_counter() - began
+
+
+async def _job_state(fleet: Fleet, node: str, job_id: str) -> str | None:
+    """The job's state in the node's listing (None once pruned)."""
+    reply = await fleet.request(node, "jobs", {})
+    return next((job["state"] for job in reply["jobs"] if job["id"] == job_id), None)
+
+
+async def _submit_until(fleet: Fleet, node: str, argv: list[str], want: str,
+                        lost: list[str]) -> str:
+    """Submit argv and return its id once it is `want` (queued/running); a lost job is resubmitted.
+
+    For "queued" the job must still be queued after JOB_SETTLE_S (its supervisor started and
+    survived); lost jobs' ids are appended to `lost`.
+    """
+    for _ in range(20):
+        reply = await fleet.request(node, "submit", {"argv": argv, "gpus": 1, "name": "bench",
+                                                     "req_id": _req()})
+        job_id = str(reply["id"])
+        deadline = time.monotonic() + JOB_STEP_TIMEOUT_S
+        if want == "queued":
+            await asyncio.sleep(random.uniform(*JOB_SETTLE_S))
+        while True:
+            state = await _job_state(fleet, node, job_id)
+            if state == want:
+                return job_id
+            if state == "lost":
+                lost.append(job_id)
+                break
+            if state != "queued" or time.monotonic() > deadline:
+                raise RuntimeError(f"jobs: job {job_id} is {state}, expected {want}")
+            await asyncio.sleep(0.02)
+    raise RuntimeError(f"jobs: 20 submits of {argv} in a row were lost")
+
+
+def _open_gate(fifo: Path) -> float:
+    """Release a `cat FIFO` job: open the write end and close it (EOF); time.time() at the close.
+
+    The non-blocking open fails until the job's `cat` has the FIFO open, so the returned time
+    never includes waiting for the job to start.
+    """
+    deadline = time.monotonic() + JOB_STEP_TIMEOUT_S
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+            continue
+        released = time.time()
+        os.close(fd)
+        return released
+
+
+class _Gates:
+    """Jobs that hold one GPU each until released: `cat FIFO`, no CPU while they wait.
+
+    (A `while [ ! -e GATE ]; do sleep 0.01; done` loop would spawn 800 `sleep`s a second for
+    8 GPUs on the same cores as the queue under test.)
+    """
+
+    def __init__(self, fleet: Fleet, node: str, directory: Path) -> None:
+        self.fleet = fleet
+        self.node = node
+        self.directory = directory
+        self.held: dict[str, Path] = {}  # job id → FIFO, oldest first
+        self.lost: list[str] = []
+        self.count = 0
+
+    async def hold(self) -> str:
+        """Start one gate job and wait until it runs (holds its GPU)."""
+        self.count += 1
+        fifo = self.directory / f"gate-{self.count}"
+        os.mkfifo(fifo)
+        job_id = await _submit_until(self.fleet, self.node, ["cat", str(fifo)], "running",
+                                     self.lost)
+        self.held[job_id] = fifo
+        return job_id
+
+    def release_oldest(self) -> tuple[str, float]:
+        """Open the oldest gate: (its job id, time.time() of the release)."""
+        job_id = next(iter(self.held))
+        return job_id, _open_gate(self.held.pop(job_id))
+
+    def release_all(self) -> None:
+        """Open every gate still held (cleanup)."""
+        while self.held:
+            with contextlib.suppress(OSError):
+                self.release_oldest()
+
+
+def _peak_per_s(times: list[float], window_s: float = 1.0) -> int:
+    """Most events inside any window of `window_s` seconds."""
+    ordered, best, low = sorted(times), 0, 0
+    for high, stamp in enumerate(ordered):
+        while stamp - ordered[low] > window_s:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
+async def _jobs_burst(config: Config, count: int, fleets_n: int, per_fleet: int,
+                      gate_dir: Path | None, cap_s: float | None) -> dict[str, Any]:
+    """Submit `count` short jobs and poll `jobs` until all ended, on connections opened untimed.
+
+    With `gate_dir`, 8 gate jobs hold every GPU during the submits (a backlog forms) and are
+    released together once the submits are done.
+    """
+    node = config.nodes[0].name
+    fleets = [Fleet(config) for _ in range(fleets_n)]
+    poller = Fleet(config)
+    gates = None
+    try:
+        for fleet in (*fleets, poller):
+            await fleet.connect()
+        if gate_dir is not None:
+            gates = _Gates(poller, node, gate_dir)
+            for _ in range(JOBS_GPUS):
+                await gates.hold()
+        watch = _JobWatch()
+        busy0 = machine_cpu_ticks()
+        watcher = asyncio.create_task(_watch_jobs(poller, node, watch))
+        first_submit = time.perf_counter()
+        try:
+            latencies_ms, submit_s = await _submit_burst(fleets, node, count, per_fleet, watch,
+                                                         cap_s)
+            watch.expected = len(watch.submitted)
+            queued_at_release = None
+            released = first_submit
+            if gates is not None:
+                await asyncio.sleep(2 * JOBS_POLL_S)  # one poll sees the backlog as it stands
+                queued_at_release = watch.queued_now
+                released = time.perf_counter()
+                gates.release_all()
+            await watcher
+        finally:
+            watcher.cancel()
+        ended = max(watch.ended.values(), default=released)
+        busy1 = machine_cpu_ticks()
+        state_path = Path(config.nodes[0].state_dir, "state.json")
+        finals: dict[str, int] = {}
+        for state in watch.final.values():
+            finals[state] = finals.get(state, 0) + 1
+        return {
+            "submitted": len(watch.submitted), "submit_s": submit_s, "submit_ms": latencies_ms,
+            "drain_s": ended - released, "started": len(watch.started),
+            "started_times": [t - released for t in watch.started.values()],
+            "finals": finals, "lost": finals.get("lost", 0), "peak_queued": watch.peak_queued,
+            "queued_at_release": queued_at_release, "poll_ms": watch.poll_ms,
+            "gate_jobs_lost": len(gates.lost) if gates else 0,
+            "machine_cpu_busy_pct": 100.0 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]),
+            "state_json_bytes": state_path.stat().st_size,  # noqa: ASYNC240
+        }
+    finally:
+        if gates is not None:
+            gates.release_all()
+        for fleet in (*fleets, poller):
+            await fleet.close()
+
+
+@contextlib.contextmanager
+def jobs_demo(work: Path) -> Any:
+    """A one-node, 8-GPU demo shared by the throughput and latency steps."""
+    with DemoProcess(work / "jobs", 1, JOBS_GPUS) as demo:
+        yield demo.config_path
+
+
+def _burst_extra(data: dict[str, Any]) -> dict[str, Any]:
+    """The JSON `extra` of a burst: counts, drain, CPU, poll cost (raw lists left out)."""
+    extra = {k: v for k, v in data.items()
+             if k not in ("submit_ms", "started_times", "poll_ms")}
+    extra["submit_ms_p50"] = percentile(data["submit_ms"], 50)
+    extra["submit_ms_p99"] = percentile(data["submit_ms"], 99)
+    extra["jobs_poll_ms_p50"] = percentile(data["poll_ms"], 50)
+    extra["jobs_poll_ms_max"] = max(data["poll_ms"], default=math.nan)
+    extra["drain_jobs_per_s"] = data["submitted"] / data["drain_s"] if data["drain_s"] else None
+    extra["peak_started_in_1s"] = _peak_per_s(data["started_times"])
+    return extra
+
+
+def _dispatch_extra(data: dict[str, Any]) -> dict[str, Any]:
+    """The drain side of a burst's `extra`."""
+    keys = ("submitted", "started", "drain_s", "drain_jobs_per_s", "peak_started_in_1s",
+            "peak_queued", "queued_at_release", "finals", "machine_cpu_busy_pct")
+    extra = _burst_extra(data)
+    return {key: extra[key] for key in keys}
+
+
+def bench_jobs_throughput(plan: Plan, work: Path, config_path: Path) -> list[Result]:
+    """Submits/s (1 and 4 submitters) and dispatches/s of short jobs on one 8-GPU node."""
+    config = load_config(str(config_path))
+    n = plan.jobs_n
+    label = f"{n} x `true`, 1 node x {JOBS_GPUS} GPUs"
+    variants = (("sequential, 1 connection", 1, 1), ("4 concurrent submitters, 1 connection", 1, 4),
+                ("4 concurrent submitters, 4 connections", 4, 1))
+    cap_s = plan.jobs_submit_cap_s
+    runs = {name: asyncio.run(_jobs_burst(config, n, fleets_n, per_fleet, None, cap_s))
+            for name, fleets_n, per_fleet in variants}
+    backlog_dir = work / "jobs-gates-backlog"
+    backlog_dir.mkdir()
+    backlog = asyncio.run(_jobs_burst(config, plan.jobs_backlog_n, 1, 1, backlog_dir, cap_s))
+    rows = [Result(f"jobs submit, {name}, {label}", "jobs", "jobs/s",
+                   value=data["submitted"] / data["submit_s"], extra=_burst_extra(data),
+                   notes=f"{data['submitted']} submitted in {data['submit_s']:.1f} s (cap "
+                         f"{cap_s:g} s), {data['lost']} lost; drain "
+                         f"{data['submitted'] / data['drain_s']:.1f} jobs/s")
+            for name, data in runs.items()]
+    sequential = runs["sequential, 1 connection"]
+    rows += [
+        Result(f"jobs submit request latency, sequential, 1 connection, {label}", "jobs", "ms",
+               sequential["submit_ms"], notes="one `submit` request on an open connection"),
+        Result(f"jobs dispatch rate, first submit → all ended, sequential submits, {label}",
+               "jobs", "jobs/s", value=sequential["started"] / sequential["drain_s"],
+               extra=_dispatch_extra(sequential),
+               notes=f"jobs that ran ({sequential['started']}) over first submit → last end "
+                     f"({sequential['drain_s']:.1f} s); `jobs` polled every {JOBS_POLL_S:g} s"),
+        Result(f"jobs submit into a backlog (8 GPUs held), sequential, up to "
+               f"{plan.jobs_backlog_n} x `true`", "jobs", "jobs/s",
+               value=backlog["submitted"] / backlog["submit_s"], extra=_burst_extra(backlog),
+               notes=f"{backlog['submitted']} submitted in {backlog['submit_s']:.1f} s (cap "
+                     f"{cap_s:g} s); {backlog['lost']} lost"),
+        Result(f"jobs dispatch rate, backlog of up to {plan.jobs_backlog_n} queued behind "
+               f"{JOBS_GPUS} held GPUs, release → all ended", "jobs", "jobs/s",
+               value=backlog["started"] / backlog["drain_s"] if backlog["drain_s"] else None,
+               extra=_dispatch_extra(backlog),
+               notes=f"{backlog['queued_at_release']} queued at release, {backlog['started']} "
+                     f"ran in {backlog['drain_s']:.1f} s"),
+    ]
+    lost = {name: data["lost"] for name, data in [*runs.items(), ("backlog", backlog)]}
+    submitted = sum(data["submitted"] for data in [*runs.values(), backlog])
+    rows.append(Result(
+        "jobs lost in the throughput runs", "jobs", "count", value=float(sum(lost.values())),
+        budget="0", checks=[Check("value", "==", 0.0)],
+        notes=f"of {submitted} submitted: a lost job never ran (its supervisor was gone)",
+        extra={"lost_by_run": lost, "submitted": submitted}))
+    return rows
+
+
+async def _latency_trials(config: Config, trials: int, gate_dir: Path) -> dict[str, Any]:
+    """8 gate jobs hold the GPUs; per trial queue a stamp job, open one gate, read the stamp.
+
+    Trial 0 is a warm-up. Phases come from the node's state file (float wall times): gate →
+    gate job recorded ended (exit seen + finish commit), → stamp job claimed (supervisor poll +
+    claim), → stamp (spawn + exec of the command).
+    """
+    node = config.nodes[0].name
+    state_path = Path(config.nodes[0].state_dir, "state.json")
+    async with Fleet(config) as fleet:
+        await fleet.connect()
+        reply = await fleet.request(node, "jobs", {})
+        active = [job["id"] for job in reply["jobs"] if job["state"] not in JOB_TERMINAL]
+        if active:
+            raise RuntimeError(f"jobs latency: node not idle, active jobs {active[:5]}")
+        gates = _Gates(fleet, node, gate_dir)
+        stamp_lost: list[str] = []
+        samples_ms: list[float] = []
+        phases: dict[str, list[float]] = {"gate_to_gpu_freed_ms": [], "freed_to_claimed_ms": [],
+                                          "claimed_to_stamp_ms": []}
+        try:
+            for _ in range(JOBS_GPUS):
+                await gates.hold()
+            for trial in range(trials + 1):
+                stamp_id = await _submit_until(fleet, node, list(STAMP_ARGV), "queued",
+                                               stamp_lost)
+                gate_id, released = gates.release_oldest()
+                stamp = await _read_stamp(fleet, node, stamp_id)
+                await _wait_ended(fleet, node, stamp_id)
+                await gates.hold()  # the stamp job's GPU is free again: hold all 8 once more
+                if not trial:
+                    continue
+                samples_ms.append(ms(stamp - released))
+                jobs = json.loads(state_path.read_text())["jobs"]  # noqa: ASYNC240
+                freed, claimed = jobs[gate_id]["ended_wall"], jobs[stamp_id]["started_wall"]
+                phases["gate_to_gpu_freed_ms"].append(ms(freed - released))
+                phases["freed_to_claimed_ms"].append(ms(claimed - freed))
+                phases["claimed_to_stamp_ms"].append(ms(stamp - claimed))
+        finally:
+            gates.release_all()
+        return {"samples_ms": samples_ms, "phases": phases, "stamp_jobs_lost": len(stamp_lost),
+                "gate_jobs_lost": len(gates.lost), "gate_jobs": gates.count}
+
+
+async def _read_stamp(fleet: Fleet, node: str, job_id: str) -> float:
+    """The wall time the stamp job printed, polling its stdout every 20 ms."""
+    deadline = time.monotonic() + JOB_STEP_TIMEOUT_S
+    while True:
+        reply = await fleet.request(node, "logs", {"id": job_id, "stream": "stdout", "offset": 0})
+        if reply["data"].endswith("\n"):
+            return float(reply["data"].split()[0])
+        if reply["ended"] or time.monotonic() > deadline:
+            raise RuntimeError(f"jobs: stamp job {job_id} is {reply.get('state')} "
+                               f"without output")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_ended(fleet: Fleet, node: str, job_id: str) -> None:
+    """Wait until the job has ended (its GPU is free again)."""
+    deadline = time.monotonic() + JOB_STEP_TIMEOUT_S
+    while await _job_state(fleet, node, job_id) not in JOB_TERMINAL:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"jobs: job {job_id} did not end")
+        await asyncio.sleep(0.02)
+
+
+def _stamp_floor_ms(runs: int) -> list[float]:
+    """Spawn → wall time printed by STAMP_ARGV from this process: the instrument's own share."""
+    samples = []
+    for _ in range(runs):
+        spawned = time.time()
+        out = subprocess.run(list(STAMP_ARGV), capture_output=True, text=True, timeout=10,
+                             check=True)
+        samples.append(ms(float(out.stdout) - spawned))
+    return samples
+
+
+def bench_jobs_latency(plan: Plan, work: Path, config_path: Path) -> list[Result]:
+    """GPU free → queued job start: open one gate job's FIFO, time until the queued job stamps."""
+    from gpuconsole.node.supervisor import POLL_S
+
+    gate_dir = work / "jobs-gates-latency"
+    gate_dir.mkdir()
+    data = asyncio.run(_latency_trials(load_config(str(config_path)), plan.jobs_latency_trials,
+                                       gate_dir))
+    floor_ms = percentile(_stamp_floor_ms(10), 50)
+    phases = {f"{key}_p50": percentile(values, 50) for key, values in data["phases"].items()}
+    phases.update({f"{key}_max": max(values) for key, values in data["phases"].items()})
+    return [Result(
+        f"jobs GPU free → queued job start (gate release → job's first action), "
+        f"1 node x {JOBS_GPUS} GPUs", "jobs", "ms", data["samples_ms"],
+        budget=JOBS_LATENCY_BUDGET, checks=[Check("p99", "<=", 1000.0)],
+        notes=f"8 `cat FIFO` jobs hold the GPUs; supervisor poll {POLL_S:g} s is the floor; "
+              f"stamp `{shlex.join(STAMP_ARGV)}` spawn floor {floor_ms:.1f} ms",
+        extra={**phases, "supervisor_poll_s": POLL_S, "stamp_spawn_floor_ms": floor_ms,
+               **{k: v for k, v in data.items() if k not in ("samples_ms", "phases")}})]

@@ -193,6 +193,14 @@ def proc_cpu_ns(pid: int) -> int | None:
     return total_ns
 
 
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot, from the `cpu` line of /proc/stat."""
+    with open("/proc/stat") as handle:
+        ticks = [int(v) for v in handle.readline().split()[1:9]]  # guest time is in user/nice
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def proc_children(pid: int) -> list[int]:
     """Direct children of a process, over all its threads."""
     found: list[int] = []

@@ -22,7 +22,7 @@ from typing import Any
 import cases
 from harness import REPO_ROOT, Result, machine_info
 
-GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui")
+GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -120,6 +120,15 @@ def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dic
                 guarded("tui/terminal", lambda: cases.bench_tui_terminal(plan, config_path))
             return []
         guarded("tui", tui_group)
+    if "jobs" in groups:
+        def jobs_group() -> list[Result]:
+            # One 1-node demo: the latency step runs on the state the throughput step left.
+            with cases.jobs_demo(work) as config_path:
+                guarded("jobs/throughput",
+                        lambda: cases.bench_jobs_throughput(plan, work, config_path))
+                guarded("jobs/latency", lambda: cases.bench_jobs_latency(plan, work, config_path))
+            return []
+        guarded("jobs", jobs_group)
     return rows
 
 
