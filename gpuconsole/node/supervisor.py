@@ -12,10 +12,12 @@ import os
 import signal
 import time
 
-from . import jobs
+from . import jobs, procs
 from . import state as st
 
 POLL_S = 0.2
+RECORD_WAIT_S = 30.0
+HEAD_GC_EVERY_S = 2.0
 CANCEL_GRACE_S = 10.0
 
 
@@ -28,25 +30,53 @@ class Supervisor:
         self.job_dir = job_dir
         with open(os.path.join(job_dir, "spec.json")) as handle:
             self.spec = json.load(handle)
+        self._last_gc = 0.0
+
+    def _read(self):
+        """Lock-free read, re-parsed only when state.json changed."""
+        state, _, _ = self.agent.store.read_cached(self.agent.boot_id)
+        return state
 
     def _job(self):
-        state, _, _ = self.agent.store.load(self.agent.boot_id)
+        state = self._read()
         return state.get("jobs", {}).get(self.job_id), state["leases"].get(self.job_id)
 
+    def _should_housekeep(self, state):
+        """Only the queue's head (or anyone, when the head's waiter is dead) takes the lock to
+        expire leases, so a deep queue does not turn into lock traffic; grants made by other
+        operations (release, job end) need no help."""
+        now_bt = time.clock_gettime(time.CLOCK_BOOTTIME)
+        order = st.queue_order(state, now_bt)
+        if not order:
+            return False
+        if order[0]["id"] != self.job_id:
+            return not procs.is_alive(order[0].get("agent"))
+        expired = any(lease["exp_bt"] <= now_bt for lease in state["leases"].values())
+        # Also now and then: GPUs used without a reservation free up without any operation.
+        return expired or time.monotonic() - self._last_gc >= HEAD_GC_EVERY_S
+
     def wait_for_grant(self):
-        """Poll (and housekeep, so expiries and releases dispatch) until granted; None if ended."""
+        """Wait until granted (None if the job ended). The agent records the job right after
+        starting us, so a job not yet in the state is waited for, briefly."""
+        started = time.monotonic()
         while True:
-            job, lease = self._job()
-            if job is None or job["state"] not in jobs.ACTIVE:
+            state = self._read()
+            job = state.get("jobs", {}).get(self.job_id)
+            lease = state["leases"].get(self.job_id)
+            if job is None:
+                if time.monotonic() - started > RECORD_WAIT_S:
+                    return None
+            elif job["state"] not in jobs.ACTIVE:
                 return None
-            if lease is not None:
+            elif lease is not None:
                 try:
                     result, _ = self.agent.transaction("claim_job", {"id": self.job_id, "token": lease["token"]})
                     return result
                 except st.OpError as exc:
                     if exc.code not in ("not_found", "stale_token"):
                         raise
-            else:
+            elif self._should_housekeep(state):
+                self._last_gc = time.monotonic()
                 self.agent.transaction("gc", {})
             time.sleep(POLL_S)
 

@@ -124,3 +124,34 @@ def test_requeue_job_whose_supervisor_died_runs_again(demo_factory: Callable[...
     wait_for(lambda: _jobs(config)["phoenix"]["state"] == "succeeded", timeout_s=30, interval_s=0.3,
              message="requeued and run again")
     assert "second" in run_cli("logs", job_id, config=config).stdout
+
+
+def test_rapid_submits_lose_no_job(demo_factory: Callable[..., DemoThread]) -> None:
+    """Regression: a supervisor that starts before its job is recorded waits for it, never gives up."""
+    import asyncio
+
+    from gpuconsole.config import load_config
+    from gpuconsole.core.fleet import Fleet
+
+    demo = demo_factory(nodes=1, gpus=2)
+
+    async def submit_many() -> list[str]:
+        async with Fleet(load_config(str(demo.config_path))) as fleet:
+            await fleet.connect()
+
+            async def one(i: int) -> str:
+                result = await fleet.request("node-01", "submit", {"argv": ["true"], "gpus": 1, "name": f"r{i}"})
+                return str(result["id"])
+
+            return list(await asyncio.gather(*(one(i) for i in range(24))))
+
+    ids = asyncio.run(submit_many())
+    assert len(set(ids)) == 24
+
+    def all_done() -> bool:
+        states = [j["state"] for j in cli_json("jobs", config=demo.config_path)["jobs"]]
+        return len(states) == 24 and all(s not in ("queued", "running") for s in states)
+
+    wait_for(all_done, timeout_s=90, interval_s=0.5, message="24 jobs ended")
+    states = {j["state"] for j in cli_json("jobs", config=demo.config_path)["jobs"]}
+    assert states == {"succeeded"}
