@@ -81,3 +81,15 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
         time.sleep(interval_s)
+
+
+def jobs_by_name(config: Path) -> dict[str, dict[str, Any]]:
+    """`jobs --json`, keyed by job name."""
+    return {j["name"]: j for j in cli_json("jobs", config=config)["jobs"]}
+
+
+def submit_job(config: Path, name: str, *flags: str, argv: list[str]) -> dict[str, Any]:
+    """`submit --name NAME FLAGS… --json -- ARGV…`, which must succeed; returns its JSON."""
+    result = run_cli("submit", "--name", name, "--json", *flags, "--", *argv, config=config)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout))

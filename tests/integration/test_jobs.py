@@ -8,20 +8,9 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
-
-
-def _jobs(config: Path) -> dict[str, dict[str, Any]]:
-    return {j["name"]: j for j in cli_json("jobs", config=config)["jobs"]}
-
-
-def _submit(config: Path, name: str, *argv: str, gpus: int = 1) -> dict[str, Any]:
-    result = run_cli("submit", "--gpus", str(gpus), "--name", name, "--json", "--", *argv, config=config)
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
+from tests.conftest import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 
 def test_two_jobs_run_a_third_waits_and_starts_within_a_second(demo_factory: Callable[..., DemoThread],
@@ -31,21 +20,22 @@ def test_two_jobs_run_a_third_waits_and_starts_within_a_second(demo_factory: Cal
     config = demo.config_path
     gate = tmp_path / "release-a"
     wait_gate = f'echo "a on $CUDA_VISIBLE_DEVICES"; while [ ! -e {gate} ]; do sleep 0.05; done'
-    a = _submit(config, "a", "sh", "-c", wait_gate)
-    b = _submit(config, "b", "sh", "-c", 'echo "b on $CUDA_VISIBLE_DEVICES"; sleep 30')
-    wait_for(lambda: {j["state"] for j in _jobs(config).values()} == {"running"}, timeout_s=20,
+    a = submit_job(config, "a", "--gpus", "1", argv=["sh", "-c", wait_gate])
+    b = submit_job(config, "b", "--gpus", "1", argv=["sh", "-c", 'echo "b on $CUDA_VISIBLE_DEVICES"; sleep 30'])
+    wait_for(lambda: {j["state"] for j in jobs_by_name(config).values()} == {"running"}, timeout_s=20,
              message="a and b running")
-    c = _submit(config, "c", "python3", "-c", "import os; print('c on', os.environ['CUDA_VISIBLE_DEVICES'])")
+    c = submit_job(config, "c", "--gpus", "1",
+                   argv=["python3", "-c", "import os; print('c on', os.environ['CUDA_VISIBLE_DEVICES'])"])
     assert c["position"] == 1
-    jobs = _jobs(config)
+    jobs = jobs_by_name(config)
     assert jobs["c"]["state"] == "queued" and jobs["c"]["position"] == 1
     assert sorted(jobs["a"]["gpus"] + jobs["b"]["gpus"]) == [0, 1]
     gate.touch()
     freed_at = time.monotonic()
-    wait_for(lambda: _jobs(config)["c"]["state"] != "queued", timeout_s=10, interval_s=0.05, message="c started")
+    wait_for(lambda: jobs_by_name(config)["c"]["state"] != "queued", timeout_s=10, interval_s=0.05, message="c started")
     assert time.monotonic() - freed_at < 1.0 + 1.0  # the design's 1 s, plus one CLI round trip of polling
-    wait_for(lambda: _jobs(config)["c"]["state"] == "succeeded", timeout_s=20, message="c done")
-    jobs = _jobs(config)
+    wait_for(lambda: jobs_by_name(config)["c"]["state"] == "succeeded", timeout_s=20, message="c done")
+    jobs = jobs_by_name(config)
     assert jobs["a"]["state"] == "succeeded" and jobs["a"]["exit_code"] == 0
     assert jobs["c"]["exit_code"] == 0 and jobs["c"]["gpus"] == jobs["a"]["gpus"]
     for name, job in (("a", a), ("c", c)):
@@ -54,27 +44,29 @@ def test_two_jobs_run_a_third_waits_and_starts_within_a_second(demo_factory: Cal
         assert f"{name} on {jobs[name]['gpus'][0]}" in logs.stdout
     cancel = run_cli("cancel", b["id"], config=config)
     assert cancel.returncode == 0, cancel.stderr
-    wait_for(lambda: _jobs(config)["b"]["state"] == "cancelled", timeout_s=20, message="b cancelled")
+    wait_for(lambda: jobs_by_name(config)["b"]["state"] == "cancelled", timeout_s=20, message="b cancelled")
 
 
 def test_argv_arrives_exactly_and_failures_keep_their_exit_code(demo: DemoThread) -> None:
     config = demo.config_path
     nasty = ["it's", "a;b", "$(touch /tmp/gc-job-pwned)", "sp ace", "ünï\u2603", '"q"', ""]
-    job = _submit(config, "argv", "python3", "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *nasty)
-    failing = _submit(config, "fails", "sh", "-c", "echo oops >&2; exit 7")
-    wait_for(lambda: {j["state"] for j in _jobs(config).values()} == {"succeeded", "failed"}, timeout_s=20,
+    job = submit_job(config, "argv", "--gpus", "1",
+                     argv=["python3", "-c", "import json, sys; print(json.dumps(sys.argv[1:]))", *nasty])
+    failing = submit_job(config, "fails", "--gpus", "1", argv=["sh", "-c", "echo oops >&2; exit 7"])
+    wait_for(lambda: {j["state"] for j in jobs_by_name(config).values()} == {"succeeded", "failed"}, timeout_s=20,
              message="both jobs ended")
     logs = run_cli("logs", job["id"], config=config)
     assert json.loads(logs.stdout) == nasty
     assert not Path("/tmp/gc-job-pwned").exists()
-    jobs = _jobs(config)
+    jobs = jobs_by_name(config)
     assert jobs["fails"]["exit_code"] == 7 and jobs["fails"]["state"] == "failed"
     err = run_cli("logs", failing["id"], config=config)
     assert "oops" in err.stderr
 
 
 def test_logs_follow_streams_until_the_end(demo: DemoThread) -> None:
-    job = _submit(demo.config_path, "slow", "sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done")
+    job = submit_job(demo.config_path, "slow", "--gpus", "1",
+                     argv=["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"])
     result = run_cli("logs", "--follow", job["id"], config=demo.config_path)
     assert result.returncode == 0
     assert result.stdout.split() == ["line1", "line2", "line3"]
@@ -84,13 +76,13 @@ def test_killed_supervisor_frees_gpus_and_job_is_lost(demo_factory: Callable[...
     """kill -9 of a supervisor: its job becomes lost, the GPUs return, and the state stays consistent."""
     demo = demo_factory(nodes=1, gpus=1)
     config = demo.config_path
-    _submit(config, "victim", "sleep", "60")
-    wait_for(lambda: _jobs(config)["victim"]["state"] == "running", timeout_s=20, message="running")
+    submit_job(config, "victim", "--gpus", "1", argv=["sleep", "60"])
+    wait_for(lambda: jobs_by_name(config)["victim"]["state"] == "running", timeout_s=20, message="running")
     state_dir = demo.cluster.nodes["node-01"].state_dir
     state = json.loads((state_dir / "state.json").read_text())
     pid = state["jobs"][next(iter(state["jobs"]))]["supervisor"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: _jobs(config)["victim"]["state"] == "lost", timeout_s=20, interval_s=0.2, message="lost")
+    wait_for(lambda: jobs_by_name(config)["victim"]["state"] == "lost", timeout_s=20, interval_s=0.2, message="lost")
     grant = cli_json("reserve", "--gpus", "1", config=config)
     assert grant["gpus"] == [0]
 
@@ -118,10 +110,10 @@ def test_requeue_job_whose_supervisor_died_runs_again(demo_factory: Callable[...
                      config=config)
     assert result.returncode == 0, result.stderr
     job_id = json.loads(result.stdout)["id"]
-    wait_for(lambda: _jobs(config)["phoenix"]["state"] == "running", timeout_s=20, message="running")
+    wait_for(lambda: jobs_by_name(config)["phoenix"]["state"] == "running", timeout_s=20, message="running")
     state = json.loads((demo.cluster.nodes["node-01"].state_dir / "state.json").read_text())
     os.kill(state["jobs"][job_id]["supervisor"]["pid"], signal.SIGKILL)
-    wait_for(lambda: _jobs(config)["phoenix"]["state"] == "succeeded", timeout_s=30, interval_s=0.3,
+    wait_for(lambda: jobs_by_name(config)["phoenix"]["state"] == "succeeded", timeout_s=30, interval_s=0.3,
              message="requeued and run again")
     assert "second" in run_cli("logs", job_id, config=config).stdout
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.conftest import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 VICTIM = """
 marker={dir}/$GPUCONSOLE_JOB_ID
@@ -20,29 +18,19 @@ while true; do sleep 0.05; done
 """
 
 
-def _jobs(config: Path) -> dict[str, dict[str, Any]]:
-    return {j["name"]: j for j in cli_json("jobs", config=config)["jobs"]}
-
-
-def _submit(config: Path, name: str, *flags: str, argv: list[str]) -> dict[str, Any]:
-    result = run_cli("submit", "--name", name, "--json", *flags, "--", *argv, config=config)
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
-
-
 def test_high_priority_preempts_requeue_job_which_runs_again(demo_factory: Callable[..., DemoThread],
                                                              tmp_path: Path) -> None:
     demo = demo_factory(nodes=1, gpus=2)
     config = demo.config_path
     victim = ["sh", "-c", VICTIM.format(dir=tmp_path)]
-    low = [_submit(config, f"low{i}", "--gpus", "1", "--priority", "low", "--requeue", "--grace", "2",
+    low = [submit_job(config, f"low{i}", "--gpus", "1", "--priority", "low", "--requeue", "--grace", "2",
                    argv=victim) for i in range(2)]
-    wait_for(lambda: all(j["state"] == "running" for j in _jobs(config).values()), timeout_s=20,
+    wait_for(lambda: all(j["state"] == "running" for j in jobs_by_name(config).values()), timeout_s=20,
              message="low jobs running")
     started = time.monotonic()
-    urgent = _submit(config, "urgent", "--gpus", "1", "--priority", "high", "--preempt",
+    urgent = submit_job(config, "urgent", "--gpus", "1", "--priority", "high", "--preempt",
                      argv=["python3", "-c", "print('urgent ran')"])
-    wait_for(lambda: _jobs(config)["urgent"]["state"] == "succeeded", timeout_s=20, interval_s=0.1,
+    wait_for(lambda: jobs_by_name(config)["urgent"]["state"] == "succeeded", timeout_s=20, interval_s=0.1,
              message="urgent job done")
     assert time.monotonic() - started <= 2 + 2 + 2  # grace + 2 s, plus the CLI's own polling
     terms = sorted(tmp_path.glob("*.term"))
@@ -65,12 +53,12 @@ def test_preemption_without_requeue_ends_as_preempted_and_by_hand(demo_factory: 
                                                                  tmp_path: Path) -> None:
     demo = demo_factory(nodes=1, gpus=1)
     config = demo.config_path
-    victim = _submit(config, "victim", "--gpus", "1", "--grace", "1",
+    victim = submit_job(config, "victim", "--gpus", "1", "--grace", "1",
                      argv=["sh", "-c", VICTIM.format(dir=tmp_path)])
-    wait_for(lambda: _jobs(config)["victim"]["state"] == "running", timeout_s=20, message="running")
+    wait_for(lambda: jobs_by_name(config)["victim"]["state"] == "running", timeout_s=20, message="running")
     result = run_cli("preempt", victim["id"], config=config)
     assert result.returncode == 0, result.stderr
-    wait_for(lambda: _jobs(config)["victim"]["state"] == "preempted", timeout_s=20, message="preempted")
+    wait_for(lambda: jobs_by_name(config)["victim"]["state"] == "preempted", timeout_s=20, message="preempted")
     assert (tmp_path / f"{victim['id']}.term").exists()
 
 
@@ -79,7 +67,7 @@ def test_preempt_does_not_touch_equal_priority_or_plain_reservations(demo_factor
     demo = demo_factory(nodes=1, gpus=1)
     config = demo.config_path
     grant = cli_json("reserve", "--gpus", "1", "--priority", "low", config=config)
-    _submit(config, "wants", "--gpus", "1", "--priority", "high", "--preempt", argv=["true"])
+    submit_job(config, "wants", "--gpus", "1", "--priority", "high", "--preempt", argv=["true"])
     time.sleep(1.0)  # give a wrong preemption the time to happen; the assertion is that it did not
     assert [r["id"] for r in cli_json("reservations", config=config)["reservations"]] == [grant["id"]]
-    assert _jobs(config)["wants"]["state"] == "queued"
+    assert jobs_by_name(config)["wants"]["state"] == "queued"

@@ -38,7 +38,8 @@ async def test_fleet_renders_with_right_counts(demo_factory: Callable[..., DemoT
     app = GpuConsoleApp(load_config(str(demo.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: all(v.health() is Health.UP for v in app.fleet.nodes.values()), "3 nodes up")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "3/3 up" in str(app.query_one("#summary").render())
+                    and app.query_one(GpuTable).row_count == 4, "the next repaint")
         assert app.query_one(NodeTable).row_count == 3
         assert app.query_one(GpuTable).row_count == 4
         summary = str(app.query_one("#summary").render())
@@ -111,9 +112,8 @@ async def test_dead_node_turns_unreachable_and_recovers(demo: DemoThread) -> Non
         await asyncio.to_thread(demo.stop_node, "node-02")
         await until(pilot, lambda: app.fleet.nodes["node-02"].health() is Health.STALE,
                     "node-02 stale", timeout_s=5 * config.defaults.poll_seconds + 5)
-        await pilot.pause(0.3)
-        health_cell = app.query_one(NodeTable).get_cell("node-02", "health")
-        assert "stale" in str(health_cell)
+        await until(pilot, lambda: "stale" in str(app.query_one(NodeTable).get_cell("node-02", "health")),
+                    "the table to show node-02 stale")
         assert app.fleet.nodes["node-01"].health() is Health.UP  # the other node is unaffected
         await asyncio.to_thread(demo.start_node, "node-02")
         await until(pilot, lambda: app.fleet.nodes["node-02"].health() is Health.UP, "recovery", timeout_s=45)
@@ -156,9 +156,8 @@ async def test_jobs_tab_lists_shows_output_and_cancels(demo: DemoThread) -> None
         await until(pilot, lambda: any(j.state == "running" for v in app.fleet.nodes.values()
                                        if v.snapshot for j in v.snapshot.jobs), "job running in telemetry")
         app.query_one("#bottom").active = "tab-jobs"  # type: ignore[attr-defined]
-        await pilot.pause(0.6)
         table = app.query_one(JobTable)
-        assert table.row_count == 1
+        await until(pilot, lambda: table.row_count == 1, "the job in the Jobs tab")
         table.focus()
         await pilot.press("l")
         await until(pilot, lambda: isinstance(app.screen, LogScreen), "log view")
