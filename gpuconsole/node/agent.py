@@ -168,7 +168,8 @@ class Agent(JobOps):
     def transaction(self, op, args):
         """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change."""
         func = MUTATIONS[op]
-        in_use = self._gpus_in_use() if op in ("reserve", "poll", "release", "gc") else set()
+        # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
+        in_use = self._gpus_in_use()
         req_id = args.get("req_id")
         self.in_critical = True
         self.store.acquire()

@@ -13,8 +13,7 @@ from importlib import resources
 
 from gpuconsole.node import loader
 
-# Dependency order: each module only imports modules listed before it.
-MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "jobops", "agent", "supervisor")
+MODULES = loader.MODULES
 BOOTSTRAP = loader.BOOTSTRAP
 
 
@@ -25,8 +24,8 @@ def agent_program() -> bytes:
         name: resources.files("gpuconsole.node").joinpath(f"{name}.py").read_text(encoding="utf-8")
         for name in MODULES
     }
-    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
-    program: str = loader.build_program(sources, digest, MODULES)  # type: ignore[no-untyped-call]
+    version: str = loader.digest(sources)  # type: ignore[no-untyped-call]
+    program: str = loader.build_program(sources, version, MODULES)  # type: ignore[no-untyped-call]
     return program.encode("utf-8")
 
 
@@ -43,5 +42,5 @@ def remote_command(python: str) -> str:
 
 def agent_preamble() -> bytes:
     """What the client writes to the remote stdin before its first request."""
-    program = agent_program()
-    return str(len(program)).encode() + b"\n" + program
+    preamble: bytes = loader.preamble(agent_program().decode("utf-8"))  # type: ignore[no-untyped-call]
+    return preamble

@@ -16,7 +16,6 @@ from . import state as st
 from .store import CorruptState, make_shared_dir
 
 MAX_LOG_CHUNK = 256 * 1024
-MODULE_ORDER = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "jobops", "agent", "supervisor")
 
 
 class JobOps:
@@ -64,6 +63,7 @@ class JobOps:
         except (CorruptState, OSError):
             return
         for job_id in jobs.orphans(state, self.uid):
+            _kill_leftovers(self._job_dir(job_id))
             child = self._spawn_supervisor(job_id, self._job_dir(job_id))
             ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id}
             try:
@@ -122,15 +122,23 @@ def _shell_quote(arg):
     return arg if arg and safe else "'" + arg.replace("'", "'\\''") + "'"
 
 
+def _kill_leftovers(job_dir):
+    """End what a dead supervisor's job left running (its process group; our own processes),
+    so the GPUs are free again before the job runs a second time."""
+    import signal
+
+    try:
+        with open(os.path.join(job_dir, "pgid")) as handle:
+            os.killpg(int(handle.read().strip()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
 def _local_program():
     """The program when running from the installed package (tests), not from a shipped bundle."""
-    import hashlib
-
-    names = MODULE_ORDER
     here = os.path.dirname(os.path.abspath(__file__))
     sources = {}
-    for name in names:
+    for name in loader.MODULES:
         with open(os.path.join(here, name + ".py")) as handle:
             sources[name] = handle.read()
-    digest = hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
-    return loader.build_program(sources, digest, names)
+    return loader.build_program(sources, loader.digest(sources), loader.MODULES)

@@ -7,6 +7,8 @@ same program. The bootstrap on the command line is constant; the program follows
 from __future__ import annotations
 
 PACKAGE = "gcnode"
+# The shipped modules in dependency order: each imports only modules listed before it.
+MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "jobops", "agent", "supervisor")
 BOOTSTRAP = (
     "import sys;r=sys.stdin.buffer;n=int(r.readline());"
     "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"
@@ -56,6 +58,13 @@ def build_program(sources, digest, modules):
         "sys.modules[%s + '.agent'].main()" % package,
     ]
     return "\n".join(lines)
+
+
+def digest(sources):
+    """Version of a set of module sources (names the compiled-code cache)."""
+    import hashlib
+
+    return hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
 
 
 def preamble(program):

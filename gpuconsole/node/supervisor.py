@@ -111,6 +111,9 @@ class Supervisor:
                 err.write(("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
                 err.flush()
                 return 127
+        # The job's process group, so whoever adopts the job after our death can end leftovers.
+        with open(os.path.join(self.job_dir, "pgid"), "w") as handle:
+            handle.write(str(child.pid))
         return self._supervise(child, grant["token"])
 
     def _supervise(self, child, token):

@@ -106,10 +106,7 @@ def test_requeue_job_whose_supervisor_died_runs_again(demo_factory: Callable[...
     config = demo.config_path
     marker = tmp_path / "ran-once"
     script = f'if [ -e {marker} ]; then echo second; exit 0; fi; touch {marker}; sleep 60'
-    result = run_cli("submit", "--gpus", "1", "--name", "phoenix", "--requeue", "--json", "--", "sh", "-c", script,
-                     config=config)
-    assert result.returncode == 0, result.stderr
-    job_id = json.loads(result.stdout)["id"]
+    job_id = submit_job(config, "phoenix", "--gpus", "1", "--requeue", argv=["sh", "-c", script])["id"]
     wait_for(lambda: jobs_by_name(config)["phoenix"]["state"] == "running", timeout_s=20, message="running")
     state = json.loads((demo.cluster.nodes["node-01"].state_dir / "state.json").read_text())
     os.kill(state["jobs"][job_id]["supervisor"]["pid"], signal.SIGKILL)
