@@ -61,6 +61,30 @@ class WatchConfig:
     util_below_pct: float = 5.0
     notify: tuple[str, ...] = ()
     exec: str | None = None
+    cooldown_minutes: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    """The `[cloud.aws]` table. Credentials are never here: they come from the boto3 chain."""
+
+    region: str
+    endpoint_url: str | None = None
+    instance_types: tuple[str, ...] = ()  # allowed types; empty = every type in the price table
+    ami: str | None = None
+    key_name: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    ssh_user: str = "ubuntu"
+    spot: bool = False
+    max_instances: int = 4
+    idle_stop_minutes: float = 30.0
+    idle_action: str = "stop"  # or "terminate"
+    prices: tuple[tuple[str, float], ...] = ()  # overrides of the built-in table, $/hour
+    address: str = "public"  # which instance address to SSH to: "public" or "private"
+    # Emulators only (moto in the demo and tests): a JSON file naming where each instance's SSH
+    # server really listens, because the addresses an emulator invents must never be dialled.
+    host_map: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +95,7 @@ class Config:
     defaults: Defaults
     nodes: tuple[NodeConfig, ...]
     watch: WatchConfig = field(default_factory=WatchConfig)
-    aws: dict[str, Any] | None = None
+    aws: AwsConfig | None = None
 
     def node(self, name: str) -> NodeConfig:
         """Return the node called ``name`` or raise NotFoundError."""
@@ -95,7 +119,7 @@ _NODE_KEYS = {
 _AWS_KEYS = {
     "region", "endpoint_url", "instance_types", "ami", "key_name", "subnet_id",
     "security_group_ids", "ssh_user", "spot", "max_instances", "idle_stop_minutes", "prices",
-    "idle_action",
+    "idle_action", "address", "host_map",
 }
 _WATCH_KEYS = {"idle_minutes", "util_below_pct", "notify", "exec", "cooldown_minutes"}
 _TOP_KEYS = {"defaults", "nodes", "cloud", "watch"}
@@ -189,7 +213,7 @@ def parse_config(text: str, path: Path) -> Config:
             raise loc.error("nodes", "name", f"duplicate node name {node.name!r}", index)
         seen.add(node.name)
         nodes.append(node)
-    aws = _parse_aws(data.get("cloud"), loc)
+    aws = _parse_aws(data.get("cloud"), loc, base_dir)
     watch = _parse_watch(_table(data, "watch", loc), loc)
     return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws)
 
@@ -312,7 +336,21 @@ def _parse_node(raw: Any, index: int, defaults: Defaults, loc: _Locator, base_di
     )
 
 
-def _parse_aws(raw: Any, loc: _Locator) -> dict[str, Any] | None:
+AWS_ID_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,255}$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
+
+
+def _str_list(raw: dict[str, Any], key: str, table: str, loc: _Locator,
+              pattern: re.Pattern[str]) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and pattern.match(v) for v in value):
+        raise loc.error(table, key, "must be a list of names (letters, digits, '.', '-')")
+    return tuple(value)
+
+
+def _parse_aws(raw: Any, loc: _Locator, base_dir: Path) -> AwsConfig | None:
     if raw is None:
         return None
     if not isinstance(raw, dict) or set(raw) - {"aws"}:
@@ -320,8 +358,50 @@ def _parse_aws(raw: Any, loc: _Locator) -> dict[str, Any] | None:
     aws = raw.get("aws", {})
     if not isinstance(aws, dict):
         raise loc.error("cloud.aws", None, "must be a table")
-    _check_keys(aws, _AWS_KEYS, "cloud.aws", loc)
-    return dict(aws)
+    table = "cloud.aws"
+    _check_keys(aws, _AWS_KEYS, table, loc)
+    region = _str(aws, "region", table, loc, re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$"))
+    if region is None:
+        raise loc.error(table, "region", "is required (for example \"us-east-1\")")
+    endpoint = _str(aws, "endpoint_url", table, loc, re.compile(r"^https?://[^\s]+$"))
+    spot = aws.get("spot", False)
+    if not isinstance(spot, bool):
+        raise loc.error(table, "spot", f"must be true or false, not {spot!r}")
+    max_instances = _number(aws, "max_instances", table, loc, minimum=0, maximum=1000, integer=True)
+    idle_stop = _number(aws, "idle_stop_minutes", table, loc, minimum=0.001, maximum=100000)
+    action = _str(aws, "idle_action", table, loc, None) or "stop"
+    if action not in ("stop", "terminate"):
+        raise loc.error(table, "idle_action", f"must be \"stop\" or \"terminate\", not {action!r}")
+    address = _str(aws, "address", table, loc, None) or "public"
+    if address not in ("public", "private"):
+        raise loc.error(table, "address", f"must be \"public\" or \"private\", not {address!r}")
+    prices_raw = aws.get("prices", {})
+    if not isinstance(prices_raw, dict):
+        raise loc.error(table, "prices", "must be a table of instance type = dollars per hour")
+    prices: list[tuple[str, float]] = []
+    for type_name, price in prices_raw.items():
+        if not INSTANCE_TYPE_RE.match(type_name) or isinstance(price, bool) or not isinstance(
+            price, int | float
+        ) or price < 0:
+            raise loc.error(table, "prices", f"{type_name} = {price!r}: want an instance type = dollars per hour")
+        prices.append((type_name, float(price)))
+    return AwsConfig(
+        region=region,
+        endpoint_url=endpoint,
+        instance_types=_str_list(aws, "instance_types", table, loc, INSTANCE_TYPE_RE),
+        ami=_str(aws, "ami", table, loc, AWS_ID_RE),
+        key_name=_str(aws, "key_name", table, loc, AWS_ID_RE),
+        subnet_id=_str(aws, "subnet_id", table, loc, AWS_ID_RE),
+        security_group_ids=_str_list(aws, "security_group_ids", table, loc, AWS_ID_RE),
+        ssh_user=_str(aws, "ssh_user", table, loc, USER_RE) or "ubuntu",
+        spot=spot,
+        max_instances=int(max_instances) if max_instances is not None else 4,
+        idle_stop_minutes=idle_stop if idle_stop is not None else 30.0,
+        idle_action=action,
+        prices=tuple(prices),
+        address=address,
+        host_map=_path(aws, "host_map", table, loc, base_dir),
+    )
 
 
 def _parse_watch(raw: dict[str, Any], loc: _Locator) -> WatchConfig:
@@ -334,9 +414,11 @@ def _parse_watch(raw: dict[str, Any], loc: _Locator) -> WatchConfig:
         notify = [notify]
     if not isinstance(notify, list) or not all(isinstance(u, str) for u in notify):
         raise loc.error("watch", "notify", "must be a URL string or a list of them")
+    cooldown = _number(raw, "cooldown_minutes", "watch", loc, minimum=0, maximum=100000)
     return WatchConfig(
         idle_minutes=idle if idle is not None else base.idle_minutes,
         util_below_pct=util if util is not None else base.util_below_pct,
         notify=tuple(notify),
         exec=_str(raw, "exec", "watch", loc, None),
+        cooldown_minutes=cooldown if cooldown is not None else base.cooldown_minutes,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from gpuconsole.errors import ExitCode, GpuConsoleError
 
@@ -31,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
 
 
+def _with_cloud_nodes(config: Any) -> Any:
+    """Add running managed EC2 instances as nodes; a cloud outage never hides the on-prem fleet."""
+    from gpuconsole.cloud.inventory import discover
+
+    try:
+        return discover(config)[0]
+    except GpuConsoleError as exc:
+        print(f"gpuconsole: cloud nodes left out: {exc}", file=sys.stderr)
+        return config
+
+
 def _dispatch(args: object) -> int:
     command = getattr(args, "command", None)
     if command == "demo":
@@ -40,6 +52,8 @@ def _dispatch(args: object) -> int:
     from gpuconsole.config import load_config
 
     config = load_config(getattr(args, "config", None))
+    if config.aws is not None and command not in ("cloud", "demo"):
+        config = _with_cloud_nodes(config)
     if command is None:
         from gpuconsole.cli.console import run_console
 
@@ -48,6 +62,14 @@ def _dispatch(args: object) -> int:
         from gpuconsole.cli.status import run_status
 
         return run_status(config, args)
+    if command == "cloud":
+        from gpuconsole.cli.cloud import run_cloud
+
+        return run_cloud(config, args)
+    if command == "watch":
+        from gpuconsole.cli.watch import run_watch
+
+        return run_watch(config, args)
     if command == "doctor":
         from gpuconsole.cli.doctor import run_doctor
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.errors import ExitCode, UsageError
+from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 
 
 def run_demo(args: Any) -> int:
@@ -35,12 +35,14 @@ async def _serve(root: Path, args: Any) -> int:
     from gpuconsole.demo.cluster import DemoCluster
 
     cluster = DemoCluster(root, args.nodes, args.gpus)
+    bridge = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await cluster.start()
+        bridge = await _start_cloud(cluster, args)
         target = Path(args.write_config) if args.write_config else cluster.config_path
         if target != cluster.config_path:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,9 +50,26 @@ async def _serve(root: Path, args: Any) -> int:
         print(f"ready {target}", flush=True)
         await stop.wait()
     finally:
+        if bridge is not None:
+            await bridge.stop()
         await cluster.stop()
     print("stopped", file=sys.stderr)
     return int(ExitCode.OK)
+
+
+async def _start_cloud(cluster: Any, args: Any) -> Any:
+    """The local EC2 (moto) unless --no-cloud; without moto installed the demo runs on-prem only."""
+    if args.no_cloud:
+        return None
+    from gpuconsole.demo.cloud import CloudBridge
+
+    bridge = CloudBridge(cluster)
+    try:
+        await bridge.start()
+    except GpuConsoleError as exc:
+        print(f"gpuconsole: {exc}; the demo runs without cloud", file=sys.stderr)
+        return None
+    return bridge
 
 
 def _console(root: Path, args: Any) -> int:
@@ -60,4 +79,6 @@ def _console(root: Path, args: Any) -> int:
 
     demo = DemoThread(root, args.nodes, args.gpus)
     with demo:
+        if not args.no_cloud:
+            demo.cloud = demo.call(_start_cloud(demo.cluster, args))
         return run_console(load_config(str(demo.config_path)), args)

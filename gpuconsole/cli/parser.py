@@ -111,6 +111,40 @@ def build_parser() -> Parser:
     cancel.add_argument("id", metavar="JOB")
     cancel.add_argument("--json", action="store_true")
 
+    cloud = sub.add_parser("cloud", parents=[common], help="EC2 instances: up, ls, down")
+    cloud_sub = cloud.add_subparsers(dest="cloud_command", metavar="up|ls|down", parser_class=Parser,
+                                     required=True)
+    up = cloud_sub.add_parser("up", parents=[common], help="launch managed GPU instances")
+    up.add_argument("--type", dest="instance_type", metavar="T", help="instance type (default: cheapest allowed)")
+    up.add_argument("--gpus", type=positive_int, default=1, metavar="N",
+                    help="without --type: the cheapest allowed type with at least N GPUs")
+    up.add_argument("--spot", action="store_true", default=None, help="spot instead of on-demand")
+    up.add_argument("--count", type=positive_int, default=1, metavar="K")
+    up.add_argument("--no-wait", action="store_true", help="return once launched, before SSH is ready")
+    up.add_argument("--timeout", metavar="DUR", default="10m", help="give up on SSH readiness after DUR")
+    up.add_argument("--json", action="store_true")
+    ls = cloud_sub.add_parser("ls", parents=[common], help="managed instances, price and cost so far")
+    ls.add_argument("--all", action="store_true", help="include stopped and terminated instances")
+    ls.add_argument("--json", action="store_true")
+    down = cloud_sub.add_parser("down", parents=[common], help="terminate managed instances")
+    down.add_argument("ids", nargs="+", metavar="ID")
+    down.add_argument("--stop", action="store_true", help="stop instead of terminate")
+    down.add_argument("--json", action="store_true")
+
+    watch = sub.add_parser("watch", parents=[common], help="idle-GPU alert watcher")
+    watch.add_argument("--idle-minutes", type=float, metavar="M", help="idle this long before alerting")
+    watch.add_argument("--util-below", type=float, metavar="PCT", help="utilization below this is idle")
+    watch.add_argument("--cooldown-minutes", type=float, metavar="M", help="re-alert an ongoing condition after M")
+    watch.add_argument("--notify", action="append", metavar="URL", help="apprise URL (repeatable)")
+    watch.add_argument("--exec", dest="exec_cmd", metavar="CMD", help="run CMD with each alert as JSON on stdin")
+    watch.add_argument("--release-idle", action="store_true", help="release idle reservations after a grace")
+    watch.add_argument("--grace-minutes", type=float, metavar="M", help="with --release-idle (default 15)")
+    watch.add_argument("--stop-idle-cloud", action="store_true", help="stop idle managed instances")
+    watch.add_argument("--interval", type=float, metavar="SECONDS", help="how often to judge (default 5)")
+    watch.add_argument("--state-file", metavar="PATH", help="where alert state survives restarts")
+    watch.add_argument("--once", action="store_true", help="judge once and exit (for cron)")
+    watch.add_argument("--json", action="store_true", help="one alert per line as JSON")
+
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
     doctor.add_argument("--json", action="store_true")
 
@@ -121,4 +155,5 @@ def build_parser() -> Parser:
     demo.add_argument("--serve", action="store_true", help="headless: serve until SIGINT/SIGTERM")
     demo.add_argument("--write-config", metavar="PATH", help="where to write the demo config")
     demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")
+    demo.add_argument("--no-cloud", action="store_true", help="no local EC2 emulator")
     return parser

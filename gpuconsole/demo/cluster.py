@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import threading
@@ -34,6 +35,7 @@ class DemoNode:
     host_key: asyncssh.SSHKey
     sim_key: str = ""  # GPUCONSOLE_SIM_NODE of this node: its name plus the cluster's tag
     port: int = 0
+    cloud: bool = False  # an emulated EC2 instance: found by discovery, not listed in [[nodes]]
     server: asyncssh.SSHAcceptor | None = None
     children: set[asyncio.subprocess.Process] = field(default_factory=set)
 
@@ -51,6 +53,8 @@ class DemoCluster:
         self.known_hosts_path = self.root / "known_hosts"
         self.authorized_keys_path = self.root / "authorized_keys"
         self.config_path = self.root / "config.toml"
+        self.host_map_path = self.root / "cloud-hosts.json"
+        self.cloud_section = ""  # the [cloud.aws] table when an EC2 emulator is attached
         self._handlers: set[asyncio.Task[None]] = set()
 
     def _node_name(self, index: int) -> str:
@@ -68,13 +72,14 @@ class DemoCluster:
             await self.add_node(self._node_name(index), self.gpus)
         return self.config_path
 
-    async def add_node(self, name: str, gpus: int) -> DemoNode:
+    async def add_node(self, name: str, gpus: int, *, cloud: bool = False) -> DemoNode:
         """Start one more simulated node (cloud instances in the demo arrive this way)."""
         state_dir = self.root / "state" / name
         state_dir.mkdir(parents=True, exist_ok=True)
         # Unique per cluster, so processes left over from another demo never bind to our GPUs.
         tag = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
-        node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"), f"{name}.{tag}")
+        node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"), f"{name}.{tag}",
+                        cloud=cloud)
         self.nodes[name] = node
         await self.start_node(name)
         self.write_files()
@@ -150,7 +155,16 @@ class DemoCluster:
         tmp = self.known_hosts_path.with_suffix(".tmp")
         tmp.write_text("".join(lines))
         tmp.replace(self.known_hosts_path)
-        self.config_path.write_text(self.config_text())
+        hosts = {
+            n.name: {"host": LOOPBACK, "port": n.port, "state_dir": str(n.state_dir), "simulate_gpus": n.gpus}
+            for n in self.nodes.values() if n.cloud and n.server is not None
+        }
+        tmp = self.host_map_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(hosts, indent=1))
+        tmp.replace(self.host_map_path)
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(self.config_text())
+        tmp.replace(self.config_path)
 
     def config_text(self) -> str:
         parts = [
@@ -162,6 +176,8 @@ class DemoCluster:
             'reserve_for = "4h"\n',
         ]
         for node in self.nodes.values():
+            if node.cloud:
+                continue
             parts += [
                 "\n[[nodes]]\n",
                 f'name = "{node.name}"\n',
@@ -170,7 +186,7 @@ class DemoCluster:
                 f'state_dir = "{node.state_dir}"\n',
                 f"simulate_gpus = {node.gpus}\n",
             ]
-        return "".join(parts)
+        return "".join(parts) + self.cloud_section
 
     async def stop(self) -> None:
         """Stop every node and kill what they started."""
@@ -183,14 +199,23 @@ class DemoCluster:
 class DemoThread:
     """Runs a DemoCluster on its own event loop in a background thread (tests, benchmarks)."""
 
-    def __init__(self, root: Path, nodes: int = 4, gpus: int = 8) -> None:
+    def __init__(self, root: Path, nodes: int = 4, gpus: int = 8, *, cloud: bool = False,
+                 **cloud_options: Any) -> None:
         self.cluster = DemoCluster(root, nodes, gpus)
+        self.cloud: Any = None  # a demo.cloud.CloudBridge when cloud=True
+        self._cloud_wanted = cloud
+        self._cloud_options = cloud_options
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="demo-cluster", daemon=True)
 
     def __enter__(self) -> DemoThread:
         self._thread.start()
         self.call(self.cluster.start())
+        if self._cloud_wanted:
+            from gpuconsole.demo.cloud import CloudBridge
+
+            self.cloud = CloudBridge(self.cluster, **self._cloud_options)
+            self.call(self.cloud.start())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -212,6 +237,9 @@ class DemoThread:
 
     def close(self) -> None:
         if self._thread.is_alive():
+            if self.cloud is not None:
+                with contextlib.suppress(Exception):
+                    self.call(self.cloud.stop(), timeout_s=30)
             with contextlib.suppress(Exception):
                 self.call(self.cluster.stop(), timeout_s=30)
             self.call(self._cancel_leftovers(), timeout_s=10)

@@ -72,4 +72,6 @@ def test_cloud_section_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r":3: regoin: unknown key"):
         parse_config("[cloud.aws]\nregion = 'us-east-1'\nregoin = 'x'\n", tmp_path / "c.toml")
     config = parse_config("[cloud.aws]\nregion = 'us-east-1'\n", tmp_path / "c.toml")
-    assert config.aws == {"region": "us-east-1"}
+    assert config.aws is not None
+    assert config.aws.region == "us-east-1"
+    assert config.aws.max_instances == 4

@@ -1,0 +1,88 @@
+"""Discovery: running managed instances become fleet nodes (`source = "cloud"`), found from EC2 tags.
+
+Every user's console sees the same instances because EC2 itself is the inventory; nothing is kept
+in a local file. Where to SSH comes from the instance address, or from `host_map` for emulators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.cloud.ec2 import Ec2
+from gpuconsole.config import AwsConfig, Config, NodeConfig
+from gpuconsole.errors import ConfigError
+from gpuconsole.model.cloud import Instance
+
+
+def read_host_map(path: str | None) -> dict[str, dict[str, Any]]:
+    """The emulator's instance id → {host, port, state_dir, simulate_gpus} map (missing file = empty)."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[cloud.aws] host_map: cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def node_for(instance: Instance, config: Config, host_map: dict[str, dict[str, Any]]) -> NodeConfig | None:
+    """The SSH node of a running instance, or None while it has no address to dial yet."""
+    aws = config.aws
+    assert aws is not None
+    if instance.state != "running":
+        return None
+    defaults = config.defaults
+    base = NodeConfig(
+        name=instance.id, host="", user=aws.ssh_user, identity_file=defaults.identity_file,
+        known_hosts=defaults.known_hosts, state_dir=defaults.state_dir, source="cloud",
+        ssh_config=defaults.ssh_config, connect_timeout_s=defaults.connect_timeout_s,
+    )
+    if aws.host_map is not None:
+        # An emulator: its invented addresses are never dialled, only what the map names.
+        entry = host_map.get(instance.id)
+        if not entry:
+            return None
+        return dataclasses.replace(
+            base, host=str(entry.get("host", "127.0.0.1")), port=int(entry["port"]),
+            state_dir=str(entry.get("state_dir", base.state_dir)),
+            simulate_gpus=int(entry.get("simulate_gpus", 0)),
+        )
+    address = instance.public_ip if aws.address == "public" else instance.private_ip
+    if not address:
+        return None
+    return dataclasses.replace(base, host=address)
+
+
+def cloud_nodes(config: Config, instances: list[Instance]) -> list[NodeConfig]:
+    """Nodes for the running managed instances that can be dialled now."""
+    assert config.aws is not None
+    host_map = read_host_map(config.aws.host_map)
+    taken = {n.name for n in config.nodes}
+    nodes = [node_for(i, config, host_map) for i in instances if i.managed]
+    return [n for n in nodes if n is not None and n.name not in taken]
+
+
+def with_nodes(config: Config, extra: list[NodeConfig]) -> Config:
+    """The config with more nodes appended (on-prem nodes keep their names and order)."""
+    known = {n.name for n in config.nodes}
+    return dataclasses.replace(config, nodes=config.nodes + tuple(n for n in extra if n.name not in known))
+
+
+def discover(config: Config) -> tuple[Config, list[Instance]]:
+    """The config plus a node per running managed instance, and the managed instances themselves."""
+    if config.aws is None:
+        return config, []
+    instances = Ec2(config.aws).describe(states=("pending", "running", "stopping", "stopped"))
+    return with_nodes(config, cloud_nodes(config, instances)), instances
+
+
+def allowed_types(aws: AwsConfig) -> tuple[str, ...]:
+    """The instance types a burst or `cloud up` may launch."""
+    from gpuconsole.cloud.prices import known_types
+
+    return aws.instance_types or known_types()

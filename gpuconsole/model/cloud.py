@@ -1,0 +1,72 @@
+"""Cloud instances as gpuconsole sees them (plain data; the boto3 side lives in gpuconsole.cloud)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+MANAGED_TAG = "gpuconsole:managed"
+OWNER_TAG = "gpuconsole:owner"
+LIVE_STATES = ("pending", "running")
+
+
+def iso_utc(epoch_s: float) -> str:
+    """ISO 8601 UTC with a Z, as every JSON time in the CLI contract."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One EC2 instance: what `cloud ls` prints and what discovery turns into a node."""
+
+    id: str
+    type: str
+    state: str  # pending | running | stopping | stopped | shutting-down | terminated
+    spot: bool
+    gpus: int | None
+    price_per_hour: float | None
+    launched_at_s: float  # epoch seconds
+    managed: bool
+    owner: str | None = None
+    public_ip: str | None = None
+    private_ip: str | None = None
+
+    @property
+    def live(self) -> bool:
+        """Pending or running: it costs money (or soon will) and counts against max_instances."""
+        return self.state in LIVE_STATES
+
+    @property
+    def node(self) -> str | None:
+        """The node name it has in the fleet while it runs (its instance id)."""
+        return self.id if self.state == "running" else None
+
+    def uptime_s(self, now_s: float | None = None) -> float:
+        if not self.live:
+            return 0.0
+        return max(0.0, (now_s if now_s is not None else time.time()) - self.launched_at_s)
+
+    def cost_so_far(self, now_s: float | None = None) -> float | None:
+        """Dollars since launch at the list price (EC2 bills per second for Linux)."""
+        if self.price_per_hour is None:
+            return None
+        return round(self.price_per_hour * self.uptime_s(now_s) / 3600.0, 4)
+
+    def to_json(self, now_s: float | None = None) -> dict[str, Any]:
+        """The `cloud ls --json` shape of the CLI contract (plus `managed`, `owner`, `uptime_s`)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "state": self.state,
+            "spot": self.spot,
+            "gpus": self.gpus,
+            "price_per_hour": self.price_per_hour,
+            "launched_at": iso_utc(self.launched_at_s),
+            "uptime_s": round(self.uptime_s(now_s), 1),
+            "cost_so_far": self.cost_so_far(now_s),
+            "node": self.node,
+            "managed": self.managed,
+            "owner": self.owner,
+        }
