@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from typing import Any
 
@@ -28,6 +29,15 @@ def run_submit(config: Config, args: Any) -> int:
 
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:
+            if args.burst:
+                from gpuconsole.cli.reservations import cloud_progress
+                from gpuconsole.cloud.burst import burst_node
+                from gpuconsole.core.reservations import capacities
+
+                caps = await capacities(fleet, [args.node] if args.node else None)
+                if not any(c.free >= request.gpus and c.queued == 0 for c in caps):
+                    node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
+                    return await core.submit(fleet, dataclasses.replace(request, node=node))
             return await core.submit(fleet, request)
 
     result = asyncio.run(go())

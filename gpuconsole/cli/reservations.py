@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from typing import Any
 
@@ -11,7 +12,7 @@ from gpuconsole.config import Config
 from gpuconsole.core import reservations as core
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.durations import format_duration_s, parse_duration_s
-from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
+from gpuconsole.errors import ExitCode, GpuConsoleError, NoCapacityError, UsageError
 
 
 def _ttl_s(config: Config, args: Any) -> float:
@@ -34,7 +35,9 @@ def run_reserve(config: Config, args: Any) -> int:
         gpus=args.gpus, ttl_s=ttl_s, node=args.node, wait=args.wait, timeout_s=timeout_s,
         priority=args.priority, preemptible=args.preemptible,
     )
-    result = asyncio.run(_reserve(config, request))
+    if args.burst and (args.node or args.wait):
+        raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
+    result = asyncio.run(_reserve(config, request, burst=args.burst))
     if args.json:
         print_json({
             "id": result["id"], "node": result["node"], "gpus": result["gpus"],
@@ -49,7 +52,13 @@ def run_reserve(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-async def _reserve(config: Config, request: core.ReserveRequest) -> dict[str, Any]:
+def cloud_progress(instance_id: str, phase: str, elapsed_s: float) -> None:
+    """One stderr line per launch phase of a burst instance."""
+    labels = {"ssh": "SSH reachable", "agent": "agent ready"}
+    warn(f"{instance_id}: {labels.get(phase, phase)} after {elapsed_s:.1f}s")
+
+
+async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = False) -> dict[str, Any]:
     last_line: list[str] = []
 
     def progress(node: str, position: int, elapsed_s: float) -> None:
@@ -64,6 +73,14 @@ async def _reserve(config: Config, request: core.ReserveRequest) -> dict[str, An
 
     async with Fleet(config) as fleet:
         try:
+            if burst:
+                try:
+                    return await core.reserve(fleet, dataclasses.replace(request, wait=False), on_progress=progress)
+                except NoCapacityError:
+                    from gpuconsole.cloud.burst import burst_node
+
+                    node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
+                    return await core.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
             return await core.reserve(fleet, request, on_progress=progress)
         finally:
             if last_line and sys.stderr.isatty():

@@ -101,10 +101,14 @@ class Ec2:
     def __init__(self, aws: AwsConfig) -> None:
         import boto3
         from botocore.config import Config as BotoConfig
+        from botocore.exceptions import ProfileNotFound
 
         self.aws = aws
         self.prices = dict(aws.prices)
-        session = boto3.session.Session(region_name=aws.region)
+        try:
+            session = boto3.session.Session(region_name=aws.region)
+        except ProfileNotFound as exc:
+            raise ConfigError(f"AWS: {exc} (check AWS_PROFILE)") from None
         regions: set[str] = set()
         for partition in session.get_available_partitions():
             regions.update(session.get_available_regions("ec2", partition_name=partition))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.request
 from typing import Any
 
 from gpuconsole.cloud.ec2 import LOCAL_EMULATOR_KEY, Ec2
@@ -38,6 +39,10 @@ class Ec2Emulator:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        # moto's backends are process-wide: start every emulator empty.
+        reset = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(reset, timeout=10):
+            pass
         return self.endpoint_url
 
     def stop(self) -> None:

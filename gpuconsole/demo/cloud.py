@@ -28,7 +28,7 @@ class CloudBridge:
         self.boot_s = boot_s
         self.max_instances = max_instances
         self.idle_stop_minutes = idle_stop_minutes
-        self.unbootable: set[str] = set()  # instance ids that never answer SSH (tests)
+        self.never_boot = False  # tests: instances not yet booted never answer SSH
         self._seen_running_s: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -75,7 +75,7 @@ class CloudBridge:
             node = self.cluster.nodes.get(instance.id)
             if instance.state == "running":
                 first_s = self._seen_running_s.setdefault(instance.id, now_s)
-                if instance.id in self.unbootable or now_s - first_s < self.boot_s:
+                if (node is None and self.never_boot) or now_s - first_s < self.boot_s:
                     continue
                 if node is None:
                     await self.cluster.add_node(instance.id, instance.gpus or 1, cloud=True)
