@@ -10,6 +10,7 @@ from typing import Any
 from gpuconsole.cli.output import console, print_json, warn
 from gpuconsole.config import Config
 from gpuconsole.core import jobs as core
+from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import ExitCode, UsageError
 
@@ -37,8 +38,13 @@ def run_submit(config: Config, args: Any) -> int:
                 caps = await capacities(fleet, [args.node] if args.node else None)
                 if not any(c.free >= request.gpus and c.queued == 0 for c in caps):
                     node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
-                    return await core.submit(fleet, dataclasses.replace(request, node=node))
-            return await core.submit(fleet, request)
+                    request_there = dataclasses.replace(request, node=node)
+                    result = await core.submit(fleet, request_there)
+                    requeue.remember(fleet.config, request_there, result)
+                    return result
+            result = await core.submit(fleet, request)
+            requeue.remember(fleet.config, request, result)
+            return result
 
     result = asyncio.run(go())
     if args.json:
@@ -52,7 +58,11 @@ def run_submit(config: Config, args: Any) -> int:
 def run_jobs(config: Config, args: Any) -> int:
     async def go() -> tuple[list[dict[str, Any]], dict[str, str]]:
         async with Fleet(config) as fleet:
-            return await core.list_jobs(fleet)
+            for old_id, new in await requeue.requeue_lost(fleet):
+                warn(f"job {old_id} lost its cloud instance: requeued as {new['id']} on {new['node']}")
+            found, errors = await core.list_jobs(fleet)
+            requeue.forget_finished(found)
+            return found, errors
 
     found, errors = asyncio.run(go())
     for node, error in errors.items():

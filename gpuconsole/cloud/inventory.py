@@ -78,7 +78,8 @@ def discover(config: Config) -> tuple[Config, list[Instance]]:
     if config.aws is None:
         return config, []
     instances = Ec2(config.aws).describe(states=("pending", "running", "stopping", "stopped"))
-    return with_nodes(config, cloud_nodes(config, instances)), instances
+    live = frozenset(i.id for i in instances if i.managed and i.live)
+    return dataclasses.replace(with_nodes(config, cloud_nodes(config, instances)), cloud_live=live), instances
 
 
 def allowed_types(aws: AwsConfig) -> tuple[str, ...]:

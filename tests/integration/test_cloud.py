@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.conftest import cli_json, jobs_by_name, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -190,3 +190,36 @@ def test_instance_that_never_answers_ssh_is_terminated_and_reported(cloud_demo: 
     assert "did not become reachable over SSH within 2s; terminated" in result.stderr
     wait_for(lambda: all(not i.live for i in bridge.emulator.instances()), timeout_s=10,
              message="the unreachable instance terminated")
+
+
+def test_reclaimed_instance_ends_its_reservations_and_requeues_its_jobs(cloud_demo: DemoThread) -> None:
+    config = cloud_demo.config_path
+    onprem = cli_json("reserve", "--gpus", "2", config=config)
+    submitted = run_cli("submit", "--burst", "--requeue", "--gpus", "2", "--name", "train", "--json", "--",
+                        "sleep", "300", config=config)
+    assert submitted.returncode == 0, submitted.stderr
+    job = json.loads(submitted.stdout)
+    instance = job["node"]
+    assert instance.startswith("i-") and "bursting to g6e.12xlarge" in submitted.stderr
+    wait_for(lambda: jobs_by_name(config)["train"]["state"] == "running", timeout_s=30, message="train running")
+    held = cli_json("reserve", "--gpus", "1", "--node", instance, config=config)
+
+    cloud_demo.cloud.emulator.terminate_out_of_band(instance)  # a spot reclaim
+    wait_for(lambda: instance not in _nodes(config), timeout_s=20, message="the instance left status")
+    listing = cli_json("reservations", config=config)
+    assert held["id"] not in [r["id"] for r in listing["reservations"]]
+    assert [r["id"] for r in listing["reservations"]] == [onprem["id"]]
+
+    result = run_cli("jobs", "--json", config=config)
+    assert result.returncode == 0, result.stderr
+    assert f"job {job['id']} lost its cloud instance: requeued as" in result.stderr
+    train = {j["name"]: j for j in json.loads(result.stdout)["jobs"]}["train"]
+    assert train["node"] == "node-01" and train["state"] == "queued" and train["id"] != job["id"]
+    again = run_cli("jobs", "--json", config=config)
+    assert "requeued" not in again.stderr  # once only
+    released = run_cli("release", onprem["id"], config=config)
+    assert released.returncode == 0, released.stderr
+    wait_for(lambda: jobs_by_name(config)["train"]["state"] == "running", timeout_s=20,
+             message="the requeued job runs on-prem")
+    cancel = run_cli("cancel", jobs_by_name(config)["train"]["id"], config=config)
+    assert cancel.returncode == 0, cancel.stderr

@@ -1,0 +1,91 @@
+"""Jobs that must outlive their cloud instance: a spot reclaim or a termination takes the node and its
+state files with it, so the submitter keeps a local journal of requeue-able jobs it sent to cloud
+nodes and resubmits them (as the same user, so ownership holds) once EC2 says the instance is gone.
+
+Semantics are at-least-once, like Slurm's requeue: a job that finished after the last time this user's
+gpuconsole saw it runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.config import Config
+from gpuconsole.core import jobs as core_jobs
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.errors import GpuConsoleError
+
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def journal_path() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpuconsole" / "cloud-jobs.json"
+
+
+def _load() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(journal_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save(entries: dict[str, dict[str, Any]]) -> None:
+    path = journal_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def remember(config: Config, request: core_jobs.SubmitRequest, result: dict[str, Any]) -> None:
+    """Journal a requeue-able job that landed on a cloud node."""
+    node = next((n for n in config.nodes if n.name == result.get("node")), None)
+    if node is None or node.source != "cloud" or not request.requeue:
+        return
+    entries = _load()
+    entries[str(result["id"])] = {
+        "node": node.name, "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
+        "name": request.name, "preempt": request.preempt, "grace_s": request.grace_s, "cwd": os.getcwd(),
+        "submitted_at": time.time(),
+    }
+    _save(entries)
+
+
+def forget_finished(jobs: list[dict[str, Any]]) -> None:
+    """Drop journal entries whose job was seen in a terminal state."""
+    entries = _load()
+    done = [j["id"] for j in jobs if j["id"] in entries and j.get("state") in TERMINAL_STATES]
+    if done:
+        for job_id in done:
+            entries.pop(job_id, None)
+        _save(entries)
+
+
+async def requeue_lost(fleet: Fleet) -> list[tuple[str, dict[str, Any]]]:
+    """Resubmit journaled jobs whose instance EC2 no longer reports live; (old id, new submit result)."""
+    live = fleet.config.cloud_live
+    if live is None:
+        return []
+    lost = {job_id: e for job_id, e in _load().items() if e.get("node") not in live}
+    requeued: list[tuple[str, dict[str, Any]]] = []
+    for job_id, entry in lost.items():
+        request = core_jobs.SubmitRequest(
+            tuple(entry["argv"]), int(entry["gpus"]), None, str(entry.get("priority", "normal")),
+            entry.get("name"), True, bool(entry.get("preempt")), entry.get("grace_s"),
+        )
+        try:
+            result = await core_jobs.submit(fleet, request)
+        except GpuConsoleError:
+            continue  # nowhere to put it right now: try again next time
+        remember(fleet.config, request, result)
+        current = _load()
+        current.pop(job_id, None)
+        _save(current)
+        requeued.append((job_id, result))
+    return requeued
