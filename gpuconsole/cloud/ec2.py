@@ -153,6 +153,13 @@ class Ec2:
             raise ConfigError("[cloud.aws] ami: is required to launch instances")
         self._call("check ami", "describe_images", ImageIds=[self.aws.ami])
 
+    def console_host_keys(self, instance_id: str) -> list[str]:
+        """The host keys cloud-init printed on the instance's console (empty until it has)."""
+        from gpuconsole.cloud.hostkeys import parse_console_host_keys
+
+        reply = self._call("get_console_output", "get_console_output", InstanceId=instance_id, Latest=True)
+        return parse_console_host_keys(str(reply.get("Output") or ""))
+
     def _to_instance(self, raw: dict[str, Any]) -> Instance:
         tags = {t.get("Key"): t.get("Value") for t in raw.get("Tags", [])}
         itype = str(raw.get("InstanceType", "?"))

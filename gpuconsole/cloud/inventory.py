@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuconsole.cloud.ec2 import Ec2
+from gpuconsole.cloud.hostkeys import cloud_known_hosts_path, known_addresses, remember_host_keys
 from gpuconsole.config import AwsConfig, Config, NodeConfig
 from gpuconsole.errors import ConfigError
 from gpuconsole.model.cloud import Instance
@@ -55,7 +56,22 @@ def node_for(instance: Instance, config: Config, host_map: dict[str, dict[str, A
     address = instance.public_ip if aws.address == "public" else instance.private_ip
     if not address:
         return None
-    return dataclasses.replace(base, host=address)
+    return dataclasses.replace(base, host=address, known_hosts=str(cloud_known_hosts_path()))
+
+
+def learn_host_keys(ec2: Ec2, config: Config, instances: list[Instance]) -> None:
+    """Fetch host keys from the console of running instances this machine has not seen yet."""
+    assert config.aws is not None
+    if config.aws.host_map is not None:
+        return  # the emulator's nodes are in the demo's known_hosts already
+    path = cloud_known_hosts_path()
+    known = known_addresses(path)
+    for instance in instances:
+        address = instance.public_ip if config.aws.address == "public" else instance.private_ip
+        if instance.managed and instance.state == "running" and address and address not in known:
+            keys = ec2.console_host_keys(instance.id)
+            if keys:
+                remember_host_keys(path, address, keys)
 
 
 def cloud_nodes(config: Config, instances: list[Instance]) -> list[NodeConfig]:
@@ -77,7 +93,9 @@ def discover(config: Config) -> tuple[Config, list[Instance]]:
     """The config plus a node per running managed instance, and the managed instances themselves."""
     if config.aws is None:
         return config, []
-    instances = Ec2(config.aws).describe(states=("pending", "running", "stopping", "stopped"))
+    ec2 = Ec2(config.aws)
+    instances = ec2.describe(states=("pending", "running", "stopping", "stopped"))
+    learn_host_keys(ec2, config, instances)
     live = frozenset(i.id for i in instances if i.managed and i.live)
     return dataclasses.replace(with_nodes(config, cloud_nodes(config, instances)), cloud_live=live), instances
 

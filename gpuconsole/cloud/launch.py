@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpuconsole.cloud.ec2 import Ec2, is_loopback_endpoint
-from gpuconsole.cloud.inventory import allowed_types, node_for, read_host_map
+from gpuconsole.cloud.inventory import allowed_types, learn_host_keys, node_for, read_host_map
 from gpuconsole.cloud.prices import price_per_hour
 from gpuconsole.config import AwsConfig, Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError, UsageError
@@ -149,6 +149,7 @@ async def wait_ready(ec2: Ec2, config: Config, launched: list[Launched], *, time
             if instance.state != "running":
                 continue
             mark(item, "running")
+            await asyncio.to_thread(learn_host_keys, ec2, config, [instance])
             node = node_for(instance, config, host_map)
             if node is None or not await _tcp_open(node.host, node.port or 22, 2.0):
                 continue

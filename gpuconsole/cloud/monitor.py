@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from gpuconsole.cloud.ec2 import Ec2
-from gpuconsole.cloud.inventory import cloud_nodes
+from gpuconsole.cloud.inventory import cloud_nodes, learn_host_keys
 from gpuconsole.cloud.launch import Launched, Progress, check_type, choose_type, launch, wait_ready
 from gpuconsole.cloud.prices import price_per_hour
 from gpuconsole.config import Config, NodeConfig
@@ -76,6 +76,7 @@ class CloudMonitor:
 
     def _refresh(self) -> CloudView:
         instances = self._client().describe(states=LIVE_OR_STOPPED)
+        learn_host_keys(self._client(), self.config, instances)
         return CloudView(tuple(instances), tuple(cloud_nodes(self.config, instances)), None, time.time())
 
     async def refresh(self) -> CloudView:

@@ -121,3 +121,27 @@ def test_idle_cloud_needs_the_whole_window_and_resets_on_any_use() -> None:
     assert judge.judge(62.0, fleet, view) == []
     fleet.apply(NodeUpdated(_snapshot("i-idle"), 63.0))
     assert judge.judge(100.0, fleet, view) == []  # the window starts again
+
+
+def test_host_keys_come_from_the_console_block_only(tmp_path: Path) -> None:
+    from gpuconsole.cloud.hostkeys import known_addresses, parse_console_host_keys, remember_host_keys
+
+    console = (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEvil not in the block\n"
+        "-----BEGIN SSH HOST KEY KEYS-----\n"
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= root@ip-10-0-0-1\n"
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoo root@ip-10-0-0-1\n"
+        "ssh-ed25519 not!base64\n"
+        "-----END SSH HOST KEY KEYS-----\n"
+    )
+    keys = parse_console_host_keys(console)
+    assert keys == ["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY=",
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoo"]
+    assert parse_console_host_keys("booting…") == []
+    path = tmp_path / "kh"
+    remember_host_keys(path, "54.1.2.3", ["ssh-ed25519 OLD"])
+    remember_host_keys(path, "54.9.9.9", keys[1:])
+    remember_host_keys(path, "54.1.2.3", keys)  # a reused address replaces its old key
+    lines = path.read_text().splitlines()
+    assert "54.1.2.3 ssh-ed25519 OLD" not in lines and len(lines) == 3
+    assert known_addresses(path) == {"54.1.2.3", "54.9.9.9"}
