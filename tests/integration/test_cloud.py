@@ -223,3 +223,13 @@ def test_reclaimed_instance_ends_its_reservations_and_requeues_its_jobs(cloud_de
              message="the requeued job runs on-prem")
     cancel = run_cli("cancel", jobs_by_name(config)["train"]["id"], config=config)
     assert cancel.returncode == 0, cancel.stderr
+
+
+def test_spot_is_offered_and_marked_with_its_price(cloud_demo: DemoThread) -> None:
+    config = cloud_demo.config_path
+    up = run_cli("cloud", "up", "--spot", "--type", "g5.xlarge", "--json", config=config)
+    assert up.returncode == 0, up.stderr
+    assert "spot, $0.43/h" in up.stderr
+    instance = json.loads(up.stdout)["instances"][0]
+    listed = _instances(config)[instance["id"]]
+    assert listed["spot"] is True and listed["price_per_hour"] == pytest.approx(0.43)
