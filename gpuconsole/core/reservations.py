@@ -150,6 +150,12 @@ async def find_node(fleet: Fleet, reservation_id: str) -> str:
 async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> dict[str, Any]:
     """Release one reservation wherever it is; the node checks ownership."""
     node = await find_node(fleet, reservation_id)
+    return await release_on(fleet, node, reservation_id, token)
+
+
+async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | None = None) -> dict[str, Any]:
+    """Release one reservation on a node already known to hold it (no fleet-wide lookup); the node
+    checks ownership, so a caller who is neither its owner nor an admin gets a permission error."""
     args: dict[str, Any] = {"id": reservation_id, "req_id": _req_id()}
     if token is not None:
         args["token"] = token

@@ -401,3 +401,34 @@ def test_jobs_run_as_their_owner_and_others_cannot_cancel(sshd_node: SshdNode) -
     assert _cli(cfg1, "cancel", job_id).returncode == 0
     wait_for(lambda: state_of(job_id) == "cancelled", timeout_s=30, message="job cancelled")
     wait_for(lambda: state_of(other["id"]) == "succeeded", timeout_s=30, message="other user's job done")
+
+
+def test_watch_release_idle_never_releases_another_users_reservation(sshd_node: SshdNode, tmp_path: Path) -> None:
+    """`watch --release-idle` as gcutest2 sees gcutest1's idle reservation, announces it, and at the
+    end of the grace the node refuses the release (not the owner): logged once, never retried."""
+    cfg1, cfg2 = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    rid = _ok_json(cfg1, "reserve", "--gpus", "1", "--node", NODE)["id"]
+    flags = ("watch", "--once", "--json", "--release-idle", "--idle-minutes", "0.01", "--grace-minutes", "0.01",
+             "--state-file", str(tmp_path / "watch.json"))
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def watch_once() -> subprocess.CompletedProcess[str]:
+        result = _cli(cfg2, *flags)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+        runs.append(result)
+        return result
+
+    try:
+        refused = wait_for(lambda: [x for x in watch_once().stderr.splitlines() if "not releasing" in x],
+                           timeout_s=40, interval_s=0.1, message="the refused release")
+        assert len(refused) == 1 and rid in refused[0] and "only its owner or an admin" in refused[0]
+        alerts = [json.loads(line) for run in runs for line in run.stdout.splitlines()]
+        warned = [a for a in alerts if a["kind"] == "idle_reservation" and a["reservation"] == rid]
+        assert warned and warned[0]["owner"] == "gcutest1" and warned[0]["action"] == "will_release"
+        assert not [a for a in alerts if a.get("action") == "released"]
+        again = watch_once()
+        assert "not releasing" not in again.stderr  # a refusal is remembered, not retried
+        assert rid in _listed_ids(cfg1)
+    finally:
+        _cli(cfg1, "release", rid)

@@ -1,0 +1,106 @@
+"""`gpuconsole watch`: validate flags over `[watch]`, build the sinks, run until SIGTERM (or `--once`)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.cli.output import warn
+from gpuconsole.config import Config
+from gpuconsole.errors import UsageError
+from gpuconsole.watch.runner import AlertAction, ExtraConditions, WatchRunner, WatchSettings
+from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, Sink, StdoutSink
+from gpuconsole.watch.statefile import default_state_path
+
+DEFAULT_INTERVAL_S = 5.0
+DEFAULT_GRACE_MINUTES = 15.0
+MAX_MINUTES = 100000.0
+
+
+def _minutes(value: float | None, default: float, flag: str, *, allow_zero: bool = False) -> float:
+    """Minutes from a flag (or the config default), checked: finite, positive (or zero), bounded."""
+    minutes = default if value is None else value
+    low_ok = minutes >= 0 if allow_zero else minutes > 0
+    if not math.isfinite(minutes) or not low_ok or minutes > MAX_MINUTES:
+        bound = "at least 0" if allow_zero else "greater than 0"
+        raise UsageError(f"{flag}: {minutes:g} must be {bound} and at most {MAX_MINUTES:g}")
+    return minutes
+
+
+def settings_from(config: Config, args: Any) -> WatchSettings:
+    """CLI flags override `[watch]`; every value is validated here (exit 2, one line)."""
+    base = config.watch
+    idle_min = _minutes(args.idle_minutes, base.idle_minutes, "--idle-minutes")
+    cooldown_min = _minutes(args.cooldown_minutes, base.cooldown_minutes, "--cooldown-minutes", allow_zero=True)
+    util = base.util_below_pct if args.util_below is None else args.util_below
+    if not math.isfinite(util) or not 0 < util <= 100:
+        raise UsageError(f"--util-below: {util:g} must be a percentage in (0, 100]")
+    interval_s = DEFAULT_INTERVAL_S if args.interval is None else args.interval
+    if not math.isfinite(interval_s) or not 0.05 <= interval_s <= 3600:
+        raise UsageError(f"--interval: {interval_s:g} must be between 0.05 and 3600 seconds")
+    if args.grace_minutes is not None and not args.release_idle:
+        raise UsageError("--grace-minutes only makes sense with --release-idle")
+    grace_min = _minutes(args.grace_minutes, DEFAULT_GRACE_MINUTES, "--grace-minutes")
+    if args.stop_idle_cloud and config.aws is None:
+        raise UsageError("--stop-idle-cloud needs a [cloud.aws] section in the config")
+    if args.state_file is not None and not args.state_file.strip():
+        raise UsageError("--state-file: empty path")
+    state_path = Path(args.state_file).expanduser() if args.state_file else default_state_path(config.path)
+    return WatchSettings(
+        idle_s=idle_min * 60.0, util_below_pct=util, cooldown_s=cooldown_min * 60.0, interval_s=interval_s,
+        state_path=state_path, release_idle=bool(args.release_idle), grace_s=grace_min * 60.0,
+        once=bool(args.once),
+    )
+
+
+def build_sinks(config: Config, args: Any) -> list[Sink]:
+    """`--exec` (else `[watch] exec`) and every `--notify` URL (else `[watch] notify`)."""
+    sinks: list[Sink] = []
+    command = args.exec_cmd if args.exec_cmd is not None else config.watch.exec
+    if command is not None:
+        if not command.strip():
+            raise UsageError("--exec: empty command")
+        sinks.append(ExecSink(command))
+    urls = list(args.notify) if args.notify else list(config.watch.notify)
+    sinks.extend(NotifySink(url, index) for index, url in enumerate(urls, start=1))
+    return sinks
+
+
+def cloud_hooks(config: Config, stop_idle_cloud: bool) -> tuple[ExtraConditions | None, AlertAction | None]:
+    """The idle_cloud hook: (conditions, action). A placeholder until the cloud watcher lands:
+    `[cloud.aws]` configured → it should return the managed instances' idle_cloud conditions, and
+    with `--stop-idle-cloud` an action that stops (or terminates) the instance an alert names."""
+    if config.aws is not None and stop_idle_cloud:
+        warn("watch: --stop-idle-cloud: idle cloud detection is not available in this build yet")
+    return None, None
+
+
+def run_watch(config: Config, args: Any) -> int:
+    settings = settings_from(config, args)
+    sinks = build_sinks(config, args)
+    extra, on_idle_cloud = cloud_hooks(config, bool(args.stop_idle_cloud))
+    return asyncio.run(_watch(config, settings, sinks, bool(args.json), extra, on_idle_cloud))
+
+
+async def _watch(config: Config, settings: WatchSettings, sinks: list[Sink], as_json: bool,
+                 extra: ExtraConditions | None, on_idle_cloud: AlertAction | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = WatchRunner(config, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn,
+                         extra_conditions=extra, on_idle_cloud=on_idle_cloud)
+    if settings.once:
+        return await runner.run_once()
+    idle = f"{settings.idle_s / 60:g}m"
+    warn(f"watch: {len(config.nodes)} node{'s' if len(config.nodes) != 1 else ''}, idle = below "
+         f"{settings.util_below_pct:g}% for {idle}, {len(sinks)} sink{'s' if len(sinks) != 1 else ''} "
+         f"besides stdout, state in {settings.state_path}")
+    code = await runner.run(stop)
+    sys.stdout.flush()
+    return code

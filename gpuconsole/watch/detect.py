@@ -1,0 +1,296 @@
+"""Alert conditions from telemetry, judged over a window. Pure: no I/O, the caller passes the time.
+
+Idle rule. A reserved GPU is *quiet* from a sample on while every later sample has a known
+utilization below `util_below_pct`, the same set of processes, memory in use within
+`MEM_BAND_MIB` and power draw within `POWER_BAND_W` of the stretch's extremes. Memory that is
+held but constant (a notebook keeping its tensors) is not work; memory that grows (a job loading
+data or a model) and power that rises are. A reservation is idle when each of its GPUs has been
+quiet for `idle_s` — a GPU needs a full window of samples first, and a gap in its samples longer
+than `max_gap_s` starts its window again.
+
+Conditions are keyed (`kind:node:subject`) so the tracker can match onset, repeat and resolve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gpuconsole.durations import format_duration_s
+from gpuconsole.model.alerts import Alert
+from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
+from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
+
+POWER_BAND_W = 25.0  # power moving more than this within a quiet stretch is activity
+MEM_BAND_MIB = 256  # so is GPU memory in use moving more than this
+
+
+def iso_utc(epoch_s: float) -> str:
+    """ISO 8601 UTC with a Z, second precision (the contract's time format)."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _spread_ok(low: float | None, high: float | None, value: float | None, band: float) -> bool:
+    if value is None or low is None or high is None:
+        return True
+    return max(high, value) - min(low, value) <= band
+
+
+@dataclass
+class GpuWindow:
+    """One GPU's current quiet stretch; `quiet_since_s` is None right after an active sample.
+
+    `observed_only` says the stretch began at first sight or after a gap rather than after seen
+    activity: an incomplete window then means "not known yet", not "busy".
+    """
+
+    reservation: str | None
+    last_sample_s: float
+    quiet_since_s: float | None
+    observed_only: bool
+    pids: list[int]
+    power_min_w: float | None
+    power_max_w: float | None
+    mem_min_mib: int | None
+    mem_max_mib: int | None
+    util_max_pct: float
+
+    @classmethod
+    def start(cls, gpu: GpuSample, now_s: float, *, busy: bool, observed_only: bool) -> GpuWindow:
+        return cls(
+            reservation=gpu.reservation.id if gpu.reservation else None, last_sample_s=now_s,
+            quiet_since_s=None if busy else now_s, observed_only=observed_only and not busy,
+            pids=sorted(p.pid for p in gpu.processes), power_min_w=gpu.power_w, power_max_w=gpu.power_w,
+            mem_min_mib=gpu.mem_used_mib, mem_max_mib=gpu.mem_used_mib, util_max_pct=gpu.util_pct or 0.0,
+        )
+
+    def still_quiet(self, gpu: GpuSample) -> bool:
+        """Same processes, memory and power within their bands (utilization is checked before)."""
+        return (
+            sorted(p.pid for p in gpu.processes) == self.pids
+            and _spread_ok(self.power_min_w, self.power_max_w, gpu.power_w, POWER_BAND_W)
+            and _spread_ok(self.mem_min_mib, self.mem_max_mib, gpu.mem_used_mib, MEM_BAND_MIB)
+        )
+
+    def extend(self, gpu: GpuSample, now_s: float) -> None:
+        self.last_sample_s = now_s
+        self.util_max_pct = max(self.util_max_pct, gpu.util_pct or 0.0)
+        if gpu.power_w is not None:
+            self.power_min_w = gpu.power_w if self.power_min_w is None else min(self.power_min_w, gpu.power_w)
+            self.power_max_w = gpu.power_w if self.power_max_w is None else max(self.power_max_w, gpu.power_w)
+        if gpu.mem_used_mib is not None:
+            mem = gpu.mem_used_mib
+            self.mem_min_mib = mem if self.mem_min_mib is None else min(self.mem_min_mib, mem)
+            self.mem_max_mib = mem if self.mem_max_mib is None else max(self.mem_max_mib, mem)
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """Conditions holding now, and what cannot be judged now (a down or not yet seen node, a
+    window not yet complete after a restart): the tracker neither raises nor resolves those."""
+
+    conditions: dict[str, Alert]
+    undecided_keys: frozenset[str] = frozenset()
+    undecided_nodes: frozenset[str] = frozenset()
+
+    def holds(self, alert: Alert) -> bool:
+        """Whether an already-raised condition must be kept although it is not in `conditions`."""
+        if alert.key in self.undecided_keys:
+            return True
+        return alert.node in self.undecided_nodes and alert.kind != "node_down"
+
+
+@dataclass
+class _Down:
+    since_s: float
+    error: str
+    final: bool
+
+
+@dataclass
+class Detector:
+    """Folds snapshots and failures; `judge(now_s)` gives the conditions. Cost is O(GPUs) per sample."""
+
+    idle_s: float
+    util_below_pct: float
+    max_gap_s: float = 60.0
+    node_down_after_s: float = 10.0
+    expected_nodes: set[str] = field(default_factory=set)
+    windows: dict[tuple[str, int], GpuWindow] = field(default_factory=dict)
+    snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
+    unreserved_since: dict[tuple[str, str], float] = field(default_factory=dict)
+    down: dict[str, _Down] = field(default_factory=dict)
+
+    def apply(self, event: PollEvent, now_s: float) -> None:
+        """Fold one poller event observed at wall time `now_s`."""
+        if isinstance(event, NodeUpdated):
+            self.observe(event.snapshot, now_s)
+        elif isinstance(event, NodeFailed):
+            self.node_failed(event.name, event.error, event.final, now_s)
+
+    def node_failed(self, name: str, error: str, final: bool, now_s: float) -> None:
+        down = self.down.get(name)
+        if down is None:
+            self.down[name] = _Down(now_s, error, final)
+        else:
+            down.error, down.final = error, final
+
+    def observe(self, snap: NodeSnapshot, now_s: float) -> None:
+        """Fold one snapshot (an unreachable one counts as a failure)."""
+        if not snap.reachable:
+            self.node_failed(snap.name, snap.error or "unreachable", False, now_s)
+            return
+        self.down.pop(snap.name, None)
+        self.snapshots[snap.name] = snap
+        present = set()
+        for gpu in snap.gpus:
+            present.add(gpu.index)
+            self._observe_gpu(snap.name, gpu, now_s)
+        for gone in [k for k in self.windows if k[0] == snap.name and k[1] not in present]:
+            del self.windows[gone]
+        users = {p.user or "?" for g in snap.gpus if g.reservation is None for p in g.processes}
+        for user in users:
+            self.unreserved_since.setdefault((snap.name, user), now_s)
+        for key in [k for k in self.unreserved_since if k[0] == snap.name and k[1] not in users]:
+            del self.unreserved_since[key]
+
+    def _observe_gpu(self, node: str, gpu: GpuSample, now_s: float) -> None:
+        key = (node, gpu.index)
+        window = self.windows.get(key)
+        busy = gpu.util_pct is None or gpu.util_pct >= self.util_below_pct
+        reservation = gpu.reservation.id if gpu.reservation else None
+        if window is None or window.reservation != reservation or not (
+            0 <= now_s - window.last_sample_s <= self.max_gap_s
+        ):
+            self.windows[key] = GpuWindow.start(gpu, now_s, busy=busy, observed_only=True)
+        elif busy or window.quiet_since_s is None or not window.still_quiet(gpu):
+            self.windows[key] = GpuWindow.start(gpu, now_s, busy=busy, observed_only=False)
+        else:
+            window.extend(gpu, now_s)
+
+    def quiet_for_s(self, node: str, gpu_index: int, now_s: float) -> float | None:
+        """How long any GPU (reserved or not) has been quiet by the idle rule; None if unknown or busy."""
+        window = self.windows.get((node, gpu_index))
+        if window is None or window.quiet_since_s is None or node in self.down:
+            return None
+        return now_s - window.quiet_since_s
+
+    def judge(self, now_s: float) -> Judgement:
+        """The conditions that hold at `now_s`."""
+        conditions: dict[str, Alert] = {}
+        undecided_keys: set[str] = set()
+        undecided_nodes: set[str] = set()
+        for name in sorted(self.expected_nodes | set(self.snapshots) | set(self.down)):
+            down = self.down.get(name)
+            if down is not None:
+                undecided_nodes.add(name)
+                if down.final or now_s - down.since_s >= self.node_down_after_s:
+                    alert = _node_down(name, down)
+                    conditions[alert.key] = alert
+                continue
+            snap = self.snapshots.get(name)
+            if snap is None:
+                undecided_nodes.add(name)
+                continue
+            self._judge_idle(snap, now_s, conditions, undecided_keys)
+            for alert in self._unreserved(snap):
+                conditions[alert.key] = alert
+        return Judgement(conditions, frozenset(undecided_keys), frozenset(undecided_nodes))
+
+    def _judge_idle(self, snap: NodeSnapshot, now_s: float, out: dict[str, Alert], undecided: set[str]) -> None:
+        by_reservation: dict[str, list[GpuSample]] = {}
+        for gpu in snap.gpus:
+            if gpu.reservation is not None:
+                by_reservation.setdefault(gpu.reservation.id, []).append(gpu)
+        job_ids = {job.id for job in snap.jobs}
+        for rid, gpus in by_reservation.items():
+            key = f"idle_reservation:{snap.name}:{rid}"
+            windows = [self.windows.get((snap.name, g.index)) for g in gpus]
+            complete, blocked = True, False
+            for window in windows:
+                if window is None or window.reservation != rid or window.quiet_since_s is None:
+                    blocked = True
+                elif now_s - window.quiet_since_s < self.idle_s:
+                    complete = False
+                    blocked = blocked or not window.observed_only
+            if blocked:
+                continue
+            if not complete:
+                undecided.add(key)
+                continue
+            quiet = [w for w in windows if w is not None]
+            since_s = max(w.quiet_since_s or now_s for w in quiet)
+            ref = gpus[0].reservation
+            assert ref is not None
+            indices = tuple(sorted(g.index for g in gpus))
+            util_max = max(w.util_max_pct for w in quiet)
+            out[key] = Alert(
+                kind="idle_reservation", node=snap.name, since=iso_utc(since_s), gpus=indices,
+                owner=ref.owner, reservation=rid, key=key,
+                message=(f"reservation {rid} of {ref.owner} on {snap.name} GPU{_s(indices)} "
+                         f"{_list(indices)} idle for {format_duration_s(now_s - since_s)} "
+                         f"(utilization below {self.util_below_pct:g}%, no change in processes, memory or power)"),
+                extra={"key": key, "idle_s": round(now_s - since_s, 1), "util_max_pct": util_max,
+                       "util_below_pct": self.util_below_pct, "expires_at": ref.expires_at,
+                       "reservation_kind": "job" if rid in job_ids else "reservation"},
+            )
+
+    def _unreserved(self, snap: NodeSnapshot) -> list[Alert]:
+        by_user: dict[str, list[tuple[int, int, str | None]]] = {}
+        for gpu in snap.gpus:
+            if gpu.reservation is None:
+                for proc in gpu.processes:
+                    by_user.setdefault(proc.user or "?", []).append((gpu.index, proc.pid, proc.command))
+        alerts = []
+        for user, procs in sorted(by_user.items()):
+            key = f"unreserved_use:{snap.name}:{user}"
+            indices = tuple(sorted({gpu for gpu, _, _ in procs}))
+            pids = sorted({pid for _, pid, _ in procs})
+            since_s = self.unreserved_since.get((snap.name, user))
+            alerts.append(Alert(
+                kind="unreserved_use", node=snap.name, since=iso_utc(since_s or 0.0), gpus=indices, owner=user,
+                key=key,
+                message=(f"unreserved use on {snap.name} GPU{_s(indices)} {_list(indices)} by {user} "
+                         f"(pid{_s(pids)} {_list(pids)}); reserve GPUs with `gpuconsole reserve`"),
+                extra={"key": key, "pids": pids,
+                       "processes": [{"gpu": g, "pid": p, "user": user, "command": c} for g, p, c in procs]},
+            ))
+        return alerts
+
+    # -- persistence (the state file keeps windows across restarts and --once runs) --------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "windows": {f"{node}/{index}": asdict(w) for (node, index), w in self.windows.items()},
+            "unreserved_since": {f"{node}/{user}": s for (node, user), s in self.unreserved_since.items()},
+        }
+
+    def load_json(self, data: dict[str, Any]) -> None:
+        """Restore windows; a malformed entry is skipped (its window simply starts again)."""
+        for name, raw in (data.get("windows") or {}).items():
+            node, _, index = str(name).rpartition("/")
+            try:
+                self.windows[(node, int(index))] = GpuWindow(**raw)
+            except (TypeError, ValueError):
+                continue
+        for name, since_s in (data.get("unreserved_since") or {}).items():
+            node, _, user = str(name).partition("/")
+            if isinstance(since_s, int | float):
+                self.unreserved_since[(node, user)] = float(since_s)
+
+
+def _node_down(name: str, down: _Down) -> Alert:
+    key = f"node_down:{name}"
+    how = "unreachable (not retried: fix the host key or credentials)" if down.final else "down"
+    return Alert(kind="node_down", node=name, since=iso_utc(down.since_s), key=key,
+                 message=f"node {name} is {how}: {down.error}",
+                 extra={"key": key, "error": down.error, "final": down.final})
+
+
+def _s(items: tuple[int, ...] | list[int]) -> str:
+    return "s" if len(items) != 1 else ""
+
+
+def _list(items: tuple[int, ...] | list[int]) -> str:
+    return ",".join(str(i) for i in items)

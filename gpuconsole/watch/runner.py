@@ -1,0 +1,239 @@
+"""The watcher's loop: the console's poller feeds the detector; every interval the tracker decides
+what to send, actions run, and the state file is updated.
+
+`--once` (cron) takes one snapshot round instead, retrying unreachable nodes once, judges, acts and
+exits. Its idle windows come from the state file: each run adds one sample per GPU, so a reserved
+GPU quiet in every run across `idle_s` is idle; runs up to ONCE_MAX_GAP_S apart join one window.
+A node still unreachable after the retry is `node_down` at once (a run cannot wait to see more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.config import Config
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.poller import Poller
+from gpuconsole.core.reservations import release_on
+from gpuconsole.core.status import fleet_snapshot
+from gpuconsole.errors import ExitCode, GpuConsoleError
+from gpuconsole.model.alerts import Alert
+from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
+from gpuconsole.model.fleet import FleetState
+from gpuconsole.watch.actions import PendingRelease, ReleasePolicy
+from gpuconsole.watch.detect import Detector, Judgement
+from gpuconsole.watch.sinks import Dispatcher, Log
+from gpuconsole.watch.statefile import StateFile
+from gpuconsole.watch.tracker import Tracker
+
+# Hook for cloud conditions (idle_cloud): given the time and the fleet, the conditions that hold now.
+ExtraConditions = Callable[[float, FleetState], Awaitable[list[Alert]]]
+AlertAction = Callable[[Alert], Awaitable[None]]
+
+SAVE_EVERY_S = 30.0  # windows change with every sample; alert state is saved as soon as it changes
+ONCE_MAX_GAP_S = 24 * 3600.0
+ONCE_RETRY_AFTER_S = 0.5
+HOOK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """Validated watcher options (CLI flags over `[watch]` config)."""
+
+    idle_s: float
+    util_below_pct: float
+    cooldown_s: float
+    interval_s: float
+    state_path: Path | None
+    release_idle: bool = False
+    grace_s: float = 900.0
+    once: bool = False
+    drain_s: float = 5.0  # how long shutdown waits for queued notifications
+
+
+class WatchRunner:
+    """Owns the detector, tracker, release policy and state file for one watcher process."""
+
+    def __init__(self, config: Config, settings: WatchSettings, dispatcher: Dispatcher, log: Log, *,
+                 extra_conditions: ExtraConditions | None = None, on_idle_cloud: AlertAction | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.log = log
+        self.extra_conditions = extra_conditions
+        self.on_idle_cloud = on_idle_cloud
+        self.clock = clock
+        poll_s = config.defaults.poll_seconds
+        self.detector = Detector(
+            idle_s=settings.idle_s, util_below_pct=settings.util_below_pct,
+            max_gap_s=ONCE_MAX_GAP_S if settings.once else max(60.0, 10 * poll_s),
+            node_down_after_s=0.0 if settings.once else max(1.0, 2 * settings.interval_s, 2 * poll_s),
+            expected_nodes={n.name for n in config.nodes},
+        )
+        self.tracker = Tracker(settings.cooldown_s)
+        self.releaser = ReleasePolicy(settings.grace_s) if settings.release_idle else None
+        self.fleet_state = FleetState([n.name for n in config.nodes], sources={n.name: n.source for n in config.nodes})
+        self.state = StateFile(settings.state_path) if settings.state_path else None
+        self._fleet: Fleet | None = None
+        self._saved_at_s = 0.0
+        self._logged: set[str] = set()
+
+    # -- events and state ---------------------------------------------------------------------
+
+    def on_event(self, event: PollEvent) -> None:
+        """The poller's callback: fold into the detector and the shared FleetState."""
+        self.detector.apply(event, self.clock())
+        self.fleet_state.apply(event)
+
+    def _log_once(self, key: str, message: str) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            self.log(message)
+
+    def load_state(self) -> None:
+        if self.state is None:
+            return
+        self.state.lock()
+        data, problem = self.state.load()
+        if problem:
+            self.log(f"watch: state file: {problem}")
+        bad = self.tracker.load_json(data.get("alerts") or {})
+        if bad:
+            self.log(f"watch: state file: dropped {len(bad)} unreadable alert entries")
+        self.detector.load_json(data.get("detector") or {})
+        if self.releaser is not None:
+            self.releaser.load_json(data.get("release") or {})
+
+    def save_state(self) -> None:
+        if self.state is None:
+            return
+        data: dict[str, Any] = {"alerts": self.tracker.to_json(), "detector": self.detector.to_json()}
+        if self.releaser is not None:
+            data["release"] = self.releaser.to_json()
+        try:
+            self.state.save(data)
+            self._saved_at_s = time.monotonic()
+            self._logged.discard("state-save")
+        except OSError as exc:
+            self._log_once("state-save", f"watch: cannot save state to {self.state.path}: {exc}")
+
+    # -- one judgement ------------------------------------------------------------------------
+
+    async def tick(self) -> list[Alert]:
+        """Judge now, send what is due, run due actions; returns the alerts sent."""
+        now_s = self.clock()
+        judgement = await self._with_extra(now_s, self.detector.judge(now_s))
+        alerts = self.tracker.update(now_s, judgement)
+        due: list[tuple[str, PendingRelease]] = []
+        if self.releaser is not None:
+            alerts, due = self.releaser.plan(now_s, judgement, set(self.tracker.active), alerts)
+        for alert in alerts:
+            self.dispatcher.publish(alert)
+        for alert in alerts:
+            if alert.kind == "idle_cloud" and self.on_idle_cloud is not None:
+                try:
+                    await asyncio.wait_for(self.on_idle_cloud(alert), HOOK_TIMEOUT_S)
+                except Exception as exc:
+                    self.log(f"watch: idle_cloud action for {alert.node}: {exc}")
+        for key, pending in due:
+            for alert in await self._release(now_s, key, pending):
+                self.dispatcher.publish(alert)
+                alerts.append(alert)
+        if alerts or due or time.monotonic() - self._saved_at_s >= SAVE_EVERY_S:
+            self.save_state()
+        return alerts
+
+    async def _with_extra(self, now_s: float, judgement: Judgement) -> Judgement:
+        """Merge the cloud hook's conditions; if the hook fails, its raised conditions are kept."""
+        if self.extra_conditions is None:
+            return judgement
+        try:
+            extra = await asyncio.wait_for(self.extra_conditions(now_s, self.fleet_state), HOOK_TIMEOUT_S)
+            self._logged.discard("extra")
+        except Exception as exc:
+            self._log_once("extra", f"watch: cloud conditions unavailable: {exc}")
+            held = {k for k, t in self.tracker.active.items() if t.alert.kind == "idle_cloud"}
+            return Judgement(judgement.conditions, judgement.undecided_keys | held, judgement.undecided_nodes)
+        conditions = dict(judgement.conditions)
+        conditions.update({alert.key: alert for alert in extra})
+        return Judgement(conditions, judgement.undecided_keys, judgement.undecided_nodes)
+
+    async def _release(self, now_s: float, key: str, pending: PendingRelease) -> list[Alert]:
+        """Release one due reservation as the watcher's own user; the node decides ownership."""
+        assert self.releaser is not None
+        what = f"idle reservation {pending.reservation} of {pending.owner} on {pending.node}"
+        if self._fleet is None:
+            self._fleet = Fleet(self.config)
+        try:
+            await release_on(self._fleet, pending.node, pending.reservation)
+        except GpuConsoleError as exc:
+            if exc.exit_code == ExitCode.NOT_FOUND:
+                self.releaser.released(key)  # already gone: its condition resolves on the next sample
+            elif exc.exit_code in (ExitCode.PERMISSION, ExitCode.USAGE):
+                self.releaser.refuse(key, str(exc))
+                self.log(f"watch: not releasing {what}: {exc}")
+            else:
+                self.releaser.postpone(key, now_s)
+                self.log(f"watch: releasing {what} failed, retrying later: {exc}")
+            return []
+        self.releaser.released(key)
+        gpus = ",".join(str(g) for g in pending.gpus)
+        return [self.tracker.resolve(key, now_s, text=f"released {what} (GPUs {gpus}) after the grace period",
+                                     action="released")]
+
+    # -- modes --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Poll and judge every interval until `stop` is set (SIGTERM/SIGINT); exit 0."""
+        self.load_state()
+        self.dispatcher.start()
+        poller = Poller(self.config, self.on_event)
+        try:
+            poller.start()
+            while not stop.is_set():
+                await self.tick()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.interval_s)
+        finally:
+            await poller.aclose()
+            await self.close()
+        return int(ExitCode.OK)
+
+    async def run_once(self) -> int:
+        """One snapshot round (unreachable nodes retried once), one judgement, then exit 0."""
+        self.load_state()
+        self.dispatcher.start()
+        self._fleet = Fleet(self.config)
+        try:
+            snapshots = {s.name: s for s in await fleet_snapshot(self._fleet)}
+            failed = [name for name, snap in snapshots.items() if not snap.reachable]
+            if failed:
+                await asyncio.sleep(ONCE_RETRY_AFTER_S)
+                for name in failed:
+                    self._fleet.errors.pop(name, None)
+                snapshots.update({s.name: s for s in await fleet_snapshot(self._fleet, failed)})
+            for snap in snapshots.values():
+                event: PollEvent = NodeUpdated(snap, time.monotonic()) if snap.reachable else NodeFailed(
+                    snap.name, snap.error or "unreachable", False, None, time.monotonic())
+                self.on_event(event)
+            await self.tick()
+        finally:
+            await self.close()
+        return int(ExitCode.OK)
+
+    async def close(self) -> None:
+        """Save state, let queued notifications go out (bounded), close connections, unlock."""
+        self.save_state()
+        await self.dispatcher.drain(self.settings.drain_s)
+        if self._fleet is not None:
+            await self._fleet.close()
+            self._fleet = None
+        if self.state is not None:
+            self.state.unlock()
