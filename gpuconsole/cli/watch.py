@@ -13,7 +13,7 @@ from typing import Any
 from gpuconsole.cli.output import warn
 from gpuconsole.config import Config
 from gpuconsole.errors import UsageError
-from gpuconsole.watch.runner import AlertAction, ExtraConditions, WatchRunner, WatchSettings
+from gpuconsole.watch.runner import WatchRunner, WatchSettings
 from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, Sink, StdoutSink
 from gpuconsole.watch.statefile import default_state_path
 
@@ -71,32 +71,36 @@ def build_sinks(config: Config, args: Any) -> list[Sink]:
     return sinks
 
 
-def cloud_hooks(config: Config, stop_idle_cloud: bool) -> tuple[ExtraConditions | None, AlertAction | None]:
-    """The idle_cloud hook: (conditions, action). A placeholder until the cloud watcher lands:
-    `[cloud.aws]` configured → it should return the managed instances' idle_cloud conditions, and
-    with `--stop-idle-cloud` an action that stops (or terminates) the instance an alert names."""
-    if config.aws is not None and stop_idle_cloud:
-        warn("watch: --stop-idle-cloud: idle cloud detection is not available in this build yet")
-    return None, None
+def attach_cloud(config: Config, runner: WatchRunner, stop_idle_cloud: bool) -> None:
+    """With `[cloud.aws]`: managed instances join and leave the watched fleet as discovery sees them,
+    idle ones raise `idle_cloud`, and with --stop-idle-cloud they are stopped (or terminated)."""
+    if config.aws is None:
+        return
+    from gpuconsole.cloud.watching import CloudWatch
+
+    cloud = CloudWatch(config, util_below_pct=runner.settings.util_below_pct, stop_idle=stop_idle_cloud,
+                       log=warn, on_nodes_changed=runner.nodes_changed)
+    runner.extra_conditions = cloud.conditions
+    runner.on_idle_cloud = cloud.on_idle_cloud
 
 
 def run_watch(config: Config, args: Any) -> int:
     settings = settings_from(config, args)
     sinks = build_sinks(config, args)
-    extra, on_idle_cloud = cloud_hooks(config, bool(args.stop_idle_cloud))
-    return asyncio.run(_watch(config, settings, sinks, bool(args.json), extra, on_idle_cloud))
+    return asyncio.run(_watch(config, settings, sinks, bool(args.json), bool(args.stop_idle_cloud)))
 
 
 async def _watch(config: Config, settings: WatchSettings, sinks: list[Sink], as_json: bool,
-                 extra: ExtraConditions | None, on_idle_cloud: AlertAction | None) -> int:
+                 stop_idle_cloud: bool) -> int:
+    runner = WatchRunner(config, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn)
+    attach_cloud(config, runner, stop_idle_cloud)
+    runner.load_state()  # takes the state file's lock first: a second watcher stops here (exit 2)
+    if settings.once:
+        return await runner.run_once()  # default signal handling: a cron run can simply be killed
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = WatchRunner(config, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn,
-                         extra_conditions=extra, on_idle_cloud=on_idle_cloud)
-    if settings.once:
-        return await runner.run_once()
     idle = f"{settings.idle_s / 60:g}m"
     warn(f"watch: {len(config.nodes)} node{'s' if len(config.nodes) != 1 else ''}, idle = below "
          f"{settings.util_below_pct:g}% for {idle}, {len(sinks)} sink{'s' if len(sinks) != 1 else ''} "

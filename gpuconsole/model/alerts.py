@@ -36,5 +36,7 @@ class Alert:
         }
         if self.resolves is not None:
             out["resolves"] = self.resolves
+        if self.key:
+            out["key"] = self.key  # matches an alert with its repeats and its `resolved`
         out.update(self.extra)
         return out

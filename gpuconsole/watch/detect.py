@@ -2,7 +2,7 @@
 
 Idle rule. A reserved GPU is *quiet* from a sample on while every later sample has a known
 utilization below `util_below_pct`, the same set of processes, memory in use within
-`MEM_BAND_MIB` and power draw within `POWER_BAND_W` of the stretch's extremes. Memory that is
+`window.MEM_BAND_MIB` and power draw within `window.POWER_BAND_W` of the stretch's extremes. Memory that is
 held but constant (a notebook keeping its tensors) is not work; memory that grows (a job loading
 data or a model) and power that rises are. A reservation is idle when each of its GPUs has been
 quiet for `idle_s` — a GPU needs a full window of samples first, and a gap in its samples longer
@@ -21,68 +21,12 @@ from gpuconsole.durations import format_duration_s
 from gpuconsole.model.alerts import Alert
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
-
-POWER_BAND_W = 25.0  # power moving more than this within a quiet stretch is activity
-MEM_BAND_MIB = 256  # so is GPU memory in use moving more than this
+from gpuconsole.watch.window import GpuWindow
 
 
 def iso_utc(epoch_s: float) -> str:
     """ISO 8601 UTC with a Z, second precision (the contract's time format)."""
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _spread_ok(low: float | None, high: float | None, value: float | None, band: float) -> bool:
-    if value is None or low is None or high is None:
-        return True
-    return max(high, value) - min(low, value) <= band
-
-
-@dataclass
-class GpuWindow:
-    """One GPU's current quiet stretch; `quiet_since_s` is None right after an active sample.
-
-    `observed_only` says the stretch began at first sight or after a gap rather than after seen
-    activity: an incomplete window then means "not known yet", not "busy".
-    """
-
-    reservation: str | None
-    last_sample_s: float
-    quiet_since_s: float | None
-    observed_only: bool
-    pids: list[int]
-    power_min_w: float | None
-    power_max_w: float | None
-    mem_min_mib: int | None
-    mem_max_mib: int | None
-    util_max_pct: float
-
-    @classmethod
-    def start(cls, gpu: GpuSample, now_s: float, *, busy: bool, observed_only: bool) -> GpuWindow:
-        return cls(
-            reservation=gpu.reservation.id if gpu.reservation else None, last_sample_s=now_s,
-            quiet_since_s=None if busy else now_s, observed_only=observed_only and not busy,
-            pids=sorted(p.pid for p in gpu.processes), power_min_w=gpu.power_w, power_max_w=gpu.power_w,
-            mem_min_mib=gpu.mem_used_mib, mem_max_mib=gpu.mem_used_mib, util_max_pct=gpu.util_pct or 0.0,
-        )
-
-    def still_quiet(self, gpu: GpuSample) -> bool:
-        """Same processes, memory and power within their bands (utilization is checked before)."""
-        return (
-            sorted(p.pid for p in gpu.processes) == self.pids
-            and _spread_ok(self.power_min_w, self.power_max_w, gpu.power_w, POWER_BAND_W)
-            and _spread_ok(self.mem_min_mib, self.mem_max_mib, gpu.mem_used_mib, MEM_BAND_MIB)
-        )
-
-    def extend(self, gpu: GpuSample, now_s: float) -> None:
-        self.last_sample_s = now_s
-        self.util_max_pct = max(self.util_max_pct, gpu.util_pct or 0.0)
-        if gpu.power_w is not None:
-            self.power_min_w = gpu.power_w if self.power_min_w is None else min(self.power_min_w, gpu.power_w)
-            self.power_max_w = gpu.power_w if self.power_max_w is None else max(self.power_max_w, gpu.power_w)
-        if gpu.mem_used_mib is not None:
-            mem = gpu.mem_used_mib
-            self.mem_min_mib = mem if self.mem_min_mib is None else min(self.mem_min_mib, mem)
-            self.mem_max_mib = mem if self.mem_max_mib is None else max(self.mem_max_mib, mem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +65,10 @@ class Detector:
     snapshots: dict[str, NodeSnapshot] = field(default_factory=dict)
     unreserved_since: dict[tuple[str, str], float] = field(default_factory=dict)
     down: dict[str, _Down] = field(default_factory=dict)
+    # Per node: the GPU indices and unreserved users last seen, so a snapshot touches only its own
+    # entries (the flat dicts above would otherwise be scanned per snapshot: O(fleet) each).
+    _indices: dict[str, frozenset[int]] = field(default_factory=dict)
+    _users: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def apply(self, event: PollEvent, now_s: float) -> None:
         """Fold one poller event observed at wall time `now_s`."""
@@ -141,19 +89,33 @@ class Detector:
         if not snap.reachable:
             self.node_failed(snap.name, snap.error or "unreachable", False, now_s)
             return
-        self.down.pop(snap.name, None)
-        self.snapshots[snap.name] = snap
-        present = set()
+        name = snap.name
+        self.down.pop(name, None)
+        self.snapshots[name] = snap
+        if snap.state_error:
+            return  # without its reservations the samples cannot be attributed: keep the windows as they are
         for gpu in snap.gpus:
-            present.add(gpu.index)
-            self._observe_gpu(snap.name, gpu, now_s)
-        for gone in [k for k in self.windows if k[0] == snap.name and k[1] not in present]:
-            del self.windows[gone]
-        users = {p.user or "?" for g in snap.gpus if g.reservation is None for p in g.processes}
+            self._observe_gpu(name, gpu, now_s)
+        present = frozenset(g.index for g in snap.gpus)
+        for index in self._indices.get(name, frozenset()) - present:
+            self.windows.pop((name, index), None)
+        self._indices[name] = present
+        users = frozenset(p.user or "?" for g in snap.gpus if g.reservation is None for p in g.processes)
         for user in users:
-            self.unreserved_since.setdefault((snap.name, user), now_s)
-        for key in [k for k in self.unreserved_since if k[0] == snap.name and k[1] not in users]:
-            del self.unreserved_since[key]
+            self.unreserved_since.setdefault((name, user), now_s)
+        for user in self._users.get(name, frozenset()) - users:
+            self.unreserved_since.pop((name, user), None)
+        self._users[name] = users
+
+    def forget_node(self, name: str) -> None:
+        """A node left the fleet (a terminated cloud instance): drop everything known about it."""
+        self.expected_nodes.discard(name)
+        self.snapshots.pop(name, None)
+        self.down.pop(name, None)
+        for index in self._indices.pop(name, frozenset()):
+            self.windows.pop((name, index), None)
+        for user in self._users.pop(name, frozenset()):
+            self.unreserved_since.pop((name, user), None)
 
     def _observe_gpu(self, node: str, gpu: GpuSample, now_s: float) -> None:
         key = (node, gpu.index)
@@ -190,7 +152,9 @@ class Detector:
                     conditions[alert.key] = alert
                 continue
             snap = self.snapshots.get(name)
-            if snap is None:
+            if snap is None or snap.state_error:
+                # Not seen yet, or its reservations are unreadable (then every process would look
+                # unreserved and every idle reservation gone): judge nothing there for now.
                 undecided_nodes.add(name)
                 continue
             self._judge_idle(snap, now_s, conditions, undecided_keys)
@@ -231,7 +195,7 @@ class Detector:
                 message=(f"reservation {rid} of {ref.owner} on {snap.name} GPU{_s(indices)} "
                          f"{_list(indices)} idle for {format_duration_s(now_s - since_s)} "
                          f"(utilization below {self.util_below_pct:g}%, no change in processes, memory or power)"),
-                extra={"key": key, "idle_s": round(now_s - since_s, 1), "util_max_pct": util_max,
+                extra={"idle_s": round(now_s - since_s, 1), "util_max_pct": util_max,
                        "util_below_pct": self.util_below_pct, "expires_at": ref.expires_at,
                        "reservation_kind": "job" if rid in job_ids else "reservation"},
             )
@@ -253,7 +217,7 @@ class Detector:
                 key=key,
                 message=(f"unreserved use on {snap.name} GPU{_s(indices)} {_list(indices)} by {user} "
                          f"(pid{_s(pids)} {_list(pids)}); reserve GPUs with `gpuconsole reserve`"),
-                extra={"key": key, "pids": pids,
+                extra={"pids": pids,
                        "processes": [{"gpu": g, "pid": p, "user": user, "command": c} for g, p, c in procs]},
             ))
         return alerts
@@ -274,10 +238,12 @@ class Detector:
                 self.windows[(node, int(index))] = GpuWindow(**raw)
             except (TypeError, ValueError):
                 continue
+            self._indices[node] = self._indices.get(node, frozenset()) | {int(index)}
         for name, since_s in (data.get("unreserved_since") or {}).items():
             node, _, user = str(name).partition("/")
             if isinstance(since_s, int | float):
                 self.unreserved_since[(node, user)] = float(since_s)
+                self._users[node] = self._users.get(node, frozenset()) | {user}
 
 
 def _node_down(name: str, down: _Down) -> Alert:
@@ -285,7 +251,7 @@ def _node_down(name: str, down: _Down) -> Alert:
     how = "unreachable (not retried: fix the host key or credentials)" if down.final else "down"
     return Alert(kind="node_down", node=name, since=iso_utc(down.since_s), key=key,
                  message=f"node {name} is {how}: {down.error}",
-                 extra={"key": key, "error": down.error, "final": down.final})
+                 extra={"error": down.error, "final": down.final})
 
 
 def _s(items: tuple[int, ...] | list[int]) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.config import Config
+from gpuconsole.config import Config, NodeConfig
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.poller import Poller
 from gpuconsole.core.reservations import release_on
@@ -39,6 +40,7 @@ AlertAction = Callable[[Alert], Awaitable[None]]
 SAVE_EVERY_S = 30.0  # windows change with every sample; alert state is saved as soon as it changes
 ONCE_MAX_GAP_S = 24 * 3600.0
 ONCE_RETRY_AFTER_S = 0.5
+ONCE_DRAIN_S = 60.0  # a cron run waits for its notifications (with their retries) this long at most
 HOOK_TIMEOUT_S = 60.0
 
 
@@ -82,13 +84,21 @@ class WatchRunner:
         self.fleet_state = FleetState([n.name for n in config.nodes], sources={n.name: n.source for n in config.nodes})
         self.state = StateFile(settings.state_path) if settings.state_path else None
         self._fleet: Fleet | None = None
+        self._poller: Poller | None = None
         self._saved_at_s = 0.0
         self._logged: set[str] = set()
+        self._loaded = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._joined: dict[str, NodeConfig] = {}
+        self._gone: set[str] = set()
 
     # -- events and state ---------------------------------------------------------------------
 
     def on_event(self, event: PollEvent) -> None:
         """The poller's callback: fold into the detector and the shared FleetState."""
+        name = event.snapshot.name if isinstance(event, NodeUpdated) else event.name
+        if name in self._gone:
+            return  # a late sample from a node that left, before its poll task was cancelled
         self.detector.apply(event, self.clock())
         self.fleet_state.apply(event)
 
@@ -97,10 +107,52 @@ class WatchRunner:
             self._logged.add(key)
             self.log(message)
 
+    def nodes_changed(self, added: list[NodeConfig], removed: list[str]) -> None:
+        """Nodes joined or left (cloud instances): poll new ones like any node; forget gone ones and
+        resolve what was raised about them (a terminated instance is not "back")."""
+        if added or removed:
+            self._drop_fleet()  # releases must see the new node list
+        for cfg in added:
+            self._gone.discard(cfg.name)
+            self._joined[cfg.name] = cfg
+            self.detector.expected_nodes.add(cfg.name)
+            self.fleet_state.add_node(cfg.name, cfg.source)
+            if self._poller is not None:
+                self._poller.add_node(cfg)
+        now_s = self.clock()
+        for name in removed:
+            self._gone.add(name)
+            self._joined.pop(name, None)
+            self.detector.forget_node(name)
+            self.fleet_state.remove_node(name)
+            if self._poller is not None:
+                self._in_background(self._poller.remove_node(name))
+            for key in [k for k, t in self.tracker.active.items() if t.alert.node == name]:
+                self.dispatcher.publish(self.tracker.resolve(key, now_s, text=f"node {name} left the fleet"))
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _drop_fleet(self) -> None:
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            self._in_background(fleet.close())
+
+    def _fleet_for_actions(self) -> Fleet:
+        """The Fleet used for releases: the config's nodes plus the cloud nodes that joined since."""
+        if self._fleet is None:
+            joined = tuple(n for name, n in self._joined.items() if name not in {c.name for c in self.config.nodes})
+            self._fleet = Fleet(dataclasses.replace(self.config, nodes=self.config.nodes + joined))
+        return self._fleet
+
     def load_state(self) -> None:
-        if self.state is None:
+        """Take the state file's lock and restore from it (once; a second watcher gets exit 2)."""
+        if self.state is None or self._loaded:
             return
         self.state.lock()
+        self._loaded = True
         data, problem = self.state.load()
         if problem:
             self.log(f"watch: state file: {problem}")
@@ -169,10 +221,8 @@ class WatchRunner:
         """Release one due reservation as the watcher's own user; the node decides ownership."""
         assert self.releaser is not None
         what = f"idle reservation {pending.reservation} of {pending.owner} on {pending.node}"
-        if self._fleet is None:
-            self._fleet = Fleet(self.config)
         try:
-            await release_on(self._fleet, pending.node, pending.reservation)
+            await release_on(self._fleet_for_actions(), pending.node, pending.reservation)
         except GpuConsoleError as exc:
             if exc.exit_code == ExitCode.NOT_FOUND:
                 self.releaser.released(key)  # already gone: its condition resolves on the next sample
@@ -194,16 +244,21 @@ class WatchRunner:
         """Poll and judge every interval until `stop` is set (SIGTERM/SIGINT); exit 0."""
         self.load_state()
         self.dispatcher.start()
-        poller = Poller(self.config, self.on_event)
+        self._poller = poller = Poller(self.config, self.on_event)
         try:
             poller.start()
             while not stop.is_set():
-                await self.tick()
+                try:
+                    await self.tick()
+                except Exception as exc:  # a bug in one judgement must not end an unattended watcher
+                    self._log_once(f"tick:{exc!r}", f"watch: internal error while judging: "
+                                                    f"{exc.__class__.__name__}: {exc}")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.interval_s)
         finally:
             await poller.aclose()
-            await self.close()
+            self._poller = None
+            await self.close(self.settings.drain_s, hurry=True)
         return int(ExitCode.OK)
 
     async def run_once(self) -> int:
@@ -225,13 +280,15 @@ class WatchRunner:
                 self.on_event(event)
             await self.tick()
         finally:
-            await self.close()
+            await self.close(ONCE_DRAIN_S, hurry=False)
         return int(ExitCode.OK)
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 5.0, *, hurry: bool = True) -> None:
         """Save state, let queued notifications go out (bounded), close connections, unlock."""
         self.save_state()
-        await self.dispatcher.drain(self.settings.drain_s)
+        await self.dispatcher.drain(drain_s, hurry=hurry)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._fleet is not None:
             await self._fleet.close()
             self._fleet = None

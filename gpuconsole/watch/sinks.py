@@ -35,7 +35,8 @@ class Sink(Protocol):
 def alert_line(alert: Alert, now_s: float) -> str:
     """The human one-liner: time, kind, message."""
     kind = f"resolved {alert.resolves}" if alert.kind == "resolved" else alert.kind
-    return f"{iso_utc(now_s)}  {kind:<25} {alert.message}"
+    again = f" (reminder {alert.extra['repeat']})" if "repeat" in alert.extra else ""
+    return f"{iso_utc(now_s)}  {kind:<25} {alert.message}{again}"
 
 
 def alert_title(alert: Alert) -> str:
@@ -199,10 +200,11 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):  # shutting down: retry at once, no backoff
                     await asyncio.wait_for(self._closing.wait(), self.backoff_s * 2 ** (attempt - 1))
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait up to `timeout_s` for queued alerts to go out (retries skip their backoff now),
-        then stop the workers."""
-        self._closing.set()
+    async def drain(self, timeout_s: float, *, hurry: bool = True) -> None:
+        """Wait up to `timeout_s` for queued alerts to go out, then stop the workers. With `hurry`
+        (a SIGTERM), retries skip their backoff so a dead receiver does not hold up the exit."""
+        if hurry:
+            self._closing.set()
         if self._queues:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), timeout_s)

@@ -87,7 +87,7 @@ class Tracker:
             kind="resolved", node=alert.node, since=alert.since, gpus=alert.gpus, owner=alert.owner,
             reservation=alert.reservation, key=key, resolves=alert.kind,
             message=f"{text} (alerted {format_duration_s(lasted_s)} ago)",
-            extra={"key": key, "resolved_at": iso_utc(now_s), **extra},
+            extra={"resolved_at": iso_utc(now_s), **extra},
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -181,3 +182,16 @@ def test_hundreds_of_nodes_judge_fast_and_a_dead_node_is_one_alert() -> None:
     down = [t.alert for t in tracker.active.values() if t.alert.kind == "node_down"]
     assert [a.node for a in down] == ["node-042"]
     assert sum(1 for t in tracker.active.values() if t.alert.kind == "idle_reservation") == 499
+
+
+def test_a_node_whose_reservations_are_unreadable_is_not_judged() -> None:
+    """state_error: the node lists no reservations, so judging would call every process unreserved."""
+    det, tracker = detector(), Tracker(cooldown_s=3600)
+    feed(det, every_10s(0, 60))
+    tracker.update(T0 + 60, det.judge(T0 + 60))
+    det.observe(dataclasses.replace(snap("n1", gpu(0, procs=((5, "bob"),))), state_error="state unreadable"), T0 + 70)
+    judgement = det.judge(T0 + 70)
+    assert judgement.conditions == {} and "n1" in judgement.undecided_nodes
+    assert tracker.update(T0 + 70, judgement) == []
+    feed(det, every_10s(80, 80))  # readable again: the idle window went on
+    assert "idle_reservation:n1:r1" in det.judge(T0 + 80).conditions

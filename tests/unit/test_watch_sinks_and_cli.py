@@ -22,7 +22,7 @@ from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, StdoutSink
 
 T0 = 1_800_000_000.0
 ALERT = Alert(kind="node_down", node="n1", message="node n1 is down: refused", since="2027-01-15T08:00:00Z",
-              key="node_down:n1", extra={"key": "node_down:n1"})
+              key="node_down:n1")
 
 
 class Recorder:
@@ -108,7 +108,7 @@ async def test_cloud_hook_conditions_alert_once_call_the_action_and_survive_hook
     config = parse_config("", tmp_path / "c.toml")
     now = [T0]
     idle_cloud = Alert(kind="idle_cloud", node="i-0abc", message="i-0abc idle", since="2027-01-15T08:00:00Z",
-                       gpus=(0,), key="idle_cloud:i-0abc", extra={"key": "idle_cloud:i-0abc"})
+                       gpus=(0,), key="idle_cloud:i-0abc")
     hook_result: list[Alert] | Exception = [idle_cloud]
     acted: list[str] = []
 
@@ -190,3 +190,27 @@ def test_watch_once_on_a_dead_node_is_one_node_down_and_imports_no_textual_or_bo
     assert result.stderr.strip().splitlines()[-1] == "CODE=0 LOADED=", result.stderr
     (alert,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert (alert["kind"], alert["node"]) == ("node_down", "n1") and "refused" in alert["message"]
+
+
+async def test_nodes_that_join_are_judged_and_nodes_that_leave_are_resolved_and_ignored(tmp_path: Path) -> None:
+    """The runner's `nodes_changed(added, removed)` (cloud discovery calls it): a node that left is
+    "left the fleet", not "back", and a late sample from it raises nothing."""
+    from gpuconsole.config import NodeConfig
+    from gpuconsole.model.events import NodeUpdated
+    from tests.unit.watch_fixtures import gpu, snap
+
+    sent: list[Alert] = []
+    settings = WatchSettings(idle_s=60, util_below_pct=5, cooldown_s=3600, interval_s=1, state_path=None)
+    runner = WatchRunner(parse_config("", tmp_path / "c.toml"), settings, Dispatcher(None, [], print), print,
+                         clock=lambda: T0)
+    runner.dispatcher.publish = sent.append  # type: ignore[method-assign]
+    runner.nodes_changed([NodeConfig(name="i-1", host="127.0.0.1", source="cloud")], [])
+    assert "i-1" in runner.detector.expected_nodes and "i-1" in runner.fleet_state.nodes
+    busy = NodeUpdated(snap("i-1", gpu(0, procs=((5, "bob"),))), 0.0)
+    runner.on_event(busy)
+    assert [(a.kind, a.node) for a in await runner.tick()] == [("unreserved_use", "i-1")]
+    runner.nodes_changed([], ["i-1"])
+    assert [(a.kind, a.resolves) for a in sent[-1:]] == [("resolved", "unreserved_use")]
+    assert "left the fleet" in sent[-1].message
+    runner.on_event(busy)  # a late sample, before its poll task was cancelled
+    assert await runner.tick() == [] and "i-1" not in runner.detector.snapshots

@@ -20,7 +20,7 @@ def idle(rid: str = "r1", node: str = "n1", kind: str = "reservation") -> Alert:
     key = f"idle_reservation:{node}:{rid}"
     return Alert(kind="idle_reservation", node=node, message=f"{rid} idle", since="2027-01-15T08:00:00Z",
                  gpus=(0, 1), owner="alice", reservation=rid, key=key,
-                 extra={"key": key, "reservation_kind": kind})
+                 extra={"reservation_kind": kind})
 
 
 def judged(*alerts: Alert, undecided_nodes: frozenset[str] = frozenset()) -> Judgement:
