@@ -1,5 +1,5 @@
-"""The watcher with `[cloud.aws]`: an instance launched while it runs joins the watched fleet, goes
-idle, raises `idle_cloud` and, with --stop-idle-cloud, is stopped and leaves the fleet again.
+"""The watcher with `[cloud.aws]`: instances launched while it runs join the watched fleet; the idle
+one raises `idle_cloud` and, with --stop-idle-cloud, is stopped and leaves the fleet; the busy one is left alone.
 (moto EC2 on loopback; each running instance is a simulated SSH node of the demo.)"""
 
 from __future__ import annotations
@@ -16,24 +16,30 @@ from tests.integration.test_watch import FAST, WatchProc, of_kind
 pytestmark = pytest.mark.timeout(180)
 
 
-def test_watch_stop_idle_cloud_stops_an_instance_that_joined_and_went_idle(tmp_path: Path) -> None:
+def test_watch_stop_idle_cloud_stops_the_idle_instance_and_never_the_busy_one(tmp_path: Path) -> None:
     with DemoThread(tmp_path / "demo", nodes=1, gpus=2, cloud=True, boot_s=0.3) as demo:
         config = tmp_path / "watch.toml"
         config.write_text(demo.config_path.read_text().replace("poll_seconds = 1.0", "poll_seconds = 0.2")
-                          .replace("idle_stop_minutes = 30.0", "idle_stop_minutes = 0.02"))
+                          .replace("idle_stop_minutes = 30.0", "idle_stop_minutes = 0.1"))
         watcher = WatchProc(config, tmp_path / "state.json", *FAST, "--stop-idle-cloud")
         try:
-            up = run_cli("cloud", "up", "--gpus", "1", "--json", config=config)
+            up = run_cli("cloud", "up", "--gpus", "1", "--count", "2", "--json", config=config)
             assert up.returncode == 0, up.stderr
-            instance = json.loads(up.stdout)["instances"][0]["id"]
+            instance, busy = (i["id"] for i in json.loads(up.stdout)["instances"])
+            held = run_cli("reserve", "--gpus", "1", "--node", busy, config=config)  # 6 s before it could be idle
+            assert held.returncode == 0, held.stderr
             idle = watcher.wait_alert(of_kind("idle_cloud", node=instance), "idle_cloud for the new instance",
                                       timeout_s=40)
             assert idle["since"].endswith("Z")
             watcher.wait_stderr(f"stopped idle instance {instance}", timeout_s=30)
-            wait_for(lambda: cli_json("cloud", "ls", "--all", config=config)["instances"][0]["state"] == "stopped",
-                     timeout_s=30, message="the instance stopped")
+            def states() -> dict[str, str]:
+                return {i["id"]: i["state"] for i in cli_json("cloud", "ls", "--all", config=config)["instances"]}
+
+            wait_for(lambda: states()[instance] == "stopped", timeout_s=30, message="the idle instance stopped")
             watcher.wait_alert(of_kind("resolved", resolves="idle_cloud", node=instance), "idle_cloud resolved",
                                timeout_s=30)
             assert not [a for a in watcher.alerts if a["kind"] == "node_down"]  # leaving is not going down
+            assert states()[busy] == "running"  # reserved: never idle, never stopped
+            assert not [a for a in watcher.alerts if a["kind"] == "idle_cloud" and a["node"] == busy]
         finally:
             assert watcher.stop() == 0
