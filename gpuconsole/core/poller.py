@@ -42,7 +42,8 @@ class Poller:
         self.stale_after_s = stale_after_s or max(3 * self.interval_s, 5.0)
         self.conns: dict[str, NodeConnection] = {}
         self.last_seen: dict[str, float] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # node name → its poll task
+        self._sources: dict[str, str] = {}
         self._rng = random.Random(seed)
         self._limit = asyncio.Semaphore(config.defaults.max_parallel)
 
@@ -52,10 +53,32 @@ class Poller:
             self.add_node(cfg)
 
     def add_node(self, cfg: NodeConfig) -> None:
-        self._tasks.append(asyncio.create_task(self._node_loop(cfg), name=f"poll-{cfg.name}"))
+        """Start polling one more node (cloud nodes join this way); a node already polled is left as is."""
+        if cfg.name in self._tasks:
+            return
+        self._sources[cfg.name] = cfg.source
+        self._tasks[cfg.name] = asyncio.create_task(self._node_loop(cfg), name=f"poll-{cfg.name}")
+
+    async def remove_node(self, name: str) -> None:
+        """Stop polling a node (a terminated cloud instance) and close its connection; unknown names are ignored."""
+        task = self._tasks.pop(name, None)
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        conn = self.conns.pop(name, None)
+        if conn is not None:
+            await conn.close()
+        self.last_seen.pop(name, None)
+        self._sources.pop(name, None)
+
+    @property
+    def polled(self) -> list[str]:
+        """Names of the nodes being polled."""
+        return list(self._tasks)
 
     def _snapshot_arrived(self, name: str, data: dict[str, object]) -> None:
-        source = next((c.source for c in self.config.nodes if c.name == name), "onprem")
+        source = self._sources.get(name, "onprem")
         self.last_seen[name] = time.monotonic()
         self.on_event(NodeUpdated(NodeSnapshot.from_agent(name, data, source), time.monotonic()))
 
@@ -97,9 +120,10 @@ class Poller:
 
     async def aclose(self) -> None:
         """Stop every node task and close the connections."""
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         conns, self.conns = list(self.conns.values()), {}
         await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)

@@ -60,6 +60,23 @@ class FleetState:
         for name in self.node_names:
             self.nodes.setdefault(name, NodeView(name, self.sources.get(name, "onprem")))
 
+    def add_node(self, name: str, source: str = "onprem") -> None:
+        """A node joined the fleet (a cloud instance became reachable); a known name is left as is."""
+        if name not in self.nodes:
+            self.node_names.append(name)
+            self.sources[name] = source
+            self.nodes[name] = NodeView(name, source)
+
+    def remove_node(self, name: str) -> None:
+        """A node left the fleet (its instance was terminated or stopped): forget its view and history."""
+        self.nodes.pop(name, None)
+        self.sources.pop(name, None)
+        if name in self.node_names:
+            self.node_names.remove(name)
+        prefix = f"{name}/"
+        self.util_history = {k: v for k, v in self.util_history.items() if not k.startswith(prefix)}
+        self.idle_since_s = {k: v for k, v in self.idle_since_s.items() if not k.startswith(prefix)}
+
     def apply(self, event: PollEvent) -> str:
         """Fold one event; returns the name of the node it changed."""
         if isinstance(event, NodeUpdated):
