@@ -1,4 +1,5 @@
-"""The console: wiring only — themes, the poll worker, message routing and actions."""
+"""The console: wiring only — themes, the poll worker, message routing and actions (the cloud side
+lives in tui/cloud.py, the alert log's logic in tui/alerts.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,17 @@ from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPan
 from gpuconsole.config import Config
 from gpuconsole.core.poller import Poller
 from gpuconsole.durations import format_duration_s
-from gpuconsole.errors import GpuConsoleError
+from gpuconsole.errors import GpuConsoleError, NoCapacityError
 from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.fleet import FleetState
+from gpuconsole.tui.alerts import JUDGE_INTERVAL_S, AlertBook
+from gpuconsole.tui.cloud import CloudSide
 from gpuconsole.tui.commands import ConsoleCommands
 from gpuconsole.tui.messages import PollEventArrived
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
 from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
+from gpuconsole.tui.widgets.alert_log import AlertPanel
+from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
 from gpuconsole.tui.widgets.job_table import JobTable
 from gpuconsole.tui.widgets.reservation_table import ReservationTable
@@ -35,10 +40,10 @@ if TYPE_CHECKING:
 # 64 rows four times a second. Keys repaint at once (see _select_node).
 RENDER_INTERVAL_S = 0.5
 AGE_REFRESH_S = 1.0
-MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job"})
+MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job", "cloud_up", "cloud_down"})
 
 
-class GpuConsoleApp(App[int]):
+class GpuConsoleApp(CloudSide, App[int]):
     """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
@@ -51,6 +56,8 @@ class GpuConsoleApp(App[int]):
         Binding("c", "cancel_job", "Cancel job", show=False),
         Binding("p", "preempt_job", "Preempt", show=False),
         Binding("l", "job_logs", "Logs", show=False),
+        Binding("u", "cloud_up", "Cloud up", show=False),
+        Binding("D", "cloud_down", "Terminate", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("t", "next_theme", "Theme"),
         Binding("question_mark", "help", "Help"),
@@ -59,11 +66,13 @@ class GpuConsoleApp(App[int]):
     ]
 
     def __init__(self, config: Config, *, theme_name: str | None = None, readonly: bool = False,
-                 poll: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+                 poll: bool = True, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.config = config
         self.readonly = readonly
-        self.clock = clock
+        self.clock = clock  # monotonic: poll event times, ages
+        self.wall_clock = wall_clock  # epoch: alert times, cloud uptime and cost
         self._poll_enabled = poll
         self.fleet = FleetState([n.name for n in config.nodes], {n.name: n.source for n in config.nodes})
         self.name_filter = ""
@@ -75,6 +84,9 @@ class GpuConsoleApp(App[int]):
         self._theme_names = [t.name for t in self._themes.themes]
         self._requested_theme = theme_name or DEFAULT_THEME
         self._action_fleet: Fleet | None = None
+        self.alerts = AlertBook(config.watch, [n.name for n in config.nodes], poll_s=config.defaults.poll_seconds)
+        self._alerts_shown = -1
+        self.init_cloud()
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -98,14 +110,13 @@ class GpuConsoleApp(App[int]):
             with TabPane("Jobs", id="tab-jobs"):
                 yield JobTable(id="jobs")
             with TabPane("Cloud", id="tab-cloud"):
-                yield Static(self._cloud_text(), classes="placeholder")
+                self._cloud_status_shown = self.cloud_status()
+                yield Static(self._cloud_status_shown, id="cloud-status", classes="status-line")
+                yield CloudTable(id="cloud")
+            with TabPane("Alerts", id="tab-alerts"):
+                yield AlertPanel(id="alert-panel")
         yield Input(placeholder="filter nodes by name (esc to close)", id="filter")
         yield Footer()
-
-    def _cloud_text(self) -> str:
-        if self.config.aws is None:
-            return "Cloud: not configured. Add a [cloud.aws] section to the config to burst to EC2."
-        return "Cloud: configured; instances appear here once `gpuconsole cloud up` has started one."
 
     def on_mount(self) -> None:
         for theme in self._themes.themes:
@@ -118,10 +129,14 @@ class GpuConsoleApp(App[int]):
         for failure in self._themes.failed:
             self.notify(f"theme not loaded: {failure}", severity="warning")
         self.set_interval(RENDER_INTERVAL_S, self._tick)
+        self.set_interval(JUDGE_INTERVAL_S, self.judge_alerts)
+        self.judge_alerts()
         self.render_fleet(force=True)
         self.query_one(NodeTable).focus()
         if self._poll_enabled:
             self.poll_fleet()
+            if self.config.aws is not None:
+                self.discover_cloud()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """--readonly hides every mutating action (keys, footer and palette)."""
@@ -145,13 +160,25 @@ class GpuConsoleApp(App[int]):
 
     @on(PollEventArrived)
     def _fold(self, message: PollEventArrived) -> None:
-        self.fleet.apply(message.event)
-        self._dirty = True
+        self.inject(message.event)
 
     def inject(self, event: PollEvent) -> None:
-        """Feed an event directly (tests, snapshots and the demo's recorded data)."""
+        """Fold an event into the fleet view and the alert detector (the poller's path; also tests,
+        snapshots and recorded data). Late events of a node that left the fleet are dropped."""
+        name = event.snapshot.name if isinstance(event, NodeUpdated) else event.name
+        if name in self.gone_nodes:
+            return
         self.fleet.apply(event)
+        # The event's own (monotonic) time on the wall clock, so injected history keeps its spacing.
+        event_s = event.received_at if isinstance(event, NodeUpdated) else event.failed_at
+        self.alerts.apply(event, self.wall_clock() - (self.clock() - event_s))
         self._dirty = True
+
+    def judge_alerts(self) -> None:
+        """Judge alert conditions now (watch thresholds from `[watch]`); new alerts repaint the log."""
+        now_s = self.wall_clock()
+        if self.alerts.judge(now_s, self.idle_cloud_conditions(now_s)):
+            self._dirty = True
 
     def _styles(self) -> dict[str, str]:
         variables = self.current_theme.variables  # the theme's own, not the stylesheet's (may lag)
@@ -171,8 +198,8 @@ class GpuConsoleApp(App[int]):
         try:
             nodes, gpus = main.query_one(NodeTable), main.query_one(GpuTable)
             procs, reservations = main.query_one(ProcessTable), main.query_one(ReservationTable)
-            job_table = main.query_one(JobTable)
-            summary = main.query_one(SummaryBar)
+            job_table, alert_panel = main.query_one(JobTable), main.query_one(AlertPanel)
+            summary, tabs = main.query_one(SummaryBar), main.query_one(TabbedContent)
         except NoMatches:
             return  # shutting down: the widgets are already gone
         now_s = self.clock()
@@ -185,7 +212,13 @@ class GpuConsoleApp(App[int]):
             procs.show(view)
             reservations.show(self.fleet, styles)
             job_table.show(self.fleet, styles)
-            summary.show(self.fleet, now_s)
+            self.render_cloud(styles, main)
+            active = self.alerts.active_keys
+            alert_panel.show(self.alerts.entries, active, styles)
+            if len(active) != self._alerts_shown:
+                self._alerts_shown = len(active)
+                tabs.get_tab("tab-alerts").label = f"Alerts ({len(active)})" if active else "Alerts"
+            summary.show(self.fleet, now_s, cloud=self.cloud_summary(), alerts=len(active))
         self._dirty = False
         self._last_render_s = now_s
 
@@ -236,7 +269,8 @@ class GpuConsoleApp(App[int]):
 
     def action_reserve(self) -> None:
         duration = format_duration_s(self.config.defaults.reserve_for_s)
-        self.push_screen(ReserveDialog([n.name for n in self.config.nodes], duration), self._reserve_chosen)
+        dialog = ReserveDialog([n.name for n in self.config.nodes], duration, cloud=self.config.aws is not None)
+        self.push_screen(dialog, self._reserve_chosen)
 
     def _reserve_chosen(self, form: ReserveForm | None) -> None:
         if form is not None:
@@ -360,7 +394,15 @@ class GpuConsoleApp(App[int]):
         request = core.ReserveRequest(gpus=form.gpus, ttl_s=form.ttl_s, node=form.node,
                                       preemptible=form.preemptible)
         try:
-            result = await core.reserve(await self._fleet(), request)
+            try:
+                result = await core.reserve(await self._fleet(), request)
+            except NoCapacityError:
+                if not form.burst:
+                    raise
+                burst = await self.burst_reserve(request)
+                if burst is None:
+                    return
+                result = burst
         except GpuConsoleError as exc:
             self.notify(str(exc), title="reserve failed", severity="error", timeout=8)
             return

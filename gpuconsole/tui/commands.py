@@ -17,6 +17,8 @@ COMMANDS = (
     ("Cancel selected job", "cancel_job", "Jobs tab: SIGTERM, grace, SIGKILL", True),
     ("Preempt selected job", "preempt_job", "Jobs tab: stop it; --requeue jobs run again later", True),
     ("Show job output", "job_logs", "Jobs tab: stdout and stderr of the selected job", False),
+    ("Cloud up: start a GPU node…", "cloud_up", "quote the cheapest allowed EC2 type, then launch it", True),
+    ("Terminate selected instance", "cloud_down", "Cloud tab: terminate the instance under the cursor", True),
     ("Filter nodes", "filter", "show only nodes whose name contains text", False),
     ("Next theme", "next_theme", "cycle dark → light → high contrast", False),
     ("Help", "help", "keys and symbols", False),

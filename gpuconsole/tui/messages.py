@@ -1,10 +1,15 @@
-"""Messages the poll worker posts to the app: frozen poller events, nothing mutable."""
+"""Messages workers post to the app: frozen values only (poller events, cloud views), nothing mutable."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from gpuconsole.model.events import PollEvent
+
+if TYPE_CHECKING:
+    from gpuconsole.cloud.monitor import CloudView
 
 
 class PollEventArrived(Message):
@@ -13,3 +18,11 @@ class PollEventArrived(Message):
     def __init__(self, event: PollEvent) -> None:
         super().__init__()
         self.event = event
+
+
+class CloudViewArrived(Message):
+    """One cloud discovery round (a frozen CloudView) from the cloud worker."""
+
+    def __init__(self, view: CloudView) -> None:
+        super().__init__()
+        self.view = view

@@ -22,6 +22,7 @@ VARIABLE_DEFAULTS = {
     "gc-flag": "#F2B134",
     "gc-stale": "#6B7280",
     "gc-unreachable": "#E5534B",
+    "gc-cloud": "#8E7DBE",
 }
 
 

@@ -1,4 +1,5 @@
-"""A frozen, seeded fleet for snapshots: healthy, busy, idle-reserved, unreserved, stale, unreachable."""
+"""A frozen, seeded fleet for snapshots: healthy, busy, idle-reserved, unreserved, stale, unreachable;
+plus a cloud discovery round (running, pending and stopped instances) for the Cloud tab."""
 
 from __future__ import annotations
 
@@ -6,19 +7,49 @@ import random
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.config import Config, parse_config
+from gpuconsole.config import Config, NodeConfig, parse_config
 from gpuconsole.model import NodeSnapshot
+from gpuconsole.model.cloud import Instance
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 
 NODES = ("dgx-01", "dgx-02", "dgx-03", "dgx-04", "cloud-g5-1")
-FROZEN_NOW_S = 10_000.0
+FROZEN_NOW_S = 10_000.0  # the monotonic clock
+FROZEN_WALL_S = 1_795_426_200.0  # the wall clock at FROZEN_NOW_S: 2026-11-23T09:30:00Z
 T0 = "2026-11-23T09:00:00Z"
+CLOUD_SECTION = "\n[cloud.aws]\nregion = 'us-east-1'\nendpoint_url = 'http://127.0.0.1:1'\n"
 
 
-def fixture_config() -> Config:
-    text = "[defaults]\nreserve_for = '4h'\n" + "".join(
+def fixture_config(cloud: bool = False) -> Config:
+    """Five nodes; idle after 1 minute (so the 90 s history raises an idle alert); optionally a cloud."""
+    text = "[defaults]\nreserve_for = '4h'\n\n[watch]\nidle_minutes = 1\n" + "".join(
         f"\n[[nodes]]\nname = '{n}'\nhost = '127.0.0.1'\nport = {2200 + i}\n" for i, n in enumerate(NODES))
-    return parse_config(text, Path("/fixture/config.toml"))
+    return parse_config(text + (CLOUD_SECTION if cloud else ""), Path("/fixture/config.toml"))
+
+
+CLOUD_NODE = "i-0a1b2c3d4e5f60718"
+
+
+def fixture_instances() -> tuple[Instance, ...]:
+    """A running on-demand g5 (up 2h, a node), a pending spot g6e and a stopped g6."""
+    return (
+        Instance(CLOUD_NODE, "g5.xlarge", "running", False, 1, 1.006, FROZEN_WALL_S - 7200, True, "alice"),
+        Instance("i-0f9e8d7c6b5a43210", "g6e.12xlarge", "pending", True, 4, 3.12, FROZEN_WALL_S - 20, True, "bob"),
+        Instance("i-07c1d2e3f4a5b6c7d", "g6.xlarge", "stopped", False, 1, 0.805, FROZEN_WALL_S - 86400, True, "carol"),
+    )
+
+
+def fixture_cloud_node() -> NodeConfig:
+    return NodeConfig(CLOUD_NODE, "127.0.0.1", port=2299, source="cloud")
+
+
+def fixture_cloud_node_event() -> PollEvent:
+    """The running instance's agent answering: one A10G, reserved by alice and busy."""
+    res = {"id": "r-c10ud5", "owner": "alice", "expires_at": "2026-11-23T11:00:00Z"}
+    gpu = dict(_gpu(0, 88.0, 20111, res, [{"pid": 7001, "user": "alice", "command": "python finetune.py",
+                                           "mem_mib": 20111}]), name="NVIDIA A10G", mem_total_mib=23028)
+    data = dict(_node(CLOUD_NODE, [gpu], [_res("r-c10ud5", CLOUD_NODE, [0], "alice", res["expires_at"])]),
+                cpu_count=4, mem_total_bytes=16 * 2**30, mem_used_bytes=9 * 2**30)
+    return NodeUpdated(NodeSnapshot.from_agent(CLOUD_NODE, data, "cloud"), FROZEN_NOW_S)
 
 
 def _gpu(index: int, util: float, mem_mib: int, reservation: dict[str, Any] | None = None,

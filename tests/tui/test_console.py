@@ -126,7 +126,7 @@ async def test_readonly_hides_mutating_actions(demo: DemoThread) -> None:
         await pilot.pause()
         assert not isinstance(app.screen, ReserveDialog)
         shown = {key for key, active in app.screen.active_bindings.items() if active.enabled}
-        assert {"r", "x", "e"}.isdisjoint(shown)
+        assert {"r", "x", "e", "c", "p", "u", "D"}.isdisjoint(shown)
         assert {"q", "question_mark"} <= shown
 
 

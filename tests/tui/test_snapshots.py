@@ -1,4 +1,4 @@
-"""SVG snapshots at 120×40 with a frozen clock and seeded data: main screen, dialogs, every theme."""
+"""SVG snapshots at 120×40 with frozen clocks and seeded data: main screen, tabs, dialogs, every theme."""
 
 from __future__ import annotations
 
@@ -6,18 +6,36 @@ from typing import Any
 
 import pytest
 
+from gpuconsole.cloud.monitor import CloudView, Quote
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.themes import load_themes
-from tests.tui.fixture_fleet import FROZEN_NOW_S, fixture_config, fixture_events
+from tests.tui.fixture_fleet import (
+    FROZEN_NOW_S,
+    FROZEN_WALL_S,
+    fixture_cloud_node,
+    fixture_cloud_node_event,
+    fixture_config,
+    fixture_events,
+    fixture_instances,
+)
 
 SIZE = (120, 40)
 
 
-def frozen_app(theme: str = "gpuconsole-dark") -> GpuConsoleApp:
-    app = GpuConsoleApp(fixture_config(), theme_name=theme, poll=False, clock=lambda: FROZEN_NOW_S)
+def frozen_app(theme: str = "gpuconsole-dark", cloud: bool = False) -> GpuConsoleApp:
+    app = GpuConsoleApp(fixture_config(cloud), theme_name=theme, poll=False, clock=lambda: FROZEN_NOW_S,
+                        wall_clock=lambda: FROZEN_WALL_S)
     for event in fixture_events():
         app.inject(event)
+    if cloud:
+        app.inject_cloud(CloudView(fixture_instances(), (fixture_cloud_node(),), None, FROZEN_WALL_S))
+        app.inject(fixture_cloud_node_event())
     return app
+
+
+async def _open(pilot: Any, tab: str) -> None:
+    pilot.app.query_one("#bottom").active = tab
+    await pilot.pause()
 
 
 class TestMainScreen:
@@ -27,8 +45,23 @@ class TestMainScreen:
 
     def test_reservations_tab(self, snap_compare: Any) -> None:
         async def open_tab(pilot: Any) -> None:
-            pilot.app.query_one("#bottom").active = "tab-reservations"
+            await _open(pilot, "tab-reservations")
+
+        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=open_tab)
+
+    def test_cloud_tab(self, snap_compare: Any) -> None:
+        """Running (a ready node, also in the node table as cloud), pending and stopped instances."""
+        async def open_tab(pilot: Any) -> None:
+            await _open(pilot, "tab-cloud")
+            pilot.app.query_one("#cloud").focus()
             await pilot.pause()
+
+        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=open_tab)
+
+    def test_alerts_tab(self, snap_compare: Any) -> None:
+        """bob's idle reservation and carol's unreserved use, as `gpuconsole watch` would send them."""
+        async def open_tab(pilot: Any) -> None:
+            await _open(pilot, "tab-alerts")
 
         assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=open_tab)
 
@@ -43,6 +76,27 @@ class TestDialogs:
             await pilot.pause()
 
         assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=point_at_gpu, press=["x"])
+
+    def test_terminate_confirmation(self, snap_compare: Any) -> None:
+        async def point_at_instance(pilot: Any) -> None:
+            await _open(pilot, "tab-cloud")
+            pilot.app.query_one("#cloud").focus()
+            await pilot.pause()
+
+        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=point_at_instance, press=["D"])
+
+    def test_cloud_up_dialog(self, snap_compare: Any) -> None:
+        """`u` shows the quote for the GPU count (EC2 replaced by a fixed quote)."""
+        app = frozen_app(cloud=True)
+
+        async def quote(gpus: int) -> Quote:
+            return Quote("g6.xlarge" if gpus == 1 else "g6e.12xlarge", 1 if gpus == 1 else 4, False, 0.8048)
+
+        app._quote = quote  # type: ignore[method-assign]
+        assert snap_compare(app, terminal_size=SIZE, press=["u"])
+
+    def test_reserve_dialog_with_burst(self, snap_compare: Any) -> None:
+        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, press=["r"])
 
     def test_help(self, snap_compare: Any) -> None:
         assert snap_compare(frozen_app(), terminal_size=SIZE, press=["question_mark"])

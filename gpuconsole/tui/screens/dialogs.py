@@ -25,18 +25,22 @@ class ReserveForm:
     ttl_s: float
     node: str | None
     preemptible: bool
+    burst: bool = False  # start a cloud node if no node has room now
 
 
 class ReserveDialog(ModalScreen[ReserveForm | None]):
-    """GPU count, duration, node (or auto) and preemptible; validated before it closes."""
+    """GPU count, duration, node (or auto), preemptible and, with a cloud configured, burst;
+    validated before it closes."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, nodes: list[str], default_duration: str, default_node: str | None = None) -> None:
+    def __init__(self, nodes: list[str], default_duration: str, default_node: str | None = None,
+                 *, cloud: bool = False) -> None:
         super().__init__()
         self.nodes = nodes
         self.default_duration = default_duration
         self.default_node = default_node
+        self.cloud = cloud
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
@@ -50,7 +54,12 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
                 yield Select([("auto (best fit)", AUTO_NODE), *[(n, n) for n in self.nodes]],
                              value=AUTO_NODE, id="node", allow_blank=False)
                 yield Label("")
-                yield Checkbox("preemptible", id="preemptible")
+                if self.cloud:
+                    with Horizontal(classes="checks"):
+                        yield Checkbox("preemptible", id="preemptible")
+                        yield Checkbox("burst to cloud", id="burst")
+                else:
+                    yield Checkbox("preemptible", id="preemptible")
             yield Static("", id="error", classes="dialog-error")
             with Horizontal(classes="buttons"):
                 yield Button("Reserve", variant="primary", id="ok")
@@ -65,8 +74,11 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
             raise UsageError("GPUs must be a whole number ≥ 1")
         ttl_s = parse_duration_s(self.query_one("#duration", Input).value, what="duration")
         node = self.query_one("#node", Select).value
+        burst = self.cloud and self.query_one("#burst", Checkbox).value
+        if burst and node != AUTO_NODE:
+            raise UsageError("burst picks the node itself: choose auto")
         return ReserveForm(int(raw), ttl_s, None if node == AUTO_NODE else str(node),
-                           self.query_one("#preemptible", Checkbox).value)
+                           self.query_one("#preemptible", Checkbox).value, burst)
 
     @on(Button.Pressed, "#ok")
     @on(Input.Submitted)
@@ -146,6 +158,7 @@ HELP_TEXT = """\
   e        renew the selected reservation  /   filter nodes by name
   c        cancel the selected job         p   preempt the selected job
   l        the selected job's output       (in the Jobs tab)
+  u        start a cloud node (quote)      D   terminate the selected instance
   tab      next panel                      t   next theme
   ctrl+p   command palette                 ?   this help
   q        quit
@@ -154,9 +167,11 @@ HELP_TEXT = """\
   ● up   ◌ stale (last data, dimmed)   ✕ unreachable
   ⚑ idle   a reserved GPU below 5% utilization for a minute or more
   ⚠ unreserved   processes on a GPU that no reservation covers
+  ▲ alerts   what `gpuconsole watch` would send (Alerts tab, newest first)
 
 The selected reservation is the row under the cursor in the Reservations tab,
-or else the reservation of the GPU under the cursor.
+or else the reservation of the GPU under the cursor. The selected instance is
+the row under the cursor in the Cloud tab.
 """
 
 

@@ -9,8 +9,9 @@ from gpuconsole.model.fleet import IDLE_FLAG_AFTER_S as IDLE_FLAG_S
 from gpuconsole.model.fleet import FleetState, Health, NodeView, bar, sparkline
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
-NODE_COLUMNS = {"node": 14, "src": 6, "health": 20, "GPUs free": 9, "CPU": 5, "mem": 13,
-                "disk r/w": 17, "net rx/tx": 17}
+# 120 columns: "node" fits an EC2 instance id (cloud nodes are named by it); "health" fits "◌ stale · 59m ago".
+NODE_COLUMNS = {"node": 19, "src": 6, "health": 17, "GPUs free": 9, "CPU": 5, "mem": 13,
+                "disk r/w": 16, "net rx/tx": 17}
 GPU_COLUMNS = {"gpu": 3, "name": 16, "util": 16, "mem": 20, "temp": 4, "power": 5, "history": 16,
                "reservation": 24}
 PROCESS_COLUMNS = {"gpu": 3, "user": 10, "pid": 8, "mem": 7, "command": 60}
@@ -46,11 +47,13 @@ class NodeTable(KeyedTable):
         else:
             health_cell = Text("✕ auth/host key" if view.final else "✕ unreachable",
                                style=styles["gc-unreachable"])
+        # Cloud nodes (EC2 instances that joined the fleet) are marked in their own colour.
+        src_style = styles["gc-cloud"] if view.source == "cloud" else ""
         if snap is None:
-            return [view.name, view.source, health_cell, NA, NA, NA, NA, NA]
+            return [view.name, Text(view.source, style=src_style), health_cell, NA, NA, NA, NA, NA]
         dim = "dim" if health is not Health.UP else ""
         cells: list[Cell] = [
-            Text(view.name, style=dim), Text(view.source, style=dim), health_cell,
+            Text(view.name, style=dim), Text(view.source, style=f"{src_style} {dim}".strip()), health_cell,
             Text(f"{snap.gpus_free}/{len(snap.gpus)}", style=dim), Text(pct_h(snap.cpu_pct), style=dim),
             Text(f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}", style=dim),
             Text(f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}", style=dim),

@@ -39,6 +39,16 @@ class KeyedTable(DataTable[Cell]):
                         self.update_cell(key, column, new_cell)
             self._shown[key] = cells
 
+    def rebuild(self, rows: Mapping[str, Sequence[Cell]]) -> None:
+        """Show exactly ``rows`` in their given order, keeping the cursor on the same key if it stays
+        (for tables whose order changes, such as a log shown newest first)."""
+        keep = self.selected_key
+        self.clear()
+        self._shown.clear()
+        self.sync(rows)
+        if keep is not None and keep in self._shown:
+            self.move_cursor(row=self.get_row_index(keep), animate=False)
+
     @property
     def selected_key(self) -> str | None:
         """The key of the row under the cursor, if any."""

@@ -9,33 +9,46 @@ from gpuconsole.model.fleet import FleetState
 
 
 class SummaryBar(Widget):
-    """Nodes up/total, GPUs free/reserved/busy, queue, cloud, and the idle/unreserved flags.
+    """Nodes up/total, GPUs free/reserved/busy, queue, cloud, and the alert/idle/unreserved flags.
 
     A fixed one-line widget that repaints only when its text changes: `Static.update` would ask
-    for a full layout pass on every tick, which was most of the console's CPU at 64 nodes.
+    for a full layout pass on every tick, which was most of the console's CPU at 64 nodes. When the
+    flags do not fit the width they lose their words, the alert count's first (`▲ 3  ⚑ 2  ⚠ 1`;
+    the help screen names the symbols).
     """
 
     DEFAULT_CSS = "SummaryBar { height: 1; }"
 
     def __init__(self, text: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._markup = text
+        self._variants = [text]  # longest first
 
     def render(self) -> Text:
         warning = self.app.current_theme.warning or "yellow"
-        return Text.from_markup(self._markup.replace("$warning", warning))
+        width = self.content_size.width
+        for markup in self._variants:
+            text = Text.from_markup(markup.replace("$warning", warning))
+            if width <= 0 or text.cell_len <= width:
+                break
+        return text
 
-    def show(self, fleet: FleetState, now_s: float, cloud: str = "cloud: off") -> None:
+    def show(self, fleet: FleetState, now_s: float, cloud: str = "cloud: off", alerts: int = 0) -> None:
         t = fleet.totals(now_s)
-        flags = []
+        flags: list[tuple[str, str]] = []  # (full, compact)
+        if alerts:
+            flags.append((f"▲ {alerts} alert{'s' if alerts != 1 else ''}", f"▲ {alerts}"))
         if t["idle_reserved"]:
-            flags.append(f"[b $warning]⚑ {t['idle_reserved']} idle[/]")
+            flags.append((f"⚑ {t['idle_reserved']} idle", f"⚑ {t['idle_reserved']}"))
         if t["unreserved"]:
-            flags.append(f"[b $warning]⚠ {t['unreserved']} unreserved[/]")
+            flags.append((f"⚠ {t['unreserved']} unreserved", f"⚠ {t['unreserved']}"))
         text = (f"nodes [b]{t['up']}[/]/{t['nodes']} up  │  GPUs [b]{t['free']}[/] free · {t['reserved']} reserved"
                 f" · {t['in_use']} busy / {t['gpus']}  │  queue {t['queued']}  │  {cloud}")
+        variants = [text]
         if flags:
-            text += "  │  " + "  ".join(flags)
-        if text != self._markup:
-            self._markup = text
+            words = [full for full, _ in flags]
+            shorter = [flags[0][1] if alerts else flags[0][0], *words[1:]]
+            variants = [text + "  │  " + "  ".join(f"[b $warning]{flag}[/]" for flag in chosen)
+                        for chosen in (words, shorter, [short for _, short in flags])]
+        if variants != self._variants:
+            self._variants = variants
             self.refresh()

@@ -1,0 +1,87 @@
+"""The console's alert log (issue 7): the watcher's pure detector and tracker, fed from the console's
+own poll events, so the Alerts tab shows the alerts `gpuconsole watch` would send for the same fleet.
+
+No Textual here: the app folds events in, judges on an interval and hands `entries` to the AlertLog.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from gpuconsole.config import WatchConfig
+from gpuconsole.model.alerts import Alert
+from gpuconsole.model.events import PollEvent
+from gpuconsole.watch.detect import Detector, Judgement
+from gpuconsole.watch.tracker import Tracker
+
+JUDGE_INTERVAL_S = 1.0  # the watcher judges every few seconds; the console's log may be a little livelier
+MAX_LOG_ENTRIES = 500
+MIN_MAX_GAP_S = 60.0  # a gap in a GPU's samples longer than this restarts its idle window (as the watcher)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedAlert:
+    """One line of the log: the alert and the wall time (epoch seconds) it was raised."""
+
+    seq: int
+    at_s: float
+    alert: Alert
+
+
+class AlertBook:
+    """Detector + tracker + a bounded log; every time is wall-clock epoch seconds, passed in."""
+
+    def __init__(self, watch: WatchConfig, nodes: Iterable[str], *, poll_s: float,
+                 judge_s: float = JUDGE_INTERVAL_S, max_entries: int = MAX_LOG_ENTRIES) -> None:
+        # Same thresholds and windows as the watcher's runner for the same config.
+        self.detector = Detector(
+            idle_s=watch.idle_minutes * 60.0, util_below_pct=watch.util_below_pct,
+            max_gap_s=max(MIN_MAX_GAP_S, 10 * poll_s), node_down_after_s=max(1.0, 2 * judge_s, 2 * poll_s),
+            expected_nodes=set(nodes),
+        )
+        self.tracker = Tracker(watch.cooldown_minutes * 60.0)
+        self.entries: deque[LoggedAlert] = deque(maxlen=max_entries)
+        self._seq = 0
+
+    @property
+    def active_keys(self) -> frozenset[str]:
+        """Keys of the conditions raised and not yet resolved."""
+        return frozenset(self.tracker.active)
+
+    def apply(self, event: PollEvent, now_s: float) -> None:
+        """Fold one poller event seen at wall time `now_s`."""
+        self.detector.apply(event, now_s)
+
+    def expect(self, node: str) -> None:
+        """A node joined: judge it like a configured one (down when it does not answer)."""
+        self.detector.expected_nodes.add(node)
+
+    def forget(self, node: str, now_s: float) -> list[Alert]:
+        """A node left the fleet (instance terminated): drop its detector state, resolve its alerts."""
+        self.detector.forget_node(node)
+        keys = [k for k, t in self.tracker.active.items() if t.alert.node == node]
+        return self._log([self.tracker.resolve(k, now_s, text=f"node {node} left the fleet") for k in keys], now_s)
+
+    def judge(self, now_s: float, extra: Sequence[Alert] | None = ()) -> list[Alert]:
+        """Judge now; log and return what is new (onsets, due repeats, resolutions).
+
+        `extra` are conditions judged elsewhere (idle cloud instances); None means they could not be
+        judged now, so raised ones of that kind are kept rather than resolved.
+        """
+        judgement = self.detector.judge(now_s)
+        if extra is None:
+            held = {k for k, t in self.tracker.active.items() if t.alert.kind == "idle_cloud"}
+            judgement = Judgement(judgement.conditions, judgement.undecided_keys | held, judgement.undecided_nodes)
+        elif extra:
+            conditions = dict(judgement.conditions)
+            conditions.update({alert.key: alert for alert in extra})
+            judgement = Judgement(conditions, judgement.undecided_keys, judgement.undecided_nodes)
+        return self._log(self.tracker.update(now_s, judgement), now_s)
+
+    def _log(self, alerts: list[Alert], now_s: float) -> list[Alert]:
+        for alert in alerts:
+            self._seq += 1
+            self.entries.append(LoggedAlert(self._seq, now_s, alert))
+        return alerts

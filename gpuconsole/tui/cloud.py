@@ -1,0 +1,297 @@
+"""The console's cloud side (issue 6), mixed into the app: discovery in a worker that only posts frozen
+CloudViews, cloud nodes joining and leaving the fleet, and the cloud up / terminate / burst actions.
+
+gpuconsole.cloud.monitor (and so boto3) is imported only inside workers and handlers that run when
+`[cloud.aws]` is configured: a console without it never loads boto3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.screen import Screen
+from textual.widgets import Static, TabbedContent
+
+from gpuconsole.config import Config, NodeConfig
+from gpuconsole.errors import GpuConsoleError
+from gpuconsole.model.cloud import Instance
+from gpuconsole.model.fleet import FleetState
+from gpuconsole.tui.alerts import AlertBook
+from gpuconsole.tui.messages import CloudViewArrived
+from gpuconsole.tui.screens.cloud_dialogs import CloudUpDialog
+from gpuconsole.tui.screens.dialogs import ConfirmDialog
+from gpuconsole.tui.widgets.cloud_table import CloudTable, describe_instance
+
+if TYPE_CHECKING:
+    from textual.app import App
+
+    from gpuconsole.cloud.idle import IdleCloudJudge
+    from gpuconsole.cloud.monitor import CloudMonitor, CloudView, Quote
+    from gpuconsole.core.fleet import Fleet
+    from gpuconsole.core.poller import Poller
+    from gpuconsole.core.reservations import ReserveRequest
+    from gpuconsole.model.alerts import Alert
+
+    _AppBase = App[int]
+else:
+    _AppBase = object
+
+CLOUD_POLL_S = 10.0  # real AWS: DescribeInstances is rate-limited per account, shared by every console
+CLOUD_POLL_LOOPBACK_S = 1.0  # an emulator on loopback (the demo, tests)
+PHASE_LABEL = {"pending": "pending", "running": "running", "ssh": "SSH reachable", "agent": "agent ready"}
+NOT_CONFIGURED = "Cloud: not configured. Add a [cloud.aws] section to the config to burst to EC2."
+
+
+class CloudSide(_AppBase):
+    """Cloud state and actions of GpuConsoleApp; the app calls `init_cloud` and `render_cloud`."""
+
+    # Provided by GpuConsoleApp.
+    config: Config
+    fleet: FleetState
+    poller: Poller | None
+    alerts: AlertBook
+    readonly: bool
+    selected_node: str | None
+    wall_clock: Callable[[], float]
+    _dirty: bool
+    _action_fleet: Fleet | None
+
+    if TYPE_CHECKING:
+        async def _fleet(self) -> Fleet: ...
+
+    def init_cloud(self) -> None:
+        self.cloud_view: CloudView | None = None
+        self._cloud_config = self.config  # discovery reports every cloud node not named in this one
+        self._cloud_monitor: CloudMonitor | None = None
+        self._cloud_kick = asyncio.Event()
+        self._idle_cloud: IdleCloudJudge | None = None
+        self.gone_nodes: set[str] = set()  # cloud nodes that left: late poll events for them are dropped
+        self._cloud_status_shown = ""
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def cloud_monitor(self) -> CloudMonitor:
+        """The monitor (one EC2 client), created on first use; call only from workers."""
+        if self._cloud_monitor is None:
+            from gpuconsole.cloud.monitor import CloudMonitor
+
+            self._cloud_monitor = CloudMonitor(self._cloud_config)
+        return self._cloud_monitor
+
+    def kick_cloud(self) -> None:
+        """Ask discovery to run now rather than at its next interval (after a launch or terminate)."""
+        self._cloud_kick.set()
+
+    @work(exclusive=True, group="cloud", exit_on_error=False)
+    async def discover_cloud(self) -> None:
+        """Ask EC2 every CLOUD_POLL_S (1 s on loopback); only posts CloudViewArrived messages."""
+        from gpuconsole.cloud.ec2 import is_loopback_endpoint
+
+        aws = self.config.aws
+        assert aws is not None
+        interval_s = CLOUD_POLL_LOOPBACK_S if is_loopback_endpoint(aws.endpoint_url) else CLOUD_POLL_S
+        from gpuconsole.cloud.monitor import CloudView
+
+        monitor = self.cloud_monitor()
+        while True:
+            self._cloud_kick.clear()
+            try:
+                view = await monitor.refresh()  # EC2 errors come back as a view with `error` set
+            except Exception as exc:  # anything else must not end discovery for the session either
+                view = CloudView(error=f"discovery failed: {exc}", taken_at_s=time.time())
+            self.post_message(CloudViewArrived(view))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._cloud_kick.wait(), interval_s)
+
+    def on_cloud_view_arrived(self, message: CloudViewArrived) -> None:
+        self.apply_cloud_view(message.view)
+
+    def inject_cloud(self, view: CloudView) -> None:
+        """Feed a discovery round directly (tests and snapshots, no EC2 needed)."""
+        self.apply_cloud_view(view)
+
+    def apply_cloud_view(self, view: CloudView) -> None:
+        """Keep the view; running instances' nodes join the fleet, nodes of stopped or gone ones leave.
+        A failed round changes no membership (missing data is not proof an instance is gone)."""
+        self.cloud_view = view
+        if view.error is None:
+            running = {i.id for i in view.instances if i.state == "running"}
+            known = {n.name for n in self.config.nodes}
+            joined = [n for n in view.nodes if n.name not in known]
+            gone = [n.name for n in self.config.nodes if n.source == "cloud" and n.name not in running]
+            if joined or gone:
+                self._change_members(joined, gone)
+        self._dirty = True
+
+    def _change_members(self, joined: list[NodeConfig], gone: list[str]) -> None:
+        """Apply joins and leaves to the config, the fleet view, the poller, the alert book and the
+        action connections, as deltas (a node a burst just added to the action fleet is kept)."""
+        def without(config: Config) -> Config:
+            return dataclasses.replace(config, nodes=tuple(n for n in config.nodes if n.name not in gone))
+
+        def plus(config: Config) -> Config:
+            known = {n.name for n in config.nodes}
+            return dataclasses.replace(config, nodes=config.nodes + tuple(n for n in joined if n.name not in known))
+
+        self.config = plus(without(self.config))
+        now_s = self.wall_clock()
+        for cfg in joined:
+            self.gone_nodes.discard(cfg.name)
+            self.fleet.add_node(cfg.name, "cloud")
+            self.alerts.expect(cfg.name)
+            if self.poller is not None:
+                self.poller.add_node(cfg)
+        for name in gone:
+            self.gone_nodes.add(name)
+            self.fleet.remove_node(name)
+            self.alerts.forget(name, now_s)
+            if self.poller is not None:
+                self.run_worker(self.poller.remove_node(name), group="cloud-nodes", exit_on_error=False)
+        if self.selected_node in gone:
+            self.selected_node = next(iter(self.fleet.nodes), None)
+        action_fleet = self._action_fleet
+        if action_fleet is not None:
+            action_fleet.config = plus(without(action_fleet.config))
+            for name in gone:
+                conn = action_fleet.conns.pop(name, None)
+                if conn is not None:
+                    self.run_worker(conn.close(), group="cloud-nodes", exit_on_error=False)
+
+    # -- what the rest of the console shows ---------------------------------------------------
+
+    def cloud_summary(self) -> str:
+        """The summary bar's cloud cell."""
+        if self.config.aws is None:
+            return "cloud: off"
+        return self.cloud_view.summary() if self.cloud_view is not None else "cloud: …"
+
+    def cloud_status(self) -> str:
+        """The line above the Cloud tab's table."""
+        if self.config.aws is None:
+            return NOT_CONFIGURED
+        view = self.cloud_view
+        if view is None:
+            return "Cloud: asking EC2…"
+        if view.error:
+            return f"Cloud: {view.error}"
+        hint = "" if self.readonly else "  ·  u: start a node   D: terminate the selected one"
+        summary = view.summary()
+        return f"{summary[:1].upper()}{summary[1:]}  ·  {len(view.instances)} managed instance(s){hint}"
+
+    def render_cloud(self, styles: dict[str, str], main: Screen[Any]) -> None:
+        """Repaint the Cloud tab (uptime and cost tick with the wall clock)."""
+        main.query_one(CloudTable).show(self.cloud_view, self.fleet, styles, self.wall_clock())
+        text = self.cloud_status()
+        if text != self._cloud_status_shown:  # Static.update costs a layout pass: only on change
+            self._cloud_status_shown = text
+            main.query_one("#cloud-status", Static).update(text)
+
+    def idle_cloud_conditions(self, now_s: float) -> list[Alert] | None:
+        """idle_cloud conditions for the alert log ([] without a cloud; None when EC2 is unavailable)."""
+        aws, view = self.config.aws, self.cloud_view
+        if aws is None or view is None:
+            return []
+        if view.error is not None:
+            return None
+        if self._idle_cloud is None:
+            from gpuconsole.cloud.idle import IdleCloudJudge
+
+            self._idle_cloud = IdleCloudJudge(aws.idle_stop_minutes * 60.0, self.config.watch.util_below_pct)
+        return self._idle_cloud.judge(now_s, self.fleet, view)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def _cloud_configured(self) -> bool:
+        if self.config.aws is None:
+            self.notify("no [cloud.aws] section in the config", title="cloud", severity="warning")
+            return False
+        return True
+
+    async def _quote(self, gpus: int) -> Quote:
+        return await self.cloud_monitor().quote(gpus)
+
+    def action_cloud_up(self) -> None:
+        if self._cloud_configured():
+            self.push_screen(CloudUpDialog(self._quote), self._cloud_up_chosen)
+
+    def _cloud_up_chosen(self, quote: Quote | None) -> None:
+        if quote is not None:
+            self.run_cloud_up(quote)
+
+    def _launch_progress(self, instance_id: str, phase: str, elapsed_s: float) -> None:
+        """One toast per launch phase: pending → running → SSH reachable → agent ready."""
+        self.notify(f"{instance_id}: {PHASE_LABEL.get(phase, phase)} after {elapsed_s:.1f}s", title="cloud up")
+        self.kick_cloud()
+
+    @work(group="actions", exit_on_error=False)
+    async def run_cloud_up(self, quote: Quote) -> None:
+        self.notify(f"starting {quote.describe()}", title="cloud up")
+        try:
+            launched = await self.cloud_monitor().launch(quote, progress=self._launch_progress)
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="cloud up failed", severity="error", timeout=8)
+            return
+        finally:
+            self.kick_cloud()
+        for item in launched:
+            self.notify(f"{item.instance.id} ({quote.instance_type}) is ready as a node", title="cloud up")
+
+    def selected_instance(self) -> Instance | None:
+        """The instance under the cursor in the Cloud tab, or None (with a hint)."""
+        instance_id = None
+        if self.query_one(TabbedContent).active == "tab-cloud":
+            instance_id = self.query_one(CloudTable).selected_key
+        found = [i for i in (self.cloud_view.instances if self.cloud_view else ()) if i.id == instance_id]
+        if not found:
+            self.notify("select an instance in the Cloud tab first", severity="warning")
+            return None
+        return found[0]
+
+    def action_cloud_down(self) -> None:
+        if not self._cloud_configured():
+            return
+        instance = self.selected_instance()
+        if instance is None:
+            return
+
+        def confirmed(yes: bool | None) -> None:
+            if yes:
+                self.run_cloud_down(instance.id)
+
+        question = f"Terminate {instance.id} ({describe_instance(instance, self.wall_clock())})?"
+        self.push_screen(ConfirmDialog(question, "Terminate"), confirmed)
+
+    @work(group="actions", exit_on_error=False)
+    async def run_cloud_down(self, instance_id: str) -> None:
+        try:
+            done = await self.cloud_monitor().down([instance_id])
+        except GpuConsoleError as exc:
+            self.notify(str(exc), title="terminate failed", severity="error", timeout=8)
+            return
+        self.kick_cloud()
+        for instance in done:
+            self.notify(f"terminating {instance.id} ({instance.type})", title="cloud down")
+
+    async def burst_reserve(self, request: ReserveRequest) -> dict[str, Any] | None:
+        """No node had room: show the quote, and on yes start that node and reserve there (inside the
+        reserve worker). None when the user declines."""
+        from gpuconsole.cloud.burst import burst_node
+        from gpuconsole.core import reservations as core
+
+        quote = await self._quote(request.gpus)
+        question = f"No node has {request.gpus} free GPU{'s' if request.gpus != 1 else ''}. Start {quote.describe()}?"
+        if not await self.push_screen_wait(ConfirmDialog(question, "Start")):
+            return None
+        fleet = await self._fleet()
+        self.notify(f"starting {quote.describe()}", title="burst")
+        try:
+            node = await burst_node(fleet, request.gpus, progress=self._launch_progress)
+        finally:
+            self.kick_cloud()
+        return await core.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
