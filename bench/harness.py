@@ -228,13 +228,17 @@ class DemoProcess:
     """A demo cluster (`gpuconsole demo --serve`) in its own process.
 
     The SSH servers then never share the benchmark client's GIL, as with a real remote node; the
-    nodes and their agents still share this machine's cores, which the report states.
+    nodes and their agents still share this machine's cores, which the report states. On-prem
+    only unless ``cloud``: the demo's local EC2 would add a [cloud.aws] table to the config, and
+    with it cloud discovery (boto3 import, DescribeInstances) to every CLI call measured on it.
     """
 
-    def __init__(self, root: Path, nodes: int, gpus: int = 8, *, start_timeout_s: float = 120.0):
+    def __init__(self, root: Path, nodes: int, gpus: int = 8, *, start_timeout_s: float = 120.0,
+                 cloud: bool = False):
         self.root = Path(root)
         self.nodes = nodes
         self.gpus = gpus
+        self.cloud = cloud
         self.start_timeout_s = start_timeout_s
         self.config_path = self.root / "config.toml"
         self.proc: subprocess.Popen[str] | None = None
@@ -244,7 +248,8 @@ class DemoProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         argv = cli_argv("demo", "--serve", "--dir", str(self.root / "demo"),
                         "--write-config", str(self.config_path),
-                        "--nodes", str(self.nodes), "--gpus", str(self.gpus))
+                        "--nodes", str(self.nodes), "--gpus", str(self.gpus),
+                        *(() if self.cloud else ("--no-cloud",)))
         started = time.perf_counter()
         with open(self.root / "demo.stderr", "w") as stderr:
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,

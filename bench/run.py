@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import cases
+import cloud_cases
 from harness import REPO_ROOT, Result, machine_info
 
-GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs")
+GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -129,6 +130,11 @@ def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dic
                 guarded("jobs/latency", lambda: cases.bench_jobs_latency(plan, work, config_path))
             return []
         guarded("jobs", jobs_group)
+    cloud_plan = cloud_cases.CloudPlan.make(plan.quick)
+    if "cloud" in groups:
+        guarded("cloud", lambda: cloud_cases.bench_cloud(cloud_plan, work))
+    if "watch" in groups:
+        guarded("watch", lambda: cloud_cases.bench_watch(cloud_plan, work))
     return rows
 
 
@@ -160,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "schema": 1, "mode": "quick" if args.quick else "full", "groups": groups,
         "started_at": started_at, "elapsed_s": round(elapsed_s, 2), "machine": machine,
-        "plan": plan.__dict__, "group_timings": timings, "benchmarks": [r.to_json() for r in rows], "errors": errors,
+        "plan": {**plan.__dict__, "cloud_watch": cloud_cases.CloudPlan.make(args.quick).__dict__},
+        "group_timings": timings, "benchmarks": [r.to_json() for r in rows], "errors": errors,
         "missed_budgets": [r.name for r in rows if r.passed is False],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
