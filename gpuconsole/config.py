@@ -134,6 +134,12 @@ def default_config_path() -> Path:
     return Path(base) / "gpuconsole" / "config.toml"
 
 
+def local_state_dir() -> Path:
+    """Where gpuconsole keeps this user's local state (`$XDG_STATE_HOME/gpuconsole`)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpuconsole"
+
+
 def resolve_config_path(cli_path: str | None) -> Path:
     """`--config`, else `$GPUCONSOLE_CONFIG`, else the platform config dir."""
     if cli_path:

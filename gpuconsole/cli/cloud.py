@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
 from typing import Any
 
@@ -12,9 +11,9 @@ from gpuconsole.cli.output import console, print_json, warn
 from gpuconsole.config import Config
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, NotFoundError, UsageError
+from gpuconsole.model.cloud import LISTED_STATES, PHASE_LABELS
 
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{8,17}$")
-PHASE_LABEL = {"pending": "pending", "running": "running", "ssh": "SSH reachable", "agent": "agent ready"}
 
 
 def run_cloud(config: Config, args: Any) -> int:
@@ -24,34 +23,25 @@ def run_cloud(config: Config, args: Any) -> int:
     return handler(config, args)
 
 
-def _progress(instance_id: str, phase: str, elapsed_s: float) -> None:
-    print(f"{instance_id}: {PHASE_LABEL.get(phase, phase)} after {elapsed_s:.1f}s", file=sys.stderr, flush=True)
+def cloud_progress(instance_id: str, phase: str, elapsed_s: float) -> None:
+    """One stderr line per launch phase (`cloud up` and bursts)."""
+    warn(f"{instance_id}: {PHASE_LABELS.get(phase, phase)} after {elapsed_s:.1f}s")
 
 
 def _up(config: Config, args: Any) -> int:
     from gpuconsole.cloud.ec2 import Ec2
-    from gpuconsole.cloud.launch import Launched, check_type, choose_type, launch, wait_ready
+    from gpuconsole.cloud.launch import Launched, launch, quote, wait_ready
 
     aws = config.aws
     assert aws is not None
     timeout_s = parse_duration_s(args.timeout, what="--timeout")
-    spot = aws.spot if args.spot is None else bool(args.spot)
     ec2 = Ec2(aws)
-    if args.instance_type:
-        instance_type = args.instance_type
-        gpus = check_type(ec2, aws, instance_type)
-    else:
-        instance_type, gpus, _price = choose_type(ec2, aws, args.gpus, spot)
-    from gpuconsole.cloud.prices import price_per_hour
-
-    price = price_per_hour(instance_type, spot, dict(aws.prices))
-    cost = f"${price:.2f}/h each" if price is not None else "price unknown"
-    warn(f"launching {args.count} × {instance_type} ({gpus} GPU{'s' if gpus != 1 else ''}, "
-         f"{'spot' if spot else 'on-demand'}, {cost})")
-    instances = launch(ec2, aws, instance_type, spot=spot, count=args.count)
+    chosen = quote(ec2, aws, args.gpus, args.instance_type, args.spot)
+    warn(f"launching {args.count} × {chosen.describe()}")
+    instances = launch(ec2, aws, chosen.instance_type, spot=chosen.spot, count=args.count)
     launched = [Launched(i) for i in instances]
     if not args.no_wait:
-        asyncio.run(wait_ready(ec2, config, launched, timeout_s=timeout_s, progress=_progress))
+        asyncio.run(wait_ready(ec2, config, launched, timeout_s=timeout_s, progress=cloud_progress))
     if args.json:
         print_json({"instances": [{**item.instance.to_json(), "phases_s": item.phases_s} for item in launched]})
     else:
@@ -65,7 +55,7 @@ def _ls(config: Config, args: Any) -> int:
     from gpuconsole.cloud.ec2 import Ec2
 
     assert config.aws is not None
-    states = None if args.all else ("pending", "running", "stopping", "stopped")
+    states = None if args.all else LISTED_STATES
     instances = Ec2(config.aws).describe(states=states)
     now_s = time.time()
     if args.json:

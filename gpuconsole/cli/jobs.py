@@ -31,7 +31,7 @@ def run_submit(config: Config, args: Any) -> int:
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:
             if args.burst:
-                from gpuconsole.cli.reservations import cloud_progress
+                from gpuconsole.cli.cloud import cloud_progress
                 from gpuconsole.cloud.burst import burst_node
                 from gpuconsole.core.reservations import capacities
 

@@ -52,12 +52,6 @@ def run_reserve(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def cloud_progress(instance_id: str, phase: str, elapsed_s: float) -> None:
-    """One stderr line per launch phase of a burst instance."""
-    labels = {"ssh": "SSH reachable", "agent": "agent ready"}
-    warn(f"{instance_id}: {labels.get(phase, phase)} after {elapsed_s:.1f}s")
-
-
 async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = False) -> dict[str, Any]:
     last_line: list[str] = []
 
@@ -77,6 +71,7 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
                 try:
                     return await core.reserve(fleet, dataclasses.replace(request, wait=False), on_progress=progress)
                 except NoCapacityError:
+                    from gpuconsole.cli.cloud import cloud_progress
                     from gpuconsole.cloud.burst import burst_node
 
                     node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from gpuconsole.cloud.ec2 import Ec2
 from gpuconsole.cloud.inventory import with_nodes
-from gpuconsole.cloud.launch import Launched, Progress, choose_type, launch, wait_ready
+from gpuconsole.cloud.launch import Launched, Progress, launch, quote, wait_ready
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import UsageError
 
@@ -23,14 +23,11 @@ async def burst_node(fleet: Fleet, gpus: int, *, spot: bool | None = None,
     aws = fleet.config.aws
     if aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
-    use_spot = aws.spot if spot is None else spot
     ec2 = await asyncio.to_thread(Ec2, aws)
-    instance_type, type_gpus, price = await asyncio.to_thread(choose_type, ec2, aws, gpus, use_spot)
+    chosen = await asyncio.to_thread(quote, ec2, aws, gpus, None, spot)
     if announce is not None:
-        cost = f"${price:.2f}/h" if price is not None else "price unknown"
-        announce(f"no node can take {gpus} GPU(s) now: bursting to {instance_type} "
-                 f"({type_gpus} GPUs, {'spot' if use_spot else 'on-demand'}, {cost})")
-    instances = await asyncio.to_thread(launch, ec2, aws, instance_type, spot=use_spot, count=1)
+        announce(f"no node can take {gpus} GPU(s) now: bursting to {chosen.describe()}")
+    instances = await asyncio.to_thread(launch, ec2, aws, chosen.instance_type, spot=chosen.spot, count=1)
     launched = [Launched(instances[0])]
     await wait_ready(ec2, fleet.config, launched, timeout_s=timeout_s, progress=progress)
     node = launched[0].node

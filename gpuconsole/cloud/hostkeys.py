@@ -10,14 +10,15 @@ import os
 import re
 from pathlib import Path
 
+from gpuconsole.config import local_state_dir
+
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
 KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) ([A-Za-z0-9+/=]+)(?: .*)?$")
 
 
 def cloud_known_hosts_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "gpuconsole" / "cloud_known_hosts"
+    return local_state_dir() / "cloud_known_hosts"
 
 
 def parse_console_host_keys(console_text: str) -> list[str]:

@@ -15,7 +15,7 @@ from gpuconsole.cloud.ec2 import Ec2
 from gpuconsole.cloud.hostkeys import cloud_known_hosts_path, known_addresses, remember_host_keys
 from gpuconsole.config import AwsConfig, Config, NodeConfig
 from gpuconsole.errors import ConfigError
-from gpuconsole.model.cloud import Instance
+from gpuconsole.model.cloud import LISTED_STATES, Instance
 
 
 def read_host_map(path: str | None) -> dict[str, dict[str, Any]]:
@@ -89,15 +89,20 @@ def with_nodes(config: Config, extra: list[NodeConfig]) -> Config:
     return dataclasses.replace(config, nodes=config.nodes + tuple(n for n in extra if n.name not in known))
 
 
+def scan(ec2: Ec2, config: Config) -> tuple[list[Instance], list[NodeConfig]]:
+    """One discovery round: managed instances (live or stopped), with host keys learnt, and their nodes."""
+    instances = ec2.describe(states=LISTED_STATES)
+    learn_host_keys(ec2, config, instances)
+    return instances, cloud_nodes(config, instances)
+
+
 def discover(config: Config) -> tuple[Config, list[Instance]]:
     """The config plus a node per running managed instance, and the managed instances themselves."""
     if config.aws is None:
         return config, []
-    ec2 = Ec2(config.aws)
-    instances = ec2.describe(states=("pending", "running", "stopping", "stopped"))
-    learn_host_keys(ec2, config, instances)
+    instances, nodes = scan(Ec2(config.aws), config)
     live = frozenset(i.id for i in instances if i.managed and i.live)
-    return dataclasses.replace(with_nodes(config, cloud_nodes(config, instances)), cloud_live=live), instances
+    return dataclasses.replace(with_nodes(config, nodes), cloud_live=live), instances
 
 
 def allowed_types(aws: AwsConfig) -> tuple[str, ...]:

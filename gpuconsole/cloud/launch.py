@@ -18,17 +18,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gpuconsole.cloud.ec2 import Ec2, is_loopback_endpoint
 from gpuconsole.cloud.inventory import allowed_types, learn_host_keys, node_for, read_host_map
 from gpuconsole.cloud.prices import price_per_hour
-from gpuconsole.config import AwsConfig, Config, NodeConfig
+from gpuconsole.config import AwsConfig, Config, NodeConfig, local_state_dir
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError, UsageError
-from gpuconsole.model.cloud import Instance
+from gpuconsole.model.cloud import LIVE_STATES, Instance
 from gpuconsole.ssh.connection import HostKeyError, NodeConnection
 
-PHASES = ("pending", "running", "ssh", "agent")
 Progress = Callable[[str, str, float], None]  # (instance id, phase, seconds since launch)
 
 
@@ -65,10 +63,37 @@ def check_type(ec2: Ec2, aws: AwsConfig, instance_type: str) -> int:
     return ec2.gpu_counts([instance_type])[instance_type]
 
 
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What a launch would start, as `cloud up`, a burst and the console announce it."""
+
+    instance_type: str
+    gpus: int
+    spot: bool
+    price_per_hour: float | None
+
+    def describe(self) -> str:
+        cost = f"${self.price_per_hour:.2f}/h" if self.price_per_hour is not None else "price unknown"
+        kind = "spot" if self.spot else "on-demand"
+        return f"{self.instance_type} ({self.gpus} GPU{'s' if self.gpus != 1 else ''}, {kind}, {cost})"
+
+
+def quote(ec2: Ec2, aws: AwsConfig, gpus: int, instance_type: str | None = None,
+          spot: bool | None = None) -> Quote:
+    """The type `--type` names (checked), else the cheapest allowed one with ``gpus`` GPUs; spot
+    defaults to the config's."""
+    use_spot = aws.spot if spot is None else spot
+    if instance_type:
+        count = check_type(ec2, aws, instance_type)
+        return Quote(instance_type, count, use_spot, price_per_hour(instance_type, use_spot, dict(aws.prices)))
+    chosen, count, price = choose_type(ec2, aws, gpus, use_spot)
+    return Quote(chosen, count, use_spot, price)
+
+
 @contextlib.contextmanager
 def launch_lock() -> Iterator[None]:
     """Serializes count-then-launch between processes on this machine."""
-    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "gpuconsole"
+    base = local_state_dir()
     base.mkdir(parents=True, exist_ok=True)
     fd = os.open(base / "cloud-launch.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -81,14 +106,14 @@ def launch_lock() -> Iterator[None]:
 def launch(ec2: Ec2, aws: AwsConfig, instance_type: str, *, spot: bool, count: int) -> list[Instance]:
     """Launch ``count`` instances unless that would pass max_instances (exit 3)."""
     with launch_lock():
-        live = [i for i in ec2.describe(states=("pending", "running")) if i.managed]
+        live = [i for i in ec2.describe(states=LIVE_STATES) if i.managed]
         if len(live) + count > aws.max_instances:
             names = ", ".join(i.id for i in live) or "none"
             raise NoCapacityError(
                 f"max_instances = {aws.max_instances} reached: {len(live)} managed instance(s) live ({names})"
             )
         mine = ec2.launch(instance_type, spot=spot, count=count, owner=getpass.getuser())
-    ranked = [i.id for i in ec2.describe(states=("pending", "running")) if i.managed]
+    ranked = [i.id for i in ec2.describe(states=LIVE_STATES) if i.managed]
     over = [i for i in mine if i.id in ranked and ranked.index(i.id) >= aws.max_instances]
     if over:
         ec2.terminate([i.id for i in over])

@@ -9,14 +9,13 @@ import time
 from dataclasses import dataclass
 
 from gpuconsole.cloud.ec2 import Ec2
-from gpuconsole.cloud.inventory import cloud_nodes, learn_host_keys
-from gpuconsole.cloud.launch import Launched, Progress, check_type, choose_type, launch, wait_ready
-from gpuconsole.cloud.prices import price_per_hour
+from gpuconsole.cloud.inventory import scan
+from gpuconsole.cloud.launch import Launched, Progress, Quote, launch, quote, wait_ready
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError, UsageError
 from gpuconsole.model.cloud import Instance
 
-LIVE_OR_STOPPED = ("pending", "running", "stopping", "stopped")
+__all__ = ["CloudMonitor", "CloudView", "Quote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +43,6 @@ class CloudView:
         return f"cloud: {len(self.live)} up · ${self.burn_per_hour:.2f}/h"
 
 
-@dataclass(frozen=True, slots=True)
-class Quote:
-    """What a launch would start, for the burst prompt."""
-
-    instance_type: str
-    gpus: int
-    spot: bool
-    price_per_hour: float | None
-
-    def describe(self) -> str:
-        cost = f"${self.price_per_hour:.2f}/h" if self.price_per_hour is not None else "price unknown"
-        kind = "spot" if self.spot else "on-demand"
-        return f"{self.instance_type} ({self.gpus} GPU{'s' if self.gpus != 1 else ''}, {kind}, {cost})"
-
-
 class CloudMonitor:
     """Discovery and actions for one config's `[cloud.aws]`; one Ec2 client, created on first use."""
 
@@ -75,9 +59,8 @@ class CloudMonitor:
         return self._ec2
 
     def _refresh(self) -> CloudView:
-        instances = self._client().describe(states=LIVE_OR_STOPPED)
-        learn_host_keys(self._client(), self.config, instances)
-        return CloudView(tuple(instances), tuple(cloud_nodes(self.config, instances)), None, time.time())
+        instances, nodes = scan(self._client(), self.config)
+        return CloudView(tuple(instances), tuple(nodes), None, time.time())
 
     async def refresh(self) -> CloudView:
         """One discovery round; failures become a view with `error` set (never an exception)."""
@@ -86,17 +69,8 @@ class CloudMonitor:
         except GpuConsoleError as exc:
             return CloudView(error=str(exc), taken_at_s=time.time())
 
-    def _quote(self, gpus: int, instance_type: str | None, spot: bool | None) -> Quote:
-        use_spot = self.aws.spot if spot is None else spot
-        ec2 = self._client()
-        if instance_type:
-            count = check_type(ec2, self.aws, instance_type)
-            return Quote(instance_type, count, use_spot, price_per_hour(instance_type, use_spot, dict(self.aws.prices)))
-        chosen, count, price = choose_type(ec2, self.aws, gpus, use_spot)
-        return Quote(chosen, count, use_spot, price)
-
     async def quote(self, gpus: int = 1, instance_type: str | None = None, spot: bool | None = None) -> Quote:
-        return await asyncio.to_thread(self._quote, gpus, instance_type, spot)
+        return await asyncio.to_thread(lambda: quote(self._client(), self.aws, gpus, instance_type, spot))
 
     async def launch(self, quote: Quote, *, count: int = 1, timeout_s: float = 600.0,
                      progress: Progress | None = None) -> list[Launched]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.config import Config
+from gpuconsole.config import Config, local_state_dir
 from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError
@@ -23,8 +23,7 @@ TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 def journal_path() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "gpuconsole" / "cloud-jobs.json"
+    return local_state_dir() / "cloud-jobs.json"
 
 
 def _load() -> dict[str, dict[str, Any]]:

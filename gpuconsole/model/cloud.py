@@ -10,6 +10,9 @@ from typing import Any
 MANAGED_TAG = "gpuconsole:managed"
 OWNER_TAG = "gpuconsole:owner"
 LIVE_STATES = ("pending", "running")
+LISTED_STATES = (*LIVE_STATES, "stopping", "stopped")  # what `cloud ls` shows without --all
+# A launch's phases, in order, and how people read them.
+PHASE_LABELS = {"pending": "pending", "running": "running", "ssh": "SSH reachable", "agent": "agent ready"}
 
 
 def iso_utc(epoch_s: float) -> str:

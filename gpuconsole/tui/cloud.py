@@ -20,7 +20,7 @@ from textual.widgets import Static, TabbedContent
 
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError
-from gpuconsole.model.cloud import Instance
+from gpuconsole.model.cloud import PHASE_LABELS, Instance
 from gpuconsole.model.fleet import FleetState
 from gpuconsole.tui.alerts import AlertBook
 from gpuconsole.tui.messages import CloudViewArrived
@@ -44,7 +44,6 @@ else:
 
 CLOUD_POLL_S = 10.0  # real AWS: DescribeInstances is rate-limited per account, shared by every console
 CLOUD_POLL_LOOPBACK_S = 1.0  # an emulator on loopback (the demo, tests)
-PHASE_LABEL = {"pending": "pending", "running": "running", "ssh": "SSH reachable", "agent": "agent ready"}
 NOT_CONFIGURED = "Cloud: not configured. Add a [cloud.aws] section to the config to burst to EC2."
 
 
@@ -226,7 +225,7 @@ class CloudSide(_AppBase):
 
     def _launch_progress(self, instance_id: str, phase: str, elapsed_s: float) -> None:
         """One toast per launch phase: pending → running → SSH reachable → agent ready."""
-        self.notify(f"{instance_id}: {PHASE_LABEL.get(phase, phase)} after {elapsed_s:.1f}s", title="cloud up")
+        self.notify(f"{instance_id}: {PHASE_LABELS.get(phase, phase)} after {elapsed_s:.1f}s", title="cloud up")
         self.kick_cloud()
 
     @work(group="actions", exit_on_error=False)

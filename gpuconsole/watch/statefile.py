@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gpuconsole.config import local_state_dir
 from gpuconsole.errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -24,13 +25,12 @@ SCHEMA_VERSION = 1
 def default_state_path(config_path: Path) -> Path:
     """`$XDG_STATE_HOME/gpuconsole/watch-<config hash>.json` (else ~/.local/state/...): one file per
     config, so a watcher on a test config never touches the state of the production one."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     try:
         resolved = str(config_path.resolve())
     except OSError:
         resolved = str(config_path)
     tag = hashlib.sha256(resolved.encode()).hexdigest()[:10]
-    return Path(base) / "gpuconsole" / f"watch-{tag}.json"
+    return local_state_dir() / f"watch-{tag}.json"
 
 
 class StateFile:
