@@ -1,6 +1,8 @@
-"""Numbers to short strings, shared by the CLI and the TUI so both show the same thing."""
+"""Numbers and times to short strings, shared by the CLI, TUI and watcher so all show the same thing."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 NA = "–"
 
@@ -32,3 +34,8 @@ def pct_h(value: float | None) -> str:
 
 def num_h(value: float | None, unit: str) -> str:
     return NA if value is None else f"{value:.0f}{unit}"
+
+
+def iso_utc(epoch_s: float) -> str:
+    """ISO 8601 UTC with a Z, second precision: every time in the CLI contract's JSON."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

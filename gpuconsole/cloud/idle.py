@@ -5,8 +5,8 @@ unreachable is never "idle" (stopping it on missing data would be the dstack 3-s
 from __future__ import annotations
 
 from gpuconsole.cloud.monitor import CloudView
+from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.model.cloud import iso_utc
 from gpuconsole.model.fleet import FleetState, Health
 from gpuconsole.model.telemetry import NodeSnapshot
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from gpuconsole.format import iso_utc
 
 MANAGED_TAG = "gpuconsole:managed"
 OWNER_TAG = "gpuconsole:owner"
@@ -13,11 +14,6 @@ LIVE_STATES = ("pending", "running")
 LISTED_STATES = (*LIVE_STATES, "stopping", "stopped")  # what `cloud ls` shows without --all
 # A launch's phases, in order, and how people read them.
 PHASE_LABELS = {"pending": "pending", "running": "running", "ssh": "SSH reachable", "agent": "agent ready"}
-
-
-def iso_utc(epoch_s: float) -> str:
-    """ISO 8601 UTC with a Z, as every JSON time in the CLI contract."""
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)

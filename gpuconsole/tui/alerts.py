@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from gpuconsole.config import WatchConfig
 from gpuconsole.model.alerts import Alert
 from gpuconsole.model.events import PollEvent
-from gpuconsole.watch.detect import Detector, Judgement
+from gpuconsole.watch.detect import Detector
 from gpuconsole.watch.tracker import Tracker
 
 JUDGE_INTERVAL_S = 1.0  # the watcher judges every few seconds; the console's log may be a little livelier
@@ -61,8 +61,7 @@ class AlertBook:
     def forget(self, node: str, now_s: float) -> list[Alert]:
         """A node left the fleet (instance terminated): drop its detector state, resolve its alerts."""
         self.detector.forget_node(node)
-        keys = [k for k, t in self.tracker.active.items() if t.alert.node == node]
-        return self._log([self.tracker.resolve(k, now_s, text=f"node {node} left the fleet") for k in keys], now_s)
+        return self._log(self.tracker.resolve_node(node, now_s), now_s)
 
     def judge(self, now_s: float, extra: Sequence[Alert] | None = ()) -> list[Alert]:
         """Judge now; log and return what is new (onsets, due repeats, resolutions).
@@ -70,14 +69,7 @@ class AlertBook:
         `extra` are conditions judged elsewhere (idle cloud instances); None means they could not be
         judged now, so raised ones of that kind are kept rather than resolved.
         """
-        judgement = self.detector.judge(now_s)
-        if extra is None:
-            held = {k for k, t in self.tracker.active.items() if t.alert.kind == "idle_cloud"}
-            judgement = Judgement(judgement.conditions, judgement.undecided_keys | held, judgement.undecided_nodes)
-        elif extra:
-            conditions = dict(judgement.conditions)
-            conditions.update({alert.key: alert for alert in extra})
-            judgement = Judgement(conditions, judgement.undecided_keys, judgement.undecided_nodes)
+        judgement = self.detector.judge(now_s).merged(extra)
         return self._log(self.tracker.update(now_s, judgement), now_s)
 
     def _log(self, alerts: list[Alert], now_s: float) -> list[Alert]:

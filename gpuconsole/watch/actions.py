@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.watch.detect import Judgement, iso_utc
+from gpuconsole.watch.detect import Judgement
 
 RETRY_AFTER_S = 60.0  # a release that failed for a transient reason (node unreachable) is retried then
 

@@ -13,20 +13,17 @@ Conditions are keyed (`kind:node:subject`) so the tracker can match onset, repea
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from gpuconsole.durations import format_duration_s
+from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
 from gpuconsole.watch.window import GpuWindow
-
-
-def iso_utc(epoch_s: float) -> str:
-    """ISO 8601 UTC with a Z, second precision (the contract's time format)."""
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +34,20 @@ class Judgement:
     conditions: dict[str, Alert]
     undecided_keys: frozenset[str] = frozenset()
     undecided_nodes: frozenset[str] = frozenset()
+    undecided_kinds: frozenset[str] = frozenset()  # judged elsewhere, and that judge failed this time
 
     def holds(self, alert: Alert) -> bool:
         """Whether an already-raised condition must be kept although it is not in `conditions`."""
-        if alert.key in self.undecided_keys:
+        if alert.key in self.undecided_keys or alert.kind in self.undecided_kinds:
             return True
         return alert.node in self.undecided_nodes and alert.kind != "node_down"
+
+    def merged(self, extra: Sequence[Alert] | None, kind: str = "idle_cloud") -> Judgement:
+        """Add conditions judged elsewhere (idle cloud instances); None means they could not be
+        judged now, so raised ones of that kind are held rather than resolved."""
+        if extra is None:
+            return dataclasses.replace(self, undecided_kinds=self.undecided_kinds | {kind})
+        return dataclasses.replace(self, conditions={**self.conditions, **{a.key: a for a in extra}})
 
 
 @dataclass

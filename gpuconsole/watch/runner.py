@@ -127,8 +127,8 @@ class WatchRunner:
             self.fleet_state.remove_node(name)
             if self._poller is not None:
                 self._in_background(self._poller.remove_node(name))
-            for key in [k for k, t in self.tracker.active.items() if t.alert.node == name]:
-                self.dispatcher.publish(self.tracker.resolve(key, now_s, text=f"node {name} left the fleet"))
+            for alert in self.tracker.resolve_node(name, now_s):
+                self.dispatcher.publish(alert)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -211,11 +211,8 @@ class WatchRunner:
             self._logged.discard("extra")
         except Exception as exc:
             self._log_once("extra", f"watch: cloud conditions unavailable: {exc}")
-            held = {k for k, t in self.tracker.active.items() if t.alert.kind == "idle_cloud"}
-            return Judgement(judgement.conditions, judgement.undecided_keys | held, judgement.undecided_nodes)
-        conditions = dict(judgement.conditions)
-        conditions.update({alert.key: alert for alert in extra})
-        return Judgement(conditions, judgement.undecided_keys, judgement.undecided_nodes)
+            return judgement.merged(None)
+        return judgement.merged(extra)
 
     async def _release(self, now_s: float, key: str, pending: PendingRelease) -> list[Alert]:
         """Release one due reservation as the watcher's own user; the node decides ownership."""

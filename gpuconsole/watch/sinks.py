@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gpuconsole.errors import UsageError
+from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.watch.detect import iso_utc
 
 Log = Callable[[str], None]
 QUEUE_MAX = 1000

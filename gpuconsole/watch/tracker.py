@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gpuconsole.durations import format_duration_s
+from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.watch.detect import Judgement, iso_utc
+from gpuconsole.watch.detect import Judgement
 
 
 @dataclass
@@ -89,6 +90,11 @@ class Tracker:
             message=f"{text} (alerted {format_duration_s(lasted_s)} ago)",
             extra={"resolved_at": iso_utc(now_s), **extra},
         )
+
+    def resolve_node(self, node: str, now_s: float) -> list[Alert]:
+        """End every raised condition of a node that left the fleet (a terminated instance is not "back")."""
+        keys = [key for key, tracked in self.active.items() if tracked.alert.node == node]
+        return [self.resolve(key, now_s, text=f"node {node} left the fleet") for key in keys]
 
     def to_json(self) -> dict[str, Any]:
         return {key: tracked.to_json() for key, tracked in self.active.items()}
