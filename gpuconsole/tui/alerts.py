@@ -18,7 +18,6 @@ from gpuconsole.watch.tracker import Tracker
 
 JUDGE_INTERVAL_S = 1.0  # the watcher judges every few seconds; the console's log may be a little livelier
 MAX_LOG_ENTRIES = 500
-MIN_MAX_GAP_S = 60.0  # a gap in a GPU's samples longer than this restarts its idle window (as the watcher)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +34,9 @@ class AlertBook:
 
     def __init__(self, watch: WatchConfig, nodes: Iterable[str], *, poll_s: float,
                  judge_s: float = JUDGE_INTERVAL_S, max_entries: int = MAX_LOG_ENTRIES) -> None:
-        # Same thresholds and windows as the watcher's runner for the same config.
-        self.detector = Detector(
-            idle_s=watch.idle_minutes * 60.0, util_below_pct=watch.util_below_pct,
-            max_gap_s=max(MIN_MAX_GAP_S, 10 * poll_s), node_down_after_s=max(1.0, 2 * judge_s, 2 * poll_s),
-            expected_nodes=set(nodes),
-        )
+        # Same thresholds and windows as the watcher's live loop for the same config.
+        self.detector = Detector.live(watch.idle_minutes * 60.0, watch.util_below_pct, poll_s=poll_s,
+                                      judge_s=judge_s, nodes=nodes)
         self.tracker = Tracker(watch.cooldown_minutes * 60.0)
         self.entries: deque[LoggedAlert] = deque(maxlen=max_entries)
         self._seq = 0

@@ -14,7 +14,7 @@ Conditions are keyed (`kind:node:subject`) so the tracker can match onset, repea
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -74,6 +74,14 @@ class Detector:
     # entries (the flat dicts above would otherwise be scanned per snapshot: O(fleet) each).
     _indices: dict[str, frozenset[int]] = field(default_factory=dict)
     _users: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def live(cls, idle_s: float, util_below_pct: float, *, poll_s: float, judge_s: float,
+             nodes: Iterable[str]) -> Detector:
+        """For a live poll stream (the watcher's loop and the console): a gap of 10 polls (at least a
+        minute) restarts a window, and a node is down after 2 polls or 2 judgements (at least 1 s)."""
+        return cls(idle_s=idle_s, util_below_pct=util_below_pct, max_gap_s=max(60.0, 10 * poll_s),
+                   node_down_after_s=max(1.0, 2 * judge_s, 2 * poll_s), expected_nodes=set(nodes))
 
     def apply(self, event: PollEvent, now_s: float) -> None:
         """Fold one poller event observed at wall time `now_s`."""

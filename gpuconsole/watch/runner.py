@@ -73,12 +73,13 @@ class WatchRunner:
         self.on_idle_cloud = on_idle_cloud
         self.clock = clock
         poll_s = config.defaults.poll_seconds
-        self.detector = Detector(
-            idle_s=settings.idle_s, util_below_pct=settings.util_below_pct,
-            max_gap_s=ONCE_MAX_GAP_S if settings.once else max(60.0, 10 * poll_s),
-            node_down_after_s=0.0 if settings.once else max(1.0, 2 * settings.interval_s, 2 * poll_s),
-            expected_nodes={n.name for n in config.nodes},
-        )
+        names = [n.name for n in config.nodes]
+        if settings.once:  # windows join across runs; a node still down after the retry is down now
+            self.detector = Detector(idle_s=settings.idle_s, util_below_pct=settings.util_below_pct,
+                                     max_gap_s=ONCE_MAX_GAP_S, node_down_after_s=0.0, expected_nodes=set(names))
+        else:
+            self.detector = Detector.live(settings.idle_s, settings.util_below_pct, poll_s=poll_s,
+                                          judge_s=settings.interval_s, nodes=names)
         self.tracker = Tracker(settings.cooldown_s)
         self.releaser = ReleasePolicy(settings.grace_s) if settings.release_idle else None
         self.fleet_state = FleetState([n.name for n in config.nodes], sources={n.name: n.source for n in config.nodes})
