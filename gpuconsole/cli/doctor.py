@@ -39,7 +39,8 @@ async def _doctor(config: Config) -> list[dict[str, Any]]:
             if isinstance(result, GpuConsoleError) or result is None:
                 report.append({"node": cfg.name, "checks": [{
                     "check": "ssh", "ok": False, "detail": str(result),
-                    "fix": "check host, port, user, identity_file and known_hosts for this node",
+                    "fix": getattr(result, "fix", None)  # a host-key refusal knows its exact fix
+                    or "check host, port, user, identity_file and known_hosts for this node",
                 }]})
                 continue
             hello = fleet.conns[cfg.name].hello

@@ -18,16 +18,15 @@ from gpuconsole.errors import (
     UnreachableError,
 )
 from gpuconsole.node.bundle import agent_preamble, remote_command
+from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
+
+__all__ = ["AgentError", "AuthFailedError", "HostKeyError", "NodeConnection", "classify_connect_error"]
 
 SnapshotCallback = Callable[[str, dict[str, Any]], None]
 
 
 class AuthFailedError(UnreachableError):
     """Authentication was refused: final, never retried."""
-
-
-class HostKeyError(UnreachableError):
-    """The node's host key is unknown or changed: final until known_hosts is fixed."""
 
 
 class AgentError(GpuConsoleError):
@@ -100,8 +99,10 @@ class NodeConnection:
             raise classify_connect_error(cfg.name, exc) from None
         return node
 
-    def _connect_options(self) -> dict[str, Any]:
+    def _connect_options(self, trust: TrustSet | None = None) -> dict[str, Any]:
+        """asyncssh options; host keys are always checked against ``trust`` (never known_hosts=None)."""
         cfg = self.cfg
+        trust = trust if trust is not None else trust_set(cfg)
         options: dict[str, Any] = {
             "connect_timeout": cfg.connect_timeout_s,
             "login_timeout": cfg.connect_timeout_s,
@@ -114,14 +115,18 @@ class NodeConnection:
             options["username"] = cfg.user
         if cfg.identity_file:
             options["client_keys"] = [cfg.identity_file]
-        if cfg.known_hosts:
-            options["known_hosts"] = cfg.known_hosts
+        options["known_hosts"] = trust.load(cfg.name)
+        options["client_factory"] = witness_factory(trust)
         if cfg.ssh_config:
             options["config"] = [cfg.ssh_config]
         return options
 
     async def _start(self, stream_s: float | None) -> None:
-        self._conn = await asyncssh.connect(self.cfg.host, **self._connect_options())
+        trust = trust_set(self.cfg)
+        try:
+            self._conn = await asyncssh.connect(self.cfg.host, **self._connect_options(trust))
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise refusal(self.name, trust, exc.reason) from None
         self._proc = await self._conn.create_process(remote_command(self.cfg.python), encoding=None)
         self._proc.stdin.write(agent_preamble())
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
