@@ -71,4 +71,10 @@ AGENT_ERROR_TYPES: dict[str, type[GpuConsoleError]] = {
     "permission": PermissionDeniedError,
     "not_found": NotFoundError,
     "stale_token": NotFoundError,
+    # The node cannot serve changes now (state lock held too long, unreadable state, a full or
+    # unwritable state dir): like an unreachable node, other nodes may still take the request.
+    "busy": UnreachableError,
+    "corrupt": UnreachableError,
+    "io": UnreachableError,
+    "too_large": UsageError,
 }

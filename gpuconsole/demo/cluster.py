@@ -40,6 +40,31 @@ class DemoNode:
     children: set[asyncio.subprocess.Process] = field(default_factory=set)
 
 
+def marked_processes(sim_keys: set[str]) -> list[int]:
+    """Pids of our processes whose environment carries one of these nodes' GPUCONSOLE_SIM_NODE
+    marker: agents, supervisors (they run detached, in their own session) and their jobs."""
+    wanted = {f"GPUCONSOLE_SIM_NODE={key}".encode() for key in sim_keys}
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                items = set(handle.read().split(b"\0"))
+        except OSError:
+            continue
+        if items & wanted:
+            found.append(int(entry))
+    return found
+
+
+def kill_marked(sim_keys: set[str]) -> None:
+    """SIGKILL every process marked for these nodes (what a stopped node leaves behind)."""
+    for pid in marked_processes(sim_keys):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 class DemoCluster:
     """N simulated SSH nodes with G GPUs each, plus the client key, known_hosts and config."""
 
@@ -55,6 +80,11 @@ class DemoCluster:
         self.config_path = self.root / "config.toml"
         self.host_map_path = self.root / "cloud-hosts.json"
         self.cloud_section = ""  # the [cloud.aws] table when an EC2 emulator is attached
+        # Test-only: node name -> shell command run instead of the one the client sent (a fake agent
+        # that answers with wrong types plays a broken or hostile node; see tests/fixtures/).
+        self.command_overrides: dict[str, str] = {}
+        # Test-only: extra environment for every agent (e.g. GPUCONSOLE_FAULTS for the nemesis).
+        self.agent_env: dict[str, str] = {}
         self._handlers: set[asyncio.Task[None]] = set()
 
     def _node_name(self, index: int) -> str:
@@ -120,9 +150,9 @@ class DemoCluster:
         if task is not None:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
-        env = dict(os.environ)
+        env = dict(os.environ, **self.agent_env)
         env["GPUCONSOLE_SIM_NODE"] = node.sim_key
-        command = process.command or "exec ${SHELL:-/bin/sh} -i"
+        command = self.command_overrides.get(node.name) or process.command or "exec ${SHELL:-/bin/sh} -i"
         child = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -189,19 +219,23 @@ class DemoCluster:
         return "".join(parts) + self.cloud_section
 
     async def stop(self) -> None:
-        """Stop every node and kill what they started."""
+        """Stop every node and kill what they started, detached job supervisors and jobs included."""
         for name in list(self.nodes):
             await self.stop_node(name)
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=5)
+        kill_marked({node.sim_key for node in self.nodes.values()})
 
 
 class DemoThread:
     """Runs a DemoCluster on its own event loop in a background thread (tests, benchmarks)."""
 
     def __init__(self, root: Path, nodes: int = 4, gpus: int = 8, *, cloud: bool = False,
+                 command_overrides: dict[str, str] | None = None, agent_env: dict[str, str] | None = None,
                  **cloud_options: Any) -> None:
         self.cluster = DemoCluster(root, nodes, gpus)
+        self.cluster.command_overrides.update(command_overrides or {})
+        self.cluster.agent_env.update(agent_env or {})
         self.cloud: Any = None  # a demo.cloud.CloudBridge when cloud=True
         self._cloud_wanted = cloud
         self._cloud_options = cloud_options

@@ -16,12 +16,12 @@ import sys
 import threading
 import time
 
+from . import faults, jobs, procs
 from . import gpus as gpu_sources
-from . import jobs, procs
 from . import state as st
 from .hostio import HostSampler
 from .jobops import JobOps
-from .store import CorruptState, StateStore, filesystem_type, is_network_fs
+from .store import CorruptState, StateStore, filesystem_type, io_error, is_network_fs
 
 AGENT_VERSION = 1
 _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
@@ -77,6 +77,7 @@ class Agent(JobOps):
         self.stream_thread = None
         self.in_critical = False
         self.stop_requested = False
+        self.hello_warnings = []
 
     # -- output -----------------------------------------------------------------------------
 
@@ -166,13 +167,21 @@ class Agent(JobOps):
             return {g for g, items in self.gpus.processes().items() if items}
 
     def transaction(self, op, args):
-        """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change."""
+        """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change.
+
+        The rename inside commit() is the commit point: an error before it is a refusal (nothing
+        changed), anything that goes wrong after it is a warning on a successful reply.
+        """
         func = MUTATIONS[op]
         # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
         in_use = self._gpus_in_use()
         req_id = args.get("req_id")
         self.in_critical = True
-        self.store.acquire()
+        try:
+            self.store.acquire()
+        except OSError as exc:
+            self.in_critical = False
+            raise io_error("cannot open the state lock", exc, self.store.dir) from None
         try:
             ctx = self._ctx()
             ctx.gpus_in_use = in_use
@@ -181,31 +190,42 @@ class Agent(JobOps):
             except CorruptState as exc:
                 raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
                                  "repairs %s: %s" % (self.store.dir, exc)) from None
+            except OSError as exc:
+                raise io_error("cannot read the state", exc, self.store.dir) from None
             if req_id and req_id in state["applied"]:
                 result = dict(state["applied"][req_id]["res"], replayed=True)
                 return result, warnings
             state.pop("checksum", None)
-            must_write = loaded is None  # a new node, or a recovery that must be persisted
+            must_write = loaded is None  # a new node, a recovery or a quarantine that must be persisted
+            baseline = loaded if loaded is not None else json.dumps(state)
             try:
                 changed = self._housekeep(state, ctx)
                 result = func(state, ctx, args)
             except st.OpError:
                 # Refused: keep only what housekeeping changed, re-derived from what was read.
-                if loaded is not None:
-                    state = json.loads(loaded)
+                state = json.loads(baseline)
                 if self._housekeep(state, ctx) or must_write:
-                    self.store.commit(state)
+                    warnings = warnings + self._commit(state)
                 raise
             if op in ALWAYS_CHANGES:
                 if req_id:
                     state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
                 changed = True
             if changed or must_write:
-                self.store.commit(state)
+                warnings = warnings + self._commit(state)
             return result, warnings
         finally:
             self.store.release_lock()
             self.in_critical = False
+
+    def _commit(self, state):
+        """Commit, or raise OpError("io") when nothing was committed; returns post-commit warnings."""
+        if faults.active("ack_before_commit"):  # negative control for the history checker only
+            return []
+        try:
+            return self.store.commit(state)
+        except OSError as exc:
+            raise io_error("not changed: cannot write the state", exc, self.store.dir) from None
 
     def _housekeep(self, state, ctx):
         """Reboot rule, expiry, dead waiters, then queued grants; True when anything changed."""
@@ -213,6 +233,7 @@ class Agent(JobOps):
         if state.get("boot_id") != self.boot_id:
             st.reboot_recovery(state, self.boot_id, ctx)
             changed = True
+        changed = jobs.hold_while_supervised(state, ctx) or changed
         changed = st.gc(state, ctx) or changed
         changed = jobs.reap(state, ctx) or changed
         changed = bool(st.dispatch(state, ctx)) or changed
@@ -241,8 +262,12 @@ class Agent(JobOps):
         except OSError as exc:
             state_dir_error = str(exc)
         self.set_stream(args.get("stream_s"))
+        self.hello_warnings = []
         if state_dir_error is None and os.environ.get("GPUCONSOLE_ROLE") != "supervisor":
-            self._adopt_orphans()
+            try:
+                self.hello_warnings = self._adopt_orphans()
+            except Exception as exc:  # a bad record must never cost the user the node
+                self.hello_warnings = ["jobs not restarted: %s: %s" % (exc.__class__.__name__, exc)]
         return {
             "agent_version": AGENT_VERSION, "user": self.user, "uid": self.uid,
             "admin": self.admin, "hostname": self.node, "boot_id": self.boot_id,
@@ -313,7 +338,7 @@ class Agent(JobOps):
         if not isinstance(args, dict):
             raise st.OpError("invalid", "args must be an object")
         if op == "hello":
-            return self.op_hello(args), []
+            return self.op_hello(args), self.hello_warnings
         if self.store is None:
             raise st.OpError("invalid", "hello must come first")
         if op == "snapshot":
@@ -334,7 +359,7 @@ class Agent(JobOps):
         if op == "ping":
             return {"pong": True}, []
         if op == "submit":
-            return self.op_submit(args), []
+            return self.op_submit(args)
         if op == "jobs":
             state, warnings, _ = self._read_state()
             ctx = self._ctx()

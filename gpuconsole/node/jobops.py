@@ -1,19 +1,21 @@
 """Job operations of the agent: submit (spec, supervisor, queue), logs, adoption of orphans.
 
+Everything run or signalled here comes from the job's private directory (see private.py), never
+from the shared state file alone.
+
 A mixin for Agent, kept apart so each file stays one concept; it uses the agent's store,
 transactions and identity.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 
-from . import jobs, loader, procs
+from . import jobs, loader, private, procs
 from . import state as st
-from .store import CorruptState, make_shared_dir
+from .store import CorruptState, io_error
 
 MAX_LOG_CHUNK = 256 * 1024
 
@@ -26,8 +28,23 @@ class JobOps:
             raise st.OpError("not_found", "no job %r on this node" % (job_id,))
         return os.path.join(self.store.dir, "jobs", job_id)
 
+    def _replayed(self, req_id):
+        """The recorded answer of an already committed request (a client's retry), else None."""
+        if not req_id:
+            return None
+        try:
+            state, _, _ = self.store.load(self.boot_id)
+        except (CorruptState, OSError):
+            return None
+        entry = state["applied"].get(req_id)
+        return None if entry is None else dict(entry["res"], replayed=True)
+
     def op_submit(self, args):
-        """Write the job's spec, start its detached supervisor, then queue the job (one transaction)."""
+        """Write the job's spec, start its detached supervisor, then queue the job (one transaction).
+
+        A retried submit (same req_id) answers from the first one and starts nothing; a submit
+        that fails leaves no supervisor and no job dir behind.
+        """
         argv = args.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv) \
                 or not argv[0]:
@@ -35,43 +52,85 @@ class JobOps:
         cwd = args.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or not os.path.isdir(cwd)):
             cwd = None  # the client's directory may not exist here; run in the job dir instead
+        replay = self._replayed(args.get("req_id"))
+        if replay is not None:
+            return replay, []
         job_id = st.new_id({"leases": {}, "queue": {}}, "j")
         job_dir = self._job_dir(job_id)
-        make_shared_dir(os.path.dirname(job_dir))  # jobs/ is shared by the group; each job dir is private
-        os.mkdir(job_dir, 0o700)
-        with open(os.path.join(job_dir, "spec.json"), "w") as handle:
-            json.dump({"argv": argv, "cwd": cwd or job_dir}, handle)
-        child = self._spawn_supervisor(job_id, job_dir)
-        ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id}
+        warnings = []
+        child = None
         try:
-            result, _ = self.transaction("submit_job", {
+            warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
+            if warning:
+                warnings.append(warning)
+            os.mkdir(job_dir, 0o700)
+            dir_fd = private.open_dir(job_dir)
+            try:
+                private.write_json(dir_fd, "spec.json", {"argv": argv, "cwd": cwd})
+                child = self._spawn_supervisor(job_id, job_dir, dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            _discard(child, job_dir)
+            raise io_error("job not submitted", exc, self.store.dir) from None
+        ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id,
+                 "uid": self.uid}
+        try:
+            result, more = self.transaction("submit_job", {
                 "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
                 "name": args.get("name"), "requeue": args.get("requeue"), "supervisor": ident,
                 "preempt": args.get("preempt"), "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
                 "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id"),
             })
-        except st.OpError:
-            child.kill()
-            child.wait()
+        except BaseException:
+            _discard(child, job_dir)
             raise
-        return result
+        if result.get("replayed"):
+            _discard(child, job_dir)  # a retry that raced its first attempt: the first one stands
+        return result, warnings + more
 
     def _adopt_orphans(self):
-        """Requeued jobs of ours whose supervisor died (e.g. a reboot) get a new one now."""
+        """Requeued jobs of ours whose supervisor died (e.g. a reboot) get a new one now.
+
+        Only a job whose private directory and spec this user wrote is run again; a record that
+        merely claims to be ours (the state file is group-writable) is reported and marked lost.
+        """
+        warnings = []
         try:
             state, _, _ = self.store.load(self.boot_id)
         except (CorruptState, OSError):
-            return
+            return warnings
         for job_id in jobs.orphans(state, self.uid):
-            _kill_leftovers(self._job_dir(job_id))
-            child = self._spawn_supervisor(job_id, self._job_dir(job_id))
-            ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id}
+            try:
+                job_dir = self._job_dir(job_id)
+                dir_fd = private.open_dir(job_dir)
+                try:
+                    if _exists(dir_fd, ENDED_MARK):
+                        raise ValueError("job %s already ended" % job_id)
+                    private.read_json(dir_fd, "spec.json", label=job_dir + "/spec.json")
+                    kill_leftovers(dir_fd, self.uid)
+                    child = self._spawn_supervisor(job_id, job_dir, dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except (OSError, ValueError, st.OpError) as exc:
+                reason = getattr(exc, "strerror", None) or str(exc)
+                warnings.append("job %s not restarted: %s" % (job_id, reason))
+                try:
+                    self.transaction("abandon_job", {"id": job_id, "reason": reason})
+                except st.OpError:
+                    pass
+                continue
+            ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id,
+                     "uid": self.uid}
             try:
                 self.transaction("adopt_job", {"id": job_id, "supervisor": ident})
-            except st.OpError:
+            except st.OpError as exc:
                 child.kill()
+                warnings.append("job %s not restarted: %s" % (job_id, exc.message))
+        return warnings
 
-    def _spawn_supervisor(self, job_id, job_dir):
+    def _spawn_supervisor(self, job_id, job_dir, dir_fd):
+        """Start the detached supervisor; it re-checks the job dir itself before trusting it."""
         import subprocess  # only submit needs it
 
         codes = sys.modules[__package__]
@@ -81,10 +140,13 @@ class JobOps:
                    GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir,
                    GPUCONSOLE_SIMULATE_GPUS=str(self.hello_args["simulate"]),
                    GPUCONSOLE_NODE_NAME=self.hello_args["node"])
-        with open(os.path.join(job_dir, "supervisor.log"), "ab") as log:
+        log_fd = private.open_file(dir_fd, "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
             child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=log, env=env, cwd=job_dir,
+                                     stdout=subprocess.DEVNULL, stderr=log_fd, env=env, cwd="/",
                                      start_new_session=True, close_fds=True)
+        finally:
+            os.close(log_fd)
         child.stdin.write(loader.preamble(program))
         child.stdin.close()
         # Reap it when it ends, so a dead supervisor is gone from /proc rather than a zombie.
@@ -92,7 +154,7 @@ class JobOps:
         return child
 
     def op_logs(self, args):
-        """A chunk of a job's stdout or stderr from `offset` (the files are the owner's own)."""
+        """A chunk of a job's stdout or stderr from `offset`, cut at a whole UTF-8 character."""
         job_dir = self._job_dir(args.get("id"))
         stream = args.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
@@ -104,16 +166,66 @@ class JobOps:
         job = state.get("jobs", {}).get(args.get("id"))
         if job is None:
             raise st.OpError("not_found", "no job %s on this node" % args.get("id"))
+        if job["uid"] != self.uid:
+            raise st.OpError("permission", "job %s belongs to %s" % (job["id"], job["owner"]))
+        ended = job["state"] not in jobs.ACTIVE
         try:
-            with open(os.path.join(job_dir, stream), "rb") as handle:
-                handle.seek(offset)
-                data = handle.read(MAX_LOG_CHUNK)
+            dir_fd = private.open_dir(job_dir)
+            try:
+                fd = private.open_file(dir_fd, stream, label=job_dir + "/" + stream)
+            finally:
+                os.close(dir_fd)
         except FileNotFoundError:
             data = b""
-        except PermissionError:
-            raise st.OpError("permission", "job %s belongs to %s" % (job["id"], job["owner"])) from None
+        except OSError as exc:
+            raise st.OpError("permission", "logs of job %s: %s" % (job["id"], exc.strerror or exc)) from None
+        else:
+            try:
+                os.lseek(fd, offset, os.SEEK_SET)
+                data = os.read(fd, MAX_LOG_CHUNK)
+                at_end = len(data) < MAX_LOG_CHUNK
+            finally:
+                os.close(fd)
+            if not (ended and at_end):
+                data = data[:_utf8_boundary(data)]  # the rest of a split character comes next time
         return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data),
-                "state": job["state"], "ended": job["state"] not in jobs.ACTIVE}
+                "state": job["state"], "ended": ended}
+
+
+ENDED_MARK = "ended"
+
+
+def _utf8_boundary(data):
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return len(data)  # ASCII: complete
+        if byte >= 0xC0:  # a lead byte: complete only if its sequence fits in what follows
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)  # only continuation bytes (invalid anyway): do not hold them back
+
+
+def _exists(dir_fd, name):
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _discard(child, job_dir):
+    """Undo a submit that did not commit: stop its supervisor and remove its job dir."""
+    import shutil
+
+    if child is not None:
+        try:
+            child.kill()
+            child.wait()
+        except OSError:
+            pass
+    shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _shell_quote(arg):
@@ -122,16 +234,36 @@ def _shell_quote(arg):
     return arg if arg and safe else "'" + arg.replace("'", "'\\''") + "'"
 
 
-def _kill_leftovers(job_dir):
-    """End what a dead supervisor's job left running (its process group; our own processes),
-    so the GPUs are free again before the job runs a second time."""
+def kill_leftovers(dir_fd, uid):
+    """End what a dead supervisor's job left running, so its GPUs are free before it runs again.
+
+    The job's process group is read from the job's private dir and signalled only when it is
+    still that group: its leader has the recorded start time on this boot, or the leader is gone
+    and a process of ours is still in the group (a pgid is not reused while a member lives).
+    """
     import signal
 
     try:
-        with open(os.path.join(job_dir, "pgid")) as handle:
-            os.killpg(int(handle.read().strip()), signal.SIGKILL)
-    except (OSError, ValueError):
-        pass
+        record = private.read_json(dir_fd, PGID_FILE)
+        pgid = int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if pgid <= 1 or record.get("boot_id") != procs.boot_id() or record.get("uid") != uid:
+        return False
+    leader_start = procs.start_ticks(pgid)
+    if leader_start is not None:
+        if leader_start != record.get("start") or procs.proc_uid(pgid) != uid:
+            return False  # the pid now names another process: the old group is gone
+    elif not any(procs.proc_uid(pid) == uid for pid in procs.group_members(pgid)):
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
+
+
+PGID_FILE = "pgid.json"
 
 
 def _local_program():

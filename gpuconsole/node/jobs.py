@@ -6,9 +6,13 @@ queue grants it, the lease carries the job's id, and the supervisor claims it wi
 
 from __future__ import annotations
 
+import os
+
+from . import faults
 from . import state as st
 
-JOB_LEASE_TTL_S = 60.0  # the supervisor renews every third of this while the job runs
+# The supervisor renews every third of this while the job runs; tests shorten it.
+JOB_LEASE_TTL_S = float(os.environ.get("GPUCONSOLE_JOB_TTL_S") or 60.0)
 DEFAULT_GRACE_S = 30.0
 MAX_GRACE_S = 3600.0
 KEEP_FINISHED = 200
@@ -117,7 +121,9 @@ def finish(state, ctx, args):
     state["leases"].pop(job["id"], None)
     state["queue"].pop(job["id"], None)
     preempted = job.get("preempt") is not None
-    if job.get("cancel_requested"):
+    if args.get("lease_lost"):
+        job["state"] = "lost"  # its grant vanished under it (an admin or a forged edit): stopped at once
+    elif job.get("cancel_requested"):
         job["state"] = "cancelled"
     elif exit_code == 0:
         job["state"] = "succeeded"  # finished, even if a preemption signal came first
@@ -245,7 +251,41 @@ def cancel(state, ctx, args):
     elif job["state"] == "running":
         job["cancel_requested"] = True
     else:
-        raise st.OpError("invalid", "job %s already ended (%s)" % (job["id"], job["state"]))
+        return dict(job_view(job), already_ended=True)  # the wish is already true: not an error
+    return job_view(job)
+
+
+def hold_while_supervised(state, ctx):
+    """A running job's lease lasts as long as its supervisor lives, renewed or not.
+
+    A supervisor that cannot renew (stopped, starved of the lock, a suspended node) still has a
+    job on those GPUs, so letting the lease lapse would grant them twice. Extending here, before
+    expiry, ties the hold to the supervisor's life; reap() ends it when the supervisor is gone.
+    Only leases about to lapse are touched, so a healthy job costs no extra commit.
+    """
+    if faults.active("job_lease_expires"):  # negative control for the history checker only
+        return False
+    changed = False
+    jobs = _jobs(state)
+    for lease in state["leases"].values():
+        job = jobs.get(lease["id"])
+        if not lease.get("job") or job is None or job["state"] not in ACTIVE:
+            continue
+        if lease["exp_bt"] - ctx.now_bt < JOB_LEASE_TTL_S / 3 and ctx.alive(job.get("supervisor")):
+            lease["exp_bt"] = ctx.now_bt + JOB_LEASE_TTL_S
+            lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
+            changed = True
+    return changed
+
+
+def abandon(state, ctx, args):
+    """An orphaned job its owner's agent refused to restart (its private files are not the
+    owner's, or it already ended) is recorded as lost instead of waiting forever."""
+    job = _own_job(state, ctx, args.get("id"))
+    if not job.get("orphaned"):
+        raise st.OpError("invalid", "job %s is not waiting for a new supervisor" % job["id"])
+    state["queue"].pop(job["id"], None)
+    job.update(state="lost", orphaned=False, ended_wall=ctx.now_wall, note=str(args.get("reason") or "")[:200])
     return job_view(job)
 
 
@@ -272,4 +312,4 @@ def reap(state, ctx):
 
 
 MUTATIONS = {"submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
-             "preempt": preempt, "adopt_job": adopt}
+             "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon}

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
-MODULES = ("loader", "procs", "hostio", "gpus", "state", "jobs", "store", "jobops", "agent", "supervisor")
+MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "jobs", "store",
+           "jobops", "agent", "supervisor")
 BOOTSTRAP = (
     "import sys;r=sys.stdin.buffer;n=int(r.readline());"
     "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"

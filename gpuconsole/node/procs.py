@@ -46,6 +46,21 @@ def start_ticks(pid):
         return None
 
 
+def group_members(pgid):
+    """Pids of the live processes in process group `pgid` (from /proc, this namespace)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        try:
+            if fields and fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+                members.append(int(name))
+        except (IndexError, ValueError):
+            continue
+    return members
+
+
 def cpu_ticks(pid):
     """utime + stime of a process in clock ticks, or None when it is gone."""
     fields = _stat_fields(pid)

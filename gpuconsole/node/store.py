@@ -11,9 +11,11 @@ import errno
 import fcntl
 import os
 import signal
+import stat
 import threading
 import time
 
+from . import faults, private, records
 from . import state as st
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre")
@@ -61,6 +63,79 @@ def _flock_with_timeout(fd, timeout_s):
             except BlockingIOError:
                 time.sleep(0.001)
     raise st.OpError("busy", "state lock held for more than %gs" % timeout_s)
+
+
+def _kind(mode):
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+class NotRegularFile(OSError):
+    """A state or lock path that is a FIFO, device, directory or symlink: refused, never opened."""
+
+
+def open_regular(path, flags, mode=0o600):
+    """os.open that refuses anything but a regular file at once, without blocking or following.
+
+    O_NONBLOCK keeps a FIFO from hanging the agent, O_NOFOLLOW refuses a planted symlink, and the
+    fstat afterwards catches directories and devices; the error names the path.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "%s is a symlink; refusing to follow it" % path) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP):
+            raise NotRegularFile(exc.errno, "%s is not a regular file" % path) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(errno.EINVAL, "%s is %s, not a regular file; remove it" % (path, _kind(info.st_mode)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path, limit=64 << 20):
+    """The bytes of a regular file (see open_regular), at most `limit`."""
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise ValueError("%s is larger than %d bytes" % (path, limit))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _describe(exc):
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if isinstance(exc, NotRegularFile) else "%s: %s" % (exc.filename or "", exc.strerror)
+    return str(exc) or exc.__class__.__name__
+
+
+def io_error(what, exc, state_dir):
+    """OpError("io") naming the path and a fix: the node cannot serve changes (exit 5)."""
+    reason = exc.strerror or str(exc)
+    path = exc.filename or state_dir
+    if isinstance(exc, (NotRegularFile, private.NotPrivate)):  # these already name the path
+        return st.OpError("io", "%s: %s" % (what, reason))
+    setup = "sudo install -d -m 2775 -g gpu %s and add the user to group gpu" % state_dir
+    fix = {errno.ENOSPC: "free space on the node", errno.EDQUOT: "free space on the node",
+           errno.EACCES: setup, errno.EPERM: setup,
+           errno.EROFS: "put state_dir on a writable disk"}.get(exc.errno, "check %s" % state_dir)
+    return st.OpError("io", "%s: %s: %s (fix: %s)" % (what, path, reason, fix))
 
 
 def make_shared_dir(path):
@@ -125,13 +200,16 @@ class StateStore:
     # -- locking ----------------------------------------------------------------------------
 
     def acquire(self, timeout_s=LOCK_TIMEOUT_S):
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+        fd = open_regular(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             info = os.fstat(fd)
             if info.st_uid == os.geteuid() and info.st_mode & 0o777 != FILE_MODE:
                 os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
         except OSError:
             pass
+        if faults.active("no_lock"):  # negative control for the history checker only
+            self._lock_fd, self._locked_at = fd, time.monotonic()
+            return
         try:
             _flock_with_timeout(fd, timeout_s)
         except st.OpError:
@@ -149,10 +227,10 @@ class StateStore:
     # -- reading ----------------------------------------------------------------------------
 
     def _parse(self, path):
-        with open(path, "rb") as handle:
-            raw = handle.read()
-        state, body = st.decode_file(raw)
-        return state, body
+        """(state, canonical body or None when records were quarantined, warnings)."""
+        state, body = st.decode_file(read_regular(path))
+        warnings = records.sanitize(state)
+        return state, (None if warnings else body), warnings
 
     def load(self, boot_id):
         """(state, warnings, source). Fresh state only when no copy exists at all."""
@@ -162,27 +240,28 @@ class StateStore:
     def load_with_body(self, boot_id):
         """Like load(), plus the canonical body it was read from (None when not state.json)."""
         try:
-            state, body = self._parse(self.path)
-            return state, [], "state.json", body
+            state, body, warnings = self._parse(self.path)
+            return state, warnings, "state.json", body
         except FileNotFoundError:
             primary_error = "missing"
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            primary_error = str(exc) or exc.__class__.__name__
+            primary_error = _describe(exc)
         candidates, errors = [], []
         for path in (self.mirror, self.prev):
             try:
-                candidates.append((self._parse(path)[0], os.path.basename(path)))
+                parsed = self._parse(path)
+                candidates.append((parsed[0], os.path.basename(path), parsed[2]))
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, UnicodeDecodeError) as exc:
-                errors.append("%s: %s" % (os.path.basename(path), exc))
+                errors.append("%s: %s" % (os.path.basename(path), _describe(exc)))
         if not candidates:
             if primary_error == "missing" and not errors:
                 return st.new_state(boot_id), [], "new", None
             raise CorruptState("state.json: %s; %s" % (primary_error, "; ".join(errors) or "no backup"))
-        state, source = max(candidates, key=lambda c: c[0]["gen"])
+        state, source, quarantined = max(candidates, key=lambda c: c[0]["gen"])
         warning = "state.json %s; recovered generation %d from %s" % (primary_error, state["gen"], source)
-        return state, [warning], source, None
+        return state, [warning, *quarantined], source, None
 
     def read_cached(self, boot_id):
         """Lock-free read for telemetry, re-parsed only when the file changed (inode, mtime, size)."""
@@ -217,10 +296,13 @@ class StateStore:
         return state, warnings, recovered, body
 
     def _quarantine(self):
-        if not os.path.exists(self.path):
+        if not os.path.lexists(self.path):
             return
         corrupt_dir = os.path.join(self.dir, "corrupt")
         make_shared_dir(corrupt_dir)
+        if not stat.S_ISDIR(os.lstat(corrupt_dir).st_mode):
+            os.unlink(self.path)  # a planted symlink must not choose where our files go
+            return
         target = os.path.join(corrupt_dir, "state.json.%d.%d" % (int(time.time()), os.getpid()))
         os.replace(self.path, target)
 
@@ -236,6 +318,7 @@ class StateStore:
     # -- writing ----------------------------------------------------------------------------
 
     def _write_temp(self, body):
+        faults.commit_step("tmp")
         name = "%s.tmp.%d.%s" % (self.path, os.getpid(), os.urandom(4).hex())
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -244,12 +327,19 @@ class StateStore:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)  # data durable before any name points at it
-        finally:
+        except BaseException:
             os.close(fd)
+            _unlink_quietly(name)  # a full disk must not also fill up with our half-written temps
+            raise
+        os.close(fd)
         return name
 
     def commit(self, state):
-        """tmp+fsync → previous version kept → rename over state.json → mirror → fsync dir."""
+        """tmp+fsync → previous version kept → rename over state.json → mirror → fsync dir.
+
+        The rename is the commit point. A failure before it raises OSError and nothing changed; a
+        failure after it cannot un-commit, so it comes back as a warning (returned) for the reply.
+        """
         if self._lock_fd is None:
             raise RuntimeError("commit without the lock")
         state["gen"] += 1
@@ -257,18 +347,46 @@ class StateStore:
         data = st.encode_file(st.canonical(state))
         state["checksum"] = "sha256:" + data[len(st.CHECKSUM_PREFIX):len(st.CHECKSUM_PREFIX) + 64].decode()
         primary_tmp = self._write_temp(data)
-        if os.path.exists(self.path):
-            prev_tmp = "%s.tmp.prev.%s" % (self.path, os.urandom(4).hex())
-            try:
-                os.link(self.path, prev_tmp)
-                os.replace(prev_tmp, self.prev)
-            except OSError:
-                pass  # protected_hardlinks on another user's file: the mirror still covers us
-        os.replace(primary_tmp, self.path)
-        mirror_tmp = self._write_temp(data)
-        os.replace(mirror_tmp, self.mirror)
-        dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            if os.path.lexists(self.path):
+                prev_tmp = "%s.tmp.prev.%s" % (self.path, os.urandom(4).hex())
+                try:
+                    faults.commit_step("prev")
+                    os.link(self.path, prev_tmp)
+                    os.replace(prev_tmp, self.prev)
+                except OSError:
+                    _unlink_quietly(prev_tmp)  # protected_hardlinks, or no space: the mirror still covers us
+            faults.commit_step("rename")
+            os.replace(primary_tmp, self.path)
+        except BaseException:
+            _unlink_quietly(primary_tmp)
+            raise
+        warnings = []
+        try:
+            mirror_tmp = self._write_temp(data)
+            faults.commit_step("mirror")
+            try:
+                os.replace(mirror_tmp, self.mirror)
+            except BaseException:
+                _unlink_quietly(mirror_tmp)
+                raise
+        except OSError as exc:
+            warnings.append("committed, but the mirror copy %s was not updated: %s"
+                            % (self.mirror, exc.strerror or exc))
+        try:
+            faults.commit_step("dirsync")
+            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            warnings.append("committed, but %s could not be synced to disk: %s" % (self.dir, exc.strerror or exc))
+        return warnings
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -7,13 +7,14 @@ goes to <state_dir>/jobs/<id>/stdout and stderr.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
+import sys
 import time
 
-from . import jobs, procs
+from . import faults, jobs, private, procs
 from . import state as st
+from .jobops import ENDED_MARK, PGID_FILE
 
 POLL_S = 0.2
 RECORD_WAIT_S = 30.0
@@ -28,8 +29,13 @@ class Supervisor:
         self.agent = agent
         self.job_id = job_id
         self.job_dir = job_dir
-        with open(os.path.join(job_dir, "spec.json")) as handle:
-            self.spec = json.load(handle)
+        # Everything below is read and written through this checked fd, never by path again: the
+        # path lives in a group-writable directory, the fd's directory is ours alone.
+        self.dir_fd = private.open_dir(job_dir)
+        os.fchdir(self.dir_fd)
+        self.spec = private.read_json(self.dir_fd, "spec.json", label=job_dir + "/spec.json")
+        if not isinstance(self.spec.get("argv"), list) or not self.spec["argv"]:
+            raise ValueError("%s/spec.json has no command" % job_dir)
         self._last_gc = 0.0
 
     def _read(self):
@@ -101,19 +107,33 @@ class Supervisor:
         env["GPUCONSOLE_PREEMPT_FILE"] = os.path.join(self.job_dir, "preempt.json")
         import subprocess  # only supervisors need it
 
-        with open(os.path.join(self.job_dir, "stdout"), "ab") as out, \
-                open(os.path.join(self.job_dir, "stderr"), "ab") as err:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        out = private.open_file(self.dir_fd, "stdout", flags)
+        try:
+            err = private.open_file(self.dir_fd, "stderr", flags)
+        except BaseException:
+            os.close(out)
+            raise
+        try:
             try:
+                # cwd None: our cwd is the checked job dir (fchdir), not a path that could be swapped.
                 child = subprocess.Popen(self.spec["argv"], cwd=self.spec.get("cwd") or None, env=env,
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                          start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as exc:
-                err.write(("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
-                err.flush()
+                os.write(err, ("gpuconsole: cannot start %r: %s\n" % (self.spec["argv"][0], exc)).encode())
                 return 127
-        # The job's process group, so whoever adopts the job after our death can end leftovers.
-        with open(os.path.join(self.job_dir, "pgid"), "w") as handle:
-            handle.write(str(child.pid))
+        finally:
+            os.close(out)
+            os.close(err)
+        # The job's process group with its identity, so whoever adopts the job after our death
+        # can end leftovers, and never a process group that merely reuses the number.
+        try:
+            private.write_json(self.dir_fd, PGID_FILE, {
+                "pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": procs.boot_id(),
+                "uid": os.geteuid()})
+        except OSError:
+            pass
         return self._supervise(child, grant["token"])
 
     def _supervise(self, child, token):
@@ -121,12 +141,18 @@ class Supervisor:
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
         kill_at = None
+        keep_without_lease = faults.active("job_lease_expires")  # negative control only
         while True:
             try:
                 return _exit_code(child.wait(timeout=POLL_S))
             except Exception:  # TimeoutExpired: still running
                 pass
             now = time.monotonic()
+            if not keep_without_lease and not self._holds(token):
+                # Our grant is gone, so the node may hand these GPUs to someone else: stop now.
+                _signal_group(child.pid, signal.SIGKILL)
+                self.lease_lost = True
+                return _exit_code(child.wait())
             if now - last_renew >= renew_every_s:
                 try:
                     self.agent.transaction("renew", {"id": self.job_id, "token": token,
@@ -147,25 +173,45 @@ class Supervisor:
             elif now >= kill_at:
                 _signal_group(child.pid, signal.SIGKILL)
 
+    def _holds(self, token):
+        """True while the node still records our grant (same token); a read error is not a loss."""
+        try:
+            _, lease = self._job()
+        except Exception:
+            return True
+        return lease is not None and lease.get("token") == token
+
     def _write_notice(self, notice):
         try:
-            with open(os.path.join(self.job_dir, "preempt.json"), "w") as handle:
-                json.dump({"deadline": st.iso_utc(notice["deadline_wall"]), "by": notice.get("by"),
-                           "reason": "preempted by a higher-priority request"}, handle)
+            private.write_json(self.dir_fd, "preempt.json", {
+                "deadline": st.iso_utc(notice["deadline_wall"]), "by": notice.get("by"),
+                "reason": "preempted by a higher-priority request"})
         except OSError:
             pass
 
     def _finish(self, token, exit_code):
+        args = {"id": self.job_id, "token": token, "exit_code": exit_code}
+        if getattr(self, "lease_lost", False):
+            args = {"id": self.job_id, "exit_code": exit_code, "lease_lost": True}
         for attempt in range(50):
             try:
-                result, _ = self.agent.transaction("finish_job", {"id": self.job_id, "token": token,
-                                                                  "exit_code": exit_code})
+                result, _ = self.agent.transaction("finish_job", args)
+                if not (result or {}).get("requeued"):
+                    self._mark_ended()
                 return result
             except st.OpError as exc:
                 if exc.code != "busy":
                     return None
                 time.sleep(0.1 * (attempt + 1))
         return None
+
+
+    def _mark_ended(self):
+        """A private marker: this job ran to its end, so no forged record can have it run again."""
+        try:
+            private.write_json(self.dir_fd, ENDED_MARK, {"ended": True})
+        except OSError:
+            pass
 
 
 def _die_with_parent():
@@ -199,4 +245,11 @@ def main(agent):
         "simulate_gpus": int(os.environ.get("GPUCONSOLE_SIMULATE_GPUS") or 0),
         "node": os.environ.get("GPUCONSOLE_NODE_NAME") or None,
     })
-    Supervisor(agent, job_id, job_dir).run()
+    try:
+        supervisor = Supervisor(agent, job_id, job_dir)
+    except (OSError, ValueError) as exc:
+        # Not our files (or unreadable): run nothing; the job is reaped as lost.
+        reason = getattr(exc, "strerror", None) or exc
+        sys.stderr.write("gpuconsole supervisor: job %s refused: %s\n" % (job_id, reason))
+        return
+    supervisor.run()

@@ -1,0 +1,148 @@
+"""Shape checks for the records inside a state file, which any gpu-group member can write.
+
+A record that does not have the shape the transitions rely on is moved to the state's
+`quarantine` list and reported, so a planted or damaged record is skipped, never a KeyError
+that stops every user's commands on the node. This checks shape, not authorship: what an agent
+executes or signals is checked against files only its own user can write (see jobops).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+QUARANTINE_KEEP = 20
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
+MAX_GPU_INDEX = 4095
+
+
+def _int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _num(value):
+    return (_int(value) or isinstance(value, float)) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _opt_num(value):
+    return value is None or _num(value)
+
+
+def _str(value):
+    return isinstance(value, str) and len(value) <= 4096
+
+
+def _bool(value):
+    return isinstance(value, bool)
+
+
+def _gpus(value):
+    return (isinstance(value, list) and len(value) <= MAX_GPU_INDEX + 1 and len(set(value)) == len(value)
+            and all(_int(g) and 0 <= g <= MAX_GPU_INDEX for g in value))
+
+
+def _ident(value):
+    """A process identity (pid, start ticks, boot id), or None."""
+    return value is None or (isinstance(value, dict) and _int(value.get("pid")) and value["pid"] > 0
+                             and (value.get("start") is None or _int(value.get("start")))
+                             and _str(value.get("boot_id", "")))
+
+
+def _priority(value):
+    return _int(value) and 0 <= value <= 2
+
+
+def _preempt_notice(value):
+    return value is None or (isinstance(value, dict) and _str(value.get("by")) and _num(value.get("grace_s"))
+                             and _num(value.get("deadline_wall")))
+
+
+# field -> (check, required); a missing optional field is fine, a present one must pass.
+LEASE = {
+    "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "gpus": (_gpus, True),
+    "token": (_int, True), "priority": (_priority, True), "exp_bt": (_num, True), "exp_wall": (_num, True),
+    "created_wall": (_num, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
+    "from_queue": (_bool, False), "job": (_bool, False), "preempted_by": (lambda v: v is None or _str(v), False),
+}
+TICKET = {
+    "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "n": (lambda v: _int(v) and v >= 1, True),
+    "ttl_s": (_num, True), "priority": (_priority, True), "created_bt": (_num, True),
+    "created_wall": (_num, True), "seq": (_int, True), "agent": (_ident, False),
+    "preemptible": (_bool, False), "job": (_bool, False), "preempt": (_bool, False),
+}
+JOB = {
+    "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "name": (_str, False),
+    "n": (lambda v: _int(v) and v >= 1, True), "priority": (_priority, True),
+    "state": (lambda v: v in JOB_STATES, True), "exit_code": (lambda v: v is None or _int(v), False),
+    "command": (_str, False), "created_wall": (_num, True), "started_wall": (_opt_num, False),
+    "ended_wall": (_opt_num, False), "supervisor": (_ident, False), "gpus": (_gpus, False),
+    "requeue": (_bool, False), "cancel_requested": (_bool, False), "preempt_others": (_bool, False),
+    "grace_s": (_num, False), "preempt": (_preempt_notice, False), "requeues": (_int, False),
+    "created_bt": (_num, False), "seq": (_int, False), "orphaned": (_bool, False), "note": (_str, False),
+}
+APPLIED = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
+TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED))
+
+
+def problem(record, schema, key=None):
+    """Why a record does not fit its schema (one short phrase), or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    if key is not None and "id" in schema and record.get("id") != key:
+        return "id does not match its key"
+    for field, (check, required) in schema.items():
+        if field not in record:
+            if required:
+                return "missing %s" % field
+            continue
+        try:
+            ok = check(record[field])
+        except Exception:
+            ok = False
+        if not ok:
+            return "bad %s" % field
+    return None
+
+
+def sanitize(state):
+    """Quarantine every malformed record in place; return one warning line per record moved."""
+    warnings = []
+    if not isinstance(state.setdefault("jobs", {}), dict):
+        warnings.append("quarantined jobs: not an object")
+        _keep(state, "jobs", state["jobs"], "not an object")
+        state["jobs"] = {}
+    for name, schema in TABLES:
+        table = state[name]
+        for key in list(table):
+            why = problem(table[key], schema, key if name != "applied" else None)
+            if why is not None:
+                _keep(state, "%s/%s" % (name, key), table.pop(key), why)
+                warnings.append("quarantined %s/%s: %s" % (name, _short(key), why))
+    # gen and next_token are checked by state.validate_state (a bad one makes the file unusable,
+    # since a guessed token could go backwards); seq only orders the queue.
+    if not _int(state.get("seq", 0)) or state.get("seq", 0) < 0:
+        _keep(state, "seq", state.get("seq"), "bad counter")
+        warnings.append("quarantined seq: bad counter")
+        state["seq"] = max([t["seq"] for t in state["queue"].values()] + [0])
+    if not _str(state.get("boot_id")):
+        state["boot_id"] = "unknown"
+    if "quarantine" in state and not isinstance(state["quarantine"], list):
+        state["quarantine"] = []
+    return warnings
+
+
+def _short(text, limit=40):
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _keep(state, where, record, why):
+    quarantine = state.get("quarantine")
+    if not isinstance(quarantine, list):
+        quarantine = state["quarantine"] = []
+    try:
+        dumped = json.dumps(record, sort_keys=True)[:2000]
+    except (TypeError, ValueError):
+        dumped = repr(record)[:2000]
+    quarantine.append({"where": _short(where, 80), "reason": why, "record": dumped})
+    del quarantine[:-QUARANTINE_KEEP]
