@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import sys
 from typing import Any
 
@@ -22,6 +23,13 @@ def _ttl_s(config: Config, args: Any) -> float:
     return parse_duration_s(args.duration, what="--for")
 
 
+TERMINATED_EXIT = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+
+
+class _TerminatedError(Exception):
+    """SIGTERM during `reserve`: the wait has withdrawn its ticket; exit as a terminated process."""
+
+
 def run_reserve(config: Config, args: Any) -> int:
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
@@ -37,7 +45,11 @@ def run_reserve(config: Config, args: Any) -> int:
     )
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
-    result = asyncio.run(_reserve(config, request, burst=args.burst))
+    try:
+        result = asyncio.run(_reserve(config, request, burst=args.burst))
+    except _TerminatedError:
+        warn("terminated")
+        return int(TERMINATED_EXIT)
     if args.json:
         print_json({
             "id": result["id"], "node": result["node"], "gpus": result["gpus"],
@@ -65,6 +77,21 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
             sys.stderr.flush()
             last_line[:] = [line]
 
+    def notice(message: str) -> None:
+        if last_line and sys.stderr.isatty():
+            sys.stderr.write("\n")  # keep the progress line above the notice
+            last_line.clear()
+        warn(message)
+
+    # SIGTERM cancels like Ctrl-C does, so a wait withdraws its ticket before the process ends.
+    task, terminated = asyncio.current_task(), asyncio.Event()
+
+    def on_sigterm() -> None:
+        terminated.set()
+        if task is not None:
+            task.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with Fleet(config) as fleet:
         try:
             if burst:
@@ -76,7 +103,11 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
 
                     node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
                     return await core.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
-            return await core.reserve(fleet, request, on_progress=progress)
+            return await core.reserve(fleet, request, on_progress=progress, on_notice=notice)
+        except asyncio.CancelledError:
+            if terminated.is_set():
+                raise _TerminatedError from None
+            raise
         finally:
             if last_line and sys.stderr.isatty():
                 sys.stderr.write("\n")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.placement import Capacity, best_fit, queue_choice
+from gpuconsole.core.waiting import NoticeCallback, ProgressCallback, wait_for_grant
 from gpuconsole.errors import (
     GpuConsoleError,
     NoCapacityError,
@@ -20,9 +18,6 @@ from gpuconsole.errors import (
 )
 from gpuconsole.model import QueuedRequest, Reservation
 from gpuconsole.ssh.connection import AgentError
-
-WAIT_POLL_S = 0.2
-ProgressCallback = Callable[[str, int, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +55,8 @@ async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capac
 
 
 async def reserve(
-    fleet: Fleet, request: ReserveRequest, on_progress: ProgressCallback | None = None
+    fleet: Fleet, request: ReserveRequest, on_progress: ProgressCallback | None = None,
+    on_notice: NoticeCallback | None = None,
 ) -> dict[str, Any]:
     """Grant on the best-fitting node, trying the next on a lost race; queue with `wait`."""
     if request.gpus < 1:
@@ -91,34 +87,8 @@ async def reserve(
         )
     target = request.node or queue_choice(caps, request.gpus)
     assert target is not None
-    return await _wait_for_grant(fleet, target, args, request.timeout_s, on_progress)
-
-
-async def _wait_for_grant(
-    fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
-    on_progress: ProgressCallback | None,
-) -> dict[str, Any]:
-    started = time.monotonic()
-    ticket = await fleet.request(node, "reserve", dict(args, wait=True, req_id=_req_id()))
-    ticket_id = ticket["id"]
-    while ticket.get("state") != "granted":
-        elapsed_s = time.monotonic() - started
-        if on_progress is not None:
-            on_progress(node, int(ticket.get("position", 0)), elapsed_s)
-        if timeout_s is not None and elapsed_s >= timeout_s:
-            try:
-                await fleet.request(node, "release", {"id": ticket_id, "req_id": _req_id()})
-            except AgentError as exc:
-                if exc.code != "not_found":
-                    raise
-            else:
-                raise NoCapacityError(
-                    f"timed out after {timeout_s:g}s waiting for {args['gpus']} GPUs on {node} "
-                    f"(position {ticket.get('position')})"
-                )
-        await asyncio.sleep(WAIT_POLL_S)
-        ticket = await fleet.request(node, "poll", {"id": ticket_id})
-    return dict(ticket, node=node)
+    # Survives dropped connections; a cancelled wait withdraws its ticket (gpuconsole.core.waiting).
+    return await wait_for_grant(fleet, target, args, request.timeout_s, on_progress, on_notice)
 
 
 async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:

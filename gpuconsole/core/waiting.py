@@ -1,0 +1,225 @@
+"""`reserve --wait` on one node: hold the ticket through dropped connections until granted, timed
+out or interrupted.
+
+A queued ticket lives only while the agent that queued it lives (the node drops a dead waiter's
+ticket), so a dropped connection is a lost ticket unless the waiter comes back for it: reconnect
+with backoff inside the timeout, then `reattach` (the node hands the ticket, and its place, to the
+new agent) or, on a node that cannot, queue again. A cancelled wait (Ctrl-C, SIGTERM, a closed
+console) withdraws its ticket before it ends, so nothing is left queued for a waiter that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from gpuconsole.core.fleet import Fleet
+from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError
+from gpuconsole.ssh.connection import AgentError, AuthFailedError, HostKeyError
+
+WAIT_POLL_S = 0.2
+RECONNECT_FIRST_S = 0.25  # backoff after a lost connection: doubling, full jitter, capped
+RECONNECT_MAX_S = 5.0
+WITHDRAW_S = 5.0  # how long an interrupted wait may spend withdrawing its ticket
+# Failures that reconnecting cannot fix: end the wait at once.
+FINAL_ERRORS: tuple[type[GpuConsoleError], ...] = (AuthFailedError, HostKeyError)
+TRANSIENT_AGENT_CODES = frozenset({"busy", "io"})  # the node's lock or disk, briefly
+
+ProgressCallback = Callable[[str, int, float], None]
+NoticeCallback = Callable[[str], None]
+
+
+def _req_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _transient(exc: GpuConsoleError) -> bool:
+    if isinstance(exc, FINAL_ERRORS):
+        return False
+    if isinstance(exc, AgentError):
+        return exc.code in TRANSIENT_AGENT_CODES
+    return isinstance(exc, UnreachableError)
+
+
+class Waiter:
+    """One queued request on one node, followed until it is granted."""
+
+    def __init__(self, fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
+                 on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None) -> None:
+        self.fleet = fleet
+        self.node = node
+        self.args = dict(args, wait=True)
+        self.timeout_s = timeout_s
+        self.on_progress = on_progress
+        self.on_notice = on_notice
+        self.started = time.monotonic()
+        self.ticket_id: str | None = None
+        # False once the agent that queued the ticket may be gone (we reconnected since): the node
+        # then drops the ticket at its next housekeeping unless it was reattached.
+        self.attached = False
+        self.position = 0
+
+    def _notice(self, message: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(message)
+
+    def _remaining_s(self) -> float | None:
+        if self.timeout_s is None:
+            return None
+        return self.timeout_s - (time.monotonic() - self.started)
+
+    def _timed_out_error(self, why: str = "") -> NoCapacityError:
+        return NoCapacityError(
+            f"timed out after {self.timeout_s:g}s waiting for {self.args['gpus']} GPUs on {self.node} "
+            f"(position {self.position}){why}"
+        )
+
+    async def run(self) -> dict[str, Any]:
+        """Queue, follow, and return the grant; withdraws the ticket when cancelled or timed out."""
+        submit = asyncio.ensure_future(self._submit())
+        try:
+            ticket = await asyncio.shield(submit)
+            while ticket.get("state") != "granted":
+                self.position = int(ticket.get("position", 0))
+                if self.on_progress is not None:
+                    self.on_progress(self.node, self.position, time.monotonic() - self.started)
+                remaining_s = self._remaining_s()
+                if remaining_s is not None and remaining_s <= 0:
+                    await self.withdraw(announce=False)
+                    raise self._timed_out_error()
+                await asyncio.sleep(WAIT_POLL_S if remaining_s is None else min(WAIT_POLL_S, remaining_s))
+                ticket = await self._follow()
+            return dict(ticket, node=self.node)
+        except asyncio.CancelledError:
+            if not submit.done():  # learn the id of a ticket that may be committed already
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(submit, WITHDRAW_S / 2)
+            await self.withdraw()
+            raise
+
+    async def _submit(self) -> dict[str, Any]:
+        """Queue the request; a retry after a drop resends the same req_id, so it is never queued twice."""
+        req_id = _req_id()
+
+        async def send() -> dict[str, Any]:
+            return await self.fleet.request(self.node, "reserve", dict(self.args, req_id=req_id), retries=0)
+
+        ticket = await self._resilient(send)
+        return self._took(ticket, attached=not ticket.get("replayed"))
+
+    def _took(self, ticket: dict[str, Any], *, attached: bool) -> dict[str, Any]:
+        self.ticket_id = str(ticket["id"])
+        self.attached = attached
+        return ticket
+
+    async def _follow(self) -> dict[str, Any]:
+        """The ticket now: a poll, or after a lost connection, the ticket taken back."""
+        assert self.ticket_id is not None
+        ticket_id = self.ticket_id
+        try:
+            return await self.fleet.request(self.node, "poll", {"id": ticket_id}, retries=0)
+        except AgentError as exc:
+            if exc.code == "not_found" and not self.attached:
+                return await self._requeue()  # dropped with the agent that queued it
+            if exc.code not in TRANSIENT_AGENT_CODES:
+                raise
+        except UnreachableError as exc:
+            if not _transient(exc):
+                raise
+            self._notice(f"{exc} while waiting; reconnecting to keep the place in the queue")
+            await self._drop()
+        return await self._resilient(self._reattach)
+
+    async def _reattach(self) -> dict[str, Any]:
+        """Give the ticket to this connection's agent, keeping its place; queue again if it is gone."""
+        assert self.ticket_id is not None
+        try:
+            ticket = await self.fleet.request(
+                self.node, "reattach", {"id": self.ticket_id, "req_id": _req_id()}, retries=0)
+        except AgentError as exc:
+            if exc.code == "not_found":
+                return await self._requeue()
+            if exc.code != "invalid" or "unknown op" not in str(exc):
+                raise
+            # A node without `reattach`: the ticket stays while its old agent lingers, then goes.
+            try:
+                return await self.fleet.request(self.node, "poll", {"id": self.ticket_id}, retries=0)
+            except AgentError as poll_exc:
+                if poll_exc.code != "not_found":
+                    raise
+                return await self._requeue()
+        self.attached = True
+        return ticket
+
+    async def _requeue(self) -> dict[str, Any]:
+        lost = self.ticket_id
+        req_id = _req_id()
+        ticket = await self.fleet.request(self.node, "reserve", dict(self.args, req_id=req_id), retries=0)
+        self._took(ticket, attached=True)
+        if ticket.get("state") != "granted":
+            self._notice(f"{self.node}: queued request {lost} was dropped while disconnected; queued again as "
+                         f"{self.ticket_id} at position {ticket.get('position')}")
+        return ticket
+
+    async def _resilient(self, step: Callable[[], Any]) -> dict[str, Any]:
+        """Run ``step`` until it gets through: reconnect after transient failures, with capped,
+        jittered backoff, until the timeout (then exit 3 as for any timed-out wait)."""
+        delay_s = RECONNECT_FIRST_S
+        while True:
+            try:
+                result: dict[str, Any] = await step()
+                return result
+            except GpuConsoleError as exc:
+                if not _transient(exc):
+                    raise
+                remaining_s = self._remaining_s()
+                if remaining_s is not None and remaining_s <= 0:
+                    raise self._timed_out_error(f"; {self.node} unreachable: {exc}") from None
+                pause_s = random.uniform(0, delay_s)
+                await asyncio.sleep(pause_s if remaining_s is None else min(pause_s, remaining_s))
+                delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                if isinstance(exc, UnreachableError):
+                    await self._drop()
+
+    async def _drop(self) -> None:
+        """Forget a dead connection (the next request opens a new one); its agent took the ticket's
+        attachment with it."""
+        self.attached = False
+        old = self.fleet.conns.pop(self.node, None)
+        if old is not None:
+            await old.close()
+
+    async def withdraw(self, *, announce: bool = True) -> None:
+        """Release the ticket (or the grant it just became) before the waiter goes away."""
+        if self.ticket_id is None:
+            return
+        ticket_id, self.ticket_id = self.ticket_id, None
+        try:
+            result = await asyncio.wait_for(
+                self.fleet.request(self.node, "release", {"id": ticket_id, "req_id": _req_id()}),
+                WITHDRAW_S)
+        except AgentError as exc:
+            if exc.code != "not_found":
+                self._notice(f"{self.node}: could not withdraw queued request {ticket_id}: {exc}")
+            return
+        except (GpuConsoleError, TimeoutError) as exc:
+            self._notice(f"{self.node}: could not withdraw queued request {ticket_id} ({exc or 'timed out'}); "
+                         "the node drops it once it sees this client gone")
+            return
+        if result.get("was") == "active":
+            self._notice(f"released {ticket_id} on {self.node}: it was granted as the wait ended")
+        elif announce:
+            self._notice(f"withdrew queued request {ticket_id} on {self.node}")
+
+
+async def wait_for_grant(
+    fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
+    on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
+) -> dict[str, Any]:
+    """Queue ``args`` on ``node`` and return the grant (see the module docstring)."""
+    return await Waiter(fleet, node, args, timeout_s, on_progress, on_notice).run()
