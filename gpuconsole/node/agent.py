@@ -11,6 +11,7 @@ from __future__ import annotations
 import grp
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
 POLICY_PATH = "/etc/gpuconsole/policy.json"
 MIN_RATE_WINDOW_S = 0.1
 MAX_REQUEST_BYTES = 1 << 20
+_ID_PREFIX = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]')
 MUTATIONS = dict(st.MUTATIONS, **jobs.MUTATIONS)
 ALWAYS_CHANGES = st.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
 
@@ -106,9 +108,7 @@ class Agent(JobOps):
         except OSError as exc:
             state, state_error = st.new_state(self.boot_id), "state dir: %s" % exc
         ctx.gpus_in_use = {g["index"] for g in gpu_list if g.get("processes")}
-        if state.get("boot_id") != self.boot_id:
-            state = json.loads(json.dumps(state))
-            st.reboot_recovery(state, self.boot_id, ctx)
+        state = self._view(state, ctx)
         by_lease = {}
         for lease in state["leases"].values():
             if lease["exp_bt"] > ctx.now_bt:
@@ -131,6 +131,26 @@ class Agent(JobOps):
         data.update(st.listing(state, ctx))
         data["jobs"] = jobs.recent(state, ctx)
         return data
+
+    def _view(self, state, ctx):
+        """The state as the next transaction's housekeeping would find it, for lock-free views.
+
+        A reboot, a job lease kept by its live supervisor, and a waiter that died are shown as
+        they will be, so no view calls a dead waiter queued or a held GPU free. Copies only
+        when something differs (the read cache's object is shared).
+        """
+        reboot = state.get("boot_id") != self.boot_id
+        dead = [ticket_id for ticket_id, ticket in state["queue"].items()
+                if not ticket.get("job") and not ctx.alive(ticket.get("agent"))]
+        if not (reboot or dead or jobs.lapsing_supervised(state, ctx)):
+            return state
+        state = json.loads(json.dumps(state))
+        if reboot:
+            st.reboot_recovery(state, self.boot_id, ctx)
+        for ticket_id in dead:
+            state["queue"].pop(ticket_id, None)
+        jobs.hold_while_supervised(state, ctx)
+        return state
 
     def _stream_loop(self):
         while not self.stop_requested:
@@ -300,6 +320,7 @@ class Agent(JobOps):
             state, _, _ = self.store.load(self.boot_id)
         except CorruptState as exc:
             raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
+        state = self._view(state, ctx)
         return {"gpu_count": ctx.gpu_count, "free": len(st.free_gpus(state, ctx)),
                 "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx)}
 
@@ -351,7 +372,8 @@ class Agent(JobOps):
                 state, warnings, _ = self.store.load(self.boot_id)
             except CorruptState as exc:
                 raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
-            return st.listing(state, self._ctx()), warnings
+            ctx = self._ctx()
+            return st.listing(self._view(state, ctx), ctx), warnings
         if op == "capacity":
             return self.op_capacity(), []
         if op == "doctor":
@@ -367,7 +389,7 @@ class Agent(JobOps):
                    for j in state.get("jobs", {}).values()):
                 self.transaction("gc", {})  # record lost jobs now rather than at the next change
                 state, warnings, _ = self._read_state()
-            return jobs.listing(state, ctx), warnings
+            return jobs.listing(self._view(state, ctx), ctx), warnings
         if op == "logs":
             return self.op_logs(args), []
         if op == "cancel":
@@ -377,9 +399,19 @@ class Agent(JobOps):
         raise st.OpError("invalid", "unknown op %r" % (op,))
 
     def serve(self, stream_in):
-        for raw in iter(stream_in.readline, b""):
+        while True:
+            raw = stream_in.readline(MAX_REQUEST_BYTES + 1)
+            if not raw:
+                break
             if len(raw) > MAX_REQUEST_BYTES:
-                self.send({"id": None, "ok": False, "error": {"code": "invalid", "message": "request too large"}})
+                # Answer at once, with the request's id when its prefix names one, and skip the
+                # rest of the line without holding it in memory.
+                match = _ID_PREFIX.match(raw)
+                while raw and not raw.endswith(b"\n"):
+                    raw = stream_in.readline(MAX_REQUEST_BYTES)
+                self.send({"id": int(match.group(1)) if match else None, "ok": False,
+                           "error": {"code": "too_large",
+                                     "message": "request larger than %d bytes" % MAX_REQUEST_BYTES}})
                 continue
             req_id = None
             try:

@@ -265,17 +265,24 @@ def hold_while_supervised(state, ctx):
     """
     if faults.active("job_lease_expires"):  # negative control for the history checker only
         return False
-    changed = False
+    lapsing = lapsing_supervised(state, ctx)
+    for lease in lapsing:
+        lease["exp_bt"] = ctx.now_bt + JOB_LEASE_TTL_S
+        lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
+    return bool(lapsing)
+
+
+def lapsing_supervised(state, ctx):
+    """Leases of active jobs with a live supervisor that are within a third of their TTL of lapsing."""
     jobs = _jobs(state)
+    found = []
     for lease in state["leases"].values():
         job = jobs.get(lease["id"])
         if not lease.get("job") or job is None or job["state"] not in ACTIVE:
             continue
         if lease["exp_bt"] - ctx.now_bt < JOB_LEASE_TTL_S / 3 and ctx.alive(job.get("supervisor")):
-            lease["exp_bt"] = ctx.now_bt + JOB_LEASE_TTL_S
-            lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
-            changed = True
-    return changed
+            found.append(lease)
+    return found
 
 
 def abandon(state, ctx, args):
