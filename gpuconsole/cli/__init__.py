@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from gpuconsole.errors import ExitCode, GpuConsoleError
@@ -11,24 +10,24 @@ from gpuconsole.errors import ExitCode, GpuConsoleError
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from gpuconsole.cli.output import warn
     from gpuconsole.cli.parser import build_parser
 
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args)
-    except GpuConsoleError as exc:
-        print(f"gpuconsole: {exc}", file=sys.stderr)
+    except GpuConsoleError as exc:  # messages quote node and user texts: `warn` escapes them
+        warn(str(exc))
         return int(exc.exit_code)
     except KeyboardInterrupt:
-        print("gpuconsole: interrupted", file=sys.stderr)
+        warn("interrupted")
         return 130
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the contract: never a traceback unless asked for
         if os.environ.get("GPUCONSOLE_DEBUG"):
             raise
-        print(f"gpuconsole: internal error: {exc.__class__.__name__}: {exc} "
-              "(set GPUCONSOLE_DEBUG=1 for a traceback)", file=sys.stderr)
+        warn(f"internal error: {exc.__class__.__name__}: {exc} (set GPUCONSOLE_DEBUG=1 for a traceback)")
         return int(ExitCode.INTERNAL)
 
 
@@ -39,7 +38,9 @@ def _with_cloud_nodes(config: Any) -> Any:
     try:
         return discover(config)[0]
     except GpuConsoleError as exc:
-        print(f"gpuconsole: cloud nodes left out: {exc}", file=sys.stderr)
+        from gpuconsole.cli.output import warn
+
+        warn(f"cloud nodes left out: {exc}")
         return config
 
 

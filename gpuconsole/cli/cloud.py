@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, NotFoundError, UsageError
@@ -47,7 +47,7 @@ def _up(config: Config, args: Any) -> int:
     else:
         for item in launched:
             node = item.node.name if item.node else "(not ready yet)"
-            print(f"{item.instance.id} {item.instance.type} node={node}")
+            say(f"{item.instance.id} {item.instance.type} node={node}")
     return int(ExitCode.OK)
 
 
@@ -67,8 +67,8 @@ def _ls(config: Config, args: Any) -> int:
     for column in ("id", "type", "state", "spot", "GPUs", "$/h", "uptime", "cost so far", "owner"):
         table.add_column(column, no_wrap=True)
     for i in instances:
-        table.add_row(
-            i.id, i.type, i.state, "spot" if i.spot else "on-demand", str(i.gpus if i.gpus is not None else "?"),
+        add_row(
+            table, i.id, i.type, i.state, "spot" if i.spot else "on-demand", str(i.gpus if i.gpus is not None else "?"),
             f"{i.price_per_hour:.2f}" if i.price_per_hour is not None else "?",
             format_duration_s(i.uptime_s(now_s)) if i.live else "-",
             f"${i.cost_so_far(now_s):.2f}" if i.cost_so_far(now_s) is not None else "?", i.owner or "-",
@@ -93,5 +93,5 @@ def _down(config: Config, args: Any) -> int:
         print_json({"instances": [{"id": i.id, "action": "stop" if args.stop else "terminate"} for i in done]})
     else:
         for i in done:
-            print(f"{verb} {i.id} ({i.type})")
+            say(f"{verb} {i.id} ({i.type})")
     return int(ExitCode.OK)

@@ -67,7 +67,9 @@ async def _start_cloud(cluster: Any, args: Any) -> Any:
     try:
         await bridge.start()
     except GpuConsoleError as exc:
-        print(f"gpuconsole: {exc}; the demo runs without cloud", file=sys.stderr)
+        from gpuconsole.cli.output import warn
+
+        warn(f"{exc}; the demo runs without cloud")
         return None
     return bridge
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gpuconsole.cli.output import print_json
+from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import ExitCode, GpuConsoleError
@@ -18,13 +18,13 @@ def run_doctor(config: Config, args: Any) -> int:
     if args.json:
         print_json({"config": str(config.path), "agent": agent_digest(), "nodes": report})
     else:
-        print(f"config {config.path}: ok ({len(config.nodes)} nodes), agent {agent_digest()}")
+        say(f"config {config.path}: ok ({len(config.nodes)} nodes), agent {agent_digest()}")
         for node in report:
             for check in node["checks"]:
                 mark = "ok  " if check["ok"] else "FAIL"
-                print(f"{mark} {node['node']:<16} {check['check']:<11} {check['detail']}")
+                say(f"{mark} {node['node']:<16} {check['check']:<11} {check['detail']}")
                 if not check["ok"] and check.get("fix"):
-                    print(f"     fix: {check['fix']}")
+                    say(f"     fix: {check['fix']}")
     if any(c["check"] == "ssh" for c in failed):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.INTERNAL) if failed else int(ExitCode.OK)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
 from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import ExitCode, UsageError
+from gpuconsole.textsafe import terminal_safe
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def run_submit(config: Config, args: Any) -> int:
@@ -51,7 +55,7 @@ def run_submit(config: Config, args: Any) -> int:
         print_json({k: result.get(k) for k in ("id", "node", "state", "position", "owner")})
     else:
         where = f"position {result['position']}" if result.get("position") else "starting"
-        print(f"submitted {result['id']} on {result['node']} ({where})")
+        say(f"submitted {result['id']} on {result['node']} ({where})")
     return int(ExitCode.OK)
 
 
@@ -70,6 +74,12 @@ def run_jobs(config: Config, args: Any) -> int:
     if args.json:
         print_json({"jobs": found, "errors": [{"node": n, "error": e} for n, e in errors.items()]})
         return int(ExitCode.OK)
+    console().print(jobs_table(found))
+    return int(ExitCode.OK)
+
+
+def jobs_table(found: list[dict[str, Any]]) -> Table:
+    """The `jobs` table (a rich Table); every cell, names and commands included, shown literally."""
     from rich.table import Table
 
     table = Table(title="jobs", title_justify="left", header_style="bold")
@@ -79,21 +89,29 @@ def run_jobs(config: Config, args: Any) -> int:
         state = job["state"] + (f" #{job['position']}" if job["state"] == "queued" and job.get("position") else "")
         gpus = ",".join(map(str, job["gpus"])) or f"{job['gpus_requested']} wanted"
         exit_code = "" if job["exit_code"] is None else str(job["exit_code"])
-        table.add_row(job["id"], job["name"], job["node"], gpus, job["owner"], job["priority"], state,
-                      exit_code, job["command"])
-    console().print(table)
-    return int(ExitCode.OK)
+        add_row(table, job["id"], job["name"], job["node"], gpus, job["owner"], job["priority"], state,
+                exit_code, job["command"])
+    return table
 
 
 def run_logs(config: Config, args: Any) -> int:
+    """A job's output. Its owner gets the bytes as written (colours, progress bars: what `tail` shows
+    them of their own file); anyone else's output is escaped like every other text from another user
+    (newlines and tabs kept)."""
+    raw = [False]
+
     def emit(stream: str, text: str) -> None:
         target = sys.stdout if stream == "stdout" else sys.stderr
-        target.write(text)
+        target.write(text if raw[0] else terminal_safe(text, multiline=True))
         target.flush()
 
     async def go() -> dict[str, Any]:
         async with Fleet(config) as fleet:
-            return await core.follow_logs(fleet, args.id, emit, follow=args.follow)
+            def found(job: dict[str, Any]) -> None:
+                conn = fleet.conns.get(job["node"])
+                raw[0] = conn is not None and conn.hello.get("user") == job.get("owner")
+
+            return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found)
 
     asyncio.run(go())
     return int(ExitCode.OK)
@@ -106,7 +124,7 @@ def run_preempt(config: Config, args: Any) -> int:
 
     result = asyncio.run(go())
     what = "revoked" if result.get("revoked") else "preempting"
-    print(f"{what} {result['id']} on {result['node']}")
+    say(f"{what} {result['id']} on {result['node']}")
     return int(ExitCode.OK)
 
 
@@ -119,5 +137,5 @@ def run_cancel(config: Config, args: Any) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"cancelled {result['id']} on {result['node']} ({result['state']})")
+        say(f"cancelled {result['id']} on {result['node']} ({result['state']})")
     return int(ExitCode.OK)

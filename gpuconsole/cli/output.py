@@ -1,4 +1,9 @@
-"""The only writers: data to stdout (JSON or rich tables), diagnostics to stderr."""
+"""The only writers: data to stdout (JSON or rich tables), diagnostics to stderr.
+
+Every human-readable line and table cell leaves through here, made safe for a terminal
+(gpuconsole.textsafe): node and user text never reaches it as control sequences or markup.
+JSON keeps the exact strings.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,46 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from gpuconsole.textsafe import rich_text, terminal_safe
+
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 
 def print_json(document: Any) -> None:
     """One JSON document (or one line of a stream) on stdout."""
-    sys.stdout.write(json.dumps(document, separators=(",", ":")) + "\n")
+    # allow_nan=False: NaN/Infinity are not JSON; replies are sanitized where they enter, so one here is a bug.
+    sys.stdout.write(json.dumps(document, separators=(",", ":"), allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
+def say(line: str) -> None:
+    """One human line on stdout, escaped for the terminal."""
+    print(terminal_safe(line))
+
+
 def warn(message: str) -> None:
-    print(f"gpuconsole: {message}", file=sys.stderr)
+    """One `gpuconsole: …` line on stderr, escaped for the terminal (messages quote node texts)."""
+    print(f"gpuconsole: {terminal_safe(message)}", file=sys.stderr)
+
+
+def cell(value: str | Text, style: str = "") -> Text:
+    """A table cell that shows `value` literally: a `Text`, never markup, escaped for the terminal."""
+    return rich_text(value, style)
+
+
+def add_row(table: Table, *cells: str | Text) -> None:
+    """Add a row whose every cell goes through `cell` (the way rows enter a CLI table)."""
+    table.add_row(*(cell(value) for value in cells))
 
 
 def console() -> Console:
-    """A rich console on stdout (imported lazily: JSON paths never load rich)."""
-    from rich.console import Console
+    """A rich console on stdout (imported lazily: JSON paths never load rich) that takes no markup or
+    emoji codes from strings and escapes whatever it prints (gpuconsole.cli.safe_console)."""
+    from gpuconsole.cli.safe_console import SafeConsole
 
     # Piped output keeps whole columns (a file or `less` has no width to respect).
-    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+    return SafeConsole(highlight=False, markup=False, emoji=False, soft_wrap=False,
+                       width=None if sys.stdout.isatty() else 160)

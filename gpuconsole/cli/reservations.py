@@ -6,14 +6,19 @@ import asyncio
 import dataclasses
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
 from gpuconsole.core import reservations as core
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, NoCapacityError, UsageError
+from gpuconsole.model import QueuedRequest, Reservation
+from gpuconsole.textsafe import terminal_safe
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def _ttl_s(config: Config, args: Any) -> float:
@@ -58,9 +63,9 @@ def run_reserve(config: Config, args: Any) -> int:
             "priority": result.get("priority", request.priority),
         })
     else:
-        print(f"reserved {result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} "
-              f"for {result['owner']} until {result['expires_at']}")
-        print(f"export CUDA_VISIBLE_DEVICES={result['cuda_visible_devices']}")
+        say(f"reserved {result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} "
+            f"for {result['owner']} until {result['expires_at']}")
+        say(f"export CUDA_VISIBLE_DEVICES={result['cuda_visible_devices']}")
     return int(ExitCode.OK)
 
 
@@ -68,7 +73,7 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
     last_line: list[str] = []
 
     def progress(node: str, position: int, elapsed_s: float) -> None:
-        line = f"queued on {node}: position {position}, waited {format_duration_s(elapsed_s)}"
+        line = terminal_safe(f"queued on {node}: position {position}, waited {format_duration_s(elapsed_s)}")
         if line != (last_line[0] if last_line else None):
             if sys.stderr.isatty():
                 sys.stderr.write("\r\033[K" + line)
@@ -125,9 +130,9 @@ def run_release(config: Config, args: Any) -> int:
     else:
         for result in results:
             gpus = ",".join(str(g) for g in result.get("gpus", [])) or "-"
-            print(f"released {result['id']} on {result['node']} (GPUs {gpus})")
+            say(f"released {result['id']} on {result['node']} (GPUs {gpus})")
         if args.mine and not results:
-            print("nothing to release")
+            say("nothing to release")
     for rid, exc in failures:
         warn(f"{rid}: {exc}")
     return int(failures[0][1].exit_code) if failures else int(ExitCode.OK)
@@ -158,7 +163,7 @@ def run_renew(config: Config, args: Any) -> int:
     if args.json:
         print_json({k: result[k] for k in ("id", "node", "gpus", "owner", "expires_at", "token")})
     else:
-        print(f"renewed {result['id']} on {result['node']} until {result['expires_at']}")
+        say(f"renewed {result['id']} on {result['node']} until {result['expires_at']}")
     return int(ExitCode.OK)
 
 
@@ -177,18 +182,23 @@ def run_list(config: Config, args: Any) -> int:
             "errors": [{"node": n, "error": e} for n, e in errors.items()],
         })
     else:
-        from rich.table import Table
-
-        table = Table(title="reservations", title_justify="left", header_style="bold")
-        for column in ("id", "node", "gpus", "owner", "priority", "state", "created", "expires"):
-            table.add_column(column, no_wrap=True)
-        for r in reservations:
-            table.add_row(r.id, r.node, ",".join(map(str, r.gpus)), r.owner, r.priority, r.state,
-                          r.created_at, r.expires_at)
-        for q in queue:
-            table.add_row(q.id, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
-                          f"queued #{q.position}", q.created_at, "-")
-        console().print(table)
+        console().print(reservations_table(reservations, queue))
     if errors and not reservations and not queue and len(errors) == len(config.nodes):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.OK)
+
+
+def reservations_table(reservations: list[Reservation], queue: list[QueuedRequest]) -> Table:
+    """The `reservations` table: active ones, then the queue; every cell shown literally."""
+    from rich.table import Table
+
+    table = Table(title="reservations", title_justify="left", header_style="bold")
+    for column in ("id", "node", "gpus", "owner", "priority", "state", "created", "expires"):
+        table.add_column(column, no_wrap=True)
+    for r in reservations:
+        add_row(table, r.id, r.node, ",".join(map(str, r.gpus)), r.owner, r.priority, r.state,
+                r.created_at, r.expires_at)
+    for q in queue:
+        add_row(table, q.id, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
+                f"queued #{q.position}", q.created_at, "-")
+    return table

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuconsole.cli.output import console, print_json, warn
+from gpuconsole.cli.output import add_row, cell, console, print_json, warn
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.errors import ExitCode, UnreachableError, UsageError
 from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
 from gpuconsole.model import NodeSnapshot
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def run_status(config: Config, args: Any) -> int:
@@ -48,7 +51,8 @@ async def _status(config: Config, args: Any, names: list[str] | None) -> int:
 
 
 def render(snapshots: list[NodeSnapshot], clear: bool = False) -> None:
-    """Two rich tables: nodes, then every GPU with its reservation and processes."""
+    """Two rich tables: nodes, then every GPU with its reservation and processes (every text from a
+    node shown literally, as `cell`s)."""
     from rich.table import Table
 
     out = console()
@@ -62,26 +66,27 @@ def render(snapshots: list[NodeSnapshot], clear: bool = False) -> None:
         gpus.add_column(column, no_wrap=column != "processes")
     for snap in snapshots:
         if not snap.reachable:
-            nodes.add_row(snap.name, snap.source, f"[red]unreachable[/] {snap.error or ''}",
-                          NA, NA, NA, NA, NA)
+            state = cell("unreachable", "red").append_text(cell(f" {snap.error or ''}"))
+            add_row(nodes, snap.name, snap.source, state, NA, NA, NA, NA, NA)
             continue
         mem = f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}"
-        nodes.add_row(
-            snap.name, snap.source, "[green]up[/]" if not snap.state_error else f"[red]{snap.state_error}[/]",
-            f"{snap.gpus_free}/{len(snap.gpus)}", pct_h(snap.cpu_pct), mem,
+        state = cell("up", "green") if not snap.state_error else cell(snap.state_error, "red")
+        add_row(
+            nodes, snap.name, snap.source, state, f"{snap.gpus_free}/{len(snap.gpus)}", pct_h(snap.cpu_pct), mem,
             f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}",
             f"{rate_h(snap.net_rx_bps)} {rate_h(snap.net_tx_bps)}",
         )
         for gpu in snap.gpus:
             if gpu.reservation:
-                res = f"{gpu.reservation.owner} {gpu.reservation.id} until {gpu.reservation.expires_at[11:16]}Z"
+                ref = gpu.reservation
+                res: str | Text = f"{ref.owner} {ref.id} until {ref.expires_at[11:16]}Z"
             elif gpu.unreserved_use:
-                res = "[yellow]UNRESERVED USE[/]"
+                res = cell("UNRESERVED USE", "yellow")
             else:
-                res = "[green]free[/]"
+                res = cell("free", "green")
             procs = ", ".join(f"{p.user}:{p.pid} {mib_h(p.mem_mib)}" for p in gpu.processes) or NA
-            gpus.add_row(
-                snap.name, str(gpu.index), (gpu.name or NA).removeprefix("NVIDIA "), pct_h(gpu.util_pct),
+            add_row(
+                gpus, snap.name, str(gpu.index), (gpu.name or NA).removeprefix("NVIDIA "), pct_h(gpu.util_pct),
                 f"{mib_h(gpu.mem_used_mib)}/{mib_h(gpu.mem_total_mib)}",
                 num_h(gpu.temperature_c, "C"), num_h(gpu.power_w, "W"), res, procs,
             )

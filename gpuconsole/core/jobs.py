@@ -107,9 +107,13 @@ async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) ->
 
 
 async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,
-                      follow: bool = False) -> dict[str, Any]:
-    """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end."""
+                      follow: bool = False,
+                      on_job: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end.
+    `on_job` sees the job (its owner) before the first chunk."""
     job = await find_job(fleet, job_id)
+    if on_job is not None:
+        on_job(job)
     offsets = {"stdout": 0, "stderr": 0}
     saw_end = False
     while True:

@@ -19,6 +19,7 @@ from typing import Protocol
 from gpuconsole.errors import UsageError
 from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
+from gpuconsole.textsafe import terminal_safe
 
 Log = Callable[[str], None]
 QUEUE_MAX = 1000
@@ -66,8 +67,10 @@ class StdoutSink:
         self.clock = clock
 
     def write(self, alert: Alert) -> None:
-        text = json.dumps(alert.to_json(), separators=(",", ":")) if self.as_json else alert_line(
-            alert, self.clock())
+        # JSON keeps the exact strings; the human line is for a terminal, so escaped (owners, job
+        # names and node errors in messages are other people's text).
+        text = json.dumps(alert.to_json(), separators=(",", ":")) if self.as_json else terminal_safe(
+            alert_line(alert, self.clock()))
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
