@@ -20,14 +20,12 @@ from typing import Any
 
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError
-from gpuconsole.ssh.connection import AgentError, AuthFailedError, HostKeyError
+from gpuconsole.ssh.connection import AgentError
 
 WAIT_POLL_S = 0.2
 RECONNECT_FIRST_S = 0.25  # backoff after a lost connection: doubling, full jitter, capped
 RECONNECT_MAX_S = 5.0
 WITHDRAW_S = 5.0  # how long an interrupted wait may spend withdrawing its ticket
-# Failures that reconnecting cannot fix: end the wait at once.
-FINAL_ERRORS: tuple[type[GpuConsoleError], ...] = (AuthFailedError, HostKeyError)
 TRANSIENT_AGENT_CODES = frozenset({"busy", "io"})  # the node's lock or disk, briefly
 
 ProgressCallback = Callable[[str, int, float], None]
@@ -39,11 +37,12 @@ def _req_id() -> str:
 
 
 def _transient(exc: GpuConsoleError) -> bool:
-    if isinstance(exc, FINAL_ERRORS):
-        return False
+    """Worth reconnecting for: a lost, refused or timed-out connection (a plain UnreachableError)
+    or a briefly busy node. The subclasses (authentication, host key, a malformed reply) would fail
+    the same way again, so they end the wait at once."""
     if isinstance(exc, AgentError):
         return exc.code in TRANSIENT_AGENT_CODES
-    return isinstance(exc, UnreachableError)
+    return type(exc) is UnreachableError
 
 
 class Waiter:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
@@ -122,6 +123,24 @@ def test_wait_survives_its_agent_being_killed(demo_factory: Callable[..., DemoTh
     assert json.loads(out)["gpus"] == [0, 1]
 
 
+def test_a_node_back_with_another_host_key_ends_the_wait(demo_factory: Callable[..., DemoThread],
+                                                       spawn: Callable[..., subprocess.Popen[str]]) -> None:
+    """Reconnecting never retries what cannot heal: a changed host key ends the wait with exit 5."""
+    demo = demo_factory(nodes=1, gpus=2)
+    config = demo.config_path
+    cli_json("reserve", "--gpus", "2", config=config)
+    waiter = spawn("reserve", "--gpus", "1", "--wait", "--json", config=config)  # no --timeout
+    agent = _agent_pid(demo, _one_queued(config)["id"])
+    demo.stop_node("node-01")
+    wait_for(lambda: not _alive(agent), timeout_s=10, message="the waiter's agent to die")
+    demo.cluster.nodes["node-01"].host_key = asyncssh.generate_private_key("ssh-ed25519")
+    demo.start_node("node-01")
+    code, _out, err = _finish(waiter, timeout_s=30)
+    assert code == 5, err
+    assert "host key not verified" in err.splitlines()[-1], err
+    assert "Traceback" not in err
+
+
 @pytest.mark.xfail(strict=False, reason="keeping the place needs the node's `reattach` op (issue 11 item 8)")
 def test_a_reconnected_waiter_keeps_its_place(demo_factory: Callable[..., DemoThread],
                                               spawn: Callable[..., subprocess.Popen[str]]) -> None:
@@ -142,7 +161,7 @@ def test_a_reconnected_waiter_keeps_its_place(demo_factory: Callable[..., DemoTh
         return bool(queue and queue[0]["id"] == first_ticket and ticket
                     and _alive(int(ticket["agent"]["pid"])))
 
-    wait_for(first_back_at_the_head, timeout_s=30, message="the first waiter back at the head, same ticket")
+    wait_for(first_back_at_the_head, timeout_s=15, message="the first waiter back at the head, same ticket")
     assert run_cli("release", blocker["id"], config=config).returncode == 0
     code, out, err = _finish(first)
     assert code == 0, err
@@ -171,7 +190,6 @@ def test_an_interrupted_wait_withdraws_its_ticket(demo_factory: Callable[..., De
     assert ticket["id"] not in _state(demo)["queue"]
 
 
-@pytest.mark.xfail(strict=False, reason="needs the node's listing to skip tickets whose waiter died (issue 11 item 8)")
 def test_a_killed_waiters_ticket_is_never_shown_as_queued(demo_factory: Callable[..., DemoThread],
                                                           spawn: Callable[..., subprocess.Popen[str]]) -> None:
     demo = demo_factory(nodes=1, gpus=2)
