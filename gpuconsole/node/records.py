@@ -81,7 +81,8 @@ JOB = {
     "created_bt": (_num, False), "seq": (_int, False), "orphaned": (_bool, False), "note": (_str, False),
 }
 APPLIED = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
-TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED))
+DROPPED = dict(TICKET, dropped_bt=(_num, True))
+TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED))
 
 
 def problem(record, schema, key=None):
@@ -107,12 +108,14 @@ def problem(record, schema, key=None):
 def sanitize(state):
     """Quarantine every malformed record in place; return one warning line per record moved."""
     warnings = []
-    if not isinstance(state.setdefault("jobs", {}), dict):
-        warnings.append("quarantined jobs: not an object")
-        _keep(state, "jobs", state["jobs"], "not an object")
-        state["jobs"] = {}
+    for optional in ("jobs", "dropped"):
+        if optional in state and not isinstance(state[optional], dict):
+            warnings.append("quarantined %s: not an object" % optional)
+            _keep(state, optional, state[optional], "not an object")
+            state[optional] = {}
+    state.setdefault("jobs", {})
     for name, schema in TABLES:
-        table = state[name]
+        table = state.get(name, {})
         for key in list(table):
             why = problem(table[key], schema, key if name != "applied" else None)
             if why is not None:

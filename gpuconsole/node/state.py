@@ -23,6 +23,7 @@ REBOOT_GRACE_S = 300.0
 APPLIED_KEEP_S = 600.0
 APPLIED_KEEP_MAX = 256
 TOKEN_JUMP_ON_RECOVERY = 1 << 20
+REATTACH_GRACE_S = 120.0  # how long a waiter that lost its connection may come back for its place
 MAX_TTL_S = 366 * 86400.0
 ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 
@@ -227,6 +228,7 @@ def reboot_recovery(state, boot_id, ctx):
             lease["exp_bt"] = ctx.now_bt + min(remaining_s, REBOOT_GRACE_S)
             lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
     state["queue"] = {}
+    state.pop("dropped", None)  # their waiters died with the boot, and their clock is gone
     for entry in state["applied"].values():
         entry["bt"] = ctx.now_bt
     state["boot_id"] = boot_id
@@ -242,10 +244,19 @@ def gc(state, ctx):
         if lease["exp_bt"] <= ctx.now_bt:
             del state["leases"][lease_id]
             changed = True
+    dropped = state.setdefault("dropped", {})
     for ticket_id, ticket in list(state["queue"].items()):
         if not ctx.alive(ticket.get("agent")):
             del state["queue"][ticket_id]
+            if not ticket.get("job"):  # kept a while so a reconnecting waiter regains its place
+                dropped[ticket_id] = dict(ticket, dropped_bt=ctx.now_bt)
             changed = True
+    for ticket_id in [t for t, d in dropped.items() if ctx.now_bt - d["dropped_bt"] > REATTACH_GRACE_S]:
+        del dropped[ticket_id]
+    for ticket_id in sorted(dropped, key=lambda t: dropped[t]["dropped_bt"])[: max(0, len(dropped) - 256)]:
+        del dropped[ticket_id]
+    if not dropped:
+        del state["dropped"]
     applied = state["applied"]
     for req_id in [r for r, e in applied.items() if ctx.now_bt - e["bt"] > APPLIED_KEEP_S]:
         del applied[req_id]
@@ -372,6 +383,33 @@ def poll(state, ctx, args):
     raise OpError("not_found", "no queued or active reservation %s" % ticket_id)
 
 
+def reattach(state, ctx, args):
+    """A waiter back after a dropped connection takes its ticket over, keeping its place.
+
+    The ticket is still queued (its old agent not yet reaped) or was dropped less than
+    REATTACH_GRACE_S ago: then it returns with its original submit time and sequence, so it is
+    ahead of everyone who queued after it. A grant made meanwhile is returned as by poll().
+    """
+    ticket_id = args.get("id")
+    lease = state["leases"].get(ticket_id)
+    if lease is not None and lease["exp_bt"] > ctx.now_bt:
+        return poll(state, ctx, args)
+    ticket = state["queue"].get(ticket_id)
+    if ticket is None:
+        tombstone = state.get("dropped", {}).get(ticket_id)
+        if tombstone is None:
+            raise OpError("not_found", "no queued request %s (dropped more than %ds ago, or granted and ended)"
+                          % (ticket_id, REATTACH_GRACE_S))
+        _check_owner(tombstone, ctx, "queued request")
+        ticket = {k: v for k, v in tombstone.items() if k != "dropped_bt"}
+        del state["dropped"][ticket_id]
+        state["queue"][ticket_id] = ticket
+    _check_owner(ticket, ctx, "queued request")
+    ticket["agent"] = ctx.agent
+    dispatch(state, ctx)
+    return poll(state, ctx, args)
+
+
 def _check_owner(obj, ctx, what):
     if obj["uid"] != ctx.uid and not ctx.admin:
         raise OpError("permission", "%s %s belongs to %s; only its owner or an admin may change it"
@@ -428,6 +466,6 @@ def renew(state, ctx, args):
 
 # Operations that change the state whenever they succeed (poll and gc change it only through
 # the housekeeping that runs before every operation).
-ALWAYS_CHANGES = frozenset({"reserve", "release", "renew"})
-MUTATIONS = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
+ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach"})
+MUTATIONS = {"reserve": reserve, "release": release, "renew": renew, "poll": poll, "reattach": reattach,
              "gc": lambda state, ctx, args: {"gc": True}}

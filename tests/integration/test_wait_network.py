@@ -141,7 +141,6 @@ def test_a_node_back_with_another_host_key_ends_the_wait(demo_factory: Callable[
     assert "Traceback" not in err
 
 
-@pytest.mark.xfail(strict=False, reason="keeping the place needs the node's `reattach` op (issue 11 item 8)")
 def test_a_reconnected_waiter_keeps_its_place(demo_factory: Callable[..., DemoThread],
                                               spawn: Callable[..., subprocess.Popen[str]]) -> None:
     demo = demo_factory(nodes=1, gpus=2)
