@@ -12,6 +12,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.notifications import SeverityLevel
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 from gpuconsole.config import Config
@@ -20,6 +21,7 @@ from gpuconsole.durations import format_duration_s
 from gpuconsole.errors import GpuConsoleError, NoCapacityError
 from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.fleet import FleetState
+from gpuconsole.textsafe import rich_text, terminal_safe
 from gpuconsole.tui.alerts import JUDGE_INTERVAL_S, AlertBook
 from gpuconsole.tui.cloud import CloudSide
 from gpuconsole.tui.commands import ConsoleCommands
@@ -111,7 +113,7 @@ class GpuConsoleApp(CloudSide, App[int]):
                 yield JobTable(id="jobs")
             with TabPane("Cloud", id="tab-cloud"):
                 self._cloud_status_shown = self.cloud_status()
-                yield Static(self._cloud_status_shown, id="cloud-status", classes="status-line")
+                yield Static(rich_text(self._cloud_status_shown), id="cloud-status", classes="status-line")
                 yield CloudTable(id="cloud")
             with TabPane("Alerts", id="tab-alerts"):
                 yield AlertPanel(id="alert-panel")
@@ -208,7 +210,7 @@ class GpuConsoleApp(CloudSide, App[int]):
         with self.batch_update():
             nodes.show(self.fleet, now_s, styles, self.name_filter)
             gpus.show(view, self.fleet, now_s, styles)
-            gpus.border_title = f"GPUs · {self.selected_node}" if self.selected_node else "GPUs"
+            gpus.border_title = rich_text(f"GPUs · {self.selected_node}" if self.selected_node else "GPUs")
             procs.show(view)
             reservations.show(self.fleet, styles)
             job_table.show(self.fleet, styles)
@@ -232,8 +234,15 @@ class GpuConsoleApp(CloudSide, App[int]):
         with self.batch_update():
             gpus = self.query_one(GpuTable)
             gpus.show(view, self.fleet, self.clock(), self._styles())
-            gpus.border_title = f"GPUs · {self.selected_node}"
+            gpus.border_title = rich_text(f"GPUs · {self.selected_node}")
             self.query_one(ProcessTable).show(view)
+
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Every toast of the console: error texts quote node and user text, so message and title are
+        escaped and never markup (`markup` is accepted and ignored)."""
+        super().notify(terminal_safe(message), title=terminal_safe(title), severity=severity, timeout=timeout,
+                       markup=False)
 
     # -- actions ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from gpuconsole.config import Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.cloud import PHASE_LABELS, Instance
 from gpuconsole.model.fleet import FleetState
+from gpuconsole.textsafe import rich_text
 from gpuconsole.tui.alerts import AlertBook
 from gpuconsole.tui.messages import CloudViewArrived
 from gpuconsole.tui.screens.cloud_dialogs import CloudUpDialog
@@ -189,7 +190,7 @@ class CloudSide(_AppBase):
         text = self.cloud_status()
         if text != self._cloud_status_shown:  # Static.update costs a layout pass: only on change
             self._cloud_status_shown = text
-            main.query_one("#cloud-status", Static).update(text)
+            main.query_one("#cloud-status", Static).update(rich_text(text))
 
     def idle_cloud_conditions(self, now_s: float) -> list[Alert] | None:
         """idle_cloud conditions for the alert log ([] without a cloud; None when EC2 is unavailable)."""

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from gpuconsole.errors import GpuConsoleError
+from gpuconsole.textsafe import rich_text
 
 if TYPE_CHECKING:
     from gpuconsole.cloud.monitor import Quote
@@ -59,8 +60,8 @@ class CloudUpDialog(ModalScreen["Quote | None"]):
         self.fetch_quote(int(raw))
 
     def _show(self, quote_text: str, error: str) -> None:
-        self.query_one("#quote", Static).update(quote_text)
-        self.query_one("#error", Static).update(error)
+        self.query_one("#quote", Static).update(rich_text(quote_text))
+        self.query_one("#error", Static).update(rich_text(error))
 
     @work(exclusive=True, group="quote", exit_on_error=False)
     async def fetch_quote(self, gpus: int) -> None:

@@ -13,6 +13,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from gpuconsole.durations import parse_duration_s
 from gpuconsole.errors import UsageError
+from gpuconsole.textsafe import rich_text
 
 AUTO_NODE = "__auto__"
 
@@ -51,7 +52,7 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
                 yield Label("for")
                 yield Input(self.default_duration, id="duration", placeholder="90s, 30m, 4h, 1d")
                 yield Label("node")
-                yield Select([("auto (best fit)", AUTO_NODE), *[(n, n) for n in self.nodes]],
+                yield Select([("auto (best fit)", AUTO_NODE), *[(rich_text(n), n) for n in self.nodes]],
                              value=AUTO_NODE, id="node", allow_blank=False)
                 yield Label("")
                 if self.cloud:
@@ -86,7 +87,7 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
         try:
             self.dismiss(self._form())
         except UsageError as exc:
-            self.query_one("#error", Static).update(str(exc))
+            self.query_one("#error", Static).update(rich_text(str(exc)))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
@@ -105,7 +106,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(self.question, classes="dialog-title")
+            yield Label(rich_text(self.question), classes="dialog-title")
             with Horizontal(classes="buttons"):
                 yield Button(self.confirm_label, variant="error", id="yes")
                 yield Button("Cancel", id="no")
@@ -136,16 +137,16 @@ class LogScreen(ModalScreen[None]):
         from textual.widgets import RichLog
 
         with Vertical(id="dialog", classes="dialog logs"):
-            yield Label(self.title_text, classes="dialog-title")
+            yield Label(rich_text(self.title_text), classes="dialog-title")
             yield RichLog(id="log", wrap=True, markup=False, highlight=False)
             yield Button("Close", id="close")
 
     def add_output(self, stream: str, text: str) -> None:
-        from rich.text import Text
         from textual.widgets import RichLog
 
         style = (self.app.current_theme.error or "red") if stream == "stderr" else ""
-        self.query_one("#log", RichLog).write(Text(text.rstrip("\n"), style=style))
+        # Shown inside the console, so escaped even for its owner (lines and tabs kept).
+        self.query_one("#log", RichLog).write(rich_text(text.rstrip("\n"), style, multiline=True))
 
     @on(Button.Pressed, "#close")
     def action_close(self) -> None:

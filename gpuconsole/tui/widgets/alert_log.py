@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Static
 
+from gpuconsole.textsafe import rich_text
 from gpuconsole.tui.alerts import LoggedAlert
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
@@ -46,9 +47,9 @@ class AlertLog(KeyedTable):
             rows[str(entry.seq)] = [
                 Text(_clock_h(entry.at_s), style=dim),
                 Text(kind, style=f"bold {style}" if holding and alert.kind != "resolved" else f"{style} {dim}"),
-                Text(alert.node or "-", style=dim), Text(",".join(map(str, alert.gpus)) or "-", style=dim),
-                Text(alert.owner or "-", style=dim), Text(alert.reservation or "-", style=dim),
-                Text(alert.message, style=dim),
+                rich_text(alert.node or "-", dim), Text(",".join(map(str, alert.gpus)) or "-", style=dim),
+                rich_text(alert.owner or "-", dim), rich_text(alert.reservation or "-", dim),
+                rich_text(alert.message, dim),
             ]
         self.rebuild(rows)
 
@@ -78,7 +79,7 @@ class AlertPanel(Vertical):
             text = "No alerts. Thresholds come from [watch] in the config (idle_minutes, util_below_pct)."
         if text != self._detail_shown:
             self._detail_shown = text
-            self.query_one("#alert-detail", Static).update(text)
+            self.query_one("#alert-detail", Static).update(rich_text(text))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_detail()

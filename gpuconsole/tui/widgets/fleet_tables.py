@@ -7,6 +7,7 @@ from rich.text import Text
 from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
 from gpuconsole.model.fleet import IDLE_FLAG_AFTER_S as IDLE_FLAG_S
 from gpuconsole.model.fleet import FleetState, Health, NodeView, bar, sparkline
+from gpuconsole.textsafe import rich_text
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
 # 120 columns: "node" fits an EC2 instance id (cloud nodes are named by it); "health" fits "◌ stale · 59m ago".
@@ -53,7 +54,7 @@ class NodeTable(KeyedTable):
             return [view.name, Text(view.source, style=src_style), health_cell, NA, NA, NA, NA, NA]
         dim = "dim" if health is not Health.UP else ""
         cells: list[Cell] = [
-            Text(view.name, style=dim), Text(view.source, style=f"{src_style} {dim}".strip()), health_cell,
+            rich_text(view.name, dim), Text(view.source, style=f"{src_style} {dim}".strip()), health_cell,
             Text(f"{snap.gpus_free}/{len(snap.gpus)}", style=dim), Text(pct_h(snap.cpu_pct), style=dim),
             Text(f"{bytes_h(snap.mem_used_bytes)}/{bytes_h(snap.mem_total_bytes)}", style=dim),
             Text(f"{rate_h(snap.disk_read_bps)} {rate_h(snap.disk_write_bps)}", style=dim),
@@ -95,7 +96,7 @@ class GpuTable(KeyedTable):
                 history = list(fleet.util_history.get(history_key, ()))
                 rows[key] = [
                     Text(str(gpu.index), style=dim),
-                    Text((gpu.name or NA).removeprefix("NVIDIA "), style=dim),
+                    rich_text((gpu.name or NA).removeprefix("NVIDIA "), dim),
                     util_text, mem_text,
                     Text(num_h(gpu.temperature_c, "C"), style=dim), Text(num_h(gpu.power_w, "W"), style=dim),
                     Text(sparkline(history, 16), style=styles["gc-util-low"]),
@@ -109,14 +110,14 @@ class GpuTable(KeyedTable):
 
         assert isinstance(gpu, GpuSample)
         if gpu.reservation is not None:
-            text = Text(f"{gpu.reservation.owner} ·{gpu.reservation.expires_at[11:16]}Z")
+            text = rich_text(f"{gpu.reservation.owner} ·{gpu.reservation.expires_at[11:16]}Z")
             idle_s = fleet.idle_for_s(node, gpu.index, now_s)
             if idle_s is not None and idle_s >= IDLE_FLAG_S:
                 text.append(f" ⚑idle {_age_h(idle_s)}", style=f"bold {styles['gc-flag']}")
             return text
         if gpu.unreserved_use:
             users = ",".join(sorted({p.user or "?" for p in gpu.processes}))
-            return Text(f"⚠ unreserved: {users}", style=f"bold {styles['gc-flag']}")
+            return rich_text(f"⚠ unreserved: {users}", f"bold {styles['gc-flag']}")
         return Text("free", style=styles["gc-free"])
 
 

@@ -1,4 +1,8 @@
-"""A DataTable that is updated by key: only changed cells are touched, no rebuilds, no flicker."""
+"""A DataTable that is updated by key: only changed cells are touched, no rebuilds, no flicker.
+
+Every table of the console is one, so this is where cells are made safe: a `str` cell would be
+parsed as markup by DataTable, so each cell becomes a `Text` with `rich_text` (terminal escapes
+visible, markup shown literally) before it is shown or compared."""
 
 from __future__ import annotations
 
@@ -7,7 +11,17 @@ from collections.abc import Mapping, Sequence
 from rich.text import Text
 from textual.widgets import DataTable
 
+from gpuconsole.textsafe import rich_text, terminal_safe
+
 Cell = str | Text
+
+
+def _safe(cell: Cell) -> Text:
+    """`cell` as a Text that shows it literally; a `str` is cropped to its one line, as DataTable
+    crops the markup it would otherwise have parsed from it."""
+    if isinstance(cell, str):
+        return Text(terminal_safe(cell), no_wrap=True, end="")
+    return rich_text(cell)
 
 
 class KeyedTable(DataTable[Cell]):
@@ -28,8 +42,8 @@ class KeyedTable(DataTable[Cell]):
             self.remove_row(key)
             del self._shown[key]
         columns = list(self._column_widths)
-        for key, cells in rows.items():
-            cells = tuple(cells)
+        for key, given in rows.items():
+            cells: tuple[Cell, ...] = tuple(_safe(cell) for cell in given)
             old = self._shown.get(key)
             if old is None:
                 self.add_row(*cells, key=key)

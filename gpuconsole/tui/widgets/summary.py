@@ -6,6 +6,9 @@ from rich.text import Text
 from textual.widget import Widget
 
 from gpuconsole.model.fleet import FleetState
+from gpuconsole.textsafe import rich_text
+
+Piece = tuple[str, str]  # (text, style); `$warning` in a style is the theme's warning colour
 
 
 class SummaryBar(Widget):
@@ -21,13 +24,14 @@ class SummaryBar(Widget):
 
     def __init__(self, text: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._variants = [text]  # longest first
+        self._variants: list[list[Piece]] = [[(text, "")]]  # longest first
 
     def render(self) -> Text:
         warning = self.app.current_theme.warning or "yellow"
         width = self.content_size.width
-        for markup in self._variants:
-            text = Text.from_markup(markup.replace("$warning", warning))
+        for pieces in self._variants:
+            # Built from (text, style) pieces, never markup: the cloud cell may quote EC2's text.
+            text = Text.assemble(*((rich_text(part, style.replace("$warning", warning)) for part, style in pieces)))
             if width <= 0 or text.cell_len <= width:
                 break
         return text
@@ -41,14 +45,26 @@ class SummaryBar(Widget):
             flags.append((f"⚑ {t['idle_reserved']} idle", f"⚑ {t['idle_reserved']}"))
         if t["unreserved"]:
             flags.append((f"⚠ {t['unreserved']} unreserved", f"⚠ {t['unreserved']}"))
-        text = (f"nodes [b]{t['up']}[/]/{t['nodes']} up  │  GPUs [b]{t['free']}[/] free · {t['reserved']} reserved"
-                f" · {t['in_use']} busy / {t['gpus']}  │  queue {t['queued']}  │  {cloud}")
+        text: list[Piece] = [
+            ("nodes ", ""), (str(t["up"]), "b"), (f"/{t['nodes']} up  │  GPUs ", ""), (str(t["free"]), "b"),
+            (f" free · {t['reserved']} reserved · {t['in_use']} busy / {t['gpus']}  │  queue {t['queued']}  │  "
+             f"{cloud}", ""),
+        ]
         variants = [text]
         if flags:
             words = [full for full, _ in flags]
             shorter = [flags[0][1] if alerts else flags[0][0], *words[1:]]
-            variants = [text + "  │  " + "  ".join(f"[b $warning]{flag}[/]" for flag in chosen)
+            variants = [[*text, ("  │  ", ""), *_joined([(flag, "b $warning") for flag in chosen], ("  ", ""))]
                         for chosen in (words, shorter, [short for _, short in flags])]
         if variants != self._variants:
             self._variants = variants
             self.refresh()
+
+
+def _joined(pieces: list[Piece], separator: Piece) -> list[Piece]:
+    out: list[Piece] = []
+    for index, piece in enumerate(pieces):
+        if index:
+            out.append(separator)
+        out.append(piece)
+    return out
