@@ -432,3 +432,22 @@ def test_watch_release_idle_never_releases_another_users_reservation(sshd_node: 
         assert rid in _listed_ids(cfg1)
     finally:
         _cli(cfg1, "release", rid)
+
+
+def test_another_users_job_output_is_never_written_raw(sshd_node: SshdNode) -> None:
+    """`logs` gives a job's owner its output as written (colours, progress bars); another user gets
+    it refused, or, where the node lets them read it, with every escape sequence made visible."""
+    cfg1, cfg2 = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    submitted = _cli(cfg1, "submit", "--gpus", "1", "--node", NODE, "--json", "--",
+                     "printf", "\\033]52;c;aGVsbG8=\\007done\\n")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    wait_for(lambda: "done" in _cli(cfg1, "logs", job_id).stdout, timeout_s=20, message="the job's output")
+    assert "\x1b]52;c;aGVsbG8=\x07done" in _cli(cfg1, "logs", job_id).stdout  # the owner's own bytes
+    other = _cli(cfg2, "logs", job_id)
+    assert other.returncode in (0, 4), other.stderr
+    assert "\x1b" not in other.stdout + other.stderr and "\x07" not in other.stdout + other.stderr
+    if other.returncode == 0:
+        assert "\\x1b]52;c;aGVsbG8=\\x07done" in other.stdout
+    else:
+        _one_line_error(other)
