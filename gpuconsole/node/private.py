@@ -107,6 +107,9 @@ def ensure_jobs_dir(path):
     if info.st_uid == os.geteuid() and info.st_mode & 0o7777 != JOBS_DIR_MODE:
         os.chmod(path, JOBS_DIR_MODE)  # umask, and older versions, left it without the sticky bit
         return None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise NotPrivate(errno.EACCES, "%s (mode %o, uid %d) is not writable for us; fix: sudo install -d -m 3775 "
+                         "-g gpu %s" % (path, info.st_mode & 0o7777, info.st_uid, path))
     if info.st_mode & stat.S_ISVTX:
         return None
     return "%s is not sticky: other users could rename job directories (fix: sudo chmod +t %s)" % (path, path)

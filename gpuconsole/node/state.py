@@ -400,14 +400,20 @@ def reattach(state, ctx, args):
         if tombstone is None:
             raise OpError("not_found", "no queued request %s (dropped more than %ds ago, or granted and ended)"
                           % (ticket_id, REATTACH_GRACE_S))
-        _check_owner(tombstone, ctx, "queued request")
+        _check_waiter(tombstone, ctx)
         ticket = {k: v for k, v in tombstone.items() if k != "dropped_bt"}
         del state["dropped"][ticket_id]
         state["queue"][ticket_id] = ticket
-    _check_owner(ticket, ctx, "queued request")
+    _check_waiter(ticket, ctx)
     ticket["agent"] = ctx.agent
     dispatch(state, ctx)
     return poll(state, ctx, args)
+
+
+def _check_waiter(ticket, ctx):
+    """Only the user who queued a request may wait on it (an admin may withdraw it, not take it)."""
+    if ticket["uid"] != ctx.uid:
+        raise OpError("permission", "queued request %s belongs to %s" % (ticket["id"], ticket["owner"]))
 
 
 def _check_owner(obj, ctx, what):
