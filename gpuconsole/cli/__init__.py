@@ -10,9 +10,11 @@ from gpuconsole.errors import ExitCode, GpuConsoleError
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from gpuconsole import notices
     from gpuconsole.cli.output import warn
     from gpuconsole.cli.parser import build_parser
 
+    notices.set_handler(lambda node, text: warn(f"{node}: {text}"))
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args)

@@ -136,6 +136,8 @@ def run_cancel(config: Config, args: Any) -> int:
     result = asyncio.run(go())
     if args.json:
         print_json(result)
+    elif result.get("already_ended"):
+        say(f"{result['id']} on {result['node']} had already ended ({result['state']}); nothing to cancel")
     else:
         say(f"cancelled {result['id']} on {result['node']} ({result['state']})")
     return int(ExitCode.OK)
