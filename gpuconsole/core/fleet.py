@@ -9,6 +9,7 @@ from typing import Any
 
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError, UnreachableError
+from gpuconsole.model.replies import BadReplyError
 from gpuconsole.ssh.connection import NodeConnection, SnapshotCallback
 
 
@@ -77,6 +78,8 @@ class Fleet:
         for attempt in range(retries + 1):
             try:
                 return await conn.request(op, args, timeout_s=timeout_s)
+            except BadReplyError:
+                raise  # the node did answer, wrongly: asking again gets the same answer
             except UnreachableError:
                 if attempt >= retries:
                     raise

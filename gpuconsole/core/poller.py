@@ -91,8 +91,9 @@ class Poller:
                         cfg, stream_s=self.interval_s, on_snapshot=self._snapshot_arrived
                     )
                 self.conns[cfg.name] = conn
-                backoff_s = BACKOFF_START_S
                 error = await self._watch(conn)
+                if conn.failure is None:  # it worked until now; a node that answers garbage keeps backing off
+                    backoff_s = BACKOFF_START_S
             except (AuthFailedError, HostKeyError) as exc:
                 self.on_event(NodeFailed(cfg.name, str(exc), True, None, time.monotonic()))
                 return
@@ -113,7 +114,7 @@ class Poller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.closed.wait(), self.interval_s)
             if conn.closed.is_set():
-                return f"{conn.name}: connection lost"
+                return str(conn.failure) if conn.failure is not None else f"{conn.name}: connection lost"
             silent_s = time.monotonic() - self.last_seen.get(conn.name, 0.0)
             if silent_s > self.stale_after_s:
                 return f"{conn.name}: no telemetry for {silent_s:.0f}s"

@@ -74,7 +74,9 @@ async def reserve(
     for name in best_fit(caps, request.gpus):
         try:
             result = await fleet.request(name, "reserve", dict(args, req_id=_req_id()))
-            return dict(result, node=name)
+            if result["state"] == "granted":
+                return dict(result, node=name)
+            continue  # queued although not asked to wait: not a grant, whatever that node thinks
         except AgentError as exc:
             if exc.code != "insufficient":
                 raise

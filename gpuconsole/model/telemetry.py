@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Agent data reaches these builders checked (gpuconsole.model.replies); the guards below only keep a
+# measurement that is not a finite number from ever becoming NaN/inf in the model.
+
 
 def _opt_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _opt_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    number = _opt_float(value)
+    return None if number is None else int(value if isinstance(value, int) else number)
 
 
 @dataclass(frozen=True, slots=True)

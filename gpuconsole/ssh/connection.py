@@ -17,6 +17,7 @@ from gpuconsole.errors import (
     GpuConsoleError,
     UnreachableError,
 )
+from gpuconsole.model.replies import BadReplyError, check_message, check_reply, check_snapshot, decode_line
 from gpuconsole.node.bundle import agent_preamble, remote_command
 from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
 
@@ -74,6 +75,7 @@ class NodeConnection:
         self._stderr_tail = b""
         self.on_snapshot: SnapshotCallback | None = None
         self.closed = asyncio.Event()
+        self.failure: BadReplyError | None = None  # why the stream was dropped, when the agent broke protocol
 
     @classmethod
     async def open(
@@ -148,6 +150,8 @@ class NodeConnection:
                 self._stderr_tail = (self._stderr_tail + chunk)[-2000:]
 
     def _agent_died_error(self) -> UnreachableError:
+        if self.failure is not None:
+            return self.failure
         tail = self._stderr_tail.decode("utf-8", "replace").strip().splitlines()
         reason = tail[-1] if tail else "connection lost"
         if "not found" in reason and self.cfg.python in reason:
@@ -159,16 +163,12 @@ class NodeConnection:
         try:
             while line := await self._proc.stdout.readline():
                 try:
-                    message = json.loads(line)
+                    message = decode_line(line)
                 except ValueError:
-                    continue
-                if "event" in message:
-                    if message["event"] == "snapshot" and self.on_snapshot is not None:
-                        self.on_snapshot(self.name, message["data"])
-                    continue
-                future = self._pending.pop(message.get("id"), None)
-                if future is not None and not future.done():
-                    future.set_result(message)
+                    continue  # not JSON (e.g. a login script's output): not a reply
+                self._route(message)
+        except BadReplyError as exc:
+            self.failure = exc  # the stream cannot be trusted any more: end it, fail what waits
         except (asyncssh.Error, OSError):
             pass
         finally:
@@ -179,6 +179,20 @@ class NodeConnection:
                     future.set_exception(error)
             self._pending.clear()
             self.closed.set()
+
+    def _route(self, message: object) -> None:
+        """Hand one message to its waiting request, or a checked snapshot to `on_snapshot`."""
+        message = check_message(self.name, message)
+        if "event" in message:
+            if message["event"] == "snapshot" and self.on_snapshot is not None:
+                self.on_snapshot(self.name, check_snapshot(self.name, message.get("data")))
+            return
+        msg_id = message.get("id")
+        if msg_id is None:
+            return  # an answer to a request the agent could not read: nobody to hand it to
+        future = self._pending.pop(msg_id, None)
+        if future is not None and not future.done():
+            future.set_result(message)
 
     async def request(
         self, op: str, args: dict[str, Any] | None = None, *, timeout_s: float = 30.0
@@ -199,11 +213,11 @@ class NodeConnection:
         except (asyncssh.Error, OSError, BrokenPipeError):
             self._pending.pop(msg_id, None)
             raise self._agent_died_error() from None
-        self.last_warnings: list[str] = list(reply.get("warnings") or [])
-        if not reply.get("ok"):
-            raise AgentError(self.name, reply.get("error") or {})
-        result: dict[str, Any] = reply.get("result") or {}
-        return result
+        checked = check_reply(self.name, op, reply)
+        self.last_warnings: list[str] = list(checked.warnings)
+        if not checked.ok:
+            raise AgentError(self.name, checked.error)
+        return checked.result
 
     async def close(self) -> None:
         """Stop the agent (stdin EOF) and close the connection."""
