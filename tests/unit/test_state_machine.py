@@ -704,7 +704,7 @@ MUTANTS: dict[str, tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]
     "backfill_past_head": ("_plan", _backfill_past_head),
 }
 
-CONTROL = settings(max_examples=300, stateful_step_count=40, deadline=None, derandomize=True,
+CONTROL = settings(max_examples=1000, stateful_step_count=40, deadline=None, derandomize=True,
                    database=None, phases=[Phase.generate], report_multiple_bugs=False,
                    suppress_health_check=list(HealthCheck), print_blob=False)
 
