@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncssh
 
+from gpuconsole import notices
 from gpuconsole.config import NodeConfig
 from gpuconsole.errors import (
     AGENT_ERROR_TYPES,
@@ -215,6 +216,8 @@ class NodeConnection:
             raise self._agent_died_error() from None
         checked = check_reply(self.name, op, reply)
         self.last_warnings: list[str] = list(checked.warnings)
+        for text in self.last_warnings:
+            notices.node_warning(self.name, text)
         if not checked.ok:
             raise AgentError(self.name, checked.error)
         return checked.result
