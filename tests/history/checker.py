@@ -24,6 +24,7 @@ ENDED = ("succeeded", "failed", "cancelled", "preempted", "lost")
 class Violation:
     rule: str  # double_hold, lost_ack, failed_took_effect, token, phantom
     message: str
+    op: int | None = None  # the operation blamed (a failed one that took effect), when there is one
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _visibility(facts: Facts) -> list[Violation]:
             if failed:
                 found.append(Violation("failed_took_effect", f"{failed[0].f} of {lease.id} on {lease.node} "
                                        f"failed (exit {failed[0].exit_code}) but the reservation is gone "
-                                       f"from listing #{obs.op} at {obs.s:.3f}"))
+                                       f"from listing #{obs.op} at {obs.s:.3f}", failed[0].index))
             else:
                 found.append(Violation("lost_ack", f"reservation {lease.id} on {lease.node} acknowledged at "
                                        f"{ack.end_s:.3f} (op #{ack.index}), live until at least {until:.3f}, "
@@ -154,7 +155,7 @@ def _job_visibility(facts: Facts) -> list[Violation]:
 
 def _failed_took_effect(facts: Facts) -> list[Violation]:
     """(c) Failed reserves, submits, cancels, preempts and renews left no trace."""
-    found = [Violation(*item) for item in _unexplained_leases(facts)]
+    found = _unexplained_leases(facts)
     runs_by_name: dict[str, list[JobRun]] = defaultdict(list)
     for run in facts.runs:
         runs_by_name[run.name].append(run)
@@ -170,7 +171,7 @@ def _failed_took_effect(facts: Facts) -> list[Violation]:
         if ran or seen:
             what = f"its job ran (pid {ran[0].pid})" if ran else f"its job is listed by #{seen[0].op}"
             found.append(Violation("failed_took_effect", f"submit {name} (op #{op.index}) exited "
-                                   f"{op.exit_code} but {what}"))
+                                   f"{op.exit_code} but {what}", op.index))
     for (_, job_id), views in facts.job_views.items():
         for state, kind in (("cancelled", "cancel"), ("preempted", "preempt")):
             seen = [obs for obs, view in views if view.get("state") == state]
@@ -182,7 +183,8 @@ def _failed_took_effect(facts: Facts) -> list[Violation]:
                                                   and op.start_s < first for op in facts.client_ops)
             if mine and not automatic and all(settled(op) == FAIL for op in mine):
                 found.append(Violation("failed_took_effect", f"{kind} of {job_id} failed (exit "
-                                       f"{mine[0].exit_code}, op #{mine[0].index}) but the job is {state}"))
+                                       f"{mine[0].exit_code}, op #{mine[0].index}) but the job is {state}",
+                                       mine[0].index))
     found += _renews(facts)
     return found
 
@@ -207,15 +209,16 @@ def _renews(facts: Facts) -> list[Violation]:
                 rule, why = ("failed_took_effect", f"renew op #{failed[0].index} failed (exit "
                              f"{failed[0].exit_code}) but") if failed else ("phantom", "")
                 found.append(Violation(rule, f"{why} {lease.id} on {lease.node} expires at {expiry:.3f}, "
-                                       f"later than any grant or renew allows ({allowed:.3f})".strip()))
+                                       f"later than any grant or renew allows ({allowed:.3f})".strip(),
+                                       failed[0].index if failed else None))
                 break
     return found
 
 
-def _unexplained_leases(facts: Facts) -> list[tuple[str, str]]:
+def _unexplained_leases(facts: Facts) -> list[Violation]:
     """A reservation no acknowledged reserve returned must come from a reserve that may have
     happened (indeterminate), or from a failed one that was undone before it reported failure."""
-    found: list[tuple[str, str]] = []
+    found: list[Violation] = []
     reserves = [op for op in facts.client_ops if op.f == "reserve"]
     for lease in facts.leases.values():
         if lease.kind != "reservation" or lease.acked_by is not None or not lease.sightings:
@@ -231,25 +234,28 @@ def _unexplained_leases(facts: Facts) -> list[tuple[str, str]]:
                 continue
             if exp_lo is not None and exp_hi is not None:
                 ttl = float(op.args["ttl_s"])
-                if exp_hi - ttl < op.start_s - EPS_S or exp_lo - ttl > end_s(op) + EPS_S:
-                    continue  # created outside this op's lifetime
+                # A queued ticket may be granted after its waiter gave up (if it was not withdrawn).
+                latest = float("inf") if op.args.get("wait") else end_s(op)
+                if exp_hi - ttl < op.start_s - EPS_S or exp_lo - ttl > latest + EPS_S:
+                    continue  # created outside the time this op could have created it
             candidates.append(op)
         what = (f"reservation {lease.id} on {lease.node} (GPUs {list(lease.gpus)}, first seen by "
                 f"#{lease.sightings[0].op})")
         if any(settled(op) == INFO for op in candidates):
             continue
-        failed = [op for op in candidates if settled(op) == FAIL]
+        # A wait may be granted after it gave up; name such a reserve first when there is one.
+        failed = sorted((op for op in candidates if settled(op) == FAIL), key=lambda op: not op.args.get("wait"))
         if any(last_s < end_s(op) for op in failed):
             continue  # it existed only while a failing op was still running (undone before it answered)
         if failed:
             op = failed[0]
-            found.append(("failed_took_effect", f"{what} is still there after reserve op #{op.index} by "
-                          f"{op.process} failed (exit {op.exit_code}: {op.error.strip()[-160:]})"))
+            found.append(Violation("failed_took_effect", f"{what} is still there after reserve op #{op.index} by "
+                                   f"{op.process} failed (exit {op.exit_code}: {op.error.strip()[-160:]})", op.index))
         elif candidates:
-            found.append(("phantom", f"{what}: a second grant of an acknowledged reserve (op "
-                          f"#{candidates[0].index} returned another id)"))
+            found.append(Violation("phantom", f"{what}: a second grant of an acknowledged reserve (op "
+                                   f"#{candidates[0].index} returned another id)", candidates[0].index))
         else:
-            found.append(("phantom", f"{what} matches no reserve of the history"))
+            found.append(Violation("phantom", f"{what} matches no reserve of the history"))
     return found
 
 

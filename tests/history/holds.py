@@ -54,7 +54,9 @@ def holders(facts: Facts) -> list[Holder]:
         holder.gpus.update(lease.gpus)
         holder.windows.extend(lease.windows)
         holder.sources.add("lease")
-        if lease.kind == "reservation":
+        if lease.kind == "reservation" and lease.acked_by is not None:
+            # Only an acknowledged grant is owned by a client who must end it: one nobody was
+            # told about may be withdrawn by the failing or indeterminate reserve that made it.
             holder.extend_to = death_lb(facts, lease)
     for (node, job_id), views in facts.job_views.items():
         for obs, view in views:

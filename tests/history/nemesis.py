@@ -14,9 +14,10 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from tests.history.clients import Running
 from tests.history.history import OK, Recorder
@@ -25,6 +26,7 @@ from tests.history.procscan import NodeProc, scan
 FAULTS = ("kill_client", "kill_agent", "kill_supervisor", "stop_supervisor", "hold_lock", "enospc",
           "restart_node", "restart_demo")
 ENOSPC_STEPS = ("tmp", "prev", "rename", "mirror", "dirsync")
+T = TypeVar("T")
 
 
 class Cluster(Protocol):
@@ -90,6 +92,14 @@ class Nemesis(threading.Thread):
     def _procs(self, role: str) -> list[NodeProc]:
         return [p for p in scan(self.cluster.root, self.cluster.sim_keys()) if p.role == role]
 
+    def _await(self, find: Callable[[], list[T]], timeout_s: float = 5.0) -> list[T]:
+        """Targets, waiting a little for one to exist (a supervisor, a running CLI client)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = find()
+            if found or time.monotonic() > deadline or self.stop.wait(0.1):
+                return found
+
     def _node_of(self, proc: NodeProc) -> str | None:
         return proc.sim_key.split(".")[0] if proc.sim_key else None
 
@@ -104,7 +114,7 @@ class Nemesis(threading.Thread):
     # -- faults -------------------------------------------------------------------------------
 
     def kill_client(self) -> None:
-        pids = self.running.pids()
+        pids = self._await(self.running.pids)
         if pids:
             pid = self.rng.choice(pids)
             op = self.recorder.fault("kill_client", {"pid": pid})
@@ -112,21 +122,22 @@ class Nemesis(threading.Thread):
             self.recorder.complete(op, OK)
 
     def kill_agent(self) -> None:
-        agents = self._procs("agent")
+        agents = self._await(lambda: self._procs("agent"))
         if agents:
             proc = self.rng.choice(agents)
             self._instant("kill_agent", proc.pid, signal.SIGKILL, self._node_of(proc))
 
     def kill_supervisor(self) -> None:
-        supervisors = self._procs("supervisor")
+        supervisors = self._await(lambda: self._procs("supervisor"))
         if supervisors:
             proc = self.rng.choice(supervisors)
             self._instant("kill_supervisor", proc.pid, signal.SIGKILL, self._node_of(proc))
 
     def stop_supervisor(self) -> None:
         """SIGSTOP a supervisor whose job runs (any, if none runs yet) past the job lease."""
+        busy_now = self._await(lambda: self._procs("job"))
         supervisors = self._procs("supervisor")
-        busy = {p.ppid for p in self._procs("job")}
+        busy = {p.ppid for p in busy_now}
         chosen = [p for p in supervisors if p.pid in busy] or supervisors
         if not chosen:
             return

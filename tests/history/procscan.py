@@ -94,3 +94,13 @@ def kill_all(root: str, sim_keys: set[str], timeout_s: float = 10.0) -> list[Nod
         signal_procs(left, signal.SIGCONT)
         signal_procs(left, signal.SIGKILL)
         time.sleep(0.05)
+
+
+def settle(root: str, sim_keys: set[str], timeout_s: float = 3.0) -> list[NodeProc]:
+    """The demo's processes still alive after `timeout_s` (killed ones take a moment to go)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = scan(root, sim_keys)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

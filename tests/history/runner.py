@@ -4,11 +4,7 @@ stop everything, leave no process behind, read the job markers and check.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import os
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +13,7 @@ from tests.history.checker import Report, check
 from tests.history.clients import ApiClient, CliClient, Client, Observer, Running
 from tests.history.history import JobRun, Op, Recorder, read_markers
 from tests.history.nemesis import Nemesis, NemesisSpec
-from tests.history.procscan import NodeProc, kill_all
+from tests.history.procscan import NodeProc, kill_all, settle
 from tests.history.workload import Knowledge, Planner, Workload
 
 JOIN_S = 60.0
@@ -46,22 +42,7 @@ class Outcome:
     ops: list[Op]
     runs: list[JobRun]
     history_path: Path
-    leftovers: list[NodeProc]
-
-
-@contextlib.contextmanager
-def _environ(extra: dict[str, str]) -> Iterator[None]:
-    """Only while DemoThread has no `agent_env`: the demo copies os.environ for every agent."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    leftovers: list[NodeProc]  # what the demo's own stop left running (we then kill it)
 
 
 class DemoHandle:
@@ -71,7 +52,6 @@ class DemoHandle:
         self.root = str(root)
         self._args = (root, nodes, gpus)
         self.agent_env = agent_env
-        self.has_agent_env = "agent_env" in inspect.signature(DemoThread).parameters
         self.demo = self._start()
         self.node_names = list(self.demo.cluster.nodes)
         self.config_path = self.demo.config_path
@@ -79,10 +59,7 @@ class DemoHandle:
 
     def _start(self) -> DemoThread:
         root, nodes, gpus = self._args
-        if self.has_agent_env:
-            demo = DemoThread(root, nodes, gpus, agent_env=dict(self.agent_env))
-        else:
-            demo = DemoThread(root, nodes, gpus)
+        demo = DemoThread(root, nodes, gpus, agent_env=dict(self.agent_env))
         demo.__enter__()
         return demo
 
@@ -120,43 +97,41 @@ def run_history(root: Path, spec: RunSpec) -> Outcome:
         agent_env["GPUCONSOLE_JOB_TTL_S"] = str(spec.job_ttl_s)
     history_path = root / "history.jsonl"
     recorder = Recorder(history_path)
-    has_agent_env = "agent_env" in inspect.signature(DemoThread).parameters
-    env_patch = contextlib.nullcontext() if has_agent_env else _environ(agent_env)
     threads: list[threading.Thread] = []
     demo: DemoHandle | None = None
     stop = threading.Event()
     running = Running()
     leftovers: list[NodeProc] = []
-    with env_patch:
-        try:
-            demo = DemoHandle(root / "demo", spec.nodes, spec.gpus, agent_env)
-            knowledge = Knowledge()
-            threads.append(Observer(recorder, knowledge, demo.config_path, stop, spec.observe_every_s))
-            for i in range(spec.cli_clients + spec.api_clients):
-                name = f"cli-{i}" if i < spec.cli_clients else f"api-{i - spec.cli_clients}"
-                planner = Planner(spec.workload, knowledge, marker_dir, name, spec.seed * 1000 + i)
-                client: Client
-                if i < spec.cli_clients:
-                    client = CliClient(name, recorder, planner, knowledge, stop, config_path=demo.config_path,
-                                       running=running)
-                else:
-                    client = ApiClient(name, recorder, planner, knowledge, stop, config_path=demo.config_path)
-                threads.append(client)
-            if spec.nemesis is not None:
-                threads.append(Nemesis(spec.nemesis, recorder, demo, running, faults_file, stop, spec.seed))
-            for thread in threads:
-                thread.start()
-            stop.wait(spec.seconds)
-        finally:
-            stop.set()
-            running.kill_all()
-            for thread in threads:
-                thread.join(JOIN_S)
-            running.kill_all()
-            if demo is not None:
-                demo.close()
-                leftovers = kill_all(demo.root, demo.sim_keys())
-            recorder.close()
+    try:
+        demo = DemoHandle(root / "demo", spec.nodes, spec.gpus, agent_env)
+        knowledge = Knowledge()
+        threads.append(Observer(recorder, knowledge, demo.config_path, stop, spec.observe_every_s))
+        for i in range(spec.cli_clients + spec.api_clients):
+            name = f"cli-{i}" if i < spec.cli_clients else f"api-{i - spec.cli_clients}"
+            planner = Planner(spec.workload, knowledge, marker_dir, name, spec.seed * 1000 + i)
+            client: Client
+            if i < spec.cli_clients:
+                client = CliClient(name, recorder, planner, knowledge, stop, config_path=demo.config_path,
+                                   running=running)
+            else:
+                client = ApiClient(name, recorder, planner, knowledge, stop, config_path=demo.config_path)
+            threads.append(client)
+        if spec.nemesis is not None:
+            threads.append(Nemesis(spec.nemesis, recorder, demo, running, faults_file, stop, spec.seed))
+        for thread in threads:
+            thread.start()
+        stop.wait(spec.seconds)
+    finally:
+        stop.set()
+        running.kill_all()
+        for thread in threads:
+            thread.join(JOIN_S)
+        running.kill_all()
+        if demo is not None:
+            demo.close()
+            leftovers = settle(demo.root, demo.sim_keys())
+            kill_all(demo.root, demo.sim_keys())
+        recorder.close()
     errors = [error for t in threads if (error := getattr(t, "error", None)) is not None]
     if errors:
         raise RuntimeError(f"a harness thread crashed: {errors[0]!r}") from errors[0]
