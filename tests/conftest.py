@@ -93,3 +93,77 @@ def submit_job(config: Path, name: str, *flags: str, argv: list[str]) -> dict[st
     result = run_cli("submit", "--name", name, "--json", *flags, "--", *argv, config=config)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
+
+
+# -- no process left behind ---------------------------------------------------------------------
+# Every process a test starts (CLI runs, demo agents, job supervisors and their jobs) inherits this
+# marker; the real-sshd tests' processes run as the test users instead. What is still alive when
+# the run ends is a leak: it is listed, killed, and the run fails.
+
+_SESSION_KEY = "GPUCONSOLE_TEST_SESSION"
+_TEST_USERS_PREFIX = "gcutest"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get(_SESSION_KEY):  # the controller; xdist workers inherit it
+        os.environ[_SESSION_KEY] = f"{os.getpid()}-{time.time_ns()}"
+    workers = Path(f"/tmp/gpuconsole-test-{os.environ[_SESSION_KEY]}")
+    workers.mkdir(exist_ok=True)
+    (workers / str(os.getpid())).touch()  # pytest's own processes are not leftovers
+
+
+def _test_uids() -> set[int]:
+    import pwd
+
+    return {entry.pw_uid for entry in pwd.getpwall() if entry.pw_name.startswith(_TEST_USERS_PREFIX)}
+
+
+def leftover_processes() -> dict[int, str]:
+    """{pid: command line} of processes this test session started that are still alive."""
+    session = os.environ.get(_SESSION_KEY, "")
+    marker = f"{_SESSION_KEY}={session}".encode()
+    ours = {int(p.name) for p in Path(f"/tmp/gpuconsole-test-{session}").glob("*") if p.name.isdigit()}
+    ours.add(os.getpid())
+    test_uids = _test_uids()
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in ours:
+            continue
+        try:
+            stat_text = Path(f"/proc/{entry}/stat").read_text()
+            if stat_text[stat_text.rfind(")") + 2] in "ZX":
+                continue
+            uid = Path(f"/proc/{entry}").stat().st_uid
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") if uid not in test_uids else []
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if uid in test_uids or marker in env:
+            found[int(entry)] = cmdline.strip()[:160]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput") or os.environ.get(_SESSION_KEY, "").split("-")[0] != str(os.getpid()):
+        return  # only the controller judges, once every worker is done
+    import signal
+
+    deadline = time.monotonic() + 10.0
+    left = leftover_processes()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)  # a demo that just stopped may still be reaping its children
+        left = leftover_processes()
+    workers = Path(f"/tmp/gpuconsole-test-{os.environ[_SESSION_KEY]}")
+    for path in workers.glob("*"):
+        path.unlink(missing_ok=True)
+    workers.rmdir()
+    if not left:
+        return
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+    sys.stderr.write(f"\nFAILED: the test run left {len(left)} processes behind (now killed):\n{lines}\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
