@@ -21,9 +21,10 @@ from typing import Any
 
 import cases
 import cloud_cases
+import history
 from harness import REPO_ROOT, Result, machine_info
 
-GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch")
+GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -135,6 +136,8 @@ def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dic
         guarded("cloud", lambda: cloud_cases.bench_cloud(cloud_plan, work))
     if "watch" in groups:
         guarded("watch", lambda: cloud_cases.bench_watch(cloud_plan, work))
+    if "history" in groups:
+        guarded("history", lambda: history.bench_history(plan.quick, work))
     return rows
 
 

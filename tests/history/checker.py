@@ -243,8 +243,9 @@ def _unexplained_leases(facts: Facts) -> list[Violation]:
                 f"#{lease.sightings[0].op})")
         if any(settled(op) == INFO for op in candidates):
             continue
-        # A wait may be granted after it gave up; name such a reserve first when there is one.
-        failed = sorted((op for op in candidates if settled(op) == FAIL), key=lambda op: not op.args.get("wait"))
+        # Blame the likeliest failed candidate: one whose error names the node, the latest first.
+        failed = sorted((op for op in candidates if settled(op) == FAIL),
+                        key=lambda op: (lease.node not in op.error, -op.start_s))
         if any(last_s < end_s(op) for op in failed):
             continue  # it existed only while a failing op was still running (undone before it answered)
         if failed:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.config import Config, load_config
+from gpuconsole.config import load_config
 from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core import reservations as core_res
 from gpuconsole.core.fleet import Fleet
@@ -28,6 +28,21 @@ from tests.history.workload import Knowledge, Planner, classify, cli_argv, parse
 OP_TIMEOUT_S = 40.0  # past the node's 10 s lock timeout plus a held lock and a slow machine
 CLIENT_ENV_DROP = ("GPUCONSOLE_FAULTS", "GPUCONSOLE_FAULTS_FILE", "GPUCONSOLE_JOB_TTL_S", "GPUCONSOLE_SIM_NODE",
                    "CUDA_VISIBLE_DEVICES", "GPUCONSOLE_CONFIG", "SSH_AUTH_SOCK", "GPUCONSOLE_DEBUG")
+
+
+JOB_KEYS = ("id", "name", "state", "gpus", "node")
+LEASE_KEYS = ("id", "gpus", "token", "expires_in_s", "kind", "node")
+
+
+def compact(f: str, result: Any) -> Any:
+    """A listing keeps only what the checker reads (an hour of full listings would not fit in memory)."""
+    if f not in ("jobs", "reservations") or not isinstance(result, dict):
+        return result
+    keys = JOB_KEYS if f == "jobs" else LEASE_KEYS
+    out = {f: [{k: item[k] for k in keys if k in item} for item in result.get(f) or [] if isinstance(item, dict)]}
+    if "errors" in result:
+        out["errors"] = result["errors"]
+    return out
 
 
 class Running:
@@ -79,7 +94,8 @@ class Client(threading.Thread):
 
     def record(self, op: Op, outcome: str, *, result: Any = None, exit_code: int | None = None,
                error: str = "", info: str | None = None) -> None:
-        self.recorder.complete(op, outcome, result=result, exit_code=exit_code, error=error, info=info)
+        self.recorder.complete(op, outcome, result=compact(op.f, result), exit_code=exit_code, error=error,
+                               info=info)
         self.knowledge.learn(op.f, op.outcome, op.args, op.result)
         if op.f == "reservations" and isinstance(op.result, dict):
             self.knowledge.saw([r["id"] for r in op.result.get("reservations") or []])
@@ -205,13 +221,14 @@ class Observer(threading.Thread):
     """Lists reservations and jobs on every node over kept-open connections, every `every_s`."""
 
     def __init__(self, recorder: Recorder, knowledge: Knowledge, config_path: Path, stop: threading.Event,
-                 every_s: float = 0.25) -> None:
+                 every_s: float = 0.25, jobs_every: int = 2) -> None:
         super().__init__(name="observer", daemon=True)
         self.recorder = recorder
         self.knowledge = knowledge
         self.config_path = config_path
         self.stop = stop
         self.every_s = every_s
+        self.jobs_every = jobs_every  # job listings are long (the node keeps 200 ended jobs): less often
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -223,15 +240,18 @@ class Observer(threading.Thread):
     async def _main(self) -> None:
         config = load_config(str(self.config_path))
         conns: dict[str, NodeConnection] = {}
+        rounds = 0
         try:
             while not self.stop.is_set():
                 started = time.monotonic()
-                await asyncio.gather(*(self._observe(config, conns, node.name) for node in config.nodes))
+                what = ("reservations", "jobs") if rounds % self.jobs_every == 0 else ("reservations",)
+                rounds += 1
+                await asyncio.gather(*(self._observe(conns, node.name, what) for node in config.nodes))
                 await asyncio.sleep(max(0.0, self.every_s - (time.monotonic() - started)))
         finally:
             await asyncio.gather(*(c.close() for c in conns.values()), return_exceptions=True)
 
-    async def _observe(self, config: Config, conns: dict[str, NodeConnection], name: str) -> None:
+    async def _observe(self, conns: dict[str, NodeConnection], name: str, whats: tuple[str, ...]) -> None:
         conn = conns.get(name)
         if conn is None or conn.closed.is_set():
             try:
@@ -242,7 +262,7 @@ class Observer(threading.Thread):
                 await asyncio.sleep(0.2)
                 return
         leases: list[str] = []
-        for what in ("reservations", "jobs"):
+        for what in whats:
             op = self.recorder.invoke("observer", what, {}, node=name)
             try:
                 result = await conn.request(what, timeout_s=15.0)
@@ -250,9 +270,10 @@ class Observer(threading.Thread):
                 self.recorder.complete(op, INFO if isinstance(exc, UnreachableError) else FAIL, error=str(exc),
                                        info="unreachable")
                 return
-            self.recorder.complete(op, OK, result=result)
+            self.recorder.complete(op, OK, result=compact(what, result))
             if what == "reservations":
                 leases = [r["id"] for r in result.get("reservations") or []]
+                self.knowledge.saw(leases)
             else:
                 running = [j["id"] for j in result.get("jobs") or [] if j.get("state") == "running"]
                 self.knowledge.saw(leases, running)

@@ -1,5 +1,6 @@
-"""The shapes of the negative controls: histories on a deliberately broken node that the checker
-must catch. Each is made contentious enough that the fault shows within seconds."""
+"""The shapes of the histories: the nemesis run (CI, bench), and the negative controls, histories
+on a deliberately broken node that the checker must catch, each contentious enough that the fault
+shows within seconds."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from tests.history.runner import RunSpec
 from tests.history.workload import Workload
 
 CHURN = {"reserve": 5.0, "release": 4.0, "renew": 1.0, "reservations": 0.2}
+
+
+def nemesis(seconds: float, seed: int = 1) -> RunSpec:
+    """Two nodes × 4 GPUs, four CLI clients and two API clients, every fault kind, 4 s job leases."""
+    return RunSpec(seconds=seconds, nodes=2, gpus=4, cli_clients=4, api_clients=2, job_ttl_s=4.0, seed=seed)
 
 
 def no_lock(seconds: float = 15.0) -> RunSpec:
