@@ -3,12 +3,12 @@
 Requests arrive on stdin as `{"id": N, "op": NAME, "args": {...}}`; replies go to stdout as
 `{"id": N, "ok": true, "result": {...}}` or `{"id": N, "ok": false, "error": {"code", "message"}}`.
 Telemetry, when streaming, is `{"event": "snapshot", "data": {...}}`. The caller's identity is the
-OS user this process runs as; nothing the client sends can change it.
+OS user this process runs as (in service mode, the installed agent's sudo caller: service.py);
+nothing the client sends can change it.
 """
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import re
@@ -19,16 +19,20 @@ import time
 
 from . import faults, jobs, procs
 from . import gpus as gpu_sources
+from . import service as svc
 from . import state as st
 from .hostio import HostSampler
 from .jobops import JobOps
 from .store import CorruptState, StateStore, filesystem_type, io_error, is_network_fs
+from .store import service_setup_fix as store_fix
 
 AGENT_VERSION = 1
 _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
 POLICY_PATH = "/etc/gpuconsole/policy.json"
 MIN_RATE_WINDOW_S = 0.1
 MAX_REQUEST_BYTES = 1 << 20
+# Arguments many operations share, checked once so no operation meets a list where a key belongs.
+ARG_TYPES = (("id", str), ("req_id", str), ("token", int), ("name", str), ("reason", str), ("stream", str))
 _ID_PREFIX = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]')
 MUTATIONS = dict(st.MUTATIONS, **jobs.MUTATIONS)
 ALWAYS_CHANGES = st.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
@@ -38,36 +42,42 @@ def now_bt():
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
-def _is_admin(uid):
+def _is_admin(user=None):
     """A member of the admin group named in the root-owned policy file.
 
     Root is not implicitly an admin of reservations: it can always repair the files by hand, and
-    keeping it an ordinary owner makes its mistakes as refusable as anyone else's.
+    keeping it an ordinary owner makes its mistakes as refusable as anyone else's. A policy anyone
+    could edit grants nothing. `user`: the service agent's caller, whose groups come from the
+    group database (this process has the service account's groups).
     """
-    try:
-        info = os.stat(POLICY_PATH)
-        if info.st_uid != 0 or info.st_mode & 0o022:
-            return False  # a policy anyone could edit grants nothing
-        with open(POLICY_PATH) as handle:
-            group = json.load(handle).get("admin_group")
-        if not group:
-            return False
-        gid = grp.getgrnam(group).gr_gid
-    except (OSError, ValueError, KeyError, AttributeError):
+    gid = svc.admin_group_gid(POLICY_PATH)
+    if gid is None:
         return False
+    if user is not None:
+        return svc.in_group(user, gid)
     return gid in os.getgroups() or gid == os.getgid()
 
 
 class Agent(JobOps):
     """Serves one client connection: state operations and an optional telemetry stream."""
 
-    def __init__(self, out):
+    def __init__(self, out, service=None):
         self.out = out
         self.write_lock = threading.Lock()
         self.sample_lock = threading.Lock()
-        self.uid = os.getuid()
-        self.user = procs.user_name(self.uid)
-        self.admin = _is_admin(self.uid)
+        # `service`: the installed agent's settings (user, state_dir, simulate_gpus) when this
+        # process is the service account serving a sudo caller; None for a user's own agent.
+        self.service = service
+        self.mode = "service" if service is not None else "cooperative"
+        self.link = None  # a user's agent on a service-mode node: where changes go
+        self.link_error = None
+        if service is not None:
+            self.uid, self.user = svc.caller(service)
+            self.admin = _is_admin(self.user)
+        else:
+            self.uid = os.getuid()
+            self.user = procs.user_name(self.uid)
+            self.admin = _is_admin()
         self.ident = procs.identity()
         self.boot_id = self.ident["boot_id"]
         self.node = os.uname().nodename
@@ -190,8 +200,11 @@ class Agent(JobOps):
         """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change.
 
         The rename inside commit() is the commit point: an error before it is a refusal (nothing
-        changed), anything that goes wrong after it is a warning on a successful reply.
+        changed), anything that goes wrong after it is a warning on a successful reply. A user's
+        agent on a service-mode node hands the whole step to the service agent instead.
         """
+        if self.mode == "service" and self.service is None:
+            return self._forward(op, args)
         func = MUTATIONS[op]
         # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
         in_use = self._gpus_in_use()
@@ -267,23 +280,34 @@ class Agent(JobOps):
     def op_hello(self, args):
         node = args.get("node") or self.node
         simulate = args.get("simulate_gpus") or 0
+        state_dir = args.get("state_dir") or "/var/lib/gpuconsole"
+        if self.service is not None:  # the installed agent serves what its admin chose, not the caller
+            simulate, state_dir = self.service.get("simulate_gpus") or 0, self.service["state_dir"]
         if isinstance(simulate, bool) or not isinstance(simulate, int) or not 0 <= simulate <= 64:
             raise st.OpError("invalid", "simulate_gpus must be an integer 0..64")
-        sim_node = os.environ.get("GPUCONSOLE_SIM_NODE") or node
-        self.gpus = gpu_sources.open_gpus(simulate, sim_node, args.get("seed") or 0)
-        state_dir = args.get("state_dir") or "/var/lib/gpuconsole"
         if not isinstance(state_dir, str) or "\0" in state_dir:
             raise st.OpError("invalid", "state_dir must be a path")
-        self.store = StateStore(state_dir)
+        mode = args.get("mode") or "cooperative"
+        if mode not in ("cooperative", "service"):
+            raise st.OpError("invalid", "mode must be cooperative or service")
+        if self.service is None:
+            self.mode = mode
+        sim_node = (os.environ.get("GPUCONSOLE_SIM_NODE") if self.service is None else None) or node
+        self.gpus = gpu_sources.open_gpus(simulate, sim_node, args.get("seed") or 0)
+        self.store = StateStore(state_dir, service=self.service is not None)
         self.hello_args = {"simulate": simulate, "node": node}
         state_dir_error = None
         try:
-            self.store.ensure_dir()
+            self.store.ensure_dir(create=self.mode == "cooperative")
         except OSError as exc:
-            state_dir_error = str(exc)
+            state_dir_error = exc.strerror if self.mode == "service" else str(exc)
+        if self.mode == "service" and self.service is None:
+            self.hello_args["service"] = svc.link_settings(args)
+            self._open_link()
         self.set_stream(args.get("stream_s"))
         self.hello_warnings = []
-        if state_dir_error is None and os.environ.get("GPUCONSOLE_ROLE") != "supervisor":
+        if state_dir_error is None and os.environ.get("GPUCONSOLE_ROLE") != "supervisor" \
+                and self.service is None:
             try:
                 self.hello_warnings = self._adopt_orphans()
             except Exception as exc:  # a bad record must never cost the user the node
@@ -294,7 +318,43 @@ class Agent(JobOps):
             "python": _PY_VERSION, "gpu_source": self.gpus.source,
             "gpu_count": self.gpus.count(), "gpu_error": getattr(self.gpus, "reason", None),
             "state_dir": self.store.dir, "state_dir_error": state_dir_error, "pid": os.getpid(),
+            "mode": self.mode, "service_error": self.link_error,
+            "agent_digest": getattr(sys.modules.get(__package__), "DIGEST", None),
         }
+
+    def _open_link(self):
+        """Start (or restart) this user's service agent; a failure is kept, not raised, so that
+        read-only views and `doctor` still work on a node whose sudo rule is missing."""
+        user, path = self.hello_args["service"]
+        if self.link is not None:
+            self.link.close()
+        self.link, self.link_error = svc.ServiceLink(user, path), None
+        try:
+            hello = self.link.start({"node": self.hello_args["node"]})
+            if hello.get("uid") != self.uid:
+                raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), self.uid))
+            if os.path.realpath(str(hello.get("state_dir"))) != os.path.realpath(self.store.dir):
+                raise st.OpError("io", "the service agent on this node keeps its state in %s, not %s (fix: set "
+                                 "state_dir = \"%s\" for this node)" % (hello.get("state_dir"), self.store.dir,
+                                                                        hello.get("state_dir")))
+            if hello.get("state_dir_error"):
+                raise st.OpError("io", "service agent: %s (fix: %s)" % (
+                    hello["state_dir_error"], store_fix(hello.get("state_dir"), user)))
+        except st.OpError as exc:
+            self.link.close()
+            self.link, self.link_error = None, exc.message
+
+    def _forward(self, op, args):
+        """A change on a service-mode node: the service agent does it, as us (its SUDO_UID)."""
+        if self.link is None or self.link.proc is None:
+            self._open_link()  # it may have died, or sudo may have been set up since
+        if self.link is None:
+            raise st.OpError("io", self.link_error)
+        self.in_critical = True  # a signal waits for the answer: the change is made either way
+        try:
+            return self.link.request(op, args)
+        finally:
+            self.in_critical = False
 
     def set_stream(self, interval):
         if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
@@ -331,13 +391,20 @@ class Agent(JobOps):
             info = os.stat(self.store.dir)
         except OSError as exc:
             checks.append(["state_dir", False, "%s: %s" % (self.store.dir, exc.strerror),
-                           "sudo install -d -m 2775 -g gpu %s" % self.store.dir])
-        if info is not None:
+                           "sudo install -d -m 2775 -g gpu %s" % self.store.dir if self.mode == "cooperative"
+                           else store_fix(self.store.dir, svc.service_user(self))])
+        if info is not None and self.mode == "service":
+            checks.extend(svc.doctor_checks(self, info))
+        elif info is not None:
             writable = os.access(self.store.dir, os.W_OK | os.X_OK)
-            checks.append(["state_dir", writable,
-                           "%s mode %o" % (self.store.dir, info.st_mode & 0o7777),
+            detail = "%s mode %o" % (self.store.dir, info.st_mode & 0o7777)
+            if not writable and svc.looks_like_service(info):
+                detail += ", owned by %s and closed to others: a service-mode node (set mode = \"service\")" \
+                    % procs.user_name(info.st_uid)
+            checks.append(["state_dir", writable, detail,
                            None if writable else "sudo install -d -m 2775 -g gpu %s && add %s to group gpu"
                            % (self.store.dir, self.user)])
+        if info is not None:
             fstype = filesystem_type(self.store.dir)
             checks.append(["filesystem", not is_network_fs(fstype), "%s is on %s" % (self.store.dir, fstype),
                            None if not is_network_fs(fstype) else "use a local disk for state_dir"])
@@ -358,10 +425,19 @@ class Agent(JobOps):
         args = request.get("args") or {}
         if not isinstance(args, dict):
             raise st.OpError("invalid", "args must be an object")
+        for key, kind in ARG_TYPES:
+            value = args.get(key)
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise st.OpError("invalid", "%s must be a %s" % (key, "string" if kind is str else "number"))
         if op == "hello":
             return self.op_hello(args), self.hello_warnings
         if self.store is None:
             raise st.OpError("invalid", "hello must come first")
+        if self.service is not None:
+            if op not in svc.SERVED and op not in MUTATIONS:
+                raise st.OpError("invalid", "the service agent does not serve %r" % (op,))
+            if op in ("submit_job", "adopt_job"):
+                svc.check_supervisor(args, self._ctx())
         if op == "snapshot":
             return self.snapshot(), []
         if op == "stream":
@@ -435,16 +511,33 @@ class Agent(JobOps):
                 break
 
 
-def main():
-    """Entry point on the node: serve requests from stdin until EOF or a signal."""
+def main(service=None):
+    """Entry point on the node: serve requests from stdin until EOF or a signal.
+
+    `service`: the settings baked into the installed service agent (see service.py); then the
+    caller comes from sudo and only state operations are served.
+    """
+    if service is not None:
+        os.umask(0o022)
+        os.chdir("/")
+        try:
+            agent = Agent(sys.stdout.buffer, service)
+        except svc.NotService as exc:
+            sys.stderr.write("gpuconsole service agent: %s\n" % exc)
+            sys.exit(2)
+        _serve(agent)
+        return
     if os.environ.get("GPUCONSOLE_ROLE") == "supervisor":
         from . import supervisor
 
         with open(os.devnull, "wb") as sink:
             supervisor.main(Agent(sink))
         return
-    out = sys.stdout.buffer
-    agent = Agent(out)
+    _serve(Agent(sys.stdout.buffer))
+
+
+def _serve(agent):
+    """Serve stdin with SIGHUP/SIGTERM/SIGINT deferred inside a transaction."""
 
     def on_signal(signum, frame):
         # Inside a transaction the signal is deferred: the step completes or never happened.
@@ -461,6 +554,8 @@ def main():
     finally:
         agent.stop_requested = True
         agent.stream_wake.set()
+        if agent.link is not None:
+            agent.link.close()
 
 
 if __name__ == "__main__":

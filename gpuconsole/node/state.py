@@ -332,7 +332,7 @@ def _validate_request(args, ctx):
                       gpu_count=ctx.gpu_count, free=0, too_big=True)
     ttl_s = _ttl_s(args)
     priority = args.get("priority", "normal")
-    if priority not in PRIORITIES:
+    if not isinstance(priority, str) or priority not in PRIORITIES:
         raise OpError("invalid", "priority must be one of low, normal, high")
     return n, ttl_s, PRIORITIES[priority]
 
