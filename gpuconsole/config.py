@@ -13,6 +13,9 @@ from gpuconsole.durations import parse_duration_s
 from gpuconsole.errors import ConfigError, UsageError
 
 DEFAULT_STATE_DIR = "/var/lib/gpuconsole"
+MODES = ("cooperative", "service")
+DEFAULT_SERVICE_USER = "gpuconsole"
+DEFAULT_SERVICE_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
@@ -35,6 +38,11 @@ class NodeConfig:
     source: str = "onprem"
     ssh_config: str | None = None
     connect_timeout_s: float = 10.0
+    # Trust model of the node: "cooperative" (a group-writable state dir) or "service" (state
+    # owned by service_user, changed through sudo and the admin-installed service_agent).
+    mode: str = "cooperative"
+    service_user: str = DEFAULT_SERVICE_USER
+    service_agent: str = DEFAULT_SERVICE_AGENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,9 @@ class Defaults:
     connect_timeout_s: float = 10.0
     max_parallel: int = 64
     theme: str | None = None
+    mode: str = "cooperative"
+    service_user: str = DEFAULT_SERVICE_USER
+    service_agent: str = DEFAULT_SERVICE_AGENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +122,14 @@ class Config:
         raise NotFoundError(f"unknown node {name!r} (known: {known})")
 
 
+_SERVICE_KEYS = {"mode", "service_user", "service_agent"}
 _DEFAULT_KEYS = {
     "user", "identity_file", "known_hosts", "state_dir", "poll_seconds", "reserve_for",
-    "ssh_config", "connect_timeout", "max_parallel", "theme",
+    "ssh_config", "connect_timeout", "max_parallel", "theme", *_SERVICE_KEYS,
 }
 _NODE_KEYS = {
     "name", "host", "port", "user", "identity_file", "known_hosts", "state_dir", "python",
-    "simulate_gpus", "connect_timeout",
+    "simulate_gpus", "connect_timeout", *_SERVICE_KEYS,
 }
 _AWS_KEYS = {
     "region", "endpoint_url", "instance_types", "ami", "key_name", "subnet_id",
@@ -290,6 +302,26 @@ def _duration(raw: dict[str, Any], key: str, table: str, loc: _Locator) -> float
         raise loc.error(table, key, str(exc).split(": ", 1)[-1]) from None
 
 
+AGENT_PATH_RE = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+
+
+def _service_keys(raw: dict[str, Any], table: str, loc: _Locator, inherited: Defaults | None,
+                  index: int = 0) -> dict[str, str]:
+    """mode, service_user and service_agent of a table, else inherited (or built-in) values."""
+    base = inherited or Defaults()
+    mode = _str(raw, "mode", table, loc, None, index) or base.mode
+    if mode not in MODES:
+        raise loc.error(table, "mode", f'must be "cooperative" or "service", not {mode!r}', index)
+    agent = _str(raw, "service_agent", table, loc, AGENT_PATH_RE, index)
+    if agent is not None and "/../" in agent:
+        raise loc.error(table, "service_agent", f"{agent!r} must be an absolute path without '..'", index)
+    return {
+        "mode": mode,
+        "service_user": _str(raw, "service_user", table, loc, USER_RE, index) or base.service_user,
+        "service_agent": agent or base.service_agent,
+    }
+
+
 def _parse_defaults(raw: dict[str, Any], loc: _Locator, base_dir: Path) -> Defaults:
     _check_keys(raw, _DEFAULT_KEYS, "defaults", loc)
     base = Defaults()
@@ -309,6 +341,7 @@ def _parse_defaults(raw: dict[str, Any], loc: _Locator, base_dir: Path) -> Defau
         connect_timeout_s=timeout if timeout is not None else base.connect_timeout_s,
         max_parallel=int(parallel) if parallel is not None else base.max_parallel,
         theme=_str(raw, "theme", "defaults", loc, NAME_RE),
+        **_service_keys(raw, "defaults", loc, None),
     )
 
 
@@ -342,6 +375,7 @@ def _parse_node(raw: Any, index: int, defaults: Defaults, loc: _Locator, base_di
         simulate_gpus=int(sim or 0),
         ssh_config=defaults.ssh_config,
         connect_timeout_s=timeout if timeout is not None else defaults.connect_timeout_s,
+        **_service_keys(raw, "nodes", loc, defaults, index),
     )
 
 

@@ -52,6 +52,10 @@ def _dispatch(args: object) -> int:
         from gpuconsole.cli.demo import run_demo
 
         return run_demo(args)
+    if command == "node-install":  # reads the config only for --node
+        from gpuconsole.cli.node_install import run_node_install
+
+        return run_node_install(args)
     from gpuconsole.config import load_config
 
     config = load_config(getattr(args, "config", None))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gpuconsole.cli.node_install import node_steps
 from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
@@ -25,6 +26,10 @@ def run_doctor(config: Config, args: Any) -> int:
                 say(f"{mark} {node['node']:<16} {check['check']:<11} {check['detail']}")
                 if not check["ok"] and check.get("fix"):
                     say(f"     fix: {check['fix']}")
+            if node.get("setup"):
+                say(f"     service-mode setup for {node['node']} (as an admin on the node):")
+                for step in node["setup"]:
+                    say(f"       {step}")
     if any(c["check"] == "ssh" for c in failed):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.INTERNAL) if failed else int(ExitCode.OK)
@@ -46,5 +51,12 @@ async def _doctor(config: Config) -> list[dict[str, Any]]:
             hello = fleet.conns[cfg.name].hello
             ssh = {"check": "ssh", "ok": True,
                    "detail": f"{hello.get('user')}@{hello.get('hostname')}", "fix": None}
-            report.append({"node": cfg.name, "checks": [ssh, *result["checks"]]})
+            entry: dict[str, Any] = {"node": cfg.name, "mode": cfg.mode, "checks": [ssh, *result["checks"]]}
+            if cfg.mode == "service" and any(not c["ok"] and c["check"] in SERVICE_CHECKS for c in entry["checks"]):
+                entry["setup"] = node_steps(cfg)
+            report.append(entry)
         return report
+
+
+# The checks that the service-mode setup (node-install's steps) fixes.
+SERVICE_CHECKS = ("mode", "service_agent", "state_dir")

@@ -148,6 +148,14 @@ def build_parser() -> Parser:
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
     doctor.add_argument("--json", action="store_true")
 
+    install = sub.add_parser("node-install", parents=[common],
+                             help="service mode: the admin's setup steps, or (--print) the service agent file")
+    install.add_argument("--print", action="store_true", help="write the service agent program to stdout")
+    install.add_argument("--node", metavar="NAME", help="take state_dir, service_user, simulate_gpus from this node")
+    install.add_argument("--state-dir", metavar="DIR", help="the node's state dir (default /var/lib/gpuconsole)")
+    install.add_argument("--service-user", metavar="NAME", help="the service account (default gpuconsole)")
+    install.add_argument("--simulate-gpus", type=int, metavar="N", help="simulated GPUs (demos and tests only)")
+
     demo = sub.add_parser("demo", parents=[common], help="simulated cluster on loopback")
     demo.add_argument("--nodes", type=positive_int, default=4)
     demo.add_argument("--gpus", type=positive_int, default=8)

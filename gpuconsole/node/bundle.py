@@ -17,16 +17,35 @@ MODULES = loader.MODULES
 BOOTSTRAP = loader.BOOTSTRAP
 
 
-@lru_cache(maxsize=1)
-def agent_program() -> bytes:
-    """The agent as one Python program that installs the modules and runs `agent.main()`."""
-    sources = {
+def _sources() -> dict[str, str]:
+    return {
         name: resources.files("gpuconsole.node").joinpath(f"{name}.py").read_text(encoding="utf-8")
         for name in MODULES
     }
+
+
+@lru_cache(maxsize=1)
+def agent_program() -> bytes:
+    """The agent as one Python program that installs the modules and runs `agent.main()`."""
+    sources = _sources()
     version: str = loader.digest(sources)  # type: ignore[no-untyped-call]
     program: str = loader.build_program(sources, version, MODULES)  # type: ignore[no-untyped-call]
     return program.encode("utf-8")
+
+
+def service_program(*, user: str, state_dir: str, simulate_gpus: int = 0) -> bytes:
+    """The service agent an admin installs on a service-mode node (root-owned, run only via sudo).
+
+    Its settings are part of the file, not of any request: the caller cannot choose the state dir
+    or simulated GPUs of the account that writes the state.
+    """
+    sources = _sources()
+    version: str = loader.digest(sources)  # type: ignore[no-untyped-call]
+    settings = {"user": user, "state_dir": state_dir, "simulate_gpus": simulate_gpus}
+    program: str = loader.build_program(sources, version, MODULES, settings)  # type: ignore[no-untyped-call]
+    header = (f"# gpuconsole service agent {version} for {user}, state in {state_dir}.\n"
+              "# Install root-owned, mode 0755; it runs only as the service account through sudo.\n")
+    return (header + program + "\n").encode("utf-8")
 
 
 def agent_digest() -> str:

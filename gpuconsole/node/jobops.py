@@ -140,6 +140,8 @@ class JobOps:
                    GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir,
                    GPUCONSOLE_SIMULATE_GPUS=str(self.hello_args["simulate"]),
                    GPUCONSOLE_NODE_NAME=self.hello_args["node"])
+        if "service" in self.hello_args:  # service mode: its changes go through its own sudo link
+            env["GPUCONSOLE_SERVICE"] = "%s:%s" % self.hello_args["service"]
         log_fd = private.open_file(dir_fd, "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
 MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "jobs", "store",
-           "jobops", "agent", "supervisor")
+           "service", "jobops", "agent", "supervisor")
 BOOTSTRAP = (
     "import sys;r=sys.stdin.buffer;n=int(r.readline());"
     "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"
@@ -42,11 +42,28 @@ def _codes(sources, digest):
 """
 
 
-def build_program(sources, digest, modules):
-    """Program text: install `modules` (in order) from `sources` as package gcnode, run agent.main()."""
+# The installed service agent (service.py) compiles afresh each start (tens of milliseconds) and
+# drops the environment's test hooks before any module reads them: nothing outside its own
+# root-owned file may change what it runs.
+_SERVICE_LOADER = """
+import os, sys, types
+for _key in list(os.environ):
+    if _key.startswith("GPUCONSOLE_"):
+        del os.environ[_key]
+def _codes(sources, digest):
+    return dict((name, compile(src, "<gcnode/%s.py>" % name, "exec")) for name, src in sources.items())
+"""
+
+
+def build_program(sources, digest, modules, service=None):
+    """Program text: install `modules` (in order) from `sources` as package gcnode, run agent.main().
+
+    `service`: the settings of an installed service agent (user, state_dir, simulate_gpus), passed
+    to main(); such a program keeps no code cache and ignores GPUCONSOLE_* variables.
+    """
     package = repr(PACKAGE)
     lines = [
-        _LOADER,
+        _LOADER if service is None else _SERVICE_LOADER,
         "_pkg = types.ModuleType(%s); _pkg.__path__ = []; sys.modules[%s] = _pkg" % (package, package),
         "_pkg.SOURCES = %r; _pkg.DIGEST = %r; _pkg.MODULES = %r" % (sources, digest, tuple(modules)),
         "_CODES = _codes(_pkg.SOURCES, _pkg.DIGEST)",
@@ -56,7 +73,7 @@ def build_program(sources, digest, modules):
         "    sys.modules[_mod.__name__] = _mod",
         "    setattr(_pkg, _name, _mod)",
         "    exec(_CODES[_name], _mod.__dict__)",
-        "sys.modules[%s + '.agent'].main()" % package,
+        "sys.modules[%s + '.agent'].main(%s)" % (package, "" if service is None else "service=%r" % (service,)),
     ]
     return "\n".join(lines)
 

@@ -22,6 +22,12 @@ NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glus
 LOCK_TIMEOUT_S = 10.0
 FILE_MODE = 0o664
 DIR_MODE = 0o2775  # cooperative mode: group members of a setgid state dir share the files
+# Service mode: the service account alone writes; everyone may read the state, nobody else may
+# hold the lock; job dirs live in a sticky world-writable jobs/ (each user's own 0700 dir).
+SERVICE_FILE_MODE = 0o644
+SERVICE_LOCK_MODE = 0o600
+SERVICE_DIR_MODE = 0o755
+SERVICE_JOBS_MODE = 0o1777
 
 
 class _LockTimeout(Exception):
@@ -138,15 +144,20 @@ def io_error(what, exc, state_dir):
     return st.OpError("io", "%s: %s: %s (fix: %s)" % (what, path, reason, fix))
 
 
-def make_shared_dir(path):
-    """mkdir -p with mode 2775 regardless of umask, so other group members can write too."""
+def make_shared_dir(path, mode=DIR_MODE):
+    """mkdir -p with mode 2775 (or `mode`) regardless of umask, so other group members can write too."""
     if os.path.isdir(path):
         return
     os.makedirs(path, exist_ok=True)
     try:
-        os.chmod(path, DIR_MODE)
+        os.chmod(path, mode)
     except OSError:
         pass
+
+
+def service_setup_fix(state_dir, service_user):
+    """The admin's one-line fix for a service-mode state dir."""
+    return "sudo install -d -m 0755 -o %s -g %s %s" % (service_user, service_user, state_dir)
 
 
 class CorruptState(Exception):
@@ -178,7 +189,11 @@ def is_network_fs(fstype):
 class StateStore:
     """Reads without the lock; changes only inside `locked()`, each committed durably."""
 
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, service=False):
+        """`service`: this process is the service account of a hardened node (see service.py)."""
+        self.service = service
+        self.file_mode = SERVICE_FILE_MODE if service else FILE_MODE
+        self.lock_mode = SERVICE_LOCK_MODE if service else FILE_MODE
         self.dir = os.path.abspath(os.path.expanduser(state_dir))
         self.path = os.path.join(self.dir, "state.json")
         self.mirror = self.path + ".mirror"
@@ -189,22 +204,51 @@ class StateStore:
 
     # -- setup ------------------------------------------------------------------------------
 
-    def ensure_dir(self):
-        """Create the state dir when missing (demo, single user) and refuse network filesystems."""
-        if not os.path.isdir(self.dir):
+    def ensure_dir(self, create=True):
+        """Create the state dir when missing (demo, single user) and refuse network filesystems.
+
+        The service account never creates it (an admin does, owned by it and closed to others);
+        it checks that, and makes the sticky jobs/ where each user keeps private job dirs.
+        """
+        if self.service:
+            self._check_service_dir()
+        elif create and not os.path.isdir(self.dir):
             make_shared_dir(self.dir)
+        elif not os.path.isdir(self.dir):
+            raise OSError(errno.ENOENT, "state dir %s does not exist" % self.dir)
         fstype = filesystem_type(self.dir)
         if is_network_fs(fstype) and os.environ.get("GPUCONSOLE_ALLOW_NETFS") != "1":
             raise OSError(errno.EREMOTE, "state dir %s is on %s; flock is unreliable there" % (self.dir, fstype))
 
+    def _check_service_dir(self):
+        """A service state dir is a real directory owned by us and writable by nobody else."""
+        try:
+            info = os.lstat(self.dir)
+        except FileNotFoundError:
+            raise OSError(errno.ENOENT, "state dir %s does not exist" % self.dir) from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise OSError(errno.ENOTDIR, "state dir %s is not a directory" % self.dir)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise OSError(errno.EPERM, "state dir %s (uid %d, mode %o) must be owned by the service account and "
+                          "writable by it alone" % (self.dir, info.st_uid, info.st_mode & 0o7777))
+        jobs_dir = os.path.join(self.dir, "jobs")
+        try:
+            os.mkdir(jobs_dir, 0o700)
+        except FileExistsError:
+            pass
+        jobs_info = os.lstat(jobs_dir)
+        if stat.S_ISDIR(jobs_info.st_mode) and jobs_info.st_uid == os.geteuid() \
+                and jobs_info.st_mode & 0o7777 != SERVICE_JOBS_MODE:
+            os.chmod(jobs_dir, SERVICE_JOBS_MODE)
+
     # -- locking ----------------------------------------------------------------------------
 
     def acquire(self, timeout_s=LOCK_TIMEOUT_S):
-        fd = open_regular(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = open_regular(self.lock_path, os.O_RDWR | os.O_CREAT, self.lock_mode)
         try:
             info = os.fstat(fd)
-            if info.st_uid == os.geteuid() and info.st_mode & 0o777 != FILE_MODE:
-                os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
+            if info.st_uid == os.geteuid() and info.st_mode & 0o777 != self.lock_mode:
+                os.fchmod(fd, self.lock_mode)  # umask would otherwise lock other group members out
         except OSError:
             pass
         if faults.active("no_lock"):  # negative control for the history checker only
@@ -299,7 +343,7 @@ class StateStore:
         if not os.path.lexists(self.path):
             return
         corrupt_dir = os.path.join(self.dir, "corrupt")
-        make_shared_dir(corrupt_dir)
+        make_shared_dir(corrupt_dir, SERVICE_DIR_MODE if self.service else DIR_MODE)
         if not stat.S_ISDIR(os.lstat(corrupt_dir).st_mode):
             os.unlink(self.path)  # a planted symlink must not choose where our files go
             return
@@ -320,9 +364,9 @@ class StateStore:
     def _write_temp(self, body):
         faults.commit_step("tmp")
         name = "%s.tmp.%d.%s" % (self.path, os.getpid(), os.urandom(4).hex())
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.file_mode)
         try:
-            os.fchmod(fd, FILE_MODE)  # umask would otherwise lock other group members out
+            os.fchmod(fd, self.file_mode)  # umask would otherwise lock other group members out
             view = memoryview(body)
             while view:
                 view = view[os.write(fd, view):]

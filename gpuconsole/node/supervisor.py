@@ -100,7 +100,7 @@ class Supervisor:
     def _run_once(self, grant):
         env = dict(os.environ)
         for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR", "GPUCONSOLE_SIMULATE_GPUS",
-                    "GPUCONSOLE_NODE_NAME"):
+                    "GPUCONSOLE_NODE_NAME", "GPUCONSOLE_SERVICE"):
             env.pop(key, None)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant["gpus"])
         env["GPUCONSOLE_JOB_ID"] = self.job_id
@@ -240,11 +240,15 @@ def main(agent):
     """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor."""
     job_id = os.environ["GPUCONSOLE_JOB_ID"]
     job_dir = os.environ["GPUCONSOLE_JOB_DIR"]
-    agent.op_hello({
+    hello = {
         "state_dir": os.environ["GPUCONSOLE_STATE_DIR"],
         "simulate_gpus": int(os.environ.get("GPUCONSOLE_SIMULATE_GPUS") or 0),
         "node": os.environ.get("GPUCONSOLE_NODE_NAME") or None,
-    })
+    }
+    if os.environ.get("GPUCONSOLE_SERVICE"):
+        user, _, path = os.environ["GPUCONSOLE_SERVICE"].partition(":")
+        hello.update(mode="service", service_user=user, service_agent=path)
+    agent.op_hello(hello)
     try:
         supervisor = Supervisor(agent, job_id, job_dir)
     except (OSError, ValueError) as exc:

@@ -134,15 +134,16 @@ class NodeConnection:
         self._proc.stdin.write(agent_preamble())
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
-        self.hello = await self.request(
-            "hello",
-            {
-                "node": self.cfg.name,
-                "state_dir": self.cfg.state_dir,
-                "simulate_gpus": self.cfg.simulate_gpus,
-                "stream_s": stream_s,
-            },
-        )
+        hello: dict[str, Any] = {
+            "node": self.cfg.name,
+            "state_dir": self.cfg.state_dir,
+            "simulate_gpus": self.cfg.simulate_gpus,
+            "stream_s": stream_s,
+        }
+        if self.cfg.mode == "service":  # changes go through the node's sudo rule (see node/service.py)
+            hello.update(mode="service", service_user=self.cfg.service_user,
+                         service_agent=self.cfg.service_agent)
+        self.hello = await self.request("hello", hello)
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None

@@ -12,249 +12,49 @@ from __future__ import annotations
 import contextlib
 import grp
 import json
-import os
 import pwd
-import shutil
-import signal
-import socket
 import stat
 import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
 
-from tests.conftest import run_cli, wait_for
+from tests.conftest import wait_for
+from tests.integration import sshd_fixture
+from tests.integration.sshd_fixture import (  # shared with test_service_mode; names kept for importers
+    GPUS,
+    NODE,
+    NODE_PYTHON,
+    SSHD,
+    USERADD,
+    SshdNode,
+)
+from tests.integration.sshd_fixture import write_key as _write_key
 
-SSHD = Path("/usr/sbin/sshd")
-USERADD = shutil.which("useradd") or "/usr/sbin/useradd"
-NODE_PYTHON = "/usr/bin/python3"  # test users cannot read root's pyenv interpreter
 USERS = ("gcutest1", "gcutest2")
 GROUP = "gcutestgpu"
-NODE = "sshd-node"
-GPUS = 4
+__all__ = ["GPUS", "NODE", "NODE_PYTHON", "SSHD", "USERADD", "SshdNode"]
 
-if os.geteuid() != 0:
-    pytest.skip("needs root (useradd, sshd on a loopback port)", allow_module_level=True)
-if not SSHD.is_file() or not Path(USERADD).is_file() or not Path(NODE_PYTHON).is_file():
-    pytest.skip(f"needs {SSHD}, useradd and {NODE_PYTHON} (Debian openssh-server)",
-                allow_module_level=True)
+if (_why := sshd_fixture.missing_tools()) is not None:
+    pytest.skip(_why, allow_module_level=True)
 
 pytestmark = pytest.mark.sshd
-
-
-@dataclass
-class SshdNode:
-    """The running sshd, its users' configs and the paths a test may inspect."""
-
-    root: Path
-    port: int
-    state_dir: Path
-    host_key_line: str
-    configs: dict[str, Path]
-    keys: dict[str, Path]
-
-    def config(self, user: str, *, identity_file: Path | None = None,
-               known_hosts_text: str | None = None, name: str | None = None) -> Path:
-        """Write (or return) a config for ``user``, optionally with another key or known_hosts."""
-        if identity_file is None and known_hosts_text is None:
-            return self.configs[user]
-        tag = name or uuid.uuid4().hex[:8]
-        known_hosts = self.root / f"known_hosts.{tag}"
-        text = self.host_key_line if known_hosts_text is None else known_hosts_text
-        known_hosts.write_text(text)
-        return _write_config(self.root / f"config.{tag}.toml", self, user,
-                             identity_file or self.keys[user], known_hosts)
-
-
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    """Run an admin command that must succeed; its stderr is in the failure message."""
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr.strip()}"
-    return result
-
-
-def _ensure_users(homes: Path) -> None:
-    """Create the shared group and both users, or reuse them; unlock them for key logins."""
-    try:
-        grp.getgrnam(GROUP)
-    except KeyError:
-        _run("groupadd", "-f", GROUP)
-    for user in USERS:
-        home = homes / user
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            _run(USERADD, "-M", "-d", str(home), "-s", "/bin/sh", "-G", GROUP, user)
-        # Reused users may come from an older run: end its leftovers (job supervisors run as the
-        # user), then reset home, shell, group and the lock.
-        subprocess.run(["pkill", "-KILL", "-u", user], check=False)
-        _run("usermod", "-d", str(home), "-s", "/bin/sh", "-a", "-G", GROUP, "-p", "*", user)
-        home.mkdir(mode=0o755)
-        info = pwd.getpwnam(user)
-        os.chown(home, info.pw_uid, info.pw_gid)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            return sock.recv(4).startswith(b"SSH-")
-    except OSError:
-        return False
-
-
-def _write_key(path: Path, key: asyncssh.SSHKey) -> None:
-    key.write_private_key(str(path))
-    os.chmod(path, 0o600)
-
-
-def _write_config(path: Path, node: SshdNode, user: str, identity_file: Path,
-                  known_hosts: Path) -> Path:
-    path.write_text(
-        f"""[defaults]
-connect_timeout = 5
-reserve_for = "10m"
-
-[[nodes]]
-name = "{NODE}"
-host = "127.0.0.1"
-port = {node.port}
-user = "{user}"
-identity_file = "{identity_file}"
-known_hosts = "{known_hosts}"
-state_dir = "{node.state_dir}"
-python = "{NODE_PYTHON}"
-simulate_gpus = {GPUS}
-"""
-    )
-    return path
-
-
-def _start_sshd(root: Path, host_key: Path, auth_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """Start sshd on a free loopback port and wait until it greets; retry if the port was taken."""
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    log_path = root / "sshd.log"
-    for _attempt in range(3):
-        port = _free_port()
-        cfg = root / "sshd_config"
-        cfg.write_text(
-            f"""ListenAddress 127.0.0.1
-Port {port}
-HostKey {host_key}
-PidFile {root / "sshd.pid"}
-UsePAM no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AuthenticationMethods publickey
-PermitRootLogin no
-AllowUsers {" ".join(USERS)}
-StrictModes no
-AuthorizedKeysFile {auth_dir}/%u/authorized_keys
-UseDNS no
-PrintMotd no
-X11Forwarding no
-AllowTcpForwarding no
-MaxStartups 64:30:128
-LogLevel VERBOSE
-"""
-        )
-        _run(str(SSHD), "-t", "-f", str(cfg))
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(cfg)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _accepts(port):
-                return proc, port
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-    raise AssertionError(f"sshd did not start; log:\n{log_path.read_text(errors='replace')}")
 
 
 @pytest.fixture(scope="module")
 def sshd_node() -> Iterator[SshdNode]:
     """sshd as root on 127.0.0.1, two users in one group, one admin-made shared state dir."""
-    # pytest's tmp_path lives under a mode-700 dir the test users cannot traverse.
-    root = Path(tempfile.mkdtemp(prefix="gcu-sshd-", dir="/tmp"))
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        os.chmod(root, 0o755)
-        homes = root / "home"
-        homes.mkdir(mode=0o755)
-        _ensure_users(homes)
-
-        host_key_path = root / "ssh_host_ed25519_key"
-        host_key = asyncssh.generate_private_key("ssh-ed25519")
-        _write_key(host_key_path, host_key)
-
-        auth_dir = root / "auth"
-        keys: dict[str, Path] = {}
-        for user in USERS:
-            client_key = asyncssh.generate_private_key("ssh-ed25519", comment=user)
-            keys[user] = root / f"id_{user}"
-            _write_key(keys[user], client_key)
-            (auth_dir / user).mkdir(parents=True, mode=0o755)
-            # sshd reads authorized_keys as the logging-in user, so it must be readable.
-            authorized = auth_dir / user / "authorized_keys"
-            authorized.write_bytes(client_key.export_public_key())
-            os.chmod(authorized, 0o644)
-
-        state_dir = root / "state"
-        _run("install", "-d", "-m", "2775", "-g", GROUP, str(state_dir))
-
-        proc, port = _start_sshd(root, host_key_path, auth_dir)
-        pubkey = host_key.export_public_key().decode().strip()
-        node = SshdNode(root, port, state_dir, f"[127.0.0.1]:{port} {pubkey}\n", {}, keys)
-        for user in USERS:
-            known_hosts = root / f"known_hosts.{user}"
-            known_hosts.write_text(node.host_key_line)
-            node.configs[user] = _write_config(root / f"config.{user}.toml", node, user,
-                                               keys[user], known_hosts)
+    with sshd_fixture.running_sshd(USERS, GROUP, sshd_fixture.cooperative_state_dir(GROUP)) as node:
         yield node
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for user in USERS:
-            subprocess.run(["pkill", "-KILL", "-u", user], check=False)  # job supervisors and jobs
-        shutil.rmtree(root, ignore_errors=True)
 
 
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, config=config, timeout_s=60)
-
-
-def _ok_json(config: Path, *args: str) -> Any:
-    result = _cli(config, *args, "--json")
-    assert result.returncode == 0, f"{args}: exit {result.returncode}: {result.stderr}"
-    return json.loads(result.stdout)
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    """The stderr of a failed command: a single line, never a traceback."""
-    text = result.stderr.strip()
-    assert "Traceback" not in result.stderr, result.stderr
-    assert len(text.splitlines()) == 1, f"expected one line on stderr, got: {result.stderr!r}"
-    return text
+_cli = sshd_fixture.cli
+_ok_json = sshd_fixture.ok_json
+_one_line_error = sshd_fixture.one_line_error
 
 
 def _listed_ids(config: Path) -> set[str]:

@@ -1,0 +1,257 @@
+"""Service mode: a hardened node whose state only the `gpuconsole` service account can write.
+
+Two processes cooperate on such a node. The user's own agent (the program shipped over SSH, run
+as the user) reads the world-readable state directly, runs jobs as the user, and sends every
+change through a `ServiceLink`: `sudo -n -u gpuconsole /usr/bin/python3 -I -S <installed agent>`,
+a constant command with no user-controlled arguments, JSON requests on its stdin. The installed
+agent (written by an admin, root-owned) runs as the service account, takes the caller from sudo's
+SUDO_UID and serves state operations only: it never runs, signals or opens anything of a user's.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+import threading
+
+from . import procs
+from . import state as st
+
+SERVICE_PYTHON = "/usr/bin/python3"
+DEFAULT_USER = "gpuconsole"
+DEFAULT_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
+# What the service agent answers; everything a user's process does (jobs, logs, telemetry) is not here.
+SERVED = frozenset({"hello", "ping", "reservations", "capacity", "jobs", "doctor", "cancel"})
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+_PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
+
+
+class NotService(Exception):
+    """The installed agent was not started the one way it trusts (sudo, as the service account)."""
+
+
+def command(user, agent_path):
+    """The argv the user's agent runs: exactly what the sudoers line allows, nothing from the caller."""
+    return ["sudo", "-n", "-u", user, SERVICE_PYTHON, "-I", "-S", agent_path]
+
+
+def sudoers_line(user, agent_path, group="gpu"):
+    return "%%%s ALL=(%s) NOPASSWD: %s -I -S %s" % (group, user, SERVICE_PYTHON, agent_path)
+
+
+def caller(settings, environ=None):
+    """(uid, user name) of whoever ran us through sudo, or NotService.
+
+    SUDO_UID is believed only when this process really is the service account (real and
+    effective uid both its uid, never root): anyone else who sets it gains nothing, because
+    they run as themselves and cannot write the state.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        account = pwd.getpwnam(settings["user"])
+    except KeyError:
+        raise NotService("no user %r on this node (create it: sudo useradd --system --no-create-home %s)"
+                         % (settings["user"], settings["user"])) from None
+    uid, euid = os.getuid(), os.geteuid()
+    if euid == 0 or uid == 0:
+        raise NotService("the service agent must run as %s, not root" % settings["user"])
+    if euid != account.pw_uid or uid != euid:
+        raise NotService("the service agent runs only as %s through sudo (sudo -n -u %s ...), not as uid %d"
+                         % (settings["user"], settings["user"], uid))
+    raw = environ.get("SUDO_UID")
+    if raw is None:
+        return euid, account.pw_name  # the service account itself (an admin's own checks)
+    if not raw.isdigit():
+        raise NotService("SUDO_UID %r is not a uid" % raw[:20])
+    caller_uid = int(raw)
+    try:
+        name = pwd.getpwuid(caller_uid).pw_name
+    except KeyError:
+        raise NotService("SUDO_UID %d names no user" % caller_uid) from None
+    if environ.get("SUDO_USER", name) != name:
+        raise NotService("SUDO_USER does not match SUDO_UID %d (%s)" % (caller_uid, name))
+    return caller_uid, name
+
+
+def in_group(user, gid):
+    """Group membership of `user` from the group database (not of this process, which is sudo's)."""
+    try:
+        primary = pwd.getpwnam(user).pw_gid
+        return gid in os.getgrouplist(user, primary)
+    except (KeyError, OSError):
+        return False
+
+
+def check_supervisor(args, ctx):
+    """A job's supervisor must be a live process of the caller (the service agent trusts no claim)."""
+    ident = args.get("supervisor")
+    if not isinstance(ident, dict):
+        return
+    try:
+        pid = int(ident.get("pid"))
+    except (TypeError, ValueError):
+        raise st.OpError("invalid", "supervisor pid must be an integer") from None
+    if ident.get("uid") != ctx.uid or procs.proc_uid(pid) != ctx.uid:
+        raise st.OpError("permission", "the supervisor of a job must be a process of %s" % ctx.user)
+
+
+def link_settings(args):
+    """(user, agent path) from the hello of a service-mode node; the client's config, checked."""
+    user = args.get("service_user") or DEFAULT_USER
+    path = args.get("service_agent") or DEFAULT_AGENT
+    if not isinstance(user, str) or not _NAME.match(user):
+        raise st.OpError("invalid", "service_user must be a user name")
+    if not isinstance(path, str) or not _PATH.match(path) or "/../" in path:
+        raise st.OpError("invalid", "service_agent must be an absolute path")
+    return user, path
+
+
+class ServiceLink:
+    """The user's side of service mode: one service agent child, requests in order, replies back."""
+
+    def __init__(self, user, agent_path):
+        self.user = user
+        self.agent_path = agent_path
+        self.proc = None
+        self.lock = threading.Lock()
+        self.ids = 0
+        self.stderr_tail = b""
+        self.hello = None
+
+    def fix(self):
+        return ("ask an admin to set up service mode on this node (`gpuconsole doctor` prints the steps; "
+                "sudoers: %s)" % sudoers_line(self.user, self.agent_path))
+
+    def start(self, hello_args):
+        """Spawn the service agent and say hello; OpError("io") naming the cause when it is not set up."""
+        try:
+            self.proc = subprocess.Popen(command(self.user, self.agent_path), stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
+                                         close_fds=True)
+        except OSError as exc:
+            raise st.OpError("io", "service mode: cannot run sudo: %s (fix: install sudo; %s)"
+                             % (exc.strerror or exc, self.fix())) from None
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.hello, _ = self.request("hello", hello_args)
+        return self.hello
+
+    def _drain(self):
+        try:
+            while True:
+                chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") \
+                    else self.proc.stderr.read(4096)
+                if not chunk:
+                    return
+                self.stderr_tail = (self.stderr_tail + chunk)[-2000:]
+        except (OSError, ValueError):
+            return
+
+    def _died(self):
+        """OpError for a service agent that is gone: sudo's or the agent's last words, and the fix."""
+        try:
+            self.proc.wait(timeout=2)
+        except Exception:
+            pass
+        lines = self.stderr_tail.decode("utf-8", "replace").strip().splitlines()
+        reason = lines[-1] if lines else "exited with status %s" % self.proc.returncode
+        self.proc = None
+        return st.OpError("io", "service agent (sudo -u %s %s): %s (fix: %s)"
+                          % (self.user, self.agent_path, reason[:300], self.fix()))
+
+    def request(self, op, args):
+        """One request to the service agent: (result, warnings), or its error as an OpError."""
+        with self.lock:
+            if self.proc is None:
+                raise st.OpError("io", "service agent not running (fix: %s)" % self.fix())
+            self.ids += 1
+            line = json.dumps({"id": self.ids, "op": op, "args": args}) + "\n"
+            try:
+                self.proc.stdin.write(line.encode())
+                self.proc.stdin.flush()
+                while True:
+                    raw = self.proc.stdout.readline()
+                    if not raw:
+                        raise self._died()
+                    try:
+                        reply = json.loads(raw.decode("utf-8"))
+                    except ValueError:
+                        continue  # not a reply: nothing else is written there, but it is harmless
+                    if isinstance(reply, dict) and reply.get("id") == self.ids:
+                        break
+            except OSError:
+                raise self._died() from None
+        warnings = reply.get("warnings")
+        warnings = [str(w) for w in warnings] if isinstance(warnings, list) else []
+        if reply.get("ok"):
+            result = reply.get("result")
+            return (result if isinstance(result, dict) else {}), warnings
+        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        raise st.OpError(str(error.get("code") or "internal"), str(error.get("message") or "service agent error"))
+
+    def close(self):
+        if self.proc is not None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except Exception:
+                pass
+            self.proc = None
+
+
+def service_user(agent):
+    """The service account's name, on either side of the link."""
+    return agent.service["user"] if agent.service is not None else agent.hello_args["service"][0]
+
+
+def looks_like_service(info):
+    """A state dir someone else (not root) owns and keeps closed: set up for service mode."""
+    return info.st_uid not in (0, os.geteuid()) and not info.st_mode & 0o022
+
+
+def doctor_checks(agent, info):
+    """`doctor` rows of a service-mode node: the link (sudo rule, installed agent) and the state dir."""
+    from .store import service_setup_fix
+
+    user = service_user(agent)
+    rows = []
+    if agent.service is None:
+        if agent.link is None:
+            agent._open_link()  # sudo may have been set up since hello
+        if agent.link is None:
+            rows.append(["mode", False, "service: %s" % agent.link_error, "the service-mode setup below"])
+        else:
+            rows.append(["mode", True, "service: changes through sudo -u %s %s" % (user, agent.link.agent_path),
+                         None])
+            theirs = agent.link.hello.get("agent_digest")
+            ours = getattr(sys.modules.get(__package__), "DIGEST", None)
+            if ours and theirs != ours:
+                rows.append(["service_agent", False, "installed agent %s is version %s, this client's is %s"
+                             % (agent.link.agent_path, theirs, ours),
+                             "reinstall it (gpuconsole node-install; see the setup below)"])
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = str(info.st_uid)
+    closed = owner == user and not info.st_mode & 0o022
+    rows.append(["state_dir", closed, "%s owned by %s, mode %o%s" % (
+        agent.store.dir, owner, info.st_mode & 0o7777, "" if closed else "; want owner %s, mode 755" % user),
+        None if closed else service_setup_fix(agent.store.dir, user)])
+    return rows
+
+
+def admin_group_gid(policy_path):
+    """The gid of the admin group named in the root-owned policy file, or None."""
+    try:
+        info = os.stat(policy_path)
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return None
+        with open(policy_path) as handle:
+            group = json.load(handle).get("admin_group")
+        return grp.getgrnam(group).gr_gid if group else None
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
