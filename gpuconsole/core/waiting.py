@@ -106,10 +106,19 @@ class Waiter:
         req_id = _req_id()
 
         async def send() -> dict[str, Any]:
-            return await self.fleet.request(self.node, "reserve", dict(self.args, req_id=req_id), retries=0)
+            return await self.fleet.request(self.node, "reserve", self._request(req_id), retries=0)
 
         ticket = await self._resilient(send)
         return self._took(ticket, attached=not ticket.get("replayed"))
+
+    def _request(self, req_id: str) -> dict[str, Any]:
+        """The reserve request; with a timeout, the node is told how long we wait (`wait_s`), so it
+        never grants the ticket after we have given up, even if our withdraw cannot reach it."""
+        args = dict(self.args, req_id=req_id)
+        remaining_s = self._remaining_s()
+        if remaining_s is not None:
+            args["wait_s"] = max(remaining_s, 0.001)
+        return args
 
     def _took(self, ticket: dict[str, Any], *, attached: bool) -> dict[str, Any]:
         self.ticket_id = str(ticket["id"])
@@ -158,7 +167,7 @@ class Waiter:
     async def _requeue(self) -> dict[str, Any]:
         lost = self.ticket_id
         req_id = _req_id()
-        ticket = await self.fleet.request(self.node, "reserve", dict(self.args, req_id=req_id), retries=0)
+        ticket = await self.fleet.request(self.node, "reserve", self._request(req_id), retries=0)
         self._took(ticket, attached=True)
         if ticket.get("state") != "granted":
             self._notice(f"{self.node}: queued request {lost} was dropped while disconnected; queued again as "
@@ -178,6 +187,7 @@ class Waiter:
                     raise
                 remaining_s = self._remaining_s()
                 if remaining_s is not None and remaining_s <= 0:
+                    await self.withdraw(announce=False)
                     raise self._timed_out_error(f"; {self.node} unreachable: {exc}") from None
                 pause_s = random.uniform(0, delay_s)
                 await asyncio.sleep(pause_s if remaining_s is None else min(pause_s, remaining_s))
@@ -198,18 +208,31 @@ class Waiter:
         if self.ticket_id is None:
             return
         ticket_id, self.ticket_id = self.ticket_id, None
-        try:
-            result = await asyncio.wait_for(
-                self.fleet.request(self.node, "release", {"id": ticket_id, "req_id": _req_id()}),
-                WITHDRAW_S)
-        except AgentError as exc:
-            if exc.code != "not_found":
-                self._notice(f"{self.node}: could not withdraw queued request {ticket_id}: {exc}")
-            return
-        except (GpuConsoleError, TimeoutError) as exc:
-            self._notice(f"{self.node}: could not withdraw queued request {ticket_id} ({exc or 'timed out'}); "
-                         "the node drops it once it sees this client gone")
-            return
+        req_id = _req_id()  # one id for every try: a retry of a committed release is replayed
+        deadline = time.monotonic() + WITHDRAW_S
+        delay_s = RECONNECT_FIRST_S / 2
+        while True:
+            try:
+                result = await asyncio.wait_for(
+                    self.fleet.request(self.node, "release", {"id": ticket_id, "req_id": req_id}),
+                    max(0.1, deadline - time.monotonic()))
+                break
+            except AgentError as exc:
+                if exc.code in TRANSIENT_AGENT_CODES and time.monotonic() + delay_s < deadline:
+                    await asyncio.sleep(delay_s)  # a full disk or a held lock, briefly: try again
+                    delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                    continue
+                if exc.code != "not_found":
+                    self._notice(f"{self.node}: could not withdraw queued request {ticket_id}: {exc}")
+                return
+            except (GpuConsoleError, TimeoutError) as exc:
+                if isinstance(exc, GpuConsoleError) and _transient(exc) and time.monotonic() + delay_s < deadline:
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, RECONNECT_MAX_S)
+                    continue
+                self._notice(f"{self.node}: could not withdraw queued request {ticket_id} ({exc or 'timed out'}); "
+                             "the node drops it when it sees this client gone or its wait ran out")
+                return
         if result.get("was") == "active":
             self._notice(f"released {ticket_id} on {self.node}: it was granted as the wait ended")
         elif announce:

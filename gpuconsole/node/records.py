@@ -69,6 +69,7 @@ TICKET = {
     "ttl_s": (_num, True), "priority": (_priority, True), "created_bt": (_num, True),
     "created_wall": (_num, True), "seq": (_int, True), "agent": (_ident, False),
     "preemptible": (_bool, False), "job": (_bool, False), "preempt": (_bool, False),
+    "deadline_bt": (_num, False),
 }
 JOB = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "name": (_str, False),

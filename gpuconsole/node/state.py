@@ -246,7 +246,10 @@ def gc(state, ctx):
             changed = True
     dropped = state.setdefault("dropped", {})
     for ticket_id, ticket in list(state["queue"].items()):
-        if not ctx.alive(ticket.get("agent")):
+        if ticket.get("deadline_bt") is not None and ticket["deadline_bt"] <= ctx.now_bt:
+            del state["queue"][ticket_id]  # its waiter gave up (`--timeout`): never grant it after
+            changed = True
+        elif not ctx.alive(ticket.get("agent")):
             del state["queue"][ticket_id]
             if not ticket.get("job"):  # kept a while so a reconnecting waiter regains its place
                 dropped[ticket_id] = dict(ticket, dropped_bt=ctx.now_bt)
@@ -360,6 +363,11 @@ def reserve(state, ctx, args):
                            preemptible)
             return dict(grant_result(lease, ctx), state="granted")
     if args.get("wait"):
+        wait_s = args.get("wait_s")
+        if wait_s is not None:
+            if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 < wait_s <= MAX_TTL_S:
+                raise OpError("invalid", "wait_s must be a duration in (0, %d] seconds" % MAX_TTL_S)
+            ticket["deadline_bt"] = ctx.now_bt + wait_s
         state["queue"][ticket["id"]] = ticket
         position = [t["id"] for t in queue_order(state, ctx.now_bt)].index(ticket["id"]) + 1
         return {"id": ticket["id"], "state": "queued", "position": position,
