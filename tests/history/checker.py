@@ -223,9 +223,13 @@ def _unexplained_leases(facts: Facts) -> list[Violation]:
     for lease in facts.leases.values():
         if lease.kind != "reservation" or lease.acked_by is not None or not lease.sightings:
             continue
-        precise = [o for o in lease.sightings if o.precise]
+        # Its expiry pins its creation (expiry - ttl), until someone renews it (clients renew ids they saw).
+        renewed = min((op.start_s for op in facts.renews.get(lease.id, [])), default=float("inf"))
+        precise = [o for o in lease.sightings if o.precise and o.e < renewed]
         exp_lo = max((o.s + float(o.items[lease.id]["expires_in_s"]) - EPS_S for o in precise), default=None)
         exp_hi = min((o.e + float(o.items[lease.id]["expires_in_s"]) + EPS_S for o in precise), default=None)
+        if exp_lo is not None and exp_hi is not None and exp_lo > exp_hi:
+            exp_lo = exp_hi = None  # inconsistent: judge without it
         first_e = min(o.e for o in lease.sightings)
         last_s = max(o.s for o in lease.sightings)
         candidates = []
@@ -236,16 +240,15 @@ def _unexplained_leases(facts: Facts) -> list[Violation]:
                 ttl = float(op.args["ttl_s"])
                 # A queued ticket may be granted after its waiter gave up (if it was not withdrawn).
                 latest = float("inf") if op.args.get("wait") else end_s(op)
-                if exp_hi - ttl < op.start_s - EPS_S or exp_lo - ttl > latest + EPS_S:
+                if exp_hi - ttl < op.start_s - EPS_S or exp_lo - ttl > min(latest, first_e) + EPS_S:
                     continue  # created outside the time this op could have created it
             candidates.append(op)
         what = (f"reservation {lease.id} on {lease.node} (GPUs {list(lease.gpus)}, first seen by "
                 f"#{lease.sightings[0].op})")
         if any(settled(op) == INFO for op in candidates):
             continue
-        # Blame the likeliest failed candidate: one whose error names the node, the latest first.
         failed = sorted((op for op in candidates if settled(op) == FAIL),
-                        key=lambda op: (lease.node not in op.error, -op.start_s))
+                        key=lambda op: _blame_rank(op, lease, exp_lo, exp_hi))
         if any(last_s < end_s(op) for op in failed):
             continue  # it existed only while a failing op was still running (undone before it answered)
         if failed:
@@ -258,6 +261,15 @@ def _unexplained_leases(facts: Facts) -> list[Violation]:
         else:
             found.append(Violation("phantom", f"{what} matches no reserve of the history"))
     return found
+
+
+def _blame_rank(op: Op, lease: Lease, exp_lo: float | None, exp_hi: float | None) -> tuple[bool, bool, float]:
+    """Likeliest creator first: a wait queued on the lease's node ("… GPUs on NODE (position …)"),
+    whose lifetime holds the lease's creation, the latest."""
+    on_node = f" on {lease.node} " in op.error or f" on {lease.node}:" in op.error
+    created = (exp_lo + exp_hi) / 2 - float(op.args["ttl_s"]) if exp_lo is not None and exp_hi is not None else None
+    within = created is not None and op.start_s - EPS_S <= created <= end_s(op) + 1.0
+    return (not on_node, not within, -op.start_s)
 
 
 def _tokens(facts: Facts) -> list[Violation]:
