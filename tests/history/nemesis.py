@@ -45,7 +45,7 @@ class Cluster(Protocol):
 @dataclass
 class NemesisSpec:
     kinds: tuple[str, ...] = FAULTS
-    every_s: tuple[float, float] = (0.5, 2.5)
+    every_s: tuple[float, float] = (0.3, 1.5)
     stop_s: tuple[float, float] = (5.0, 8.0)  # SIGSTOP of a supervisor: beyond a short job lease
     lock_s: tuple[float, float] = (2.0, 7.0)  # the state lock held (the node waits up to 10 s)
     enospc_s: tuple[float, float] = (2.0, 4.0)

@@ -186,3 +186,22 @@ def test_a_failed_renew_that_extended_the_lease_is_caught() -> None:
     h.op("renew", {"id": "r-aaaaaa", "ttl_s": 30.0}, 2.0, 2.5, FAIL, None, 5)
     h.listing(3.0, 3.1, [lease("r-aaaaaa", [0], 28.0)])
     assert rules(h.check()) == {"failed_took_effect": 1}
+
+
+def test_a_grant_nobody_was_told_about_may_vanish_without_a_release() -> None:
+    """A failing `reserve --wait` withdraws the grant that came as it timed out: no double hold."""
+    h = History()
+    h.reserve("r-xxxxxx", [0], 0.0, 2.0, ttl_s=9.0, outcome=FAIL)
+    h.listing(1.0, 1.1, [lease("r-cccccc", [0], 8.0)])
+    h.listing(2.5, 2.6, [])
+    h.reserve("r-bbbbbb", [0], 3.0, 3.5, token=2)
+    assert h.check().violations == []
+
+
+def test_a_renewed_lease_nobody_acknowledged_is_judged_by_its_first_expiry() -> None:
+    h = History()
+    h.reserve("r-xxxxxx", [0], 0.0, 0.5, ttl_s=6.0, outcome=INFO)
+    h.listing(1.0, 1.1, [lease("r-cccccc", [0], 5.2)])
+    h.op("renew", {"id": "r-cccccc", "ttl_s": 20.0}, 2.0, 2.2, OK, {"id": "r-cccccc", "node": NODE, "token": 1})
+    h.listing(3.0, 3.1, [lease("r-cccccc", [0], 19.0)])
+    assert h.check().violations == []
