@@ -40,6 +40,13 @@ class DemoNode:
     children: set[asyncio.subprocess.Process] = field(default_factory=set)
 
 
+async def _pump(source: asyncio.StreamReader, target: asyncssh.SSHWriter[bytes]) -> None:
+    """Copy a child's output stream to the SSH channel until EOF."""
+    while chunk := await source.read(65536):
+        target.write(chunk)
+        await target.drain()
+
+
 def marked_processes(sim_keys: set[str]) -> list[int]:
     """Pids of our processes whose environment carries one of these nodes' GPUCONSOLE_SIM_NODE
     marker: agents, supervisors (they run detached, in their own session) and their jobs."""
@@ -160,8 +167,16 @@ class DemoCluster:
         )
         node.children.add(child)
         try:
-            await process.redirect(stdin=child.stdin, stdout=child.stdout, stderr=child.stderr)
+            await process.redirect(stdin=child.stdin)
+            # Output is pumped by hand, so all of it is forwarded before the exit status: with
+            # redirect() the channel could close first and a command's last lines were lost.
+            assert child.stdout is not None
+            assert child.stderr is not None
+            pumps = asyncio.gather(_pump(child.stdout, process.stdout), _pump(child.stderr, process.stderr),
+                                   return_exceptions=True)
             returncode = await child.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(pumps, 5)
             process.exit(returncode if returncode >= 0 else 128 - returncode)
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass
