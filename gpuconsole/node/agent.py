@@ -305,7 +305,8 @@ class Agent(JobOps):
         if self.mode == "service" and self.service is None:
             self.hello_args["service"] = svc.link_settings(args)
             self._open_link()
-        self.set_stream(args.get("stream_s"))
+        if self.service is None:  # the service agent serves state operations, never telemetry
+            self.set_stream(args.get("stream_s"))
         self.hello_warnings = []
         if state_dir_error is None and os.environ.get("GPUCONSOLE_ROLE") != "supervisor" \
                 and self.service is None:
@@ -522,11 +523,12 @@ def main(service=None):
         os.umask(0o022)
         os.chdir("/")
         try:
-            agent = Agent(sys.stdout.buffer, service)
+            svc.caller(service)  # refused before anything else happens
         except svc.NotService as exc:
             sys.stderr.write("gpuconsole service agent: %s\n" % exc)
             sys.exit(2)
-        _serve(agent)
+        svc.detach()
+        _serve(Agent(sys.stdout.buffer, service))
         return
     if os.environ.get("GPUCONSOLE_ROLE") == "supervisor":
         from . import supervisor

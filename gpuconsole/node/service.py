@@ -78,6 +78,23 @@ def caller(settings, environ=None):
     return caller_uid, name
 
 
+def detach():
+    """Leave sudo behind: fork, let sudo's child exit, start a new session.
+
+    sudo relays the caller's signals to the command it ran (SIGUSR1 kills it; from a terminal,
+    ^Z stops it), and a service agent stopped while it holds the state lock would stall every
+    user. The grandchild keeps stdin and stdout, has no terminal, and no process of the caller's
+    may signal it (another uid).
+    """
+    import signal
+
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def in_group(user, gid):
     """Group membership of `user` from the group database (not of this process, which is sudo's)."""
     try:
@@ -136,15 +153,15 @@ class ServiceLink:
         except OSError as exc:
             raise st.OpError("io", "service mode: cannot run sudo: %s (fix: install sudo; %s)"
                              % (exc.strerror or exc, self.fix())) from None
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.drainer = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        self.drainer.start()
         self.hello, _ = self.request("hello", hello_args)
         return self.hello
 
-    def _drain(self):
+    def _drain(self, stream):
         try:
             while True:
-                chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") \
-                    else self.proc.stderr.read(4096)
+                chunk = stream.read1(4096)
                 if not chunk:
                     return
                 self.stderr_tail = (self.stderr_tail + chunk)[-2000:]
@@ -153,13 +170,10 @@ class ServiceLink:
 
     def _died(self):
         """OpError for a service agent that is gone: sudo's or the agent's last words, and the fix."""
-        try:
-            self.proc.wait(timeout=2)
-        except Exception:
-            pass
-        lines = self.stderr_tail.decode("utf-8", "replace").strip().splitlines()
-        reason = lines[-1] if lines else "exited with status %s" % self.proc.returncode
-        self.proc = None
+        self.drainer.join(2.0)  # stderr ends when sudo and the agent are gone: read all they said
+        lines = [x.strip() for x in self.stderr_tail.decode("utf-8", "replace").splitlines() if x.strip()]
+        reason = "; ".join(lines[-3:]) if lines else "the service agent stopped"
+        self.close()
         return st.OpError("io", "service agent (sudo -u %s %s): %s (fix: %s)"
                           % (self.user, self.agent_path, reason[:300], self.fix()))
 
@@ -194,9 +208,11 @@ class ServiceLink:
         raise st.OpError(str(error.get("code") or "internal"), str(error.get("message") or "service agent error"))
 
     def close(self):
+        """End the link: EOF tells the service agent to finish and exit."""
         if self.proc is not None:
             try:
                 self.proc.stdin.close()
+                self.proc.stdout.close()
                 self.proc.wait(timeout=5)
             except Exception:
                 pass

@@ -336,3 +336,74 @@ def test_jobs_run_as_their_owner(node: SshdNode) -> None:
     one_line_error(denied)
     assert cli(cfg1, "cancel", job["id"]).returncode == 0
     wait_for(lambda: state_of(job["id"]) == "cancelled", timeout_s=40, message="job cancelled")
+
+
+def test_service_agent_serves_state_operations_only(node: SshdNode) -> None:
+    """Through sudo, a user reaches state operations, never anything that would run, read or stream
+    as the service account; a job's supervisor must be a process of the caller."""
+    agent = _agent_path(node)
+    other_uid = pwd.getpwnam(OTHER).pw_uid
+    marker = Path(f"/tmp/gcu-svc-ran-{uuid.uuid4().hex}")
+    requests = [
+        {"id": 1, "op": "hello", "args": {"node": NODE}},
+        {"id": 2, "op": "submit", "args": {"argv": ["touch", str(marker)], "gpus": 1}},
+        {"id": 3, "op": "logs", "args": {"id": "j-abc"}},
+        {"id": 4, "op": "snapshot", "args": {}},
+        {"id": 5, "op": "stream", "args": {"interval_s": 1}},
+        {"id": 6, "op": "submit_job", "args": {"job_id": "j-forged1", "gpus": 1, "supervisor": {
+            "pid": 1, "start": 0, "boot_id": "x", "uid": other_uid}}},
+        {"id": 7, "op": "ping", "args": {}},
+    ]
+    result = _as(OTHER, [SUDO, "-n", "-u", SERVICE, NODE_PYTHON, "-I", "-S", agent],
+                 stdin="".join(json.dumps(r) + "\n" for r in requests))
+    replies = {r["id"]: r for r in _replies(result.stdout)}
+    assert replies[1]["ok"] and replies[7]["ok"], result
+    for refused in (2, 3, 4, 5):
+        assert replies[refused]["error"]["code"] == "invalid", replies[refused]
+        assert "does not serve" in replies[refused]["error"]["message"]
+    assert replies[6]["error"]["code"] == "permission", replies[6]
+    assert "j-forged1" not in _raw_state(node).get("jobs", {})
+    assert not marker.exists()
+
+
+def test_the_caller_cannot_stop_or_kill_its_service_agent(node: SshdNode) -> None:
+    """sudo relays its caller's signals to the command (SIGUSR1 kills it, ^Z stops it), and a stopped
+    agent holding the state lock would stall everyone: the agent leaves sudo behind (sudo exits at
+    once), runs in its own session, and the caller's signals cannot reach it."""
+    agent = _agent_path(node)
+    info = pwd.getpwnam(OTHER)
+    proc = subprocess.Popen([SUDO, "-n", "-u", SERVICE, NODE_PYTHON, "-I", "-S", agent], user=info.pw_uid,
+                            group=info.pw_gid, extra_groups=[grp.getgrnam(GROUP).gr_gid], cwd="/",
+                            env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(json.dumps({"id": 1, "op": "hello", "args": {"node": NODE}}).encode() + b"\n")
+        proc.stdin.flush()
+        hello = json.loads(proc.stdout.readline())
+        agent_pid = hello["result"]["pid"]
+        assert proc.wait(10) == 0  # sudo is gone; the agent still serves the pipes
+        assert pwd.getpwuid(Path(f"/proc/{agent_pid}").stat().st_uid).pw_name == SERVICE
+        assert os.getsid(agent_pid) == agent_pid
+        for sig in ("STOP", "USR1", "KILL"):
+            attempt = _as(OTHER, ["/bin/kill", f"-{sig}", str(agent_pid)])
+            assert attempt.returncode != 0, (sig, attempt)
+        proc.stdin.write(json.dumps({"id": 2, "op": "ping", "args": {}}).encode() + b"\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["result"] == {"pong": True}
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    wait_for(lambda: _ended(agent_pid), timeout_s=10, message="the agent to exit on EOF")
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or a zombie waiting for init to reap it."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rfind(")") + 2] in "ZX"

@@ -75,3 +75,42 @@ def test_cloud_section_is_validated(tmp_path: Path) -> None:
     assert config.aws is not None
     assert config.aws.region == "us-east-1"
     assert config.aws.max_instances == 4
+
+
+def test_mode_defaults_to_cooperative_and_is_inherited_per_node(tmp_path: Path) -> None:
+    """`mode`, `service_user`, `service_agent`: [defaults] sets them for every node, a node overrides."""
+    plain = parse_config(GOOD, tmp_path / "c.toml").nodes[0]
+    assert (plain.mode, plain.service_user, plain.service_agent) == (
+        "cooperative", "gpuconsole", "/usr/local/lib/gpuconsole/gcagent.py")
+    text = """
+[defaults]
+mode = "service"
+service_user = "gcsvc"
+
+[[nodes]]
+name = "a"
+
+[[nodes]]
+name = "b"
+mode = "cooperative"
+
+[[nodes]]
+name = "c"
+service_agent = "/opt/gc/agent.py"
+"""
+    a, b, c = parse_config(text, tmp_path / "c.toml").nodes
+    assert (a.mode, a.service_user, a.service_agent) == ("service", "gcsvc", "/usr/local/lib/gpuconsole/gcagent.py")
+    assert b.mode == "cooperative"
+    assert (c.mode, c.service_agent) == ("service", "/opt/gc/agent.py")
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('mode = "hardened"', r"c\.toml:4: mode: must be \"cooperative\" or \"service\""),
+    ('service_user = "a b"', r"c\.toml:4: service_user: 'a b' contains characters that are not allowed"),
+    ('service_agent = "relative/agent.py"', r"c\.toml:4: service_agent: .* not allowed"),
+    ('service_agent = "/a/../etc/agent.py"', r"c\.toml:4: service_agent: .* without '\.\.'"),
+    ("mode = 1", r"c\.toml:4: mode: must be a non-empty string"),
+])
+def test_bad_service_keys_name_file_line_and_key(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(f"[[nodes]]\nname = 'a'\n\n{line}\n", tmp_path / "c.toml")
