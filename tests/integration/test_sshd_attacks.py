@@ -229,3 +229,17 @@ def test_malformed_planted_records_never_stop_the_owner(sshd_node: SshdNode) -> 
            ("applied", "x", {"bt": None}))
     warnings = _owner_commands_still_work(sshd_node)
     assert any("quarantined" in line for line in warnings), warnings
+
+
+def test_unwritable_state_dir_is_one_line_with_the_fix(sshd_node: SshdNode) -> None:
+    """A state dir the user cannot write (not yet set up by an admin): exit 5, the path and the fix."""
+    state_dir = sshd_node.root / f"state-ro-{uuid.uuid4().hex[:6]}"
+    state_dir.mkdir(mode=0o755)  # root's, not the group's
+    config = sshd_node.root / f"config-ro-{uuid.uuid4().hex[:6]}.toml"
+    config.write_text(sshd_node.configs[OWNER].read_text().replace(str(sshd_node.state_dir), str(state_dir)))
+    result = _cli(config, "reserve", "--gpus", "1", "--node", NODE)
+    assert result.returncode == 5, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(state_dir) in lines[0] and "Permission denied" in lines[0], lines[0]
+    assert f"sudo install -d -m 2775 -g gpu {state_dir}" in lines[0], lines[0]
