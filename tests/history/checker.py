@@ -22,7 +22,7 @@ ENDED = ("succeeded", "failed", "cancelled", "preempted", "lost")
 
 @dataclass
 class Violation:
-    rule: str  # double_hold, lost_ack, failed_took_effect, token, phantom
+    rule: str  # double_hold, lost_ack, false_not_found, failed_took_effect, token, phantom
     message: str
     op: int | None = None  # the operation blamed (a failed one that took effect), when there is one
 
@@ -120,6 +120,13 @@ def _visibility(facts: Facts) -> list[Violation]:
                                        f"{ack.end_s:.3f} (op #{ack.index}), live until at least {until:.3f}, "
                                        f"missing from listing #{obs.op} at [{obs.s:.3f}, {obs.e:.3f}]"))
             break  # one report per reservation
+        # A "not found" answer about it misses it just like a listing would.
+        for op in [*facts.enders.get(lease.id, []), *facts.renews.get(lease.id, [])]:
+            if op.exit_code == 6 and op.end_s is not None and op.start_s >= ack.end_s and op.end_s <= until:
+                found.append(Violation("false_not_found", f"{op.f} of {lease.id} (op #{op.index} by {op.process}) "
+                                       f"exited 6 ({op.error.strip()[-120:]}) while the reservation on "
+                                       f"{lease.node} was certainly live until {until:.3f}", op.index))
+                break
     found += _job_visibility(facts)
     return found
 

@@ -176,13 +176,17 @@ class ApiClient(Client):
                 except GpuConsoleError as exc:
                     outcome, info = classify(int(exc.exit_code), str(exc))
                     self.record(op, outcome, exit_code=int(exc.exit_code), error=str(exc), info=info)
-                    if isinstance(exc, UnreachableError):
+                    # Fleet.call_all does not reopen a dead connection (find_node then says "not found
+                    # (unreachable: …)" for as long as the fleet lives): start over, as a new CLI would.
+                    if isinstance(exc, UnreachableError) or "unreachable" in str(exc):
                         fleet = await self._fresh(fleet)
                     continue
                 except Exception as exc:  # a client bug is a reported failure (exit 1)
                     self.record(op, FAIL, exit_code=1, error=f"{exc.__class__.__name__}: {exc}")
                     continue
                 self.record(op, OK, result=result, exit_code=0)
+                if isinstance(result, dict) and result.get("errors"):
+                    fleet = await self._fresh(fleet)
         finally:
             await fleet.close()
 

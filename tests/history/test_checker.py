@@ -205,3 +205,10 @@ def test_a_renewed_lease_nobody_acknowledged_is_judged_by_its_first_expiry() -> 
     h.op("renew", {"id": "r-cccccc", "ttl_s": 20.0}, 2.0, 2.2, OK, {"id": "r-cccccc", "node": NODE, "token": 1})
     h.listing(3.0, 3.1, [lease("r-cccccc", [0], 19.0)])
     assert h.check().violations == []
+
+
+def test_not_found_for_a_certainly_live_reservation_is_caught() -> None:
+    h = History()
+    h.reserve("r-aaaaaa", [0], 0.0, 1.0, ttl_s=10.0)
+    h.op("renew", {"id": "r-aaaaaa", "ttl_s": 5.0}, 2.0, 2.5, FAIL, None, 6)
+    assert rules(h.check()) == {"false_not_found": 1}

@@ -1,6 +1,6 @@
 """Minimal reproductions of defects the history checker found on its own (notes in
-/work/notes/history-findings.md). Each is xfail(strict=False) while its fix is pending and becomes
-an ordinary regression test once it passes."""
+/work/notes/history-findings.md). Each is xfail(strict=False) while its fix is pending and an
+ordinary regression test once the fix lands (H1: fixed in a927b0a)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,9 @@ from gpuconsole.core import reservations as core
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.errors import NoCapacityError
+from tests.conftest import cli_json, run_cli
 
 
-@pytest.mark.xfail(strict=False, reason="finding H1: a timed-out `reserve --wait` that cannot withdraw its "
-                   "ticket reports exit 3 and leaves the ticket queued; it is granted later to no one")
 def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
     faults = tmp_path / "faults"
     faults.write_text("")
@@ -43,3 +42,17 @@ def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
 
         left = asyncio.run(scenario())
     assert left == [], f"the failed wait left {left} behind: GPUs held (or queued) for no one"
+
+
+@pytest.mark.xfail(strict=False, reason="finding H2: release/renew/preempt of a reservation whose node is "
+                   "unreachable exits 6 (not found) instead of 5 (unreachable)")
+@pytest.mark.parametrize("command", ["release", "renew", "preempt"])
+def test_an_id_on_an_unreachable_node_is_not_reported_gone(demo: DemoThread, command: str) -> None:
+    granted = cli_json("reserve", "--gpus", "1", "--node", "node-01", "--for", "10m", config=demo.config_path)
+    demo.stop_node("node-01")
+    try:
+        result = run_cli(command, granted["id"], config=demo.config_path)
+    finally:
+        demo.start_node("node-01")
+    assert result.returncode == 5, f"exit {result.returncode}: {result.stderr.strip()}"
+    assert "node-01" in result.stderr
