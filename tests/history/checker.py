@@ -22,7 +22,7 @@ ENDED = ("succeeded", "failed", "cancelled", "preempted", "lost")
 
 @dataclass
 class Violation:
-    rule: str  # double_hold, lost_ack, false_not_found, failed_took_effect, token, phantom
+    rule: str  # double_hold, lost_ack, false_not_found, failed_took_effect, token, phantom, duplicate
     message: str
     op: int | None = None  # the operation blamed (a failed one that took effect), when there is one
 
@@ -72,6 +72,7 @@ def check(ops: list[Op], runs: list[JobRun], nodes: list[str]) -> Report:
     violations += _visibility(facts)
     violations += _failed_took_effect(facts)
     violations += _tokens(facts)
+    violations += _duplicate_jobs(facts)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for op in facts.client_ops:
         label = op.f + ("_wait" if op.f == "reserve" and op.args.get("wait") else "")
@@ -193,6 +194,24 @@ def _failed_took_effect(facts: Facts) -> list[Violation]:
                                        f"{mine[0].exit_code}, op #{mine[0].index}) but the job is {state}",
                                        mine[0].index))
     found += _renews(facts)
+    return found
+
+
+def _duplicate_jobs(facts: Facts) -> list[Violation]:
+    """One submit (its unique name), one job: a retried submit must not start a second one."""
+    ids: dict[str, set[str]] = defaultdict(set)
+    for (_, job_id), views in facts.job_views.items():
+        for _, view in views:
+            ids[str(view.get("name"))].add(job_id)
+    for run in facts.runs:
+        if run.job_id:
+            ids[run.name].add(run.job_id)
+    found: list[Violation] = []
+    for name, job_ids in sorted(ids.items()):
+        op = facts.submits_by_name.get(name)
+        if len(job_ids) > 1 and op is not None:
+            found.append(Violation("duplicate", f"submit {name} (op #{op.index}, {settled(op)}) made jobs "
+                                   f"{sorted(job_ids)}", op.index))
     return found
 
 

@@ -212,3 +212,11 @@ def test_not_found_for_a_certainly_live_reservation_is_caught() -> None:
     h.reserve("r-aaaaaa", [0], 0.0, 1.0, ttl_s=10.0)
     h.op("renew", {"id": "r-aaaaaa", "ttl_s": 5.0}, 2.0, 2.5, FAIL, None, 6)
     assert rules(h.check()) == {"false_not_found": 1}
+
+
+def test_one_submit_that_made_two_jobs_is_caught() -> None:
+    h = History()
+    h.op("submit", {"gpus": 1, "name": "cli-0-3", "priority": "normal"}, 0.0, 0.5, INFO, None, -9)
+    h.runs.append(JobRun("cli-0-3", "j-aaaaaa", NODE, (0,), 4244, 1.0, 2.0, True, [1.0, 2.0]))
+    h.runs.append(JobRun("cli-0-3", "j-bbbbbb", NODE, (1,), 4245, 1.0, 2.0, True, [1.0, 2.0]))
+    assert rules(h.check()) == {"duplicate": 1}
