@@ -303,8 +303,8 @@ class Agent(JobOps):
         except OSError as exc:
             state_dir_error = exc.strerror if self.mode == "service" else str(exc)
         if self.mode == "service" and self.service is None:
+            # The link starts with the first change: read-only commands never pay for sudo.
             self.hello_args["service"] = svc.link_settings(args)
-            self._open_link()
         if self.service is None:  # the service agent serves state operations, never telemetry
             self.set_stream(args.get("stream_s"))
         self.hello_warnings = []
@@ -325,8 +325,8 @@ class Agent(JobOps):
         }
 
     def _open_link(self):
-        """Start (or restart) this user's service agent; a failure is kept, not raised, so that
-        read-only views and `doctor` still work on a node whose sudo rule is missing."""
+        """Start (or restart) this user's service agent; a failure is kept in link_error, not
+        raised, so that `doctor` can report it next to the other checks."""
         user, path = self.hello_args["service"]
         if self.link is not None:
             self.link.close()
