@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.history.pending import split
+from tests.history.pending import pending_defect
 from tests.history.runner import Outcome, RunSpec, run_history
 
 
@@ -32,8 +32,9 @@ class Totals:
     observations: int = 0
     job_runs: int = 0
     violations: int = 0
-    unexplained: list[str] = field(default_factory=list)
-    pending: Counter[str] = field(default_factory=Counter)
+    unexplained: int = 0
+    examples: list[str] = field(default_factory=list)  # the first unexplained violations
+    pending: Counter[str] = field(default_factory=Counter)  # instances of each pending finding
     leftovers: int = 0
     kept: list[str] = field(default_factory=list)
 
@@ -52,9 +53,10 @@ class Totals:
         self.observations += report.observations
         self.job_runs += report.job_runs
         self.violations += len(report.violations)
-        unexplained, known = split(outcome.ops, report.violations)
-        self.unexplained += [f"{v.rule}: {v.message}" for v in unexplained][:20]
-        self.pending.update(known)
+        unexplained = [v for v in report.violations if pending_defect(outcome.ops, v) is None]
+        self.unexplained += len(unexplained)
+        self.examples = (self.examples + [f"{v.rule}: {v.message}" for v in unexplained])[:20]
+        self.pending.update(name for v in report.violations if (name := pending_defect(outcome.ops, v)))
         self.leftovers += len(outcome.leftovers)
 
     def to_json(self) -> dict[str, Any]:
@@ -62,8 +64,8 @@ class Totals:
                 "ops": {k: dict(v) for k, v in sorted(self.ops.items())}, "clients": self.clients,
                 "faults": dict(sorted(self.faults.items())), "observations": self.observations,
                 "job_runs": self.job_runs, "violations": self.violations,
-                "violations_unexplained": len(self.unexplained), "unexplained_examples": self.unexplained[:20],
-                "pending_findings_seen": dict(self.pending), "processes_left_by_demo": self.leftovers,
+                "violations_unexplained": self.unexplained, "unexplained_examples": self.examples,
+                "pending_findings": dict(self.pending), "processes_left_by_demo": self.leftovers,
                 "kept_histories": self.kept}
 
 
