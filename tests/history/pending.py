@@ -9,6 +9,8 @@ from tests.history.history import Op
 PENDING = {
     "H2": "release/renew/preempt of a live reservation whose node is briefly unreachable exits 6 (not found) "
           "instead of 5",
+    "H3": "`reserve` whose node committed the grant but lost the connection before the reply moves on to the "
+          "next node: exit 3 (no capacity) while the grant exists, or a second grant elsewhere",
 }
 
 
@@ -19,6 +21,9 @@ def pending_defect(ops: list[Op], violation: Violation) -> str | None:
         return None
     if violation.rule == "false_not_found" and "unreachable" in op.error:
         return "H2"
+    if op.f == "reserve" and not op.args.get("wait") and (
+            (violation.rule == "failed_took_effect" and op.exit_code == 3) or violation.rule == "phantom"):
+        return "H3"
     return None
 
 

@@ -5,6 +5,8 @@ ordinary regression test once the fix lands (H1: fixed in a927b0a)."""
 from __future__ import annotations
 
 import asyncio
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,10 @@ from gpuconsole.core import reservations as core
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.errors import NoCapacityError
+from gpuconsole.node.bundle import remote_command
 from tests.conftest import cli_json, run_cli
+
+LOSSY_AGENT = Path(__file__).with_name("lossy_agent.py")
 
 
 def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
@@ -56,3 +61,16 @@ def test_an_id_on_an_unreachable_node_is_not_reported_gone(demo: DemoThread, com
         demo.start_node("node-01")
     assert result.returncode == 5, f"exit {result.returncode}: {result.stderr.strip()}"
     assert "node-01" in result.stderr
+
+
+@pytest.mark.xfail(strict=False, reason="finding H3: `reserve` whose node committed the grant but dropped the "
+                   "connection before the reply exits 3 (no capacity) while the reservation exists")
+def test_a_grant_whose_reply_was_lost_is_not_reported_as_no_capacity(tmp_path: Path) -> None:
+    real = remote_command(sys.executable).removeprefix("exec ")
+    lossy = f"exec {shlex.quote(sys.executable)} {shlex.quote(str(LOSSY_AGENT))} {real}"
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=1, command_overrides={"node-01": lossy}) as demo:
+        result = run_cli("reserve", "--gpus", "1", "--json", config=demo.config_path)
+        listed = cli_json("reservations", config=demo.config_path)["reservations"]
+    assert listed, "the proxy did not let the grant commit: no reproduction"
+    assert result.returncode != 3, (f"exit 3 ({result.stderr.strip()}) although {listed[0]['id']} was granted: "
+                                    "the outcome is unknown, not a refusal")
