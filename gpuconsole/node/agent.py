@@ -205,7 +205,7 @@ class Agent(JobOps):
         agent on a service-mode node hands the whole step to the service agent instead.
         """
         if self.mode == "service" and self.service is None:
-            return self._forward(op, args)
+            return svc.forward(self, op, args)
         func = MUTATIONS[op]
         # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
         in_use = self._gpus_in_use()
@@ -215,7 +215,7 @@ class Agent(JobOps):
             self.store.acquire()
         except OSError as exc:
             self.in_critical = False
-            raise io_error("cannot open the state lock", exc, self.store.dir) from None
+            raise self._io_error("cannot open the state lock", exc) from None
         try:
             ctx = self._ctx()
             ctx.gpus_in_use = in_use
@@ -225,7 +225,7 @@ class Agent(JobOps):
                 raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
                                  "repairs %s: %s" % (self.store.dir, exc)) from None
             except OSError as exc:
-                raise io_error("cannot read the state", exc, self.store.dir) from None
+                raise self._io_error("cannot read the state", exc) from None
             if req_id and req_id in state["applied"]:
                 result = dict(state["applied"][req_id]["res"], replayed=True)
                 return result, warnings
@@ -252,6 +252,9 @@ class Agent(JobOps):
             self.store.release_lock()
             self.in_critical = False
 
+    def _io_error(self, what, exc):
+        return io_error(what, exc, self.store.dir, svc.service_user(self) if self.mode == "service" else None)
+
     def _commit(self, state):
         """Commit, or raise OpError("io") when nothing was committed; returns post-commit warnings."""
         if faults.active("ack_before_commit"):  # negative control for the history checker only
@@ -259,7 +262,7 @@ class Agent(JobOps):
         try:
             return self.store.commit(state)
         except OSError as exc:
-            raise io_error("not changed: cannot write the state", exc, self.store.dir) from None
+            raise self._io_error("not changed: cannot write the state", exc) from None
 
     def _housekeep(self, state, ctx):
         """Reboot rule, expiry, dead waiters, then queued grants; True when anything changed."""
@@ -323,40 +326,6 @@ class Agent(JobOps):
             "mode": self.mode, "service_error": self.link_error,
             "agent_digest": getattr(sys.modules.get(__package__), "DIGEST", None),
         }
-
-    def _open_link(self):
-        """Start (or restart) this user's service agent; a failure is kept in link_error, not
-        raised, so that `doctor` can report it next to the other checks."""
-        user, path = self.hello_args["service"]
-        if self.link is not None:
-            self.link.close()
-        self.link, self.link_error = svc.ServiceLink(user, path), None
-        try:
-            hello = self.link.start({"node": self.hello_args["node"]})
-            if hello.get("uid") != self.uid:
-                raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), self.uid))
-            if os.path.realpath(str(hello.get("state_dir"))) != os.path.realpath(self.store.dir):
-                raise st.OpError("io", "the service agent on this node keeps its state in %s, not %s (fix: set "
-                                 "state_dir = \"%s\" for this node)" % (hello.get("state_dir"), self.store.dir,
-                                                                        hello.get("state_dir")))
-            if hello.get("state_dir_error"):
-                raise st.OpError("io", "service agent: %s (fix: %s)" % (
-                    hello["state_dir_error"], store_fix(hello.get("state_dir"), user)))
-        except st.OpError as exc:
-            self.link.close()
-            self.link, self.link_error = None, exc.message
-
-    def _forward(self, op, args):
-        """A change on a service-mode node: the service agent does it, as us (its SUDO_UID)."""
-        if self.link is None or self.link.proc is None:
-            self._open_link()  # it may have died, or sudo may have been set up since
-        if self.link is None:
-            raise st.OpError("io", self.link_error)
-        self.in_critical = True  # a signal waits for the answer: the change is made either way
-        try:
-            return self.link.request(op, args)
-        finally:
-            self.in_critical = False
 
     def set_stream(self, interval):
         if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))

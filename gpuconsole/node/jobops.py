@@ -13,9 +13,9 @@ import os
 import sys
 import threading
 
-from . import jobs, loader, private, procs
+from . import jobs, loader, private, procs, service
 from . import state as st
-from .store import CorruptState, io_error
+from .store import CorruptState
 
 MAX_LOG_CHUNK = 256 * 1024
 
@@ -55,6 +55,8 @@ class JobOps:
         replay = self._replayed(args.get("req_id"))
         if replay is not None:
             return replay, []
+        if self.mode == "service" and self.service is None:
+            service.ready(self)  # its hello makes jobs/ on a node where nothing has changed yet
         job_id = st.new_id({"leases": {}, "queue": {}}, "j")
         job_dir = self._job_dir(job_id)
         warnings = []
@@ -72,7 +74,7 @@ class JobOps:
                 os.close(dir_fd)
         except OSError as exc:
             _discard(child, job_dir)
-            raise io_error("job not submitted", exc, self.store.dir) from None
+            raise self._io_error("job not submitted", exc) from None
         ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id,
                  "uid": self.uid}
         try:

@@ -219,6 +219,51 @@ class ServiceLink:
             self.proc = None
 
 
+def open_link(agent):
+    """Start (or restart) a user's agent's link; a failure is kept in agent.link_error, not raised,
+    so that `doctor` can report it next to the other checks."""
+    from .store import service_setup_fix
+
+    user, path = agent.hello_args["service"]
+    if agent.link is not None:
+        agent.link.close()
+    agent.link, agent.link_error = ServiceLink(user, path), None
+    try:
+        hello = agent.link.start({"node": agent.hello_args["node"]})
+        if hello.get("uid") != agent.uid:
+            raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), agent.uid))
+        theirs = str(hello.get("state_dir"))
+        if os.path.realpath(theirs) != os.path.realpath(agent.store.dir):
+            raise st.OpError("io", "the service agent on this node keeps its state in %s, not %s (fix: set "
+                             "state_dir = \"%s\" for this node)" % (theirs, agent.store.dir, theirs))
+        if hello.get("state_dir_error"):
+            raise st.OpError("io", "service agent: %s (fix: %s)"
+                             % (hello["state_dir_error"], service_setup_fix(theirs, user)))
+    except st.OpError as exc:
+        agent.link.close()
+        agent.link, agent.link_error = None, exc.message
+
+
+def ready(agent):
+    """The link of a user's agent, started when needed (it may have died, or sudo may have been set
+    up since); OpError("io") naming the cause and the fix when there is none."""
+    if agent.link is None or agent.link.proc is None:
+        open_link(agent)
+    if agent.link is None:
+        raise st.OpError("io", agent.link_error)
+    return agent.link
+
+
+def forward(agent, op, args):
+    """A change on a service-mode node: the service agent does it, as the caller (its SUDO_UID)."""
+    link = ready(agent)
+    agent.in_critical = True  # a signal waits for the answer: the change is made either way
+    try:
+        return link.request(op, args)
+    finally:
+        agent.in_critical = False
+
+
 def service_user(agent):
     """The service account's name, on either side of the link."""
     return agent.service["user"] if agent.service is not None else agent.hello_args["service"][0]
@@ -237,7 +282,7 @@ def doctor_checks(agent, info):
     rows = []
     if agent.service is None:
         if agent.link is None:
-            agent._open_link()  # sudo may have been set up since hello
+            open_link(agent)  # sudo may have been set up since hello
         if agent.link is None:
             rows.append(["mode", False, "service: %s" % agent.link_error, "the service-mode setup below"])
         else:

@@ -131,13 +131,18 @@ def _describe(exc):
     return str(exc) or exc.__class__.__name__
 
 
-def io_error(what, exc, state_dir):
-    """OpError("io") naming the path and a fix: the node cannot serve changes (exit 5)."""
+def io_error(what, exc, state_dir, service_user=None):
+    """OpError("io") naming the path and a fix: the node cannot serve changes (exit 5).
+
+    `service_user`: the node is in service mode, so the fix is that account's ownership.
+    """
     reason = exc.strerror or str(exc)
     path = exc.filename or state_dir
     if isinstance(exc, (NotRegularFile, private.NotPrivate)):  # these already name the path
         return st.OpError("io", "%s: %s" % (what, reason))
     setup = "sudo install -d -m 2775 -g gpu %s and add the user to group gpu" % state_dir
+    if service_user is not None:
+        setup = "sudo chown -R %s:%s %s && sudo chmod 0755 %s" % (service_user, service_user, state_dir, state_dir)
     fix = {errno.ENOSPC: "free space on the node", errno.EDQUOT: "free space on the node",
            errno.EACCES: setup, errno.EPERM: setup,
            errno.EROFS: "put state_dir on a writable disk"}.get(exc.errno, "check %s" % state_dir)

@@ -312,6 +312,21 @@ def test_cooperative_config_on_a_service_node_is_named(node: SshdNode) -> None:
     assert 'service-mode node (set mode = "service")' in checks["state_dir"]["detail"]
 
 
+def test_a_submit_can_be_the_first_change_on_a_node(node: SshdNode) -> None:
+    """jobs/ (sticky, 1777) is made by the service agent: a submit on a node where nothing has
+    changed yet starts the link first, then makes the owner's private job dir."""
+    jobs_dir = node.state_dir / "jobs"
+    if jobs_dir.exists():  # a running supervisor keeps its job dir through its fd
+        jobs_dir.rename(node.state_dir / f"jobs.old-{uuid.uuid4().hex[:8]}")
+    cfg = node.configs[OWNER]
+    submitted = cli(cfg, "submit", "--gpus", "1", "--node", NODE, "--json", "--", "true")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["id"]
+    wait_for(lambda: {j["id"]: j["state"] for j in ok_json(cfg, "jobs")["jobs"]}[job_id] == "succeeded",
+             timeout_s=30, message="the job to succeed")
+    assert stat.S_IMODE(jobs_dir.stat().st_mode) == 0o1777
+
+
 def test_jobs_run_as_their_owner(node: SshdNode) -> None:
     """A job submitted in service mode runs as its owner (the owner's own agent starts the
     supervisor; its claims and renewals go through its own sudo link); another user cannot cancel it."""
