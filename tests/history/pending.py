@@ -7,6 +7,8 @@ from tests.history.checker import Violation
 from tests.history.history import Op
 
 PENDING = {
+    "H1b": "a `reserve --wait` granted while its node was unreachable times out with exit 3 although the grant "
+           "exists",
     "H2": "release/renew/preempt of a live reservation whose node is briefly unreachable exits 6 (not found) "
           "instead of 5",
     "H3": "`reserve` whose node committed the grant but lost the connection before the reply moves on to the "
@@ -19,6 +21,9 @@ def pending_defect(ops: list[Op], violation: Violation) -> str | None:
     op = ops[violation.op] if violation.op is not None else None
     if op is None:
         return None
+    if violation.rule == "failed_took_effect" and op.f == "reserve" and op.args.get("wait") and op.exit_code == 3 \
+            and "unreachable" in op.error:
+        return "H1b"
     if violation.rule == "false_not_found" and "unreachable" in op.error:
         return "H2"
     if op.f == "reserve" and not op.args.get("wait") and (

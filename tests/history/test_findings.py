@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,9 +18,15 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.errors import NoCapacityError
 from gpuconsole.node.bundle import remote_command
-from tests.conftest import cli_json, run_cli
+from tests.conftest import cli_json, run_cli, wait_for
 
 LOSSY_AGENT = Path(__file__).with_name("lossy_agent.py")
+
+
+def lossy(mode: str) -> str:
+    """The demo's command for a node whose connection loses replies (see lossy_agent.py)."""
+    real = remote_command(sys.executable).removeprefix("exec ")
+    return f"exec {shlex.quote(sys.executable)} {shlex.quote(str(LOSSY_AGENT))} {shlex.quote(mode)} {real}"
 
 
 def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
@@ -66,11 +73,32 @@ def test_an_id_on_an_unreachable_node_is_not_reported_gone(demo: DemoThread, com
 @pytest.mark.xfail(strict=False, reason="finding H3: `reserve` whose node committed the grant but dropped the "
                    "connection before the reply exits 3 (no capacity) while the reservation exists")
 def test_a_grant_whose_reply_was_lost_is_not_reported_as_no_capacity(tmp_path: Path) -> None:
-    real = remote_command(sys.executable).removeprefix("exec ")
-    lossy = f"exec {shlex.quote(sys.executable)} {shlex.quote(str(LOSSY_AGENT))} {real}"
-    with DemoThread(tmp_path / "demo", nodes=1, gpus=1, command_overrides={"node-01": lossy}) as demo:
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=1, command_overrides={"node-01": lossy("reserve")}) as demo:
         result = run_cli("reserve", "--gpus", "1", "--json", config=demo.config_path)
         listed = cli_json("reservations", config=demo.config_path)["reservations"]
     assert listed, "the proxy did not let the grant commit: no reproduction"
     assert result.returncode != 3, (f"exit 3 ({result.stderr.strip()}) although {listed[0]['id']} was granted: "
                                     "the outcome is unknown, not a refusal")
+
+
+@pytest.mark.xfail(strict=False, reason="finding H1b: a `reserve --wait` granted while its node was unreachable "
+                   "times out with exit 3 although the grant exists")
+def test_a_wait_granted_while_unreachable_does_not_claim_a_timeout(tmp_path: Path) -> None:
+    down = tmp_path / "node-down"
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=1,
+                    command_overrides={"node-01": lossy(f"granted:{down}")}) as demo:
+        held = cli_json("reserve", "--gpus", "1", "--for", "10m", config=demo.config_path)
+        waiter = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(demo.config_path), "reserve",
+                                   "--gpus", "1", "--wait", "--timeout", "2", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: cli_json("reservations", config=demo.config_path)["queue"], message="queued")
+            assert run_cli("release", held["id"], config=demo.config_path).returncode == 0  # granted to the waiter
+            _, err = waiter.communicate(timeout=60)
+        finally:
+            waiter.kill()
+        down.unlink()  # the node is back
+        listed = cli_json("reservations", config=demo.config_path)["reservations"]
+    assert listed, "the waiter's ticket was never granted: no reproduction"
+    assert waiter.returncode != 3, (f"exit 3 ({err.strip().splitlines()[-1]}) although {listed[0]['id']} was "
+                                    "granted: the outcome is unknown, not a timeout")
