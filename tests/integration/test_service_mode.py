@@ -16,6 +16,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import textwrap
 import uuid
@@ -310,6 +311,39 @@ def test_cooperative_config_on_a_service_node_is_named(node: SshdNode) -> None:
     checks = {c["check"]: c for c in json.loads(report.stdout)["nodes"][0]["checks"]}
     assert not checks["state_dir"]["ok"]
     assert 'service-mode node (set mode = "service")' in checks["state_dir"]["detail"]
+
+
+def test_a_waiting_reserve_is_granted_and_a_dead_waiter_dropped(node: SshdNode) -> None:
+    """`reserve --wait` queues through the service agent, which holds the ticket for its caller and
+    ends with it: granted when GPUs free up; a waiter killed while queued leaves no ticket behind."""
+    cfg1, cfg2 = node.configs[OWNER], node.configs[OTHER]
+    held = [ok_json(cfg1, "reserve", "--gpus", "1", "--node", NODE)["id"] for _ in range(sshd_fixture.GPUS)]
+    argv = [sys.executable, "-m", "gpuconsole", "--config", str(cfg2), "reserve", "--gpus", "1", "--node", NODE,
+            "--wait", "--timeout", "40s", "--json"]
+    dead = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waiter = None
+    try:
+        wait_for(lambda: len(_raw_state(node)["queue"]) == 1, timeout_s=20, message="the first waiter queued")
+        dead.kill()
+        dead.communicate(timeout=10)
+        wait_for(lambda: not ok_json(cfg1, "reservations")["queue"], timeout_s=20,
+                 message="the dead waiter's ticket gone from the listing")
+        waiter = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: ok_json(cfg1, "reservations")["queue"], timeout_s=20,
+                 message="the second waiter queued")  # listings show live waiters only
+        assert cli(cfg1, "release", held.pop()).returncode == 0
+        out, err = waiter.communicate(timeout=40)
+        assert waiter.returncode == 0, err
+        granted = json.loads(out)
+        assert granted["owner"] == OTHER
+        assert cli(cfg2, "release", granted["id"]).returncode == 0
+    finally:
+        for proc in (dead, waiter):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        for rid in held:
+            cli(cfg1, "release", rid)
 
 
 def test_a_submit_can_be_the_first_change_on_a_node(node: SshdNode) -> None:
