@@ -108,7 +108,7 @@ def check_supervisor(args, ctx):
     """A job's supervisor must be a live process of the caller (the service agent trusts no claim)."""
     ident = args.get("supervisor")
     if not isinstance(ident, dict):
-        return
+        raise st.OpError("invalid", "a job needs its supervisor's identity")
     try:
         pid = int(ident.get("pid"))
     except (TypeError, ValueError):

@@ -402,6 +402,7 @@ def test_service_agent_serves_state_operations_only(node: SshdNode) -> None:
         {"id": 6, "op": "submit_job", "args": {"job_id": "j-forged1", "gpus": 1, "supervisor": {
             "pid": 1, "start": 0, "boot_id": "x", "uid": other_uid}}},
         {"id": 7, "op": "ping", "args": {}},
+        {"id": 8, "op": "adopt_job", "args": {"id": "j-abc", "supervisor": "not an identity"}},
     ]
     result = _as(OTHER, [SUDO, "-n", "-u", SERVICE, NODE_PYTHON, "-I", "-S", agent],
                  stdin="".join(json.dumps(r) + "\n" for r in requests))
@@ -411,6 +412,7 @@ def test_service_agent_serves_state_operations_only(node: SshdNode) -> None:
         assert replies[refused]["error"]["code"] == "invalid", replies[refused]
         assert "does not serve" in replies[refused]["error"]["message"]
     assert replies[6]["error"]["code"] == "permission", replies[6]
+    assert replies[8]["error"]["code"] == "invalid", replies[8]
     assert "j-forged1" not in _raw_state(node).get("jobs", {})
     assert not marker.exists()
 
