@@ -76,7 +76,9 @@ def check(ops: list[Op], runs: list[JobRun], nodes: list[str]) -> Report:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for op in facts.client_ops:
         label = op.f + ("_wait" if op.f == "reserve" and op.args.get("wait") else "")
-        counts[label][settled(op) if settled(op) != INFO else f"info:{op.info or 'unknown'}"] += 1
+        outcome = settled(op)
+        detail = {INFO: op.info or "unknown", FAIL: op.exit_code}.get(outcome)  # e.g. fail:3 is "no capacity"
+        counts[label][f"{outcome}:{detail}" if detail is not None else outcome] += 1
     times = [op.start_s for op in ops] + [op.end_s for op in ops if op.end_s is not None]
     return Report(
         ops={k: dict(v) for k, v in counts.items()},
