@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -15,6 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     from gpuconsole.cli.parser import build_parser
 
     notices.set_handler(lambda node, text: warn(f"{node}: {text}"))
+    # asyncio's own warnings (e.g. "socket.send() raised exception." after a node hung up) are not
+    # for the user: the command reports the node's failure as one line of its own.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         args = build_parser().parse_args(argv)
         return _dispatch(args)

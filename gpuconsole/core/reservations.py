@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -73,15 +75,13 @@ async def reserve(
     }
     for name in best_fit(caps, request.gpus):
         try:
-            result = await fleet.request(name, "reserve", dict(args, req_id=_req_id()))
+            result = await _settled(fleet, name, "reserve", dict(args, req_id=_req_id()))
             if result["state"] == "granted":
                 return dict(result, node=name)
             continue  # queued although not asked to wait: not a grant, whatever that node thinks
         except AgentError as exc:
             if exc.code != "insufficient":
                 raise
-        except UnreachableError:
-            continue  # a node that died between the capacity read and the grant: try the next
     if not request.wait:
         summary = ", ".join(f"{c.node} {c.free}/{c.gpu_count}" for c in sorted(caps, key=lambda c: c.node))
         raise NoCapacityError(
@@ -91,6 +91,31 @@ async def reserve(
     assert target is not None
     # Survives dropped connections; a cancelled wait withdraws its ticket (gpuconsole.core.waiting).
     return await wait_for_grant(fleet, target, args, request.timeout_s, on_progress, on_notice)
+
+
+SETTLE_S = 10.0  # how long a change whose answer was lost is asked again before giving up
+
+
+async def _settled(fleet: Fleet, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The answer to a change on ``node``, asked again with the same req_id while the node cannot be
+    reached: a lost reply may hide a committed change (the node replays it), so moving on to another
+    node, or reporting "no capacity", could leave a grant nobody knows about. Still no answer after
+    SETTLE_S: exit 5 saying the change may have been made."""
+    deadline = time.monotonic() + SETTLE_S
+    delay_s = 0.2
+    while True:
+        try:
+            return await fleet.request(node, op, args)
+        except AgentError:
+            raise
+        except UnreachableError as exc:
+            # Only a plain connection failure can clear up; a host-key, auth or protocol error would not.
+            if type(exc) is not UnreachableError or time.monotonic() + delay_s >= deadline:
+                raise UnreachableError(
+                    f"{exc}; the {op} may have taken effect on {node}: check `gpuconsole reservations`"
+                ) from None
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
 
 
 async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
@@ -115,8 +140,10 @@ async def find_node(fleet: Fleet, reservation_id: str) -> str:
     for item in items:
         if item.id == reservation_id:
             return item.node
-    unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
-    raise NotFoundError(f"no reservation {reservation_id!r} on any reachable node{unreachable}")
+    if errors:  # it may well be there: "not found" would be a claim we cannot make (exit 5, not 6)
+        raise UnreachableError(f"{reservation_id!r} is not on any reachable node, and "
+                               f"{', '.join(sorted(errors))} did not answer: {'; '.join(errors.values())}")
+    raise NotFoundError(f"no reservation {reservation_id!r} on any reachable node")
 
 
 async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> dict[str, Any]:

@@ -26,6 +26,7 @@ WAIT_POLL_S = 0.2
 RECONNECT_FIRST_S = 0.25  # backoff after a lost connection: doubling, full jitter, capped
 RECONNECT_MAX_S = 5.0
 WITHDRAW_S = 5.0  # how long an interrupted wait may spend withdrawing its ticket
+DEADLINE_SLACK_S = 1.0  # the node's copy of our deadline runs a network delay behind ours
 TRANSIENT_AGENT_CODES = frozenset({"busy", "io"})  # the node's lock or disk, briefly
 
 ProgressCallback = Callable[[str, int, float], None]
@@ -62,6 +63,7 @@ class Waiter:
         # then drops the ticket at its next housekeeping unless it was reattached.
         self.attached = False
         self.position = 0
+        self.unwithdrawn: str | None = None  # a ticket the node could not be told to drop
 
     def _notice(self, message: str) -> None:
         if self.on_notice is not None:
@@ -89,8 +91,7 @@ class Waiter:
                     self.on_progress(self.node, self.position, time.monotonic() - self.started)
                 remaining_s = self._remaining_s()
                 if remaining_s is not None and remaining_s <= 0:
-                    await self.withdraw(announce=False)
-                    raise self._timed_out_error()
+                    raise await self._give_up()
                 await asyncio.sleep(WAIT_POLL_S if remaining_s is None else min(WAIT_POLL_S, remaining_s))
                 ticket = await self._follow()
             return dict(ticket, node=self.node)
@@ -132,6 +133,9 @@ class Waiter:
         try:
             return await self.fleet.request(self.node, "poll", {"id": ticket_id}, retries=0)
         except AgentError as exc:
+            if exc.code == "not_found" and self._past_deadline():
+                self.ticket_id = None  # the node dropped it at the deadline we gave it: a timeout
+                raise self._timed_out_error() from None
             if exc.code == "not_found" and not self.attached:
                 return await self._requeue()  # dropped with the agent that queued it
             if exc.code not in TRANSIENT_AGENT_CODES:
@@ -143,6 +147,12 @@ class Waiter:
             await self._drop()
         return await self._resilient(self._reattach)
 
+    def _past_deadline(self) -> bool:
+        """Within DEADLINE_SLACK_S of our timeout: the node (told `wait_s`) may have dropped the
+        ticket a moment before our own clock ran out."""
+        remaining_s = self._remaining_s()
+        return remaining_s is not None and remaining_s < DEADLINE_SLACK_S
+
     async def _reattach(self) -> dict[str, Any]:
         """Give the ticket to this connection's agent, keeping its place; queue again if it is gone."""
         assert self.ticket_id is not None
@@ -150,6 +160,9 @@ class Waiter:
             ticket = await self.fleet.request(
                 self.node, "reattach", {"id": self.ticket_id, "req_id": _req_id()}, retries=0)
         except AgentError as exc:
+            if exc.code == "not_found" and self._past_deadline():
+                self.ticket_id = None
+                raise self._timed_out_error() from None
             if exc.code == "not_found":
                 return await self._requeue()
             if exc.code != "invalid" or "unknown op" not in str(exc):
@@ -187,8 +200,7 @@ class Waiter:
                     raise
                 remaining_s = self._remaining_s()
                 if remaining_s is not None and remaining_s <= 0:
-                    await self.withdraw(announce=False)
-                    raise self._timed_out_error(f"; {self.node} unreachable: {exc}") from None
+                    raise await self._give_up(f"; {self.node} unreachable: {exc}") from None
                 pause_s = random.uniform(0, delay_s)
                 await asyncio.sleep(pause_s if remaining_s is None else min(pause_s, remaining_s))
                 delay_s = min(delay_s * 2, RECONNECT_MAX_S)
@@ -203,10 +215,11 @@ class Waiter:
         if old is not None:
             await old.close()
 
-    async def withdraw(self, *, announce: bool = True) -> None:
-        """Release the ticket (or the grant it just became) before the waiter goes away."""
+    async def withdraw(self, *, announce: bool = True) -> bool:
+        """Release the ticket (or the grant it just became) before the waiter goes away; False when
+        the node could not be told, so the request may still be (or have been) granted."""
         if self.ticket_id is None:
-            return
+            return True
         ticket_id, self.ticket_id = self.ticket_id, None
         req_id = _req_id()  # one id for every try: a retry of a committed release is replayed
         deadline = time.monotonic() + WITHDRAW_S
@@ -224,7 +237,9 @@ class Waiter:
                     continue
                 if exc.code != "not_found":
                     self._notice(f"{self.node}: could not withdraw queued request {ticket_id}: {exc}")
-                return
+                    self.unwithdrawn = ticket_id
+                    return False
+                return True
             except (GpuConsoleError, TimeoutError) as exc:
                 if isinstance(exc, GpuConsoleError) and _transient(exc) and time.monotonic() + delay_s < deadline:
                     await asyncio.sleep(delay_s)
@@ -232,11 +247,22 @@ class Waiter:
                     continue
                 self._notice(f"{self.node}: could not withdraw queued request {ticket_id} ({exc or 'timed out'}); "
                              "the node drops it when it sees this client gone or its wait ran out")
-                return
+                self.unwithdrawn = ticket_id
+                return False
         if result.get("was") == "active":
             self._notice(f"released {ticket_id} on {self.node}: it was granted as the wait ended")
         elif announce:
             self._notice(f"withdrew queued request {ticket_id} on {self.node}")
+        return True
+
+    async def _give_up(self, why: str = "") -> GpuConsoleError:
+        """The error for a wait that ran out: a timeout (exit 3) only once the ticket is known to be
+        withdrawn; if the node could not be told, it may have been granted meanwhile (exit 5)."""
+        if await self.withdraw(announce=False):
+            return self._timed_out_error(why)
+        return UnreachableError(
+            f"timed out after {self.timeout_s:g}s waiting on {self.node}{why}, and the request "
+            f"{self.unwithdrawn} could not be withdrawn: it may have been granted; check `gpuconsole reservations`")
 
 
 async def wait_for_grant(

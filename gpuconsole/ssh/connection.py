@@ -41,7 +41,7 @@ class AgentError(GpuConsoleError):
         super().__init__(message, AGENT_ERROR_TYPES.get(self.code, GpuConsoleError).exit_code)
 
 
-def classify_connect_error(node: str, exc: BaseException) -> UnreachableError:
+def classify_connect_error(node: str, exc: BaseException, identity_file: str | None = None) -> UnreachableError:
     """Map an asyncssh/OS failure to a one-line, final-or-retryable error."""
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthFailedError(f"{node}: authentication refused ({exc.reason or 'permission denied'})")
@@ -55,6 +55,11 @@ def classify_connect_error(node: str, exc: BaseException) -> UnreachableError:
         return UnreachableError(f"{node}: connection refused")
     if isinstance(exc, asyncssh.Error):
         return UnreachableError(f"{node}: ssh: {exc.reason}")
+    if isinstance(exc, OSError) and exc.filename and identity_file and exc.filename == identity_file:
+        return AuthFailedError(f"{node}: identity file {exc.filename}: {exc.strerror} (fix: point identity_file at "
+                               f"your private key, or create one: ssh-keygen -t ed25519 -f {exc.filename})")
+    if isinstance(exc, OSError) and exc.filename:
+        return UnreachableError(f"{node}: {exc.filename}: {exc.strerror or exc}")
     if isinstance(exc, OSError):
         return UnreachableError(f"{node}: {exc.strerror or exc}")
     return UnreachableError(f"{node}: {exc.__class__.__name__}: {exc}")
@@ -99,7 +104,7 @@ class NodeConnection:
                 raise
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            raise classify_connect_error(cfg.name, exc) from None
+            raise classify_connect_error(cfg.name, exc, cfg.identity_file) from None
         return node
 
     def _connect_options(self, trust: TrustSet | None = None) -> dict[str, Any]:
@@ -156,8 +161,9 @@ class NodeConnection:
             return self.failure
         tail = self._stderr_tail.decode("utf-8", "replace").strip().splitlines()
         reason = tail[-1] if tail else "connection lost"
-        if "not found" in reason and self.cfg.python in reason:
-            reason = f"{self.cfg.python} not found on the node"
+        if self.cfg.python in reason and ("not found" in reason or "No such file" in reason):
+            reason = (f"{self.cfg.python} not found on the node (fix: set python in the node's [[nodes]] "
+                      "entry to its Python 3.8+, e.g. /usr/bin/python3)")
         return UnreachableError(f"{self.name}: agent stopped: {reason}")
 
     async def _read_loop(self) -> None:

@@ -306,3 +306,24 @@ def test_state_validates_after_a_quarantine_round_trip() -> None:
     assert warnings == ["quarantined leases/r-x: id does not match its key"]
     body = dict(state, checksum=st.checksum(state))
     st.validate_state(json.loads(json.dumps(body)))
+
+
+@pytest.mark.parametrize(("what", "needles"), [
+    ("identity", ["identity file /nonexistent/id_test", "ssh-keygen -t ed25519 -f /nonexistent/id_test"]),
+    ("python", ["/nonexistent/python3 not found on the node", "set python"]),
+])
+def test_missing_identity_file_or_node_interpreter_is_one_line_with_the_fix(
+        demo: DemoThread, tmp_path: Path, what: str, needles: list[str]) -> None:
+    text = demo.config_path.read_text()
+    if what == "identity":
+        text = text.replace(str(demo.cluster.client_key_path), "/nonexistent/id_test")
+    else:
+        text = text.replace("simulate_gpus = 4", 'simulate_gpus = 4\npython = "/nonexistent/python3"')
+    config = tmp_path / "broken.toml"
+    config.write_text(text)
+    for command in (["reserve", "--gpus", "1"], ["status"]):
+        result = run_cli(*command, config=config)
+        line = _one_line(result.stderr) if command[0] == "reserve" else result.stderr.splitlines()[0]
+        assert result.returncode == 5, result.stderr
+        for needle in needles:
+            assert needle in line, line
