@@ -1,6 +1,6 @@
 """Minimal reproductions of defects the history checker found on its own (notes in
 /work/notes/history-findings.md). Each is xfail(strict=False) while its fix is pending and an
-ordinary regression test once the fix lands (H1: fixed in a927b0a)."""
+ordinary regression test once the fix lands (H1: a927b0a; H2, H3, H1b: b8c2b4f)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,6 @@ def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
     assert left == [], f"the failed wait left {left} behind: GPUs held (or queued) for no one"
 
 
-@pytest.mark.xfail(strict=False, reason="finding H2: release/renew/preempt of a reservation whose node is "
-                   "unreachable exits 6 (not found) instead of 5 (unreachable)")
 @pytest.mark.parametrize("command", ["release", "renew", "preempt"])
 def test_an_id_on_an_unreachable_node_is_not_reported_gone(demo: DemoThread, command: str) -> None:
     granted = cli_json("reserve", "--gpus", "1", "--node", "node-01", "--for", "10m", config=demo.config_path)
@@ -72,8 +70,6 @@ def test_an_id_on_an_unreachable_node_is_not_reported_gone(demo: DemoThread, com
     assert "node-01" in result.stderr
 
 
-@pytest.mark.xfail(strict=False, reason="finding H3: `reserve` whose node committed the grant but dropped the "
-                   "connection before the reply exits 3 (no capacity) while the reservation exists")
 def test_a_grant_whose_reply_was_lost_is_not_reported_as_no_capacity(tmp_path: Path) -> None:
     with DemoThread(tmp_path / "demo", nodes=1, gpus=1, command_overrides={"node-01": lossy("reserve")}) as demo:
         result = run_cli("reserve", "--gpus", "1", "--json", config=demo.config_path)
@@ -83,8 +79,6 @@ def test_a_grant_whose_reply_was_lost_is_not_reported_as_no_capacity(tmp_path: P
                                     "the outcome is unknown, not a refusal")
 
 
-@pytest.mark.xfail(strict=False, reason="finding H1b: a `reserve --wait` granted while its node was unreachable "
-                   "times out with exit 3 although the grant exists")
 def test_a_wait_granted_while_unreachable_does_not_claim_a_timeout(tmp_path: Path) -> None:
     down = tmp_path / "node-down"
     with DemoThread(tmp_path / "demo", nodes=1, gpus=1,
