@@ -139,7 +139,9 @@ def leftover_processes() -> dict[int, str]:
         except OSError:
             continue
         if uid in test_uids or marker in env:
-            found[int(entry)] = cmdline.strip()[:160]
+            started_by = next((item.decode(errors="replace").split("=", 1)[1] for item in env
+                               if item.startswith(b"PYTEST_CURRENT_TEST=")), "?")
+            found[int(entry)] = f"{cmdline.strip()[:120]}  (started during {started_by})"
     return found
 
 

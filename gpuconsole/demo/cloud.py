@@ -12,7 +12,7 @@ import contextlib
 import time
 
 from gpuconsole.cloud.emulator import DEMO_TYPES, Ec2Emulator
-from gpuconsole.demo.cluster import DemoCluster
+from gpuconsole.demo.cluster import DemoCluster, kill_marked
 from gpuconsole.model.cloud import Instance
 
 POLL_S = 0.2
@@ -86,6 +86,8 @@ class CloudBridge:
                 self._seen_running_s.pop(instance.id, None)
                 if node is not None and node.server is not None:
                     await self.cluster.stop_node(instance.id)
+                    # A stopped or terminated instance takes its detached supervisors and jobs with it.
+                    kill_marked({node.sim_key})
                     changed = True
                 if node is not None and instance.state == "terminated":
                     self.cluster.nodes.pop(instance.id, None)
