@@ -33,6 +33,19 @@ def frozen_app(theme: str = "gpuconsole-dark", cloud: bool = False) -> GpuConsol
     return app
 
 
+async def _open_reserve(pilot: Any) -> None:
+    """Press r and wait until the dialog is on screen and settled (a loaded machine mounts it late)."""
+    from gpuconsole.tui.screens.dialogs import ReserveDialog
+
+    await pilot.press("r")
+    for _ in range(200):
+        if isinstance(pilot.app.screen, ReserveDialog):
+            break
+        await pilot.pause(0.01)
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause()
+
+
 async def _open(pilot: Any, tab: str) -> None:
     pilot.app.query_one("#bottom").active = tab
     await pilot.pause()
@@ -68,7 +81,7 @@ class TestMainScreen:
 
 class TestDialogs:
     def test_reserve_dialog(self, snap_compare: Any) -> None:
-        assert snap_compare(frozen_app(), terminal_size=SIZE, press=["r"])
+        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=_open_reserve)
 
     def test_release_confirmation(self, snap_compare: Any) -> None:
         async def point_at_gpu(pilot: Any) -> None:
@@ -96,7 +109,7 @@ class TestDialogs:
         assert snap_compare(app, terminal_size=SIZE, press=["u"])
 
     def test_reserve_dialog_with_burst(self, snap_compare: Any) -> None:
-        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, press=["r"])
+        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=_open_reserve)
 
     def test_help(self, snap_compare: Any) -> None:
         assert snap_compare(frozen_app(), terminal_size=SIZE, press=["question_mark"])
