@@ -166,6 +166,7 @@ class DemoCluster:
             stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
         )
         node.children.add(child)
+        pumps: asyncio.Future[Any] | None = None
         try:
             await process.redirect(stdin=child.stdin)
             # Output is pumped by hand, so all of it is forwarded before the exit status: with
@@ -181,6 +182,8 @@ class DemoCluster:
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass
         finally:
+            if pumps is not None:
+                pumps.cancel()
             node.children.discard(child)
             if child.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -291,7 +294,8 @@ class DemoThread:
                     self.call(self.cloud.stop(), timeout_s=30)
             with contextlib.suppress(Exception):
                 self.call(self.cluster.stop(), timeout_s=30)
-            self.call(self._cancel_leftovers(), timeout_s=10)
+            with contextlib.suppress(Exception):  # a loaded machine may be slow to unwind: stop anyway
+                self.call(self._cancel_leftovers(), timeout_s=10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             if not self._thread.is_alive():

@@ -60,7 +60,7 @@ def test_demo_in_a_real_terminal_reserve_and_quit(tmux: Tmux) -> None:
     """`gpuconsole demo` paints node names, reserves a GPU with keys, quits with the terminal restored."""
     tmux.start(
         f"TERM=xterm-256color {sys.executable} -m gpuconsole demo --nodes 2 --gpus 2; "
-        "echo EXITED=$?; stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(echo|icanon)'; sleep 120"
+        "echo EXITED=$?; stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(echo|icanon)'; echo STTY-DONE; sleep 120"
     )
     tmux.wait_for("node-02", timeout_s=40)
     tmux.wait_for("4 free", timeout_s=30)
@@ -69,7 +69,7 @@ def test_demo_in_a_real_terminal_reserve_and_quit(tmux: Tmux) -> None:
     tmux.keys("Enter")  # the GPU count field has focus with 1; Enter submits the dialog
     tmux.wait_for("1 reserved", timeout_s=30)
     tmux.keys("q")
-    screen = tmux.wait_for("EXITED=", timeout_s=30)
+    screen = tmux.wait_for("STTY-DONE", timeout_s=30)  # stty's lines are printed after EXITED=
     assert "EXITED=0" in screen
     lines = screen.split()
     assert "echo" in lines and "icanon" in lines  # not "-echo"/"-icanon": the tty is back to cooked mode
