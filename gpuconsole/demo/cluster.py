@@ -105,11 +105,27 @@ class DemoCluster:
         client_key.write_private_key(str(self.client_key_path))
         os.chmod(self.client_key_path, 0o600)
         client_key.write_public_key(str(self.authorized_keys_path))
+        previous = self._previous_ports()
         for index in range(self.node_count):
-            await self.add_node(self._node_name(index), self.gpus)
+            name = self._node_name(index)
+            await self.add_node(name, self.gpus, port=previous.get(name), write=False)
+        # Written once, with every node: a client must never read a config that lacks some of them.
+        self.write_files()
         return self.config_path
 
-    async def add_node(self, name: str, gpus: int, *, cloud: bool = False) -> DemoNode:
+    def _previous_ports(self) -> dict[str, int]:
+        """Ports of a demo that ran on this dir before: a restarted node keeps its address, as a
+        rebooted server would, so a client's known address never leads to another node."""
+        import tomllib
+
+        try:
+            nodes = tomllib.loads(self.config_path.read_text()).get("nodes", [])
+        except (OSError, ValueError):
+            return {}
+        return {n["name"]: n["port"] for n in nodes if isinstance(n, dict) and isinstance(n.get("port"), int)}
+
+    async def add_node(self, name: str, gpus: int, *, cloud: bool = False, port: int | None = None,
+                       write: bool = True) -> DemoNode:
         """Start one more simulated node (cloud instances in the demo arrive this way)."""
         state_dir = self.root / "state" / name
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -118,8 +134,15 @@ class DemoCluster:
         node = DemoNode(name, gpus, state_dir, asyncssh.generate_private_key("ssh-ed25519"), f"{name}.{tag}",
                         cloud=cloud)
         self.nodes[name] = node
-        await self.start_node(name)
-        self.write_files()
+        if port is not None:
+            node.port = port
+        try:
+            await self.start_node(name)
+        except OSError:
+            node.port = 0  # the old port is taken now: any free one
+            await self.start_node(name)
+        if write:
+            self.write_files()
         return node
 
     async def start_node(self, name: str) -> None:
