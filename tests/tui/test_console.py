@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from gpuconsole.config import load_config
 from gpuconsole.demo.cluster import DemoThread
@@ -94,6 +95,8 @@ async def test_permission_error_is_a_notification(demo: DemoThread) -> None:
         app.query_one("#bottom").active = "tab-reservations"  # type: ignore[attr-defined]
         await pilot.pause()
         app.query_one("#reservations").focus()
+        # The table repaints on its own timer: a key pressed before the row is drawn selects nothing.
+        await until(pilot, lambda: app.query_one("#reservations", DataTable).row_count > 0, "the reservation row")
         await pilot.pause()
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "confirmation")
