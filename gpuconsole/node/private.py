@@ -36,6 +36,16 @@ def _check(info, path, uid, want_dir):
         raise _refuse(path, "is writable by group or others (mode %o)" % (info.st_mode & 0o7777))
 
 
+def _checked(fd, label, uid, want_dir):
+    """`fd` once its fstat passes _check; closed (and the refusal raised) otherwise."""
+    try:
+        _check(os.fstat(fd), label, uid, want_dir)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_dir(path, uid=None):
     """An O_DIRECTORY fd on `path` (not followed if a symlink) owned by `uid` and 0700-ish."""
     uid = os.geteuid() if uid is None else uid
@@ -45,12 +55,7 @@ def open_dir(path, uid=None):
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise _refuse(path, "is a symlink or not a directory") from None
         raise
-    try:
-        _check(os.fstat(fd), path, uid, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _checked(fd, path, uid, True)
 
 
 def open_file(dir_fd, name, flags=os.O_RDONLY, mode=0o600, uid=None, label=None):
@@ -63,12 +68,7 @@ def open_file(dir_fd, name, flags=os.O_RDONLY, mode=0o600, uid=None, label=None)
         if exc.errno == errno.ELOOP:
             raise _refuse(label, "is a symlink") from None
         raise
-    try:
-        _check(os.fstat(fd), label, uid, False)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _checked(fd, label, uid, False)
 
 
 def read_json(dir_fd, name, limit=1 << 20, label=None):

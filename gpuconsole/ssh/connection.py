@@ -108,7 +108,7 @@ class NodeConnection:
         return node
 
     def _connect_options(self, trust: TrustSet | None = None) -> dict[str, Any]:
-        """asyncssh options; host keys are always checked against ``trust`` (never known_hosts=None)."""
+        """asyncssh options; host keys are always checked against ``trust`` (never a None known_hosts)."""
         cfg = self.cfg
         trust = trust if trust is not None else trust_set(cfg)
         options: dict[str, Any] = {

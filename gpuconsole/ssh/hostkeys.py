@@ -1,6 +1,6 @@
 """Host-key verification that no setting turns off.
 
-asyncssh trusts any key when it is handed `known_hosts=None`, which is what an OpenSSH client
+asyncssh trusts any key when it is handed a None `known_hosts`, which is what an OpenSSH client
 config's `UserKnownHostsFile none` becomes; `StrictHostKeyChecking` it never reads. So gpuconsole
 always passes its own trust set: the config's `known_hosts`, else the ssh_config's known-hosts
 files, else OpenSSH's defaults. A key that is missing or changed is refused with its fingerprint
