@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gpuconsole.demo.cluster import DemoThread
+
+# Fuzz tests draw the same examples on every run (a red CI is a real, reproducible bug, never luck);
+# GPUCONSOLE_HYPOTHESIS_PROFILE=explore draws fresh ones to hunt for new bugs.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("GPUCONSOLE_HYPOTHESIS_PROFILE", "repeatable"))
 
 REPO = Path(__file__).resolve().parent.parent
 

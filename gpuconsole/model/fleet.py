@@ -144,8 +144,9 @@ def sparkline(values: list[float], width: int, maximum: float = 100.0) -> str:
     values = values[-width * 4:]
     buckets = max(1, -(-len(values) // width))
     cells = [max(values[i:i + buckets]) for i in range(0, len(values), buckets)]
-    out = "".join(SPARK_BLOCKS[min(len(SPARK_BLOCKS) - 1, int(v / maximum * (len(SPARK_BLOCKS) - 1) + 0.5))]
-                  for v in cells)
+    top = len(SPARK_BLOCKS) - 1
+    # Clamped both ways: a node may report a utilization below 0 or above the maximum.
+    out = "".join(SPARK_BLOCKS[max(0, min(top, int(v / maximum * top + 0.5)))] for v in cells)
     return out.rjust(width)
 
 
