@@ -151,8 +151,7 @@ class Agent(JobOps):
         """
         reboot = state.get("boot_id") != self.boot_id
         dead = [ticket_id for ticket_id, ticket in state["queue"].items()
-                if not ticket.get("job") and (not ctx.alive(ticket.get("agent"))
-                                              or (ticket.get("deadline_bt") or float("inf")) <= ctx.now_bt)]
+                if not ticket.get("job") and (st.wait_expired(ticket, ctx) or not ctx.alive(ticket.get("agent")))]
         if not (reboot or dead or jobs.lapsing_supervised(state, ctx)):
             return state
         state = json.loads(json.dumps(state))

@@ -234,6 +234,11 @@ def reboot_recovery(state, boot_id, ctx):
     state["boot_id"] = boot_id
 
 
+def wait_expired(ticket, ctx):
+    """The ticket's waiter said how long it would wait (`wait_s`) and that time is over."""
+    return ticket.get("deadline_bt") is not None and ticket["deadline_bt"] <= ctx.now_bt
+
+
 def gc(state, ctx):
     """Expire leases, drop tickets whose waiting process died, prune the replay window.
 
@@ -246,7 +251,7 @@ def gc(state, ctx):
             changed = True
     dropped = state.setdefault("dropped", {})
     for ticket_id, ticket in list(state["queue"].items()):
-        if ticket.get("deadline_bt") is not None and ticket["deadline_bt"] <= ctx.now_bt:
+        if wait_expired(ticket, ctx):
             del state["queue"][ticket_id]  # its waiter gave up (`--timeout`): never grant it after
             changed = True
         elif not ctx.alive(ticket.get("agent")):
