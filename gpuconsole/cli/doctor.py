@@ -10,7 +10,7 @@ from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import ExitCode, GpuConsoleError
-from gpuconsole.node.bundle import agent_digest
+from gpuconsole.ssh.bundle import agent_digest
 
 
 def run_doctor(config: Config, args: Any) -> int:

@@ -42,7 +42,7 @@ def node_steps(cfg: NodeConfig) -> list[str]:
 
 def run_node_install(args: Any) -> int:
     """Print the setup steps, or (--print) the service agent program for the chosen settings."""
-    from gpuconsole.node.bundle import service_program
+    from gpuconsole.ssh.bundle import service_program
 
     user, state_dir, agent_path, simulate = DEFAULT_SERVICE_USER, DEFAULT_STATE_DIR, DEFAULT_SERVICE_AGENT, 0
     node_name = getattr(args, "node", None)

@@ -19,7 +19,7 @@ from gpuconsole.errors import (
     UnreachableError,
 )
 from gpuconsole.model.replies import BadReplyError, check_message, check_reply, check_snapshot, decode_line
-from gpuconsole.node.bundle import agent_preamble, remote_command
+from gpuconsole.ssh.bundle import agent_preamble, remote_command
 from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
 
 __all__ = ["AgentError", "AuthFailedError", "HostKeyError", "NodeConnection", "classify_connect_error"]

@@ -17,7 +17,7 @@ from gpuconsole.core import reservations as core
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.errors import NoCapacityError, UnreachableError
-from gpuconsole.node.bundle import remote_command
+from gpuconsole.ssh.bundle import remote_command
 from tests.conftest import cli_json, run_cli, wait_for
 
 LOSSY_AGENT = Path(__file__).with_name("lossy_agent.py")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from gpuconsole.node import state as st
-from gpuconsole.node.bundle import agent_preamble, remote_command
+from gpuconsole.ssh.bundle import agent_preamble, remote_command
 from gpuconsole.node.store import StateStore
 
 GPUS = 8
