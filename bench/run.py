@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import cases
-import cloud_cases
 import history
+from groups import cloud, contention, jobs, jobs_latency, lab, poll, reserve, status, tui, watch
+from groups import help as startup
 from harness import REPO_ROOT, Result, machine_info
+from plan import CloudPlan, Plan
 
 GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -63,7 +64,7 @@ def markdown_table(rows: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dict[str, str]],
+def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str, str]],
                timings: list[dict[str, Any]]) -> list[Result]:
     """Run the selected groups in a fixed order; a crash is recorded and the next group runs.
 
@@ -85,57 +86,57 @@ def run_groups(plan: cases.Plan, work: Path, groups: list[str], errors: list[dic
         print(f"[bench] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     if "help" in groups:
-        guarded("help", lambda: cases.bench_help(plan))
+        guarded("help", lambda: startup.bench_help(plan))
     if "lab" in groups:
         def lab_group() -> list[Result]:
             # One node for the state-op, physical-limit and agent-CPU steps, each guarded alone.
-            with cases.lab(work) as node_cfg:
+            with lab.lab(work) as node_cfg:
                 ping_ms: list[float] = []
 
                 def state_ops() -> list[Result]:
-                    state_rows, ping_ms[:] = cases.bench_state_ops(plan, node_cfg)
+                    state_rows, ping_ms[:] = lab.bench_state_ops(plan, node_cfg)
                     return state_rows
 
-                guarded("lab/agent-cpu", lambda: cases.bench_agent_cpu(plan, node_cfg))
+                guarded("lab/agent-cpu", lambda: lab.bench_agent_cpu(plan, node_cfg))
                 guarded("lab/state-ops", state_ops)
-                guarded("lab/physical", lambda: cases.bench_physical(plan, node_cfg, ping_ms))
-                guarded("lab/efficiency", lambda: cases.efficiency(rows))
+                guarded("lab/physical", lambda: lab.bench_physical(plan, node_cfg, ping_ms))
+                guarded("lab/efficiency", lambda: lab.efficiency(rows))
                 guarded("lab/state-ops-full-window",
-                        lambda: cases.bench_state_ops(plan, node_cfg, full_window=True)[0])
+                        lambda: lab.bench_state_ops(plan, node_cfg, full_window=True)[0])
                 guarded("lab/agent-cpu-full-window",
-                        lambda: cases.bench_agent_cpu(plan, node_cfg, "replay window full"))
+                        lambda: lab.bench_agent_cpu(plan, node_cfg, "replay window full"))
             return []
         guarded("lab", lab_group)
     if "reserve" in groups:
-        guarded("reserve", lambda: cases.bench_reserve_cli(plan, work))
+        guarded("reserve", lambda: reserve.bench_reserve_cli(plan, work))
     if "contention" in groups:
-        guarded("contention", lambda: cases.bench_contention(plan, work))
+        guarded("contention", lambda: contention.bench_contention(plan, work))
     if "status" in groups:
-        guarded("status", lambda: cases.bench_status(plan, work))
+        guarded("status", lambda: status.bench_status(plan, work))
     if "poll" in groups:
-        guarded("poll", lambda: cases.bench_poll(plan, work))
+        guarded("poll", lambda: poll.bench_poll(plan, work))
     if "tui" in groups:
         def tui_group() -> list[Result]:
             # One demo for both steps, each guarded alone (a terminal problem keeps the rest).
-            with cases.tui_demo(plan, work) as config_path:
-                guarded("tui/headless", lambda: cases.bench_tui_headless(plan, work, config_path))
-                guarded("tui/terminal", lambda: cases.bench_tui_terminal(plan, config_path))
+            with tui.tui_demo(plan, work) as config_path:
+                guarded("tui/headless", lambda: tui.bench_tui_headless(plan, work, config_path))
+                guarded("tui/terminal", lambda: tui.bench_tui_terminal(plan, config_path))
             return []
         guarded("tui", tui_group)
     if "jobs" in groups:
         def jobs_group() -> list[Result]:
             # One 1-node demo: the latency step runs on the state the throughput step left.
-            with cases.jobs_demo(work) as config_path:
+            with jobs.jobs_demo(work) as config_path:
                 guarded("jobs/throughput",
-                        lambda: cases.bench_jobs_throughput(plan, work, config_path))
-                guarded("jobs/latency", lambda: cases.bench_jobs_latency(plan, work, config_path))
+                        lambda: jobs.bench_jobs_throughput(plan, work, config_path))
+                guarded("jobs/latency", lambda: jobs_latency.bench_jobs_latency(plan, work, config_path))
             return []
         guarded("jobs", jobs_group)
-    cloud_plan = cloud_cases.CloudPlan.make(plan.quick)
+    cloud_plan = CloudPlan.make(plan.quick)
     if "cloud" in groups:
-        guarded("cloud", lambda: cloud_cases.bench_cloud(cloud_plan, work))
+        guarded("cloud", lambda: cloud.bench_cloud(cloud_plan, work))
     if "watch" in groups:
-        guarded("watch", lambda: cloud_cases.bench_watch(cloud_plan, work))
+        guarded("watch", lambda: watch.bench_watch(cloud_plan, work))
     if "history" in groups:
         guarded("history", lambda: history.bench_history(plan.quick, work))
     return rows
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("SSH_AUTH_SOCK", "GPUCONSOLE_CONFIG"):
         os.environ.pop(key, None)  # the in-process clients must not use them either
 
-    plan = cases.Plan.make(args.quick)
+    plan = Plan.make(args.quick)
     groups = list(args.only or GROUPS)
     errors: list[dict[str, str]] = []
     timings: list[dict[str, Any]] = []
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "schema": 1, "mode": "quick" if args.quick else "full", "groups": groups,
         "started_at": started_at, "elapsed_s": round(elapsed_s, 2), "machine": machine,
-        "plan": {**plan.__dict__, "cloud_watch": cloud_cases.CloudPlan.make(args.quick).__dict__},
+        "plan": {**plan.__dict__, "cloud_watch": CloudPlan.make(args.quick).__dict__},
         "group_timings": timings, "benchmarks": [r.to_json() for r in rows], "errors": errors,
         "missed_budgets": [r.name for r in rows if r.passed is False],
     }
