@@ -6,7 +6,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes promised by the CLI contract (design.md section 3)."""
+    """Process exit codes promised by the CLI contract (docs/design.md section 3.3)."""
 
     OK = 0
     INTERNAL = 1
