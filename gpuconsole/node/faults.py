@@ -15,7 +15,7 @@ import random
 COMMIT_STEPS = ("tmp", "prev", "rename", "mirror", "dirsync")
 
 
-def _spec():
+def _spec() -> list[str]:
     text = os.environ.get("GPUCONSOLE_FAULTS") or ""
     path = os.environ.get("GPUCONSOLE_FAULTS_FILE")
     if path:
@@ -27,14 +27,14 @@ def _spec():
     return [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
 
 
-def active(name):
+def active(name: str) -> bool:
     """True when the named fault (without arguments) is switched on."""
     if "GPUCONSOLE_FAULTS" not in os.environ and "GPUCONSOLE_FAULTS_FILE" not in os.environ:
         return False
     return name in _spec()
 
 
-def commit_step(step):
+def commit_step(step: str) -> None:
     """Raise ENOSPC at this step of the commit path when `enospc:STEP` is on."""
     if "GPUCONSOLE_FAULTS" not in os.environ and "GPUCONSOLE_FAULTS_FILE" not in os.environ:
         return

@@ -12,10 +12,31 @@ import time
 
 from . import procs
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterator, List, Protocol
+
+    from .typedefs import GpuSample, ProcessRecord
+
+    ProcessesByGpu = Dict[int, List[ProcessRecord]]
+
+    class GpuSource(Protocol):
+        """What the agent needs of a GPU source: NVML, nvidia-smi, simulated, or none."""
+
+        source: str
+
+        def count(self) -> int: ...
+
+        def processes(self) -> ProcessesByGpu:
+            """{gpu index: processes on it}, for deciding which GPUs are in use (no metrics)."""
+
+        def sample(self) -> list[GpuSample]:
+            """Every GPU's metrics and processes; a metric the device cannot report is None."""
+
 SMI_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
 
-def _process_record(pid, mem_mib):
+def _process_record(pid: int, mem_mib: int | None) -> ProcessRecord:
     uid = procs.proc_uid(pid)
     return {
         "pid": pid,
@@ -30,14 +51,14 @@ class NvmlGpus:
 
     source = "nvml"
 
-    def __init__(self):
+    def __init__(self) -> None:
         import pynvml  # optional: present on nodes with nvidia-ml-py installed
 
         self._nvml = pynvml
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
         self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        self._static = []
+        self._static: list[dict[str, Any]] = []
         for index, handle in enumerate(self._handles):
             name = self._query(pynvml.nvmlDeviceGetName, handle)
             if isinstance(name, bytes):
@@ -47,22 +68,22 @@ class NvmlGpus:
                 uuid = uuid.decode()
             self._static.append({"index": index, "uuid": uuid, "name": name})
 
-    def _query(self, func, *args):
+    def _query(self, func: Callable[..., Any], *args: Any) -> Any:
         """Call one NVML function; any NVML error (NotSupported, NoPermission…) becomes None."""
         try:
             return func(*args)
         except self._nvml.NVMLError:
             return None
 
-    def count(self):
+    def count(self) -> int:
         return len(self._handles)
 
-    def processes(self):
+    def processes(self) -> ProcessesByGpu:
         """{gpu index: [process records]} from the compute and graphics process lists."""
         nvml = self._nvml
-        result = {}
+        result: ProcessesByGpu = {}
         for index, handle in enumerate(self._handles):
-            seen = {}
+            seen: dict[int, int | None] = {}
             for getter in (nvml.nvmlDeviceGetComputeRunningProcesses,
                            nvml.nvmlDeviceGetGraphicsRunningProcesses):
                 for proc in self._query(getter, handle) or []:
@@ -72,17 +93,18 @@ class NvmlGpus:
             result[index] = [_process_record(pid, mem) for pid, mem in sorted(seen.items())]
         return result
 
-    def sample(self):
+    def sample(self) -> list[GpuSample]:
         nvml = self._nvml
-        gpus = []
+        gpus: list[GpuSample] = []
         procs_by_gpu = self.processes()
         for index, handle in enumerate(self._handles):
             util = self._query(nvml.nvmlDeviceGetUtilizationRates, handle)
             mem = self._query(nvml.nvmlDeviceGetMemoryInfo, handle)
             temp = self._query(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
             power_mw = self._query(nvml.nvmlDeviceGetPowerUsage, handle)
-            record = dict(self._static[index])
-            record.update({
+            static = self._static[index]
+            gpus.append({
+                "index": static["index"], "uuid": static["uuid"], "name": static["name"],
                 "util_pct": float(util.gpu) if util is not None else None,
                 "mem_used_mib": int(mem.used // (1024 * 1024)) if mem is not None else None,
                 "mem_total_mib": int(mem.total // (1024 * 1024)) if mem is not None else None,
@@ -90,11 +112,10 @@ class NvmlGpus:
                 "power_w": round(power_mw / 1000.0, 1) if power_mw is not None else None,
                 "processes": procs_by_gpu.get(index, []),
             })
-            gpus.append(record)
         return gpus
 
 
-def _smi_number(text):
+def _smi_number(text: str) -> float | None:
     text = text.strip()
     try:
         return float(text)
@@ -102,9 +123,9 @@ def _smi_number(text):
         return None  # "[N/A]", "[Not Supported]", "" …
 
 
-def parse_smi_csv(text):
+def parse_smi_csv(text: str) -> list[GpuSample]:
     """Parse `nvidia-smi --query-gpu=SMI_FIELDS --format=csv,noheader,nounits` output."""
-    gpus = []
+    gpus: list[GpuSample] = []
     for line in text.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 8:
@@ -130,10 +151,10 @@ class SmiGpus:
 
     source = "nvidia-smi"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._last = self.sample()
 
-    def _run(self, *args):
+    def _run(self, *args: str) -> str:
         import subprocess  # only the nvidia-smi fallback needs it; it costs start-up time
 
         out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
@@ -141,12 +162,12 @@ class SmiGpus:
             raise OSError(out.stderr.strip() or "nvidia-smi failed")
         return out.stdout
 
-    def count(self):
+    def count(self) -> int:
         return len(self._last)
 
-    def processes(self):
+    def processes(self) -> ProcessesByGpu:
         by_uuid = {g["uuid"]: g["index"] for g in self._last}
-        result = {g["index"]: [] for g in self._last}
+        result: ProcessesByGpu = {g["index"]: [] for g in self._last}
         try:
             text = self._run("--query-compute-apps=pid,gpu_uuid,used_memory",
                              "--format=csv,noheader,nounits")
@@ -160,7 +181,7 @@ class SmiGpus:
                     _process_record(int(parts[0]), int(mem) if mem is not None else None))
         return result
 
-    def sample(self):
+    def sample(self) -> list[GpuSample]:
         gpus = parse_smi_csv(self._run("--query-gpu=" + SMI_FIELDS, "--format=csv,noheader,nounits"))
         self._last = gpus
         procs_by_gpu = self.processes()
@@ -182,25 +203,25 @@ class SimulatedGpus:
 
     source = "simulated"
 
-    def __init__(self, count, node, seed=0):
+    def __init__(self, count: int, node: str, seed: object = 0) -> None:
         self._node = node
         self._count = count
         digest = int(hashlib.sha256(("%s/%s" % (node, seed)).encode()).hexdigest(), 16)
         self._model = SIM_MODELS[digest % len(SIM_MODELS)]
-        self._uuids = []
+        self._uuids: list[str] = []
         for index in range(count):
             h = hashlib.sha256(("%s/%d/%s" % (node, index, seed)).encode()).hexdigest()
             self._uuids.append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
         self._rng = random.Random(digest)
-        self._env_cache = {}  # pid -> (start ticks, GPU indices or () when not bound here)
-        self._cpu_prev = {}  # pid -> (ticks, monotonic time)
+        self._env_cache: dict[int, tuple[int, tuple[int, ...]]] = {}  # pid -> (start ticks, GPU indices)
+        self._cpu_prev: dict[int, tuple[int, float]] = {}  # pid -> (ticks, monotonic time)
         self._ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._self_pid = os.getpid()
 
-    def count(self):
+    def count(self) -> int:
         return self._count
 
-    def _bound_gpus(self, pid):
+    def _bound_gpus(self, pid: int) -> tuple[int, ...]:
         """GPUs a process is bound to, from its environment, read once per (pid, start time).
 
         Unbound pids are cached by pid alone and forgotten when the pid disappears, so a scan
@@ -208,13 +229,13 @@ class SimulatedGpus:
         """
         entry = self._env_cache.get(pid)
         if entry is not None:
-            start, gpus = entry
-            if not gpus or procs.start_ticks(pid) == start:
-                return gpus
+            cached_start, cached = entry
+            if not cached or procs.start_ticks(pid) == cached_start:
+                return cached
         start = procs.start_ticks(pid)
         if start is None:
             return ()
-        gpus = ()
+        gpus: tuple[int, ...] = ()
         try:
             env = procs.environ(pid)
         except OSError:
@@ -224,7 +245,7 @@ class SimulatedGpus:
         self._env_cache[pid] = (start, gpus)
         return gpus
 
-    def _parse_visible(self, text):
+    def _parse_visible(self, text: str) -> Iterator[int]:
         for item in text.split(","):
             item = item.strip()
             if item.isdigit() and int(item) < self._count:
@@ -232,10 +253,10 @@ class SimulatedGpus:
             elif item in self._uuids:
                 yield self._uuids.index(item)
 
-    def _scan(self):
+    def _scan(self) -> dict[int, list[tuple[int, float, int]]]:
         """{gpu index: [(pid, cpu_pct, rss_mib)]} for live processes bound to this node's GPUs."""
         now = time.monotonic()
-        bound = {i: [] for i in range(self._count)}
+        bound: dict[int, list[tuple[int, float, int]]] = {i: [] for i in range(self._count)}
         live = set()
         try:
             pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
@@ -268,7 +289,7 @@ class SimulatedGpus:
             del self._env_cache[pid]
         return bound
 
-    def _lifetime_cpu_pct(self, pid, ticks):
+    def _lifetime_cpu_pct(self, pid: int, ticks: int) -> float:
         """A first-seen process's average CPU use since it started (one-shot samples need it)."""
         start = procs.start_ticks(pid)
         try:
@@ -281,16 +302,16 @@ class SimulatedGpus:
         alive_s = uptime_s - start / float(self._ticks_per_s)
         return 100.0 * ticks / self._ticks_per_s / alive_s if alive_s > 0.05 else 0.0
 
-    def processes(self):
+    def processes(self) -> ProcessesByGpu:
         total_mib = self._model[1]
         return {
             gpu: [_process_record(pid, min(total_mib, 512 + rss * 8)) for pid, _, rss in items]
             for gpu, items in self._scan().items()
         }
 
-    def sample(self):
+    def sample(self) -> list[GpuSample]:
         name, total_mib, max_power_w = self._model
-        gpus = []
+        gpus: list[GpuSample] = []
         for index, items in sorted(self._scan().items()):
             util = min(100.0, sum(cpu for _, cpu, _ in items))
             used = min(total_mib, sum(512 + rss * 8 for _, _, rss in items))
@@ -306,7 +327,7 @@ class SimulatedGpus:
         return gpus
 
 
-def _rss_mib(pid):
+def _rss_mib(pid: int) -> int:
     try:
         with open("/proc/%d/statm" % pid) as handle:
             pages = int(handle.read().split()[1])
@@ -320,20 +341,20 @@ class NoGpus:
 
     source = "none"
 
-    def __init__(self, reason):
+    def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def count(self):
+    def count(self) -> int:
         return 0
 
-    def processes(self):
+    def processes(self) -> ProcessesByGpu:
         return {}
 
-    def sample(self):
+    def sample(self) -> list[GpuSample]:
         return []
 
 
-def _enable_site_packages():
+def _enable_site_packages() -> None:
     """The agent starts with `python3 -S`; add site-packages (where pynvml lives) when needed."""
     import sys
 
@@ -346,13 +367,14 @@ def _enable_site_packages():
             pass
 
 
-def open_gpus(simulate=0, node="node", seed=0):
+def open_gpus(simulate: int = 0, node: str = "node", seed: object = 0) -> GpuSource:
     """Pick the best source: simulated when asked, else NVML, else nvidia-smi, else none."""
     if simulate:
         return SimulatedGpus(int(simulate), node, seed)
     _enable_site_packages()
     errors = []
-    for factory in (NvmlGpus, SmiGpus):
+    factories: tuple[type[NvmlGpus] | type[SmiGpus], ...] = (NvmlGpus, SmiGpus)
+    for factory in factories:
         try:
             return factory()
         except Exception as exc:  # any import, driver or parse failure means "try the next source"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 SECTOR_BYTES = 512
 
 
-def _read(path):
+def _read(path: str) -> str:
     with open(path, "rb") as handle:
         return handle.read().decode("ascii", "replace")
 
 
-def _cpu_ticks():
+def _cpu_ticks() -> tuple[int, int]:
     """Return (busy, total) jiffies from the first line of /proc/stat."""
     fields = _read("/proc/stat").split("\n", 1)[0].split()[1:]
     values = [int(v) for v in fields]
@@ -22,8 +26,8 @@ def _cpu_ticks():
     return total - idle, total
 
 
-def _meminfo():
-    info = {}
+def _meminfo() -> tuple[int | None, int | None]:
+    info: dict[str, int] = {}
     for line in _read("/proc/meminfo").splitlines():
         key, _, rest = line.partition(":")
         parts = rest.split()
@@ -35,7 +39,7 @@ def _meminfo():
     return used, total
 
 
-def _whole_disks():
+def _whole_disks() -> set[str] | None:
     try:
         names = os.listdir("/sys/block")
     except OSError:
@@ -43,7 +47,7 @@ def _whole_disks():
     return {n for n in names if not n.startswith(("loop", "ram", "zram", "dm-", "md", "sr"))}
 
 
-def _disk_bytes(disks):
+def _disk_bytes(disks: set[str] | None) -> tuple[int, int]:
     read_b = write_b = 0
     for line in _read("/proc/diskstats").splitlines():
         parts = line.split()
@@ -56,7 +60,7 @@ def _disk_bytes(disks):
     return read_b, write_b
 
 
-def _net_bytes():
+def _net_bytes() -> tuple[int, int]:
     rx_b = tx_b = 0
     for line in _read("/proc/net/dev").splitlines()[2:]:
         name, _, rest = line.partition(":")
@@ -72,13 +76,12 @@ def _net_bytes():
 class HostSampler:
     """Keeps the previous counters so each sample reports rates over the interval since the last."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._disks = _whole_disks()
-        self._prev = None
         self._prev = self._counters()
 
-    def _counters(self):
-        counters = {"t": time.monotonic()}
+    def _counters(self) -> dict[str, Any]:
+        counters: dict[str, Any] = {"t": time.monotonic()}
         try:
             counters["cpu"] = _cpu_ticks()
         except (OSError, ValueError, IndexError):
@@ -93,16 +96,17 @@ class HostSampler:
             counters["net"] = None
         return counters
 
-    def age_s(self):
+    def age_s(self) -> float:
         """Seconds since the counters of the previous sample were taken."""
-        return time.monotonic() - self._prev["t"]
+        started_s: float = self._prev["t"]
+        return time.monotonic() - started_s
 
-    def sample(self):
+    def sample(self) -> dict[str, Any]:
         """Return the node I/O figures of the contract; None for what this node cannot tell."""
         now = self._counters()
         prev, self._prev = self._prev, now
         dt = max(now["t"] - prev["t"], 1e-6)
-        result = {
+        result: dict[str, Any] = {
             "cpu_pct": None, "mem_used_bytes": None, "mem_total_bytes": None,
             "disk_read_bps": None, "disk_write_bps": None, "net_rx_bps": None, "net_tx_bps": None,
             "load1": None, "cpu_count": os.cpu_count(),

@@ -6,6 +6,10 @@ same program. The bootstrap on the command line is constant; the program follows
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, Mapping, Optional, Sequence
+
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
 MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "jobs", "store",
@@ -55,7 +59,8 @@ def _codes(sources, digest):
 """
 
 
-def build_program(sources, digest, modules, service=None):
+def build_program(sources: Mapping[str, str], digest: str, modules: Sequence[str],
+                  service: Optional[Dict[str, Any]] = None) -> str:
     """Program text: install `modules` (in order) from `sources` as package gcnode, run agent.main().
 
     `service`: the settings of an installed service agent (user, state_dir, simulate_gpus), passed
@@ -78,14 +83,14 @@ def build_program(sources, digest, modules, service=None):
     return "\n".join(lines)
 
 
-def digest(sources):
+def digest(sources: Mapping[str, str]) -> str:
     """Version of a set of module sources (names the compiled-code cache)."""
     import hashlib
 
     return hashlib.sha256(repr(sorted(sources.items())).encode()).hexdigest()[:16]
 
 
-def preamble(program):
+def preamble(program: str) -> bytes:
     """Bytes written to the bootstrap's stdin: the length line, then the program."""
     data = program.encode("utf-8")
     return str(len(data)).encode() + b"\n" + data

@@ -14,6 +14,10 @@ import json
 import os
 import stat
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 JOBS_DIR_MODE = 0o3775  # setgid (group shared), sticky (only an entry's owner may rename or delete it)
 
 
@@ -21,11 +25,11 @@ class NotPrivate(OSError):
     """A path that another user could have chosen or changed: refused."""
 
 
-def _refuse(path, why):
+def _refuse(path: str, why: str) -> NotPrivate:
     return NotPrivate(errno.EPERM, "%s %s; refusing to trust it" % (path, why))
 
 
-def _check(info, path, uid, want_dir):
+def _check(info: os.stat_result, path: str, uid: int, want_dir: bool) -> None:
     if want_dir and not stat.S_ISDIR(info.st_mode):
         raise _refuse(path, "is not a directory")
     if not want_dir and not stat.S_ISREG(info.st_mode):
@@ -36,7 +40,7 @@ def _check(info, path, uid, want_dir):
         raise _refuse(path, "is writable by group or others (mode %o)" % (info.st_mode & 0o7777))
 
 
-def _checked(fd, label, uid, want_dir):
+def _checked(fd: int, label: str, uid: int, want_dir: bool) -> int:
     """`fd` once its fstat passes _check; closed (and the refusal raised) otherwise."""
     try:
         _check(os.fstat(fd), label, uid, want_dir)
@@ -46,7 +50,7 @@ def _checked(fd, label, uid, want_dir):
     return fd
 
 
-def open_dir(path, uid=None):
+def open_dir(path: str, uid: int | None = None) -> int:
     """An O_DIRECTORY fd on `path` (not followed if a symlink) owned by `uid` and 0700-ish."""
     uid = os.geteuid() if uid is None else uid
     try:
@@ -58,7 +62,8 @@ def open_dir(path, uid=None):
     return _checked(fd, path, uid, True)
 
 
-def open_file(dir_fd, name, flags=os.O_RDONLY, mode=0o600, uid=None, label=None):
+def open_file(dir_fd: int, name: str, flags: int = os.O_RDONLY, mode: int = 0o600, uid: int | None = None,
+              label: str | None = None) -> int:
     """An fd on `name` inside a checked directory fd: regular, ours, not group/other-writable."""
     uid = os.geteuid() if uid is None else uid
     label = label or name
@@ -71,7 +76,7 @@ def open_file(dir_fd, name, flags=os.O_RDONLY, mode=0o600, uid=None, label=None)
     return _checked(fd, label, uid, False)
 
 
-def read_json(dir_fd, name, limit=1 << 20, label=None):
+def read_json(dir_fd: int, name: str, limit: int = 1 << 20, label: str | None = None) -> Any:
     """Parse a small JSON file reached through open_file()."""
     fd = open_file(dir_fd, name, label=label)
     try:
@@ -83,7 +88,7 @@ def read_json(dir_fd, name, limit=1 << 20, label=None):
     return json.loads(data.decode("utf-8"))
 
 
-def write_json(dir_fd, name, value):
+def write_json(dir_fd: int, name: str, value: object) -> None:
     """Create or replace a small JSON file (0600) inside a checked directory fd."""
     fd = open_file(dir_fd, name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     try:
@@ -92,7 +97,7 @@ def write_json(dir_fd, name, value):
         os.close(fd)
 
 
-def ensure_jobs_dir(path):
+def ensure_jobs_dir(path: str) -> str | None:
     """Create `jobs/` shared by the group but sticky, or add the sticky bit if it is ours.
 
     Returns a warning line when it exists, is not ours and lacks the sticky bit (an admin's fix).

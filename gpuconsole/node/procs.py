@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import pwd
 
-_USER_CACHE = {}
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .typedefs import Ident
+
+_USER_CACHE: dict[int, str] = {}
 
 
-def boot_id():
+def boot_id() -> str:
     """The kernel's boot id; changes on every reboot."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
@@ -17,7 +21,7 @@ def boot_id():
         return "unknown"
 
 
-def user_name(uid):
+def user_name(uid: int) -> str:
     """Login name for ``uid`` (cached), or the number as a string."""
     if uid not in _USER_CACHE:
         try:
@@ -27,7 +31,7 @@ def user_name(uid):
     return _USER_CACHE[uid]
 
 
-def _stat_fields(pid):
+def _stat_fields(pid: int) -> list[bytes] | None:
     try:
         with open("/proc/%d/stat" % pid, "rb") as handle:
             data = handle.read()
@@ -37,7 +41,7 @@ def _stat_fields(pid):
     return data[data.rfind(b")") + 2:].split()
 
 
-def start_ticks(pid):
+def start_ticks(pid: int) -> int | None:
     """Process start time in clock ticks since boot (/proc/PID/stat field 22), or None."""
     fields = _stat_fields(pid)
     try:
@@ -46,7 +50,7 @@ def start_ticks(pid):
         return None
 
 
-def group_members(pgid):
+def group_members(pgid: int) -> list[int]:
     """Pids of the live processes in process group `pgid` (from /proc, this namespace)."""
     members = []
     for name in os.listdir("/proc"):
@@ -61,7 +65,7 @@ def group_members(pgid):
     return members
 
 
-def cpu_ticks(pid):
+def cpu_ticks(pid: int) -> int | None:
     """utime + stime of a process in clock ticks, or None when it is gone."""
     fields = _stat_fields(pid)
     try:
@@ -70,7 +74,7 @@ def cpu_ticks(pid):
         return None
 
 
-def proc_uid(pid):
+def proc_uid(pid: int) -> int | None:
     """Real uid of a process, or None."""
     try:
         with open("/proc/%d/status" % pid) as handle:
@@ -82,7 +86,7 @@ def proc_uid(pid):
     return None
 
 
-def command_line(pid, limit=200):
+def command_line(pid: int, limit: int = 200) -> str | None:
     """The process's command line, space-joined and cut to ``limit`` characters."""
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as handle:
@@ -99,13 +103,13 @@ def command_line(pid, limit=200):
     return text[:limit]
 
 
-def identity(pid=None):
+def identity(pid: int | None = None) -> Ident:
     """(pid, start ticks, boot id) — what liveness checks compare, so PID reuse is harmless."""
     pid = os.getpid() if pid is None else pid
     return {"pid": pid, "start": start_ticks(pid), "boot_id": boot_id()}
 
 
-def is_alive(ident):
+def is_alive(ident: Ident | None) -> bool:
     """True when the process named by an identity() record still runs (same boot, same start).
 
     A zombie (exited, not yet reaped) is dead: it holds no GPU and will never renew.
@@ -121,7 +125,7 @@ def is_alive(ident):
         return False
 
 
-def environ(pid):
+def environ(pid: int) -> dict[str, str]:
     """The initial environment of a process (own processes only; others raise OSError)."""
     with open("/proc/%d/environ" % pid, "rb") as handle:
         raw = handle.read()

@@ -11,67 +11,73 @@ from __future__ import annotations
 import json
 import math
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Tuple
+
+    Schema = Dict[str, Tuple[Callable[[Any], bool], bool]]
+
 QUARANTINE_KEEP = 20
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
 MAX_GPU_INDEX = 4095
 
 
-def _int(value):
+def _int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _num(value):
+def _num(value: object) -> bool:
     return (_int(value) or isinstance(value, float)) and not (isinstance(value, float) and not math.isfinite(value))
 
 
-def _opt_num(value):
+def _opt_num(value: object) -> bool:
     return value is None or _num(value)
 
 
-def _str(value):
+def _str(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 4096
 
 
-def _bool(value):
+def _bool(value: object) -> bool:
     return isinstance(value, bool)
 
 
-def _gpus(value):
+def _gpus(value: object) -> bool:
     return (isinstance(value, list) and len(value) <= MAX_GPU_INDEX + 1 and len(set(value)) == len(value)
             and all(_int(g) and 0 <= g <= MAX_GPU_INDEX for g in value))
 
 
-def _ident(value):
+def _ident(value: Any) -> bool:
     """A process identity (pid, start ticks, boot id), or None."""
     return value is None or (isinstance(value, dict) and _int(value.get("pid")) and value["pid"] > 0
                              and (value.get("start") is None or _int(value.get("start")))
                              and _str(value.get("boot_id", "")))
 
 
-def _priority(value):
+def _priority(value: Any) -> bool:
     return _int(value) and 0 <= value <= 2
 
 
-def _preempt_notice(value):
+def _preempt_notice(value: Any) -> bool:
     return value is None or (isinstance(value, dict) and _str(value.get("by")) and _num(value.get("grace_s"))
                              and _num(value.get("deadline_wall")))
 
 
 # field -> (check, required); a missing optional field is fine, a present one must pass.
-LEASE = {
+LEASE: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "gpus": (_gpus, True),
     "token": (_int, True), "priority": (_priority, True), "exp_bt": (_num, True), "exp_wall": (_num, True),
     "created_wall": (_num, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
     "from_queue": (_bool, False), "job": (_bool, False), "preempted_by": (lambda v: v is None or _str(v), False),
 }
-TICKET = {
+TICKET: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "n": (lambda v: _int(v) and v >= 1, True),
     "ttl_s": (_num, True), "priority": (_priority, True), "created_bt": (_num, True),
     "created_wall": (_num, True), "seq": (_int, True), "agent": (_ident, False),
     "preemptible": (_bool, False), "job": (_bool, False), "preempt": (_bool, False),
     "deadline_bt": (_num, False),
 }
-JOB = {
+JOB: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "name": (_str, False),
     "n": (lambda v: _int(v) and v >= 1, True), "priority": (_priority, True),
     "state": (lambda v: v in JOB_STATES, True), "exit_code": (lambda v: v is None or _int(v), False),
@@ -81,12 +87,12 @@ JOB = {
     "grace_s": (_num, False), "preempt": (_preempt_notice, False), "requeues": (_int, False),
     "created_bt": (_num, False), "seq": (_int, False), "orphaned": (_bool, False), "note": (_str, False),
 }
-APPLIED = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
-DROPPED = dict(TICKET, dropped_bt=(_num, True))
+APPLIED: Schema = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
+DROPPED: Schema = dict(TICKET, dropped_bt=(_num, True))
 TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED))
 
 
-def problem(record, schema, key=None):
+def problem(record: object, schema: Schema, key: str | None = None) -> str | None:
     """Why a record does not fit its schema (one short phrase), or None."""
     if not isinstance(record, dict):
         return "not an object"
@@ -106,9 +112,9 @@ def problem(record, schema, key=None):
     return None
 
 
-def sanitize(state):
+def sanitize(state: dict[str, Any]) -> list[str]:
     """Quarantine every malformed record in place; return one warning line per record moved."""
-    warnings = []
+    warnings: list[str] = []
     for optional in ("jobs", "dropped"):
         if optional in state and not isinstance(state[optional], dict):
             warnings.append("quarantined %s: not an object" % optional)
@@ -135,12 +141,12 @@ def sanitize(state):
     return warnings
 
 
-def _short(text, limit=40):
+def _short(text: object, limit: int = 40) -> str:
     text = str(text)
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def _keep(state, where, record, why):
+def _keep(state: dict[str, Any], where: str, record: object, why: str) -> None:
     quarantine = state.get("quarantine")
     if not isinstance(quarantine, list):
         quarantine = state["quarantine"] = []

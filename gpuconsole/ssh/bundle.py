@@ -28,8 +28,8 @@ def _sources() -> dict[str, str]:
 def agent_program() -> bytes:
     """The agent as one Python program that installs the modules and runs `agent.main()`."""
     sources = _sources()
-    version: str = loader.digest(sources)  # type: ignore[no-untyped-call]
-    program: str = loader.build_program(sources, version, MODULES)  # type: ignore[no-untyped-call]
+    version = loader.digest(sources)
+    program = loader.build_program(sources, version, MODULES)
     return program.encode("utf-8")
 
 
@@ -40,9 +40,9 @@ def service_program(*, user: str, state_dir: str, simulate_gpus: int = 0) -> byt
     or simulated GPUs of the account that writes the state.
     """
     sources = _sources()
-    version: str = loader.digest(sources)  # type: ignore[no-untyped-call]
+    version = loader.digest(sources)
     settings = {"user": user, "state_dir": state_dir, "simulate_gpus": simulate_gpus}
-    program: str = loader.build_program(sources, version, MODULES, settings)  # type: ignore[no-untyped-call]
+    program = loader.build_program(sources, version, MODULES, settings)
     header = (f"# gpuconsole service agent {version} for {user}, state in {state_dir}.\n"
               "# Install root-owned, mode 0755; it runs only as the service account through sudo.\n")
     return (header + program + "\n").encode("utf-8")
@@ -61,5 +61,4 @@ def remote_command(python: str) -> str:
 
 def agent_preamble() -> bytes:
     """What the client writes to the remote stdin before its first request."""
-    preamble: bytes = loader.preamble(agent_program().decode("utf-8"))  # type: ignore[no-untyped-call]
-    return preamble
+    return loader.preamble(agent_program().decode("utf-8"))

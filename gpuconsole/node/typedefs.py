@@ -1,0 +1,175 @@
+"""The shapes of the node's records, for the type checker only: the state file and its tables.
+
+Never imported at run time (every use sits under `if TYPE_CHECKING:`), so it is not shipped:
+the agent starts on every connection and `typing` alone would cost it milliseconds. Python 3.8
+rules apply (no `X | Y` outside annotations, `Dict`/`List` in aliases). records.py checks the
+same shapes at run time, on files any group member can write.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, TypedDict
+
+Args = Dict[str, Any]  # a request's arguments: hostile input until each field is checked
+Result = Dict[str, Any]  # a reply's result object
+Warnings = List[str]
+
+
+class Ident(TypedDict, total=False):
+    """A process identity (procs.identity()); a job's supervisor also carries its uid."""
+
+    pid: int
+    start: Optional[int]
+    boot_id: str
+    uid: int
+
+
+Alive = Callable[[Optional[Ident]], bool]
+
+
+class _LeaseBase(TypedDict):
+    id: str
+    uid: int
+    owner: str
+    gpus: List[int]
+    token: int
+    priority: int
+    exp_bt: float
+    exp_wall: float
+    created_wall: float
+
+
+class Lease(_LeaseBase, total=False):
+    """A grant of GPUs (a reservation, or a job's GPUs when `job`), fenced by its token."""
+
+    ttl_s: float
+    preemptible: bool
+    from_queue: bool
+    job: bool
+    preempted_by: Optional[str]
+
+
+class _TicketBase(TypedDict):
+    id: str
+    uid: int
+    owner: str
+    n: int
+    ttl_s: float
+    priority: int
+    created_bt: float
+    created_wall: float
+    seq: int
+
+
+class Ticket(_TicketBase, total=False):
+    """A queued request for `n` GPUs; its waiter (`agent`) is a live process or the ticket goes."""
+
+    agent: Optional[Ident]
+    preemptible: bool
+    job: bool
+    preempt: bool
+    deadline_bt: float
+
+
+class DroppedTicket(Ticket):
+    """A ticket whose waiter vanished, kept for REATTACH_GRACE_S so the waiter can come back."""
+
+    dropped_bt: float
+
+
+class PreemptNotice(TypedDict):
+    by: str
+    grace_s: float
+    deadline_wall: float
+
+
+class _JobBase(TypedDict):
+    id: str
+    uid: int
+    owner: str
+    n: int
+    priority: int
+    state: str
+    created_wall: float
+
+
+class Job(_JobBase, total=False):
+    """A batch job's record; its private files (spec, logs) live in the job's own directory."""
+
+    name: str
+    exit_code: Optional[int]
+    command: str
+    started_wall: Optional[float]
+    ended_wall: Optional[float]
+    supervisor: Optional[Ident]
+    gpus: List[int]
+    requeue: bool
+    cancel_requested: bool
+    preempt_others: bool
+    grace_s: float
+    preempt: Optional[PreemptNotice]
+    requeues: int
+    created_bt: float
+    seq: int
+    orphaned: bool
+    note: str
+
+
+class Applied(TypedDict):
+    """The recorded answer of a committed request, replayed to a retry with the same req_id."""
+
+    bt: float
+    res: Result
+
+
+class QuarantineEntry(TypedDict):
+    where: str
+    reason: str
+    record: str
+
+
+class _StateBase(TypedDict):
+    schema: int
+    gen: int
+    next_token: int
+    boot_id: str
+    leases: Dict[str, Lease]
+    queue: Dict[str, Ticket]
+    applied: Dict[str, Applied]
+    jobs: Dict[str, Job]
+
+
+class State(_StateBase, total=False):
+    """The whole of state.json once read, checked (store.validate_state) and sanitized."""
+
+    seq: int
+    checksum: str
+    dropped: Dict[str, DroppedTicket]
+    quarantine: List[QuarantineEntry]
+    recoveries: int
+
+
+class ProcessRecord(TypedDict):
+    pid: int
+    user: Optional[str]
+    command: Optional[str]
+    mem_mib: Optional[int]
+
+
+class _GpuBase(TypedDict):
+    index: int
+    uuid: Optional[str]
+    name: Optional[str]
+    util_pct: Optional[float]
+    mem_used_mib: Optional[int]
+    mem_total_mib: Optional[int]
+    temperature_c: Optional[float]
+    power_w: Optional[float]
+    processes: List[ProcessRecord]
+
+
+class GpuSample(_GpuBase, total=False):
+    """One GPU of a telemetry sample; the agent adds who holds it."""
+
+    reservation: Optional[Dict[str, Any]]
+    unreserved_use: bool
