@@ -18,7 +18,7 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.errors import NoCapacityError, UnreachableError
 from gpuconsole.ssh.bundle import remote_command
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 LOSSY_AGENT = Path(__file__).with_name("lossy_agent.py")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import asyncssh
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 SSHD = Path("/usr/sbin/sshd")
 USERADD = shutil.which("useradd") or "/usr/sbin/useradd"

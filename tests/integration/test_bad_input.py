@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli
+from tests.helpers import cli_json, run_cli
 
 
 def _assert_one_line(stderr: str, code: int, expected_code: int, *needles: str) -> None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 
 def _free_gpus(config: Path) -> int:

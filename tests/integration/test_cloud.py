@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, jobs_by_name, run_cli, wait_for
+from tests.helpers import cli_json, jobs_by_name, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

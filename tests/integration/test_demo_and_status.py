@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 
 def test_demo_serve_prints_ready_and_cleans_up_on_sigterm(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncssh
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli
+from tests.helpers import cli_json, run_cli
 
 
 def _config_without_known_hosts(demo: DemoThread, tmp_path: Path, ssh_config: str | None = None,

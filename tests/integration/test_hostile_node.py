@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import REPO, run_cli, wait_for
+from tests.helpers import REPO, run_cli, wait_for
 
 HOSTILE_AGENT = REPO / "tests" / "fixtures" / "hostile_agent.py"
 # Modes whose snapshot is refused; in mode "nan" only measurements are bad, and they become null.

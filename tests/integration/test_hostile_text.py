@@ -18,7 +18,7 @@ from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.alerts import Alert
 from gpuconsole.watch.sinks import StdoutSink
-from tests.conftest import jobs_by_name, run_cli, submit_job, wait_for
+from tests.helpers import jobs_by_name, run_cli, submit_job, wait_for
 
 OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # sets the viewer's clipboard to "hello"
 OSC2 = "\x1b]2;pwned\x07"  # retitles the window

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, jobs_by_name, run_cli, submit_job, wait_for
+from tests.helpers import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 
 def test_two_jobs_run_a_third_waits_and_starts_within_a_second(demo_factory: Callable[..., DemoThread],

@@ -19,7 +19,7 @@ import pytest
 
 from gpuconsole.demo.cluster import DemoThread, marked_processes
 from gpuconsole.node import state as st
-from tests.conftest import cli_json, jobs_by_name, run_cli, submit_job, wait_for
+from tests.helpers import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 NODE = "node-01"
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, jobs_by_name, run_cli, submit_job, wait_for
+from tests.helpers import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 VICTIM = """
 marker={dir}/$GPUCONSOLE_JOB_ID

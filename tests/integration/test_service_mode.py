@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, wait_for
+from tests.helpers import run_cli, wait_for
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import NODE, NODE_PYTHON, SshdNode, cli, ok_json, one_line_error, run
 

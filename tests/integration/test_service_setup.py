@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 MISSING_ACCOUNT = "gcnosuchsvc"
 

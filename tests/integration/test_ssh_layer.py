@@ -14,7 +14,7 @@ from gpuconsole.core.poller import Poller
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
-from tests.conftest import cli_json
+from tests.helpers import cli_json
 
 
 def test_ssh_config_alias_resolves_host_and_port(demo: DemoThread, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.integration.test_sshd_multiuser import (  # the module fixture, shared, not copied
     GROUP,
     NODE,

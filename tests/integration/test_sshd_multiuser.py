@@ -23,7 +23,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import (  # shared with test_service_mode; names kept for importers
     GPUS,

@@ -20,7 +20,7 @@ import asyncssh
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 
 @pytest.fixture

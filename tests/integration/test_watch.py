@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 Alert = dict[str, Any]
 FAST = ("--idle-minutes", "0.02", "--interval", "0.2")  # idle after 1.2 s, judged 5 times a second

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.conftest import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 from tests.integration.test_watch import FAST, WatchProc, of_kind
 
 pytestmark = pytest.mark.timeout(180)

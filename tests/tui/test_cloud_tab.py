@@ -18,7 +18,7 @@ from gpuconsole.tui.screens.cloud_dialogs import CloudUpDialog
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import NodeTable
-from tests.conftest import cli_json, run_cli
+from tests.helpers import cli_json, run_cli
 from tests.tui.test_console import _notifications, until
 
 
@@ -58,7 +58,7 @@ async def test_cloud_instance_joins_the_fleet_and_leaves_after_cloud_down(cloud_
         await until(pilot, lambda: instance_id in _cloud_rows(app), "the instance in the Cloud tab")
         await until(pilot, lambda: instance_id in _node_rows(app)
                     and app.fleet.nodes[instance_id].health() is Health.UP, "its node up in the node table")
-        assert app.fleet.nodes[instance_id].source == "cloud" and app.config.node(instance_id).source == "cloud"
+        assert app.fleet.nodes[instance_id].source == "cloud" and app.registry.node(instance_id).source == "cloud"
         assert app.poller is not None and instance_id in app.poller.polled
         await until(pilot, lambda: "ready" in str(app.query_one(CloudTable).get_cell(instance_id, "node"))
                     and "cloud: 1 up" in _summary(app), "the Cloud tab to show the node ready")
@@ -70,7 +70,8 @@ async def test_cloud_instance_joins_the_fleet_and_leaves_after_cloud_down(cloud_
         await until(pilot, lambda: instance_id not in _cloud_rows(app) and instance_id not in _node_rows(app),
                     "the instance to leave the Cloud tab and the node table")
         assert instance_id not in app.fleet.nodes
-        assert all(n.name != instance_id for n in app.config.nodes)
+        assert all(n.name != instance_id for n in app.registry.nodes)
+        assert all(n.name != instance_id for n in app.config.nodes)  # the config stays what the file said
         await until(pilot, lambda: app.poller is not None and instance_id not in app.poller.polled,
                     "the poller to stop polling it")
         assert "cloud: 0 up" in _summary(app)

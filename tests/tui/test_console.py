@@ -18,7 +18,7 @@ from gpuconsole.node.store import StateStore
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable
-from tests.conftest import cli_json
+from tests.helpers import cli_json
 
 
 async def until(pilot: Pilot[int], predicate: Callable[[], object], what: str, timeout_s: float = 20) -> None:
@@ -149,7 +149,7 @@ async def test_filter_narrows_the_node_table(tmp_path: Path, demo_factory: Calla
 async def test_jobs_tab_lists_shows_output_and_cancels(demo: DemoThread) -> None:
     from gpuconsole.tui.screens.dialogs import LogScreen
     from gpuconsole.tui.widgets.job_table import JobTable
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     submitted = run_cli("submit", "--gpus", "1", "--name", "loop", "--json", "--",
                         "sh", "-c", "echo hello-from-job; sleep 60", config=demo.config_path)

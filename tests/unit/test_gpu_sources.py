@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from gpuconsole.node import gpus
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 class _NVMLError(Exception):
