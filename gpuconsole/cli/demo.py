@@ -32,9 +32,9 @@ def run_demo(args: Any) -> int:
 
 
 async def _serve(root: Path, args: Any) -> int:
-    from gpuconsole.demo.cluster import DemoCluster
+    from gpuconsole.demo.nodes import DemoCluster
 
-    cluster = DemoCluster(root, args.nodes, args.gpus)
+    cluster = DemoCluster(root, args.nodes, args.gpus, seed=args.seed)
     bridge = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,7 +79,7 @@ def _console(root: Path, args: Any) -> int:
     from gpuconsole.config import load_config
     from gpuconsole.demo.cluster import DemoThread
 
-    demo = DemoThread(root, args.nodes, args.gpus)
+    demo = DemoThread(root, args.nodes, args.gpus, seed=args.seed)
     with demo:
         if not args.no_cloud:
             demo.cloud = demo.call(_start_cloud(demo.cluster, args))

@@ -159,7 +159,8 @@ def build_parser() -> Parser:
     demo = sub.add_parser("demo", parents=[common], help="simulated cluster on loopback")
     demo.add_argument("--nodes", type=positive_int, default=4)
     demo.add_argument("--gpus", type=positive_int, default=8)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed of the simulated GPUs: the same seed gives the same GPUs and telemetry")
     demo.add_argument("--serve", action="store_true", help="headless: serve until SIGINT/SIGTERM")
     demo.add_argument("--write-config", metavar="PATH", help="where to write the demo config")
     demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")

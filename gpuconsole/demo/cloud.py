@@ -12,7 +12,7 @@ import contextlib
 import time
 
 from gpuconsole.cloud.emulator import DEMO_TYPES, Ec2Emulator
-from gpuconsole.demo.cluster import DemoCluster, kill_marked
+from gpuconsole.demo.nodes import DemoCluster, kill_marked
 from gpuconsole.model.cloud import Instance
 
 POLL_S = 0.2
