@@ -1,0 +1,312 @@
+"""Load and validate the TOML config; every error names the file, the line and the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.config.keys import (
+    AGENT_PATH_RE,
+    AWS_ID_RE,
+    HOST_RE,
+    INSTANCE_TYPE_RE,
+    MODES,
+    NAME_RE,
+    PATH_RE,
+    REGION_RE,
+    URL_RE,
+    USER_RE,
+    Key,
+    Locator,
+    Section,
+    agent_path,
+    boolean,
+    duration,
+    local_path,
+    names,
+    number,
+    prices,
+    text,
+    urls,
+)
+from gpuconsole.errors import ConfigError
+
+__all__ = [  # the patterns are part of this module's interface (node-install checks with them)
+    "AGENT_PATH_RE", "AWS", "AWS_ID_RE", "DEFAULTS", "DEFAULT_SERVICE_AGENT", "DEFAULT_SERVICE_USER",
+    "DEFAULT_STATE_DIR", "HOST_RE", "INSTANCE_TYPE_RE", "MODES", "NAME_RE", "NODES", "PATH_RE", "SECTIONS",
+    "USER_RE", "WATCH", "AwsConfig", "Config", "Defaults", "NodeConfig", "WatchConfig", "default_config_path",
+    "load_config", "local_state_dir", "parse_config", "resolve_config_path",
+]
+
+DEFAULT_STATE_DIR = "/var/lib/gpuconsole"
+DEFAULT_SERVICE_USER = "gpuconsole"
+DEFAULT_SERVICE_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One SSH node of the fleet."""
+
+    name: str
+    host: str
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    state_dir: str = DEFAULT_STATE_DIR
+    python: str = "python3"
+    simulate_gpus: int = 0
+    source: str = "onprem"
+    ssh_config: str | None = None
+    connect_timeout_s: float = 10.0
+    # Trust model of the node: "cooperative" (a group-writable state dir) or "service" (state
+    # owned by service_user, changed through sudo and the admin-installed service_agent).
+    mode: str = "cooperative"
+    service_user: str = DEFAULT_SERVICE_USER
+    service_agent: str = DEFAULT_SERVICE_AGENT
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """The `[defaults]` table."""
+
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    state_dir: str = DEFAULT_STATE_DIR
+    poll_seconds: float = 1.0
+    reserve_for_s: float = 4 * 3600.0
+    ssh_config: str | None = None
+    connect_timeout_s: float = 10.0
+    max_parallel: int = 64
+    theme: str | None = None
+    mode: str = "cooperative"
+    service_user: str = DEFAULT_SERVICE_USER
+    service_agent: str = DEFAULT_SERVICE_AGENT
+
+
+@dataclass(frozen=True, slots=True)
+class WatchConfig:
+    """The `[watch]` table."""
+
+    idle_minutes: float = 30.0
+    util_below_pct: float = 5.0
+    notify: tuple[str, ...] = ()
+    exec: str | None = None
+    cooldown_minutes: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AwsConfig:
+    """The `[cloud.aws]` table. Credentials are never here: they come from the boto3 chain."""
+
+    region: str
+    endpoint_url: str | None = None
+    instance_types: tuple[str, ...] = ()  # allowed types; empty = every type in the price table
+    ami: str | None = None
+    key_name: str | None = None
+    subnet_id: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    ssh_user: str = "ubuntu"
+    spot: bool = False
+    max_instances: int = 4
+    idle_stop_minutes: float = 30.0
+    idle_action: str = "stop"  # or "terminate"
+    prices: tuple[tuple[str, float], ...] = ()  # overrides of the built-in table, $/hour
+    address: str = "public"  # which instance address to SSH to: "public" or "private"
+    # Emulators only (moto in the demo and tests): a JSON file naming where each instance's SSH
+    # server really listens, because the addresses an emulator invents must never be dialled.
+    host_map: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated config file."""
+
+    path: Path
+    defaults: Defaults
+    nodes: tuple[NodeConfig, ...]
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    aws: AwsConfig | None = None
+    # Ids of live (pending/running) managed instances, once discovery has asked EC2; None before
+    # that or when EC2 could not be asked (then nothing may be judged gone).
+    cloud_live: frozenset[str] | None = None
+
+    def node(self, name: str) -> NodeConfig:
+        """Return the node called ``name`` or raise NotFoundError."""
+        from gpuconsole.errors import NotFoundError
+
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes) or "none"
+        raise NotFoundError(f"unknown node {name!r} (known: {known})")
+
+
+# -- the keys, declared once ---------------------------------------------------------------------
+# One table per section: the TOML name, the field it fills, how its value is read and checked, and
+# what it is for. The parser, the unknown-key errors and the docs check (tests/unit/test_config_keys.py
+# holds README and docs/design.md to these tables) all read them; a key left out takes its dataclass
+# default ([[nodes]]: the [defaults] value of the same field, when [defaults] has one).
+
+_MODE = Key("mode", text(choices=MODES), 'trust model: "cooperative" or "service" (README "Trust model")')
+_SERVICE_USER = Key("service_user", text(USER_RE), "service mode: the account that owns the state")
+_SERVICE_AGENT = Key("service_agent", agent_path, "service mode: where the admin installed the agent")
+
+DEFAULTS = Section("[defaults]", "defaults", (
+    Key("poll_seconds", number(0.1, 3600), "telemetry interval of the console and watcher"),
+    Key("connect_timeout", number(0.1, 600), "seconds, per node", field="connect_timeout_s"),
+    Key("max_parallel", number(1, 4096, integer=True), "connections opened at once"),
+    Key("state_dir", text(PATH_RE), "the state directory on the node"),
+    Key("user", text(USER_RE), "SSH login (default: ~/.ssh/config, then your local name)"),
+    Key("identity_file", local_path, "SSH private key"),
+    Key("known_hosts", local_path, "host keys; unknown hosts are refused"),
+    Key("reserve_for", duration, "default lease for `reserve`", field="reserve_for_s"),
+    Key("ssh_config", local_path, "OpenSSH client config (Host aliases work)"),
+    Key("theme", text(NAME_RE), "console theme (--theme overrides)"),
+    _MODE, _SERVICE_AGENT, _SERVICE_USER,
+))
+
+NODES = Section("[[nodes]]", "nodes", (
+    Key("name", text(NAME_RE, invalid="is not a valid node name (letters, digits, '.', '_', '-'; at most 63)"),
+        "the node's name in every command", required="is required"),
+    Key("host", text(HOST_RE), "host name, address or ~/.ssh/config alias (default: the name)"),
+    Key("port", number(1, 65535, integer=True), "SSH port"),
+    Key("simulate_gpus", number(0, 64, integer=True), ">0: the agent simulates that many GPUs (demo, tests)"),
+    Key("connect_timeout", number(0.1, 600), "seconds", field="connect_timeout_s"),
+    Key("user", text(USER_RE), "SSH login"),
+    Key("identity_file", local_path, "SSH private key"),
+    Key("known_hosts", local_path, "host keys"),
+    Key("state_dir", text(PATH_RE), "the state directory on the node"),
+    Key("python", text(PATH_RE), "the node's interpreter (3.8+)"),
+    _MODE, _SERVICE_AGENT, _SERVICE_USER,
+))
+
+AWS = Section("[cloud.aws]", "cloud.aws", (
+    Key("region", text(REGION_RE), "EC2 region", required='is required (for example "us-east-1")'),
+    Key("endpoint_url", text(URL_RE), "an EC2 emulator (moto)"),
+    Key("spot", boolean, "default for `cloud up` and bursts (--spot overrides)"),
+    Key("max_instances", number(0, 1000, integer=True), "live managed instances, all users together"),
+    Key("idle_stop_minutes", number(0.001, 100000), "the watcher's --stop-idle-cloud threshold"),
+    Key("idle_action", text(choices=("stop", "terminate")), "what happens to an idle instance"),
+    Key("address", text(choices=("public", "private")), "which instance address to SSH to"),
+    Key("prices", prices, "$/h overrides of the built-in table"),
+    Key("instance_types", names(INSTANCE_TYPE_RE), "allowed types (default: every priced type)"),
+    Key("ami", text(AWS_ID_RE), "image with python3 and the NVIDIA driver"),
+    Key("key_name", text(AWS_ID_RE), "EC2 key pair whose private half is your identity_file"),
+    Key("subnet_id", text(AWS_ID_RE), "subnet to launch in"),
+    Key("security_group_ids", names(AWS_ID_RE), "must let you reach port 22"),
+    Key("ssh_user", text(USER_RE), "login on the instances"),
+    Key("host_map", local_path, "emulators only: where each instance's SSH server listens"),
+))
+
+WATCH = Section("[watch]", "watch", (
+    Key("idle_minutes", number(0.001, 100000), "a reserved GPU quiet this long is idle (--idle-minutes)"),
+    Key("util_below_pct", number(0, 100), "quiet means below this utilization (--util-below)"),
+    Key("notify", urls, "apprise URLs (--notify)"),
+    Key("cooldown_minutes", number(0, 100000), "re-alert an ongoing condition after this (0: never)"),
+    Key("exec", text(), "gets each alert as JSON on stdin (--exec)"),
+))
+
+SECTIONS = (DEFAULTS, NODES, AWS, WATCH)
+_TOP_KEYS = {"defaults", "nodes", "cloud", "watch"}
+_INHERITED = frozenset(f.name for f in fields(Defaults)) & frozenset(f.name for f in fields(NodeConfig))
+
+
+def default_config_path() -> Path:
+    """The platform config path (`$XDG_CONFIG_HOME/gpuconsole/config.toml`)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gpuconsole" / "config.toml"
+
+
+def local_state_dir() -> Path:
+    """Where gpuconsole keeps this user's local state (`$XDG_STATE_HOME/gpuconsole`)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "gpuconsole"
+
+
+def resolve_config_path(cli_path: str | None) -> Path:
+    """`--config`, else `$GPUCONSOLE_CONFIG`, else the platform config dir."""
+    if cli_path:
+        return Path(cli_path).expanduser()
+    env_path = os.environ.get("GPUCONSOLE_CONFIG")
+    if env_path:
+        return Path(env_path).expanduser()
+    return default_config_path()
+
+
+def load_config(cli_path: str | None = None) -> Config:
+    """Read and validate the config chosen by `--config`, env or the platform dir."""
+    path = resolve_config_path(cli_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no config file (pass --config PATH, set $GPUCONSOLE_CONFIG, "
+            f"or run `gpuconsole demo --serve --write-config {path}`)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate TOML text as a gpuconsole config."""
+    loc = Locator(path, text)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        line = match.group(1) if match else "1"
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        raise ConfigError(f"{path}:{line}: syntax: {reason}") from None
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise loc.error(key, None, f"unknown table (expected one of {sorted(_TOP_KEYS)})")
+    base_dir = path.parent
+    defaults = Defaults(**DEFAULTS.read(_table(data, "defaults", loc), loc, base_dir))
+    raw_nodes = data.get("nodes", [])
+    if not isinstance(raw_nodes, list):
+        raise loc.error("nodes", None, "must be an array of tables ([[nodes]])")
+    nodes: list[NodeConfig] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_nodes):
+        node = _parse_node(raw, index, defaults, loc, base_dir)
+        if node.name in seen:
+            raise loc.error("nodes", "name", f"duplicate node name {node.name!r}", index)
+        seen.add(node.name)
+        nodes.append(node)
+    aws = _parse_aws(data.get("cloud"), loc, base_dir)
+    watch = WatchConfig(**WATCH.read(_table(data, "watch", loc), loc, base_dir))
+    return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws)
+
+
+def _table(data: dict[str, Any], name: str, loc: Locator) -> dict[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise loc.error(name, None, "must be a table")
+    return value
+
+
+def _parse_node(raw: Any, index: int, defaults: Defaults, loc: Locator, base_dir: Path) -> NodeConfig:
+    """A [[nodes]] entry; what it leaves out comes from [defaults], then the built-in defaults."""
+    if not isinstance(raw, dict):
+        raise loc.error("nodes", None, "each [[nodes]] entry must be a table", index)
+    values = NODES.read(raw, loc, base_dir, index)
+    inherited = {name: getattr(defaults, name) for name in _INHERITED}
+    return NodeConfig(**{"host": values["name"], **inherited, **values})
+
+
+def _parse_aws(raw: Any, loc: Locator, base_dir: Path) -> AwsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"aws"}:
+        raise loc.error("cloud", None, "only [cloud.aws] is supported")
+    aws = raw.get("aws", {})
+    if not isinstance(aws, dict):
+        raise loc.error("cloud.aws", None, "must be a table")
+    return AwsConfig(**AWS.read(aws, loc, base_dir))
