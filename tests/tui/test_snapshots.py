@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from textual.screen import Screen
+from textual.widgets import Input
 
 from gpuconsole.cloud.monitor import CloudView, Quote
 from gpuconsole.tui.app import GpuConsoleApp
+from gpuconsole.tui.screens.cloud_dialogs import CloudUpDialog
+from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, ReserveDialog
 from gpuconsole.tui.themes import load_themes
 from tests.tui.fixture_fleet import (
     FROZEN_NOW_S,
@@ -20,6 +26,7 @@ from tests.tui.fixture_fleet import (
 )
 
 SIZE = (120, 40)
+SETTLE_DEADLINE_S = 30.0  # generous: a loaded 2-core machine mounts a dialog late, never this late
 
 
 def frozen_app(theme: str = "gpuconsole-dark", cloud: bool = False) -> GpuConsoleApp:
@@ -33,17 +40,26 @@ def frozen_app(theme: str = "gpuconsole-dark", cloud: bool = False) -> GpuConsol
     return app
 
 
-async def _open_reserve(pilot: Any) -> None:
-    """Press r and wait until the dialog is on screen and settled (a loaded machine mounts it late)."""
-    from gpuconsole.tui.screens.dialogs import ReserveDialog
-
-    await pilot.press("r")
-    for _ in range(200):
-        if isinstance(pilot.app.screen, ReserveDialog):
-            break
+async def _steady(pilot: Any, keys: Sequence[str] = (), *, screen: type[Screen[Any]] | None = None,
+                  ready: Callable[[Any], bool] = lambda app: True, what: str = "the screen") -> None:
+    """Press `keys`, wait (with a deadline) until `screen` is on top and `ready(app)` holds, then stop
+    every input's cursor blinking (shown, steady) so a loaded machine cannot catch it half-way."""
+    await pilot.press(*keys)
+    app = pilot.app
+    deadline_s = time.monotonic() + SETTLE_DEADLINE_S
+    while not ((screen is None or isinstance(app.screen, screen)) and ready(app)):
+        if time.monotonic() > deadline_s:
+            raise AssertionError(f"{what} not shown within {SETTLE_DEADLINE_S:g} s")
         await pilot.pause(0.01)
+    for shown in app.screen_stack:
+        for box in shown.query(Input):
+            box.cursor_blink = False
     await pilot.wait_for_scheduled_animations()
     await pilot.pause()
+
+
+async def _open_reserve(pilot: Any) -> None:
+    await _steady(pilot, ["r"], screen=ReserveDialog, what="the reserve dialog")
 
 
 async def _open(pilot: Any, tab: str) -> None:
@@ -88,15 +104,18 @@ class TestDialogs:
             pilot.app.query_one("#gpus").focus()
             await pilot.pause()
 
-        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=point_at_gpu, press=["x"])
+            await _steady(pilot, ["x"], screen=ConfirmDialog, what="the release confirmation")
+
+        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=point_at_gpu)
 
     def test_terminate_confirmation(self, snap_compare: Any) -> None:
         async def point_at_instance(pilot: Any) -> None:
             await _open(pilot, "tab-cloud")
             pilot.app.query_one("#cloud").focus()
             await pilot.pause()
+            await _steady(pilot, ["D"], screen=ConfirmDialog, what="the terminate confirmation")
 
-        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=point_at_instance, press=["D"])
+        assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=point_at_instance)
 
     def test_cloud_up_dialog(self, snap_compare: Any) -> None:
         """`u` shows the quote for the GPU count (EC2 replaced by a fixed quote)."""
@@ -106,13 +125,25 @@ class TestDialogs:
             return Quote("g6.xlarge" if gpus == 1 else "g6e.12xlarge", 1 if gpus == 1 else 4, False, 0.8048)
 
         app._quote = quote  # type: ignore[method-assign]
-        assert snap_compare(app, terminal_size=SIZE, press=["u"])
+
+        async def open_dialog(pilot: Any) -> None:
+            await _steady(pilot, ["u"], screen=CloudUpDialog, what="the quote in the cloud-up dialog",
+                          ready=lambda app: getattr(app.screen, "quote", None) is not None)
+
+        assert snap_compare(app, terminal_size=SIZE, run_before=open_dialog)
 
     def test_reserve_dialog_with_burst(self, snap_compare: Any) -> None:
         assert snap_compare(frozen_app(cloud=True), terminal_size=SIZE, run_before=_open_reserve)
 
     def test_help(self, snap_compare: Any) -> None:
-        assert snap_compare(frozen_app(), terminal_size=SIZE, press=["question_mark"])
+        async def open_help(pilot: Any) -> None:
+            await _steady(pilot, ["question_mark"], screen=HelpScreen, what="the help screen")
+
+        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=open_help)
 
     def test_filter(self, snap_compare: Any) -> None:
-        assert snap_compare(frozen_app(), terminal_size=SIZE, press=["slash", "d", "g", "x", "-", "0", "2"])
+        async def type_filter(pilot: Any) -> None:
+            await _steady(pilot, ["slash", "d", "g", "x", "-", "0", "2"], what="the filtered node table",
+                          ready=lambda app: app.name_filter == "dgx-02" and app.query_one("#nodes").row_count == 1)
+
+        assert snap_compare(frozen_app(), terminal_size=SIZE, run_before=type_filter)
