@@ -13,6 +13,7 @@ from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import ExitCode, UsageError
+from gpuconsole.model.jobs import Job, Preempted, Submitted
 from gpuconsole.textsafe import terminal_safe
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def run_submit(config: Config, args: Any) -> int:
     request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
                                  args.preempt, args.grace)
 
-    async def go() -> dict[str, Any]:
+    async def go() -> Submitted:
         async with Fleet(config) as fleet:
             if args.burst:
                 from gpuconsole.cli.cloud import cloud_progress
@@ -52,18 +53,18 @@ def run_submit(config: Config, args: Any) -> int:
 
     result = asyncio.run(go())
     if args.json:
-        print_json({k: result.get(k) for k in ("id", "node", "state", "position", "owner")})
+        print_json(result.to_json())
     else:
-        where = f"position {result['position']}" if result.get("position") else "starting"
-        say(f"submitted {result['id']} on {result['node']} ({where})")
+        where = f"position {result.position}" if result.position else "starting"
+        say(f"submitted {result.id} on {result.node} ({where})")
     return int(ExitCode.OK)
 
 
 def run_jobs(config: Config, args: Any) -> int:
-    async def go() -> tuple[list[dict[str, Any]], dict[str, str]]:
+    async def go() -> tuple[list[Job], dict[str, str]]:
         async with Fleet(config) as fleet:
             for old_id, new in await requeue.requeue_lost(fleet):
-                warn(f"job {old_id} lost its cloud instance: requeued as {new['id']} on {new['node']}")
+                warn(f"job {old_id} lost its cloud instance: requeued as {new.id} on {new.node}")
             found, errors = await core.list_jobs(fleet)
             requeue.forget_finished(found)
             return found, errors
@@ -72,13 +73,14 @@ def run_jobs(config: Config, args: Any) -> int:
     for node, error in errors.items():
         warn(f"{node}: {error}")
     if args.json:
-        print_json({"jobs": found, "errors": [{"node": n, "error": e} for n, e in errors.items()]})
+        print_json({"jobs": [job.to_json() for job in found],
+                    "errors": [{"node": n, "error": e} for n, e in errors.items()]})
         return int(ExitCode.OK)
     console().print(jobs_table(found))
     return int(ExitCode.OK)
 
 
-def jobs_table(found: list[dict[str, Any]]) -> Table:
+def jobs_table(found: list[Job]) -> Table:
     """The `jobs` table (a rich Table); every cell, names and commands included, shown literally."""
     from rich.table import Table
 
@@ -86,11 +88,10 @@ def jobs_table(found: list[dict[str, Any]]) -> Table:
     for column in ("id", "name", "node", "gpus", "owner", "priority", "state", "exit", "command"):
         table.add_column(column, no_wrap=column != "command")
     for job in found:
-        state = job["state"] + (f" #{job['position']}" if job["state"] == "queued" and job.get("position") else "")
-        gpus = ",".join(map(str, job["gpus"])) or f"{job['gpus_requested']} wanted"
-        exit_code = "" if job["exit_code"] is None else str(job["exit_code"])
-        add_row(table, job["id"], job["name"], job["node"], gpus, job["owner"], job["priority"], state,
-                exit_code, job["command"])
+        state = job.state + (f" #{job.position}" if job.state == "queued" and job.position else "")
+        gpus = ",".join(map(str, job.gpus)) or f"{job.gpus_requested} wanted"
+        exit_code = "" if job.exit_code is None else str(job.exit_code)
+        add_row(table, job.id, job.label, job.node, gpus, job.owner, job.priority, state, exit_code, job.command)
     return table
 
 
@@ -105,11 +106,11 @@ def run_logs(config: Config, args: Any) -> int:
         target.write(text if raw[0] else terminal_safe(text, multiline=True))
         target.flush()
 
-    async def go() -> dict[str, Any]:
+    async def go() -> Job:
         async with Fleet(config) as fleet:
-            def found(job: dict[str, Any]) -> None:
-                conn = fleet.conns.get(job["node"])
-                raw[0] = conn is not None and conn.hello.get("user") == job.get("owner")
+            def found(job: Job) -> None:
+                conn = fleet.conns.get(job.node)
+                raw[0] = conn is not None and conn.hello.get("user") == job.owner
 
             return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found)
 
@@ -118,26 +119,26 @@ def run_logs(config: Config, args: Any) -> int:
 
 
 def run_preempt(config: Config, args: Any) -> int:
-    async def go() -> dict[str, Any]:
+    async def go() -> Preempted:
         async with Fleet(config) as fleet:
             return await core.preempt(fleet, args.id, args.grace)
 
     result = asyncio.run(go())
-    what = "revoked" if result.get("revoked") else "preempting"
-    say(f"{what} {result['id']} on {result['node']}")
+    what = "revoked" if result.revoked else "preempting"
+    say(f"{what} {result.id} on {result.node}")
     return int(ExitCode.OK)
 
 
 def run_cancel(config: Config, args: Any) -> int:
-    async def go() -> dict[str, Any]:
+    async def go() -> Job:
         async with Fleet(config) as fleet:
             return await core.cancel(fleet, args.id)
 
     result = asyncio.run(go())
     if args.json:
-        print_json(result)
-    elif result.get("already_ended"):
-        say(f"{result['id']} on {result['node']} had already ended ({result['state']}); nothing to cancel")
+        print_json(result.to_json())
+    elif result.already_ended:
+        say(f"{result.id} on {result.node} had already ended ({result.state}); nothing to cancel")
     else:
-        say(f"cancelled {result['id']} on {result['node']} ({result['state']})")
+        say(f"cancelled {result.id} on {result.node} ({result.state})")
     return int(ExitCode.OK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.placement import Capacity
 from gpuconsole.core.reservations import capacities
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
+from gpuconsole.model.jobs import Job, LogChunk, Preempted, Submitted
 
 FOLLOW_POLL_S = 0.3
 
@@ -42,7 +44,7 @@ def best_start(caps: list[Capacity], gpus: int) -> str | None:
     return min(big_enough, key=lambda c: (c.queued, -c.free, c.node)).node
 
 
-async def submit(fleet: Fleet, request: SubmitRequest) -> dict[str, Any]:
+async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
     """Queue the job on the node where it should start soonest; the node's supervisor runs it."""
     if not request.argv or not request.argv[0]:
         raise UsageError("submit: give the command after `--`")
@@ -58,43 +60,45 @@ async def submit(fleet: Fleet, request: SubmitRequest) -> dict[str, Any]:
         **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
         "req_id": uuid.uuid4().hex,
     })
-    return dict(result, node=target)
+    return Submitted.from_agent(target, result)
 
 
-async def list_jobs(fleet: Fleet) -> tuple[list[dict[str, Any]], dict[str, str]]:
+async def list_jobs(fleet: Fleet) -> tuple[list[Job], dict[str, str]]:
     """Every job on every reachable node (with its node), and the nodes that could not be read."""
     results = await fleet.call_all("jobs")
-    found: list[dict[str, Any]] = []
+    found: list[Job] = []
     errors: dict[str, str] = {}
     for node, result in sorted(results.items()):
         if isinstance(result, GpuConsoleError):
             errors[node] = str(result)
         else:
-            found += [dict(job, node=node) for job in result["jobs"]]
-    found.sort(key=lambda j: (j["created_at"] or "", j["id"]))
+            found += [Job.from_agent(node, job) for job in result["jobs"]]
+    found.sort(key=lambda j: (j.created_at or "", j.id))
     return found, errors
 
 
-async def find_job(fleet: Fleet, job_id: str) -> dict[str, Any]:
+async def find_job(fleet: Fleet, job_id: str) -> Job:
+    """The job with this id on whichever reachable node has it; NotFoundError otherwise."""
     jobs, errors = await list_jobs(fleet)
     for job in jobs:
-        if job["id"] == job_id:
+        if job.id == job_id:
             return job
     unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
     raise NotFoundError(f"no job {job_id!r} on any reachable node{unreachable}")
 
 
-async def cancel(fleet: Fleet, job_id: str) -> dict[str, Any]:
-    """Queued: withdrawn. Running: SIGTERM to its process group, SIGKILL after the grace."""
+async def cancel(fleet: Fleet, job_id: str) -> Job:
+    """Queued: withdrawn. Running: SIGTERM to its process group, SIGKILL after the grace. The job
+    as the node left it (`already_ended` when there was nothing to cancel)."""
     job = await find_job(fleet, job_id)
-    result = await fleet.request(job["node"], "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
-    return dict(result, node=job["node"])
+    result = await fleet.request(job.node, "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
+    return Job.from_agent(job.node, result)
 
 
-async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) -> dict[str, Any]:
+async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) -> Preempted:
     """Preempt a running job (TERM, grace, KILL; requeued if it asked) or revoke a reservation."""
     try:
-        node = (await find_job(fleet, target_id))["node"]
+        node = (await find_job(fleet, target_id)).node
     except NotFoundError:
         from gpuconsole.core.reservations import find_node
 
@@ -103,12 +107,11 @@ async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) ->
     if grace_s is not None:
         args["grace_s"] = grace_s
     result = await fleet.request(node, "preempt", args)
-    return dict(result, node=node)
+    return Preempted.from_agent(node, result)
 
 
 async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,
-                      follow: bool = False,
-                      on_job: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                      follow: bool = False, on_job: Callable[[Job], None] | None = None) -> Job:
     """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end.
     `on_job` sees the job (its owner) before the first chunk."""
     job = await find_job(fleet, job_id)
@@ -120,16 +123,16 @@ async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], 
         ended = True
         for stream in ("stdout", "stderr"):
             while True:
-                chunk = await fleet.request(job["node"], "logs",
-                                            {"id": job_id, "stream": stream, "offset": offsets[stream]})
-                if chunk["data"]:
-                    on_chunk(stream, chunk["data"])
-                offsets[stream] = chunk["offset"]
-                ended = chunk["ended"]
-                if not chunk["data"]:
+                chunk = LogChunk.from_agent(await fleet.request(
+                    job.node, "logs", {"id": job_id, "stream": stream, "offset": offsets[stream]}))
+                if chunk.data:
+                    on_chunk(stream, chunk.data)
+                offsets[stream] = chunk.offset
+                ended = chunk.ended
+                if not chunk.data:
                     break
         if not follow or saw_end:
-            return dict(job, state=chunk["state"])
+            return dataclasses.replace(job, state=chunk.state)
         if ended:
             saw_end = True  # one more pass: output written just before the end is still read
             continue

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
-    """What a node can offer right now."""
+    """What a node can offer right now (its `capacity` reply): GPUs, free ones, queued requests,
+    and GPUs in use without a reservation."""
 
     node: str
     gpu_count: int
     free: int
     queued: int
+    unreserved: tuple[int, ...] = ()
+
+    @classmethod
+    def from_agent(cls, node: str, data: Mapping[str, Any]) -> Capacity:
+        return cls(node, int(data["gpu_count"]), int(data["free"]), int(data["queued"]),
+                   tuple(data.get("unreserved") or ()))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The reply as the agent sent it."""
+        return {"gpu_count": self.gpu_count, "free": self.free, "queued": self.queued,
+                "unreserved": list(self.unreserved)}
 
 
 def best_fit(capacities: list[Capacity], gpus: int) -> list[str]:

@@ -18,6 +18,7 @@ from gpuconsole.config import Config, local_state_dir
 from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError
+from gpuconsole.model.jobs import Job, Submitted
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -42,13 +43,13 @@ def _save(entries: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def remember(config: Config, request: core_jobs.SubmitRequest, result: dict[str, Any]) -> None:
+def remember(config: Config, request: core_jobs.SubmitRequest, result: Submitted) -> None:
     """Journal a requeue-able job that landed on a cloud node."""
-    node = next((n for n in config.nodes if n.name == result.get("node")), None)
+    node = next((n for n in config.nodes if n.name == result.node), None)
     if node is None or node.source != "cloud" or not request.requeue:
         return
     entries = _load()
-    entries[str(result["id"])] = {
+    entries[result.id] = {
         "node": node.name, "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
         "name": request.name, "preempt": request.preempt, "grace_s": request.grace_s, "cwd": os.getcwd(),
         "submitted_at": time.time(),
@@ -56,23 +57,23 @@ def remember(config: Config, request: core_jobs.SubmitRequest, result: dict[str,
     _save(entries)
 
 
-def forget_finished(jobs: list[dict[str, Any]]) -> None:
+def forget_finished(jobs: list[Job]) -> None:
     """Drop journal entries whose job was seen in a terminal state."""
     entries = _load()
-    done = [j["id"] for j in jobs if j["id"] in entries and j.get("state") in TERMINAL_STATES]
+    done = [j.id for j in jobs if j.id in entries and j.state in TERMINAL_STATES]
     if done:
         for job_id in done:
             entries.pop(job_id, None)
         _save(entries)
 
 
-async def requeue_lost(fleet: Fleet) -> list[tuple[str, dict[str, Any]]]:
+async def requeue_lost(fleet: Fleet) -> list[tuple[str, Submitted]]:
     """Resubmit journaled jobs whose instance EC2 no longer reports live; (old id, new submit result)."""
     live = fleet.config.cloud_live
     if live is None:
         return []
     lost = {job_id: e for job_id, e in _load().items() if e.get("node") not in live}
-    requeued: list[tuple[str, dict[str, Any]]] = []
+    requeued: list[tuple[str, Submitted]] = []
     for job_id, entry in lost.items():
         request = core_jobs.SubmitRequest(
             tuple(entry["argv"]), int(entry["gpus"]), None, str(entry.get("priority", "normal")),

@@ -50,7 +50,7 @@ async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capac
     results = await fleet.call_all("capacity", names=names)
     _raise_if_all_failed(results)
     return [
-        Capacity(name, int(r["gpu_count"]), int(r["free"]), int(r["queued"]))
+        Capacity.from_agent(name, r)
         for name, r in results.items()
         if not isinstance(r, GpuConsoleError)
     ]

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gpuconsole.model.jobs import Job
+
 # Agent data reaches these builders checked (gpuconsole.model.replies); the guards below only keep a
 # measurement that is not a finite number from ever becoming NaN/inf in the model.
 
@@ -38,6 +40,10 @@ class GpuProcess:
     def from_agent(cls, data: dict[str, Any]) -> GpuProcess:
         return cls(int(data["pid"]), data.get("user"), data.get("command"), _opt_int(data.get("mem_mib")))
 
+    def to_wire(self) -> dict[str, Any]:
+        """The process as the agent sent it."""
+        return asdict(self)
+
 
 @dataclass(frozen=True, slots=True)
 class ReservationRef:
@@ -47,6 +53,10 @@ class ReservationRef:
     owner: str
     expires_at: str
     priority: str = "normal"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The reference as the agent sent it."""
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +101,17 @@ class GpuSample:
             processes=tuple(GpuProcess.from_agent(p) for p in data.get("processes") or ()),
         )
 
+    def to_wire(self) -> dict[str, Any]:
+        """The GPU as the agent sent it."""
+        return {
+            "index": self.index, "uuid": self.uuid, "name": self.name, "util_pct": self.util_pct,
+            "mem_used_mib": self.mem_used_mib, "mem_total_mib": self.mem_total_mib,
+            "temperature_c": self.temperature_c, "power_w": self.power_w,
+            "processes": [p.to_wire() for p in self.processes],
+            "reservation": None if self.reservation is None else self.reservation.to_wire(),
+            "unreserved_use": self.unreserved_use,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
@@ -105,7 +126,10 @@ class Reservation:
     created_at: str
     expires_at: str
     preemptible: bool = False
-    token: int | None = None
+    token: int | None = None  # the fencing token: only the holder's own reservations carry it
+    uid: int | None = None
+    kind: str = "reservation"  # or "job": the GPUs a running job holds
+    expires_in_s: float | None = None  # on the node's clock when it answered
 
     @classmethod
     def from_agent(cls, node: str, data: dict[str, Any]) -> Reservation:
@@ -113,14 +137,30 @@ class Reservation:
             id=data["id"], node=node, gpus=tuple(data["gpus"]), owner=data["owner"],
             priority=data.get("priority", "normal"), state=data.get("state", "active"),
             created_at=data["created_at"], expires_at=data["expires_at"],
-            preemptible=bool(data.get("preemptible")), token=data.get("token"),
+            preemptible=bool(data.get("preemptible")), token=data.get("token"), uid=data.get("uid"),
+            kind=data.get("kind", "reservation"), expires_in_s=_opt_float(data.get("expires_in_s")),
         )
 
+    def to_wire(self) -> dict[str, Any]:
+        """The reservation as the agent sent it."""
+        data: dict[str, Any] = {
+            "id": self.id, "gpus": list(self.gpus), "owner": self.owner, "uid": self.uid,
+            "priority": self.priority, "preemptible": self.preemptible, "state": self.state, "kind": self.kind,
+            "created_at": self.created_at, "expires_at": self.expires_at, "expires_in_s": self.expires_in_s,
+        }
+        if self.token is not None:
+            data["token"] = self.token
+        return data
+
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["gpus"] = list(self.gpus)
-        if self.token is None:
-            del data["token"]
+        """The `reservations --json` object of the CLI contract."""
+        data: dict[str, Any] = {
+            "id": self.id, "node": self.node, "gpus": list(self.gpus), "owner": self.owner,
+            "priority": self.priority, "state": self.state, "created_at": self.created_at,
+            "expires_at": self.expires_at, "preemptible": self.preemptible,
+        }
+        if self.token is not None:
+            data["token"] = self.token
         return data
 
 
@@ -135,47 +175,32 @@ class QueuedRequest:
     priority: str
     position: int
     created_at: str
+    uid: int | None = None
+    kind: str = "reservation"  # or "job": a submitted job waiting for GPUs
 
     @classmethod
     def from_agent(cls, node: str, data: dict[str, Any]) -> QueuedRequest:
         return cls(
             id=data["id"], node=node, gpus_requested=int(data["gpus_requested"]),
             owner=data["owner"], priority=data.get("priority", "normal"),
-            position=int(data["position"]), created_at=data["created_at"],
+            position=int(data["position"]), created_at=data["created_at"], uid=data.get("uid"),
+            kind=data.get("kind", "reservation"),
         )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The queued request as the agent sent it."""
+        return {
+            "id": self.id, "gpus_requested": self.gpus_requested, "owner": self.owner, "uid": self.uid,
+            "priority": self.priority, "position": self.position, "created_at": self.created_at,
+            "kind": self.kind,
+        }
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A batch job as its node reports it (times are ISO 8601 UTC strings)."""
-
-    id: str
-    node: str
-    name: str
-    gpus: tuple[int, ...]
-    gpus_requested: int
-    owner: str
-    priority: str
-    state: str
-    exit_code: int | None
-    command: str
-    created_at: str | None
-    started_at: str | None
-    ended_at: str | None
-    position: int | None = None
-
-    @classmethod
-    def from_agent(cls, node: str, data: dict[str, Any]) -> Job:
-        return cls(
-            id=data["id"], node=node, name=data.get("name") or data["id"], gpus=tuple(data.get("gpus") or ()),
-            gpus_requested=int(data.get("gpus_requested") or 0), owner=data["owner"],
-            priority=data.get("priority", "normal"), state=data["state"], exit_code=data.get("exit_code"),
-            command=data.get("command", ""), created_at=data.get("created_at"),
-            started_at=data.get("started_at"), ended_at=data.get("ended_at"), position=data.get("position"),
-        )
+        """The `reservations --json` queue object of the CLI contract."""
+        return {
+            "id": self.id, "node": self.node, "gpus_requested": self.gpus_requested, "owner": self.owner,
+            "priority": self.priority, "position": self.position, "created_at": self.created_at,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +257,20 @@ class NodeSnapshot:
     @property
     def gpus_free(self) -> int:
         return sum(1 for g in self.gpus if g.is_free)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The snapshot of a reachable node as its agent sent it."""
+        return {
+            "t_wall": self.taken_at, "cpu_pct": self.cpu_pct, "cpu_count": self.cpu_count, "load1": self.load1,
+            "mem_used_bytes": self.mem_used_bytes, "mem_total_bytes": self.mem_total_bytes,
+            "disk_read_bps": self.disk_read_bps, "disk_write_bps": self.disk_write_bps,
+            "net_rx_bps": self.net_rx_bps, "net_tx_bps": self.net_tx_bps, "gpu_source": self.gpu_source,
+            "gpus": [g.to_wire() for g in self.gpus],
+            "reservations": [r.to_wire() for r in self.reservations],
+            "queue": [q.to_wire() for q in self.queue],
+            "jobs": [j.to_wire() for j in self.jobs],
+            "state_error": self.state_error, "warnings": list(self.warnings),
+        }
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` node object of the CLI contract (fields only ever added)."""

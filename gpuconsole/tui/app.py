@@ -377,14 +377,14 @@ class GpuConsoleApp(CloudSide, App[int]):
 
         try:
             if action == "cancel":
-                result = await core_jobs.cancel(await self._fleet(), job_id)
+                node = (await core_jobs.cancel(await self._fleet(), job_id)).node
             else:
-                result = await core_jobs.preempt(await self._fleet(), job_id)
+                node = (await core_jobs.preempt(await self._fleet(), job_id)).node
         except GpuConsoleError as exc:
             self.notify(str(exc), title=f"{action} failed", severity="error", timeout=8)
             return
-        self.notify(f"{job_id} on {result['node']}", title="cancelled" if action == "cancel" else "preempting")
-        await self.refresh_node(result["node"])
+        self.notify(f"{job_id} on {node}", title="cancelled" if action == "cancel" else "preempting")
+        await self.refresh_node(node)
 
     # -- action workers: core calls off the UI path; results come back as toasts -------------
 

@@ -7,6 +7,7 @@ connection a few times a second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -206,19 +207,20 @@ class ApiClient(Client):
         if f == "renew":
             return await core_res.renew(fleet, args["id"], args["ttl_s"], args.get("token"))
         if f == "submit":
-            return await core_jobs.submit(fleet, core_jobs.SubmitRequest(
+            return (await core_jobs.submit(fleet, core_jobs.SubmitRequest(
                 tuple(args["argv"]), args["gpus"], args.get("node"), args["priority"], args["name"], False,
-                bool(args.get("preempt")), 1.0))
+                bool(args.get("preempt")), 1.0))).to_json()
         if f == "cancel":
-            return await core_jobs.cancel(fleet, args["id"])
+            return (await core_jobs.cancel(fleet, args["id"])).to_json()
         if f == "preempt":
-            return await core_jobs.preempt(fleet, args["id"], args.get("grace_s"))
+            return dataclasses.asdict(await core_jobs.preempt(fleet, args["id"], args.get("grace_s")))
         if f == "reservations":
             found, queue, errors = await core_res.list_all(fleet)
             return {"reservations": [r.to_json() for r in found], "queue": [q.to_json() for q in queue],
                     "errors": [{"node": n, "error": e} for n, e in errors.items()]}
         found_jobs, errors = await core_jobs.list_jobs(fleet)
-        return {"jobs": found_jobs, "errors": [{"node": n, "error": e} for n, e in errors.items()]}
+        return {"jobs": [job.to_json() for job in found_jobs],
+                "errors": [{"node": n, "error": e} for n, e in errors.items()]}
 
 
 class Observer(threading.Thread):

@@ -17,7 +17,7 @@ from gpuconsole.cli.jobs import jobs_table
 from gpuconsole.cli.output import console
 from gpuconsole.cli.reservations import reservations_table
 from gpuconsole.cli.status import render
-from gpuconsole.model import NodeSnapshot, QueuedRequest, Reservation
+from gpuconsole.model import Job, NodeSnapshot, QueuedRequest, Reservation
 from gpuconsole.model.alerts import Alert
 from gpuconsole.textsafe import is_terminal_safe, rich_text, terminal_safe
 from gpuconsole.watch.sinks import StdoutSink
@@ -89,8 +89,8 @@ def _printed(renderable: Any) -> str:
 @settings(max_examples=60, deadline=None)
 @given(hs.lists(hs.tuples(HOSTILE, HOSTILE, HOSTILE, HOSTILE), min_size=1, max_size=3))
 def test_cli_tables_never_raise_and_print_nothing_unsafe(rows: list[tuple[str, str, str, str]]) -> None:
-    jobs = [{"id": f"j-{i}", "name": name, "node": node, "gpus": [0], "gpus_requested": 1, "owner": owner,
-             "priority": "normal", "state": "running", "exit_code": None, "command": command}
+    jobs = [Job.from_agent(node, {"id": f"j-{i}", "name": name, "gpus": [0], "gpus_requested": 1, "owner": owner,
+                                  "priority": "normal", "state": "running", "exit_code": None, "command": command})
             for i, (name, node, owner, command) in enumerate(rows)]
     reservations = [Reservation(f"r-{i}", node, (0,), owner, name, "active", command, command)
                     for i, (name, node, owner, command) in enumerate(rows)]

@@ -38,7 +38,7 @@ class JobTable(KeyedTable):
                 runtime = format_duration_s((ended or now_wall) - started) if started else "-"
                 state = job.state + (f" #{job.position}" if job.state == "queued" and job.position else "")
                 rows[job.id] = [
-                    job.id, job.name, job.node, ",".join(map(str, job.gpus)) or f"{job.gpus_requested}?",
+                    job.id, job.label, job.node, ",".join(map(str, job.gpus)) or f"{job.gpus_requested}?",
                     job.owner, job.priority, Text(state, style=styles[STATE_STYLE.get(job.state, "gc-stale")]),
                     "" if job.exit_code is None else str(job.exit_code), runtime, job.command,
                 ]
