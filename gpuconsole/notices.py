@@ -14,10 +14,13 @@ _handler: NoticeHandler | None = None
 _seen: set[tuple[str, str]] = set()
 
 
-def set_handler(handler: NoticeHandler | None) -> None:
-    """Send node warnings to ``handler(node, text)`` from now on (None: drop them)."""
+def set_handler(handler: NoticeHandler | None) -> NoticeHandler | None:
+    """Send node warnings to ``handler(node, text)`` from now on (None: drop them); returns the
+    previous handler. A new handler sees every warning once again (it is a new audience)."""
     global _handler
-    _handler = handler
+    previous, _handler = _handler, handler
+    _seen.clear()
+    return previous
 
 
 def node_warning(node: str, text: str) -> None:

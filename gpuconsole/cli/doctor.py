@@ -48,7 +48,7 @@ async def _doctor(config: Config) -> list[dict[str, Any]]:
                     or "check host, port, user, identity_file and known_hosts for this node",
                 }]})
                 continue
-            hello = fleet.conns[cfg.name].hello
+            hello = fleet.hello(cfg.name)
             ssh = {"check": "ssh", "ok": True,
                    "detail": f"{hello.get('user')}@{hello.get('hostname')}", "fix": None}
             entry: dict[str, Any] = {"node": cfg.name, "mode": cfg.mode, "checks": [ssh, *result["checks"]]}

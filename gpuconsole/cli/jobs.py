@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
+from gpuconsole.cli.reservations import burst_plan
 from gpuconsole.config import Config
+from gpuconsole.core import burst as core_burst
 from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
-from gpuconsole.errors import ExitCode, UsageError
+from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.model.jobs import Job, Preempted, Submitted
 from gpuconsole.textsafe import terminal_safe
 
@@ -35,20 +36,8 @@ def run_submit(config: Config, args: Any) -> int:
 
     async def go() -> Submitted:
         async with Fleet(config) as fleet:
-            if args.burst:
-                from gpuconsole.cli.cloud import cloud_progress
-                from gpuconsole.cloud.burst import burst_node
-                from gpuconsole.core.reservations import capacities
-
-                caps = await capacities(fleet, [args.node] if args.node else None)
-                if not any(c.free >= request.gpus and c.queued == 0 for c in caps):
-                    node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
-                    request_there = dataclasses.replace(request, node=node)
-                    result = await core.submit(fleet, request_there)
-                    requeue.remember(fleet.config, request_there, result)
-                    return result
-            result = await core.submit(fleet, request)
-            requeue.remember(fleet.config, request, result)
+            result = await core_burst.submit(fleet, request, burst_plan(config) if args.burst else None)
+            assert result is not None  # the CLI's --burst always says yes
             return result
 
     result = asyncio.run(go())
@@ -63,7 +52,7 @@ def run_submit(config: Config, args: Any) -> int:
 def run_jobs(config: Config, args: Any) -> int:
     async def go() -> tuple[list[Job], dict[str, str]]:
         async with Fleet(config) as fleet:
-            for old_id, new in await requeue.requeue_lost(fleet):
+            for old_id, new in await requeue.requeue_lost(fleet, await _cloud_live(config)):
                 warn(f"job {old_id} lost its cloud instance: requeued as {new.id} on {new.node}")
             found, errors = await core.list_jobs(fleet)
             requeue.forget_finished(found)
@@ -78,6 +67,19 @@ def run_jobs(config: Config, args: Any) -> int:
         return int(ExitCode.OK)
     console().print(jobs_table(found))
     return int(ExitCode.OK)
+
+
+async def _cloud_live(config: Config) -> frozenset[str] | None:
+    """The live managed instances, for requeueing jobs whose instance is gone; None without a cloud
+    or when EC2 cannot be asked (then nothing is judged lost)."""
+    if config.aws is None:
+        return None
+    from gpuconsole.cloud.inventory import live_ids
+
+    try:
+        return await asyncio.to_thread(live_ids, config)
+    except GpuConsoleError:
+        return None
 
 
 def jobs_table(found: list[Job]) -> Table:
@@ -109,8 +111,7 @@ def run_logs(config: Config, args: Any) -> int:
     async def go() -> Job:
         async with Fleet(config) as fleet:
             def found(job: Job) -> None:
-                conn = fleet.conns.get(job.node)
-                raw[0] = conn is not None and conn.hello.get("user") == job.owner
+                raw[0] = fleet.hello(job.node).get("user") == job.owner
 
             return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found)
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
+from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
+from gpuconsole.core.burst import BurstPlan, Offer
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.durations import format_duration_s, parse_duration_s
-from gpuconsole.errors import ExitCode, GpuConsoleError, NoCapacityError, UsageError
+from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.model import QueuedRequest, Reservation
 from gpuconsole.textsafe import terminal_safe
 
@@ -99,16 +100,10 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with Fleet(config) as fleet:
         try:
-            if burst:
-                try:
-                    return await core.reserve(fleet, dataclasses.replace(request, wait=False), on_progress=progress)
-                except NoCapacityError:
-                    from gpuconsole.cli.cloud import cloud_progress
-                    from gpuconsole.cloud.burst import burst_node
-
-                    node = await burst_node(fleet, request.gpus, announce=warn, progress=cloud_progress)
-                    return await core.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
-            return await core.reserve(fleet, request, on_progress=progress, on_notice=notice)
+            plan = burst_plan(config) if burst else None
+            result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
+            assert result is not None  # the CLI's --burst always says yes
+            return result
         except asyncio.CancelledError:
             if terminated.is_set():
                 raise _TerminatedError from None
@@ -116,6 +111,20 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
         finally:
             if last_line and sys.stderr.isatty():
                 sys.stderr.write("\n")
+
+
+def burst_plan(config: Config) -> BurstPlan:
+    """The CLI's burst: --burst is the user's yes, announced on stderr; launch phases go there too.
+    Loads the cloud side (boto3) only here, when a command bursts."""
+    from gpuconsole.cli.cloud import cloud_progress
+    from gpuconsole.cloud.burst import ec2_offers
+    from gpuconsole.cloud.monitor import CloudMonitor
+
+    async def confirm(gpus: int, offer: Offer) -> bool:
+        warn(f"no node can take {gpus} GPU(s) now: bursting to {offer.describe()}")
+        return True
+
+    return BurstPlan(ec2_offers(CloudMonitor(config)), confirm, cloud_progress)
 
 
 def run_release(config: Config, args: Any) -> int:

@@ -41,9 +41,7 @@ async def _status(config: Config, args: Any, names: list[str] | None) -> int:
             started = time.monotonic()
             # Dead nodes are retried each round; live ones keep their connection.
             for name in [s.name for s in snapshots if not s.reachable]:
-                dead = fleet.conns.pop(name, None)
-                if dead is not None:
-                    await dead.close()
+                await fleet.drop(name)
             await asyncio.sleep(max(0.0, args.watch - (time.monotonic() - started)))
     if snapshots and not any(s.reachable for s in snapshots):
         raise UnreachableError("; ".join(s.error or s.name for s in snapshots))

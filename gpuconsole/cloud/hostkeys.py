@@ -38,20 +38,38 @@ def parse_console_host_keys(console_text: str) -> list[str]:
     return keys
 
 
+INSTANCE_MARK = "gpuconsole-instance="  # the known_hosts comment naming whose keys a line holds
+
+
 def known_addresses(path: Path) -> set[str]:
+    return set(known_instances(path))
+
+
+def known_instances(path: Path) -> dict[str, str | None]:
+    """Address → the instance whose keys the file holds for it (None: a line without the mark)."""
     try:
-        return {line.split(" ", 1)[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        return set()
+        return {}
+    found: dict[str, str | None] = {}
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mark = next((f[len(INSTANCE_MARK):] for f in fields[3:] if f.startswith(INSTANCE_MARK)), None)
+        found[fields[0]] = mark if found.get(fields[0]) is None else found[fields[0]]
+    return found
 
 
-def remember_host_keys(path: Path, address: str, keys: list[str]) -> None:
-    """Replace any old lines for ``address`` (EC2 reuses addresses) with the instance's keys."""
+def remember_host_keys(path: Path, address: str, keys: list[str], instance_id: str | None = None) -> None:
+    """Replace any old lines for ``address`` (EC2 reuses addresses) with the instance's keys, marked
+    with the instance's id so that the next instance at the same address is learnt afresh."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         old = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.split(" ", 1)[0] != address]
     except FileNotFoundError:
         old = []
+    mark = f" {INSTANCE_MARK}{instance_id}" if instance_id else ""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{ln}\n" for ln in old + [f"{address} {key}" for key in keys]), encoding="utf-8")
+    tmp.write_text("".join(f"{ln}\n" for ln in old + [f"{address} {key}{mark}" for key in keys]), encoding="utf-8")
     os.replace(tmp, path)

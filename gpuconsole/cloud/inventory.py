@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gpuconsole.cloud.ec2 import Ec2
-from gpuconsole.cloud.hostkeys import cloud_known_hosts_path, known_addresses, remember_host_keys
+from gpuconsole.cloud.hostkeys import cloud_known_hosts_path, known_instances, remember_host_keys
 from gpuconsole.config import AwsConfig, Config, NodeConfig
 from gpuconsole.errors import ConfigError
-from gpuconsole.model.cloud import LISTED_STATES, Instance
+from gpuconsole.model.cloud import LISTED_STATES, LIVE_STATES, Instance
 
 
 def read_host_map(path: str | None) -> dict[str, dict[str, Any]]:
@@ -59,19 +59,36 @@ def node_for(instance: Instance, config: Config, host_map: dict[str, dict[str, A
     return dataclasses.replace(base, host=address, known_hosts=str(cloud_known_hosts_path()))
 
 
-def learn_host_keys(ec2: Ec2, config: Config, instances: list[Instance]) -> None:
-    """Fetch host keys from the console of running instances this machine has not seen yet."""
+class ConsoleKeys(Protocol):
+    """Where host keys come from: EC2's GetConsoleOutput (cloud.ec2.Ec2)."""
+
+    def console_host_keys(self, instance_id: str) -> list[str]: ...
+
+
+def learn_host_keys(ec2: ConsoleKeys, config: Config, instances: list[Instance]) -> None:
+    """Fetch host keys from the console of running instances whose keys this machine does not hold:
+    new addresses, and reused ones whose keys were another instance's (EC2 hands addresses out again)."""
     assert config.aws is not None
     if config.aws.host_map is not None:
         return  # the emulator's nodes are in the demo's known_hosts already
     path = cloud_known_hosts_path()
-    known = known_addresses(path)
+    known = known_instances(path)
     for instance in instances:
         address = instance.public_ip if config.aws.address == "public" else instance.private_ip
-        if instance.managed and instance.state == "running" and address and address not in known:
+        if instance.managed and instance.state == "running" and address and known.get(address) != instance.id:
             keys = ec2.console_host_keys(instance.id)
             if keys:
-                remember_host_keys(path, address, keys)
+                remember_host_keys(path, address, keys, instance.id)
+
+
+def host_keys_learnt(config: Config, instance: Instance) -> bool:
+    """Whether the cloud known_hosts holds this instance's own keys (always so with an emulator's
+    host_map: its nodes are in the demo's known_hosts)."""
+    assert config.aws is not None
+    if config.aws.host_map is not None:
+        return True
+    address = instance.public_ip if config.aws.address == "public" else instance.private_ip
+    return bool(address) and known_instances(cloud_known_hosts_path()).get(address or "") == instance.id
 
 
 def cloud_nodes(config: Config, instances: list[Instance]) -> list[NodeConfig]:
@@ -97,12 +114,19 @@ def scan(ec2: Ec2, config: Config) -> tuple[list[Instance], list[NodeConfig]]:
 
 
 def discover(config: Config) -> tuple[Config, list[Instance]]:
-    """The config plus a node per running managed instance, and the managed instances themselves."""
+    """For a one-shot command: the config plus a node per running managed instance, and the managed
+    instances themselves (the file's config is left as it was)."""
     if config.aws is None:
         return config, []
     instances, nodes = scan(Ec2(config.aws), config)
-    live = frozenset(i.id for i in instances if i.managed and i.live)
-    return dataclasses.replace(with_nodes(config, nodes), cloud_live=live), instances
+    return with_nodes(config, nodes), instances
+
+
+def live_ids(config: Config) -> frozenset[str] | None:
+    """Ids of the managed instances EC2 reports pending or running; None without `[cloud.aws]`."""
+    if config.aws is None:
+        return None
+    return frozenset(i.id for i in Ec2(config.aws).describe(states=LIVE_STATES) if i.managed)
 
 
 def allowed_types(aws: AwsConfig) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gpuconsole.cloud.ec2 import Ec2, is_loopback_endpoint
-from gpuconsole.cloud.inventory import allowed_types, learn_host_keys, node_for, read_host_map
+from gpuconsole.cloud.inventory import allowed_types, host_keys_learnt, learn_host_keys, node_for, read_host_map
 from gpuconsole.cloud.prices import price_per_hour
 from gpuconsole.config import AwsConfig, Config, NodeConfig, local_state_dir
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError, UsageError
@@ -182,6 +182,8 @@ async def wait_ready(ec2: Ec2, config: Config, launched: list[Launched], *, time
             try:
                 conn = await NodeConnection.open(node, timeout_s=min(30.0, max(5.0, timeout_s / 4)))
             except HostKeyError as exc:
+                if not await asyncio.to_thread(host_keys_learnt, config, instance):
+                    continue  # sshd answered before its keys reached the console: learn them, try again
                 raise UnreachableError(
                     f"{exc}; {instance_id} is still running: add its host key, or stop paying with "
                     f"`gpuconsole cloud down {instance_id}`"

@@ -132,9 +132,6 @@ class Config:
     nodes: tuple[NodeConfig, ...]
     watch: WatchConfig = field(default_factory=WatchConfig)
     aws: AwsConfig | None = None
-    # Ids of live (pending/running) managed instances, once discovery has asked EC2; None before
-    # that or when EC2 could not be asked (then nothing may be judged gone).
-    cloud_live: frozenset[str] | None = None
 
     def node(self, name: str) -> NodeConfig:
         """Return the node called ``name`` or raise NotFoundError."""

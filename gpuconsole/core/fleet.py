@@ -1,34 +1,37 @@
-"""Fan-out over the fleet: connect to many nodes at once, bounded, each with its own timeout."""
+"""Fan-out over the fleet: requests to many nodes at once, bounded, each with its own timeout, over
+the connections the registry (core/registry.py) owns."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpuconsole.config import Config, NodeConfig
+from gpuconsole.core.registry import Registry
 from gpuconsole.errors import GpuConsoleError, UnreachableError
 from gpuconsole.model.replies import BadReplyError
 from gpuconsole.ssh.connection import NodeConnection, SnapshotCallback
 
 
 class Fleet:
-    """Open connections to the configured nodes; one slow or dead node never delays the others."""
+    """Requests to the nodes in play; one slow or dead node never delays the others.
+
+    `Fleet(config)` owns a registry of its own (closed with the fleet); `Fleet(registry)` shares one
+    (the console's and the watcher's, whose poller streams over the same connections).
+    """
 
     def __init__(
         self,
-        config: Config,
+        members: Config | Registry,
         *,
         stream_s: float | None = None,
         on_snapshot: SnapshotCallback | None = None,
     ) -> None:
-        self.config = config
-        self.stream_s = stream_s
-        self.on_snapshot = on_snapshot
-        self.conns: dict[str, NodeConnection] = {}
-        self.errors: dict[str, GpuConsoleError] = {}
-        self._limit = asyncio.Semaphore(config.defaults.max_parallel)
+        self._owned = not isinstance(members, Registry)
+        self.registry = members if isinstance(members, Registry) else Registry(members)
+        if stream_s is not None or on_snapshot is not None:
+            self.registry.stream(stream_s, on_snapshot)
 
     async def __aenter__(self) -> Fleet:
         return self
@@ -36,45 +39,63 @@ class Fleet:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def node_configs(self, names: Iterable[str] | None = None) -> list[NodeConfig]:
-        if names is None:
-            return list(self.config.nodes)
-        return [self.config.node(name) for name in names]
+    @property
+    def config(self) -> Config:
+        """The config as read from the file (membership lives in the registry)."""
+        return self.registry.config
 
-    async def _open(self, cfg: NodeConfig) -> None:
-        async with self._limit:
-            try:
-                self.conns[cfg.name] = await NodeConnection.open(
-                    cfg, stream_s=self.stream_s, on_snapshot=self.on_snapshot
-                )
-                self.errors.pop(cfg.name, None)
-            except GpuConsoleError as exc:
-                self.errors[cfg.name] = exc
+    def node_configs(self, names: Iterable[str] | None = None) -> list[NodeConfig]:
+        return self.registry.configs(names)
+
+    def node(self, name: str) -> NodeConfig:
+        return self.registry.node(name)
+
+    def join(self, nodes: Iterable[NodeConfig]) -> list[NodeConfig]:
+        """Bring nodes into play (a burst's new instance); subscribers hear of each."""
+        return self.registry.join(nodes)
+
+    def connection(self, name: str) -> NodeConnection | None:
+        """The node's live connection, if one is open."""
+        return self.registry.connection(name)
+
+    def hello(self, name: str) -> dict[str, Any]:
+        """What the node's agent said when it connected (user, hostname, …); {} when not connected."""
+        conn = self.registry.connection(name)
+        return dict(conn.hello) if conn is not None else {}
+
+    @property
+    def errors(self) -> Mapping[str, GpuConsoleError]:
+        """Per-node connection failures, read-only."""
+        return self.registry.errors
 
     async def connect(self, names: Iterable[str] | None = None) -> dict[str, NodeConnection]:
-        """Connect to ``names`` (default: all) concurrently; failures land in `self.errors`."""
-        todo = [c for c in self.node_configs(names) if c.name not in self.conns]
-        await asyncio.gather(*(self._open(cfg) for cfg in todo))
-        wanted = {c.name for c in self.node_configs(names)}
-        return {name: conn for name, conn in self.conns.items() if name in wanted}
+        """Connect to ``names`` (default: all) concurrently, reopening dead connections; failures
+        land in `errors`."""
+        wanted = [c.name for c in self.node_configs(names)]
 
-    async def reconnect(self, name: str) -> NodeConnection:
+        async def one(name: str) -> NodeConnection | None:
+            try:
+                return await self.registry.connect(name)
+            except GpuConsoleError:
+                return None
+
+        conns = await asyncio.gather(*(one(name) for name in wanted))
+        return {name: conn for name, conn in zip(wanted, conns, strict=True) if conn is not None}
+
+    async def drop(self, name: str) -> None:
+        """Close the node's connection so the next request opens a fresh one (and retries a failure)."""
+        await self.registry.drop(name)
+
+    async def reconnect(self, name: str, stale: NodeConnection | None = None) -> NodeConnection:
         """Drop and reopen one node's connection (after a transport failure)."""
-        old = self.conns.pop(name, None)
-        if old is not None:
-            await old.close()
-        await self._open(self.config.node(name))
-        if name in self.errors:
-            raise self.errors[name]
-        return self.conns[name]
+        await self.registry.drop(name, stale)
+        return await self.registry.connect(name)
 
     async def request(self, name: str, op: str, args: dict[str, Any] | None = None, *,
                       retries: int = 1, timeout_s: float = 30.0) -> dict[str, Any]:
         """One request to one node; on a dropped connection, reconnect and resend the same
         request (its req_id makes the retry safe: the node replays a committed answer)."""
-        conn = self.conns.get(name) or (await self.connect([name])).get(name)
-        if conn is None:
-            raise self.errors[name]
+        conn = await self.registry.connect(name)
         for attempt in range(retries + 1):
             try:
                 return await conn.request(op, args, timeout_s=timeout_s)
@@ -84,31 +105,27 @@ class Fleet:
                 if attempt >= retries:
                     raise
                 await asyncio.sleep(0.1 * (attempt + 1))
-                conn = await self.reconnect(name)
+                conn = await self.reconnect(name, conn)
         raise AssertionError("unreachable")
 
     async def call_all(
         self, op: str, args: dict[str, Any] | None = None, names: Iterable[str] | None = None,
         *, timeout_s: float = 30.0,
     ) -> dict[str, dict[str, Any] | GpuConsoleError]:
-        """The same request on every connected node; per-node result or error."""
-        conns = await self.connect(names)
+        """The same request on every node (dead connections reopened first); per-node result or error."""
+        wanted = [c.name for c in self.node_configs(names)]
 
-        async def one(name: str, conn: NodeConnection) -> dict[str, Any] | GpuConsoleError:
+        async def one(name: str) -> dict[str, Any] | GpuConsoleError:
             try:
+                conn = await self.registry.connect(name)
                 return await conn.request(op, args, timeout_s=timeout_s)
             except GpuConsoleError as exc:
                 return exc
 
-        names_order = list(conns)
-        results = await asyncio.gather(*(one(n, conns[n]) for n in names_order))
-        out: dict[str, dict[str, Any] | GpuConsoleError] = dict(zip(names_order, results, strict=True))
-        for cfg in self.node_configs(names):
-            if cfg.name not in out and cfg.name in self.errors:
-                out[cfg.name] = self.errors[cfg.name]
-        return out
+        results = await asyncio.gather(*(one(name) for name in wanted))
+        return dict(zip(wanted, results, strict=True))
 
     async def close(self) -> None:
-        conns, self.conns = list(self.conns.values()), {}
-        with contextlib.suppress(Exception):
-            await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        """Close the connections of a fleet that owns its registry (a shared one is closed by its owner)."""
+        if self._owned:
+            await self.registry.aclose()

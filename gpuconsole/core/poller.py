@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 from gpuconsole.config import Config, NodeConfig
+from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
@@ -19,58 +20,83 @@ BACKOFF_MAX_S = 30.0
 
 
 def next_backoff_s(previous_s: float, rng: random.Random) -> tuple[float, float]:
-    """(sleep now, next base): full jitter over an exponentially growing, capped base."""
+    """(sleep now, next base): "equal jitter", a wait drawn between half and all of the current base,
+    which starts at BACKOFF_START_S and doubles up to BACKOFF_MAX_S (never a zero wait, unlike full jitter)."""
     base = min(BACKOFF_MAX_S, previous_s * 2)
     return rng.uniform(previous_s / 2, previous_s), base
 
 
 class Poller:
-    """One task per node: connect, stream snapshots, and on any failure back off and retry."""
+    """One task per node in play: connect, stream snapshots, and on any failure back off and retry.
+
+    Connections belong to the registry (shared with the fleet's requests when one is passed in);
+    nodes joining or leaving the registry start or stop their task.
+    """
 
     def __init__(
         self,
-        config: Config,
+        members: Config | Registry,
         on_event: Callable[[PollEvent], None],
         *,
         interval_s: float | None = None,
         stale_after_s: float | None = None,
         seed: int | None = None,
     ) -> None:
-        self.config = config
+        self._owned = not isinstance(members, Registry)
+        self.registry = members if isinstance(members, Registry) else Registry(members)
+        self.config = self.registry.config
         self.on_event = on_event
-        self.interval_s = interval_s or config.defaults.poll_seconds
+        self.interval_s = interval_s or self.config.defaults.poll_seconds
         self.stale_after_s = stale_after_s or max(3 * self.interval_s, 5.0)
-        self.conns: dict[str, NodeConnection] = {}
         self.last_seen: dict[str, float] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # node name → its poll task
+        self._stopping: set[asyncio.Task[None]] = set()
         self._sources: dict[str, str] = {}
         self._rng = random.Random(seed)
-        self._limit = asyncio.Semaphore(config.defaults.max_parallel)
+        self._unsubscribe: Callable[[], None] | None = None
+        self.registry.stream(self.interval_s, self._snapshot_arrived)
 
     def start(self) -> None:
-        """Start polling every configured node (call from a running loop)."""
-        for cfg in self.config.nodes:
-            self.add_node(cfg)
+        """Start polling every node in play, and each one that joins later (call from a running loop)."""
+        if self._unsubscribe is None:
+            self._unsubscribe = self.registry.subscribe(self._members_changed)
+        for cfg in self.registry.nodes:
+            self._start_task(cfg)
+
+    def _members_changed(self, event: MemberEvent) -> None:
+        if isinstance(event, NodeJoined):
+            self._start_task(event.node)
+        else:
+            self._stop_task(event.name)
 
     def add_node(self, cfg: NodeConfig) -> None:
-        """Start polling one more node (cloud nodes join this way); a node already polled is left as is."""
+        """Start polling one more node (it joins the registry); a node already polled is left as is."""
+        self.registry.join([cfg])
+        self._start_task(cfg)
+
+    async def remove_node(self, name: str) -> None:
+        """Stop polling a node (it leaves the registry, which closes its connection); unknown names are ignored."""
+        self.registry.leave([name])
+        task = self._stop_task(name)
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _start_task(self, cfg: NodeConfig) -> None:
         if cfg.name in self._tasks:
             return
         self._sources[cfg.name] = cfg.source
         self._tasks[cfg.name] = asyncio.create_task(self._node_loop(cfg), name=f"poll-{cfg.name}")
 
-    async def remove_node(self, name: str) -> None:
-        """Stop polling a node (a terminated cloud instance) and close its connection; unknown names are ignored."""
+    def _stop_task(self, name: str) -> asyncio.Task[None] | None:
         task = self._tasks.pop(name, None)
         if task is None:
-            return
+            return None
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        conn = self.conns.pop(name, None)
-        if conn is not None:
-            await conn.close()
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
         self.last_seen.pop(name, None)
         self._sources.pop(name, None)
+        return task
 
     @property
     def polled(self) -> list[str]:
@@ -78,6 +104,8 @@ class Poller:
         return list(self._tasks)
 
     def _snapshot_arrived(self, name: str, data: dict[str, object]) -> None:
+        if name not in self._tasks:
+            return  # a node that is not (or no longer) polled
         source = self._sources.get(name, "onprem")
         self.last_seen[name] = time.monotonic()
         self.on_event(NodeUpdated(NodeSnapshot.from_agent(name, data, source), time.monotonic()))
@@ -85,12 +113,9 @@ class Poller:
     async def _node_loop(self, cfg: NodeConfig) -> None:
         backoff_s = BACKOFF_START_S
         while True:
+            conn: NodeConnection | None = None
             try:
-                async with self._limit:
-                    conn = await NodeConnection.open(
-                        cfg, stream_s=self.interval_s, on_snapshot=self._snapshot_arrived
-                    )
-                self.conns[cfg.name] = conn
+                conn = await self.registry.connect(cfg.name)
                 error = await self._watch(conn)
                 if conn.failure is None:  # it worked until now; a node that answers garbage keeps backing off
                     backoff_s = BACKOFF_START_S
@@ -100,9 +125,8 @@ class Poller:
             except GpuConsoleError as exc:
                 error = str(exc)
             finally:
-                stale = self.conns.pop(cfg.name, None)
-                if stale is not None:
-                    await stale.close()
+                if conn is not None:
+                    await self.registry.drop(cfg.name, conn)
             sleep_s, backoff_s = next_backoff_s(backoff_s, self._rng)
             self.on_event(NodeFailed(cfg.name, error, False, sleep_s, time.monotonic()))
             await asyncio.sleep(sleep_s)
@@ -120,11 +144,15 @@ class Poller:
                 return f"{conn.name}: no telemetry for {silent_s:.0f}s"
 
     async def aclose(self) -> None:
-        """Stop every node task and close the connections."""
-        tasks = list(self._tasks.values())
+        """Stop every node task; close the connections if the registry is the poller's own."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        tasks = [*self._tasks.values(), *self._stopping]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        conns, self.conns = list(self.conns.values()), {}
-        await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+        self.registry.stream(None, None)
+        if self._owned:
+            await self.registry.aclose()

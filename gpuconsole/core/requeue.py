@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.config import Config, local_state_dir
+from gpuconsole.config import local_state_dir
 from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError
@@ -43,10 +43,13 @@ def _save(entries: dict[str, dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def remember(config: Config, request: core_jobs.SubmitRequest, result: Submitted) -> None:
+def remember(fleet: Fleet, request: core_jobs.SubmitRequest, result: Submitted) -> None:
     """Journal a requeue-able job that landed on a cloud node."""
-    node = next((n for n in config.nodes if n.name == result.node), None)
-    if node is None or node.source != "cloud" or not request.requeue:
+    name = result.node
+    if not request.requeue or not fleet.registry.has(name):
+        return
+    node = fleet.node(name)
+    if node.source != "cloud":
         return
     entries = _load()
     entries[result.id] = {
@@ -67,9 +70,10 @@ def forget_finished(jobs: list[Job]) -> None:
         _save(entries)
 
 
-async def requeue_lost(fleet: Fleet) -> list[tuple[str, Submitted]]:
-    """Resubmit journaled jobs whose instance EC2 no longer reports live; (old id, new submit result)."""
-    live = fleet.config.cloud_live
+async def requeue_lost(fleet: Fleet, live: frozenset[str] | None) -> list[tuple[str, Submitted]]:
+    """Resubmit journaled jobs whose instance is not among ``live`` (the managed instances EC2 reports
+    pending or running; None when EC2 could not be asked: then nothing is judged lost);
+    (old id, new submit result)."""
     if live is None:
         return []
     lost = {job_id: e for job_id, e in _load().items() if e.get("node") not in live}
@@ -83,7 +87,7 @@ async def requeue_lost(fleet: Fleet) -> list[tuple[str, Submitted]]:
             result = await core_jobs.submit(fleet, request)
         except GpuConsoleError:
             continue  # nowhere to put it right now: try again next time
-        remember(fleet.config, request, result)
+        remember(fleet, request, result)
         current = _load()
         current.pop(job_id, None)
         _save(current)

@@ -168,8 +168,7 @@ async def release_mine(fleet: Fleet) -> list[dict[str, Any]]:
     released = []
     items: list[Reservation | QueuedRequest] = [*reservations, *queue]
     for item in items:
-        conn = fleet.conns.get(item.node)
-        if conn is None or conn.hello.get("user") != item.owner:
+        if fleet.hello(item.node).get("user") != item.owner:
             continue
         result = await fleet.request(item.node, "release", {"id": item.id, "req_id": _req_id()})
         released.append(dict(result, node=item.node))

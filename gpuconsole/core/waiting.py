@@ -211,9 +211,7 @@ class Waiter:
         """Forget a dead connection (the next request opens a new one); its agent took the ticket's
         attachment with it."""
         self.attached = False
-        old = self.fleet.conns.pop(self.node, None)
-        if old is not None:
-            await old.close()
+        await self.fleet.drop(self.node)
 
     async def withdraw(self, *, announce: bool = True) -> bool:
         """Release the ticket (or the grant it just became) before the waiter goes away; False when

@@ -82,6 +82,9 @@ class NodeConnection:
         self.on_snapshot: SnapshotCallback | None = None
         self.closed = asyncio.Event()
         self.failure: BadReplyError | None = None  # why the stream was dropped, when the agent broke protocol
+        # Warnings the agent attached to the last reply (a committed change that still carries news);
+        # each one also goes to gpuconsole.notices, which shows it to the user once.
+        self.last_warnings: list[str] = []
 
     @classmethod
     async def open(
@@ -193,7 +196,14 @@ class NodeConnection:
         message = check_message(self.name, message)
         if "event" in message:
             if message["event"] == "snapshot" and self.on_snapshot is not None:
-                self.on_snapshot(self.name, check_snapshot(self.name, message.get("data")))
+                data = check_snapshot(self.name, message.get("data"))
+                try:
+                    self.on_snapshot(self.name, data)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    # The snapshot passed the wire check but the model could not be built from it:
+                    # still the node's bad reply, not a lost connection.
+                    raise BadReplyError(f"{self.name}: bad reply from agent in telemetry: "
+                                        f"{exc.__class__.__name__}: {exc}") from None
             return
         msg_id = message.get("id")
         if msg_id is None:
@@ -222,7 +232,7 @@ class NodeConnection:
             self._pending.pop(msg_id, None)
             raise self._agent_died_error() from None
         checked = check_reply(self.name, op, reply)
-        self.last_warnings: list[str] = list(checked.warnings)
+        self.last_warnings = list(checked.warnings)
         for text in self.last_warnings:
             notices.node_warning(self.name, text)
         if not checked.ok:

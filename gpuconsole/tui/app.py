@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -15,13 +14,17 @@ from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
+from gpuconsole import notices
 from gpuconsole.config import Config
+from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.poller import Poller
+from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.durations import format_duration_s
-from gpuconsole.errors import GpuConsoleError, NoCapacityError
 from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.fleet import FleetState
+from gpuconsole.notices import NoticeHandler
 from gpuconsole.textsafe import rich_text, terminal_safe
+from gpuconsole.tui.actions import ERROR_TOAST_S, ActionSide
 from gpuconsole.tui.alerts import JUDGE_INTERVAL_S, AlertBook
 from gpuconsole.tui.cloud import CloudSide
 from gpuconsole.tui.commands import ConsoleCommands
@@ -35,9 +38,6 @@ from gpuconsole.tui.widgets.job_table import JobTable
 from gpuconsole.tui.widgets.reservation_table import ReservationTable
 from gpuconsole.tui.widgets.summary import SummaryBar
 
-if TYPE_CHECKING:
-    from gpuconsole.core.fleet import Fleet
-
 # Data arrives at the poll rate (1 Hz); repainting it at 2 Hz keeps it fresh without repainting
 # 64 rows four times a second. Keys repaint at once (see _select_node).
 RENDER_INTERVAL_S = 0.5
@@ -45,7 +45,7 @@ AGE_REFRESH_S = 1.0
 MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job", "cloud_up", "cloud_down"})
 
 
-class GpuConsoleApp(CloudSide, App[int]):
+class GpuConsoleApp(CloudSide, ActionSide, App[int]):
     """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
@@ -85,7 +85,12 @@ class GpuConsoleApp(CloudSide, App[int]):
         self._themes = load_themes()
         self._theme_names = [t.name for t in self._themes.themes]
         self._requested_theme = theme_name or DEFAULT_THEME
-        self._action_fleet: Fleet | None = None
+        # Membership and connections, one owner: the poller streams and the actions ask over the
+        # same connection per node; Config stays what the file said.
+        self.registry = Registry(config)
+        self.registry.subscribe(self._members_changed)
+        self.actions = Fleet(self.registry)
+        self._previous_notices: NoticeHandler | None = None
         self.alerts = AlertBook(config.watch, [n.name for n in config.nodes], poll_s=config.defaults.poll_seconds)
         self._alerts_shown = -1
         self.init_cloud()
@@ -121,6 +126,7 @@ class GpuConsoleApp(CloudSide, App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._previous_notices = notices.set_handler(self._node_warning)
         for theme in self._themes.themes:
             self.register_theme(theme)
         if self._requested_theme in self.available_themes:
@@ -153,7 +159,7 @@ class GpuConsoleApp(CloudSide, App[int]):
         def forward(event: PollEvent) -> None:
             self.post_message(PollEventArrived(event))
 
-        self.poller = Poller(self.config, forward)
+        self.poller = Poller(self.registry, forward)
         self.poller.start()
         try:
             await asyncio.Event().wait()
@@ -278,7 +284,7 @@ class GpuConsoleApp(CloudSide, App[int]):
 
     def action_reserve(self) -> None:
         duration = format_duration_s(self.config.defaults.reserve_for_s)
-        dialog = ReserveDialog([n.name for n in self.config.nodes], duration, cloud=self.config.aws is not None)
+        dialog = ReserveDialog([n.name for n in self.registry.nodes], duration, cloud=self.config.aws is not None)
         self.push_screen(dialog, self._reserve_chosen)
 
     def _reserve_chosen(self, form: ReserveForm | None) -> None:
@@ -362,102 +368,25 @@ class GpuConsoleApp(CloudSide, App[int]):
         self.push_screen(screen)
         self.load_logs(screen)
 
-    @work(group="actions", exit_on_error=False)
-    async def load_logs(self, screen: LogScreen) -> None:
-        from gpuconsole.core import jobs as core_jobs
+    def _node_warning(self, node: str, text: str) -> None:
+        """A node's warning on a reply that worked (gpuconsole.notices): a toast, once per text."""
+        self.notify(f"{node}: {text}", title="node warning", severity="warning", timeout=ERROR_TOAST_S)
 
-        try:
-            await core_jobs.follow_logs(await self._fleet(), screen.job_id, screen.add_output)
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="logs failed", severity="error", timeout=8)
-
-    @work(group="actions", exit_on_error=False)
-    async def run_job_action(self, action: str, job_id: str) -> None:
-        from gpuconsole.core import jobs as core_jobs
-
-        try:
-            if action == "cancel":
-                node = (await core_jobs.cancel(await self._fleet(), job_id)).node
-            else:
-                node = (await core_jobs.preempt(await self._fleet(), job_id)).node
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title=f"{action} failed", severity="error", timeout=8)
-            return
-        self.notify(f"{job_id} on {node}", title="cancelled" if action == "cancel" else "preempting")
-        await self.refresh_node(node)
-
-    # -- action workers: core calls off the UI path; results come back as toasts -------------
-
-    async def _fleet(self) -> Fleet:
-        """Connections for actions, opened on first use and kept (the poller's stream its own)."""
-        from gpuconsole.core.fleet import Fleet
-
-        if self._action_fleet is None:
-            self._action_fleet = Fleet(self.config)
-        return self._action_fleet
-
-    @work(group="actions", exit_on_error=False)
-    async def run_reserve(self, form: ReserveForm) -> None:
-        from gpuconsole.core import reservations as core
-
-        request = core.ReserveRequest(gpus=form.gpus, ttl_s=form.ttl_s, node=form.node,
-                                      preemptible=form.preemptible)
-        try:
-            try:
-                result = await core.reserve(await self._fleet(), request)
-            except NoCapacityError:
-                if not form.burst:
-                    raise
-                burst = await self.burst_reserve(request)
-                if burst is None:
-                    return
-                result = burst
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="reserve failed", severity="error", timeout=8)
-            return
-        self.notify(f"{result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} until "
-                    f"{result['expires_at'][11:16]}Z", title="reserved")
-        await self.refresh_node(result["node"])
-
-    @work(group="actions", exit_on_error=False)
-    async def run_release(self, rid: str) -> None:
-        from gpuconsole.core import reservations as core
-
-        try:
-            result = await core.release(await self._fleet(), rid)
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="release failed", severity="error", timeout=8)
-            return
-        self.notify(f"{rid} on {result['node']}", title="released")
-        await self.refresh_node(result["node"])
-
-    @work(group="actions", exit_on_error=False)
-    async def run_renew(self, rid: str) -> None:
-        from gpuconsole.core import reservations as core
-
-        try:
-            result = await core.renew(await self._fleet(), rid, self.config.defaults.reserve_for_s)
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="renew failed", severity="error", timeout=8)
-            return
-        self.notify(f"{rid} until {result['expires_at'][11:16]}Z", title="renewed")
-        await self.refresh_node(result["node"])
-
-    async def refresh_node(self, name: str) -> None:
-        """Fetch one node's snapshot now instead of waiting for the next poll tick."""
-        conn = self.poller.conns.get(name) if self.poller else None
-        if conn is None:
-            return
-        try:
-            data = await conn.request("snapshot", timeout_s=10)
-        except GpuConsoleError:
-            return
-        from gpuconsole.model import NodeSnapshot
-
-        source = next((n.source for n in self.config.nodes if n.name == name), "onprem")
-        self.inject(NodeUpdated(NodeSnapshot.from_agent(name, data, source), self.clock()))
-        self.render_fleet()
+    def _members_changed(self, event: MemberEvent) -> None:
+        """A node joined or left the registry: the fleet view, the alert book and the selection follow
+        (the poller subscribes on its own). Late poll events of a node that left are dropped."""
+        if isinstance(event, NodeJoined):
+            self.gone_nodes.discard(event.node.name)
+            self.fleet.add_node(event.node.name, event.node.source)
+            self.alerts.expect(event.node.name)
+        else:
+            self.gone_nodes.add(event.name)
+            self.fleet.remove_node(event.name)
+            self.alerts.forget(event.name, self.wall_clock())
+            if self.selected_node == event.name:
+                self.selected_node = next(iter(self.fleet.nodes), None)
+        self._dirty = True
 
     async def on_unmount(self) -> None:
-        if self._action_fleet is not None:
-            await self._action_fleet.close()
+        notices.set_handler(self._previous_notices)
+        await self.registry.aclose()

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.screen import Screen
 from textual.widgets import Static, TabbedContent
+from textual.worker import Worker
 
-from gpuconsole.config import Config, NodeConfig
-from gpuconsole.errors import GpuConsoleError
+from gpuconsole.config import Config
 from gpuconsole.model.cloud import PHASE_LABELS, Instance
 from gpuconsole.model.fleet import FleetState
 from gpuconsole.textsafe import rich_text
@@ -34,10 +33,11 @@ if TYPE_CHECKING:
 
     from gpuconsole.cloud.idle import IdleCloudJudge
     from gpuconsole.cloud.monitor import CloudMonitor, CloudView, Quote
+    from gpuconsole.core.burst import BurstPlan, Offer
     from gpuconsole.core.fleet import Fleet
-    from gpuconsole.core.poller import Poller
-    from gpuconsole.core.reservations import ReserveRequest
+    from gpuconsole.core.registry import Registry
     from gpuconsole.model.alerts import Alert
+    from gpuconsole.tui.actions import Done
 
     _AppBase = App[int]
 else:
@@ -53,22 +53,23 @@ class CloudSide(_AppBase):
 
     # Provided by GpuConsoleApp.
     config: Config
+    registry: Registry
+    actions: Fleet
     fleet: FleetState
-    poller: Poller | None
     alerts: AlertBook
     readonly: bool
-    selected_node: str | None
     wall_clock: Callable[[], float]
     _dirty: bool
-    _action_fleet: Fleet | None
 
     if TYPE_CHECKING:
-        async def _fleet(self) -> Fleet: ...
+        def act(self, failed: str, action: Callable[[], Awaitable[Done | None]]) -> Worker[None]: ...
 
     def init_cloud(self) -> None:
         self.cloud_view: CloudView | None = None
-        self._cloud_config = self.config  # discovery reports every cloud node not named in this one
         self._cloud_monitor: CloudMonitor | None = None
+        # Nodes a burst brought in, kept until discovery has seen their instance past `pending`: a
+        # round that asked EC2 before the launch must not send them away again.
+        self._burst_nodes: set[str] = set()
         self._cloud_kick = asyncio.Event()
         self._idle_cloud: IdleCloudJudge | None = None
         self.gone_nodes: set[str] = set()  # cloud nodes that left: late poll events for them are dropped
@@ -81,7 +82,7 @@ class CloudSide(_AppBase):
         if self._cloud_monitor is None:
             from gpuconsole.cloud.monitor import CloudMonitor
 
-            self._cloud_monitor = CloudMonitor(self._cloud_config)
+            self._cloud_monitor = CloudMonitor(self.config)
         return self._cloud_monitor
 
     def kick_cloud(self) -> None:
@@ -121,47 +122,12 @@ class CloudSide(_AppBase):
         A failed round changes no membership (missing data is not proof an instance is gone)."""
         self.cloud_view = view
         if view.error is None:
+            self._burst_nodes -= {i.id for i in view.instances if i.state != "pending"}
             running = {i.id for i in view.instances if i.state == "running"}
-            known = {n.name for n in self.config.nodes}
-            joined = [n for n in view.nodes if n.name not in known]
-            gone = [n.name for n in self.config.nodes if n.source == "cloud" and n.name not in running]
-            if joined or gone:
-                self._change_members(joined, gone)
+            self.registry.join(view.nodes)  # the registry tells the fleet view, the alerts and the poller
+            self.registry.leave([n.name for n in self.registry.nodes if n.source == "cloud"
+                                 and n.name not in running and n.name not in self._burst_nodes])
         self._dirty = True
-
-    def _change_members(self, joined: list[NodeConfig], gone: list[str]) -> None:
-        """Apply joins and leaves to the config, the fleet view, the poller, the alert book and the
-        action connections, as deltas (a node a burst just added to the action fleet is kept)."""
-        def without(config: Config) -> Config:
-            return dataclasses.replace(config, nodes=tuple(n for n in config.nodes if n.name not in gone))
-
-        def plus(config: Config) -> Config:
-            known = {n.name for n in config.nodes}
-            return dataclasses.replace(config, nodes=config.nodes + tuple(n for n in joined if n.name not in known))
-
-        self.config = plus(without(self.config))
-        now_s = self.wall_clock()
-        for cfg in joined:
-            self.gone_nodes.discard(cfg.name)
-            self.fleet.add_node(cfg.name, "cloud")
-            self.alerts.expect(cfg.name)
-            if self.poller is not None:
-                self.poller.add_node(cfg)
-        for name in gone:
-            self.gone_nodes.add(name)
-            self.fleet.remove_node(name)
-            self.alerts.forget(name, now_s)
-            if self.poller is not None:
-                self.run_worker(self.poller.remove_node(name), group="cloud-nodes", exit_on_error=False)
-        if self.selected_node in gone:
-            self.selected_node = next(iter(self.fleet.nodes), None)
-        action_fleet = self._action_fleet
-        if action_fleet is not None:
-            action_fleet.config = plus(without(action_fleet.config))
-            for name in gone:
-                conn = action_fleet.conns.pop(name, None)
-                if conn is not None:
-                    self.run_worker(conn.close(), group="cloud-nodes", exit_on_error=False)
 
     # -- what the rest of the console shows ---------------------------------------------------
 
@@ -229,18 +195,17 @@ class CloudSide(_AppBase):
         self.notify(f"{instance_id}: {PHASE_LABELS.get(phase, phase)} after {elapsed_s:.1f}s", title="cloud up")
         self.kick_cloud()
 
-    @work(group="actions", exit_on_error=False)
-    async def run_cloud_up(self, quote: Quote) -> None:
-        self.notify(f"starting {quote.describe()}", title="cloud up")
-        try:
-            launched = await self.cloud_monitor().launch(quote, progress=self._launch_progress)
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="cloud up failed", severity="error", timeout=8)
-            return
-        finally:
-            self.kick_cloud()
-        for item in launched:
-            self.notify(f"{item.instance.id} ({quote.instance_type}) is ready as a node", title="cloud up")
+    def run_cloud_up(self, quote: Quote) -> Worker[None]:
+        async def cloud_up() -> None:
+            self.notify(f"starting {quote.describe()}", title="cloud up")
+            try:
+                launched = await self.cloud_monitor().launch(quote, progress=self._launch_progress)
+            finally:
+                self.kick_cloud()
+            for item in launched:
+                self.notify(f"{item.instance.id} ({quote.instance_type}) is ready as a node", title="cloud up")
+
+        return self.act("cloud up failed", cloud_up)
 
     def selected_instance(self) -> Instance | None:
         """The instance under the cursor in the Cloud tab, or None (with a hint)."""
@@ -267,31 +232,32 @@ class CloudSide(_AppBase):
         question = f"Terminate {instance.id} ({describe_instance(instance, self.wall_clock())})?"
         self.push_screen(ConfirmDialog(question, "Terminate"), confirmed)
 
-    @work(group="actions", exit_on_error=False)
-    async def run_cloud_down(self, instance_id: str) -> None:
-        try:
+    def run_cloud_down(self, instance_id: str) -> Worker[None]:
+        async def cloud_down() -> None:
             done = await self.cloud_monitor().down([instance_id])
-        except GpuConsoleError as exc:
-            self.notify(str(exc), title="terminate failed", severity="error", timeout=8)
-            return
-        self.kick_cloud()
-        for instance in done:
-            self.notify(f"terminating {instance.id} ({instance.type})", title="cloud down")
-
-    async def burst_reserve(self, request: ReserveRequest) -> dict[str, Any] | None:
-        """No node had room: show the quote, and on yes start that node and reserve there (inside the
-        reserve worker). None when the user declines."""
-        from gpuconsole.cloud.burst import burst_node
-        from gpuconsole.core import reservations as core
-
-        quote = await self._quote(request.gpus)
-        question = f"No node has {request.gpus} free GPU{'s' if request.gpus != 1 else ''}. Start {quote.describe()}?"
-        if not await self.push_screen_wait(ConfirmDialog(question, "Start")):
-            return None
-        fleet = await self._fleet()
-        self.notify(f"starting {quote.describe()}", title="burst")
-        try:
-            node = await burst_node(fleet, request.gpus, progress=self._launch_progress)
-        finally:
             self.kick_cloud()
-        return await core.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
+            for instance in done:
+                self.notify(f"terminating {instance.id} ({instance.type})", title="cloud down")
+
+        return self.act("terminate failed", cloud_down)
+
+    async def _confirm_burst(self, gpus: int, offer: Offer) -> bool:
+        """The console's burst confirmation: the dialog with the quote; on yes, say so."""
+        question = f"No node has {gpus} free GPU{'s' if gpus != 1 else ''}. Start {offer.describe()}?"
+        if not await self.push_screen_wait(ConfirmDialog(question, "Start")):
+            return False
+        self.notify(f"starting {offer.describe()}", title="burst")
+        return True
+
+    def _note_burst_node(self, instance_id: str, phase: str, elapsed_s: float) -> None:
+        if phase == "agent":  # it joins the registry now: keep it until discovery has seen it run
+            self._burst_nodes.add(instance_id)
+        self._launch_progress(instance_id, phase, elapsed_s)
+
+    def burst_plan(self) -> BurstPlan:
+        """How the console bursts (core.burst does the work, inside the reserve worker): the quote in
+        a dialog, launch phases as toasts. Loads the cloud side (boto3) only when asked."""
+        from gpuconsole.cloud.burst import ec2_offers
+        from gpuconsole.core.burst import BurstPlan
+
+        return BurstPlan(ec2_offers(self.cloud_monitor()), self._confirm_burst, self._note_burst_node)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.poller import Poller
+from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.core.reservations import release_on
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.errors import ExitCode, GpuConsoleError
@@ -84,13 +84,13 @@ class WatchRunner:
         self.releaser = ReleasePolicy(settings.grace_s) if settings.release_idle else None
         self.fleet_state = FleetState([n.name for n in config.nodes], sources={n.name: n.source for n in config.nodes})
         self.state = StateFile(settings.state_path) if settings.state_path else None
-        self._fleet: Fleet | None = None
-        self._poller: Poller | None = None
+        # Membership and connections: the poller streams over the connections releases use.
+        self.registry = Registry(config)
+        self.registry.subscribe(self._members_changed)
+        self._fleet = Fleet(self.registry)
         self._saved_at_s = 0.0
         self._logged: set[str] = set()
         self._loaded = False
-        self._background: set[asyncio.Task[None]] = set()
-        self._joined: dict[str, NodeConfig] = {}
         self._gone: set[str] = set()
 
     # -- events and state ---------------------------------------------------------------------
@@ -109,44 +109,25 @@ class WatchRunner:
             self.log(message)
 
     def nodes_changed(self, added: list[NodeConfig], removed: list[str]) -> None:
-        """Nodes joined or left (cloud instances): poll new ones like any node; forget gone ones and
-        resolve what was raised about them (a terminated instance is not "back")."""
-        if added or removed:
-            self._drop_fleet()  # releases must see the new node list
-        for cfg in added:
-            self._gone.discard(cfg.name)
-            self._joined[cfg.name] = cfg
-            self.detector.expected_nodes.add(cfg.name)
-            self.fleet_state.add_node(cfg.name, cfg.source)
-            if self._poller is not None:
-                self._poller.add_node(cfg)
-        now_s = self.clock()
-        for name in removed:
-            self._gone.add(name)
-            self._joined.pop(name, None)
-            self.detector.forget_node(name)
-            self.fleet_state.remove_node(name)
-            if self._poller is not None:
-                self._in_background(self._poller.remove_node(name))
-            for alert in self.tracker.resolve_node(name, now_s):
-                self.dispatcher.publish(alert)
+        """Discovery's report (cloud instances): the registry takes the joins and leaves and tells
+        its subscribers (this runner, the poller)."""
+        self.registry.join(added)
+        self.registry.leave(removed)
 
-    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _drop_fleet(self) -> None:
-        fleet, self._fleet = self._fleet, None
-        if fleet is not None:
-            self._in_background(fleet.close())
-
-    def _fleet_for_actions(self) -> Fleet:
-        """The Fleet used for releases: the config's nodes plus the cloud nodes that joined since."""
-        if self._fleet is None:
-            joined = tuple(n for name, n in self._joined.items() if name not in {c.name for c in self.config.nodes})
-            self._fleet = Fleet(dataclasses.replace(self.config, nodes=self.config.nodes + joined))
-        return self._fleet
+    def _members_changed(self, event: MemberEvent) -> None:
+        """Poll a new node like any node; forget a gone one and resolve what was raised about it
+        (a terminated instance is not "back")."""
+        if isinstance(event, NodeJoined):
+            self._gone.discard(event.node.name)
+            self.detector.expected_nodes.add(event.node.name)
+            self.fleet_state.add_node(event.node.name, event.node.source)
+            return
+        name = event.name
+        self._gone.add(name)
+        self.detector.forget_node(name)
+        self.fleet_state.remove_node(name)
+        for alert in self.tracker.resolve_node(name, self.clock()):
+            self.dispatcher.publish(alert)
 
     def load_state(self) -> None:
         """Take the state file's lock and restore from it (once; a second watcher gets exit 2)."""
@@ -220,7 +201,7 @@ class WatchRunner:
         assert self.releaser is not None
         what = f"idle reservation {pending.reservation} of {pending.owner} on {pending.node}"
         try:
-            await release_on(self._fleet_for_actions(), pending.node, pending.reservation)
+            await release_on(self._fleet, pending.node, pending.reservation)
         except GpuConsoleError as exc:
             if exc.exit_code == ExitCode.NOT_FOUND:
                 self.releaser.released(key)  # already gone: its condition resolves on the next sample
@@ -242,7 +223,7 @@ class WatchRunner:
         """Poll and judge every interval until `stop` is set (SIGTERM/SIGINT); exit 0."""
         self.load_state()
         self.dispatcher.start()
-        self._poller = poller = Poller(self.config, self.on_event)
+        poller = Poller(self.registry, self.on_event)
         try:
             poller.start()
             while not stop.is_set():
@@ -255,7 +236,6 @@ class WatchRunner:
                     await asyncio.wait_for(stop.wait(), self.settings.interval_s)
         finally:
             await poller.aclose()
-            self._poller = None
             await self.close(self.settings.drain_s, hurry=True)
         return int(ExitCode.OK)
 
@@ -263,14 +243,11 @@ class WatchRunner:
         """One snapshot round (unreachable nodes retried once), one judgement, then exit 0."""
         self.load_state()
         self.dispatcher.start()
-        self._fleet = Fleet(self.config)
         try:
             snapshots = {s.name: s for s in await fleet_snapshot(self._fleet)}
             failed = [name for name, snap in snapshots.items() if not snap.reachable]
             if failed:
-                await asyncio.sleep(ONCE_RETRY_AFTER_S)
-                for name in failed:
-                    self._fleet.errors.pop(name, None)
+                await asyncio.sleep(ONCE_RETRY_AFTER_S)  # the next call reopens what failed
                 snapshots.update({s.name: s for s in await fleet_snapshot(self._fleet, failed)})
             for snap in snapshots.values():
                 event: PollEvent = NodeUpdated(snap, time.monotonic()) if snap.reachable else NodeFailed(
@@ -285,10 +262,6 @@ class WatchRunner:
         """Save state, let queued notifications go out (bounded), close connections, unlock."""
         self.save_state()
         await self.dispatcher.drain(drain_s, hurry=hurry)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
-        if self._fleet is not None:
-            await self._fleet.close()
-            self._fleet = None
+        await self.registry.aclose()
         if self.state is not None:
             self.state.unlock()
