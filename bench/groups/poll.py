@@ -16,7 +16,7 @@ from plan import Plan
 
 from gpuconsole.config import Config, load_config
 from gpuconsole.core.fleet import Fleet
-from gpuconsole.node.agent import MIN_RATE_WINDOW_S
+from gpuconsole.node.telemetry import MIN_RATE_WINDOW_S
 from groups.common import Series, in_process, measured, naive_round, wait_reaped
 
 POLL_GAP_S = MIN_RATE_WINDOW_S + 0.02

@@ -23,7 +23,7 @@ USERS_GROUP = "gpu"
 def setup_steps(*, user: str, state_dir: str, agent_path: str, node: str | None = None) -> list[str]:
     """The exact commands, in order; the agent file comes from `node-install --print`."""
     source = f"--node {node}" if node else f"--state-dir {state_dir} --service-user {user}"
-    line: str = sudoers_line(user, agent_path, USERS_GROUP)  # type: ignore[no-untyped-call]
+    line = sudoers_line(user, agent_path, USERS_GROUP)
     return [
         f"sudo useradd --system --no-create-home --shell /usr/sbin/nologin {user}",
         f"sudo install -d -m 0755 -o {user} -g {user} {state_dir}",

@@ -1,10 +1,9 @@
 """Job operations of the agent: submit (spec, supervisor, queue), logs, adoption of orphans.
 
 Everything run or signalled here comes from the job's private directory (see private.py), never
-from the shared state file alone.
-
-A mixin for Agent, kept apart so each file stays one concept; it uses the agent's store,
-transactions and identity.
+from the shared state file alone. The agent holds one JobOps after hello and hands it only what
+it uses: the state's reads, the agent's transaction (which a service-mode node forwards), the
+caller's uid, what a supervisor needs to know, and a hook run before a submit (that node's link).
 """
 
 from __future__ import annotations
@@ -13,22 +12,43 @@ import os
 import sys
 import threading
 
-from . import jobs, loader, private, procs, service
+from . import jobs, loader, private, procs
 from . import state as st
 from .store import CorruptState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Callable, Dict, List, Tuple
+
+    from .txn import Transactions
+    from .typedefs import Args, Result, Warnings
 
 MAX_LOG_CHUNK = 256 * 1024
 
 
 class JobOps:
-    """Agent methods for batch jobs."""
+    """Batch jobs of one caller: their private dirs, supervisors, logs, and records in the state."""
 
-    def _job_dir(self, job_id):
+    def __init__(self, txn: Transactions, transaction: Callable[[str, Args], Tuple[Result, Warnings]],
+                 uid: int, supervisor_env: Dict[str, str], before_submit: Callable[[], object]) -> None:
+        """`txn`: reads and I/O errors of the state dir; `transaction`: how a change is made;
+        `supervisor_env`: GPUCONSOLE_* settings a supervisor needs to say the same hello;
+        `before_submit`: run before anything is written (a service-mode node starts its link)."""
+        self.txn = txn
+        self.transaction = transaction
+        self.store = txn.store
+        self.boot_id = txn.boot_id
+        self.uid = uid
+        self.supervisor_env = supervisor_env
+        self.before_submit = before_submit
+
+    def _job_dir(self, job_id: object) -> str:
         if not isinstance(job_id, str) or not job_id.startswith("j-") or not job_id[2:].isalnum():
             raise st.OpError("not_found", "no job %r on this node" % (job_id,))
         return os.path.join(self.store.dir, "jobs", job_id)
 
-    def _replayed(self, req_id):
+    def _replayed(self, req_id: object) -> Result | None:
         """The recorded answer of an already committed request (a client's retry), else None."""
         if not req_id:
             return None
@@ -36,10 +56,13 @@ class JobOps:
             state, _, _ = self.store.load(self.boot_id)
         except (CorruptState, OSError):
             return None
-        entry = state["applied"].get(req_id)
+        entry = state["applied"].get(str(req_id))
         return None if entry is None else dict(entry["res"], replayed=True)
 
-    def op_submit(self, args):
+    def _ident(self, child: subprocess.Popen[bytes]) -> Dict[str, Any]:
+        return {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id, "uid": self.uid}
+
+    def submit(self, args: Args) -> Tuple[Result, Warnings]:
         """Write the job's spec, start its detached supervisor, then queue the job (one transaction).
 
         A retried submit (same req_id) answers from the first one and starts nothing; a submit
@@ -55,11 +78,10 @@ class JobOps:
         replay = self._replayed(args.get("req_id"))
         if replay is not None:
             return replay, []
-        if self.mode == "service" and self.service is None:
-            service.ready(self)  # its hello makes jobs/ on a node where nothing has changed yet
-        job_id = st.new_id({"leases": {}, "queue": {}}, "j")
+        self.before_submit()  # on a service-mode node its link's hello makes jobs/ where nothing changed yet
+        job_id = st.new_id(None, "j")
         job_dir = self._job_dir(job_id)
-        warnings = []
+        warnings: List[str] = []
         child = None
         try:
             warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
@@ -74,9 +96,8 @@ class JobOps:
                 os.close(dir_fd)
         except OSError as exc:
             _discard(child, job_dir)
-            raise self._io_error("job not submitted", exc) from None
-        ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id,
-                 "uid": self.uid}
+            raise self.txn.io_error("job not submitted", exc) from None
+        ident = self._ident(child)
         try:
             result, more = self.transaction("submit_job", {
                 "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
@@ -91,13 +112,13 @@ class JobOps:
             _discard(child, job_dir)  # a retry that raced its first attempt: the first one stands
         return result, warnings + more
 
-    def _adopt_orphans(self):
+    def adopt_orphans(self) -> Warnings:
         """Requeued jobs of ours whose supervisor died (e.g. a reboot) get a new one now.
 
         Only a job whose private directory and spec this user wrote is run again; a record that
         merely claims to be ours (the state file is group-writable) is reported and marked lost.
         """
-        warnings = []
+        warnings: List[str] = []
         try:
             state, _, _ = self.store.load(self.boot_id)
         except (CorruptState, OSError):
@@ -122,28 +143,22 @@ class JobOps:
                 except st.OpError:
                     pass
                 continue
-            ident = {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id,
-                     "uid": self.uid}
             try:
-                self.transaction("adopt_job", {"id": job_id, "supervisor": ident})
+                self.transaction("adopt_job", {"id": job_id, "supervisor": self._ident(child)})
             except st.OpError as exc:
                 child.kill()
                 warnings.append("job %s not restarted: %s" % (job_id, exc.message))
         return warnings
 
-    def _spawn_supervisor(self, job_id, job_dir, dir_fd):
+    def _spawn_supervisor(self, job_id: str, job_dir: str, dir_fd: int) -> subprocess.Popen[bytes]:
         """Start the detached supervisor; it re-checks the job dir itself before trusting it."""
         import subprocess  # only submit needs it
 
-        codes = sys.modules[__package__]
+        codes: Any = sys.modules[__package__ or ""]
         program = loader.build_program(codes.SOURCES, codes.DIGEST, codes.MODULES) \
             if hasattr(codes, "SOURCES") else _local_program()
         env = dict(os.environ, GPUCONSOLE_ROLE="supervisor", GPUCONSOLE_JOB_ID=job_id,
-                   GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir,
-                   GPUCONSOLE_SIMULATE_GPUS=str(self.hello_args["simulate"]),
-                   GPUCONSOLE_NODE_NAME=self.hello_args["node"])
-        if "service" in self.hello_args:  # service mode: its changes go through its own sudo link
-            env["GPUCONSOLE_SERVICE"] = "%s:%s" % self.hello_args["service"]
+                   GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir, **self.supervisor_env)
         log_fd = private.open_file(dir_fd, "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,
@@ -151,23 +166,23 @@ class JobOps:
                                      start_new_session=True, close_fds=True)
         finally:
             os.close(log_fd)
+        assert child.stdin is not None  # stdin=PIPE
         child.stdin.write(loader.preamble(program))
         child.stdin.close()
         # Reap it when it ends, so a dead supervisor is gone from /proc rather than a zombie.
         threading.Thread(target=child.wait, daemon=True).start()
         return child
 
-    def op_logs(self, args):
+    def logs(self, args: Args) -> Result:
         """A chunk of a job's stdout or stderr from `offset`, cut at a whole UTF-8 character."""
-        job_dir = self._job_dir(args.get("id"))
+        job_id: Any = args.get("id")
+        job_dir = self._job_dir(job_id)
         stream = args.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise st.OpError("invalid", "stream must be stdout or stderr")
-        offset = args.get("offset") or 0
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise st.OpError("invalid", "offset must be a non-negative integer")
-        state, _, _ = self._read_state()
-        job = state.get("jobs", {}).get(args.get("id"))
+        offset = st.integer(args.get("offset") or 0, "offset must be a non-negative integer", low=0)
+        state, _, _ = self.txn.read()
+        job = state.get("jobs", {}).get(job_id)
         if job is None:
             raise st.OpError("not_found", "no job %s on this node" % args.get("id"))
         if job["uid"] != self.uid:
@@ -199,7 +214,7 @@ class JobOps:
 ENDED_MARK = "ended"
 
 
-def _utf8_boundary(data):
+def _utf8_boundary(data: bytes) -> int:
     """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
@@ -211,7 +226,7 @@ def _utf8_boundary(data):
     return len(data)  # only continuation bytes (invalid anyway): do not hold them back
 
 
-def _exists(dir_fd, name):
+def _exists(dir_fd: int, name: str) -> bool:
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         return True
@@ -219,7 +234,7 @@ def _exists(dir_fd, name):
         return False
 
 
-def _discard(child, job_dir):
+def _discard(child: subprocess.Popen[bytes] | None, job_dir: str) -> None:
     """Undo a submit that did not commit: stop its supervisor and remove its job dir."""
     import shutil
 
@@ -232,13 +247,13 @@ def _discard(child, job_dir):
     shutil.rmtree(job_dir, ignore_errors=True)
 
 
-def _shell_quote(arg):
+def _shell_quote(arg: str) -> str:
     """Display form of one argument (for `jobs`; the job itself is exec'd from the list)."""
     safe = all(c.isalnum() or c in "@%+=:,./-_" for c in arg)
     return arg if arg and safe else "'" + arg.replace("'", "'\\''") + "'"
 
 
-def kill_leftovers(dir_fd, uid):
+def kill_leftovers(dir_fd: int, uid: int) -> bool:
     """End what a dead supervisor's job left running, so its GPUs are free before it runs again.
 
     The job's process group is read from the job's private dir and signalled only when it is
@@ -270,10 +285,10 @@ def kill_leftovers(dir_fd, uid):
 PGID_FILE = "pgid.json"
 
 
-def _local_program():
+def _local_program() -> str:
     """The program when running from the installed package (tests), not from a shipped bundle."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = {}
+    sources: Dict[str, str] = {}
     for name in loader.MODULES:
         with open(os.path.join(here, name + ".py")) as handle:
             sources[name] = handle.read()

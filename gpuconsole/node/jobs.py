@@ -11,6 +11,14 @@ import os
 from . import faults
 from . import state as st
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict
+
+    from .reservations import Transition
+    from .state import Ctx
+    from .typedefs import Args, Ident, Job, Lease, Result, State, Ticket
+
 # The supervisor renews every third of this while the job runs; tests shorten it.
 JOB_LEASE_TTL_S = float(os.environ.get("GPUCONSOLE_JOB_TTL_S") or 60.0)
 DEFAULT_GRACE_S = 30.0
@@ -19,13 +27,13 @@ KEEP_FINISHED = 200
 ACTIVE = ("queued", "running")
 
 
-def _jobs(state):
+def _jobs(state: State) -> dict[str, Job]:
     return state.setdefault("jobs", {})
 
 
-def job_view(job, position=None):
+def job_view(job: Job, position: int | None = None) -> Result:
     """The `jobs --json` record of the contract (times in ISO UTC)."""
-    def iso(wall):
+    def iso(wall: float | None) -> str | None:
         return st.iso_utc(wall) if wall else None
 
     return {
@@ -38,7 +46,7 @@ def job_view(job, position=None):
     }
 
 
-def listing(state, ctx):
+def listing(state: State, ctx: Ctx) -> Result:
     positions = {t["id"]: i + 1 for i, t in enumerate(st.queue_order(state, ctx.now_bt))}
     jobs = sorted(_jobs(state).values(), key=lambda j: j["created_wall"])
     return {"jobs": [job_view(j, positions.get(j["id"])) for j in jobs]}
@@ -48,7 +56,7 @@ RECENT_S = 600.0
 RECENT_MAX = 50
 
 
-def recent(state, ctx):
+def recent(state: State, ctx: Ctx) -> list[Result]:
     """Active jobs and those that ended in the last ten minutes (what telemetry carries)."""
     positions = {t["id"]: i + 1 for i, t in enumerate(st.queue_order(state, ctx.now_bt))}
     chosen = [j for j in _jobs(state).values()
@@ -57,19 +65,17 @@ def recent(state, ctx):
     return [job_view(j, positions.get(j["id"])) for j in chosen[:RECENT_MAX]]
 
 
-def submit(state, ctx, args):
+def submit(state: State, ctx: Ctx, args: Args) -> Result:
     """Queue a job whose supervisor (args["supervisor"], an identity) waits for the grant."""
-    n, _, priority = st._validate_request(dict(args, ttl_s=JOB_LEASE_TTL_S), ctx)
-    supervisor = args.get("supervisor")
-    if not isinstance(supervisor, dict) or "pid" not in supervisor:
+    n, _, priority = st.validate_request(dict(args, ttl_s=JOB_LEASE_TTL_S), ctx)
+    if not isinstance(args.get("supervisor"), dict) or "pid" not in args["supervisor"]:
         raise st.OpError("invalid", "submit needs the supervisor's identity")
+    supervisor: Ident = args["supervisor"]  # its full shape is checked whenever the state is read
     job_id = args.get("job_id") or st.new_id(state, "j")
     if job_id in _jobs(state) or job_id in state["queue"] or job_id in state["leases"]:
         raise st.OpError("invalid", "job id %s is taken" % job_id)
-    grace_s = args.get("grace_s", DEFAULT_GRACE_S)
-    if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or not 0 <= grace_s <= MAX_GRACE_S:
-        raise st.OpError("invalid", "grace must be between 0 and %d seconds" % MAX_GRACE_S)
-    ticket = st._ticket(state, ctx, n, JOB_LEASE_TTL_S, priority, False, ticket_id=job_id)
+    grace_s = _grace_s(args.get("grace_s", DEFAULT_GRACE_S))
+    ticket = st.new_ticket(state, ctx, n, JOB_LEASE_TTL_S, priority, False, ticket_id=job_id)
     ticket["agent"] = supervisor
     ticket["job"] = True
     ticket["preempt"] = bool(args.get("preempt"))
@@ -84,12 +90,15 @@ def submit(state, ctx, args):
         "requeues": 0, "created_bt": ctx.now_bt, "seq": ticket["seq"],
     }
     st.dispatch(state, ctx)
-    order = [t["id"] for t in st.queue_order(state, ctx.now_bt)]
-    position = order.index(job_id) + 1 if job_id in order else None  # None: granted already
+    position = st.queue_position(state, ctx, job_id)  # None: granted already
     return {"id": job_id, "state": "queued", "position": position, "owner": ctx.user}
 
 
-def _own_job(state, ctx, job_id):
+def _grace_s(value: object) -> float:
+    return st.number(value, "grace must be between 0 and %d seconds" % MAX_GRACE_S, 0, MAX_GRACE_S)
+
+
+def _own_job(state: State, ctx: Ctx, job_id: Any) -> Job:
     job = _jobs(state).get(job_id)
     if job is None:
         raise st.OpError("not_found", "no job %s on this node" % job_id)
@@ -99,7 +108,7 @@ def _own_job(state, ctx, job_id):
     return job
 
 
-def claim(state, ctx, args):
+def claim(state: State, ctx: Ctx, args: Args) -> Result:
     """The supervisor takes its grant: the job runs on the lease's GPUs (fenced by the token)."""
     job = _own_job(state, ctx, args.get("id"))
     lease = state["leases"].get(job["id"])
@@ -107,11 +116,11 @@ def claim(state, ctx, args):
         raise st.OpError("not_found", "job %s has no grant" % job["id"])
     if args.get("token") != lease["token"]:
         raise st.OpError("stale_token", "stale token for job %s" % job["id"])
-    job.update(state="running", started_wall=ctx.now_wall, gpus=list(lease["gpus"]))
+    job.update({"state": "running", "started_wall": ctx.now_wall, "gpus": list(lease["gpus"])})
     return {"id": job["id"], "gpus": list(lease["gpus"]), "token": lease["token"]}
 
 
-def finish(state, ctx, args):
+def finish(state: State, ctx: Ctx, args: Args) -> Result:
     """Record how the job ended, free its GPUs and hand them to the queue."""
     job = _own_job(state, ctx, args.get("id"))
     lease = state["leases"].get(job["id"])
@@ -133,30 +142,30 @@ def finish(state, ctx, args):
         return dict(job_view(job), requeued=True)
     else:
         job["state"] = "preempted" if preempted else "failed"
-    job.update(exit_code=exit_code, ended_wall=ctx.now_wall)
+    job.update({"exit_code": exit_code, "ended_wall": ctx.now_wall})
     st.dispatch(state, ctx)
     return job_view(job)
 
 
-def _requeue(state, ctx, job):
+def _requeue(state: State, ctx: Ctx, job: Job) -> None:
     """Back in the queue at its original place (its submit time and sequence), same supervisor."""
-    ticket = {
+    ticket: Ticket = {
         "id": job["id"], "uid": job["uid"], "owner": job["owner"], "n": job["n"], "ttl_s": JOB_LEASE_TTL_S,
         "priority": job["priority"], "preemptible": False, "created_bt": job.get("created_bt", ctx.now_bt),
         "created_wall": job["created_wall"], "seq": job.get("seq", 0), "agent": job["supervisor"],
         "job": True, "preempt": job.get("preempt_others", False),
     }
     state["queue"][job["id"]] = ticket
-    job.update(state="queued", started_wall=None, gpus=[], preempt=None,
-               requeues=job.get("requeues", 0) + 1, exit_code=None)
+    job.update({"state": "queued", "started_wall": None, "gpus": [], "preempt": None,
+               "requeues": job.get("requeues", 0) + 1, "exit_code": None})
 
 
-def orphans(state, uid):
+def orphans(state: State, uid: int) -> list[str]:
     """Requeued jobs of `uid` that lost their supervisor and wait to be adopted."""
     return [j["id"] for j in _jobs(state).values() if j.get("orphaned") and j["uid"] == uid]
 
 
-def adopt(state, ctx, args):
+def adopt(state: State, ctx: Ctx, args: Args) -> Result:
     """A new supervisor (started by the owner's agent) takes over a requeued orphan job."""
     job = _own_job(state, ctx, args.get("id"))
     if not job.get("orphaned"):
@@ -170,14 +179,14 @@ def adopt(state, ctx, args):
     return job_view(job)
 
 
-def preempt_for_head(state, ctx):
+def preempt_for_head(state: State, ctx: Ctx) -> bool:
     """If the queue head may preempt and is blocked, mark the fewest lower-priority victims.
 
     Victims: running jobs of lower priority (lowest priority first, then the youngest), and
     interactive reservations made `--preemptible` (revoked at once). Nothing is marked unless
     the victims would free enough GPUs. Returns True when something changed.
     """
-    _, blocked = st._plan(state, ctx)
+    _, blocked = st.plan(state, ctx)
     if not blocked or not blocked[0].get("preempt"):
         return False
     head = blocked[0]
@@ -185,13 +194,13 @@ def preempt_for_head(state, ctx):
     need -= sum(len(lease["gpus"]) for lease in state["leases"].values() if lease.get("preempted_by") == head["id"])
     if need <= 0:
         return False
-    candidates = []
+    candidates: list[tuple[int, float, Lease]] = []
     for lease in state["leases"].values():
         if lease["exp_bt"] <= ctx.now_bt or lease.get("preempted_by") or lease["priority"] >= head["priority"]:
             continue
         if lease.get("job") or lease.get("preemptible"):
             job = _jobs(state).get(lease["id"])
-            started = (job or {}).get("started_wall") or lease["created_wall"]
+            started = (job.get("started_wall") if job is not None else None) or lease["created_wall"]
             candidates.append((lease["priority"], -started, lease))
     chosen = []
     for _, _, lease in sorted(candidates, key=lambda c: (c[0], c[1])):
@@ -206,7 +215,7 @@ def preempt_for_head(state, ctx):
     return True
 
 
-def _mark_victim(state, ctx, lease, by, grace_s):
+def _mark_victim(state: State, ctx: Ctx, lease: Lease, by: str, grace_s: float | None) -> None:
     job = _jobs(state).get(lease["id"])
     if job is None:
         del state["leases"][lease["id"]]  # an interactive reservation: preempting revokes it
@@ -216,13 +225,12 @@ def _mark_victim(state, ctx, lease, by, grace_s):
     job["preempt"] = {"by": by, "grace_s": grace, "deadline_wall": ctx.now_wall + grace}
 
 
-def preempt(state, ctx, args):
+def preempt(state: State, ctx: Ctx, args: Args) -> Result:
     """`preempt ID` by hand (owner or admin): a running job is signalled, a reservation revoked."""
-    target = args.get("id")
+    target: Any = args.get("id")
     grace_s = args.get("grace_s")
-    if grace_s is not None and (isinstance(grace_s, bool) or not isinstance(grace_s, (int, float))
-                                or not 0 <= grace_s <= MAX_GRACE_S):
-        raise st.OpError("invalid", "grace must be between 0 and %d seconds" % MAX_GRACE_S)
+    if grace_s is not None:
+        grace_s = _grace_s(grace_s)
     job = _jobs(state).get(target)
     if job is not None:
         job = _own_job(state, ctx, target)
@@ -234,19 +242,19 @@ def preempt(state, ctx, args):
     lease = state["leases"].get(target)
     if lease is None or lease["exp_bt"] <= ctx.now_bt:
         raise st.OpError("not_found", "no running job or active reservation %s" % target)
-    st._check_owner(lease, ctx, "reservation")
+    st.check_owner(lease, ctx, "reservation")
     del state["leases"][target]
     st.dispatch(state, ctx)
     return {"id": target, "revoked": True, "gpus": list(lease["gpus"])}
 
 
-def cancel(state, ctx, args):
+def cancel(state: State, ctx: Ctx, args: Args) -> Result:
     """Queued: withdrawn now. Running: the supervisor sees the request and signals the job."""
     job = _own_job(state, ctx, args.get("id"))
     if job["state"] == "queued":
         state["queue"].pop(job["id"], None)
         state["leases"].pop(job["id"], None)  # granted but not yet claimed
-        job.update(state="cancelled", ended_wall=ctx.now_wall, cancel_requested=True)
+        job.update({"state": "cancelled", "ended_wall": ctx.now_wall, "cancel_requested": True})
         st.dispatch(state, ctx)
     elif job["state"] == "running":
         job["cancel_requested"] = True
@@ -255,7 +263,7 @@ def cancel(state, ctx, args):
     return job_view(job)
 
 
-def hold_while_supervised(state, ctx):
+def hold_while_supervised(state: State, ctx: Ctx) -> bool:
     """A running job's lease lasts as long as its supervisor lives, renewed or not.
 
     A supervisor that cannot renew (stopped, starved of the lock, a suspended node) still has a
@@ -272,7 +280,7 @@ def hold_while_supervised(state, ctx):
     return bool(lapsing)
 
 
-def lapsing_supervised(state, ctx):
+def lapsing_supervised(state: State, ctx: Ctx) -> list[Lease]:
     """Leases of active jobs with a live supervisor that are within a third of their TTL of lapsing."""
     jobs = _jobs(state)
     found = []
@@ -285,18 +293,19 @@ def lapsing_supervised(state, ctx):
     return found
 
 
-def abandon(state, ctx, args):
+def abandon(state: State, ctx: Ctx, args: Args) -> Result:
     """An orphaned job its owner's agent refused to restart (its private files are not the
     owner's, or it already ended) is recorded as lost instead of waiting forever."""
     job = _own_job(state, ctx, args.get("id"))
     if not job.get("orphaned"):
         raise st.OpError("invalid", "job %s is not waiting for a new supervisor" % job["id"])
     state["queue"].pop(job["id"], None)
-    job.update(state="lost", orphaned=False, ended_wall=ctx.now_wall, note=str(args.get("reason") or "")[:200])
+    job.update({"state": "lost", "orphaned": False, "ended_wall": ctx.now_wall,
+                "note": str(args.get("reason") or "")[:200]})
     return job_view(job)
 
 
-def reap(state, ctx):
+def reap(state: State, ctx: Ctx) -> bool:
     """Jobs whose supervisor is gone become lost and free their GPUs; old finished jobs go."""
     changed = False
     jobs = _jobs(state)
@@ -306,10 +315,10 @@ def reap(state, ctx):
             state["leases"].pop(job["id"], None)
             if job.get("requeue"):
                 # Queued again, waiting for its owner's next connection to start a new supervisor.
-                job.update(state="queued", orphaned=True, started_wall=None, gpus=[], preempt=None,
-                           requeues=job.get("requeues", 0) + 1)
+                job.update({"state": "queued", "orphaned": True, "started_wall": None, "gpus": [], "preempt": None,
+                           "requeues": job.get("requeues", 0) + 1})
             else:
-                job.update(state="lost", ended_wall=ctx.now_wall)
+                job.update({"state": "lost", "ended_wall": ctx.now_wall})
             changed = True
     finished = sorted((j for j in jobs.values() if j["state"] not in ACTIVE), key=lambda j: j["ended_wall"] or 0)
     for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
@@ -318,5 +327,7 @@ def reap(state, ctx):
     return changed
 
 
-MUTATIONS = {"submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
-             "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon}
+MUTATIONS: Dict[str, Transition] = {
+    "submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
+    "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon,
+}

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
-MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "jobs", "store",
-           "service", "jobops", "agent", "supervisor")
+# typedefs.py is not shipped: only the type checker imports it.
+MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "fileio", "store",
+           "reservations", "jobs", "service", "txn", "jobops", "telemetry", "doctor", "agent", "supervisor")
 BOOTSTRAP = (
     "import sys;r=sys.stdin.buffer;n=int(r.readline());"
     "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"

@@ -22,6 +22,14 @@ import threading
 from . import procs
 from . import state as st
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, List, Mapping, Optional
+
+    from .agent import Agent
+    from .state import Ctx
+    from .typedefs import Args, Result, Warnings
+
 SERVICE_PYTHON = "/usr/bin/python3"
 DEFAULT_USER = "gpuconsole"
 DEFAULT_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
@@ -35,16 +43,16 @@ class NotService(Exception):
     """The installed agent was not started the one way it trusts (sudo, as the service account)."""
 
 
-def command(user, agent_path):
+def command(user: str, agent_path: str) -> list[str]:
     """The argv the user's agent runs: exactly what the sudoers line allows, nothing from the caller."""
     return ["sudo", "-n", "-u", user, SERVICE_PYTHON, "-I", "-S", agent_path]
 
 
-def sudoers_line(user, agent_path, group="gpu"):
+def sudoers_line(user: str, agent_path: str, group: str = "gpu") -> str:
     return "%%%s ALL=(%s) NOPASSWD: %s -I -S %s" % (group, user, SERVICE_PYTHON, agent_path)
 
 
-def caller(settings, environ=None):
+def caller(settings: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
     """(uid, user name) of whoever ran us through sudo, or NotService.
 
     SUDO_UID is believed only when this process really is the service account (real and
@@ -78,7 +86,7 @@ def caller(settings, environ=None):
     return caller_uid, name
 
 
-def detach():
+def detach() -> None:
     """Leave sudo behind: fork, let sudo's child exit, start a new session.
 
     sudo relays the caller's signals to the command it ran (SIGUSR1 kills it; from a terminal,
@@ -95,7 +103,7 @@ def detach():
         signal.signal(sig, signal.SIG_IGN)
 
 
-def in_group(user, gid):
+def in_group(user: str, gid: int) -> bool:
     """Group membership of `user` from the group database (not of this process, which is sudo's)."""
     try:
         primary = pwd.getpwnam(user).pw_gid
@@ -104,20 +112,21 @@ def in_group(user, gid):
         return False
 
 
-def check_supervisor(args, ctx):
+def check_supervisor(args: Args, ctx: Ctx) -> None:
     """A job's supervisor must be a live process of the caller (the service agent trusts no claim)."""
     ident = args.get("supervisor")
     if not isinstance(ident, dict):
         raise st.OpError("invalid", "a job needs its supervisor's identity")
+    raw_pid: Any = ident.get("pid")
     try:
-        pid = int(ident.get("pid"))
+        pid = int(raw_pid)
     except (TypeError, ValueError):
         raise st.OpError("invalid", "supervisor pid must be an integer") from None
     if ident.get("uid") != ctx.uid or procs.proc_uid(pid) != ctx.uid:
         raise st.OpError("permission", "the supervisor of a job must be a process of %s" % ctx.user)
 
 
-def link_settings(args):
+def link_settings(args: Args) -> tuple[str, str]:
     """(user, agent path) from the hello of a service-mode node; the client's config, checked."""
     user = args.get("service_user") or DEFAULT_USER
     path = args.get("service_agent") or DEFAULT_AGENT
@@ -131,20 +140,20 @@ def link_settings(args):
 class ServiceLink:
     """The user's side of service mode: one service agent child, requests in order, replies back."""
 
-    def __init__(self, user, agent_path):
+    def __init__(self, user: str, agent_path: str) -> None:
         self.user = user
         self.agent_path = agent_path
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
         self.ids = 0
         self.stderr_tail = b""
-        self.hello = None
+        self.hello: Result = {}
 
-    def fix(self):
+    def fix(self) -> str:
         return ("ask an admin to set up service mode on this node (`gpuconsole doctor` prints the steps; "
                 "sudoers: %s)" % sudoers_line(self.user, self.agent_path))
 
-    def start(self, hello_args):
+    def start(self, hello_args: Args) -> Result:
         """Spawn the service agent and say hello; OpError("io") naming the cause when it is not set up."""
         try:
             self.proc = subprocess.Popen(command(self.user, self.agent_path), stdin=subprocess.PIPE,
@@ -158,17 +167,17 @@ class ServiceLink:
         self.hello, _ = self.request("hello", hello_args)
         return self.hello
 
-    def _drain(self, stream):
+    def _drain(self, stream: IO[bytes]) -> None:
         try:
             while True:
-                chunk = stream.read1(4096)
+                chunk = stream.read1(4096)  # type: ignore[attr-defined]  # a BufferedReader
                 if not chunk:
                     return
                 self.stderr_tail = (self.stderr_tail + chunk)[-2000:]
         except (OSError, ValueError):
             return
 
-    def _died(self):
+    def _died(self) -> st.OpError:
         """OpError for a service agent that is gone: sudo's or the agent's last words, and the fix."""
         self.drainer.join(2.0)  # stderr ends when sudo and the agent are gone: read all they said
         lines = [x.strip() for x in self.stderr_tail.decode("utf-8", "replace").splitlines() if x.strip()]
@@ -177,18 +186,19 @@ class ServiceLink:
         return st.OpError("io", "service agent (sudo -u %s %s): %s (fix: %s)"
                           % (self.user, self.agent_path, reason[:300], self.fix()))
 
-    def request(self, op, args):
+    def request(self, op: str, args: Args) -> tuple[Result, Warnings]:
         """One request to the service agent: (result, warnings), or its error as an OpError."""
         with self.lock:
-            if self.proc is None:
+            proc = self.proc
+            if proc is None or proc.stdin is None or proc.stdout is None:
                 raise st.OpError("io", "service agent not running (fix: %s)" % self.fix())
             self.ids += 1
             line = json.dumps({"id": self.ids, "op": op, "args": args}) + "\n"
             try:
-                self.proc.stdin.write(line.encode())
-                self.proc.stdin.flush()
+                proc.stdin.write(line.encode())
+                proc.stdin.flush()
                 while True:
-                    raw = self.proc.stdout.readline()
+                    raw = proc.stdout.readline()
                     if not raw:
                         raise self._died()
                     try:
@@ -204,32 +214,35 @@ class ServiceLink:
         if reply.get("ok"):
             result = reply.get("result")
             return (result if isinstance(result, dict) else {}), warnings
-        error = reply.get("error") if isinstance(reply.get("error"), dict) else {}
+        error: Any = reply.get("error") if isinstance(reply.get("error"), dict) else {}
         raise st.OpError(str(error.get("code") or "internal"), str(error.get("message") or "service agent error"))
 
-    def close(self):
+    def close(self) -> None:
         """End the link: EOF tells the service agent to finish and exit."""
         if self.proc is not None:
             try:
-                self.proc.stdin.close()
-                self.proc.stdout.close()
+                for pipe in (self.proc.stdin, self.proc.stdout):
+                    if pipe is not None:
+                        pipe.close()
                 self.proc.wait(timeout=5)
             except Exception:
                 pass
             self.proc = None
 
 
-def open_link(agent):
+def open_link(agent: Agent) -> None:
     """Start (or restart) a user's agent's link; a failure is kept in agent.link_error, not raised,
     so that `doctor` can report it next to the other checks."""
-    from .store import service_setup_fix
+    from .fileio import service_setup_fix
 
     user, path = agent.hello_args["service"]
     if agent.link is not None:
         agent.link.close()
-    agent.link, agent.link_error = ServiceLink(user, path), None
+    link = ServiceLink(user, path)
+    agent.link, agent.link_error = link, None
+    assert agent.store is not None  # after hello
     try:
-        hello = agent.link.start({"node": agent.hello_args["node"]})
+        hello = link.start({"node": agent.hello_args["node"]})
         if hello.get("uid") != agent.uid:
             raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), agent.uid))
         theirs = str(hello.get("state_dir"))
@@ -240,46 +253,49 @@ def open_link(agent):
             raise st.OpError("io", "service agent: %s (fix: %s)"
                              % (hello["state_dir_error"], service_setup_fix(theirs, user)))
     except st.OpError as exc:
-        agent.link.close()
+        link.close()
         agent.link, agent.link_error = None, exc.message
 
 
-def ready(agent):
+def ready(agent: Agent) -> ServiceLink:
     """The link of a user's agent, started when needed (it may have died, or sudo may have been set
     up since); OpError("io") naming the cause and the fix when there is none."""
     if agent.link is None or agent.link.proc is None:
         open_link(agent)
     if agent.link is None:
-        raise st.OpError("io", agent.link_error)
+        raise st.OpError("io", str(agent.link_error))
     return agent.link
 
 
-def forward(agent, op, args):
+def forward(agent: Agent, op: str, args: Args) -> tuple[Result, Warnings]:
     """A change on a service-mode node: the service agent does it, as the caller (its SUDO_UID)."""
     link = ready(agent)
-    agent.in_critical = True  # a signal waits for the answer: the change is made either way
+    agent.critical.active = True  # a signal waits for the answer: the change is made either way
     try:
         return link.request(op, args)
     finally:
-        agent.in_critical = False
+        agent.critical.active = False
 
 
-def service_user(agent):
+def service_user(agent: Agent) -> str:
     """The service account's name, on either side of the link."""
-    return agent.service["user"] if agent.service is not None else agent.hello_args["service"][0]
+    name: str = agent.service["user"] if agent.service is not None else agent.hello_args["service"][0]
+    return name
 
 
-def looks_like_service(info):
+def looks_like_service(info: os.stat_result) -> bool:
     """A state dir someone else (not root) owns and keeps closed: set up for service mode."""
     return info.st_uid not in (0, os.geteuid()) and not info.st_mode & 0o022
 
 
-def doctor_checks(agent, info):
+def doctor_checks(agent: Agent, info: os.stat_result) -> List[List[Any]]:
     """`doctor` rows of a service-mode node: the link (sudo rule, installed agent) and the state dir."""
-    from .store import service_setup_fix
+    from .fileio import service_setup_fix
 
     user = service_user(agent)
-    rows = []
+    store = agent.store
+    assert store is not None  # after hello
+    rows: List[List[Any]] = []
     if agent.service is None:
         if agent.link is None:
             open_link(agent)  # sudo may have been set up since hello
@@ -289,7 +305,7 @@ def doctor_checks(agent, info):
             rows.append(["mode", True, "service: changes through sudo -u %s %s" % (user, agent.link.agent_path),
                          None])
             theirs = agent.link.hello.get("agent_digest")
-            ours = getattr(sys.modules.get(__package__), "DIGEST", None)
+            ours = getattr(sys.modules.get(__package__ or ""), "DIGEST", None)
             if ours and theirs != ours:
                 rows.append(["service_agent", False, "installed agent %s is version %s, this client's is %s"
                              % (agent.link.agent_path, theirs, ours),
@@ -300,12 +316,12 @@ def doctor_checks(agent, info):
         owner = str(info.st_uid)
     closed = owner == user and not info.st_mode & 0o022
     rows.append(["state_dir", closed, "%s owned by %s, mode %o%s" % (
-        agent.store.dir, owner, info.st_mode & 0o7777, "" if closed else "; want owner %s, mode 755" % user),
-        None if closed else service_setup_fix(agent.store.dir, user)])
+        store.dir, owner, info.st_mode & 0o7777, "" if closed else "; want owner %s, mode 755" % user),
+        None if closed else service_setup_fix(store.dir, user)])
     return rows
 
 
-def admin_group_gid(policy_path):
+def admin_group_gid(policy_path: str) -> int | None:
     """The gid of the admin group named in the root-owned policy file, or None."""
     try:
         info = os.stat(policy_path)

@@ -16,6 +16,15 @@ from . import faults, jobs, private, procs
 from . import state as st
 from .jobops import ENDED_MARK, PGID_FILE
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from typing import Any, Dict, Optional, Tuple
+
+    from .agent import Agent
+    from .store import StateStore
+    from .typedefs import Job, Lease, PreemptNotice, Result, State
+
 POLL_S = 0.2
 RECORD_WAIT_S = 30.0
 HEAD_GC_EVERY_S = 2.0
@@ -25,8 +34,10 @@ CANCEL_GRACE_S = 10.0
 class Supervisor:
     """Drives one job through the node's state with the same transactions as the agent."""
 
-    def __init__(self, agent, job_id, job_dir):
+    def __init__(self, agent: Agent, store: StateStore, job_id: str, job_dir: str) -> None:
+        """`agent`: a hello'd agent whose transactions this job's changes go through."""
         self.agent = agent
+        self.store = store
         self.job_id = job_id
         self.job_dir = job_dir
         # Everything below is read and written through this checked fd, never by path again: the
@@ -37,17 +48,18 @@ class Supervisor:
         if not isinstance(self.spec.get("argv"), list) or not self.spec["argv"]:
             raise ValueError("%s/spec.json has no command" % job_dir)
         self._last_gc = 0.0
+        self.lease_lost = False
 
-    def _read(self):
+    def _read(self) -> State:
         """Lock-free read, re-parsed only when state.json changed."""
-        state, _, _ = self.agent.store.read_cached(self.agent.boot_id)
+        state, _, _ = self.store.read_cached(self.agent.boot_id)
         return state
 
-    def _job(self):
+    def _job(self) -> Tuple[Optional[Job], Optional[Lease]]:
         state = self._read()
         return state.get("jobs", {}).get(self.job_id), state["leases"].get(self.job_id)
 
-    def _should_housekeep(self, state):
+    def _should_housekeep(self, state: State) -> bool:
         """Only the queue's head (or anyone, when the head's waiter is dead) takes the lock to
         expire leases, so a deep queue does not turn into lock traffic; grants made by other
         operations (release, job end) need no help."""
@@ -61,7 +73,7 @@ class Supervisor:
         # Also now and then: GPUs used without a reservation free up without any operation.
         return expired or time.monotonic() - self._last_gc >= HEAD_GC_EVERY_S
 
-    def wait_for_grant(self):
+    def wait_for_grant(self) -> Optional[Result]:
         """Wait until granted (None if the job ended). The agent records the job right after
         starting us, so a job not yet in the state is waited for, briefly."""
         started = time.monotonic()
@@ -86,7 +98,7 @@ class Supervisor:
                 self.agent.transaction("gc", {})
             time.sleep(POLL_S)
 
-    def run(self):
+    def run(self) -> None:
         """Wait, run, and after a requeueing preemption wait and run again."""
         while True:
             grant = self.wait_for_grant()
@@ -97,7 +109,7 @@ class Supervisor:
             if not (result or {}).get("requeued"):
                 return
 
-    def _run_once(self, grant):
+    def _run_once(self, grant: Result) -> int:
         env = dict(os.environ)
         for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR", "GPUCONSOLE_SIMULATE_GPUS",
                     "GPUCONSOLE_NODE_NAME", "GPUCONSOLE_SERVICE"):
@@ -136,11 +148,11 @@ class Supervisor:
             pass
         return self._supervise(child, grant["token"])
 
-    def _supervise(self, child, token):
+    def _supervise(self, child: subprocess.Popen[bytes], token: int) -> int:
         """Renew the lease while the job runs; on cancel or preemption TERM the group, KILL at the deadline."""
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
-        kill_at = None
+        kill_at: Optional[float] = None
         keep_without_lease = faults.active("job_lease_expires")  # negative control only
         while True:
             try:
@@ -162,10 +174,10 @@ class Supervisor:
                     pass
             if kill_at is None:
                 job, _ = self._job()
+                notice = job.get("preempt") if job is not None else None
                 if job is not None and job.get("cancel_requested"):
                     kill_at = now + CANCEL_GRACE_S
-                elif job is not None and job.get("preempt"):
-                    notice = job["preempt"]
+                elif notice:
                     self._write_notice(notice)
                     kill_at = now + float(notice.get("grace_s", jobs.DEFAULT_GRACE_S))
                 if kill_at is not None:
@@ -173,7 +185,7 @@ class Supervisor:
             elif now >= kill_at:
                 _signal_group(child.pid, signal.SIGKILL)
 
-    def _holds(self, token):
+    def _holds(self, token: int) -> bool:
         """True while the node still records our grant (same token); a read error is not a loss."""
         try:
             _, lease = self._job()
@@ -181,7 +193,7 @@ class Supervisor:
             return True
         return lease is not None and lease.get("token") == token
 
-    def _write_notice(self, notice):
+    def _write_notice(self, notice: PreemptNotice) -> None:
         try:
             private.write_json(self.dir_fd, "preempt.json", {
                 "deadline": st.iso_utc(notice["deadline_wall"]), "by": notice.get("by"),
@@ -189,9 +201,9 @@ class Supervisor:
         except OSError:
             pass
 
-    def _finish(self, token, exit_code):
-        args = {"id": self.job_id, "token": token, "exit_code": exit_code}
-        if getattr(self, "lease_lost", False):
+    def _finish(self, token: int, exit_code: int) -> Optional[Result]:
+        args: Dict[str, Any] = {"id": self.job_id, "token": token, "exit_code": exit_code}
+        if self.lease_lost:
             args = {"id": self.job_id, "exit_code": exit_code, "lease_lost": True}
         for attempt in range(50):
             try:
@@ -205,8 +217,7 @@ class Supervisor:
                 time.sleep(0.1 * (attempt + 1))
         return None
 
-
-    def _mark_ended(self):
+    def _mark_ended(self) -> None:
         """A private marker: this job ran to its end, so no forged record can have it run again."""
         try:
             private.write_json(self.dir_fd, ENDED_MARK, {"ended": True})
@@ -214,7 +225,7 @@ class Supervisor:
             pass
 
 
-def _die_with_parent():
+def _die_with_parent() -> None:
     """In the job's child: be killed if the supervisor dies (SIGKILL included), so a lost job
     does not keep its GPUs busy with no one accounting for them (Linux PR_SET_PDEATHSIG)."""
     try:
@@ -225,18 +236,18 @@ def _die_with_parent():
         pass
 
 
-def _exit_code(returncode):
+def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _signal_group(pid, sig):
+def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except OSError:
         pass
 
 
-def main(agent):
+def main(agent: Agent) -> None:
     """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor."""
     job_id = os.environ["GPUCONSOLE_JOB_ID"]
     job_dir = os.environ["GPUCONSOLE_JOB_DIR"]
@@ -249,8 +260,9 @@ def main(agent):
         user, _, path = os.environ["GPUCONSOLE_SERVICE"].partition(":")
         hello.update(mode="service", service_user=user, service_agent=path)
     agent.op_hello(hello)
+    assert agent.store is not None  # hello made it
     try:
-        supervisor = Supervisor(agent, job_id, job_dir)
+        supervisor = Supervisor(agent, agent.store, job_id, job_dir)
     except (OSError, ValueError) as exc:
         # Not our files (or unreadable): run nothing; the job is reaped as lost.
         reason = getattr(exc, "strerror", None) or exc

@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from gpuconsole.node import state as st
+from gpuconsole.node.store import StateStore, validate_state
 from gpuconsole.ssh.bundle import agent_preamble, remote_command
-from gpuconsole.node.store import StateStore
 
 GPUS = 8
 WORKERS = 6
@@ -384,7 +383,7 @@ class Reader(threading.Thread):
                 continue
             try:
                 state = json.loads(data)
-                st.validate_state(state)
+                validate_state(state)
             except ValueError as exc:
                 self.stats.violation(f"torn or invalid state.json read: {exc}")
                 continue
@@ -435,7 +434,7 @@ def test_concurrent_agents_under_kill9_lose_nothing_and_leak_nothing(node: Node)
     now = boottime()
     state, warnings, source = StateStore(node.state_dir).load("ignored")
     assert (warnings, source) == ([], "state.json")
-    st.validate_state(state)
+    validate_state(state)
     stats.violations.extend(check_snapshot(state, now))
     grants = [g for w in workers for g in w.grants]
     acked_ids = {g.id for g in grants}

@@ -301,11 +301,12 @@ def test_state_validates_after_a_quarantine_round_trip() -> None:
     state = st.new_state("boot")
     state["leases"]["r-x"] = {"id": "r-y"}
     from gpuconsole.node import records
+    from gpuconsole.node.store import checksum, validate_state
 
     warnings = records.sanitize(state)
     assert warnings == ["quarantined leases/r-x: id does not match its key"]
-    body = dict(state, checksum=st.checksum(state))
-    st.validate_state(json.loads(json.dumps(body)))
+    body = dict(state, checksum=checksum(state))
+    validate_state(json.loads(json.dumps(body)))
 
 
 @pytest.mark.parametrize(("what", "needles"), [

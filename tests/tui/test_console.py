@@ -13,6 +13,7 @@ from textual.widgets import DataTable
 from gpuconsole.config import load_config
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.model.fleet import Health
+from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
 from gpuconsole.node.store import StateStore
 from gpuconsole.tui.app import GpuConsoleApp
@@ -85,7 +86,7 @@ async def test_permission_error_is_a_notification(demo: DemoThread) -> None:
         state, _, _ = store.load_locked("x")
         ctx = st.Ctx(uid=424242, user="bob", now_bt=time.clock_gettime(time.CLOCK_BOOTTIME),
                      now_wall=time.time(), gpu_count=4)
-        grant = st.reserve(state, ctx, {"gpus": 1, "ttl_s": 3600})
+        grant = rs.reserve(state, ctx, {"gpus": 1, "ttl_s": 3600})
         store.commit(state)
     finally:
         store.release_lock()

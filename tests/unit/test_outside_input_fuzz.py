@@ -19,9 +19,10 @@ from gpuconsole.config import parse_config
 from gpuconsole.durations import parse_duration_s
 from gpuconsole.errors import ConfigError, UsageError
 from gpuconsole.node import records
+from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
 from gpuconsole.node.agent import Agent
-from gpuconsole.node.store import CorruptState, StateStore
+from gpuconsole.node.store import CorruptState, StateStore, checksum
 
 SCALARS = hs.one_of(hs.none(), hs.booleans(), hs.integers(-2, 8), hs.integers(-(2**70), 2**70),
                     hs.floats(allow_nan=True), hs.sampled_from([0.5, 60, 3600.0]),
@@ -111,8 +112,8 @@ def test_agent_request_lines_of_any_bytes_are_refused_cleanly(agent: Any, raw: b
 def _valid_state() -> dict[str, Any]:
     state = st.new_state("boot")
     ctx = st.Ctx(1000, "alice", 100.0, 1.7e9, 4)
-    st.reserve(state, ctx, {"gpus": 2, "ttl_s": 600})
-    st.reserve(state, ctx, {"gpus": 4, "ttl_s": 600, "wait": True})
+    rs.reserve(state, ctx, {"gpus": 2, "ttl_s": 600})
+    rs.reserve(state, ctx, {"gpus": 4, "ttl_s": 600, "wait": True})
     return json.loads(json.dumps(state))
 
 
@@ -135,7 +136,7 @@ def test_state_files_with_any_mutation_load_or_are_refused(path: list[str], valu
         target[path[-1]] = value
     body = dict(state)
     body.pop("checksum", None)
-    text = json.dumps(dict(body, checksum=st.checksum(body)), allow_nan=True)
+    text = json.dumps(dict(body, checksum=checksum(body)), allow_nan=True)
     with tempfile.TemporaryDirectory() as state_dir:
         Path(state_dir, "state.json").write_text(text)
         store = StateStore(state_dir)
@@ -151,7 +152,7 @@ def test_state_files_with_any_mutation_load_or_are_refused(path: list[str], valu
         st.gc(loaded, ctx)
         st.dispatch(loaded, ctx)
         try:
-            st.reserve(loaded, ctx, {"gpus": 1, "ttl_s": 60})
+            rs.reserve(loaded, ctx, {"gpus": 1, "ttl_s": 60})
         except st.OpError:
             pass
         json.dumps(loaded, allow_nan=False) if _finite(loaded) else None

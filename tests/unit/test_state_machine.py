@@ -26,7 +26,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
+from gpuconsole.node.store import checksum, validate_state
 
 TICKS_PER_S = 1024
 AGING_TICKS = 900 * TICKS_PER_S  # one priority level per 15 min of waiting
@@ -290,11 +292,11 @@ class NodeMachine(RuleBasedStateMachine):
 
     def apply(self, name: str, uid: int, args: dict[str, Any], expect: Expect,
               admin: bool = False, agent: int = 1, housekeep: bool = True) -> dict[str, Any] | None:
-        """Run ``st.<name>`` like one agent transaction and compare with the model's prediction."""
+        """Run ``reservations.<name>`` like one agent transaction and compare with the model's prediction."""
         if housekeep:
             self.housekeeping(uid)
         before = json.dumps(self.state, sort_keys=True)
-        func = getattr(st, name)  # looked up per call so negative controls can patch it
+        func = getattr(rs, name)  # looked up per call so negative controls can patch it
         try:
             result, code = func(self.state, self.ctx(uid, admin, agent), args), None
         except st.OpError as exc:
@@ -609,9 +611,9 @@ class NodeMachine(RuleBasedStateMachine):
 
     def file_format_roundtrip(self) -> None:
         """The state, checksummed as the store writes it, survives JSON and validates."""
-        body = dict(self.state, checksum=st.checksum(self.state))
+        body = dict(self.state, checksum=checksum(self.state))
         parsed = json.loads(json.dumps(body, sort_keys=True))
-        st.validate_state(parsed)
+        validate_state(parsed)
         assert parsed == body
 
 
@@ -657,7 +659,7 @@ def _release_ignores_token(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _grant_reuses_token(original: Callable[..., Any]) -> Callable[..., Any]:
-    """_grant that hands the same token to the next grant (counter not advanced)."""
+    """grant that hands the same token to the next grant (counter not advanced)."""
 
     def grant(state: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         lease = original(state, *args, **kwargs)
@@ -677,7 +679,7 @@ def _fifo_ignores_priority(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _backfill_past_head(original: Callable[..., Any]) -> Callable[..., Any]:
-    """_plan without the head-of-line earmark: later small requests overtake a blocked head."""
+    """plan without the head-of-line earmark: later small requests overtake a blocked head."""
 
     def plan(state: dict[str, Any], ctx: st.Ctx, extra: dict[str, Any] | None = None) -> Any:
         order = st.queue_order(state, ctx.now_bt)
@@ -696,12 +698,12 @@ def _backfill_past_head(original: Callable[..., Any]) -> Callable[..., Any]:
     return plan
 
 
-MUTANTS: dict[str, tuple[str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
-    "inclusive_expiry": ("held_gpus", _inclusive_expiry),
-    "release_ignores_token": ("release", _release_ignores_token),
-    "grant_reuses_token": ("_grant", _grant_reuses_token),
-    "fifo_ignores_priority": ("queue_order", _fifo_ignores_priority),
-    "backfill_past_head": ("_plan", _backfill_past_head),
+MUTANTS: dict[str, tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]]]] = {
+    "inclusive_expiry": (st, "held_gpus", _inclusive_expiry),
+    "release_ignores_token": (rs, "release", _release_ignores_token),
+    "grant_reuses_token": (st, "grant", _grant_reuses_token),
+    "fifo_ignores_priority": (st, "queue_order", _fifo_ignores_priority),
+    "backfill_past_head": (st, "plan", _backfill_past_head),
 }
 
 CONTROL = settings(max_examples=1000, stateful_step_count=40, deadline=None, derandomize=True,
@@ -711,8 +713,8 @@ CONTROL = settings(max_examples=1000, stateful_step_count=40, deadline=None, der
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_negative_control_finds_seeded_bug(mutant: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checker is proven able to fail: each seeded bug in state.py must be caught."""
-    attr, make = MUTANTS[mutant]
-    monkeypatch.setattr(st, attr, make(getattr(st, attr)))
+    """The checker is proven able to fail: each seeded bug in state.py or reservations.py must be caught."""
+    module, attr, make = MUTANTS[mutant]
+    monkeypatch.setattr(module, attr, make(getattr(module, attr)))
     with pytest.raises(AssertionError):
         run_state_machine_as_test(NodeMachine, settings=CONTROL)

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
 from gpuconsole.node.agent import Agent
-from gpuconsole.node.store import CorruptState, StateStore, filesystem_type, is_network_fs
+from gpuconsole.node.store import CorruptState, StateStore, filesystem_type, is_network_fs, validate_state
 
 BOOT = "boot-store-test"
 NOW_BT = 1000.0
@@ -37,7 +38,7 @@ def transact(store: StateStore, gpus: int | None = 1) -> dict[str, Any]:
     try:
         state, _, _ = store.load_locked(BOOT)
         if gpus:
-            st.reserve(state, ctx(), {"gpus": gpus, "ttl_s": 3600})
+            rs.reserve(state, ctx(), {"gpus": gpus, "ttl_s": 3600})
         store.commit(state)
         return json.loads(json.dumps(state))
     finally:
@@ -58,7 +59,7 @@ def test_commit_then_load_roundtrip(tmp_path: Path) -> None:
     loaded, warnings, source = store.load(BOOT)
     assert (loaded, warnings, source) == (committed, [], "state.json")
     assert len(loaded["leases"]) == 2
-    st.validate_state(loaded)
+    validate_state(loaded)
     with open(store.path, "rb") as primary, open(store.mirror, "rb") as mirror:
         assert primary.read() == mirror.read()
 
@@ -82,7 +83,7 @@ def test_prev_holds_the_previous_version(tmp_path: Path) -> None:
     assert read_json(store.prev) == first
     transact(store)
     assert read_json(store.prev) == second
-    st.validate_state(read_json(store.prev))
+    validate_state(read_json(store.prev))
 
 
 def _truncate(path: str) -> None:
@@ -137,7 +138,7 @@ def test_damaged_state_recovers_latest_generation_from_mirror(tmp_path: Path, da
         assert state["leases"] == latest["leases"], "a reservation was lost"
         assert state["next_token"] == latest["next_token"] + 2**20, "old tokens not fenced"
         assert state["recoveries"] == 1
-        lease = st.reserve(state, ctx(), {"gpus": 1, "ttl_s": 60})
+        lease = rs.reserve(state, ctx(), {"gpus": 1, "ttl_s": 60})
         assert lease["token"] == latest["next_token"] + 2**20
         store.commit(state)
     finally:

@@ -1,0 +1,119 @@
+"""The agent's telemetry: one snapshot (host, GPUs, who holds them, the listing) and the stream.
+
+A snapshot reads the state without the lock (the read cache), shown as the next transaction
+would find it; the stream sends one every `stream_s` from its own thread until the agent stops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from . import jobs
+from . import state as st
+from .store import CorruptState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Set
+
+    from .gpus import GpuSource
+    from .hostio import HostSampler
+    from .state import Ctx
+    from .txn import Transactions
+    from .typedefs import Lease, Result
+
+MIN_RATE_WINDOW_S = 0.1
+
+
+class Telemetry:
+    """Samples for one connection, and its optional stream of them."""
+
+    def __init__(self, send: Callable[[Dict[str, Any]], None], host: HostSampler,
+                 snapshot: Callable[[], Result], stopped: Callable[[], bool]) -> None:
+        """`snapshot`: what the stream sends (the agent's current snapshot); `stopped`: the agent is ending."""
+        self.send = send
+        self.host = host
+        self.snapshot = snapshot
+        self.stopped = stopped
+        self.sample_lock = threading.Lock()
+        self.stream_s: Optional[float] = None
+        self.wake = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def gpus_in_use(self, gpus: GpuSource) -> Set[int]:
+        """GPUs with processes on them (any owner)."""
+        with self.sample_lock:
+            return {g for g, items in gpus.processes().items() if items}
+
+    def collect(self, gpus: GpuSource | None, txn: Transactions, new_ctx: Callable[[], Ctx]) -> Result:
+        """Host I/O, GPUs with their reservations and processes, and the state listing."""
+        with self.sample_lock:
+            wait_s = MIN_RATE_WINDOW_S - self.host.age_s()
+            if wait_s > 0:
+                time.sleep(wait_s)  # rates need a window; only the first sample of a connection waits
+            host = self.host.sample()
+            gpu_list = gpus.sample() if gpus else []
+        ctx = new_ctx()
+        state_error = None
+        warnings: List[str] = []
+        try:
+            state, warnings, _ = txn.store.read_cached(txn.boot_id)
+        except CorruptState as exc:
+            state, state_error = st.new_state(txn.boot_id), "state unreadable: %s" % exc
+        except OSError as exc:
+            state, state_error = st.new_state(txn.boot_id), "state dir: %s" % exc
+        ctx.gpus_in_use = {g["index"] for g in gpu_list if g.get("processes")}
+        state = txn.view(state, ctx)
+        by_lease: Dict[int, Lease] = {}
+        for lease in state["leases"].values():
+            if lease["exp_bt"] > ctx.now_bt:
+                for index in lease["gpus"]:
+                    by_lease[index] = lease
+        for gpu in gpu_list:
+            held = by_lease.get(gpu["index"])
+            gpu["reservation"] = None if held is None else {
+                "id": held["id"], "owner": held["owner"],
+                "expires_at": st.iso_utc(ctx.wall_at(held["exp_bt"])),
+                "priority": st.PRIORITY_NAMES.get(held["priority"], "normal"),
+            }
+            gpu["unreserved_use"] = held is None and bool(gpu.get("processes"))
+        data = dict(host)
+        data.update({
+            "t_wall": ctx.now_wall, "gpus": gpu_list,
+            "gpu_source": gpus.source if gpus else "none",
+            "state_error": state_error, "warnings": warnings,
+        })
+        data.update(st.listing(state, ctx))
+        data["jobs"] = jobs.recent(state, ctx)
+        return data
+
+    def set_stream(self, interval: object) -> None:
+        """Stream a snapshot every `interval` seconds (0.05..3600), or stop streaming (None)."""
+        if interval is not None:
+            interval = st.number(interval, "stream_s must be between 0.05 and 3600 seconds", 0.05, 3600)
+        self.stream_s = interval
+        if interval is not None and self.thread is None:
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+        self.wake.set()
+
+    def _loop(self) -> None:
+        while not self.stopped():
+            interval = self.stream_s
+            if interval is None:
+                self.wake.wait()
+                self.wake.clear()
+                continue
+            started = time.monotonic()
+            try:
+                self.send({"event": "snapshot", "data": self.snapshot()})
+            except (BrokenPipeError, ValueError):
+                return
+            except Exception as exc:  # a bad sample must not end the stream
+                try:
+                    self.send({"event": "error", "message": "%s: %s" % (exc.__class__.__name__, exc)})
+                except (BrokenPipeError, ValueError):
+                    return
+            self.wake.wait(max(0.0, interval - (time.monotonic() - started)))
+            self.wake.clear()

@@ -1,0 +1,157 @@
+"""One atomic step on a node's state: lock, load, housekeeping, the operation, commit.
+
+Also the lock-free reads every view uses, shown as the next transaction would find the state.
+The agent holds one Transactions per connection (after hello) and the job operations use it
+through the agent; nothing here knows about requests, telemetry or service links.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import faults, jobs, reservations
+from . import state as st
+from .fileio import io_error
+from .store import CorruptState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Set, Tuple
+
+    from .reservations import Transition
+    from .state import Ctx
+    from .store import StateStore
+    from .typedefs import Args, Result, State, Warnings
+
+    Reply = Tuple[Result, Warnings]
+
+MUTATIONS: Dict[str, Transition] = dict(reservations.MUTATIONS, **jobs.MUTATIONS)
+ALWAYS_CHANGES = reservations.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
+
+
+class Critical:
+    """Set while a change is in flight: a signal then waits, so the change happens whole or not at all."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+class Transactions:
+    """The state operations of one caller on one state dir."""
+
+    def __init__(self, store: StateStore, boot_id: str, new_ctx: Callable[[], Ctx],
+                 gpus_in_use: Callable[[], Set[int]], critical: Critical, service_user: str | None) -> None:
+        """`new_ctx`: the caller's context now; `gpus_in_use`: GPUs with processes, sampled
+        outside the lock; `service_user`: the service account when the node is in service mode."""
+        self.store = store
+        self.boot_id = boot_id
+        self.new_ctx = new_ctx
+        self.gpus_in_use = gpus_in_use
+        self.critical = critical
+        self.service_user = service_user
+
+    def io_error(self, what: str, exc: OSError) -> st.OpError:
+        return io_error(what, exc, self.store.dir, self.service_user)
+
+    def read(self) -> tuple[State, Warnings, str]:
+        """Lock-free load; a state no copy of which is readable is OpError("corrupt")."""
+        try:
+            return self.store.load(self.boot_id)
+        except CorruptState as exc:
+            raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
+
+    def view(self, state: State, ctx: Ctx) -> State:
+        """The state as the next transaction's housekeeping would find it, for lock-free views.
+
+        A reboot, a job lease kept by its live supervisor, and a waiter that died are shown as
+        they will be, so no view calls a dead waiter queued or a held GPU free. Copies only
+        when something differs (the read cache's object is shared).
+        """
+        reboot = state.get("boot_id") != self.boot_id
+        dead = [ticket_id for ticket_id, ticket in state["queue"].items()
+                if not ticket.get("job") and (st.wait_expired(ticket, ctx) or not ctx.alive(ticket.get("agent")))]
+        if not (reboot or dead or jobs.lapsing_supervised(state, ctx)):
+            return state
+        state = json.loads(json.dumps(state))
+        if reboot:
+            st.reboot_recovery(state, self.boot_id, ctx)
+        for ticket_id in dead:
+            state["queue"].pop(ticket_id, None)
+        jobs.hold_while_supervised(state, ctx)
+        return state
+
+    def run(self, op: str, args: Args) -> Reply:
+        """One atomic step: lock, load, replay or gc → op → dispatch, commit only on change.
+
+        The rename inside commit() is the commit point: an error before it is a refusal (nothing
+        changed), anything that goes wrong after it is a warning on a successful reply.
+        """
+        func = MUTATIONS[op]
+        # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
+        in_use = self.gpus_in_use()
+        req_id = args.get("req_id")
+        self.critical.active = True
+        try:
+            self.store.acquire()
+        except OSError as exc:
+            self.critical.active = False
+            raise self.io_error("cannot open the state lock", exc) from None
+        try:
+            ctx = self.new_ctx()
+            ctx.gpus_in_use = in_use
+            try:
+                state, warnings, _, loaded = self.store.load_locked_with_body(self.boot_id)
+            except CorruptState as exc:
+                raise st.OpError("corrupt", "node state unreadable, refusing changes until an admin "
+                                 "repairs %s: %s" % (self.store.dir, exc)) from None
+            except OSError as exc:
+                raise self.io_error("cannot read the state", exc) from None
+            if req_id and req_id in state["applied"]:
+                result = dict(state["applied"][req_id]["res"], replayed=True)
+                return result, warnings
+            state.pop("checksum", None)
+            must_write = loaded is None  # a new node, a recovery or a quarantine that must be persisted
+            baseline = loaded if loaded is not None else json.dumps(state)
+            try:
+                changed = self._housekeep(state, ctx)
+                result = func(state, ctx, args)
+            except st.OpError:
+                # Refused: keep only what housekeeping changed, re-derived from what was read.
+                state = json.loads(baseline)
+                if self._housekeep(state, ctx) or must_write:
+                    warnings = warnings + self._commit(state)
+                raise
+            if op in ALWAYS_CHANGES:
+                if req_id:
+                    state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
+                changed = True
+            if changed or must_write:
+                warnings = warnings + self._commit(state)
+            return result, warnings
+        finally:
+            self.store.release_lock()
+            self.critical.active = False
+
+    def _commit(self, state: State) -> Warnings:
+        """Commit, or raise OpError("io") when nothing was committed; returns post-commit warnings."""
+        if faults.active("ack_before_commit"):  # negative control for the history checker only
+            return []
+        try:
+            return self.store.commit(state)
+        except OSError as exc:
+            raise self.io_error("not changed: cannot write the state", exc) from None
+
+    def _housekeep(self, state: State, ctx: Ctx) -> bool:
+        """Reboot rule, expiry, dead waiters, then queued grants; True when anything changed."""
+        changed = False
+        if state.get("boot_id") != self.boot_id:
+            st.reboot_recovery(state, self.boot_id, ctx)
+            changed = True
+        changed = jobs.hold_while_supervised(state, ctx) or changed
+        changed = st.gc(state, ctx) or changed
+        changed = jobs.reap(state, ctx) or changed
+        changed = bool(st.dispatch(state, ctx)) or changed
+        if jobs.preempt_for_head(state, ctx):
+            st.dispatch(state, ctx)  # revoked reservations free GPUs at once
+            changed = True
+        return changed
