@@ -30,7 +30,7 @@ from .txn import MUTATIONS, Critical, Transactions
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+    from typing import IO, Any, Callable, Tuple
 
     from .gpus import GpuSource
     from .typedefs import Args, Result, Warnings
@@ -70,7 +70,7 @@ def _is_admin(user: str | None = None) -> bool:
 class Agent:
     """Serves one client connection: a dispatch table of operations and an optional telemetry stream."""
 
-    def __init__(self, out: IO[bytes], service: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, out: IO[bytes], service: dict[str, Any] | None = None) -> None:
         self.out = out
         self.write_lock = threading.Lock()
         # `service`: the installed agent's settings (user, state_dir, simulate_gpus) when this
@@ -97,9 +97,9 @@ class Agent:
         self.stop_requested = False
         self.telemetry = Telemetry(self.send, HostSampler(), self.snapshot, lambda: self.stop_requested)
         self.stream_wake = self.telemetry.wake
-        self.hello_args: Dict[str, Any] = {}
-        self.hello_warnings: List[str] = []
-        self.handlers: Dict[str, Handler] = {
+        self.hello_args: dict[str, Any] = {}
+        self.hello_warnings: list[str] = []
+        self.handlers: dict[str, Handler] = {
             "snapshot": lambda args: (self.snapshot(), []),
             "stream": self._op_stream,
             "reservations": self._op_reservations,
@@ -114,7 +114,7 @@ class Agent:
 
     # -- output and telemetry ---------------------------------------------------------------
 
-    def send(self, message: Dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any]) -> None:
         line = json.dumps(message, separators=(",", ":")) + "\n"
         with self.write_lock:
             self.out.write(line.encode())
@@ -252,7 +252,7 @@ class Agent:
 
     # -- request handling -------------------------------------------------------------------
 
-    def handle(self, request: Dict[str, Any]) -> Reply:
+    def handle(self, request: dict[str, Any]) -> Reply:
         """Check what every operation shares, then dispatch by op name (the handler table, else a
         state transition, else unknown)."""
         op = request.get("op")
@@ -298,7 +298,7 @@ class Agent:
                                      "message": "request larger than %d bytes" % MAX_REQUEST_BYTES}})
                 continue
             req_id = None
-            reply: Dict[str, Any]
+            reply: dict[str, Any]
             try:
                 request = json.loads(raw.decode("utf-8"))
                 if not isinstance(request, dict):
@@ -320,7 +320,7 @@ class Agent:
                 break
 
 
-def main(service: Optional[Dict[str, Any]] = None) -> None:
+def main(service: dict[str, Any] | None = None) -> None:
     """Entry point on the node: serve requests from stdin until EOF or a signal.
 
     `service`: the settings baked into the installed service agent (see service.py); then the

@@ -15,7 +15,7 @@ from .store import CorruptState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional
+    from typing import Any, Callable, List
 
     from .gpus import GpuSource
     from .store import StateStore
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
 
 def checks(store: StateStore, boot_id: str, user: str, gpus: GpuSource | None,
-           service_rows: Optional[ServiceRows], service_user: str | None) -> List[Dict[str, Any]]:
+           service_rows: ServiceRows | None, service_user: str | None) -> list[dict[str, Any]]:
     """The rows for this node; `service_rows` is given on a service-mode node (with its account)."""
-    rows: List[List[Any]] = []
+    rows: list[list[Any]] = []
     info = None
     try:
         info = os.stat(store.dir)

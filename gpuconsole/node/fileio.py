@@ -21,14 +21,14 @@ from . import state as st
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
-    from typing import Callable, Tuple
+    from typing import Callable
 
 NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre")
 DIR_MODE = 0o2775  # cooperative mode: group members of a setgid state dir share the files
 
 
 def _kind(mode: int) -> str:
-    kinds: Tuple[Tuple[Callable[[int], bool], str], ...] = (
+    kinds: tuple[tuple[Callable[[int], bool], str], ...] = (
         (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
         (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink"))
     for test, name in kinds:

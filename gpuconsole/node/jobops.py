@@ -19,7 +19,7 @@ from .store import CorruptState
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
-    from typing import Any, Callable, Dict, List, Tuple
+    from typing import Any, Callable
 
     from .txn import Transactions
     from .typedefs import Args, Result, Warnings
@@ -30,8 +30,8 @@ MAX_LOG_CHUNK = 256 * 1024
 class JobOps:
     """Batch jobs of one caller: their private dirs, supervisors, logs, and records in the state."""
 
-    def __init__(self, txn: Transactions, transaction: Callable[[str, Args], Tuple[Result, Warnings]],
-                 uid: int, supervisor_env: Dict[str, str], before_submit: Callable[[], object]) -> None:
+    def __init__(self, txn: Transactions, transaction: Callable[[str, Args], tuple[Result, Warnings]],
+                 uid: int, supervisor_env: dict[str, str], before_submit: Callable[[], object]) -> None:
         """`txn`: reads and I/O errors of the state dir; `transaction`: how a change is made;
         `supervisor_env`: GPUCONSOLE_* settings a supervisor needs to say the same hello;
         `before_submit`: run before anything is written (a service-mode node starts its link)."""
@@ -59,10 +59,10 @@ class JobOps:
         entry = state["applied"].get(str(req_id))
         return None if entry is None else dict(entry["res"], replayed=True)
 
-    def _ident(self, child: subprocess.Popen[bytes]) -> Dict[str, Any]:
+    def _ident(self, child: subprocess.Popen[bytes]) -> dict[str, Any]:
         return {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id, "uid": self.uid}
 
-    def submit(self, args: Args) -> Tuple[Result, Warnings]:
+    def submit(self, args: Args) -> tuple[Result, Warnings]:
         """Write the job's spec, start its detached supervisor, then queue the job (one transaction).
 
         A retried submit (same req_id) answers from the first one and starts nothing; a submit
@@ -81,7 +81,7 @@ class JobOps:
         self.before_submit()  # on a service-mode node its link's hello makes jobs/ where nothing changed yet
         job_id = st.new_id(None, "j")
         job_dir = self._job_dir(job_id)
-        warnings: List[str] = []
+        warnings: list[str] = []
         child = None
         try:
             warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
@@ -118,7 +118,7 @@ class JobOps:
         Only a job whose private directory and spec this user wrote is run again; a record that
         merely claims to be ours (the state file is group-writable) is reported and marked lost.
         """
-        warnings: List[str] = []
+        warnings: list[str] = []
         try:
             state, _, _ = self.store.load(self.boot_id)
         except (CorruptState, OSError):
@@ -288,7 +288,7 @@ PGID_FILE = "pgid.json"
 def _local_program() -> str:
     """The program when running from the installed package (tests), not from a shipped bundle."""
     here = os.path.dirname(os.path.abspath(__file__))
-    sources: Dict[str, str] = {}
+    sources: dict[str, str] = {}
     for name in loader.MODULES:
         with open(os.path.join(here, name + ".py")) as handle:
             sources[name] = handle.read()

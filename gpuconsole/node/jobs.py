@@ -13,7 +13,7 @@ from . import state as st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict
+    from typing import Any
 
     from .reservations import Transition
     from .state import Ctx
@@ -327,7 +327,7 @@ def reap(state: State, ctx: Ctx) -> bool:
     return changed
 
 
-MUTATIONS: Dict[str, Transition] = {
+MUTATIONS: dict[str, Transition] = {
     "submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
     "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon,
 }

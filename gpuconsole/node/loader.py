@@ -8,7 +8,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Mapping, Optional, Sequence
+    from typing import Any, Mapping, Sequence
 
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
@@ -61,7 +61,7 @@ def _codes(sources, digest):
 
 
 def build_program(sources: Mapping[str, str], digest: str, modules: Sequence[str],
-                  service: Optional[Dict[str, Any]] = None) -> str:
+                  service: dict[str, Any] | None = None) -> str:
     """Program text: install `modules` (in order) from `sources` as package gcnode, run agent.main().
 
     `service`: the settings of an installed service agent (user, state_dir, simulate_gpus), passed

@@ -11,7 +11,7 @@ from .state import OpError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict
+    from typing import Any, Callable
 
     from .state import Ctx
     from .typedefs import Args, Lease, Result, State, Ticket
@@ -138,5 +138,5 @@ def _gc(state: State, ctx: Ctx, args: Args) -> Result:
 # Operations that change the state whenever they succeed (poll and gc change it only through
 # the housekeeping that runs before every operation).
 ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach"})
-MUTATIONS: Dict[str, Transition] = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
+MUTATIONS: dict[str, Transition] = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
                                     "reattach": reattach, "gc": _gc}

@@ -24,7 +24,7 @@ from . import state as st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Any, List, Mapping, Optional
+    from typing import IO, Any, Mapping
 
     from .agent import Agent
     from .state import Ctx
@@ -52,7 +52,7 @@ def sudoers_line(user: str, agent_path: str, group: str = "gpu") -> str:
     return "%%%s ALL=(%s) NOPASSWD: %s -I -S %s" % (group, user, SERVICE_PYTHON, agent_path)
 
 
-def caller(settings: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+def caller(settings: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> tuple[int, str]:
     """(uid, user name) of whoever ran us through sudo, or NotService.
 
     SUDO_UID is believed only when this process really is the service account (real and
@@ -288,14 +288,14 @@ def looks_like_service(info: os.stat_result) -> bool:
     return info.st_uid not in (0, os.geteuid()) and not info.st_mode & 0o022
 
 
-def doctor_checks(agent: Agent, info: os.stat_result) -> List[List[Any]]:
+def doctor_checks(agent: Agent, info: os.stat_result) -> list[list[Any]]:
     """`doctor` rows of a service-mode node: the link (sudo rule, installed agent) and the state dir."""
     from .fileio import service_setup_fix
 
     user = service_user(agent)
     store = agent.store
     assert store is not None  # after hello
-    rows: List[List[Any]] = []
+    rows: list[list[Any]] = []
     if agent.service is None:
         if agent.link is None:
             open_link(agent)  # sudo may have been set up since hello

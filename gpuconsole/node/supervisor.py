@@ -19,7 +19,7 @@ from .jobops import ENDED_MARK, PGID_FILE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
-    from typing import Any, Dict, Optional, Tuple
+    from typing import Any
 
     from .agent import Agent
     from .store import StateStore
@@ -55,7 +55,7 @@ class Supervisor:
         state, _, _ = self.store.read_cached(self.agent.boot_id)
         return state
 
-    def _job(self) -> Tuple[Optional[Job], Optional[Lease]]:
+    def _job(self) -> tuple[Job | None, Lease | None]:
         state = self._read()
         return state.get("jobs", {}).get(self.job_id), state["leases"].get(self.job_id)
 
@@ -73,7 +73,7 @@ class Supervisor:
         # Also now and then: GPUs used without a reservation free up without any operation.
         return expired or time.monotonic() - self._last_gc >= HEAD_GC_EVERY_S
 
-    def wait_for_grant(self) -> Optional[Result]:
+    def wait_for_grant(self) -> Result | None:
         """Wait until granted (None if the job ended). The agent records the job right after
         starting us, so a job not yet in the state is waited for, briefly."""
         started = time.monotonic()
@@ -152,7 +152,7 @@ class Supervisor:
         """Renew the lease while the job runs; on cancel or preemption TERM the group, KILL at the deadline."""
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
-        kill_at: Optional[float] = None
+        kill_at: float | None = None
         keep_without_lease = faults.active("job_lease_expires")  # negative control only
         while True:
             try:
@@ -201,8 +201,8 @@ class Supervisor:
         except OSError:
             pass
 
-    def _finish(self, token: int, exit_code: int) -> Optional[Result]:
-        args: Dict[str, Any] = {"id": self.job_id, "token": token, "exit_code": exit_code}
+    def _finish(self, token: int, exit_code: int) -> Result | None:
+        args: dict[str, Any] = {"id": self.job_id, "token": token, "exit_code": exit_code}
         if self.lease_lost:
             args = {"id": self.job_id, "exit_code": exit_code, "lease_lost": True}
         for attempt in range(50):

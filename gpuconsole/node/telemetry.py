@@ -15,7 +15,7 @@ from .store import CorruptState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Set
+    from typing import Any, Callable
 
     from .gpus import GpuSource
     from .hostio import HostSampler
@@ -29,7 +29,7 @@ MIN_RATE_WINDOW_S = 0.1
 class Telemetry:
     """Samples for one connection, and its optional stream of them."""
 
-    def __init__(self, send: Callable[[Dict[str, Any]], None], host: HostSampler,
+    def __init__(self, send: Callable[[dict[str, Any]], None], host: HostSampler,
                  snapshot: Callable[[], Result], stopped: Callable[[], bool]) -> None:
         """`snapshot`: what the stream sends (the agent's current snapshot); `stopped`: the agent is ending."""
         self.send = send
@@ -37,11 +37,11 @@ class Telemetry:
         self.snapshot = snapshot
         self.stopped = stopped
         self.sample_lock = threading.Lock()
-        self.stream_s: Optional[float] = None
+        self.stream_s: float | None = None
         self.wake = threading.Event()
-        self.thread: Optional[threading.Thread] = None
+        self.thread: threading.Thread | None = None
 
-    def gpus_in_use(self, gpus: GpuSource) -> Set[int]:
+    def gpus_in_use(self, gpus: GpuSource) -> set[int]:
         """GPUs with processes on them (any owner)."""
         with self.sample_lock:
             return {g for g, items in gpus.processes().items() if items}
@@ -56,7 +56,7 @@ class Telemetry:
             gpu_list = gpus.sample() if gpus else []
         ctx = new_ctx()
         state_error = None
-        warnings: List[str] = []
+        warnings: list[str] = []
         try:
             state, warnings, _ = txn.store.read_cached(txn.boot_id)
         except CorruptState as exc:
@@ -65,7 +65,7 @@ class Telemetry:
             state, state_error = st.new_state(txn.boot_id), "state dir: %s" % exc
         ctx.gpus_in_use = {g["index"] for g in gpu_list if g.get("processes")}
         state = txn.view(state, ctx)
-        by_lease: Dict[int, Lease] = {}
+        by_lease: dict[int, Lease] = {}
         for lease in state["leases"].values():
             if lease["exp_bt"] > ctx.now_bt:
                 for index in lease["gpus"]:

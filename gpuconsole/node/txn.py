@@ -16,7 +16,7 @@ from .store import CorruptState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Set, Tuple
+    from typing import Callable, Tuple
 
     from .reservations import Transition
     from .state import Ctx
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     Reply = Tuple[Result, Warnings]
 
-MUTATIONS: Dict[str, Transition] = dict(reservations.MUTATIONS, **jobs.MUTATIONS)
+MUTATIONS: dict[str, Transition] = dict(reservations.MUTATIONS, **jobs.MUTATIONS)
 ALWAYS_CHANGES = reservations.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
 
 
@@ -40,7 +40,7 @@ class Transactions:
     """The state operations of one caller on one state dir."""
 
     def __init__(self, store: StateStore, boot_id: str, new_ctx: Callable[[], Ctx],
-                 gpus_in_use: Callable[[], Set[int]], critical: Critical, service_user: str | None) -> None:
+                 gpus_in_use: Callable[[], set[int]], critical: Critical, service_user: str | None) -> None:
         """`new_ctx`: the caller's context now; `gpus_in_use`: GPUs with processes, sampled
         outside the lock; `service_user`: the service account when the node is in service mode."""
         self.store = store

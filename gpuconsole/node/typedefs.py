@@ -19,7 +19,7 @@ class Ident(TypedDict, total=False):
     """A process identity (procs.identity()); a job's supervisor also carries its uid."""
 
     pid: int
-    start: Optional[int]
+    start: int | None
     boot_id: str
     uid: int
 
@@ -31,7 +31,7 @@ class _LeaseBase(TypedDict):
     id: str
     uid: int
     owner: str
-    gpus: List[int]
+    gpus: list[int]
     token: int
     priority: int
     exp_bt: float
@@ -46,7 +46,7 @@ class Lease(_LeaseBase, total=False):
     preemptible: bool
     from_queue: bool
     job: bool
-    preempted_by: Optional[str]
+    preempted_by: str | None
 
 
 class _TicketBase(TypedDict):
@@ -64,7 +64,7 @@ class _TicketBase(TypedDict):
 class Ticket(_TicketBase, total=False):
     """A queued request for `n` GPUs; its waiter (`agent`) is a live process or the ticket goes."""
 
-    agent: Optional[Ident]
+    agent: Ident | None
     preemptible: bool
     job: bool
     preempt: bool
@@ -97,17 +97,17 @@ class Job(_JobBase, total=False):
     """A batch job's record; its private files (spec, logs) live in the job's own directory."""
 
     name: str
-    exit_code: Optional[int]
+    exit_code: int | None
     command: str
-    started_wall: Optional[float]
-    ended_wall: Optional[float]
-    supervisor: Optional[Ident]
-    gpus: List[int]
+    started_wall: float | None
+    ended_wall: float | None
+    supervisor: Ident | None
+    gpus: list[int]
     requeue: bool
     cancel_requested: bool
     preempt_others: bool
     grace_s: float
-    preempt: Optional[PreemptNotice]
+    preempt: PreemptNotice | None
     requeues: int
     created_bt: float
     seq: int
@@ -133,10 +133,10 @@ class _StateBase(TypedDict):
     gen: int
     next_token: int
     boot_id: str
-    leases: Dict[str, Lease]
-    queue: Dict[str, Ticket]
-    applied: Dict[str, Applied]
-    jobs: Dict[str, Job]
+    leases: dict[str, Lease]
+    queue: dict[str, Ticket]
+    applied: dict[str, Applied]
+    jobs: dict[str, Job]
 
 
 class State(_StateBase, total=False):
@@ -144,32 +144,32 @@ class State(_StateBase, total=False):
 
     seq: int
     checksum: str
-    dropped: Dict[str, DroppedTicket]
-    quarantine: List[QuarantineEntry]
+    dropped: dict[str, DroppedTicket]
+    quarantine: list[QuarantineEntry]
     recoveries: int
 
 
 class ProcessRecord(TypedDict):
     pid: int
-    user: Optional[str]
-    command: Optional[str]
-    mem_mib: Optional[int]
+    user: str | None
+    command: str | None
+    mem_mib: int | None
 
 
 class _GpuBase(TypedDict):
     index: int
-    uuid: Optional[str]
-    name: Optional[str]
-    util_pct: Optional[float]
-    mem_used_mib: Optional[int]
-    mem_total_mib: Optional[int]
-    temperature_c: Optional[float]
-    power_w: Optional[float]
-    processes: List[ProcessRecord]
+    uuid: str | None
+    name: str | None
+    util_pct: float | None
+    mem_used_mib: int | None
+    mem_total_mib: int | None
+    temperature_c: float | None
+    power_w: float | None
+    processes: list[ProcessRecord]
 
 
 class GpuSample(_GpuBase, total=False):
     """One GPU of a telemetry sample; the agent adds who holds it."""
 
-    reservation: Optional[Dict[str, Any]]
+    reservation: dict[str, Any] | None
     unreserved_use: bool
