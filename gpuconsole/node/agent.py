@@ -175,7 +175,10 @@ class Agent:
         if self.service is None:
             self.mode = mode
         sim_node = (os.environ.get("GPUCONSOLE_SIM_NODE") if self.service is None else None) or node
-        self.gpus = gpus = gpu_sources.open_gpus(simulate, sim_node, args.get("seed") or 0)
+        # `demo --seed`: simulated GPUs that follow the node's name and the seed, not the demo's dir.
+        sim_seed = os.environ.get("GPUCONSOLE_SIM_SEED") if self.service is None else None
+        self.gpus = gpus = gpu_sources.open_gpus(simulate, sim_node, sim_seed or args.get("seed") or 0,
+                                                 identity=None if sim_seed is None else str(node))
         self.store = store = StateStore(state_dir, service=self.service is not None)
         self.hello_args = {"simulate": simulate, "node": node}
         state_dir_error = None

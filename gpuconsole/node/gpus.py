@@ -199,18 +199,20 @@ class SimulatedGpus:
     A process counts as running on simulated GPU i of node N when its environment has
     GPUCONSOLE_SIM_NODE=N and CUDA_VISIBLE_DEVICES naming index i (or its UUID). Its CPU use
     becomes the GPU's utilization and its resident memory, scaled, the GPU memory in use.
+    The model, UUIDs and noise follow `identity` (default: `node`) and `seed`.
     """
 
     source = "simulated"
 
-    def __init__(self, count: int, node: str, seed: object = 0) -> None:
+    def __init__(self, count: int, node: str, seed: object = 0, identity: str | None = None) -> None:
         self._node = node
         self._count = count
-        digest = int(hashlib.sha256(("%s/%s" % (node, seed)).encode()).hexdigest(), 16)
+        name = node if identity is None else identity
+        digest = int(hashlib.sha256(("%s/%s" % (name, seed)).encode()).hexdigest(), 16)
         self._model = SIM_MODELS[digest % len(SIM_MODELS)]
         self._uuids: list[str] = []
         for index in range(count):
-            h = hashlib.sha256(("%s/%d/%s" % (node, index, seed)).encode()).hexdigest()
+            h = hashlib.sha256(("%s/%d/%s" % (name, index, seed)).encode()).hexdigest()
             self._uuids.append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
         self._rng = random.Random(digest)
         self._env_cache: dict[int, tuple[int, tuple[int, ...]]] = {}  # pid -> (start ticks, GPU indices)
@@ -367,10 +369,10 @@ def _enable_site_packages() -> None:
             pass
 
 
-def open_gpus(simulate: int = 0, node: str = "node", seed: object = 0) -> GpuSource:
+def open_gpus(simulate: int = 0, node: str = "node", seed: object = 0, identity: str | None = None) -> GpuSource:
     """Pick the best source: simulated when asked, else NVML, else nvidia-smi, else none."""
     if simulate:
-        return SimulatedGpus(int(simulate), node, seed)
+        return SimulatedGpus(int(simulate), node, seed, identity)
     _enable_site_packages()
     errors = []
     factories: tuple[type[NvmlGpus] | type[SmiGpus], ...] = (NvmlGpus, SmiGpus)

@@ -10,8 +10,6 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gpuconsole.config import load_config
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.ssh.connection import NodeConnection
@@ -48,9 +46,6 @@ def _telemetry(config: Path) -> list[tuple[str, list[tuple[Any, ...]]]]:
             for node in status["nodes"]]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the node side: the agent must read GPUCONSOLE_SIM_SEED and derive "
-                                       "its simulated GPUs from the node's name and that seed (see the issue 12 "
-                                       "notes); the demo already passes the seed to every agent")
 def test_same_seed_same_telemetry_other_seed_other_gpus(tmp_path: Path) -> None:
     """Two demos in different directories with one seed report the same GPUs and samples; another
     seed gives other GPUs. (Before, --seed was accepted and ignored: the GPUs followed the demo dir.)"""
