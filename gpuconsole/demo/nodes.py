@@ -260,6 +260,9 @@ class DemoCluster:
                 f'state_dir = "{node.state_dir}"\n',
                 f"simulate_gpus = {node.gpus}\n",
             ]
+            # Test-only: run the agents under another interpreter (the node code's 3.8 floor in .ci/run).
+            if os.environ.get("GPUCONSOLE_TEST_NODE_PYTHON"):
+                parts.append(f'python = "{os.environ["GPUCONSOLE_TEST_NODE_PYTHON"]}"\n')
         return "".join(parts) + self.cloud_section
 
     async def stop(self) -> None:
