@@ -1,4 +1,4 @@
-"""Sizes and repetitions of every group: full mode follows design.md section 5, quick is the CI
+"""Sizes and repetitions of every group: full mode follows docs/design.md section 5, quick is the CI
 smoke run. run.py writes both plans into the report (`plan`, `plan.cloud_watch`)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes and repetitions: full mode follows design.md section 5, quick is a CI smoke run."""
+    """Sizes and repetitions: full mode follows docs/design.md section 5, quick is a CI smoke run."""
 
     quick: bool
     status_nodes: tuple[int, ...]
