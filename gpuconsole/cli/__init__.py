@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
+from gpuconsole.cli import options as o
 from gpuconsole.errors import ExitCode, GpuConsoleError
+
+if TYPE_CHECKING:
+    from gpuconsole.config import Config
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     from gpuconsole import notices
     from gpuconsole.cli.output import warn
-    from gpuconsole.cli.parser import build_parser
+    from gpuconsole.cli.parser import parse
 
     notices.set_handler(lambda node, text: warn(f"{node}: {text}"))
     # asyncio's own warnings (e.g. "socket.send() raised exception." after a node hung up) are not
     # for the user: the command reports the node's failure as one line of its own.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
-        args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        return _dispatch(parse(argv))
     except GpuConsoleError as exc:  # messages quote node and user texts: `warn` escapes them
         warn(str(exc))
         return int(exc.exit_code)
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
 
 
-def _with_cloud_nodes(config: Any) -> Any:
+def _with_cloud_nodes(config: Config) -> Config:
     """Add running managed EC2 instances as nodes; a cloud outage never hides the on-prem fleet."""
     from gpuconsole.cloud.inventory import discover
 
@@ -50,52 +53,69 @@ def _with_cloud_nodes(config: Any) -> Any:
         return config
 
 
-def _dispatch(args: object) -> int:
-    command = getattr(args, "command", None)
-    if command == "demo":
+def _dispatch(opts: o.Options) -> int:
+    """Hand the typed arguments to their command's handler (imported only when it runs)."""
+    if isinstance(opts, o.DemoArgs):
         from gpuconsole.cli.demo import run_demo
 
-        return run_demo(args)
-    if command == "node-install":  # reads the config only for --node
+        return run_demo(opts)
+    if isinstance(opts, o.NodeInstallArgs):  # reads the config only for --node
         from gpuconsole.cli.node_install import run_node_install
 
-        return run_node_install(args)
+        return run_node_install(opts)
     from gpuconsole.config import load_config
 
-    config = load_config(getattr(args, "config", None))
-    if config.aws is not None and command not in ("cloud", "demo"):
+    config = load_config(opts.config)
+    if config.aws is not None and not isinstance(opts, o.CloudUpArgs | o.CloudLsArgs | o.CloudDownArgs):
         config = _with_cloud_nodes(config)
-    if command is None:
+    if isinstance(opts, o.ConsoleArgs):
         from gpuconsole.cli.console import run_console
 
-        return run_console(config, args)
-    if command == "status":
+        return run_console(config, opts)
+    if isinstance(opts, o.StatusArgs):
         from gpuconsole.cli.status import run_status
 
-        return run_status(config, args)
-    if command == "cloud":
+        return run_status(config, opts)
+    if isinstance(opts, o.CloudUpArgs | o.CloudLsArgs | o.CloudDownArgs):
         from gpuconsole.cli.cloud import run_cloud
 
-        return run_cloud(config, args)
-    if command == "watch":
+        return run_cloud(config, opts)
+    if isinstance(opts, o.WatchArgs):
         from gpuconsole.cli.watch import run_watch
 
-        return run_watch(config, args)
-    if command == "doctor":
+        return run_watch(config, opts)
+    if isinstance(opts, o.DoctorArgs):
         from gpuconsole.cli.doctor import run_doctor
 
-        return run_doctor(config, args)
-    if command in ("submit", "jobs", "logs", "cancel", "preempt"):
-        from gpuconsole.cli import jobs
+        return run_doctor(config, opts)
+    if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
+        return _jobs(config, opts)
+    return _reservations(config, opts)
 
-        return {"submit": jobs.run_submit, "jobs": jobs.run_jobs, "logs": jobs.run_logs,
-                "cancel": jobs.run_cancel, "preempt": jobs.run_preempt}[str(command)](config, args)
+
+def _jobs(config: Config, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
+    from gpuconsole.cli import jobs
+
+    if isinstance(opts, o.SubmitArgs):
+        return jobs.run_submit(config, opts)
+    if isinstance(opts, o.JobsArgs):
+        return jobs.run_jobs(config, opts)
+    if isinstance(opts, o.LogsArgs):
+        return jobs.run_logs(config, opts)
+    if isinstance(opts, o.CancelArgs):
+        return jobs.run_cancel(config, opts)
+    return jobs.run_preempt(config, opts)
+
+
+def _reservations(config: Config, opts: o.Options) -> int:
     from gpuconsole.cli import reservations
 
-    handler = {
-        "reserve": reservations.run_reserve,
-        "release": reservations.run_release,
-        "renew": reservations.run_renew,
-        "reservations": reservations.run_list,
-    }[str(command)]
-    return handler(config, args)
+    if isinstance(opts, o.ReserveArgs):
+        return reservations.run_reserve(config, opts)
+    if isinstance(opts, o.ReleaseArgs):
+        return reservations.run_release(config, opts)
+    if isinstance(opts, o.RenewArgs):
+        return reservations.run_renew(config, opts)
+    if isinstance(opts, o.ReservationsArgs):
+        return reservations.run_list(config, opts)
+    raise AssertionError(f"no handler for {type(opts).__name__}")

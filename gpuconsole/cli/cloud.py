@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
 
+from gpuconsole.cli.options import CloudArgs, CloudDownArgs, CloudLsArgs, CloudUpArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
 from gpuconsole.durations import format_duration_s, parse_duration_s
@@ -16,11 +16,14 @@ from gpuconsole.model.cloud import LISTED_STATES, PHASE_LABELS
 INSTANCE_ID_RE = re.compile(r"^i-[0-9a-f]{8,17}$")
 
 
-def run_cloud(config: Config, args: Any) -> int:
+def run_cloud(config: Config, opts: CloudArgs) -> int:
     if config.aws is None:
         raise UsageError("cloud: no [cloud.aws] section in the config")
-    handler = {"up": _up, "ls": _ls, "down": _down}[args.cloud_command]
-    return handler(config, args)
+    if isinstance(opts, CloudUpArgs):
+        return _up(config, opts)
+    if isinstance(opts, CloudLsArgs):
+        return _ls(config, opts)
+    return _down(config, opts)
 
 
 def cloud_progress(instance_id: str, phase: str, elapsed_s: float) -> None:
@@ -28,7 +31,7 @@ def cloud_progress(instance_id: str, phase: str, elapsed_s: float) -> None:
     warn(f"{instance_id}: {PHASE_LABELS.get(phase, phase)} after {elapsed_s:.1f}s")
 
 
-def _up(config: Config, args: Any) -> int:
+def _up(config: Config, args: CloudUpArgs) -> int:
     from gpuconsole.cloud.ec2 import Ec2
     from gpuconsole.cloud.launch import Launched, launch, quote, wait_ready
 
@@ -51,7 +54,7 @@ def _up(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def _ls(config: Config, args: Any) -> int:
+def _ls(config: Config, args: CloudLsArgs) -> int:
     from gpuconsole.cloud.ec2 import Ec2
 
     assert config.aws is not None
@@ -79,7 +82,7 @@ def _ls(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def _down(config: Config, args: Any) -> int:
+def _down(config: Config, args: CloudDownArgs) -> int:
     from gpuconsole.cloud.ec2 import Ec2
 
     assert config.aws is not None
@@ -87,7 +90,7 @@ def _down(config: Config, args: Any) -> int:
         if not INSTANCE_ID_RE.match(instance_id):
             raise NotFoundError(f"{instance_id!r} is not an instance id (i-…)")
     ec2 = Ec2(config.aws)
-    done = ec2.stop(args.ids) if args.stop else ec2.terminate(args.ids)
+    done = ec2.stop(list(args.ids)) if args.stop else ec2.terminate(list(args.ids))
     verb = "stopping" if args.stop else "terminating"
     if args.json:
         print_json({"instances": [{"id": i.id, "action": "stop" if args.stop else "terminate"} for i in done]})

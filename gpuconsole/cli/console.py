@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from gpuconsole.cli.options import ConsoleArgs, DemoArgs
 from gpuconsole.config import Config
 
 
-def run_console(config: Config, args: Any) -> int:
+def run_console(config: Config, opts: ConsoleArgs | DemoArgs) -> int:
+    """The console (also the demo's), with `--theme` over the config's theme."""
     from gpuconsole.tui import run
 
-    theme = getattr(args, "theme", None) or config.defaults.theme
-    return run(config, theme=theme, readonly=bool(getattr(args, "readonly", False)))
+    return run(config, theme=opts.theme or config.defaults.theme, readonly=opts.readonly)

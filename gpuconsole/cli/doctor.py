@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from gpuconsole.cli.node_install import node_steps
+from gpuconsole.cli.options import DoctorArgs
 from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
@@ -13,10 +14,10 @@ from gpuconsole.errors import ExitCode, GpuConsoleError
 from gpuconsole.ssh.bundle import agent_digest
 
 
-def run_doctor(config: Config, args: Any) -> int:
+def run_doctor(config: Config, opts: DoctorArgs) -> int:
     report = asyncio.run(_doctor(config))
     failed = [c for node in report for c in node["checks"] if not c["ok"]]
-    if args.json:
+    if opts.json:
         print_json({"config": str(config.path), "agent": agent_digest(), "nodes": report})
     else:
         say(f"config {config.path}: ok ({len(config.nodes)} nodes), agent {agent_digest()}")

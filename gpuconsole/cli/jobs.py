@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.cli.reservations import burst_plan
 from gpuconsole.config import Config
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def run_submit(config: Config, args: Any) -> int:
+def run_submit(config: Config, args: SubmitArgs) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -49,7 +50,7 @@ def run_submit(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def run_jobs(config: Config, args: Any) -> int:
+def run_jobs(config: Config, args: JobsArgs) -> int:
     async def go() -> tuple[list[Job], dict[str, str]]:
         async with Fleet(config) as fleet:
             for old_id, new in await requeue.requeue_lost(fleet, await _cloud_live(config)):
@@ -97,7 +98,7 @@ def jobs_table(found: list[Job]) -> Table:
     return table
 
 
-def run_logs(config: Config, args: Any) -> int:
+def run_logs(config: Config, args: LogsArgs) -> int:
     """A job's output. Its owner gets the bytes as written (colours, progress bars: what `tail` shows
     them of their own file); anyone else's output is escaped like every other text from another user
     (newlines and tabs kept)."""
@@ -119,7 +120,7 @@ def run_logs(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def run_preempt(config: Config, args: Any) -> int:
+def run_preempt(config: Config, args: PreemptArgs) -> int:
     async def go() -> Preempted:
         async with Fleet(config) as fleet:
             return await core.preempt(fleet, args.id, args.grace)
@@ -130,7 +131,7 @@ def run_preempt(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def run_cancel(config: Config, args: Any) -> int:
+def run_cancel(config: Config, args: CancelArgs) -> int:
     async def go() -> Job:
         async with Fleet(config) as fleet:
             return await core.cancel(fleet, args.id)

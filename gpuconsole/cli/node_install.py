@@ -9,8 +9,8 @@ same steps for a node whose service mode is not set up.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
+from gpuconsole.cli.options import NodeInstallArgs
 from gpuconsole.cli.output import say
 from gpuconsole.config import DEFAULT_SERVICE_AGENT, DEFAULT_SERVICE_USER, DEFAULT_STATE_DIR, NodeConfig
 from gpuconsole.errors import UsageError
@@ -40,16 +40,16 @@ def node_steps(cfg: NodeConfig) -> list[str]:
                        node=cfg.name)
 
 
-def run_node_install(args: Any) -> int:
+def run_node_install(args: NodeInstallArgs) -> int:
     """Print the setup steps, or (--print) the service agent program for the chosen settings."""
     from gpuconsole.ssh.bundle import service_program
 
     user, state_dir, agent_path, simulate = DEFAULT_SERVICE_USER, DEFAULT_STATE_DIR, DEFAULT_SERVICE_AGENT, 0
-    node_name = getattr(args, "node", None)
+    node_name = args.node
     if node_name:
         from gpuconsole.config import load_config
 
-        cfg = load_config(getattr(args, "config", None)).node(node_name)
+        cfg = load_config(args.config).node(node_name)
         user, state_dir, agent_path, simulate = cfg.service_user, cfg.state_dir, cfg.service_agent, cfg.simulate_gpus
     user = args.service_user or user
     state_dir = args.state_dir or state_dir

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
+from gpuconsole.cli import options as o
 from gpuconsole.errors import UsageError
 
 PRIORITY_CHOICES = ("low", "normal", "high")
@@ -166,3 +169,37 @@ def build_parser() -> Parser:
     demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")
     demo.add_argument("--no-cloud", action="store_true", help="no local EC2 emulator")
     return parser
+
+
+# The typed arguments of each command (gpuconsole.cli.options), by `command` (and `cloud_command`).
+COMMANDS: dict[str | None, type[o.Options]] = {
+    None: o.ConsoleArgs, "status": o.StatusArgs, "reserve": o.ReserveArgs, "release": o.ReleaseArgs,
+    "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
+    "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
+    "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
+}
+CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
+
+
+def options(namespace: argparse.Namespace) -> o.Options:
+    """The one place a parsed Namespace becomes a command's typed arguments: each field is the
+    `dest` of the same name (lists become tuples; `--config`, absent unless given, is None)."""
+    command = namespace.command
+    cls = CLOUD_COMMANDS[namespace.cloud_command] if command == "cloud" else COMMANDS[command]
+    given = vars(namespace)
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):
+        value = given.get(spec.name)
+        if spec.name not in given and spec.name != "config":
+            raise AssertionError(f"{command}: the parser has no {spec.name!r}")  # options.py and the parser disagree
+        if isinstance(value, list):
+            value = tuple(value)
+        elif value is None and spec.default == ():
+            value = ()  # an `append` flag never given
+        values[spec.name] = value
+    return cls(**values)
+
+
+def parse(argv: Sequence[str] | None = None) -> o.Options:
+    """Parse a command line into its command's typed arguments (UsageError, exit 2, when it is bad)."""
+    return options(build_parser().parse_args(argv))

@@ -7,6 +7,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
+from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.config import Config
 from gpuconsole.core import burst as core_burst
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def _ttl_s(config: Config, args: Any) -> float:
+def _ttl_s(config: Config, args: ReserveArgs | RenewArgs) -> float:
     """`--for DUR`, else the config's reserve_for."""
     if args.duration is None:
         return config.defaults.reserve_for_s
@@ -36,7 +37,7 @@ class _TerminatedError(Exception):
     """SIGTERM during `reserve`: the wait has withdrawn its ticket; exit as a terminated process."""
 
 
-def run_reserve(config: Config, args: Any) -> int:
+def run_reserve(config: Config, args: ReserveArgs) -> int:
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
@@ -127,7 +128,7 @@ def burst_plan(config: Config) -> BurstPlan:
     return BurstPlan(ec2_offers(CloudMonitor(config)), confirm, cloud_progress)
 
 
-def run_release(config: Config, args: Any) -> int:
+def run_release(config: Config, args: ReleaseArgs) -> int:
     if not args.ids and not args.mine:
         raise UsageError("release: give reservation IDs or --mine")
     if args.ids and args.mine:
@@ -147,7 +148,7 @@ def run_release(config: Config, args: Any) -> int:
     return int(failures[0][1].exit_code) if failures else int(ExitCode.OK)
 
 
-async def _release(config: Config, args: Any) -> tuple[list[dict[str, Any]], list[tuple[str, GpuConsoleError]]]:
+async def _release(config: Config, args: ReleaseArgs) -> tuple[list[dict[str, Any]], list[tuple[str, GpuConsoleError]]]:
     results: list[dict[str, Any]] = []
     failures: list[tuple[str, GpuConsoleError]] = []
     async with Fleet(config) as fleet:
@@ -161,7 +162,7 @@ async def _release(config: Config, args: Any) -> tuple[list[dict[str, Any]], lis
     return results, failures
 
 
-def run_renew(config: Config, args: Any) -> int:
+def run_renew(config: Config, args: RenewArgs) -> int:
     ttl_s = _ttl_s(config, args)
 
     async def go() -> dict[str, Any]:
@@ -176,8 +177,8 @@ def run_renew(config: Config, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-def run_list(config: Config, args: Any) -> int:
-    async def go() -> tuple[Any, Any, dict[str, str]]:
+def run_list(config: Config, args: ReservationsArgs) -> int:
+    async def go() -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
         async with Fleet(config) as fleet:
             return await core.list_all(fleet)
 

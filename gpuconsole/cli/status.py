@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gpuconsole.cli.options import StatusArgs
 from gpuconsole.cli.output import add_row, cell, console, print_json, warn
 from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
@@ -18,31 +19,31 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 
-def run_status(config: Config, args: Any) -> int:
-    names = [config.node(args.node).name] if args.node else None
-    if args.watch is not None and not 0.1 <= args.watch <= 3600:
+def run_status(config: Config, opts: StatusArgs) -> int:
+    names = [config.node(opts.node).name] if opts.node else None
+    if opts.watch is not None and not 0.1 <= opts.watch <= 3600:
         raise UsageError("--watch: SECONDS must be between 0.1 and 3600")
-    return asyncio.run(_status(config, args, names))
+    return asyncio.run(_status(config, opts, names))
 
 
-async def _status(config: Config, args: Any, names: list[str] | None) -> int:
+async def _status(config: Config, opts: StatusArgs, names: list[str] | None) -> int:
     async with Fleet(config) as fleet:
         while True:
             snapshots = await fleet_snapshot(fleet, names)
-            if args.json:
+            if opts.json:
                 print_json({"nodes": [s.to_json() for s in snapshots]})
             else:
-                render(snapshots, clear=args.watch is not None)
+                render(snapshots, clear=opts.watch is not None)
             for snap in snapshots:
                 for warning in snap.warnings:
                     warn(f"{snap.name}: {warning}")
-            if args.watch is None:
+            if opts.watch is None:
                 break
             started = time.monotonic()
             # Dead nodes are retried each round; live ones keep their connection.
             for name in [s.name for s in snapshots if not s.reachable]:
                 await fleet.drop(name)
-            await asyncio.sleep(max(0.0, args.watch - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, opts.watch - (time.monotonic() - started)))
     if snapshots and not any(s.reachable for s in snapshots):
         raise UnreachableError("; ".join(s.error or s.name for s in snapshots))
     return int(ExitCode.OK)

@@ -8,8 +8,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from gpuconsole.cli.options import WatchArgs
 from gpuconsole.cli.output import warn
 from gpuconsole.config import Config
 from gpuconsole.errors import UsageError
@@ -32,7 +32,7 @@ def _minutes(value: float | None, default: float, flag: str, *, allow_zero: bool
     return minutes
 
 
-def settings_from(config: Config, args: Any) -> WatchSettings:
+def settings_from(config: Config, args: WatchArgs) -> WatchSettings:
     """CLI flags override `[watch]`; every value is validated here (exit 2, one line)."""
     base = config.watch
     idle_min = _minutes(args.idle_minutes, base.idle_minutes, "--idle-minutes")
@@ -58,7 +58,7 @@ def settings_from(config: Config, args: Any) -> WatchSettings:
     )
 
 
-def build_sinks(config: Config, args: Any) -> list[Sink]:
+def build_sinks(config: Config, args: WatchArgs) -> list[Sink]:
     """`--exec` (else `[watch] exec`) and every `--notify` URL (else `[watch] notify`)."""
     sinks: list[Sink] = []
     command = args.exec_cmd if args.exec_cmd is not None else config.watch.exec
@@ -84,7 +84,7 @@ def attach_cloud(config: Config, runner: WatchRunner, stop_idle_cloud: bool) -> 
     runner.on_idle_cloud = cloud.on_idle_cloud
 
 
-def run_watch(config: Config, args: Any) -> int:
+def run_watch(config: Config, args: WatchArgs) -> int:
     settings = settings_from(config, args)
     sinks = build_sinks(config, args)
     return asyncio.run(_watch(config, settings, sinks, bool(args.json), bool(args.stop_idle_cloud)))

@@ -166,16 +166,14 @@ def test_bad_watch_flags_exit_2_with_one_line(flags: list[str], dead_config: Pat
 
 
 def test_config_watch_table_is_the_default_and_flags_override(dead_config: Path) -> None:
-    from types import SimpleNamespace
-
+    from gpuconsole.cli.options import WatchArgs
     from gpuconsole.cli.watch import settings_from
     from gpuconsole.config import load_config
 
     config = load_config(str(dead_config))
-    args = SimpleNamespace(idle_minutes=None, cooldown_minutes=None, util_below=None, interval=None,
-                           grace_minutes=None, release_idle=False, stop_idle_cloud=False, state_file=None, once=True)
+    args = WatchArgs(once=True)
     assert settings_from(config, args).idle_s == 600 and settings_from(config, args).cooldown_s == 3600
-    args.idle_minutes, args.util_below = 0.5, 20.0
+    args = WatchArgs(once=True, idle_minutes=0.5, util_below=20.0)
     assert (settings_from(config, args).idle_s, settings_from(config, args).util_below_pct) == (30, 20)
 
 

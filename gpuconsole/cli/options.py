@@ -1,0 +1,195 @@
+"""What each command was asked, typed: one frozen dataclass per command, built from argparse's
+Namespace in one place (gpuconsole.cli.parser.options), so a handler reads fields a type checker
+knows (`opts.gpus: int`) instead of attributes of an `Any`.
+
+Field names are the parser's `dest`s; the CLI tests hold flags, exit codes and outputs fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleArgs:
+    """`gpuconsole` with no command: the interactive console."""
+
+    config: str | None = None
+    theme: str | None = None
+    readonly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StatusArgs:
+    config: str | None
+    node: str | None
+    json: bool
+    watch: float | None  # seconds between refreshes; None: once
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveArgs:
+    config: str | None
+    gpus: int
+    node: str | None
+    duration: str | None  # --for, as typed (parsed against the config's reserve_for default)
+    wait: bool
+    timeout: str | None
+    priority: str
+    preemptible: bool
+    burst: bool
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseArgs:
+    config: str | None
+    ids: tuple[str, ...]
+    mine: bool
+    token: int | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RenewArgs:
+    config: str | None
+    id: str
+    duration: str | None
+    token: int | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationsArgs:
+    config: str | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitArgs:
+    config: str | None
+    gpus: int
+    node: str | None
+    priority: str
+    preempt: bool
+    requeue: bool
+    name: str | None
+    grace: float | None  # seconds
+    burst: bool
+    json: bool
+    argv: tuple[str, ...]  # as given after the flags (a leading `--` included)
+
+
+@dataclass(frozen=True, slots=True)
+class JobsArgs:
+    config: str | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LogsArgs:
+    config: str | None
+    id: str
+    follow: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptArgs:
+    config: str | None
+    id: str
+    grace: float | None  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class CancelArgs:
+    config: str | None
+    id: str
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloudUpArgs:
+    config: str | None
+    instance_type: str | None
+    gpus: int
+    spot: bool | None  # None: the config's default
+    count: int
+    no_wait: bool
+    timeout: str
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloudLsArgs:
+    config: str | None
+    all: bool
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CloudDownArgs:
+    config: str | None
+    ids: tuple[str, ...]
+    stop: bool
+    json: bool
+
+
+CloudArgs = CloudUpArgs | CloudLsArgs | CloudDownArgs
+
+
+@dataclass(frozen=True, slots=True)
+class WatchArgs:
+    """`watch`: every flag None (or False) when not given, so `[watch]` supplies the value."""
+
+    config: str | None = None
+    idle_minutes: float | None = None
+    util_below: float | None = None
+    cooldown_minutes: float | None = None
+    notify: tuple[str, ...] = ()
+    exec_cmd: str | None = None
+    release_idle: bool = False
+    grace_minutes: float | None = None
+    stop_idle_cloud: bool = False
+    interval: float | None = None  # seconds
+    state_file: str | None = None
+    once: bool = False
+    json: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorArgs:
+    config: str | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInstallArgs:
+    config: str | None
+    print: bool
+    node: str | None
+    state_dir: str | None
+    service_user: str | None
+    simulate_gpus: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DemoArgs:
+    """`demo`; `theme` and `readonly` reach the console it opens."""
+
+    config: str | None
+    nodes: int
+    gpus: int
+    seed: int
+    serve: bool
+    write_config: str | None
+    dir: str | None
+    no_cloud: bool
+    theme: str | None = None
+    readonly: bool = False
+
+
+Options = (
+    ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
+    | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
+    | NodeInstallArgs | DemoArgs
+)

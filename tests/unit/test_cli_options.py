@@ -1,0 +1,82 @@
+"""The CLI's typed arguments: every command line becomes its command's frozen dataclass in one place
+(gpuconsole.cli.parser.options), and no handler takes `Any`."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import typing
+
+import pytest
+
+from gpuconsole.cli import options as o
+from gpuconsole.cli.parser import COMMANDS, parse
+from gpuconsole.errors import UsageError
+
+LINES = [
+    ([], o.ConsoleArgs(None, None, False)),
+    (["--theme", "t", "--readonly", "--config", "c.toml"], o.ConsoleArgs("c.toml", "t", True)),
+    (["status", "--node", "n", "--json", "--watch"], o.StatusArgs(None, "n", True, 2.0)),
+    (["reserve", "--gpus", "2", "--for", "1h", "--wait", "--timeout", "5m", "--priority", "high", "--preemptible"],
+     o.ReserveArgs(None, 2, None, "1h", True, "5m", "high", True, False, False)),
+    (["release", "a", "b", "--token", "7", "--config", "x"], o.ReleaseArgs("x", ("a", "b"), False, 7, False)),
+    (["release", "--mine", "--json"], o.ReleaseArgs(None, (), True, None, True)),
+    (["renew", "r-1", "--for", "2h"], o.RenewArgs(None, "r-1", "2h", None, False)),
+    (["reservations", "--json"], o.ReservationsArgs(None, True)),
+    (["submit", "--gpus", "1", "--name", "x", "--grace", "3", "--requeue", "--", "python", "-c", "1"],
+     o.SubmitArgs(None, 1, None, "normal", False, True, "x", 3.0, False, False, ("--", "python", "-c", "1"))),
+    (["jobs"], o.JobsArgs(None, False)),
+    (["logs", "j-1", "-f"], o.LogsArgs(None, "j-1", True)),
+    (["preempt", "j-1", "--grace", "0"], o.PreemptArgs(None, "j-1", 0.0)),
+    (["cancel", "j-1", "--json"], o.CancelArgs(None, "j-1", True)),
+    (["cloud", "up", "--gpus", "4", "--spot"], o.CloudUpArgs(None, None, 4, True, 1, False, "10m", False)),
+    (["cloud", "ls", "--all"], o.CloudLsArgs(None, True, False)),
+    (["cloud", "down", "i-0123456789abcdef0", "--stop"], o.CloudDownArgs(None, ("i-0123456789abcdef0",), True, False)),
+    (["watch", "--once", "--notify", "a://", "--notify", "b://"], o.WatchArgs(notify=("a://", "b://"), once=True)),
+    (["watch"], o.WatchArgs()),
+    (["doctor", "--json"], o.DoctorArgs(None, True)),
+    (["node-install", "--print", "--simulate-gpus", "2"], o.NodeInstallArgs(None, True, None, None, None, 2)),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), LINES, ids=[" ".join(a) or "console" for a, _ in LINES])
+def test_a_command_line_becomes_its_typed_arguments(argv: list[str], expected: o.Options) -> None:
+    assert parse(argv) == expected
+
+
+def test_demo_arguments_carry_the_console_flags() -> None:
+    opts = parse(["--theme", "t", "demo", "--nodes", "2", "--no-cloud"])
+    assert isinstance(opts, o.DemoArgs)
+    assert (opts.nodes, opts.no_cloud, opts.theme, opts.readonly) == (2, True, "t", False)
+
+
+def test_a_bad_line_is_still_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--gpus"):
+        parse(["reserve", "--gpus", "0"])
+
+
+def test_options_are_frozen() -> None:
+    opts = parse(["jobs"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.json = True  # type: ignore[misc]
+
+
+HANDLER_MODULES = ("cloud", "console", "doctor", "jobs", "node_install", "reservations", "status", "watch")
+
+
+@pytest.mark.parametrize("module", HANDLER_MODULES)
+def test_no_handler_takes_any(module: str) -> None:
+    """Every public `run_*` handler is annotated with the typed arguments of its command."""
+    mod = importlib.import_module(f"gpuconsole.cli.{module}")
+    handlers = [f for name, f in vars(mod).items() if name.startswith("run_") and inspect.isfunction(f)
+                and f.__module__ == mod.__name__]
+    assert handlers
+    typed = set(COMMANDS.values()) | {o.CloudUpArgs, o.CloudLsArgs, o.CloudDownArgs}
+    for handler in handlers:
+        hints = typing.get_type_hints(handler, vars(mod))
+        hints.pop("return", None)
+        assert typing.Any not in hints.values(), handler.__name__
+        last = list(hints.values())[-1]
+        members = set(typing.get_args(last)) or {last}
+        assert members <= typed, f"{handler.__name__}: {last}"
