@@ -318,7 +318,8 @@ def test_missing_identity_file_or_node_interpreter_is_one_line_with_the_fix(
     text = demo.config_path.read_text()
     if what == "identity":
         text = text.replace(str(demo.cluster.client_key_path), "/nonexistent/id_test")
-    else:
+    else:  # (a python line the demo wrote for GPUCONSOLE_TEST_NODE_PYTHON gives way)
+        text = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("python = "))
         text = text.replace("simulate_gpus = 4", 'simulate_gpus = 4\npython = "/nonexistent/python3"')
     config = tmp_path / "broken.toml"
     config.write_text(text)
