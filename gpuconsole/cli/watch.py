@@ -78,7 +78,7 @@ def attach_cloud(config: Config, runner: WatchRunner, stop_idle_cloud: bool) -> 
         return
     from gpuconsole.cloud.watching import CloudWatch
 
-    cloud = CloudWatch(config, util_below_pct=runner.settings.util_below_pct, stop_idle=stop_idle_cloud,
+    cloud = CloudWatch(config, detector=runner.detector, stop_idle=stop_idle_cloud,
                        log=warn, on_nodes_changed=runner.nodes_changed)
     runner.extra_conditions = cloud.conditions
     runner.on_idle_cloud = cloud.on_idle_cloud

@@ -14,21 +14,22 @@ from gpuconsole.cloud.monitor import CloudMonitor, CloudView
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.alerts import Alert
-from gpuconsole.model.fleet import FleetState
+from gpuconsole.model.detect import Detector
 
 NodesChanged = Callable[[list[NodeConfig], list[str]], None]  # (added, removed names)
 Log = Callable[[str], None]
 
 
 class CloudWatch:
-    """Owns one CloudMonitor and the idle judge; `stop_idle` turns alerts into stop/terminate calls."""
+    """Owns one CloudMonitor and the idle judge; `stop_idle` turns alerts into stop/terminate calls.
+    `detector` is the watcher's own (its quiet windows decide whether an instance's GPUs are idle)."""
 
-    def __init__(self, config: Config, *, util_below_pct: float, stop_idle: bool, log: Log,
+    def __init__(self, config: Config, *, detector: Detector, stop_idle: bool, log: Log,
                  on_nodes_changed: NodesChanged | None = None, refresh_s: float | None = None) -> None:
         assert config.aws is not None
         self.aws = config.aws
         self.monitor = CloudMonitor(config)
-        self.judge = IdleCloudJudge(self.aws.idle_stop_minutes * 60.0, util_below_pct)
+        self.judge = IdleCloudJudge(self.aws.idle_stop_minutes * 60.0, detector)
         self.stop_idle = stop_idle
         self.log = log
         self.on_nodes_changed = on_nodes_changed
@@ -56,11 +57,11 @@ class CloudWatch:
         self._acted &= {i.id for i in view.live}
         return view
 
-    async def conditions(self, now_s: float, fleet: FleetState) -> list[Alert]:
-        """The watcher's hook: the idle_cloud conditions that hold now."""
+    async def conditions(self, now_s: float) -> list[Alert]:
+        """The watcher's hook: the idle_cloud conditions that hold at `now_s` (the detector's clock)."""
         if time.monotonic() - self._refreshed_at_s >= self.refresh_s:
             await self.refresh()
-        alerts = self.judge.judge(now_s, fleet, self.view)
+        alerts = self.judge.judge(now_s, self.view)
         if self.stop_idle:
             verb = "stopping" if self.aws.idle_action == "stop" else "terminating"
             alerts = [dataclasses.replace(a, message=f"{a.message}; {verb} it", extra={**a.extra, "action": verb})

@@ -1,6 +1,7 @@
-"""The fleet as the console sees it: last snapshot per node, health, utilization history, flags.
+"""The fleet as the console sees it: last snapshot per node, health, utilization history.
 
-A pure fold over poller events with an injected clock, shared by the TUI and the watcher.
+A pure fold over poller events with an injected clock, shared by the TUI and the watcher. Whether a
+reservation is idle is not decided here: that is the one idle rule, `model/detect.py`'s Detector.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
 
 HISTORY_SAMPLES = 180  # three minutes at the default 1 Hz
-IDLE_UTIL_BELOW_PCT = 5.0
-IDLE_FLAG_AFTER_S = 60.0
+# The summary's "busy" count: a GPU with processes or at least this utilization now (a snapshot
+# count, not the idle rule, which also asks for a window of quiet samples and uses `[watch]`).
+BUSY_UTIL_PCT = 5.0
 
 
 class Health(Enum):
@@ -54,7 +56,6 @@ class FleetState:
     sources: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, NodeView] = field(default_factory=dict)
     util_history: dict[str, deque[float]] = field(default_factory=dict)
-    idle_since_s: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in self.node_names:
@@ -75,7 +76,6 @@ class FleetState:
             self.node_names.remove(name)
         prefix = f"{name}/"
         self.util_history = {k: v for k, v in self.util_history.items() if not k.startswith(prefix)}
-        self.idle_since_s = {k: v for k, v in self.idle_since_s.items() if not k.startswith(prefix)}
 
     def apply(self, event: PollEvent) -> str:
         """Fold one event; returns the name of the node it changed."""
@@ -85,36 +85,25 @@ class FleetState:
             view.snapshot, view.last_ok_s = snap, event.received_at
             view.error, view.final, view.retry_in_s = None, False, None
             for gpu in snap.gpus:
-                self._record_gpu(snap.name, gpu, event.received_at)
+                self._record_gpu(snap.name, gpu)
             return snap.name
         view = self.nodes.setdefault(event.name, NodeView(event.name))
         view.error, view.final, view.retry_in_s = event.error, event.final, event.retry_in_s
         return event.name
 
-    def _record_gpu(self, node: str, gpu: GpuSample, now_s: float) -> None:
-        key = f"{node}/{gpu.index}"
-        history = self.util_history.setdefault(key, deque(maxlen=HISTORY_SAMPLES))
+    def _record_gpu(self, node: str, gpu: GpuSample) -> None:
+        history = self.util_history.setdefault(f"{node}/{gpu.index}", deque(maxlen=HISTORY_SAMPLES))
         history.append(gpu.util_pct or 0.0)
-        idle = gpu.reservation is not None and (gpu.util_pct or 0.0) < IDLE_UTIL_BELOW_PCT
-        if idle:
-            self.idle_since_s.setdefault(key, now_s)
-        else:
-            self.idle_since_s.pop(key, None)
-
-    def idle_for_s(self, node: str, gpu_index: int, now_s: float) -> float | None:
-        """How long a reserved GPU has been idle, or None when it is not an idle reservation."""
-        since = self.idle_since_s.get(f"{node}/{gpu_index}")
-        return None if since is None else now_s - since
 
     def visible(self, name_filter: str = "") -> list[NodeView]:
         """Nodes in config order (then discovered ones), filtered by a substring of the name."""
         needle = name_filter.lower()
         return [v for v in self.nodes.values() if needle in v.name.lower()]
 
-    def totals(self, now_s: float) -> dict[str, int]:
-        """Counts for the summary bar."""
+    def totals(self) -> dict[str, int]:
+        """Counts for the summary bar (the idle count is the detector's: see `tui/alerts.py`)."""
         counts = {"nodes": len(self.nodes), "up": 0, "gpus": 0, "free": 0, "reserved": 0,
-                  "in_use": 0, "idle_reserved": 0, "unreserved": 0, "queued": 0}
+                  "in_use": 0, "unreserved": 0, "queued": 0}
         for view in self.nodes.values():
             if view.health() is Health.UP:
                 counts["up"] += 1
@@ -124,13 +113,11 @@ class FleetState:
             counts["queued"] += len(snap.queue)
             for gpu in snap.gpus:
                 counts["gpus"] += 1
-                busy = bool(gpu.processes) or (gpu.util_pct or 0.0) >= IDLE_UTIL_BELOW_PCT
+                busy = bool(gpu.processes) or (gpu.util_pct or 0.0) >= BUSY_UTIL_PCT
                 counts["free"] += gpu.is_free
                 counts["reserved"] += gpu.reservation is not None
                 counts["in_use"] += busy
                 counts["unreserved"] += gpu.unreserved_use
-                idle_s = self.idle_for_s(view.name, gpu.index, now_s)
-                counts["idle_reserved"] += idle_s is not None and idle_s >= IDLE_FLAG_AFTER_S
         return counts
 
 

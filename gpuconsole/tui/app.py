@@ -139,7 +139,7 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         self.set_interval(RENDER_INTERVAL_S, self._tick)
         self.set_interval(JUDGE_INTERVAL_S, self.judge_alerts)
         self.judge_alerts()
-        self.render_fleet(force=True)
+        self.render_fleet()
         self.query_one(NodeTable).focus()
         if self._poll_enabled:
             self.poll_fleet()
@@ -198,7 +198,7 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         if self._dirty or now_s - self._last_render_s >= AGE_REFRESH_S:
             self.render_fleet()
 
-    def render_fleet(self, force: bool = False) -> None:
+    def render_fleet(self) -> None:
         """Push the folded state down to the widgets (ages tick even without new data)."""
         if not self.screen_stack:
             return
@@ -215,18 +215,19 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         view = self.fleet.nodes.get(self.selected_node or "")
         with self.batch_update():
             nodes.show(self.fleet, now_s, styles, self.name_filter)
-            gpus.show(view, self.fleet, now_s, styles)
+            idle_for_s = self.alerts.idle_for_s(self.wall_clock())  # the idle rule's: [watch]'s detector
+            gpus.show(view, self.fleet, styles, idle_for_s)
             gpus.border_title = rich_text(f"GPUs · {self.selected_node}" if self.selected_node else "GPUs")
             procs.show(view)
             reservations.show(self.fleet, styles)
-            job_table.show(self.fleet, styles)
+            job_table.show(self.fleet, styles, self.wall_clock())
             self.render_cloud(styles, main)
             active = self.alerts.active_keys
             alert_panel.show(self.alerts.entries, active, styles)
             if len(active) != self._alerts_shown:
                 self._alerts_shown = len(active)
                 tabs.get_tab("tab-alerts").label = f"Alerts ({len(active)})" if active else "Alerts"
-            summary.show(self.fleet, now_s, cloud=self.cloud_summary(), alerts=len(active))
+            summary.show(self.fleet, cloud=self.cloud_summary(), alerts=len(active), idle_gpus=len(idle_for_s))
         self._dirty = False
         self._last_render_s = now_s
 
@@ -239,7 +240,7 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         view = self.fleet.nodes.get(self.selected_node)
         with self.batch_update():
             gpus = self.query_one(GpuTable)
-            gpus.show(view, self.fleet, self.clock(), self._styles())
+            gpus.show(view, self.fleet, self._styles(), self.alerts.idle_for_s(self.wall_clock()))
             gpus.border_title = rich_text(f"GPUs · {self.selected_node}")
             self.query_one(ProcessTable).show(view)
 
@@ -260,7 +261,7 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         index = names.index(self.theme) if self.theme in names else -1
         self.theme = names[(index + 1) % len(names)]
         self.notify(f"theme: {self.theme}")
-        self.render_fleet(force=True)
+        self.render_fleet()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

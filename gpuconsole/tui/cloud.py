@@ -168,8 +168,8 @@ class CloudSide(_AppBase):
         if self._idle_cloud is None:
             from gpuconsole.cloud.idle import IdleCloudJudge
 
-            self._idle_cloud = IdleCloudJudge(aws.idle_stop_minutes * 60.0, self.config.watch.util_below_pct)
-        return self._idle_cloud.judge(now_s, self.fleet, view)
+            self._idle_cloud = IdleCloudJudge(aws.idle_stop_minutes * 60.0, self.alerts.detector)
+        return self._idle_cloud.judge(now_s, view)
 
     # -- actions ------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.watch.detect import Judgement
+from gpuconsole.model.detect import Judgement
 
 RETRY_AFTER_S = 60.0  # a release that failed for a transient reason (node unreachable) is retried then
 

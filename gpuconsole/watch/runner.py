@@ -25,16 +25,16 @@ from gpuconsole.core.reservations import release_on
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.errors import ExitCode, GpuConsoleError
 from gpuconsole.model.alerts import Alert
+from gpuconsole.model.detect import Detector, Judgement
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
-from gpuconsole.model.fleet import FleetState
+from gpuconsole.model.tracker import Tracker
 from gpuconsole.watch.actions import PendingRelease, ReleasePolicy
-from gpuconsole.watch.detect import Detector, Judgement
 from gpuconsole.watch.sinks import Dispatcher, Log
 from gpuconsole.watch.statefile import StateFile
-from gpuconsole.watch.tracker import Tracker
 
-# Hook for cloud conditions (idle_cloud): given the time and the fleet, the conditions that hold now.
-ExtraConditions = Callable[[float, FleetState], Awaitable[list[Alert]]]
+# Hook for cloud conditions (idle_cloud): the conditions that hold at a time on the runner's clock
+# (the cloud judge reads the runner's detector: `cloud/watching.py`).
+ExtraConditions = Callable[[float], Awaitable[list[Alert]]]
 AlertAction = Callable[[Alert], Awaitable[None]]
 
 SAVE_EVERY_S = 30.0  # windows change with every sample; alert state is saved as soon as it changes
@@ -82,7 +82,6 @@ class WatchRunner:
                                           judge_s=settings.interval_s, nodes=names)
         self.tracker = Tracker(settings.cooldown_s)
         self.releaser = ReleasePolicy(settings.grace_s) if settings.release_idle else None
-        self.fleet_state = FleetState([n.name for n in config.nodes], sources={n.name: n.source for n in config.nodes})
         self.state = StateFile(settings.state_path) if settings.state_path else None
         # Membership and connections: the poller streams over the connections releases use.
         self.registry = Registry(config)
@@ -96,12 +95,11 @@ class WatchRunner:
     # -- events and state ---------------------------------------------------------------------
 
     def on_event(self, event: PollEvent) -> None:
-        """The poller's callback: fold into the detector and the shared FleetState."""
+        """The poller's callback: fold into the detector (the cloud judge reads it too)."""
         name = event.snapshot.name if isinstance(event, NodeUpdated) else event.name
         if name in self._gone:
             return  # a late sample from a node that left, before its poll task was cancelled
         self.detector.apply(event, self.clock())
-        self.fleet_state.apply(event)
 
     def _log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
@@ -120,12 +118,10 @@ class WatchRunner:
         if isinstance(event, NodeJoined):
             self._gone.discard(event.node.name)
             self.detector.expected_nodes.add(event.node.name)
-            self.fleet_state.add_node(event.node.name, event.node.source)
             return
         name = event.name
         self._gone.add(name)
         self.detector.forget_node(name)
-        self.fleet_state.remove_node(name)
         for alert in self.tracker.resolve_node(name, self.clock()):
             self.dispatcher.publish(alert)
 
@@ -189,7 +185,7 @@ class WatchRunner:
         if self.extra_conditions is None:
             return judgement
         try:
-            extra = await asyncio.wait_for(self.extra_conditions(now_s, self.fleet_state), HOOK_TIMEOUT_S)
+            extra = await asyncio.wait_for(self.extra_conditions(now_s), HOOK_TIMEOUT_S)
             self._logged.discard("extra")
         except Exception as exc:
             self._log_once("extra", f"watch: cloud conditions unavailable: {exc}")

@@ -122,7 +122,7 @@ async def test_reserve_bursts_to_the_cloud_after_confirmation(cloud_demo: DemoTh
     the reservation is made there."""
     app = GpuConsoleApp(load_config(str(cloud_demo.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.fleet.totals(0)["gpus"] == 2 and app.cloud_view is not None,
+        await until(pilot, lambda: app.fleet.totals()["gpus"] == 2 and app.cloud_view is not None,
                     "the on-prem node up and a discovery round")
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "the reserve dialog")

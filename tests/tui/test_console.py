@@ -51,7 +51,7 @@ async def test_fleet_renders_with_right_counts(demo_factory: Callable[..., DemoT
 async def test_reserve_dialog_creates_reservation_and_release_works(demo: DemoThread) -> None:
     app = GpuConsoleApp(load_config(str(demo.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.fleet.totals(0)["gpus"] == 8, "both nodes streaming")
+        await until(pilot, lambda: app.fleet.totals()["gpus"] == 8, "both nodes streaming")
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "reserve dialog")
         dialog = app.screen
@@ -66,7 +66,7 @@ async def test_reserve_dialog_creates_reservation_and_release_works(demo: DemoTh
 
         await until(pilot, reserved, "reservation visible to the CLI", timeout_s=30)
         assert listed[0]["gpus"] == [0, 1] and listed[0]["node"] == "node-01"
-        await until(pilot, lambda: app.fleet.totals(0)["reserved"] == 2, "console shows the reservation")
+        await until(pilot, lambda: app.fleet.totals()["reserved"] == 2, "console shows the reservation")
         assert any("reserved" in n for n in _notifications(app))
         # Release: the cursor is on GPU 0 of node-01, which is now reserved.
         app.query_one(GpuTable).focus()
@@ -92,7 +92,7 @@ async def test_permission_error_is_a_notification(demo: DemoThread) -> None:
         store.release_lock()
     app = GpuConsoleApp(load_config(str(demo.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.fleet.totals(0)["reserved"] == 1, "bob's reservation")
+        await until(pilot, lambda: app.fleet.totals()["reserved"] == 1, "bob's reservation")
         app.query_one("#bottom").active = "tab-reservations"  # type: ignore[attr-defined]
         await pilot.pause()
         app.query_one("#reservations").focus()
@@ -138,7 +138,7 @@ async def test_filter_narrows_the_node_table(tmp_path: Path, demo_factory: Calla
     demo = demo_factory(nodes=3, gpus=1)
     app = GpuConsoleApp(load_config(str(demo.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.fleet.totals(0)["up"] == 3, "3 up")
+        await until(pilot, lambda: app.fleet.totals()["up"] == 3, "3 up")
         await pilot.press("slash")
         await pilot.press("0", "3")
         await until(pilot, lambda: app.query_one(NodeTable).row_count == 1, "filtered to node-03")

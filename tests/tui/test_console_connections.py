@@ -34,7 +34,7 @@ async def test_console_actions_reuse_the_pollers_connection(demo: DemoThread) ->
         return bool(predicate() if callable(predicate) else predicate)
 
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: sampled(app.fleet.totals(0)["gpus"] == 8), "both nodes streaming")
+        await until(pilot, lambda: sampled(app.fleet.totals()["gpus"] == 8), "both nodes streaming")
         assert _sessions(demo) == {"node-01": 1, "node-02": 1}
         await pilot.press("r")
         await until(pilot, lambda: sampled(isinstance(app.screen, ReserveDialog)), "reserve dialog")
@@ -42,7 +42,7 @@ async def test_console_actions_reuse_the_pollers_connection(demo: DemoThread) ->
         await pilot.click("#ok")
         await until(pilot, lambda: sampled(any(n.startswith("reserved") for n in _notifications(app))),
                     "the reserved toast", timeout_s=30)
-        await until(pilot, lambda: sampled(app.fleet.totals(0)["reserved"] == 2), "the reservation shown")
+        await until(pilot, lambda: sampled(app.fleet.totals()["reserved"] == 2), "the reservation shown")
         app.query_one(GpuTable).focus()
         await pilot.pause()
         await pilot.press("x")
@@ -71,7 +71,7 @@ async def test_a_nodes_warning_on_a_reply_is_a_notification(faulty: DemoThread) 
     the console shows it as a toast (it used to go to a stderr hidden under the screen, or nowhere)."""
     app = GpuConsoleApp(load_config(str(faulty.config_path)))
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: app.fleet.totals(0)["gpus"] == 4, "the node streaming")
+        await until(pilot, lambda: app.fleet.totals()["gpus"] == 4, "the node streaming")
         faulty.faults.write_text("enospc:mirror")  # type: ignore[attr-defined]
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "reserve dialog")

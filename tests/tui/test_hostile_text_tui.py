@@ -80,7 +80,7 @@ async def _show_tab(pilot: Pilot[int], tab: str) -> str:
     await pilot.pause()
     app = pilot.app
     assert isinstance(app, GpuConsoleApp)
-    app.render_fleet(force=True)
+    app.render_fleet()
     await pilot.pause()
     text = screen_text(app)
     assert_clean(text)

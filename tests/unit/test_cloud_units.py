@@ -14,8 +14,8 @@ from gpuconsole.cloud.prices import PRICES_AS_OF, known_types, price_per_hour
 from gpuconsole.config import parse_config
 from gpuconsole.errors import ConfigError, ExitCode
 from gpuconsole.model.cloud import Instance
-from gpuconsole.model.events import NodeUpdated
-from gpuconsole.model.fleet import FleetState
+from gpuconsole.model.detect import Detector
+from gpuconsole.model.events import NodeFailed, NodeUpdated
 from gpuconsole.model.telemetry import NodeSnapshot
 
 
@@ -96,8 +96,8 @@ def _instance(instance_id: str) -> Instance:
     return Instance(instance_id, "g5.xlarge", "running", False, 1, 1.006, 0.0, True, "alice")
 
 
-def _snapshot(name: str, *, util: float = 0.0, reservation: bool = False) -> NodeSnapshot:
-    gpu = {"index": 0, "uuid": "GPU-0", "name": "A10G", "util_pct": util, "mem_used_mib": 0,
+def _snapshot(name: str, *, util: float = 0.0, reservation: bool = False, mem_mib: int = 0) -> NodeSnapshot:
+    gpu = {"index": 0, "uuid": "GPU-0", "name": "A10G", "util_pct": util, "mem_used_mib": mem_mib,
            "mem_total_mib": 22888, "temperature_c": 30, "power_w": 20, "processes": []}
     reservations = [{"id": "r-1", "gpus": [0], "owner": "alice", "priority": "normal", "state": "active",
                      "created_at": "2026-11-23T00:00:00Z", "expires_at": "2026-11-23T04:00:00Z"}]
@@ -106,21 +106,44 @@ def _snapshot(name: str, *, util: float = 0.0, reservation: bool = False) -> Nod
     return NodeSnapshot.from_agent(name, data, "cloud")
 
 
+def _judge(idle_stop_s: float = 60) -> tuple[IdleCloudJudge, Detector]:
+    """The judge over a detector with the watcher's rule ([watch] util_below_pct = 5)."""
+    detector = Detector(idle_s=1800, util_below_pct=5)
+    return IdleCloudJudge(idle_stop_s, detector), detector
+
+
 def test_idle_cloud_needs_the_whole_window_and_resets_on_any_use() -> None:
-    judge = IdleCloudJudge(idle_stop_s=60, util_below_pct=5)
-    fleet = FleetState(["i-idle", "i-busy", "i-gone"])
+    judge, detector = _judge()
     view = CloudView((_instance("i-idle"), _instance("i-busy"), _instance("i-gone")))
-    fleet.apply(NodeUpdated(_snapshot("i-idle"), 0.0))
-    fleet.apply(NodeUpdated(_snapshot("i-busy", reservation=True), 0.0))
-    assert judge.judge(0.0, fleet, view) == []
-    assert judge.judge(59.0, fleet, view) == []
-    alerts = judge.judge(61.0, fleet, view)
+    detector.apply(NodeUpdated(_snapshot("i-idle"), 0.0), 0.0)
+    detector.apply(NodeUpdated(_snapshot("i-busy", reservation=True), 0.0), 0.0)
+    assert judge.judge(0.0, view) == []
+    assert judge.judge(59.0, view) == []
+    alerts = judge.judge(61.0, view)
     assert [a.node for a in alerts] == ["i-idle"]  # busy has a reservation; gone never answered
     assert alerts[0].kind == "idle_cloud" and alerts[0].owner == "alice" and "$1.01/h" in alerts[0].message
-    fleet.apply(NodeUpdated(_snapshot("i-idle", util=40.0), 62.0))
-    assert judge.judge(62.0, fleet, view) == []
-    fleet.apply(NodeUpdated(_snapshot("i-idle"), 63.0))
-    assert judge.judge(100.0, fleet, view) == []  # the window starts again
+    detector.apply(NodeUpdated(_snapshot("i-idle", util=40.0), 62.0), 62.0)
+    assert judge.judge(62.0, view) == []
+    detector.apply(NodeUpdated(_snapshot("i-idle"), 63.0), 63.0)
+    assert judge.judge(100.0, view) == []  # the window starts again
+
+
+def test_idle_cloud_is_the_detectors_rule_between_judgements_too() -> None:
+    """The GPUs are judged by the detector's windows, fed every sample: work that came and went between
+    two judgements, or memory filling up at low utilization, restarts the stretch; a down node is never idle."""
+    judge, detector = _judge()
+    view = CloudView((_instance("i-a"), _instance("i-b"), _instance("i-c")))
+    for name in ("i-a", "i-b", "i-c"):
+        detector.apply(NodeUpdated(_snapshot(name), 0.0), 0.0)
+    assert judge.judge(0.0, view) == []
+    detector.apply(NodeUpdated(_snapshot("i-a", util=90.0), 30.0), 30.0)  # a burst between judgements
+    detector.apply(NodeUpdated(_snapshot("i-b", mem_mib=8000), 30.0), 30.0)  # loading a model at 0 %
+    for name in ("i-a", "i-b", "i-c"):
+        detector.apply(NodeUpdated(_snapshot(name, mem_mib=8000 if name == "i-b" else 0), 31.0), 31.0)
+    assert [a.node for a in judge.judge(61.0, view)] == ["i-c"]
+    detector.apply(NodeFailed("i-c", "connection lost", False, 1.0, 62.0), 62.0)
+    assert judge.judge(62.0, view) == []  # its agent does not answer: never idle
+    assert sorted(a.node for a in judge.judge(92.0, view)) == ["i-a", "i-b"]
 
 
 def test_host_keys_come_from_the_console_block_only(tmp_path: Path) -> None:

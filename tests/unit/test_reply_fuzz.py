@@ -14,6 +14,7 @@ from hypothesis import strategies as hs
 
 from gpuconsole.format import bytes_h, mib_h, num_h, pct_h
 from gpuconsole.model import Job, NodeSnapshot, QueuedRequest, Reservation
+from gpuconsole.model.detect import Detector
 from gpuconsole.model.events import NodeUpdated
 from gpuconsole.model.fleet import FleetState, bar, sparkline
 from gpuconsole.model.replies import (
@@ -77,7 +78,11 @@ def _use(op: str, result: dict[str, Any]) -> None:
         _strict(snap.to_json())
         fleet = FleetState([NODE])
         fleet.apply(NodeUpdated(snap, 0.0))
-        fleet.totals(120.0)
+        fleet.totals()
+        detector = Detector(idle_s=60.0, util_below_pct=5.0)  # the idle rule (console flags, watcher)
+        detector.observe(snap, 0.0)
+        detector.observe(snap, 120.0)
+        detector.judge(120.0)
         for gpu in snap.gpus:
             sparkline(list(fleet.util_history[f"{NODE}/{gpu.index}"]), 16)
             bar(None if not gpu.mem_total_mib else (gpu.mem_used_mib or 0) / gpu.mem_total_mib, 10)

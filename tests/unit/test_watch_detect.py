@@ -6,9 +6,9 @@ import dataclasses
 import time
 from typing import Any
 
+from gpuconsole.model.detect import Detector
 from gpuconsole.model.telemetry import GpuSample
-from gpuconsole.watch.detect import Detector
-from gpuconsole.watch.tracker import Tracker
+from gpuconsole.model.tracker import Tracker
 from tests.unit.watch_fixtures import gpu, snap
 
 T0 = 1_800_000_000.0

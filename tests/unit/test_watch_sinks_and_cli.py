@@ -16,7 +16,6 @@ from gpuconsole.cli import main
 from gpuconsole.config import parse_config
 from gpuconsole.errors import UsageError
 from gpuconsole.model.alerts import Alert
-from gpuconsole.model.fleet import FleetState
 from gpuconsole.watch.runner import WatchRunner, WatchSettings
 from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, StdoutSink
 
@@ -104,7 +103,7 @@ def test_stdout_json_lines_and_human_lines(capsys: pytest.CaptureFixture[str]) -
 
 
 async def test_cloud_hook_conditions_alert_once_call_the_action_and_survive_hook_failures(tmp_path: Path) -> None:
-    """The hook the cloud watcher plugs in: `extra_conditions(now_s, fleet_state)` and `on_idle_cloud(alert)`."""
+    """The hook the cloud watcher plugs in: `extra_conditions(now_s)` and `on_idle_cloud(alert)`."""
     config = parse_config("", tmp_path / "c.toml")
     now = [T0]
     idle_cloud = Alert(kind="idle_cloud", node="i-0abc", message="i-0abc idle", since="2027-01-15T08:00:00Z",
@@ -112,8 +111,8 @@ async def test_cloud_hook_conditions_alert_once_call_the_action_and_survive_hook
     hook_result: list[Alert] | Exception = [idle_cloud]
     acted: list[str] = []
 
-    async def extra(now_s: float, fleet: FleetState) -> list[Alert]:
-        assert isinstance(fleet, FleetState) and now_s == now[0]
+    async def extra(now_s: float) -> list[Alert]:
+        assert now_s == now[0]
         if isinstance(hook_result, Exception):
             raise hook_result
         return hook_result
@@ -203,7 +202,7 @@ async def test_nodes_that_join_are_judged_and_nodes_that_leave_are_resolved_and_
                          clock=lambda: T0)
     runner.dispatcher.publish = sent.append  # type: ignore[method-assign]
     runner.nodes_changed([NodeConfig(name="i-1", host="127.0.0.1", source="cloud")], [])
-    assert "i-1" in runner.detector.expected_nodes and "i-1" in runner.fleet_state.nodes
+    assert "i-1" in runner.detector.expected_nodes
     busy = NodeUpdated(snap("i-1", gpu(0, procs=((5, "bob"),))), 0.0)
     runner.on_event(busy)
     assert [(a.kind, a.node) for a in await runner.tick()] == [("unreserved_use", "i-1")]

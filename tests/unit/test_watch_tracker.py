@@ -8,10 +8,10 @@ import pytest
 
 from gpuconsole.errors import UsageError
 from gpuconsole.model.alerts import Alert
+from gpuconsole.model.detect import Judgement
+from gpuconsole.model.tracker import Tracker
 from gpuconsole.watch.actions import ReleasePolicy
-from gpuconsole.watch.detect import Judgement
 from gpuconsole.watch.statefile import StateFile, default_state_path
-from gpuconsole.watch.tracker import Tracker
 
 T0 = 1_800_000_000.0
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rich.text import Text
 
 from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
-from gpuconsole.model.fleet import IDLE_FLAG_AFTER_S as IDLE_FLAG_S
 from gpuconsole.model.fleet import FleetState, Health, NodeView, bar, sparkline
+from gpuconsole.model.telemetry import GpuSample
 from gpuconsole.textsafe import rich_text
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
@@ -77,7 +79,9 @@ class GpuTable(KeyedTable):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(GPU_COLUMNS, **kwargs)
 
-    def show(self, view: NodeView | None, fleet: FleetState, now_s: float, styles: dict[str, str]) -> None:
+    def show(self, view: NodeView | None, fleet: FleetState, styles: dict[str, str],
+             idle_for_s: Mapping[tuple[str, int], float]) -> None:
+        """`idle_for_s`: the GPUs the idle rule finds idle now, (node, index) -> seconds (`AlertBook.idle_for_s`)."""
         rows: dict[str, list[Cell]] = {}
         snap = view.snapshot if view else None
         if view is not None and snap is not None:
@@ -100,19 +104,15 @@ class GpuTable(KeyedTable):
                     util_text, mem_text,
                     Text(num_h(gpu.temperature_c, "C"), style=dim), Text(num_h(gpu.power_w, "W"), style=dim),
                     Text(sparkline(history, 16), style=styles["gc-util-low"]),
-                    self._holder(view.name, gpu, fleet, now_s, styles),
+                    self._holder(gpu, idle_for_s.get((view.name, gpu.index)), styles),
                 ]
         self.sync(rows)
 
     @staticmethod
-    def _holder(node: str, gpu: object, fleet: FleetState, now_s: float, styles: dict[str, str]) -> Text:
-        from gpuconsole.model.telemetry import GpuSample
-
-        assert isinstance(gpu, GpuSample)
+    def _holder(gpu: GpuSample, idle_s: float | None, styles: dict[str, str]) -> Text:
         if gpu.reservation is not None:
             text = rich_text(f"{gpu.reservation.owner} ·{gpu.reservation.expires_at[11:16]}Z")
-            idle_s = fleet.idle_for_s(node, gpu.index, now_s)
-            if idle_s is not None and idle_s >= IDLE_FLAG_S:
+            if idle_s is not None:
                 text.append(f" ⚑idle {_age_h(idle_s)}", style=f"bold {styles['gc-flag']}")
             return text
         if gpu.unreserved_use:

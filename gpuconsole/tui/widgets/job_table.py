@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 from rich.text import Text
@@ -27,15 +26,15 @@ class JobTable(KeyedTable):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(COLUMNS, **kwargs)
 
-    def show(self, fleet: FleetState, styles: dict[str, str], now_wall: float | None = None) -> None:
-        now_wall = time.time() if now_wall is None else now_wall
+    def show(self, fleet: FleetState, styles: dict[str, str], now_wall_s: float) -> None:
+        """`now_wall_s`: the app's wall clock (epoch seconds), which running jobs' runtimes count to."""
         rows: dict[str, list[Cell]] = {}
         for view in fleet.nodes.values():
             if view.snapshot is None or view.health() is Health.UNREACHABLE:
                 continue
             for job in view.snapshot.jobs:
                 started, ended = _wall(job.started_at), _wall(job.ended_at)
-                runtime = format_duration_s((ended or now_wall) - started) if started else "-"
+                runtime = format_duration_s((ended or now_wall_s) - started) if started else "-"
                 state = job.state + (f" #{job.position}" if job.state == "queued" and job.position else "")
                 rows[job.id] = [
                     job.id, job.label, job.node, ",".join(map(str, job.gpus)) or f"{job.gpus_requested}?",

@@ -36,13 +36,14 @@ class SummaryBar(Widget):
                 break
         return text
 
-    def show(self, fleet: FleetState, now_s: float, cloud: str = "cloud: off", alerts: int = 0) -> None:
-        t = fleet.totals(now_s)
+    def show(self, fleet: FleetState, cloud: str = "cloud: off", alerts: int = 0, idle_gpus: int = 0) -> None:
+        """`idle_gpus`: how many GPUs the idle rule flags now (the detector's, as the GPU table's `⚑`)."""
+        t = fleet.totals()
         flags: list[tuple[str, str]] = []  # (full, compact)
         if alerts:
             flags.append((f"▲ {alerts} alert{'s' if alerts != 1 else ''}", f"▲ {alerts}"))
-        if t["idle_reserved"]:
-            flags.append((f"⚑ {t['idle_reserved']} idle", f"⚑ {t['idle_reserved']}"))
+        if idle_gpus:
+            flags.append((f"⚑ {idle_gpus} idle", f"⚑ {idle_gpus}"))
         if t["unreserved"]:
             flags.append((f"⚠ {t['unreserved']} unreserved", f"⚠ {t['unreserved']}"))
         text: list[Piece] = [

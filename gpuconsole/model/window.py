@@ -1,4 +1,4 @@
-"""One GPU's quiet stretch: the state the idle rule keeps per GPU (see `gpuconsole.watch.detect`)."""
+"""One GPU's quiet stretch: the state the idle rule keeps per GPU (see `gpuconsole.model.detect`)."""
 
 from __future__ import annotations
 

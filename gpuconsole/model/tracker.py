@@ -14,7 +14,7 @@ from typing import Any
 from gpuconsole.durations import format_duration_s
 from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
-from gpuconsole.watch.detect import Judgement
+from gpuconsole.model.detect import Judgement
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Alert conditions from telemetry, judged over a window. Pure: no I/O, the caller passes the time.
 
+The one idle rule of the project: `gpuconsole watch`, the console's `⚑ idle` flag, its summary count
+and its Alerts tab judge with this detector and the `[watch]` thresholds, and the cloud idle judge
+(`cloud/idle.py`) reads its quiet windows. It lives in model/ because both front ends and cloud/ use it.
+
 Idle rule. A reserved GPU is *quiet* from a sample on while every later sample has a known
 utilization below `util_below_pct`, the same set of processes, memory in use within
 `window.MEM_BAND_MIB` and power draw within `window.POWER_BAND_W` of the stretch's extremes. Memory that is
@@ -23,7 +27,7 @@ from gpuconsole.format import iso_utc
 from gpuconsole.model.alerts import Alert
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
-from gpuconsole.watch.window import GpuWindow
+from gpuconsole.model.window import GpuWindow
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,8 @@ class Judgement:
     undecided_keys: frozenset[str] = frozenset()
     undecided_nodes: frozenset[str] = frozenset()
     undecided_kinds: frozenset[str] = frozenset()  # judged elsewhere, and that judge failed this time
+    # Each GPU of an idle reservation -> the time its reservation has been idle since (the console's flag).
+    idle_since_s: dict[tuple[str, int], float] = field(default_factory=dict)
 
     def holds(self, alert: Alert) -> bool:
         """Whether an already-raised condition must be kept although it is not in `conditions`."""
@@ -145,7 +151,8 @@ class Detector:
             window.extend(gpu, now_s)
 
     def quiet_for_s(self, node: str, gpu_index: int, now_s: float) -> float | None:
-        """How long any GPU (reserved or not) has been quiet by the idle rule; None if unknown or busy."""
+        """How long any GPU (reserved or not) has been quiet by the idle rule; None if unknown, busy or
+        its node is down. The cloud idle judge reads this for unreserved GPUs."""
         window = self.windows.get((node, gpu_index))
         if window is None or window.quiet_since_s is None or node in self.down:
             return None
@@ -156,6 +163,7 @@ class Detector:
         conditions: dict[str, Alert] = {}
         undecided_keys: set[str] = set()
         undecided_nodes: set[str] = set()
+        idle_since_s: dict[tuple[str, int], float] = {}
         for name in sorted(self.expected_nodes | set(self.snapshots) | set(self.down)):
             down = self.down.get(name)
             if down is not None:
@@ -170,12 +178,14 @@ class Detector:
                 # unreserved and every idle reservation gone): judge nothing there for now.
                 undecided_nodes.add(name)
                 continue
-            self._judge_idle(snap, now_s, conditions, undecided_keys)
+            self._judge_idle(snap, now_s, conditions, undecided_keys, idle_since_s)
             for alert in self._unreserved(snap):
                 conditions[alert.key] = alert
-        return Judgement(conditions, frozenset(undecided_keys), frozenset(undecided_nodes))
+        return Judgement(conditions, frozenset(undecided_keys), frozenset(undecided_nodes),
+                         idle_since_s=idle_since_s)
 
-    def _judge_idle(self, snap: NodeSnapshot, now_s: float, out: dict[str, Alert], undecided: set[str]) -> None:
+    def _judge_idle(self, snap: NodeSnapshot, now_s: float, out: dict[str, Alert], undecided: set[str],
+                    idle_since_s: dict[tuple[str, int], float]) -> None:
         by_reservation: dict[str, list[GpuSample]] = {}
         for gpu in snap.gpus:
             if gpu.reservation is not None:
@@ -201,6 +211,7 @@ class Detector:
             ref = gpus[0].reservation
             assert ref is not None
             indices = tuple(sorted(g.index for g in gpus))
+            idle_since_s.update({(snap.name, index): since_s for index in indices})
             util_max = max(w.util_max_pct for w in quiet)
             out[key] = Alert(
                 kind="idle_reservation", node=snap.name, since=iso_utc(since_s), gpus=indices,
