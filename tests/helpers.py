@@ -1,4 +1,5 @@
-"""Helpers the tests share: run the real CLI, read its JSON, poll with a deadline, submit jobs.
+"""Helpers the tests share: run the real CLI, read its JSON, poll with a deadline (also inside a
+Textual Pilot), submit jobs, run a watcher, and the hostile texts and agent the trust tests feed in.
 
 Test modules import these from here (never from conftest.py or from one another); conftest.py holds
 only fixtures and the session's leftover-process check.
@@ -8,14 +9,33 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
 
 REPO = Path(__file__).resolve().parent.parent
+Alert = dict[str, Any]  # one `watch --json` line
+
+# Hostile text: what a node or another user may put in any string field.
+OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # sets the viewer's clipboard to "hello"
+OSC2 = "\x1b]2;pwned\x07"  # retitles the window
+HOSTILE = f"{OSC52}[/]{OSC2}[bold red]x\u202e\x9b31m"  # …plus markup, a bidi override and a C1 CSI
+FORBIDDEN = {chr(c) for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))} - {"\n"} | {
+    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"}
+HOSTILE_AGENT = REPO / "tests" / "fixtures" / "hostile_agent.py"
+
+
+def hostile_command(mode: str) -> str:
+    """The node command that runs the hostile agent in ``mode`` instead of the real one."""
+    return f"exec {sys.executable} {HOSTILE_AGENT} {mode}"
 
 
 def run_cli(*args: str, config: Path | None = None, timeout_s: float = 60,
@@ -60,3 +80,69 @@ def submit_job(config: Path, name: str, *flags: str, argv: list[str]) -> dict[st
     result = run_cli("submit", "--name", name, "--json", *flags, "--", *argv, config=config)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
+
+
+async def until(pilot: Pilot[Any], predicate: Callable[[], object], what: str, timeout_s: float = 20) -> None:
+    """Let a Textual app run until ``predicate()`` holds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+FAST = ("--idle-minutes", "0.02", "--interval", "0.2")  # idle after 1.2 s, judged 5 times a second
+
+
+class WatchProc:
+    """`gpuconsole watch --json` in a subprocess; threads collect its alerts and stderr lines."""
+
+    def __init__(self, config: Path, state_file: Path, *flags: str) -> None:
+        argv = [sys.executable, "-m", "gpuconsole", "--config", str(config), "watch", "--json",
+                "--state-file", str(state_file), *flags]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL)
+        self.alerts: list[Alert] = []
+        self.stderr: list[str] = []
+        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
+                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, stream: Any, is_stdout: bool) -> None:
+        for line in stream:
+            if is_stdout:
+                self.alerts.append(json.loads(line))
+            else:
+                self.stderr.append(line.rstrip("\n"))
+
+    def wait_alert(self, predicate: Callable[[Alert], bool], message: str, timeout_s: float = 20.0) -> Alert:
+        found: Alert = wait_for(lambda: next((a for a in list(self.alerts) if predicate(a)), None),
+                                timeout_s=timeout_s, message=f"{message}; alerts so far: {self.alerts}; "
+                                f"stderr: {self.stderr}")
+        return found
+
+    def wait_stderr(self, needle: str, timeout_s: float = 20.0) -> str:
+        line: str = wait_for(lambda: next((x for x in list(self.stderr) if needle in x), None),
+                             timeout_s=timeout_s, message=f"{needle!r} on stderr; stderr: {self.stderr}")
+        return line
+
+    def quiet_period(self, seconds: float) -> None:
+        """A negative check needs time to pass: let the watcher judge several more times."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"watcher exited early: {self.stderr}"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=30)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+
+def of_kind(kind: str, **fields: Any) -> Callable[[Alert], bool]:
+    """An alert predicate: this kind, and these field values."""
+    return lambda a: a["kind"] == kind and all(a.get(k) == v for k, v in fields.items())

@@ -251,6 +251,17 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         super().notify(terminal_safe(message), title=terminal_safe(title), severity=severity, timeout=timeout,
                        markup=False)
 
+    def notifications(self) -> list[str]:
+        """The toasts now showing, oldest first, as `title: message` (what the user reads; tests and
+        scripts check outcomes through it instead of Textual's private list)."""
+        return [f"{n.title}: {n.message}" for n in self._notifications]
+
+    def screen_text(self) -> str:
+        """Every character the current screen would send to the terminal, as text without styles
+        (what the hostile-text tests hold free of control characters)."""
+        update = self.screen._compositor.render_full_update()
+        return "\n".join("".join(strip.text for strip in line) for line in update.strips)
+
     # -- actions ----------------------------------------------------------------------------
 
     def action_help(self) -> None:

@@ -179,12 +179,14 @@ class CloudSide(_AppBase):
             return False
         return True
 
-    async def _quote(self, gpus: int) -> Quote:
+    async def quote_for(self, gpus: int) -> Quote:
+        """What `cloud up` would start for ``gpus`` GPUs (the cheapest allowed type, at EC2's price).
+        The dialog asks this; a test may put a fixed quote in its place."""
         return await self.cloud_monitor().quote(gpus)
 
     def action_cloud_up(self) -> None:
         if self._cloud_configured():
-            self.push_screen(CloudUpDialog(self._quote), self._cloud_up_chosen)
+            self.push_screen(CloudUpDialog(self.quote_for), self._cloud_up_chosen)
 
     def _cloud_up_chosen(self, quote: Quote | None) -> None:
         if quote is not None:

@@ -33,6 +33,8 @@ USERADD = shutil.which("useradd") or "/usr/sbin/useradd"
 NODE_PYTHON = "/usr/bin/python3"  # test users cannot read root's pyenv interpreter
 NODE = "sshd-node"
 GPUS = 4
+USERS = ("gcutest1", "gcutest2")  # the cooperative node's two users (tests/integration/conftest.py)
+GROUP = "gcutestgpu"
 
 
 def missing_tools(*extra: str) -> str | None:

@@ -15,15 +15,10 @@ from typing import Any
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import REPO, run_cli, wait_for
+from tests.helpers import hostile_command, run_cli, wait_for
 
-HOSTILE_AGENT = REPO / "tests" / "fixtures" / "hostile_agent.py"
 # Modes whose snapshot is refused; in mode "nan" only measurements are bad, and they become null.
 REFUSED = ["index-str", "list-for-object", "bad-iso", "missing", "huge", "non-object", "ok-type"]
-
-
-def hostile_command(mode: str) -> str:
-    return f"exec {sys.executable} {HOSTILE_AGENT} {mode}"
 
 
 def _reject_constant(name: str) -> Any:

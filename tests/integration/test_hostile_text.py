@@ -18,13 +18,7 @@ from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.alerts import Alert
 from gpuconsole.watch.sinks import StdoutSink
-from tests.helpers import jobs_by_name, run_cli, submit_job, wait_for
-
-OSC52 = "\x1b]52;c;aGVsbG8=\x07"  # sets the viewer's clipboard to "hello"
-OSC2 = "\x1b]2;pwned\x07"  # retitles the window
-HOSTILE = f"{OSC52}[/]{OSC2}[bold red]x\u202e\x9b31m"  # …plus markup, a bidi override and a C1 CSI
-FORBIDDEN = {chr(c) for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))} - {"\n"} | {
-    "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"}
+from tests.helpers import FORBIDDEN, HOSTILE, OSC2, OSC52, jobs_by_name, run_cli, submit_job, wait_for
 
 
 def assert_terminal_clean(text: str) -> None:

@@ -24,19 +24,16 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_for
-from tests.integration.test_sshd_multiuser import (  # the module fixture, shared, not copied
-    GROUP,
-    NODE,
-    NODE_PYTHON,
-    SshdNode,
-    _cli,
-    _ok_json,
-    sshd_node,
-)
+from tests.integration import sshd_fixture
+from tests.integration.sshd_fixture import GROUP, NODE, NODE_PYTHON, SshdNode
+from tests.integration.sshd_fixture import cli as _cli
+from tests.integration.sshd_fixture import ok_json as _ok_json
+
+if (_why := sshd_fixture.missing_tools()) is not None:
+    pytest.skip(_why, allow_module_level=True)
 
 pytestmark = pytest.mark.sshd
 OWNER, ATTACKER = "gcutest1", "gcutest2"
-__all__ = ["sshd_node"]
 
 # The attacker's toolkit: rewrite state.json with a valid (unkeyed) checksum, as any member can.
 FORGE = textwrap.dedent('''

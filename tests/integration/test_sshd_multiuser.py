@@ -16,7 +16,6 @@ import pwd
 import stat
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,29 +26,22 @@ from tests.helpers import wait_for
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import (  # shared with test_service_mode; names kept for importers
     GPUS,
+    GROUP,
     NODE,
     NODE_PYTHON,
     SSHD,
     USERADD,
+    USERS,
     SshdNode,
 )
 from tests.integration.sshd_fixture import write_key as _write_key
 
-USERS = ("gcutest1", "gcutest2")
-GROUP = "gcutestgpu"
 __all__ = ["GPUS", "NODE", "NODE_PYTHON", "SSHD", "USERADD", "SshdNode"]
 
 if (_why := sshd_fixture.missing_tools()) is not None:
     pytest.skip(_why, allow_module_level=True)
 
 pytestmark = pytest.mark.sshd
-
-
-@pytest.fixture(scope="module")
-def sshd_node() -> Iterator[SshdNode]:
-    """sshd as root on 127.0.0.1, two users in one group, one admin-made shared state dir."""
-    with sshd_fixture.running_sshd(USERS, GROUP, sshd_fixture.cooperative_state_dir(GROUP)) as node:
-        yield node
 
 
 _cli = sshd_fixture.cli

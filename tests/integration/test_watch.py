@@ -9,22 +9,17 @@ import contextlib
 import getpass
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli, wait_for
-
-Alert = dict[str, Any]
-FAST = ("--idle-minutes", "0.02", "--interval", "0.2")  # idle after 1.2 s, judged 5 times a second
+from tests.helpers import FAST, Alert, WatchProc, cli_json, of_kind, run_cli, wait_for
 
 
 def fast_config(demo: DemoThread, tmp_path: Path) -> Path:
@@ -32,55 +27,6 @@ def fast_config(demo: DemoThread, tmp_path: Path) -> Path:
     path = tmp_path / "watch.toml"
     path.write_text(demo.config_path.read_text().replace("poll_seconds = 1.0", "poll_seconds = 0.2"))
     return path
-
-
-class WatchProc:
-    """`gpuconsole watch --json` in a subprocess; threads collect its alerts and stderr lines."""
-
-    def __init__(self, config: Path, state_file: Path, *flags: str) -> None:
-        argv = [sys.executable, "-m", "gpuconsole", "--config", str(config), "watch", "--json",
-                "--state-file", str(state_file), *flags]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     stdin=subprocess.DEVNULL)
-        self.alerts: list[Alert] = []
-        self.stderr: list[str] = []
-        self._threads = [threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True),
-                         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _read(self, stream: Any, is_stdout: bool) -> None:
-        for line in stream:
-            if is_stdout:
-                self.alerts.append(json.loads(line))
-            else:
-                self.stderr.append(line.rstrip("\n"))
-
-    def wait_alert(self, predicate: Callable[[Alert], bool], message: str, timeout_s: float = 20.0) -> Alert:
-        found: Alert = wait_for(lambda: next((a for a in list(self.alerts) if predicate(a)), None),
-                                timeout_s=timeout_s, message=f"{message}; alerts so far: {self.alerts}; "
-                                f"stderr: {self.stderr}")
-        return found
-
-    def wait_stderr(self, needle: str, timeout_s: float = 20.0) -> str:
-        line: str = wait_for(lambda: next((x for x in list(self.stderr) if needle in x), None),
-                             timeout_s=timeout_s, message=f"{needle!r} on stderr; stderr: {self.stderr}")
-        return line
-
-    def quiet_period(self, seconds: float) -> None:
-        """A negative check needs time to pass: let the watcher judge several more times."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"watcher exited early: {self.stderr}"
-            time.sleep(0.05)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=30)
-        for thread in self._threads:
-            thread.join(5)
-        return code
 
 
 @contextlib.contextmanager
@@ -93,10 +39,6 @@ def gpu_load(demo: DemoThread, node: str, gpu: int) -> Iterator[subprocess.Popen
     finally:
         proc.kill()
         proc.wait()
-
-
-def of_kind(kind: str, **fields: Any) -> Callable[[Alert], bool]:
-    return lambda a: a["kind"] == kind and all(a.get(k) == v for k, v in fields.items())
 
 
 def test_watch_demo_idle_reservation_alerts_once_then_resolves_when_work_starts(

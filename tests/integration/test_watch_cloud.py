@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli, wait_for
-from tests.integration.test_watch import FAST, WatchProc, of_kind
+from tests.helpers import FAST, WatchProc, cli_json, of_kind, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,8 +14,8 @@ from gpuconsole.model.events import NodeUpdated
 from gpuconsole.model.telemetry import GpuProcess
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.widgets.alert_log import AlertLog
+from tests.helpers import until
 from tests.tui.fixture_fleet import CLOUD_NODE, fixture_cloud_node, fixture_config, fixture_instances
-from tests.tui.test_console import until
 
 WALL_AT_ZERO_S = 1_795_400_000.0  # the wall clock when the injected monotonic clock reads 0
 CONFIG = """\

@@ -18,8 +18,7 @@ from gpuconsole.tui.screens.cloud_dialogs import CloudUpDialog
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import NodeTable
-from tests.helpers import cli_json, run_cli
-from tests.tui.test_console import _notifications, until
+from tests.helpers import cli_json, run_cli, until
 
 
 @pytest.fixture
@@ -86,15 +85,15 @@ async def test_cloud_up_dialog_then_terminate_only_after_yes(cloud_demo: DemoThr
                     "the quote in the cloud-up dialog")
         assert "Start g6.xlarge (1 GPU, on-demand, $" in str(app.screen.query_one("#quote", Static).render())
         await pilot.click("#ok")
-        await until(pilot, lambda: any("agent ready" in n for n in _notifications(app)), "agent ready toast",
+        await until(pilot, lambda: any("agent ready" in n for n in app.notifications()), "agent ready toast",
                     timeout_s=30)
-        assert any(": pending after" in n for n in _notifications(app))
+        assert any(": pending after" in n for n in app.notifications())
         instance_id = next(i.id for i in app.cloud_view.instances if i.live)  # type: ignore[union-attr]
         await until(pilot, lambda: instance_id in _cloud_rows(app) and instance_id in _node_rows(app),
                     "the new instance in the Cloud tab and the node table")
 
         await pilot.press("D")  # not in the Cloud tab: a hint, no dialog
-        await until(pilot, lambda: any("select an instance" in n for n in _notifications(app)), "the hint")
+        await until(pilot, lambda: any("select an instance" in n for n in app.notifications()), "the hint")
         assert not isinstance(app.screen, ConfirmDialog)
         app.query_one("#bottom").active = "tab-cloud"  # type: ignore[attr-defined]
         app.query_one(CloudTable).focus()
@@ -133,7 +132,7 @@ async def test_reserve_bursts_to_the_cloud_after_confirmation(cloud_demo: DemoTh
         question = app.screen.question  # type: ignore[attr-defined]
         assert question.startswith("No node has 4 free GPUs. Start g6e.12xlarge (4 GPUs, on-demand, $"), question
         await pilot.press("y")
-        await until(pilot, lambda: any(n.startswith("reserved:") for n in _notifications(app)), "reserved toast",
+        await until(pilot, lambda: any(n.startswith("reserved:") for n in app.notifications()), "reserved toast",
                     timeout_s=30)
         reservations = cli_json("reservations", config=cloud_demo.config_path)["reservations"]
         assert len(reservations) == 1 and reservations[0]["node"].startswith("i-")

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from textual.pilot import Pilot
 from textual.widgets import DataTable
 
 from gpuconsole.config import load_config
@@ -19,20 +18,7 @@ from gpuconsole.node.store import StateStore
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable
-from tests.helpers import cli_json
-
-
-async def until(pilot: Pilot[int], predicate: Callable[[], object], what: str, timeout_s: float = 20) -> None:
-    """Let the app run until ``predicate()`` holds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
-
-
-def _notifications(app: GpuConsoleApp) -> list[str]:
-    return [f"{n.title}: {n.message}" for n in app._notifications]
+from tests.helpers import cli_json, until
 
 
 async def test_fleet_renders_with_right_counts(demo_factory: Callable[..., DemoThread]) -> None:
@@ -67,7 +53,7 @@ async def test_reserve_dialog_creates_reservation_and_release_works(demo: DemoTh
         await until(pilot, reserved, "reservation visible to the CLI", timeout_s=30)
         assert listed[0]["gpus"] == [0, 1] and listed[0]["node"] == "node-01"
         await until(pilot, lambda: app.fleet.totals()["reserved"] == 2, "console shows the reservation")
-        assert any("reserved" in n for n in _notifications(app))
+        assert any("reserved" in n for n in app.notifications())
         # Release: the cursor is on GPU 0 of node-01, which is now reserved.
         app.query_one(GpuTable).focus()
         await pilot.pause()
@@ -102,8 +88,8 @@ async def test_permission_error_is_a_notification(demo: DemoThread) -> None:
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmDialog), "confirmation")
         await pilot.press("y")
-        await until(pilot, lambda: any("release failed" in n for n in _notifications(app)), "error toast")
-        assert any("belongs to bob" in n for n in _notifications(app))
+        await until(pilot, lambda: any("release failed" in n for n in app.notifications()), "error toast")
+        assert any("belongs to bob" in n for n in app.notifications())
         assert app.is_running
     assert [r["id"] for r in cli_json("reservations", config=demo.config_path)["reservations"]] == [grant["id"]]
 

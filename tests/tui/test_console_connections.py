@@ -13,8 +13,7 @@ from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.fleet_tables import GpuTable
-from tests.helpers import cli_json
-from tests.tui.test_console import _notifications, until
+from tests.helpers import cli_json, until
 
 
 def _sessions(demo: DemoThread) -> dict[str, int]:
@@ -40,7 +39,7 @@ async def test_console_actions_reuse_the_pollers_connection(demo: DemoThread) ->
         await until(pilot, lambda: sampled(isinstance(app.screen, ReserveDialog)), "reserve dialog")
         app.screen.query_one("#gpus").value = "2"  # type: ignore[attr-defined]
         await pilot.click("#ok")
-        await until(pilot, lambda: sampled(any(n.startswith("reserved") for n in _notifications(app))),
+        await until(pilot, lambda: sampled(any(n.startswith("reserved") for n in app.notifications())),
                     "the reserved toast", timeout_s=30)
         await until(pilot, lambda: sampled(app.fleet.totals()["reserved"] == 2), "the reservation shown")
         app.query_one(GpuTable).focus()
@@ -48,7 +47,7 @@ async def test_console_actions_reuse_the_pollers_connection(demo: DemoThread) ->
         await pilot.press("x")
         await until(pilot, lambda: sampled(isinstance(app.screen, ConfirmDialog)), "confirmation")
         await pilot.press("y")
-        await until(pilot, lambda: sampled(any(n.startswith("released") for n in _notifications(app))),
+        await until(pilot, lambda: sampled(any(n.startswith("released") for n in app.notifications())),
                     "the released toast", timeout_s=30)
         assert _sessions(demo) == {"node-01": 1, "node-02": 1}
     assert peak == {"node-01": 1, "node-02": 1}, peak
@@ -76,8 +75,8 @@ async def test_a_nodes_warning_on_a_reply_is_a_notification(faulty: DemoThread) 
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "reserve dialog")
         await pilot.click("#ok")
-        await until(pilot, lambda: any(n.startswith("reserved") for n in _notifications(app)),
+        await until(pilot, lambda: any(n.startswith("reserved") for n in app.notifications()),
                     "the reserved toast", timeout_s=30)
         await until(pilot, lambda: any(n.startswith("node warning") and "committed, but" in n
-                                       for n in _notifications(app)), "the node's warning as a toast")
+                                       for n in app.notifications()), "the node's warning as a toast")
         faulty.faults.write_text("")  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from tests.tui.test_hostile_text_tui import SIZE, _show_tab, hostile_app
+from tests.tui.hostile_console import SIZE, hostile_app, show_tab
 
 CONTROLS = hs.sampled_from([chr(c) for c in (*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0))]
                            + ["\u202e", "\u2066", "\u2028", "[/]", "[bold red]", "[link=x]", "\\", "\ud800"])
@@ -24,7 +24,7 @@ def test_console_fed_random_hostile_text_stays_up_and_clean(text: str) -> None:
         async with app.run_test(size=SIZE) as pilot:
             app.judge_alerts()
             for tab in TABS:
-                await _show_tab(pilot, tab)  # asserts the screen is clean
+                await show_tab(pilot, tab)  # asserts the screen is clean
             assert app.is_running
 
     asyncio.run(go())

@@ -14,8 +14,7 @@ from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.model.fleet import Health
 from gpuconsole.tui.app import GpuConsoleApp
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable
-from tests.integration.test_hostile_node import hostile_command
-from tests.tui.test_console import until
+from tests.helpers import hostile_command, until
 
 
 def _demo(tmp_path: Path, mode: str) -> DemoThread:

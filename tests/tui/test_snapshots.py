@@ -124,7 +124,7 @@ class TestDialogs:
         async def quote(gpus: int) -> Quote:
             return Quote("g6.xlarge" if gpus == 1 else "g6e.12xlarge", 1 if gpus == 1 else 4, False, 0.8048)
 
-        app._quote = quote  # type: ignore[method-assign]
+        app.quote_for = quote  # type: ignore[method-assign]
 
         async def open_dialog(pilot: Any) -> None:
             await _steady(pilot, ["u"], screen=CloudUpDialog, what="the quote in the cloud-up dialog",
