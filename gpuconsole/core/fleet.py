@@ -94,8 +94,10 @@ class Fleet:
     async def request(self, name: str, op: str, args: dict[str, Any] | None = None, *,
                       retries: int = 1, timeout_s: float = 30.0) -> dict[str, Any]:
         """One request to one node; on a dropped connection, reconnect and resend the same
-        request (its req_id makes the retry safe: the node replays a committed answer)."""
-        conn = await self.registry.connect(name)
+        request (its req_id makes the retry safe: the node replays a committed answer). A connection
+        that died is used as held, so the caller sees the failure (a waiter must know its agent, and
+        the ticket attached to it, are gone) and the retry is what reconnects."""
+        conn = self.registry.held(name) or await self.registry.connect(name)
         for attempt in range(retries + 1):
             try:
                 return await conn.request(op, args, timeout_s=timeout_s)

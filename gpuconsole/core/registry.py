@@ -143,6 +143,10 @@ class Registry:
         conn = self._conns.get(name)
         return conn if conn is not None and not conn.closed.is_set() else None
 
+    def held(self, name: str) -> NodeConnection | None:
+        """The node's connection as held, even if it has died since (nobody dropped it yet)."""
+        return self._conns.get(name)
+
     def error(self, name: str) -> GpuConsoleError | None:
         """Why the node's last connection attempt failed (None once one succeeds)."""
         return self._errors.get(name)
