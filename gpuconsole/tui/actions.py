@@ -71,6 +71,10 @@ class ActionSide(_AppBase):
 
         return self.run_worker(run(), group="actions", exit_on_error=False)
 
+    def _node_warning(self, node: str, text: str) -> None:
+        """A node's warning on a reply that worked (gpuconsole.notices): a toast, once per text."""
+        self.notify(f"{node}: {text}", title="node warning", severity="warning", timeout=ERROR_TOAST_S)
+
     async def _fleet(self) -> Fleet:
         """The fleet actions use: requests over the registry's connections (the poller's)."""
         return self.actions

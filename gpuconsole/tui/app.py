@@ -24,11 +24,12 @@ from gpuconsole.model.events import NodeUpdated, PollEvent
 from gpuconsole.model.fleet import FleetState
 from gpuconsole.notices import NoticeHandler
 from gpuconsole.textsafe import rich_text, terminal_safe
-from gpuconsole.tui.actions import ERROR_TOAST_S, ActionSide
+from gpuconsole.tui.actions import ActionSide
 from gpuconsole.tui.alerts import JUDGE_INTERVAL_S, AlertBook
 from gpuconsole.tui.cloud import CloudSide
 from gpuconsole.tui.commands import ConsoleCommands
 from gpuconsole.tui.messages import PollEventArrived
+from gpuconsole.tui.readback import ReadBack
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
 from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
 from gpuconsole.tui.widgets.alert_log import AlertPanel
@@ -45,7 +46,7 @@ AGE_REFRESH_S = 1.0
 MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job", "cloud_up", "cloud_down"})
 
 
-class GpuConsoleApp(CloudSide, ActionSide, App[int]):
+class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
     """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
@@ -251,17 +252,6 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         super().notify(terminal_safe(message), title=terminal_safe(title), severity=severity, timeout=timeout,
                        markup=False)
 
-    def notifications(self) -> list[str]:
-        """The toasts now showing, oldest first, as `title: message` (what the user reads; tests and
-        scripts check outcomes through it instead of Textual's private list)."""
-        return [f"{n.title}: {n.message}" for n in self._notifications]
-
-    def screen_text(self) -> str:
-        """Every character the current screen would send to the terminal, as text without styles
-        (what the hostile-text tests hold free of control characters)."""
-        update = self.screen._compositor.render_full_update()
-        return "\n".join("".join(strip.text for strip in line) for line in update.strips)
-
     # -- actions ----------------------------------------------------------------------------
 
     def action_help(self) -> None:
@@ -379,10 +369,6 @@ class GpuConsoleApp(CloudSide, ActionSide, App[int]):
         screen = LogScreen(job_id, f"output of {job_id}")
         self.push_screen(screen)
         self.load_logs(screen)
-
-    def _node_warning(self, node: str, text: str) -> None:
-        """A node's warning on a reply that worked (gpuconsole.notices): a toast, once per text."""
-        self.notify(f"{node}: {text}", title="node warning", severity="warning", timeout=ERROR_TOAST_S)
 
     def _members_changed(self, event: MemberEvent) -> None:
         """A node joined or left the registry: the fleet view, the alert book and the selection follow
