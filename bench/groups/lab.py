@@ -223,7 +223,7 @@ def bench_physical(plan: Plan, cfg: NodeConfig, ping_ms: list[float]) -> list[Re
 
 
 def efficiency(rows: list[Result]) -> list[Result]:
-    """η_res = reserve p50 / (agent RTT p50 + durable write p50), target ≤ 3 (the research behind docs/design.md section 5)."""
+    """η_res = reserve p50 / (agent RTT p50 + durable write p50), target ≤ 3 (docs/design.md section 5)."""
     by_name = {r.name: r for r in rows}
     reserve = by_name.get("state op reserve, fresh node")
     ping = by_name.get("SSH round trip: agent ping on open connection")
