@@ -8,12 +8,17 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from gpuconsole.cli.options import DemoArgs
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 
+if TYPE_CHECKING:
+    from gpuconsole.demo.cloud import CloudBridge
+    from gpuconsole.demo.nodes import DemoCluster
 
-def run_demo(args: Any) -> int:
+
+def run_demo(args: DemoArgs) -> int:
     if args.nodes > 256:
         raise UsageError("--nodes: at most 256 simulated nodes")
     if args.gpus > 64:
@@ -21,7 +26,7 @@ def run_demo(args: Any) -> int:
     if args.write_config and not args.serve:
         raise UsageError("--write-config is for --serve")
     keep = args.dir is not None
-    root = Path(args.dir) if keep else Path(tempfile.mkdtemp(prefix="gpuconsole-demo-"))
+    root = Path(args.dir) if args.dir is not None else Path(tempfile.mkdtemp(prefix="gpuconsole-demo-"))
     try:
         if args.serve:
             return asyncio.run(_serve(root, args))
@@ -31,7 +36,7 @@ def run_demo(args: Any) -> int:
             shutil.rmtree(root, ignore_errors=True)
 
 
-async def _serve(root: Path, args: Any) -> int:
+async def _serve(root: Path, args: DemoArgs) -> int:
     from gpuconsole.demo.nodes import DemoCluster
 
     cluster = DemoCluster(root, args.nodes, args.gpus, seed=args.seed)
@@ -57,7 +62,7 @@ async def _serve(root: Path, args: Any) -> int:
     return int(ExitCode.OK)
 
 
-async def _start_cloud(cluster: Any, args: Any) -> Any:
+async def _start_cloud(cluster: DemoCluster, args: DemoArgs) -> CloudBridge | None:
     """The local EC2 (moto) unless --no-cloud; without moto installed the demo runs on-prem only."""
     if args.no_cloud:
         return None
@@ -74,7 +79,7 @@ async def _start_cloud(cluster: Any, args: Any) -> Any:
     return bridge
 
 
-def _console(root: Path, args: Any) -> int:
+def _console(root: Path, args: DemoArgs) -> int:
     from gpuconsole.cli.console import run_console
     from gpuconsole.config import load_config
     from gpuconsole.demo.cluster import DemoThread

@@ -62,7 +62,7 @@ def test_options_are_frozen() -> None:
         opts.json = True  # type: ignore[misc]
 
 
-HANDLER_MODULES = ("cloud", "console", "doctor", "jobs", "node_install", "reservations", "status", "watch")
+HANDLER_MODULES = ("cloud", "console", "demo", "doctor", "jobs", "node_install", "reservations", "status", "watch")
 
 
 @pytest.mark.parametrize("module", HANDLER_MODULES)
