@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 
 from . import doctor, jobs, procs
 from . import gpus as gpu_sources
@@ -77,8 +78,7 @@ class Agent:
         # process is the service account serving a sudo caller; None for a user's own agent.
         self.service = service
         self.mode = "service" if service is not None else "cooperative"
-        self.link: svc.ServiceLink | None = None  # a user's agent on a service-mode node: where changes go
-        self.link_error: str | None = None
+        self.forwarder: svc.Forwarder | None = None  # a user's agent on a service-mode node: where changes go
         if service is not None:
             self.uid, self.user = svc.caller(service)
             self.admin = _is_admin(self.user)
@@ -97,7 +97,6 @@ class Agent:
         self.stop_requested = False
         self.telemetry = Telemetry(self.send, HostSampler(), self.snapshot, lambda: self.stop_requested)
         self.stream_wake = self.telemetry.wake
-        self.hello_args: dict[str, Any] = {}
         self.hello_warnings: list[str] = []
         self.handlers: dict[str, Handler] = {
             "snapshot": lambda args: (self.snapshot(), []),
@@ -154,8 +153,8 @@ class Agent:
     def transaction(self, op: str, args: Args) -> Reply:
         """One atomic step on the state (txn.py); a user's agent on a service-mode node hands the
         whole step to the service agent instead."""
-        if self.mode == "service" and self.service is None:
-            return svc.forward(self, op, args)
+        if self.forwarder is not None:
+            return self.forwarder.forward(op, args)
         return self._txn().run(op, args)
 
     # -- operations -------------------------------------------------------------------------
@@ -180,23 +179,27 @@ class Agent:
         self.gpus = gpus = gpu_sources.open_gpus(simulate, sim_node, sim_seed or args.get("seed") or 0,
                                                  identity=None if sim_seed is None else str(node))
         self.store = store = StateStore(state_dir, service=self.service is not None)
-        self.hello_args = {"simulate": simulate, "node": node}
         state_dir_error = None
         try:
             store.ensure_dir(create=self.mode == "cooperative")
         except OSError as exc:
             state_dir_error = exc.strerror if self.mode == "service" else str(exc)
         supervisor_env = {"GPUCONSOLE_SIMULATE_GPUS": str(simulate), "GPUCONSOLE_NODE_NAME": node}
-        if self.mode == "service" and self.service is None:
-            # The link starts with the first change: read-only commands never pay for sudo.
-            self.hello_args["service"] = svc.link_settings(args)
-            # A supervisor's changes go through its own sudo link.
-            supervisor_env["GPUCONSOLE_SERVICE"] = "%s:%s" % self.hello_args["service"]
-        self.txn = Transactions(store, self.boot_id, self.new_ctx, self.gpus_in_use, self.critical,
-                                svc.service_user(self) if self.mode == "service" else None)
+        if self.forwarder is not None:  # a second hello: the link it had is not this one's
+            self.forwarder.close()
+            self.forwarder = None
+        service_user = self.service["user"] if self.service is not None else None
         before_submit: Callable[[], object] = lambda: None  # noqa: E731
         if self.mode == "service" and self.service is None:
-            before_submit = lambda: svc.ready(self)  # noqa: E731
+            # The link starts with the first change: read-only commands never pay for sudo.
+            settings = svc.link_settings(args)
+            service_user = settings[0]
+            self.forwarder = forwarder = svc.Forwarder(settings, node, self.uid, store.dir, self.critical)
+            before_submit = forwarder.ready
+            # A supervisor's changes go through its own sudo link.
+            supervisor_env["GPUCONSOLE_SERVICE"] = "%s:%s" % settings
+        self.txn = Transactions(store, self.boot_id, self.new_ctx, self.gpus_in_use, self.critical,
+                                service_user)
         self.job_ops = JobOps(self.txn, self.transaction, self.uid, supervisor_env, before_submit)
         if self.service is None:  # the service agent serves state operations, never telemetry
             self.set_stream(args.get("stream_s"))
@@ -213,7 +216,7 @@ class Agent:
             "python": _PY_VERSION, "gpu_source": gpus.source,
             "gpu_count": gpus.count(), "gpu_error": getattr(gpus, "reason", None),
             "state_dir": store.dir, "state_dir_error": state_dir_error, "pid": os.getpid(),
-            "mode": self.mode, "service_error": self.link_error,
+            "mode": self.mode, "service_error": self.forwarder.error if self.forwarder else None,
             "agent_digest": getattr(sys.modules.get(__package__ or ""), "DIGEST", None),
         }
 
@@ -249,7 +252,8 @@ class Agent:
 
     def _op_doctor(self) -> Result:
         txn = self._txn()
-        service_rows = (lambda info: svc.doctor_checks(self, info)) if self.mode == "service" else None
+        user = txn.service_user  # set on a service-mode node, on either side of the link
+        service_rows = None if user is None else partial(svc.doctor_checks, user, txn.store.dir, self.forwarder)
         return {"checks": doctor.checks(txn.store, self.boot_id, self.user, self.gpus, service_rows,
                                         txn.service_user)}
 
@@ -344,7 +348,9 @@ def main(service: dict[str, Any] | None = None) -> None:
         from . import supervisor
 
         with open(os.devnull, "wb") as sink:
-            supervisor.main(Agent(sink))
+            agent = Agent(sink)
+            agent.op_hello(supervisor.hello_args(os.environ))
+            supervisor.main(agent._txn().store, agent.boot_id, agent.transaction)
         return
     _serve(Agent(sys.stdout.buffer))
 
@@ -367,8 +373,8 @@ def _serve(agent: Agent) -> None:
     finally:
         agent.stop_requested = True
         agent.stream_wake.set()
-        if agent.link is not None:
-            agent.link.close()
+        if agent.forwarder is not None:
+            agent.forwarder.close()
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, Any, Mapping
 
-    from .agent import Agent
     from .state import Ctx
+    from .txn import Critical
     from .typedefs import Args, Result, Warnings
 
 SERVICE_PYTHON = "/usr/bin/python3"
@@ -230,57 +230,69 @@ class ServiceLink:
             self.proc = None
 
 
-def open_link(agent: Agent) -> None:
-    """Start (or restart) a user's agent's link; a failure is kept in agent.link_error, not raised,
-    so that `doctor` can report it next to the other checks."""
-    from .fileio import service_setup_fix
+class Forwarder:
+    """A user's agent's side of a service-mode node: every change goes to the service agent.
 
-    user, path = agent.hello_args["service"]
-    if agent.link is not None:
-        agent.link.close()
-    link = ServiceLink(user, path)
-    agent.link, agent.link_error = link, None
-    assert agent.store is not None  # after hello
-    try:
-        hello = link.start({"node": agent.hello_args["node"]})
-        if hello.get("uid") != agent.uid:
-            raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), agent.uid))
-        theirs = str(hello.get("state_dir"))
-        if os.path.realpath(theirs) != os.path.realpath(agent.store.dir):
-            raise st.OpError("io", "the service agent on this node keeps its state in %s, not %s (fix: set "
-                             "state_dir = \"%s\" for this node)" % (theirs, agent.store.dir, theirs))
-        if hello.get("state_dir_error"):
-            raise st.OpError("io", "service agent: %s (fix: %s)"
-                             % (hello["state_dir_error"], service_setup_fix(theirs, user)))
-    except st.OpError as exc:
-        link.close()
-        agent.link, agent.link_error = None, exc.message
+    Built by the agent at hello with only what the link is checked against (the node's name, the
+    caller's uid, the state dir) and the flag that defers signals. The link starts with the first
+    change (read-only commands never pay for sudo) and again after it died or sudo was set up; a
+    failure to start is kept in `error`, not raised, so that `doctor` can report it.
+    """
 
+    def __init__(self, settings: tuple[str, str], node: str, uid: int, state_dir: str,
+                 critical: Critical) -> None:
+        self.user, self.agent_path = settings
+        self.node = node
+        self.uid = uid
+        self.state_dir = state_dir
+        self.critical = critical
+        self.link: ServiceLink | None = None
+        self.error: str | None = None
 
-def ready(agent: Agent) -> ServiceLink:
-    """The link of a user's agent, started when needed (it may have died, or sudo may have been set
-    up since); OpError("io") naming the cause and the fix when there is none."""
-    if agent.link is None or agent.link.proc is None:
-        open_link(agent)
-    if agent.link is None:
-        raise st.OpError("io", str(agent.link_error))
-    return agent.link
+    def open(self) -> None:
+        """Start (or restart) the link; a failure lands in `error`."""
+        from .fileio import service_setup_fix
 
+        if self.link is not None:
+            self.link.close()
+        link = ServiceLink(self.user, self.agent_path)
+        self.link, self.error = link, None
+        try:
+            hello = link.start({"node": self.node})
+            if hello.get("uid") != self.uid:
+                raise st.OpError("io", "the service agent serves uid %s, not %d" % (hello.get("uid"), self.uid))
+            theirs = str(hello.get("state_dir"))
+            if os.path.realpath(theirs) != os.path.realpath(self.state_dir):
+                raise st.OpError("io", "the service agent on this node keeps its state in %s, not %s (fix: set "
+                                 "state_dir = \"%s\" for this node)" % (theirs, self.state_dir, theirs))
+            if hello.get("state_dir_error"):
+                raise st.OpError("io", "service agent: %s (fix: %s)"
+                                 % (hello["state_dir_error"], service_setup_fix(theirs, self.user)))
+        except st.OpError as exc:
+            link.close()
+            self.link, self.error = None, exc.message
 
-def forward(agent: Agent, op: str, args: Args) -> tuple[Result, Warnings]:
-    """A change on a service-mode node: the service agent does it, as the caller (its SUDO_UID)."""
-    link = ready(agent)
-    agent.critical.active = True  # a signal waits for the answer: the change is made either way
-    try:
-        return link.request(op, args)
-    finally:
-        agent.critical.active = False
+    def ready(self) -> ServiceLink:
+        """The link, started when needed (it may have died, or sudo may have been set up since);
+        OpError("io") naming the cause and the fix when there is none."""
+        if self.link is None or self.link.proc is None:
+            self.open()
+        if self.link is None:
+            raise st.OpError("io", str(self.error))
+        return self.link
 
+    def forward(self, op: str, args: Args) -> tuple[Result, Warnings]:
+        """A change: the service agent does it, as the caller (its SUDO_UID)."""
+        link = self.ready()
+        self.critical.active = True  # a signal waits for the answer: the change is made either way
+        try:
+            return link.request(op, args)
+        finally:
+            self.critical.active = False
 
-def service_user(agent: Agent) -> str:
-    """The service account's name, on either side of the link."""
-    name: str = agent.service["user"] if agent.service is not None else agent.hello_args["service"][0]
-    return name
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
 
 
 def looks_like_service(info: os.stat_result) -> bool:
@@ -288,27 +300,26 @@ def looks_like_service(info: os.stat_result) -> bool:
     return info.st_uid not in (0, os.geteuid()) and not info.st_mode & 0o022
 
 
-def doctor_checks(agent: Agent, info: os.stat_result) -> list[list[Any]]:
-    """`doctor` rows of a service-mode node: the link (sudo rule, installed agent) and the state dir."""
+def doctor_checks(user: str, state_dir: str, forwarder: Forwarder | None,
+                  info: os.stat_result) -> list[list[Any]]:
+    """`doctor` rows of a service-mode node: the link (sudo rule, installed agent; a user's agent,
+    which has a `forwarder`) and the state dir, which the service account `user` must own."""
     from .fileio import service_setup_fix
 
-    user = service_user(agent)
-    store = agent.store
-    assert store is not None  # after hello
     rows: list[list[Any]] = []
-    if agent.service is None:
-        if agent.link is None:
-            open_link(agent)  # sudo may have been set up since hello
-        if agent.link is None:
-            rows.append(["mode", False, "service: %s" % agent.link_error, "the service-mode setup below"])
+    if forwarder is not None:
+        if forwarder.link is None:
+            forwarder.open()  # sudo may have been set up since hello
+        if forwarder.link is None:
+            rows.append(["mode", False, "service: %s" % forwarder.error, "the service-mode setup below"])
         else:
-            rows.append(["mode", True, "service: changes through sudo -u %s %s" % (user, agent.link.agent_path),
+            rows.append(["mode", True, "service: changes through sudo -u %s %s" % (user, forwarder.agent_path),
                          None])
-            theirs = agent.link.hello.get("agent_digest")
+            theirs = forwarder.link.hello.get("agent_digest")
             ours = getattr(sys.modules.get(__package__ or ""), "DIGEST", None)
             if ours and theirs != ours:
                 rows.append(["service_agent", False, "installed agent %s is version %s, this client's is %s"
-                             % (agent.link.agent_path, theirs, ours),
+                             % (forwarder.agent_path, theirs, ours),
                              "reinstall it (gpuconsole node-install; see the setup below)"])
     try:
         owner = pwd.getpwuid(info.st_uid).pw_name
@@ -316,8 +327,8 @@ def doctor_checks(agent: Agent, info: os.stat_result) -> list[list[Any]]:
         owner = str(info.st_uid)
     closed = owner == user and not info.st_mode & 0o022
     rows.append(["state_dir", closed, "%s owned by %s, mode %o%s" % (
-        store.dir, owner, info.st_mode & 0o7777, "" if closed else "; want owner %s, mode 755" % user),
-        None if closed else service_setup_fix(store.dir, user)])
+        state_dir, owner, info.st_mode & 0o7777, "" if closed else "; want owner %s, mode 755" % user),
+        None if closed else service_setup_fix(state_dir, user)])
     return rows
 
 

@@ -19,11 +19,12 @@ from .jobops import ENDED_MARK, PGID_FILE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import subprocess
-    from typing import Any
+    from typing import Any, Callable, Mapping, Tuple
 
-    from .agent import Agent
     from .store import StateStore
-    from .typedefs import Job, Lease, PreemptNotice, Result, State
+    from .typedefs import Args, Job, Lease, PreemptNotice, Result, State, Warnings
+
+    Change = Callable[[str, Args], Tuple[Result, Warnings]]
 
 POLL_S = 0.2
 RECORD_WAIT_S = 30.0
@@ -34,10 +35,12 @@ CANCEL_GRACE_S = 10.0
 class Supervisor:
     """Drives one job through the node's state with the same transactions as the agent."""
 
-    def __init__(self, agent: Agent, store: StateStore, job_id: str, job_dir: str) -> None:
-        """`agent`: a hello'd agent whose transactions this job's changes go through."""
-        self.agent = agent
+    def __init__(self, store: StateStore, boot_id: str, transaction: Change, job_id: str, job_dir: str) -> None:
+        """`store`, `boot_id`: the state's lock-free reads; `transaction`: a hello'd agent's, through
+        which this job's changes go (a service-mode node forwards them)."""
         self.store = store
+        self.boot_id = boot_id
+        self.transaction = transaction
         self.job_id = job_id
         self.job_dir = job_dir
         # Everything below is read and written through this checked fd, never by path again: the
@@ -52,7 +55,7 @@ class Supervisor:
 
     def _read(self) -> State:
         """Lock-free read, re-parsed only when state.json changed."""
-        state, _, _ = self.store.read_cached(self.agent.boot_id)
+        state, _, _ = self.store.read_cached(self.boot_id)
         return state
 
     def _job(self) -> tuple[Job | None, Lease | None]:
@@ -88,14 +91,14 @@ class Supervisor:
                 return None
             elif lease is not None:
                 try:
-                    result, _ = self.agent.transaction("claim_job", {"id": self.job_id, "token": lease["token"]})
+                    result, _ = self.transaction("claim_job", {"id": self.job_id, "token": lease["token"]})
                     return result
                 except st.OpError as exc:
                     if exc.code not in ("not_found", "stale_token"):
                         raise
             elif self._should_housekeep(state):
                 self._last_gc = time.monotonic()
-                self.agent.transaction("gc", {})
+                self.transaction("gc", {})
             time.sleep(POLL_S)
 
     def run(self) -> None:
@@ -167,7 +170,7 @@ class Supervisor:
                 return _exit_code(child.wait())
             if now - last_renew >= renew_every_s:
                 try:
-                    self.agent.transaction("renew", {"id": self.job_id, "token": token,
+                    self.transaction("renew", {"id": self.job_id, "token": token,
                                                       "ttl_s": jobs.JOB_LEASE_TTL_S})
                     last_renew = now
                 except st.OpError:
@@ -207,7 +210,7 @@ class Supervisor:
             args = {"id": self.job_id, "exit_code": exit_code, "lease_lost": True}
         for attempt in range(50):
             try:
-                result, _ = self.agent.transaction("finish_job", args)
+                result, _ = self.transaction("finish_job", args)
                 if not (result or {}).get("requeued"):
                     self._mark_ended()
                 return result
@@ -247,22 +250,26 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def main(agent: Agent) -> None:
-    """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor."""
+def hello_args(environ: Mapping[str, str]) -> Args:
+    """The hello a supervisor's agent says: the settings its submitting agent passed (JobOps)."""
+    hello: Args = {
+        "state_dir": environ["GPUCONSOLE_STATE_DIR"],
+        "simulate_gpus": int(environ.get("GPUCONSOLE_SIMULATE_GPUS") or 0),
+        "node": environ.get("GPUCONSOLE_NODE_NAME") or None,
+    }
+    if environ.get("GPUCONSOLE_SERVICE"):
+        user, _, path = environ["GPUCONSOLE_SERVICE"].partition(":")
+        hello.update(mode="service", service_user=user, service_agent=path)
+    return hello
+
+
+def main(store: StateStore, boot_id: str, transaction: Change) -> None:
+    """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor, after its agent's
+    hello (hello_args): that agent's state and transaction are what the job's changes go through."""
     job_id = os.environ["GPUCONSOLE_JOB_ID"]
     job_dir = os.environ["GPUCONSOLE_JOB_DIR"]
-    hello = {
-        "state_dir": os.environ["GPUCONSOLE_STATE_DIR"],
-        "simulate_gpus": int(os.environ.get("GPUCONSOLE_SIMULATE_GPUS") or 0),
-        "node": os.environ.get("GPUCONSOLE_NODE_NAME") or None,
-    }
-    if os.environ.get("GPUCONSOLE_SERVICE"):
-        user, _, path = os.environ["GPUCONSOLE_SERVICE"].partition(":")
-        hello.update(mode="service", service_user=user, service_agent=path)
-    agent.op_hello(hello)
-    assert agent.store is not None  # hello made it
     try:
-        supervisor = Supervisor(agent, agent.store, job_id, job_dir)
+        supervisor = Supervisor(store, boot_id, transaction, job_id, job_dir)
     except (OSError, ValueError) as exc:
         # Not our files (or unreadable): run nothing; the job is reaped as lost.
         reason = getattr(exc, "strerror", None) or exc

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, cast
 
 from textual.command import DiscoveryHit, Hit, Provider
 
-if TYPE_CHECKING:
-    from gpuconsole.tui.app import GpuConsoleApp
+
+class PaletteApp(Protocol):
+    """What the palette needs of its app (GpuConsoleApp), without importing it (app.py imports us)."""
+
+    @property
+    def readonly(self) -> bool:
+        """True in --readonly mode: no action that changes a node is offered."""
+        ...
+
 
 COMMANDS = (
     ("Reserve GPUs…", "reserve", "open the reserve dialog", True),
@@ -29,7 +36,7 @@ class ConsoleCommands(Provider):
     """Palette hits for console actions; mutating ones are absent in --readonly mode."""
 
     def _commands(self) -> list[tuple[str, str, str]]:
-        app: GpuConsoleApp = self.app  # type: ignore[assignment]
+        app = cast(PaletteApp, self.app)
         return [(name, action, help_text) for name, action, help_text, mutating in COMMANDS
                 if not (mutating and app.readonly)]
 
@@ -44,7 +51,7 @@ class ConsoleCommands(Provider):
             if score > 0:
                 yield Hit(score, matcher.highlight(name), self._runner(action), help=help_text)
 
-    def _runner(self, action: str):  # type: ignore[no-untyped-def]
+    def _runner(self, action: str) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             await self.app.run_action(action)
         return run

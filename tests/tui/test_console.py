@@ -16,6 +16,7 @@ from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
 from gpuconsole.node.store import StateStore
 from gpuconsole.tui.app import GpuConsoleApp
+from gpuconsole.tui.commands import COMMANDS, ConsoleCommands
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, ReserveDialog
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable
 from tests.helpers import cli_json, until
@@ -118,6 +119,8 @@ async def test_readonly_hides_mutating_actions(demo: DemoThread) -> None:
         shown = {key for key, active in app.screen.active_bindings.items() if active.enabled}
         assert {"r", "x", "e", "c", "p", "u", "D"}.isdisjoint(shown)
         assert {"q", "question_mark"} <= shown
+        offered = [str(hit.display) async for hit in ConsoleCommands(app.screen).discover()]
+        assert offered == [name for name, _, _, mutating in COMMANDS if not mutating]  # the palette too
 
 
 async def test_filter_narrows_the_node_table(tmp_path: Path, demo_factory: Callable[..., DemoThread]) -> None:

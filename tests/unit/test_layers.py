@@ -1,12 +1,14 @@
 """The layering holds (the import contracts in .importlinter) and gpuconsole's import graph has no cycle.
 
 Both read the real source with grimp (the import graph library under import-linter), imports inside
-functions included. Each has a negative control: an import added to the real graph must be caught.
+functions included; the cycle check reads the graph twice, once as it runs and once with the
+`if TYPE_CHECKING:` imports too (a cycle only the type checker sees is still two modules that need
+each other). Each has a negative control: an import added to the real graph must be caught.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,14 @@ CONFIG = REPO / ".importlinter"
 ROOT = "gpuconsole"
 
 
-def runtime_graph() -> grimp.ImportGraph:
-    """gpuconsole's modules and what each imports at run time (`if TYPE_CHECKING:` imports left out)."""
-    return grimp.build_graph(ROOT, exclude_type_checking_imports=True, cache_dir=None)
+def runtime_graph(package: str = ROOT) -> grimp.ImportGraph:
+    """The package's modules and what each imports at run time (`if TYPE_CHECKING:` imports left out)."""
+    return grimp.build_graph(package, exclude_type_checking_imports=True, cache_dir=None)
+
+
+def typing_graph(package: str = ROOT) -> grimp.ImportGraph:
+    """The package's modules and everything each imports, `if TYPE_CHECKING:` imports included."""
+    return grimp.build_graph(package, exclude_type_checking_imports=False, cache_dir=None)
 
 
 def cycles(graph: grimp.ImportGraph, package: str = ROOT) -> dict[str, set[tuple[str, str]]]:
@@ -58,8 +65,9 @@ def _details_between(graph: grimp.ImportGraph, importer: str, imported: str) -> 
             yield from graph.get_import_details(importer=source, imported=target)
 
 
-def test_import_graph_has_no_cycle() -> None:
-    graph = runtime_graph()
+@pytest.mark.parametrize("build", [runtime_graph, typing_graph], ids=["runtime", "type_checking"])
+def test_import_graph_has_no_cycle(build: Callable[[], grimp.ImportGraph]) -> None:
+    graph = build()
     found = cycles(graph)
     assert not found, "import cycles (remove one of the listed imports):\n" + _describe(graph, found)
 
@@ -69,6 +77,24 @@ def test_cycle_check_finds_an_added_cycle() -> None:
     graph = runtime_graph()
     graph.add_import(importer="gpuconsole.errors", imported="gpuconsole.cli.output")
     assert ("gpuconsole.errors", "gpuconsole.cli.output") in cycles(graph).get(ROOT, set())
+
+
+@pytest.mark.parametrize("guard", [
+    "TYPE_CHECKING = False\nif TYPE_CHECKING:\n",  # the node agent's idiom (no typing import at run time)
+    "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n",
+], ids=["node_idiom", "typing"])
+def test_cycle_check_finds_a_type_checking_cycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 guard: str) -> None:
+    """Negative control: a cycle closed by an `if TYPE_CHECKING:` import (the shape agent.py and
+    service.py once had) is invisible at run time and caught by the type-checking graph."""
+    package = tmp_path / "cyclic"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "agent.py").write_text("from cyclic import service\n\n\nclass Agent:\n    pass\n")
+    (package / "service.py").write_text(guard + "    from cyclic.agent import Agent\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not cycles(runtime_graph("cyclic"), "cyclic")
+    assert cycles(typing_graph("cyclic"), "cyclic") == {"cyclic": {("cyclic.service", "cyclic.agent")}}
 
 
 class _GraphWithExtraImports:
