@@ -6,11 +6,11 @@ gpuconsole keeps for cloud instances alone."""
 from __future__ import annotations
 
 import base64
-import os
 import re
 from pathlib import Path
 
 from gpuconsole.config import local_state_dir
+from gpuconsole.node.fileio import write_atomic
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
@@ -70,6 +70,5 @@ def remember_host_keys(path: Path, address: str, keys: list[str], instance_id: s
     except FileNotFoundError:
         old = []
     mark = f" {INSTANCE_MARK}{instance_id}" if instance_id else ""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{ln}\n" for ln in old + [f"{address} {key}{mark}" for key in keys]), encoding="utf-8")
-    os.replace(tmp, path)
+    text = "".join(f"{ln}\n" for ln in old + [f"{address} {key}{mark}" for key in keys])
+    write_atomic(str(path), text.encode("utf-8"), 0o644)

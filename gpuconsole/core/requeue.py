@@ -19,6 +19,7 @@ from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.jobs import Job, Submitted
+from gpuconsole.node.fileio import write_atomic
 
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -38,9 +39,7 @@ def _load() -> dict[str, dict[str, Any]]:
 def _save(entries: dict[str, dict[str, Any]]) -> None:
     path = journal_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(str(path), json.dumps(entries, indent=1).encode("utf-8"), 0o644)
 
 
 def remember(fleet: Fleet, request: core_jobs.SubmitRequest, result: Submitted) -> None:

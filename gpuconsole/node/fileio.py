@@ -153,6 +153,53 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
+def write_temp(target: str, body: bytes, mode: int) -> str:
+    """Write ``body`` to a new temp file beside ``target`` and fsync it; return its name.
+
+    O_EXCL|O_NOFOLLOW: never writes through a planted name. On any failure the temp is removed, so
+    a full disk does not also fill up with half-written temps.
+    """
+    name = "%s.tmp.%d.%s" % (target, os.getpid(), os.urandom(4).hex())
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask would otherwise decide who may read it
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)  # data durable before any name points at it
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(name)
+        raise
+    os.close(fd)
+    return name
+
+
+def sync_dir(path: str) -> None:
+    """fsync a directory, so that a rename in it survives a power cut."""
+    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_atomic(target: str, body: bytes, mode: int = 0o600) -> None:
+    """Durably replace ``target`` with ``body``: temp + fsync, rename, fsync of the directory.
+
+    The one atomic write for the node's store, the watcher's state file and the client's journals:
+    a reader sees the old file or the new one, never a torn one. Raises OSError; nothing changed
+    unless the rename happened.
+    """
+    tmp = write_temp(target, body, mode)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    sync_dir(os.path.dirname(os.path.abspath(target)))
+
+
 class _LockTimeout(Exception):
     pass
 

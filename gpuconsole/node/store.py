@@ -26,7 +26,9 @@ from .fileio import (
     make_shared_dir,
     open_regular,
     read_regular,
+    sync_dir,
     unlink_quietly,
+    write_temp,
 )
 
 TYPE_CHECKING = False
@@ -290,20 +292,7 @@ class StateStore:
 
     def _write_temp(self, body: bytes) -> str:
         faults.commit_step("tmp")
-        name = "%s.tmp.%d.%s" % (self.path, os.getpid(), os.urandom(4).hex())
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, self.file_mode)
-        try:
-            os.fchmod(fd, self.file_mode)  # umask would otherwise lock other group members out
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)  # data durable before any name points at it
-        except BaseException:
-            os.close(fd)
-            unlink_quietly(name)  # a full disk must not also fill up with our half-written temps
-            raise
-        os.close(fd)
-        return name
+        return write_temp(self.path, body, self.file_mode)
 
     def commit(self, state: State) -> list[str]:
         """tmp+fsync → previous version kept → rename over state.json → mirror → fsync dir.
@@ -346,11 +335,7 @@ class StateStore:
                             % (self.mirror, exc.strerror or exc))
         try:
             faults.commit_step("dirsync")
-            dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            sync_dir(self.dir)
         except OSError as exc:
             warnings.append("committed, but %s could not be synced to disk: %s" % (self.dir, exc.strerror or exc))
         return warnings

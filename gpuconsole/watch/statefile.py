@@ -12,12 +12,12 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from gpuconsole.config import local_state_dir
 from gpuconsole.errors import UsageError
+from gpuconsole.node.fileio import write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -81,20 +81,4 @@ class StateFile:
     def save(self, data: dict[str, Any]) -> None:
         """Atomically replace the file with `data` (raises OSError; the caller logs it)."""
         payload = json.dumps({"version": SCHEMA_VERSION, **data}, separators=(",", ":")).encode()
-        directory = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(str(self.path), payload, 0o600)
