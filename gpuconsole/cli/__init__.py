@@ -11,6 +11,7 @@ from gpuconsole.errors import ExitCode, GpuConsoleError
 
 if TYPE_CHECKING:
     from gpuconsole.config import Config
+    from gpuconsole.core.registry import Registry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,21 +41,29 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
 
 
-def _with_cloud_nodes(config: Config) -> Config:
-    """Add running managed EC2 instances as nodes; a cloud outage never hides the on-prem fleet."""
-    from gpuconsole.cloud.inventory import discover
+def _registry(config: Config) -> Registry:
+    """The nodes in play: the file's, plus a node per running managed EC2 instance when `[cloud.aws]`
+    is set (one DescribeInstances, whose live set also tells `jobs` which instances are gone). The
+    config stays what the file said; a cloud outage never hides the on-prem fleet."""
+    from gpuconsole.core.registry import Registry
+
+    if config.aws is None:
+        return Registry(config)
+    from gpuconsole.cloud.inventory import discover, live_ids
 
     try:
-        return discover(config)[0]
+        nodes, instances = discover(config)
     except GpuConsoleError as exc:
         from gpuconsole.cli.output import warn
 
         warn(f"cloud nodes left out: {exc}")
-        return config
+        return Registry(config)
+    return Registry(config, nodes, live_instances=live_ids(instances))
 
 
 def _dispatch(opts: o.Options) -> int:
-    """Hand the typed arguments to their command's handler (imported only when it runs)."""
+    """Hand the typed arguments to their command's handler (imported only when it runs); fleet
+    commands get one registry (the file's nodes and the cloud's), the cloud commands the config."""
     if isinstance(opts, o.DemoArgs):
         from gpuconsole.cli.demo import run_demo
 
@@ -66,56 +75,55 @@ def _dispatch(opts: o.Options) -> int:
     from gpuconsole.config import load_config
 
     config = load_config(opts.config)
-    if config.aws is not None and not isinstance(opts, o.CloudUpArgs | o.CloudLsArgs | o.CloudDownArgs):
-        config = _with_cloud_nodes(config)
-    if isinstance(opts, o.ConsoleArgs):
-        from gpuconsole.cli.console import run_console
-
-        return run_console(config, opts)
-    if isinstance(opts, o.StatusArgs):
-        from gpuconsole.cli.status import run_status
-
-        return run_status(config, opts)
     if isinstance(opts, o.CloudUpArgs | o.CloudLsArgs | o.CloudDownArgs):
         from gpuconsole.cli.cloud import run_cloud
 
         return run_cloud(config, opts)
+    registry = _registry(config)
+    if isinstance(opts, o.ConsoleArgs):
+        from gpuconsole.cli.console import run_console
+
+        return run_console(registry, opts)
+    if isinstance(opts, o.StatusArgs):
+        from gpuconsole.cli.status import run_status
+
+        return run_status(registry, opts)
     if isinstance(opts, o.WatchArgs):
         from gpuconsole.cli.watch import run_watch
 
-        return run_watch(config, opts)
+        return run_watch(registry, opts)
     if isinstance(opts, o.DoctorArgs):
         from gpuconsole.cli.doctor import run_doctor
 
-        return run_doctor(config, opts)
+        return run_doctor(registry, opts)
     if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
-        return _jobs(config, opts)
-    return _reservations(config, opts)
+        return _jobs(registry, opts)
+    return _reservations(registry, opts)
 
 
-def _jobs(config: Config, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
+def _jobs(registry: Registry, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
     from gpuconsole.cli import jobs
 
     if isinstance(opts, o.SubmitArgs):
-        return jobs.run_submit(config, opts)
+        return jobs.run_submit(registry, opts)
     if isinstance(opts, o.JobsArgs):
-        return jobs.run_jobs(config, opts)
+        return jobs.run_jobs(registry, opts)
     if isinstance(opts, o.LogsArgs):
-        return jobs.run_logs(config, opts)
+        return jobs.run_logs(registry, opts)
     if isinstance(opts, o.CancelArgs):
-        return jobs.run_cancel(config, opts)
-    return jobs.run_preempt(config, opts)
+        return jobs.run_cancel(registry, opts)
+    return jobs.run_preempt(registry, opts)
 
 
-def _reservations(config: Config, opts: o.Options) -> int:
+def _reservations(registry: Registry, opts: o.Options) -> int:
     from gpuconsole.cli import reservations
 
     if isinstance(opts, o.ReserveArgs):
-        return reservations.run_reserve(config, opts)
+        return reservations.run_reserve(registry, opts)
     if isinstance(opts, o.ReleaseArgs):
-        return reservations.run_release(config, opts)
+        return reservations.run_release(registry, opts)
     if isinstance(opts, o.RenewArgs):
-        return reservations.run_renew(config, opts)
+        return reservations.run_renew(registry, opts)
     if isinstance(opts, o.ReservationsArgs):
-        return reservations.run_list(config, opts)
+        return reservations.run_list(registry, opts)
     raise AssertionError(f"no handler for {type(opts).__name__}")

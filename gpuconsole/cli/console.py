@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gpuconsole.cli.options import ConsoleArgs, DemoArgs
-from gpuconsole.config import Config
+from gpuconsole.core.registry import Registry
 
 
-def run_console(config: Config, opts: ConsoleArgs | DemoArgs) -> int:
-    """The console (also the demo's), with `--theme` over the config's theme."""
+def run_console(registry: Registry, opts: ConsoleArgs | DemoArgs) -> int:
+    """The console (also the demo's) over the CLI's registry, with `--theme` over the config's theme."""
     from gpuconsole.tui import run
 
-    return run(config, theme=opts.theme or config.defaults.theme, readonly=opts.readonly)
+    return run(registry, theme=opts.theme or registry.config.defaults.theme, readonly=opts.readonly)

@@ -82,10 +82,11 @@ async def _start_cloud(cluster: DemoCluster, args: DemoArgs) -> CloudBridge | No
 def _console(root: Path, args: DemoArgs) -> int:
     from gpuconsole.cli.console import run_console
     from gpuconsole.config import load_config
+    from gpuconsole.core.registry import Registry
     from gpuconsole.demo.cluster import DemoThread
 
     demo = DemoThread(root, args.nodes, args.gpus, seed=args.seed)
     with demo:
         if not args.no_cloud:
             demo.cloud = demo.call(_start_cloud(demo.cluster, args))
-        return run_console(load_config(str(demo.config_path)), args)
+        return run_console(Registry(load_config(str(demo.config_path))), args)

@@ -8,19 +8,20 @@ from typing import Any
 from gpuconsole.cli.node_install import node_steps
 from gpuconsole.cli.options import DoctorArgs
 from gpuconsole.cli.output import print_json, say
-from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.registry import Registry
 from gpuconsole.errors import ExitCode, GpuConsoleError
 from gpuconsole.ssh.bundle import agent_digest
 
 
-def run_doctor(config: Config, opts: DoctorArgs) -> int:
-    report = asyncio.run(_doctor(config))
+def run_doctor(registry: Registry, opts: DoctorArgs) -> int:
+    config = registry.config
+    report = asyncio.run(_doctor(registry))
     failed = [c for node in report for c in node["checks"] if not c["ok"]]
     if opts.json:
         print_json({"config": str(config.path), "agent": agent_digest(), "nodes": report})
     else:
-        say(f"config {config.path}: ok ({len(config.nodes)} nodes), agent {agent_digest()}")
+        say(f"config {config.path}: ok ({len(registry.nodes)} nodes), agent {agent_digest()}")
         for node in report:
             for check in node["checks"]:
                 mark = "ok  " if check["ok"] else "FAIL"
@@ -36,11 +37,11 @@ def run_doctor(config: Config, opts: DoctorArgs) -> int:
     return int(ExitCode.INTERNAL) if failed else int(ExitCode.OK)
 
 
-async def _doctor(config: Config) -> list[dict[str, Any]]:
-    async with Fleet(config) as fleet:
+async def _doctor(registry: Registry) -> list[dict[str, Any]]:
+    async with Fleet(registry, owns=True) as fleet:
         results = await fleet.call_all("doctor")
         report = []
-        for cfg in config.nodes:
+        for cfg in fleet.node_configs():
             result = results.get(cfg.name)
             if isinstance(result, GpuConsoleError) or result is None:
                 report.append({"node": cfg.name, "checks": [{
@@ -50,8 +51,8 @@ async def _doctor(config: Config) -> list[dict[str, Any]]:
                 }]})
                 continue
             hello = fleet.hello(cfg.name)
-            ssh = {"check": "ssh", "ok": True,
-                   "detail": f"{hello.get('user')}@{hello.get('hostname')}", "fix": None}
+            who = f"{hello.user}@{hello.hostname}" if hello is not None else "None@None"
+            ssh = {"check": "ssh", "ok": True, "detail": who, "fix": None}
             entry: dict[str, Any] = {"node": cfg.name, "mode": cfg.mode, "checks": [ssh, *result["checks"]]}
             if cfg.mode == "service" and any(not c["ok"] and c["check"] in SERVICE_CHECKS for c in entry["checks"]):
                 entry["setup"] = node_steps(cfg)

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.cli.reservations import burst_plan
-from gpuconsole.config import Config
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
-from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
+from gpuconsole.core.registry import Registry
+from gpuconsole.errors import ExitCode, UsageError
 from gpuconsole.model.jobs import Job, Preempted, Submitted
 from gpuconsole.textsafe import terminal_safe
 
@@ -22,21 +22,22 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def run_submit(config: Config, args: SubmitArgs) -> int:
+def run_submit(registry: Registry, args: SubmitArgs) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv or not argv[0]:
         raise UsageError("submit: give the command after `--`, e.g. submit --gpus 1 -- python train.py")
+    config = registry.config
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
-        config.node(args.node)
+        registry.node(args.node)
     request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
                                  args.preempt, args.grace)
 
     async def go() -> Submitted:
-        async with Fleet(config) as fleet:
+        async with Fleet(registry, owns=True) as fleet:
             result = await core_burst.submit(fleet, request, burst_plan(config) if args.burst else None)
             assert result is not None  # the CLI's --burst always says yes
             return result
@@ -50,10 +51,12 @@ def run_submit(config: Config, args: SubmitArgs) -> int:
     return int(ExitCode.OK)
 
 
-def run_jobs(config: Config, args: JobsArgs) -> int:
+def run_jobs(registry: Registry, args: JobsArgs) -> int:
     async def go() -> tuple[list[Job], dict[str, str]]:
-        async with Fleet(config) as fleet:
-            for old_id, new in await requeue.requeue_lost(fleet, await _cloud_live(config)):
+        async with Fleet(registry, owns=True) as fleet:
+            # The live instances come from the discovery that joined the cloud nodes: no second
+            # DescribeInstances (None without a cloud or when EC2 could not be asked: nothing is lost).
+            for old_id, new in await requeue.requeue_lost(fleet, registry.live_instances):
                 warn(f"job {old_id} lost its cloud instance: requeued as {new.id} on {new.node}")
             found, errors = await core.list_jobs(fleet)
             requeue.forget_finished(found)
@@ -68,19 +71,6 @@ def run_jobs(config: Config, args: JobsArgs) -> int:
         return int(ExitCode.OK)
     console().print(jobs_table(found))
     return int(ExitCode.OK)
-
-
-async def _cloud_live(config: Config) -> frozenset[str] | None:
-    """The live managed instances, for requeueing jobs whose instance is gone; None without a cloud
-    or when EC2 cannot be asked (then nothing is judged lost)."""
-    if config.aws is None:
-        return None
-    from gpuconsole.cloud.inventory import live_ids
-
-    try:
-        return await asyncio.to_thread(live_ids, config)
-    except GpuConsoleError:
-        return None
 
 
 def jobs_table(found: list[Job]) -> Table:
@@ -98,7 +88,7 @@ def jobs_table(found: list[Job]) -> Table:
     return table
 
 
-def run_logs(config: Config, args: LogsArgs) -> int:
+def run_logs(registry: Registry, args: LogsArgs) -> int:
     """A job's output. Its owner gets the bytes as written (colours, progress bars: what `tail` shows
     them of their own file); anyone else's output is escaped like every other text from another user
     (newlines and tabs kept)."""
@@ -110,9 +100,10 @@ def run_logs(config: Config, args: LogsArgs) -> int:
         target.flush()
 
     async def go() -> Job:
-        async with Fleet(config) as fleet:
+        async with Fleet(registry, owns=True) as fleet:
             def found(job: Job) -> None:
-                raw[0] = fleet.hello(job.node).get("user") == job.owner
+                hello = fleet.hello(job.node)
+                raw[0] = hello is not None and hello.user == job.owner
 
             return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found)
 
@@ -120,9 +111,9 @@ def run_logs(config: Config, args: LogsArgs) -> int:
     return int(ExitCode.OK)
 
 
-def run_preempt(config: Config, args: PreemptArgs) -> int:
+def run_preempt(registry: Registry, args: PreemptArgs) -> int:
     async def go() -> Preempted:
-        async with Fleet(config) as fleet:
+        async with Fleet(registry, owns=True) as fleet:
             return await core.preempt(fleet, args.id, args.grace)
 
     result = asyncio.run(go())
@@ -131,9 +122,9 @@ def run_preempt(config: Config, args: PreemptArgs) -> int:
     return int(ExitCode.OK)
 
 
-def run_cancel(config: Config, args: CancelArgs) -> int:
+def run_cancel(registry: Registry, args: CancelArgs) -> int:
     async def go() -> Job:
-        async with Fleet(config) as fleet:
+        async with Fleet(registry, owns=True) as fleet:
             return await core.cancel(fleet, args.id)
 
     result = asyncio.run(go())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
@@ -14,9 +14,11 @@ from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
 from gpuconsole.core.burst import BurstPlan, Offer
 from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.registry import Registry
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.model import QueuedRequest, Reservation
+from gpuconsole.model.answers import Grant, Released
 from gpuconsole.textsafe import terminal_safe
 
 if TYPE_CHECKING:
@@ -37,11 +39,12 @@ class _TerminatedError(Exception):
     """SIGTERM during `reserve`: the wait has withdrawn its ticket; exit as a terminated process."""
 
 
-def run_reserve(config: Config, args: ReserveArgs) -> int:
+def run_reserve(registry: Registry, args: ReserveArgs) -> int:
+    config = registry.config
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
-        config.node(args.node)
+        registry.node(args.node)
     ttl_s = _ttl_s(config, args)
     timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout is not None else None
     if timeout_s is not None and not args.wait:
@@ -53,25 +56,24 @@ def run_reserve(config: Config, args: ReserveArgs) -> int:
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
     try:
-        result = asyncio.run(_reserve(config, request, burst=args.burst))
+        result = asyncio.run(_reserve(registry, request, burst=args.burst))
     except _TerminatedError:
         warn("terminated")
         return int(TERMINATED_EXIT)
     if args.json:
         print_json({
-            "id": result["id"], "node": result["node"], "gpus": result["gpus"],
-            "owner": result["owner"], "expires_at": result["expires_at"],
-            "cuda_visible_devices": result["cuda_visible_devices"], "token": result["token"],
-            "priority": result.get("priority", request.priority),
+            "id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
+            "expires_at": result.expires_at, "cuda_visible_devices": result.cuda_visible_devices,
+            "token": result.token, "priority": result.priority,
         })
     else:
-        say(f"reserved {result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} "
-            f"for {result['owner']} until {result['expires_at']}")
-        say(f"export CUDA_VISIBLE_DEVICES={result['cuda_visible_devices']}")
+        say(f"reserved {result.id} on {result.node}: GPUs {result.cuda_visible_devices} "
+            f"for {result.owner} until {result.expires_at}")
+        say(f"export CUDA_VISIBLE_DEVICES={result.cuda_visible_devices}")
     return int(ExitCode.OK)
 
 
-async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = False) -> dict[str, Any]:
+async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool = False) -> Grant:
     last_line: list[str] = []
 
     def progress(node: str, position: int, elapsed_s: float) -> None:
@@ -99,9 +101,9 @@ async def _reserve(config: Config, request: core.ReserveRequest, burst: bool = F
             task.cancel()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
-    async with Fleet(config) as fleet:
+    async with Fleet(registry, owns=True) as fleet:
         try:
-            plan = burst_plan(config) if burst else None
+            plan = burst_plan(registry.config) if burst else None
             result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
             assert result is not None  # the CLI's --burst always says yes
             return result
@@ -128,19 +130,19 @@ def burst_plan(config: Config) -> BurstPlan:
     return BurstPlan(ec2_offers(CloudMonitor(config)), confirm, cloud_progress)
 
 
-def run_release(config: Config, args: ReleaseArgs) -> int:
+def run_release(registry: Registry, args: ReleaseArgs) -> int:
     if not args.ids and not args.mine:
         raise UsageError("release: give reservation IDs or --mine")
     if args.ids and args.mine:
         raise UsageError("release: give IDs or --mine, not both")
-    results, failures = asyncio.run(_release(config, args))
+    results, failures = asyncio.run(_release(registry, args))
     if args.json:
-        print_json({"released": results, "errors": [
+        print_json({"released": [r.to_json() for r in results], "errors": [
             {"id": rid, "error": str(exc), "exit_code": int(exc.exit_code)} for rid, exc in failures]})
     else:
         for result in results:
-            gpus = ",".join(str(g) for g in result.get("gpus", [])) or "-"
-            say(f"released {result['id']} on {result['node']} (GPUs {gpus})")
+            gpus = ",".join(str(g) for g in result.gpus) or "-"
+            say(f"released {result.id} on {result.node} (GPUs {gpus})")
         if args.mine and not results:
             say("nothing to release")
     for rid, exc in failures:
@@ -148,10 +150,10 @@ def run_release(config: Config, args: ReleaseArgs) -> int:
     return int(failures[0][1].exit_code) if failures else int(ExitCode.OK)
 
 
-async def _release(config: Config, args: ReleaseArgs) -> tuple[list[dict[str, Any]], list[tuple[str, GpuConsoleError]]]:
-    results: list[dict[str, Any]] = []
+async def _release(registry: Registry, args: ReleaseArgs) -> tuple[list[Released], list[tuple[str, GpuConsoleError]]]:
+    results: list[Released] = []
     failures: list[tuple[str, GpuConsoleError]] = []
-    async with Fleet(config) as fleet:
+    async with Fleet(registry, owns=True) as fleet:
         if args.mine:
             return await core.release_mine(fleet), failures
         for rid in args.ids:
@@ -162,24 +164,25 @@ async def _release(config: Config, args: ReleaseArgs) -> tuple[list[dict[str, An
     return results, failures
 
 
-def run_renew(config: Config, args: RenewArgs) -> int:
-    ttl_s = _ttl_s(config, args)
+def run_renew(registry: Registry, args: RenewArgs) -> int:
+    ttl_s = _ttl_s(registry.config, args)
 
-    async def go() -> dict[str, Any]:
-        async with Fleet(config) as fleet:
+    async def go() -> Grant:
+        async with Fleet(registry, owns=True) as fleet:
             return await core.renew(fleet, args.id, ttl_s, args.token)
 
     result = asyncio.run(go())
     if args.json:
-        print_json({k: result[k] for k in ("id", "node", "gpus", "owner", "expires_at", "token")})
+        print_json({"id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
+                    "expires_at": result.expires_at, "token": result.token})
     else:
-        say(f"renewed {result['id']} on {result['node']} until {result['expires_at']}")
+        say(f"renewed {result.id} on {result.node} until {result.expires_at}")
     return int(ExitCode.OK)
 
 
-def run_list(config: Config, args: ReservationsArgs) -> int:
+def run_list(registry: Registry, args: ReservationsArgs) -> int:
     async def go() -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
-        async with Fleet(config) as fleet:
+        async with Fleet(registry, owns=True) as fleet:
             return await core.list_all(fleet)
 
     reservations, queue, errors = asyncio.run(go())
@@ -193,7 +196,7 @@ def run_list(config: Config, args: ReservationsArgs) -> int:
         })
     else:
         console().print(reservations_table(reservations, queue))
-    if errors and not reservations and not queue and len(errors) == len(config.nodes):
+    if errors and not reservations and not queue and len(errors) == len(registry.nodes):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.OK)
 

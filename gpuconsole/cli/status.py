@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from gpuconsole.cli.options import StatusArgs
 from gpuconsole.cli.output import add_row, cell, console, print_json, warn
-from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.registry import Registry
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.errors import ExitCode, UnreachableError, UsageError
 from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
@@ -19,15 +19,15 @@ if TYPE_CHECKING:
     from rich.text import Text
 
 
-def run_status(config: Config, opts: StatusArgs) -> int:
-    names = [config.node(opts.node).name] if opts.node else None
+def run_status(registry: Registry, opts: StatusArgs) -> int:
+    names = [registry.node(opts.node).name] if opts.node else None
     if opts.watch is not None and not 0.1 <= opts.watch <= 3600:
         raise UsageError("--watch: SECONDS must be between 0.1 and 3600")
-    return asyncio.run(_status(config, opts, names))
+    return asyncio.run(_status(registry, opts, names))
 
 
-async def _status(config: Config, opts: StatusArgs, names: list[str] | None) -> int:
-    async with Fleet(config) as fleet:
+async def _status(registry: Registry, opts: StatusArgs, names: list[str] | None) -> int:
+    async with Fleet(registry, owns=True) as fleet:
         while True:
             snapshots = await fleet_snapshot(fleet, names)
             if opts.json:

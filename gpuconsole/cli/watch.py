@@ -12,6 +12,7 @@ from pathlib import Path
 from gpuconsole.cli.options import WatchArgs
 from gpuconsole.cli.output import warn
 from gpuconsole.config import Config
+from gpuconsole.core.registry import Registry
 from gpuconsole.errors import UsageError
 from gpuconsole.watch.runner import WatchRunner, WatchSettings
 from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, Sink, StdoutSink
@@ -79,21 +80,21 @@ def attach_cloud(config: Config, runner: WatchRunner, stop_idle_cloud: bool) -> 
     from gpuconsole.cloud.watching import CloudWatch
 
     cloud = CloudWatch(config, detector=runner.detector, stop_idle=stop_idle_cloud,
-                       log=warn, on_nodes_changed=runner.nodes_changed)
+                       log=warn, on_nodes_changed=runner.nodes_changed, nodes=runner.registry.nodes)
     runner.extra_conditions = cloud.conditions
     runner.on_idle_cloud = cloud.on_idle_cloud
 
 
-def run_watch(config: Config, args: WatchArgs) -> int:
-    settings = settings_from(config, args)
-    sinks = build_sinks(config, args)
-    return asyncio.run(_watch(config, settings, sinks, bool(args.json), bool(args.stop_idle_cloud)))
+def run_watch(registry: Registry, args: WatchArgs) -> int:
+    settings = settings_from(registry.config, args)
+    sinks = build_sinks(registry.config, args)
+    return asyncio.run(_watch(registry, settings, sinks, bool(args.json), bool(args.stop_idle_cloud)))
 
 
-async def _watch(config: Config, settings: WatchSettings, sinks: list[Sink], as_json: bool,
+async def _watch(registry: Registry, settings: WatchSettings, sinks: list[Sink], as_json: bool,
                  stop_idle_cloud: bool) -> int:
-    runner = WatchRunner(config, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn)
-    attach_cloud(config, runner, stop_idle_cloud)
+    runner = WatchRunner(registry, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn)
+    attach_cloud(registry.config, runner, stop_idle_cloud)
     runner.load_state()  # takes the state file's lock first: a second watcher stops here (exit 2)
     if settings.once:
         return await runner.run_once()  # default signal handling: a cron run can simply be killed
@@ -102,7 +103,8 @@ async def _watch(config: Config, settings: WatchSettings, sinks: list[Sink], as_
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     idle = f"{settings.idle_s / 60:g}m"
-    warn(f"watch: {len(config.nodes)} node{'s' if len(config.nodes) != 1 else ''}, idle = below "
+    count = len(registry.nodes)
+    warn(f"watch: {count} node{'s' if count != 1 else ''}, idle = below "
          f"{settings.util_below_pct:g}% for {idle}, {len(sinks)} sink{'s' if len(sinks) != 1 else ''} "
          f"besides stdout, state in {settings.state_path}")
     code = await runner.run(stop)

@@ -15,7 +15,7 @@ from gpuconsole.cloud.ec2 import Ec2
 from gpuconsole.cloud.hostkeys import cloud_known_hosts_path, known_instances, remember_host_keys
 from gpuconsole.config import AwsConfig, Config, NodeConfig
 from gpuconsole.errors import ConfigError
-from gpuconsole.model.cloud import LISTED_STATES, LIVE_STATES, Instance
+from gpuconsole.model.cloud import LISTED_STATES, Instance
 
 
 def read_host_map(path: str | None) -> dict[str, dict[str, Any]]:
@@ -100,12 +100,6 @@ def cloud_nodes(config: Config, instances: list[Instance]) -> list[NodeConfig]:
     return [n for n in nodes if n is not None and n.name not in taken]
 
 
-def with_nodes(config: Config, extra: list[NodeConfig]) -> Config:
-    """The config with more nodes appended (on-prem nodes keep their names and order)."""
-    known = {n.name for n in config.nodes}
-    return dataclasses.replace(config, nodes=config.nodes + tuple(n for n in extra if n.name not in known))
-
-
 def scan(ec2: Ec2, config: Config) -> tuple[list[Instance], list[NodeConfig]]:
     """One discovery round: managed instances (live or stopped), with host keys learnt, and their nodes."""
     instances = ec2.describe(states=LISTED_STATES)
@@ -113,20 +107,18 @@ def scan(ec2: Ec2, config: Config) -> tuple[list[Instance], list[NodeConfig]]:
     return instances, cloud_nodes(config, instances)
 
 
-def discover(config: Config) -> tuple[Config, list[Instance]]:
-    """For a one-shot command: the config plus a node per running managed instance, and the managed
-    instances themselves (the file's config is left as it was)."""
+def discover(config: Config) -> tuple[list[NodeConfig], list[Instance]]:
+    """For a one-shot command, one DescribeInstances: a node per running managed instance that can be
+    dialled now, and the managed instances themselves (live or stopped). No nodes without `[cloud.aws]`."""
     if config.aws is None:
-        return config, []
+        return [], []
     instances, nodes = scan(Ec2(config.aws), config)
-    return with_nodes(config, nodes), instances
+    return nodes, instances
 
 
-def live_ids(config: Config) -> frozenset[str] | None:
-    """Ids of the managed instances EC2 reports pending or running; None without `[cloud.aws]`."""
-    if config.aws is None:
-        return None
-    return frozenset(i.id for i in Ec2(config.aws).describe(states=LIVE_STATES) if i.managed)
+def live_ids(instances: list[Instance]) -> frozenset[str]:
+    """Ids of the managed instances among ``instances`` that are pending or running."""
+    return frozenset(i.id for i in instances if i.managed and i.live)
 
 
 def allowed_types(aws: AwsConfig) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from gpuconsole.cloud.ec2 import is_loopback_endpoint
 from gpuconsole.cloud.idle import IdleCloudJudge
@@ -25,7 +25,8 @@ class CloudWatch:
     `detector` is the watcher's own (its quiet windows decide whether an instance's GPUs are idle)."""
 
     def __init__(self, config: Config, *, detector: Detector, stop_idle: bool, log: Log,
-                 on_nodes_changed: NodesChanged | None = None, refresh_s: float | None = None) -> None:
+                 on_nodes_changed: NodesChanged | None = None, refresh_s: float | None = None,
+                 nodes: Iterable[NodeConfig] | None = None) -> None:
         assert config.aws is not None
         self.aws = config.aws
         self.monitor = CloudMonitor(config)
@@ -38,7 +39,10 @@ class CloudWatch:
             0.5 if is_loopback_endpoint(self.aws.endpoint_url) else 15.0)
         self.view = CloudView()
         self._refreshed_at_s = float("-inf")
-        self._nodes: dict[str, NodeConfig] = {n.name: n for n in config.nodes if n.source == "cloud"}
+        # The cloud nodes already in play (``nodes``: the watcher's registry), so one gone by the first
+        # round is reported removed.
+        self._nodes: dict[str, NodeConfig] = {
+            n.name: n for n in (config.nodes if nodes is None else nodes) if n.source == "cloud"}
         self._acted: set[str] = set()
 
     async def refresh(self) -> CloudView:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from gpuconsole.config import NodeConfig
 from gpuconsole.core import jobs as core_jobs
@@ -22,6 +22,7 @@ from gpuconsole.core import reservations as core_reservations
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.waiting import NoticeCallback, ProgressCallback
 from gpuconsole.errors import NoCapacityError
+from gpuconsole.model.answers import Grant
 from gpuconsole.model.jobs import Submitted
 
 Progress = Callable[[str, str, float], None]  # (instance id, phase, seconds since launch)
@@ -66,7 +67,7 @@ async def burst_node(fleet: Fleet, gpus: int, plan: BurstPlan) -> str | None:
 async def reserve(
     fleet: Fleet, request: core_reservations.ReserveRequest, burst: BurstPlan | None = None, *,
     on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
-) -> dict[str, Any] | None:
+) -> Grant | None:
     """Reserve as `core.reservations.reserve` does; with a plan, a request no node can take now (no
     queueing) bursts and is granted on the new node. None when the burst was declined."""
     if burst is None:

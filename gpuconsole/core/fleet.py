@@ -10,6 +10,7 @@ from typing import Any
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import GpuConsoleError, UnreachableError
+from gpuconsole.model.answers import Hello
 from gpuconsole.model.replies import BadReplyError
 from gpuconsole.ssh.connection import NodeConnection, SnapshotCallback
 
@@ -18,17 +19,19 @@ class Fleet:
     """Requests to the nodes in play; one slow or dead node never delays the others.
 
     `Fleet(config)` owns a registry of its own (closed with the fleet); `Fleet(registry)` shares one
-    (the console's and the watcher's, whose poller streams over the same connections).
+    (the console's and the watcher's, whose poller streams over the same connections);
+    `Fleet(registry, owns=True)` takes one over (a CLI command's, with the cloud nodes it discovered).
     """
 
     def __init__(
         self,
         members: Config | Registry,
         *,
+        owns: bool = False,
         stream_s: float | None = None,
         on_snapshot: SnapshotCallback | None = None,
     ) -> None:
-        self._owned = not isinstance(members, Registry)
+        self._owned = owns or not isinstance(members, Registry)
         self.registry = members if isinstance(members, Registry) else Registry(members)
         if stream_s is not None or on_snapshot is not None:
             self.registry.stream(stream_s, on_snapshot)
@@ -58,10 +61,10 @@ class Fleet:
         """The node's live connection, if one is open."""
         return self.registry.connection(name)
 
-    def hello(self, name: str) -> dict[str, Any]:
-        """What the node's agent said when it connected (user, hostname, …); {} when not connected."""
+    def hello(self, name: str) -> Hello | None:
+        """What the node's agent said when it connected (user, hostname, …); None when not connected."""
         conn = self.registry.connection(name)
-        return dict(conn.hello) if conn is not None else {}
+        return Hello.from_agent(conn.hello) if conn is not None and conn.hello else None
 
     @property
     def errors(self) -> Mapping[str, GpuConsoleError]:

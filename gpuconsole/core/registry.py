@@ -45,8 +45,12 @@ class Registry:
     connection answers requests. A dead connection is reopened by the next `connect`.
     """
 
-    def __init__(self, config: Config, joined: Iterable[NodeConfig] = ()) -> None:
+    def __init__(self, config: Config, joined: Iterable[NodeConfig] = (), *,
+                 live_instances: frozenset[str] | None = None) -> None:
         self.config = config
+        # The managed cloud instances pending or running when `joined` was discovered (None: no
+        # cloud, or EC2 could not be asked); `jobs` requeues the journaled jobs of instances not in it.
+        self.live_instances = live_instances
         self._nodes: dict[str, NodeConfig] = {n.name: n for n in config.nodes}
         for node in joined:
             self._nodes.setdefault(node.name, node)

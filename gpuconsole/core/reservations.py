@@ -19,6 +19,7 @@ from gpuconsole.errors import (
     UsageError,
 )
 from gpuconsole.model import QueuedRequest, Reservation
+from gpuconsole.model.answers import Grant, Released, grant_or_ticket
 from gpuconsole.ssh.connection import AgentError
 
 
@@ -59,7 +60,7 @@ async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capac
 async def reserve(
     fleet: Fleet, request: ReserveRequest, on_progress: ProgressCallback | None = None,
     on_notice: NoticeCallback | None = None,
-) -> dict[str, Any]:
+) -> Grant:
     """Grant on the best-fitting node, trying the next on a lost race; queue with `wait`."""
     if request.gpus < 1:
         raise UsageError("--gpus must be at least 1")
@@ -75,9 +76,9 @@ async def reserve(
     }
     for name in best_fit(caps, request.gpus):
         try:
-            result = await _settled(fleet, name, "reserve", dict(args, req_id=_req_id()))
-            if result["state"] == "granted":
-                return dict(result, node=name)
+            answer = grant_or_ticket(name, await _settled(fleet, name, "reserve", dict(args, req_id=_req_id())))
+            if isinstance(answer, Grant):
+                return answer
             continue  # queued although not asked to wait: not a grant, whatever that node thinks
         except AgentError as exc:
             if exc.code != "insufficient":
@@ -146,40 +147,39 @@ async def find_node(fleet: Fleet, reservation_id: str) -> str:
     raise NotFoundError(f"no reservation {reservation_id!r} on any reachable node")
 
 
-async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> dict[str, Any]:
+async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> Released:
     """Release one reservation wherever it is; the node checks ownership."""
     node = await find_node(fleet, reservation_id)
     return await release_on(fleet, node, reservation_id, token)
 
 
-async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | None = None) -> dict[str, Any]:
+async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | None = None) -> Released:
     """Release one reservation on a node already known to hold it (no fleet-wide lookup); the node
     checks ownership, so a caller who is neither its owner nor an admin gets a permission error."""
     args: dict[str, Any] = {"id": reservation_id, "req_id": _req_id()}
     if token is not None:
         args["token"] = token
-    result = await fleet.request(node, "release", args)
-    return dict(result, node=node)
+    return Released.from_agent(node, await fleet.request(node, "release", args))
 
 
-async def release_mine(fleet: Fleet) -> list[dict[str, Any]]:
+async def release_mine(fleet: Fleet) -> list[Released]:
     """Release every reservation and queued request owned by the SSH user on each node."""
     reservations, queue, _ = await list_all(fleet)
     released = []
     items: list[Reservation | QueuedRequest] = [*reservations, *queue]
     for item in items:
-        if fleet.hello(item.node).get("user") != item.owner:
+        hello = fleet.hello(item.node)
+        if hello is None or hello.user != item.owner:
             continue
         result = await fleet.request(item.node, "release", {"id": item.id, "req_id": _req_id()})
-        released.append(dict(result, node=item.node))
+        released.append(Released.from_agent(item.node, result))
     return released
 
 
-async def renew(fleet: Fleet, reservation_id: str, ttl_s: float, token: int | None = None) -> dict[str, Any]:
+async def renew(fleet: Fleet, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
     """Extend a reservation to at least now + ttl on its node's clock."""
     node = await find_node(fleet, reservation_id)
     args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": _req_id()}
     if token is not None:
         args["token"] = token
-    result = await fleet.request(node, "renew", args)
-    return dict(result, node=node)
+    return Grant.from_agent(node, await fleet.request(node, "renew", args))

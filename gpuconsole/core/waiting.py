@@ -15,11 +15,12 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError
+from gpuconsole.model.answers import Grant, Released, Ticket, grant_or_ticket
 from gpuconsole.ssh.connection import AgentError
 
 WAIT_POLL_S = 0.2
@@ -80,13 +81,13 @@ class Waiter:
             f"(position {self.position}){why}"
         )
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> Grant:
         """Queue, follow, and return the grant; withdraws the ticket when cancelled or timed out."""
         submit = asyncio.ensure_future(self._submit())
         try:
             ticket = await asyncio.shield(submit)
-            while ticket.get("state") != "granted":
-                self.position = int(ticket.get("position", 0))
+            while not isinstance(ticket, Grant):
+                self.position = ticket.position
                 if self.on_progress is not None:
                     self.on_progress(self.node, self.position, time.monotonic() - self.started)
                 remaining_s = self._remaining_s()
@@ -94,7 +95,7 @@ class Waiter:
                     raise await self._give_up()
                 await asyncio.sleep(WAIT_POLL_S if remaining_s is None else min(WAIT_POLL_S, remaining_s))
                 ticket = await self._follow()
-            return dict(ticket, node=self.node)
+            return ticket
         except asyncio.CancelledError:
             if not submit.done():  # learn the id of a ticket that may be committed already
                 with contextlib.suppress(BaseException):
@@ -102,15 +103,19 @@ class Waiter:
             await self.withdraw()
             raise
 
-    async def _submit(self) -> dict[str, Any]:
+    async def _submit(self) -> Grant | Ticket:
         """Queue the request; a retry after a drop resends the same req_id, so it is never queued twice."""
         req_id = _req_id()
 
-        async def send() -> dict[str, Any]:
-            return await self.fleet.request(self.node, "reserve", self._request(req_id), retries=0)
+        async def send() -> Grant | Ticket:
+            return await self._ask("reserve", self._request(req_id))
 
         ticket = await self._resilient(send)
-        return self._took(ticket, attached=not ticket.get("replayed"))
+        return self._took(ticket, attached=not ticket.replayed)
+
+    async def _ask(self, op: str, args: dict[str, Any]) -> Grant | Ticket:
+        """One reserve, poll or reattach on the node, no retry here; its answer parsed."""
+        return grant_or_ticket(self.node, await self.fleet.request(self.node, op, args, retries=0))
 
     def _request(self, req_id: str) -> dict[str, Any]:
         """The reserve request; with a timeout, the node is told how long we wait (`wait_s`), so it
@@ -121,17 +126,17 @@ class Waiter:
             args["wait_s"] = max(remaining_s, 0.001)
         return args
 
-    def _took(self, ticket: dict[str, Any], *, attached: bool) -> dict[str, Any]:
-        self.ticket_id = str(ticket["id"])
+    def _took(self, ticket: Grant | Ticket, *, attached: bool) -> Grant | Ticket:
+        self.ticket_id = ticket.id
         self.attached = attached
         return ticket
 
-    async def _follow(self) -> dict[str, Any]:
+    async def _follow(self) -> Grant | Ticket:
         """The ticket now: a poll, or after a lost connection, the ticket taken back."""
         assert self.ticket_id is not None
         ticket_id = self.ticket_id
         try:
-            return await self.fleet.request(self.node, "poll", {"id": ticket_id}, retries=0)
+            return await self._ask("poll", {"id": ticket_id})
         except AgentError as exc:
             if exc.code == "not_found" and self._past_deadline():
                 self.ticket_id = None  # the node dropped it at the deadline we gave it: a timeout
@@ -153,12 +158,11 @@ class Waiter:
         remaining_s = self._remaining_s()
         return remaining_s is not None and remaining_s < DEADLINE_SLACK_S
 
-    async def _reattach(self) -> dict[str, Any]:
+    async def _reattach(self) -> Grant | Ticket:
         """Give the ticket to this connection's agent, keeping its place; queue again if it is gone."""
         assert self.ticket_id is not None
         try:
-            ticket = await self.fleet.request(
-                self.node, "reattach", {"id": self.ticket_id, "req_id": _req_id()}, retries=0)
+            ticket = await self._ask("reattach", {"id": self.ticket_id, "req_id": _req_id()})
         except AgentError as exc:
             if exc.code == "not_found" and self._past_deadline():
                 self.ticket_id = None
@@ -169,7 +173,7 @@ class Waiter:
                 raise
             # A node without `reattach`: the ticket stays while its old agent lingers, then goes.
             try:
-                return await self.fleet.request(self.node, "poll", {"id": self.ticket_id}, retries=0)
+                return await self._ask("poll", {"id": self.ticket_id})
             except AgentError as poll_exc:
                 if poll_exc.code != "not_found":
                     raise
@@ -177,24 +181,22 @@ class Waiter:
         self.attached = True
         return ticket
 
-    async def _requeue(self) -> dict[str, Any]:
+    async def _requeue(self) -> Grant | Ticket:
         lost = self.ticket_id
-        req_id = _req_id()
-        ticket = await self.fleet.request(self.node, "reserve", self._request(req_id), retries=0)
+        ticket = await self._ask("reserve", self._request(_req_id()))
         self._took(ticket, attached=True)
-        if ticket.get("state") != "granted":
+        if isinstance(ticket, Ticket):
             self._notice(f"{self.node}: queued request {lost} was dropped while disconnected; queued again as "
-                         f"{self.ticket_id} at position {ticket.get('position')}")
+                         f"{self.ticket_id} at position {ticket.position}")
         return ticket
 
-    async def _resilient(self, step: Callable[[], Any]) -> dict[str, Any]:
+    async def _resilient(self, step: Callable[[], Awaitable[Grant | Ticket]]) -> Grant | Ticket:
         """Run ``step`` until it gets through: reconnect after transient failures, with capped,
         jittered backoff, until the timeout (then exit 3 as for any timed-out wait)."""
         delay_s = RECONNECT_FIRST_S
         while True:
             try:
-                result: dict[str, Any] = await step()
-                return result
+                return await step()
             except GpuConsoleError as exc:
                 if not _transient(exc):
                     raise
@@ -247,7 +249,7 @@ class Waiter:
                              "the node drops it when it sees this client gone or its wait ran out")
                 self.unwithdrawn = ticket_id
                 return False
-        if result.get("was") == "active":
+        if Released.from_agent(self.node, result).was == "active":
             self._notice(f"released {ticket_id} on {self.node}: it was granted as the wait ended")
         elif announce:
             self._notice(f"withdrew queued request {ticket_id} on {self.node}")
@@ -266,6 +268,6 @@ class Waiter:
 async def wait_for_grant(
     fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
     on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
-) -> dict[str, Any]:
+) -> Grant:
     """Queue ``args`` on ``node`` and return the grant (see the module docstring)."""
     return await Waiter(fleet, node, args, timeout_s, on_progress, on_notice).run()

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
-def _extra(data: Mapping[str, Any], known: tuple[str, ...]) -> Mapping[str, Any]:
+def extra_fields(data: Mapping[str, Any], known: tuple[str, ...]) -> Mapping[str, Any]:
     """The fields of a record this client does not model (a newer node's): kept read-only, so the
     `--json` output passes them through as the contract always has."""
     rest = {key: value for key, value in data.items() if key not in known}
-    return MappingProxyType(rest) if rest else _NO_EXTRA
+    return MappingProxyType(rest) if rest else NO_EXTRA
 
 
 JOB_FIELDS = ("id", "name", "gpus", "gpus_requested", "owner", "priority", "state", "exit_code", "command",
@@ -44,7 +44,7 @@ class Job:
     started_at: str | None
     ended_at: str | None
     position: int | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA, compare=False, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)
 
     @classmethod
     def from_agent(cls, node: str, data: Mapping[str, Any]) -> Job:
@@ -54,7 +54,7 @@ class Job:
             priority=data.get("priority", "normal"), state=data["state"], exit_code=data.get("exit_code"),
             command=data.get("command", ""), created_at=data.get("created_at"),
             started_at=data.get("started_at"), ended_at=data.get("ended_at"), position=data.get("position"),
-            extra=_extra(data, (*JOB_FIELDS, "node")),
+            extra=extra_fields(data, (*JOB_FIELDS, "node")),
         )
 
     @property

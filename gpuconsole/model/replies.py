@@ -81,7 +81,8 @@ HELLO = obj({
     "user": string, "agent_version": Opt(nullable(COUNT)), "uid": Opt(nullable(COUNT)), "admin": Opt(boolean, False),
     "hostname": OPT_TEXT, "boot_id": OPT_TEXT, "python": OPT_TEXT, "gpu_source": OPT_TEXT,
     "gpu_count": Opt(nullable(GPU_COUNT)), "gpu_error": OPT_TEXT, "state_dir": OPT_TEXT,
-    "state_dir_error": OPT_TEXT, "pid": Opt(nullable(COUNT)),
+    "state_dir_error": OPT_TEXT, "pid": Opt(nullable(COUNT)), "mode": OPT_TEXT, "service_error": OPT_TEXT,
+    "agent_digest": OPT_TEXT,
 })
 GRANT = obj({
     "id": string, "gpus": list_of(GPU_INDEX), "owner": string, "expires_at": iso_time, "token": COUNT,

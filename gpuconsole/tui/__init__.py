@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from gpuconsole.config import Config
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gpuconsole.config import Config
+    from gpuconsole.core.registry import Registry
 
 
-def run(config: Config, *, theme: str | None = None, readonly: bool = False) -> int:
+def run(config: Config | Registry, *, theme: str | None = None, readonly: bool = False) -> int:
     """Run the console until the user quits; returns the exit code."""
     from gpuconsole.tui.app import GpuConsoleApp
 

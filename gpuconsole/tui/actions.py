@@ -91,8 +91,8 @@ class ActionSide(_AppBase):
             result = await core_burst.reserve(self.actions, request, plan)
             if result is None:
                 return None  # the burst was declined
-            return Done(f"{result['id']} on {result['node']}: GPUs {result['cuda_visible_devices']} until "
-                        f"{str(result['expires_at'])[11:16]}Z", "reserved", str(result["node"]))
+            return Done(f"{result.id} on {result.node}: GPUs {result.cuda_visible_devices} until "
+                        f"{result.expires_at[11:16]}Z", "reserved", result.node)
 
         return self.act("reserve failed", reserve)
 
@@ -101,7 +101,7 @@ class ActionSide(_AppBase):
 
         async def release() -> Done:
             result = await core.release(self.actions, rid)
-            return Done(f"{rid} on {result['node']}", "released", result["node"])
+            return Done(f"{rid} on {result.node}", "released", result.node)
 
         return self.act("release failed", release)
 
@@ -110,7 +110,7 @@ class ActionSide(_AppBase):
 
         async def renew() -> Done:
             result = await core.renew(self.actions, rid, self.config.defaults.reserve_for_s)
-            return Done(f"{rid} until {result['expires_at'][11:16]}Z", "renewed", result["node"])
+            return Done(f"{rid} until {result.expires_at[11:16]}Z", "renewed", result.node)
 
         return self.act("renew failed", renew)
 

@@ -68,31 +68,34 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         Binding("escape", "close_filter", "Close filter", show=False),
     ]
 
-    def __init__(self, config: Config, *, theme_name: str | None = None, readonly: bool = False,
+    def __init__(self, config: Config | Registry, *, theme_name: str | None = None, readonly: bool = False,
                  poll: bool = True, clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         super().__init__()
+        # Membership and connections, one owner: the poller streams and the actions ask over the
+        # same connection per node; Config stays what the file said (the CLI's registry holds the
+        # cloud nodes it discovered).
+        self.registry = config if isinstance(config, Registry) else Registry(config)
+        config = self.registry.config
+        nodes = self.registry.nodes
         self.config = config
         self.readonly = readonly
         self.clock = clock  # monotonic: poll event times, ages
         self.wall_clock = wall_clock  # epoch: alert times, cloud uptime and cost
         self._poll_enabled = poll
-        self.fleet = FleetState([n.name for n in config.nodes], {n.name: n.source for n in config.nodes})
+        self.fleet = FleetState([n.name for n in nodes], {n.name: n.source for n in nodes})
         self.name_filter = ""
-        self.selected_node: str | None = config.nodes[0].name if config.nodes else None
+        self.selected_node: str | None = nodes[0].name if nodes else None
         self.poller: Poller | None = None
         self._dirty = True
         self._last_render_s = 0.0
         self._themes = load_themes()
         self._theme_names = [t.name for t in self._themes.themes]
         self._requested_theme = theme_name or DEFAULT_THEME
-        # Membership and connections, one owner: the poller streams and the actions ask over the
-        # same connection per node; Config stays what the file said.
-        self.registry = Registry(config)
         self.registry.subscribe(self._members_changed)
         self.actions = Fleet(self.registry)
         self._previous_notices: NoticeHandler | None = None
-        self.alerts = AlertBook(config.watch, [n.name for n in config.nodes], poll_s=config.defaults.poll_seconds)
+        self.alerts = AlertBook(config.watch, [n.name for n in nodes], poll_s=config.defaults.poll_seconds)
         self._alerts_shown = -1
         self.init_cloud()
 

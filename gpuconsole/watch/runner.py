@@ -62,9 +62,13 @@ class WatchSettings:
 class WatchRunner:
     """Owns the detector, tracker, release policy and state file for one watcher process."""
 
-    def __init__(self, config: Config, settings: WatchSettings, dispatcher: Dispatcher, log: Log, *,
+    def __init__(self, config: Config | Registry, settings: WatchSettings, dispatcher: Dispatcher, log: Log, *,
                  extra_conditions: ExtraConditions | None = None, on_idle_cloud: AlertAction | None = None,
                  clock: Callable[[], float] = time.time) -> None:
+        # Membership and connections: the poller streams over the connections releases use. A
+        # registry given (the CLI's) holds the cloud nodes discovered at start; a config, the file's nodes.
+        self.registry = config if isinstance(config, Registry) else Registry(config)
+        config = self.registry.config
         self.config = config
         self.settings = settings
         self.dispatcher = dispatcher
@@ -73,7 +77,7 @@ class WatchRunner:
         self.on_idle_cloud = on_idle_cloud
         self.clock = clock
         poll_s = config.defaults.poll_seconds
-        names = [n.name for n in config.nodes]
+        names = [n.name for n in self.registry.nodes]
         if settings.once:  # windows join across runs; a node still down after the retry is down now
             self.detector = Detector(idle_s=settings.idle_s, util_below_pct=settings.util_below_pct,
                                      max_gap_s=ONCE_MAX_GAP_S, node_down_after_s=0.0, expected_nodes=set(names))
@@ -83,8 +87,6 @@ class WatchRunner:
         self.tracker = Tracker(settings.cooldown_s)
         self.releaser = ReleasePolicy(settings.grace_s) if settings.release_idle else None
         self.state = StateFile(settings.state_path) if settings.state_path else None
-        # Membership and connections: the poller streams over the connections releases use.
-        self.registry = Registry(config)
         self.registry.subscribe(self._members_changed)
         self._fleet = Fleet(self.registry)
         self._saved_at_s = 0.0

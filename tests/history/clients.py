@@ -199,13 +199,13 @@ class ApiClient(Client):
 
     async def _call(self, fleet: Fleet, f: str, args: dict[str, Any]) -> Any:
         if f == "reserve":
-            return await core_res.reserve(fleet, core_res.ReserveRequest(
+            return (await core_res.reserve(fleet, core_res.ReserveRequest(
                 gpus=args["gpus"], ttl_s=args["ttl_s"], node=args.get("node"), wait=bool(args.get("wait")),
-                timeout_s=args.get("timeout_s"), priority=args["priority"]))
+                timeout_s=args.get("timeout_s"), priority=args["priority"]))).to_json()
         if f == "release":
-            return {"released": [await core_res.release(fleet, args["id"])], "errors": []}
+            return {"released": [(await core_res.release(fleet, args["id"])).to_json()], "errors": []}
         if f == "renew":
-            return await core_res.renew(fleet, args["id"], args["ttl_s"], args.get("token"))
+            return (await core_res.renew(fleet, args["id"], args["ttl_s"], args.get("token"))).to_json()
         if f == "submit":
             return (await core_jobs.submit(fleet, core_jobs.SubmitRequest(
                 tuple(args["argv"]), args["gpus"], args.get("node"), args["priority"], args["name"], False,

@@ -50,7 +50,7 @@ def test_a_timed_out_wait_leaves_no_grant_behind(tmp_path: Path) -> None:
                 with pytest.raises((NoCapacityError, UnreachableError)):
                     await waiting
                 faults.write_text("")
-                await core.release(holder, held["id"])
+                await core.release(holder, held.id)
                 reservations, queue, _ = await core.list_all(holder)
                 return [r.id for r in reservations] + [q.id for q in queue]
 

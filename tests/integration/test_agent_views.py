@@ -1,7 +1,7 @@
 """The model holds every field of the agent's views, and only those: each reply a real agent sends
-(status, reservations, queue, jobs, capacity) is parsed into the model, and the model's `to_wire()`
-must equal what the agent said. A field renamed, added or dropped on the node side fails here, not
-in a user's `--json` output.
+(status, reservations, queue, jobs, capacity, hello, and the answers to reserve, poll, renew and
+release) is parsed into the model, and the model's `to_wire()` must equal what the agent said. A
+field renamed, added or dropped on the node side fails here, not in a user's `--json` output.
 
 The replies are taken at the one place they enter the client (`check_reply`, wrapped to keep a copy
 of the raw JSON before it is checked); everything else is the real CLI, SSH and agent.
@@ -23,9 +23,10 @@ import gpuconsole.ssh.connection as connection
 from gpuconsole.config import load_config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.jobs import list_jobs
-from gpuconsole.core.reservations import capacities, list_all
+from gpuconsole.core.reservations import ReserveRequest, capacities, list_all, release, renew, reserve
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.demo.cluster import DemoThread
+from gpuconsole.model.answers import Grant, Ticket, grant_or_ticket
 from tests.helpers import cli_json, jobs_by_name, run_cli, submit_job, wait_for
 
 
@@ -52,12 +53,24 @@ def _views(config: Path, raw: dict[tuple[str, str], Any]) -> dict[str, Any]:
 
     async def read() -> dict[str, Any]:
         async with Fleet(load_config(str(config))) as fleet:
-            return {
+            views = {
                 "snapshot": await fleet_snapshot(fleet),
                 "reservations": await list_all(fleet),
                 "jobs": await list_jobs(fleet),
                 "capacity": await capacities(fleet),
+                "hello": {name: fleet.hello(name) for name in ("node-01", "node-02")},
             }
+            # The answers to the changes: a grant on idle node-02, renewed and released; on node-01,
+            # whose queue head is blocked, a reserve that queues, polled, then withdrawn.
+            views["reserve"] = grant = await reserve(fleet, ReserveRequest(gpus=1, ttl_s=600, node="node-02"))
+            views["renew"] = await renew(fleet, grant.id, 900)
+            views["release"] = await release(fleet, grant.id)
+            queued = await fleet.request("node-01", "reserve", {"gpus": 1, "ttl_s": 60, "wait": True,
+                                                                 "req_id": "views-ticket"})
+            views["queued"] = grant_or_ticket("node-01", queued)
+            views["poll"] = grant_or_ticket("node-01", await fleet.request("node-01", "poll", {"id": queued["id"]}))
+            views["withdrawn"] = await release(fleet, queued["id"])
+            return views
 
     return asyncio.run(read())
 
@@ -76,7 +89,9 @@ def test_the_model_round_trips_every_agent_view(demo: DemoThread, monkeypatch: p
         check = connection.check_reply
 
         def keep_raw(node: str, op: str, reply: Any) -> Any:
-            raw[(node, op)] = json.loads(json.dumps(reply))  # a copy, as the agent said it
+            # A copy, as the agent said it; the first per node and op (the one each view was built
+            # from: a release looks the reservation up again).
+            raw.setdefault((node, op), json.loads(json.dumps(reply)))
             return check(node, op, reply)
 
         monkeypatch.setattr(connection, "check_reply", keep_raw)
@@ -103,6 +118,21 @@ def test_the_model_round_trips_every_agent_view(demo: DemoThread, monkeypatch: p
         assert all(not j.extra for j in mine), "fields the model does not know"
     for cap in views["capacity"]:
         assert cap.to_wire() == _result(raw, cap.node, "capacity"), cap.node
+    for node, hello in views["hello"].items():
+        assert hello is not None and hello.to_wire() == _result(raw, node, "hello"), node
+        assert not hello.extra, "hello fields the model does not know"
+    grant, renewed, released = views["reserve"], views["renew"], views["release"]
+    assert isinstance(grant, Grant) and grant.state == "granted" and grant.node == "node-02"
+    assert grant.to_wire() == _result(raw, "node-02", "reserve")
+    assert renewed.state is None and renewed.to_wire() == _result(raw, "node-02", "renew")
+    assert released.was == "active" and released.to_wire() == _result(raw, "node-02", "release")
+    queued, polled, withdrawn = views["queued"], views["poll"], views["withdrawn"]
+    assert isinstance(queued, Ticket) and queued.owner is not None and queued.gpus_requested == 1
+    assert queued.to_wire() == _result(raw, "node-01", "reserve")
+    assert isinstance(polled, Ticket) and polled.position >= 1 and polled.to_wire() == _result(raw, "node-01", "poll")
+    assert withdrawn.was == "queued" and withdrawn.to_wire() == _result(raw, "node-01", "release")
+    answers = (grant, renewed, released, queued, polled, withdrawn)
+    assert all(not answer.extra for answer in answers), "fields the model does not know"
 
     # What was compared is not empty: every kind of record the views carry was there.
     node1 = next(s for s in views["snapshot"] if s.name == "node-01")
@@ -132,3 +162,22 @@ def test_jobs_json_keeps_its_fields_and_their_order(demo: DemoThread) -> None:
     again = cli_json("cancel", named["id"], config=config) if wait_for(
         lambda: jobs_by_name(config)["named"]["state"] == "cancelled", timeout_s=20, message="cancelled") else None
     assert again is not None and list(again) == ["already_ended", *fields] and again["already_ended"] is True
+
+
+def test_reservation_json_keeps_its_fields_and_their_order(demo: DemoThread) -> None:
+    """`reserve`, `renew` and `release --json`: the CLI contract's fields in their order, unchanged by
+    the typed answers (Grant, Released)."""
+    config = demo.config_path
+    reserved = cli_json("reserve", "--gpus", "2", "--node", "node-01", "--for", "10m", config=config)
+    assert list(reserved) == ["id", "node", "gpus", "owner", "expires_at", "cuda_visible_devices", "token",
+                              "priority"]
+    assert (reserved["node"], len(reserved["gpus"]), reserved["priority"]) == ("node-01", 2, "normal")
+    renewed = cli_json("renew", reserved["id"], "--for", "2h", config=config)
+    assert list(renewed) == ["id", "node", "gpus", "owner", "expires_at", "token"]
+    assert renewed["token"] == reserved["token"] and renewed["expires_at"] > reserved["expires_at"]
+    released = cli_json("release", reserved["id"], config=config)
+    assert list(released) == ["released", "errors"] and released["errors"] == []
+    (entry,) = released["released"]
+    assert entry == {"id": reserved["id"], "released": True, "was": "active", "gpus": reserved["gpus"],
+                     "node": "node-01"}
+    assert list(entry) == ["id", "released", "was", "gpus", "node"]

@@ -1,0 +1,99 @@
+"""The CLI's fleet commands get one registry: the config as the file has it, plus the cloud nodes one
+discovery found (boto3 against the demo's moto server, instances as real SSH nodes on loopback)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuconsole.cli import main
+from gpuconsole.cli.options import StatusArgs
+from gpuconsole.cloud.ec2 import Ec2
+from gpuconsole.config import load_config, parse_config
+from gpuconsole.core.registry import Registry
+from gpuconsole.demo.cluster import DemoThread
+from tests.helpers import cli_json, run_cli
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def cloud_demo(tmp_path: Path) -> Iterator[DemoThread]:
+    """1 on-prem node × 2 GPUs plus the moto EC2 (0.3 s simulated boot)."""
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=2, cloud=True, boot_s=0.3) as demo:
+        yield demo
+
+
+def _cloud_up(config: Path) -> str:
+    up = run_cli("cloud", "up", "--gpus", "1", "--json", config=config)
+    assert up.returncode == 0, up.stderr
+    (instance,) = json.loads(up.stdout)["instances"]
+    return str(instance["id"])
+
+
+def test_a_fleet_command_gets_the_file_config_and_the_discovered_cloud_nodes(
+    cloud_demo: DemoThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = cloud_demo.config_path
+    instance = _cloud_up(config)
+    seen: list[Any] = []
+
+    def handler(members: Any, opts: StatusArgs) -> int:
+        seen.append(members)
+        return 0
+
+    monkeypatch.setattr("gpuconsole.cli.status.run_status", handler)
+    assert main(["--config", str(config), "status"]) == 0
+    (registry,) = seen
+    assert isinstance(registry, Registry)
+    assert registry.config == load_config(str(config))  # what the file says: no cloud node in it
+    assert [n.name for n in registry.config.nodes] == ["node-01"]
+    assert [(n.name, n.source) for n in registry.nodes] == [("node-01", "onprem"), (instance, "cloud")]
+    assert registry.live_instances == frozenset({instance})
+
+    doctor = cli_json("doctor", config=config)  # the handlers read the nodes from the registry
+    assert [n["node"] for n in doctor["nodes"]] == ["node-01", instance]
+
+
+def test_jobs_asks_ec2_once(
+    cloud_demo: DemoThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The live instances `jobs` requeues against come from the discovery that joined the cloud nodes,
+    not from a second DescribeInstances."""
+    calls: list[tuple[str, ...] | None] = []
+    describe = Ec2.describe
+    emulator = cloud_demo.cloud.emulator.ec2  # the demo's own client, which watches its instances
+
+    def counted(self: Ec2, *args: Any, **kwargs: Any) -> Any:
+        if self is not emulator:
+            calls.append(kwargs.get("states"))
+        return describe(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ec2, "describe", counted)
+    assert main(["--config", str(cloud_demo.config_path), "jobs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"jobs": [], "errors": []}
+    assert len(calls) == 1, calls
+
+
+def test_the_console_and_the_watcher_start_from_the_registry_they_are_given(tmp_path: Path) -> None:
+    """The cloud nodes the CLI discovered are in the console's fleet view and the watcher's expected
+    nodes from the start (they are in the registry, not in the config)."""
+    from gpuconsole.tui.app import GpuConsoleApp
+    from gpuconsole.watch.runner import WatchRunner, WatchSettings
+    from gpuconsole.watch.sinks import Dispatcher
+
+    config = parse_config("[[nodes]]\nname = 'n1'\nhost = '127.0.0.1'\nport = 1\n", tmp_path / "c.toml")
+    cloud = dataclasses.replace(config.nodes[0], name="i-0123456789abcdef0", source="cloud")
+    registry = Registry(config, [cloud])
+    app = GpuConsoleApp(registry, poll=False)
+    assert app.registry is registry and app.config is config
+    assert list(app.fleet.nodes) == ["n1", cloud.name] and app.fleet.nodes[cloud.name].source == "cloud"
+    settings = WatchSettings(idle_s=60, util_below_pct=5, cooldown_s=60, interval_s=1, state_path=None)
+    runner = WatchRunner(registry, settings, Dispatcher(None, [], print), print)
+    assert runner.registry is registry and runner.config is config
+    assert runner.detector.expected_nodes == {"n1", cloud.name}
