@@ -136,7 +136,8 @@ class Poller:
         self.last_seen[conn.name] = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(conn.closed.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await conn.closed.wait()
             if conn.closed.is_set():
                 return str(conn.failure) if conn.failure is not None else f"{conn.name}: connection lost"
             silent_s = time.monotonic() - self.last_seen.get(conn.name, 0.0)

@@ -226,9 +226,8 @@ class Waiter:
         delay_s = RECONNECT_FIRST_S / 2
         while True:
             try:
-                result = await asyncio.wait_for(
-                    self.fleet.request(self.node, "release", {"id": ticket_id, "req_id": req_id}),
-                    max(0.1, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    result = await self.fleet.request(self.node, "release", {"id": ticket_id, "req_id": req_id})
                 break
             except AgentError as exc:
                 if exc.code in TRANSIENT_AGENT_CODES and time.monotonic() + delay_s < deadline:

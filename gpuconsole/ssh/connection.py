@@ -100,7 +100,8 @@ class NodeConnection:
         node.on_snapshot = on_snapshot
         limit_s = timeout_s if timeout_s is not None else cfg.connect_timeout_s + 10.0
         try:
-            await asyncio.wait_for(node._start(stream_s), limit_s)
+            async with asyncio.timeout(limit_s):  # not wait_for: it can drop a cancel (see request)
+                await node._start(stream_s)
         except BaseException as exc:
             await node.close()
             if isinstance(exc, GpuConsoleError):
@@ -224,7 +225,10 @@ class NodeConnection:
         line = json.dumps({"id": msg_id, "op": op, "args": args or {}}) + "\n"
         try:
             self._proc.stdin.write(line.encode())
-            reply = await asyncio.wait_for(future, timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a Ctrl-C that lands as the reply
+            # arrives, and the command then waits on as if never interrupted.
+            async with asyncio.timeout(timeout_s):
+                reply = await future
         except TimeoutError:
             self._pending.pop(msg_id, None)
             raise UnreachableError(f"{self.name}: no answer to {op} within {timeout_s:g}s") from None
@@ -244,11 +248,18 @@ class NodeConnection:
         if self._proc is not None:
             with contextlib.suppress(Exception):
                 self._proc.stdin.write_eof()
-        if self._conn is not None:
-            self._conn.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.wait_closed(), 2.0)
-        if self._reader is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(self._reader, 1.0)
-        self.closed.set()
+        try:
+            if self._conn is not None:
+                self._conn.close()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await self._conn.wait_closed()
+            if self._reader is not None:
+                done, pending = await asyncio.wait({self._reader}, timeout=1.0)
+                for task in pending:
+                    task.cancel()
+                for task in done:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: the reader has already failed what waited on it
+        finally:
+            self.closed.set()
