@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,12 @@ from gpuconsole.demo.cluster import DemoThread
 settings.register_profile("repeatable", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("GPUCONSOLE_HYPOTHESIS_PROFILE", "repeatable"))
+
+# A run started in the background of a script (`cmd &` without job control) inherits SIGINT as
+# ignored, and exec passes that on: every CLI the tests interrupt with SIGINT would ignore it, as
+# it should for a background job. The tests stand for a user at a terminal: SIGINT as usual.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
