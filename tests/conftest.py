@@ -60,6 +60,18 @@ def demo_factory(tmp_path: Path) -> Iterator[Callable[..., DemoThread]]:
         cluster.close()
 
 
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[DemoThread]:
+    """A 1-node × 4-GPU demo whose agents read their faults from the file at `.faults` (the test
+    writes GPUCONSOLE_FAULTS lines there)."""
+    faults = tmp_path / "faults"
+    faults.write_text("")
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=4,
+                    agent_env={"GPUCONSOLE_FAULTS_FILE": str(faults)}) as cluster:
+        cluster.faults = faults  # type: ignore[attr-defined]
+        yield cluster
+
+
 # -- no process left behind ---------------------------------------------------------------------
 # Every process a test starts (CLI runs, demo agents, job supervisors and their jobs) inherits this
 # marker; the real-sshd tests' processes run as the test users instead. What is still alive when

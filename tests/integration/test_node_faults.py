@@ -39,16 +39,6 @@ def _reservations(demo: DemoThread) -> list[dict[str, Any]]:
     return list(cli_json("reservations", config=demo.config_path)["reservations"])
 
 
-@pytest.fixture
-def faulty(tmp_path: Path) -> Any:
-    """A 1-node × 4-GPU demo whose agents read their faults from a file the test writes."""
-    faults = tmp_path / "faults"
-    faults.write_text("")
-    with DemoThread(tmp_path / "demo", nodes=1, gpus=4,
-                    agent_env={"GPUCONSOLE_FAULTS_FILE": str(faults)}) as demo:
-        demo.faults = faults  # type: ignore[attr-defined]
-        yield demo
-
 
 # -- item 6: the commit point -----------------------------------------------------------------
 

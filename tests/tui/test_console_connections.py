@@ -3,11 +3,6 @@ the poller streams on (the registry's), and what a node warns about reaches the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from gpuconsole.config import load_config
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.tui.app import GpuConsoleApp
@@ -53,16 +48,6 @@ async def test_console_actions_reuse_the_pollers_connection(demo: DemoThread) ->
     assert peak == {"node-01": 1, "node-02": 1}, peak
     assert not cli_json("reservations", config=demo.config_path)["reservations"]
 
-
-@pytest.fixture
-def faulty(tmp_path: Path) -> Iterator[DemoThread]:
-    """A 1-node demo whose agent reads its faults from a file the test writes."""
-    faults = tmp_path / "faults"
-    faults.write_text("")
-    with DemoThread(tmp_path / "demo", nodes=1, gpus=4,
-                    agent_env={"GPUCONSOLE_FAULTS_FILE": str(faults)}) as demo:
-        demo.faults = faults  # type: ignore[attr-defined]
-        yield demo
 
 
 async def test_a_nodes_warning_on_a_reply_is_a_notification(faulty: DemoThread) -> None:
