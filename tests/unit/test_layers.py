@@ -17,6 +17,9 @@ import pytest
 from importlinter import configuration
 from importlinter.application import use_cases
 from importlinter.application.app_config import settings
+from importlinter.contracts.forbidden import ForbiddenContract
+from importlinter.contracts.layers import LayersContract
+from importlinter.domain.contract import registry
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / ".importlinter"
@@ -114,6 +117,10 @@ class _GraphWithExtraImports:
 def _broken_contracts(extra: list[tuple[str, str]]) -> set[str]:
     """Names of the .importlinter contracts the source breaks, with `extra` imports added to it."""
     configuration.configure()
+    # create_report (unlike lint_imports) does not register the built-in contract types: without
+    # this, the result hung on whether another test in this process had run lint-imports first.
+    registry.register(ForbiddenContract, "forbidden")
+    registry.register(LayersContract, "layers")
     real = settings.GRAPH_BUILDER
     settings.configure(GRAPH_BUILDER=_GraphWithExtraImports(real, extra))
     try:
