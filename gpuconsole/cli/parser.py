@@ -4,20 +4,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from gpuconsole import __version__
 from gpuconsole.cli import options as o
 from gpuconsole.errors import UsageError
 
 PRIORITY_CHOICES = ("low", "normal", "high")
 
 
+PROG = "gpuconsole"
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors that map to exit code 2 instead of usage dumps."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see --help)")
+        # main() prefixes "gpuconsole: " once; a subcommand names itself after it.
+        where = self.prog.removeprefix(PROG).strip()
+        raise UsageError(f"{where + ': ' if where else ''}{message}{_suggestion(message)} (see --help)")
+
+
+def _suggestion(message: str) -> str:
+    """'; did you mean 'status'?' for a mistyped choice close to a real one (else nothing)."""
+    found = _INVALID_CHOICE.search(message)
+    if found is None:
+        return ""
+    choices = [choice.strip().strip("'") for choice in found["choices"].split(",")]  # quoted or not
+    close = difflib.get_close_matches(found["given"], choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def positive_int(text: str) -> int:
@@ -44,12 +63,13 @@ def build_parser() -> Parser:
     """The whole command tree of the CLI contract."""
     common = _config_parent()
     parser = Parser(
-        prog="gpuconsole",
+        prog=PROG,
         description="A console for shared GPU clusters: live telemetry, reservations and jobs over SSH.",
         parents=[common],
         epilog="Exit codes: 0 ok, 1 internal error, 2 usage/config error, 3 no capacity or timeout, "
         "4 permission denied, 5 node unreachable, 6 not found.",
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument("--theme", help="TUI theme name")
     parser.add_argument("--readonly", action="store_true", help="TUI without mutating actions")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
