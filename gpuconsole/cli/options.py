@@ -39,6 +39,7 @@ class ReserveArgs:
     preemptible: bool
     burst: bool
     json: bool
+    export: bool  # only `export NAME=value` lines on stdout, for eval
 
 
 @dataclass(frozen=True, slots=True)

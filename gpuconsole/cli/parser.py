@@ -90,6 +90,8 @@ def build_parser() -> Parser:
     reserve.add_argument("--preemptible", action="store_true")
     reserve.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
     reserve.add_argument("--json", action="store_true")
+    reserve.add_argument("--export", action="store_true",
+                         help='print only the shell exports on stdout: eval "$(gpuconsole reserve --gpus 2 --export)"')
 
     release = sub.add_parser("release", parents=[common], help="end reservations")
     release.add_argument("ids", nargs="*", metavar="ID")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -53,6 +54,8 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
         gpus=args.gpus, ttl_s=ttl_s, node=args.node, wait=args.wait, timeout_s=timeout_s,
         priority=args.priority, preemptible=args.preemptible,
     )
+    if args.export and args.json:
+        raise UsageError("--export and --json are two different outputs: pick one")
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
     try:
@@ -60,17 +63,32 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
     except _TerminatedError:
         warn("terminated")
         return int(TERMINATED_EXIT)
-    if args.json:
+    if args.export:
+        sys.stderr.write(terminal_safe(_granted_line(result)) + "\n")  # stdout is only for eval
+        for line in export_lines(result):
+            print(line)
+    elif args.json:
         print_json({
             "id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
             "expires_at": result.expires_at, "cuda_visible_devices": result.cuda_visible_devices,
             "token": result.token, "priority": result.priority,
         })
     else:
-        say(f"reserved {result.id} on {result.node}: GPUs {result.cuda_visible_devices} "
-            f"for {result.owner} until {result.expires_at}")
+        say(_granted_line(result))
         say(f"export CUDA_VISIBLE_DEVICES={result.cuda_visible_devices}")
     return int(ExitCode.OK)
+
+
+def _granted_line(result: Grant) -> str:
+    return (f"reserved {result.id} on {result.node}: GPUs {result.cuda_visible_devices} "
+            f"for {result.owner} until {result.expires_at}")
+
+
+def export_lines(result: Grant) -> list[str]:
+    """`export` lines for a shell's eval. The values come from the node: escaped for the terminal
+    and then shell-quoted, so a hostile value can neither run a command nor reach the screen raw."""
+    values = {"CUDA_VISIBLE_DEVICES": result.cuda_visible_devices, "GPUCONSOLE_RESERVATION": result.id}
+    return [f"export {name}={shlex.quote(terminal_safe(value))}" for name, value in values.items()]
 
 
 async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool = False) -> Grant:

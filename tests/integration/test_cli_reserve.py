@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -10,7 +11,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from gpuconsole.cli.reservations import export_lines
 from gpuconsole.demo.cluster import DemoThread
+from gpuconsole.model.answers import Grant
 from tests.helpers import cli_json, run_cli, wait_for
 
 
@@ -132,3 +135,39 @@ def test_concurrent_reserves_in_threads_never_double_allocate(demo: DemoThread) 
     assert len(grants) == 4
     assert sorted(g["gpus"][0] for g in grants) == [0, 1, 2, 3]
     assert all(r.returncode == 3 for r in results if r.returncode != 0)
+
+
+def test_reserve_export_is_only_eval_lines_on_stdout(demo: DemoThread) -> None:
+    # issue 13 item 2: eval "$(gpuconsole reserve --gpus 2 --export)" sets the two variables
+    argv = " ".join(shlex.quote(a) for a in (sys.executable, "-m", "gpuconsole", "--config",
+                                              str(demo.config_path), "reserve", "--gpus", "2", "--export"))
+    script = f'eval "$({argv})" && printf "%s|%s\\n" "$CUDA_VISIBLE_DEVICES" "$GPUCONSOLE_RESERVATION"'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    devices, reservation = result.stdout.strip().split("|")
+    held = cli_json("reservations", config=demo.config_path)["reservations"]
+    assert [(r["id"], ",".join(map(str, r["gpus"]))) for r in held] == [(reservation, devices)]
+    assert result.stderr.startswith(f"reserved {reservation} on ")  # the human line, not on stdout
+
+
+def test_reserve_export_and_json_together_is_a_usage_error(demo: DemoThread) -> None:
+    result = run_cli("reserve", "--gpus", "1", "--export", "--json", config=demo.config_path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--export and --json" in result.stderr
+
+
+def test_export_lines_never_let_a_node_value_run_or_reach_the_screen(tmp_path: Path) -> None:
+    owned = tmp_path / "owned"
+    hostile = Grant(id=f"r-1'; touch {owned}; '", node="n", gpus=(0,), owner="u", expires_at="t",
+                    token=1, cuda_visible_devices=f"0$(touch {owned})\x1b]0;title\x07")
+    lines = export_lines(hostile)
+    assert all("\x1b" not in line and "\x07" not in line for line in lines)
+    probe = "; ".join(lines) + '; printf "%s\\n" "$CUDA_VISIBLE_DEVICES" "$GPUCONSOLE_RESERVATION"'
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL, cwd="/")
+    assert result.returncode == 0, result.stderr
+    devices, reservation = result.stdout.splitlines()
+    assert devices.startswith(f"0$(touch {owned})")  # taken literally, never run
+    assert reservation == hostile.id
+    assert not owned.exists()
