@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -56,6 +57,8 @@ def _config_parent() -> Parser:
         "--config", metavar="PATH", default=argparse.SUPPRESS,
         help="config file (default: $GPUCONSOLE_CONFIG, then ~/.config/gpuconsole/config.toml)",
     )
+    parent.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                        help="no colours (as NO_COLOR=1 does), before or after the command")
     return parent
 
 
@@ -224,4 +227,8 @@ def options(namespace: argparse.Namespace) -> o.Options:
 
 def parse(argv: Sequence[str] | None = None) -> o.Options:
     """Parse a command line into its command's typed arguments (UsageError, exit 2, when it is bad)."""
-    return options(build_parser().parse_args(argv))
+    namespace = build_parser().parse_args(argv)
+    if getattr(namespace, "no_color", False):
+        # The no-color.org convention, which rich, Textual and the tools a job runs all read.
+        os.environ["NO_COLOR"] = "1"
+    return options(namespace)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,3 +102,17 @@ def test_doctor_reports_every_node(demo: DemoThread) -> None:
     assert set(nodes) == {"node-01", "node-02"}
     assert all(checks["ssh"] and checks["state_dir"] and checks["python"] for checks in nodes.values())
     assert result.returncode == 0  # simulated GPUs count as a GPU source
+
+
+def test_no_color_before_or_after_the_command_drops_colours(demo: DemoThread) -> None:
+    # issue 13 item 2: `--no-color` beside NO_COLOR. FORCE_COLOR makes rich colour a pipe, so
+    # the control run shows colour codes that the flag must remove (styles such as bold may stay).
+    colour = re.compile(r"\x1b\[[0-9;]*(3[0-9]|9[0-7])[;m]")
+    forced = {"FORCE_COLOR": "1", "NO_COLOR": ""}
+    control = run_cli("status", config=demo.config_path, env=forced)
+    assert control.returncode == 0 and colour.search(control.stdout), "control: no colour to remove"
+    for argv in (("status", "--no-color"), ("--no-color", "status")):
+        result = run_cli(*argv, config=demo.config_path, env=forced)
+        assert result.returncode == 0, result.stderr
+        assert not colour.search(result.stdout), argv
+        assert "node-01" in result.stdout
