@@ -75,7 +75,7 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
         })
     else:
         say(_granted_line(result))
-        say(f"export CUDA_VISIBLE_DEVICES={result.cuda_visible_devices}")
+        say(export_lines(result)[0])  # the same quoted line --export prints: safe to paste
     return int(ExitCode.OK)
 
 
