@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from gpuconsole.durations import format_duration_s
+
 NA = "–"
 
 
@@ -39,3 +41,48 @@ def num_h(value: float | None, unit: str) -> str:
 def iso_utc(epoch_s: float) -> str:
     """ISO 8601 UTC with a Z, second precision: every time in the CLI contract's JSON."""
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_s(iso: str) -> float | None:
+    """An ISO 8601 time from a node (hostile: anything may come) as epoch seconds, None if it is not one."""
+    try:
+        parsed = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except (ValueError, AttributeError, TypeError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def _clock(at_s: float) -> str:
+    return datetime.fromtimestamp(at_s, UTC).strftime("%H:%M UTC")
+
+
+def left_h(iso: str, now_s: float) -> str:
+    """'3h58m left' (or 'expired 5m ago'): how long a lease has, for narrow cells."""
+    at_s = epoch_s(iso)
+    if at_s is None:
+        return NA
+    if at_s <= now_s:
+        return f"expired {format_duration_s(now_s - at_s)} ago"
+    return f"{format_duration_s(at_s - now_s)} left"
+
+
+def until_h(iso: str, now_s: float) -> str:
+    """'until 23:16 UTC (in 3h58m)', or 'ended 5m ago' once past: a lease's end as people read it."""
+    at_s = epoch_s(iso)
+    if at_s is None:
+        return NA
+    if at_s <= now_s:
+        return f"ended {format_duration_s(now_s - at_s)} ago"
+    return f"until {_clock(at_s)} (in {format_duration_s(at_s - now_s)})"
+
+
+def ago_h(iso: str, now_s: float) -> str:
+    """'5m ago' for a time in the past ('in 2m' for a future one a skewed clock gave)."""
+    at_s = epoch_s(iso)
+    if at_s is None:
+        return NA
+    if at_s > now_s:
+        return f"in {format_duration_s(at_s - now_s)}"
+    return f"{format_duration_s(now_s - at_s)} ago"
