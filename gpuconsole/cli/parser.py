@@ -15,6 +15,7 @@ from gpuconsole.cli import options as o
 from gpuconsole.errors import UsageError
 
 PRIORITY_CHOICES = ("low", "normal", "high")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
 
 
 PROG = "gpuconsole"
@@ -51,6 +52,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """`--tail` and friends: a whole number ≥ 0."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
+
+
 def _config_parent() -> Parser:
     parent = Parser(add_help=False)
     parent.add_argument(
@@ -78,66 +90,81 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     status = sub.add_parser("status", parents=[common], help="fleet snapshot")
-    status.add_argument("--node", metavar="NAME")
+    status.add_argument("--node", metavar="NAME", help="only this node (a name from the config)")
     status.add_argument("--json", action="store_true", help="one JSON document (lines with --watch)")
     status.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                         help="refresh every SECONDS (default 2)")
 
     reserve = sub.add_parser("reserve", parents=[common], help="reserve GPUs on one node")
-    reserve.add_argument("--gpus", type=positive_int, required=True, metavar="N")
-    reserve.add_argument("--node", metavar="NAME")
+    reserve.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
+    reserve.add_argument("--node", metavar="NAME", help="on this node (default: the first with N free GPUs)")
     reserve.add_argument("--for", dest="duration", metavar="DUR", help="lease length (default: config reserve_for)")
     reserve.add_argument("--wait", action="store_true", help="queue until granted")
     reserve.add_argument("--timeout", metavar="DUR", help="with --wait: give up after DUR (exit 3)")
-    reserve.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal")
-    reserve.add_argument("--preemptible", action="store_true")
+    reserve.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal",
+                         help="order in the queue with --wait (default normal)")
+    reserve.add_argument("--preemptible", action="store_true", help="a higher-priority request may revoke it")
     reserve.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
-    reserve.add_argument("--json", action="store_true")
+    reserve.add_argument("--yes", "-y", action="store_true",
+                         help="with --burst: start the instance without asking (needed when stdin is not a terminal)")
+    reserve.add_argument("--json", action="store_true", help="the grant as one JSON document")
     reserve.add_argument("--export", action="store_true",
                          help='print only the shell exports on stdout: eval "$(gpuconsole reserve --gpus 2 --export)"')
 
     release = sub.add_parser("release", parents=[common], help="end reservations")
-    release.add_argument("ids", nargs="*", metavar="ID")
+    release.add_argument("ids", nargs="*", metavar="ID", help="reservation ids to release")
     release.add_argument("--mine", action="store_true", help="release all of yours")
     release.add_argument("--token", type=int, help="fencing token the grant returned")
-    release.add_argument("--json", action="store_true")
+    release.add_argument("--json", action="store_true", help="a JSON list of results")
 
     renew = sub.add_parser("renew", parents=[common], help="extend a reservation")
-    renew.add_argument("id", metavar="ID")
-    renew.add_argument("--for", dest="duration", metavar="DUR")
+    renew.add_argument("id", metavar="ID", help="the reservation to extend")
+    renew.add_argument("--for", dest="duration", metavar="DUR",
+                       help="extend to DUR from now, never shorter (default: config reserve_for)")
     renew.add_argument("--token", type=int, help="fencing token the grant returned")
-    renew.add_argument("--json", action="store_true")
+    renew.add_argument("--json", action="store_true", help="the renewed grant as one JSON document")
 
     listing = sub.add_parser("reservations", parents=[common], help="reservations and queue")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
 
     submit = sub.add_parser("submit", parents=[common], help="queue a job: submit --gpus N -- CMD [ARG…]")
-    submit.add_argument("--gpus", type=positive_int, required=True, metavar="N")
-    submit.add_argument("--node", metavar="NAME")
-    submit.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal")
+    submit.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
+    submit.add_argument("--node", metavar="NAME", help="run on this node (default: the scheduler picks)")
+    submit.add_argument("--priority", choices=PRIORITY_CHOICES, default="normal",
+                        help="place in the node's queue (default normal)")
     submit.add_argument("--preempt", action="store_true", help="may take GPUs from lower-priority jobs")
     submit.add_argument("--requeue", action="store_true", help="run again if preempted or lost")
-    submit.add_argument("--name", metavar="NAME")
+    submit.add_argument("--name", metavar="NAME", help="a label for the job in `jobs` and the console")
     submit.add_argument("--grace", type=float, metavar="SECONDS",
                         help="when preempted: SIGTERM, then SIGKILL after SECONDS (default 30)")
     submit.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
-    submit.add_argument("--json", action="store_true")
-    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]")
+    submit.add_argument("--yes", "-y", action="store_true",
+                        help="with --burst: start the instance without asking (needed when stdin is not a terminal)")
+    submit.add_argument("--json", action="store_true", help="the submitted job as one JSON document")
+    submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]",
+                        help="the command to run on the node, after --")
 
     jobs = sub.add_parser("jobs", parents=[common], help="jobs on every node")
-    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--json", action="store_true", help="one JSON document")
+    jobs.add_argument("--mine", action="store_true", help="only your jobs (the SSH login on each node)")
+    jobs.add_argument("--user", metavar="USER", help="only USER's jobs")
+    jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
 
     logs = sub.add_parser("logs", parents=[common], help="a job's output")
-    logs.add_argument("id", metavar="JOB")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    logs.add_argument("id", metavar="JOB", help="the job id")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing until the job ends, then exit with the job's exit code")
+    logs.add_argument("--tail", "-n", type=non_negative_int, metavar="N",
+                      help="only the last N lines of each stream (with --follow: then follow)")
 
     preempt = sub.add_parser("preempt", parents=[common], help="preempt a job or revoke a reservation")
-    preempt.add_argument("id", metavar="ID")
-    preempt.add_argument("--grace", type=float, metavar="SECONDS")
+    preempt.add_argument("id", metavar="ID", help="a job or reservation id")
+    preempt.add_argument("--grace", type=float, metavar="SECONDS",
+                         help="a job gets SIGTERM, then SIGKILL after SECONDS (default: its own grace)")
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
-    cancel.add_argument("id", metavar="JOB")
-    cancel.add_argument("--json", action="store_true")
+    cancel.add_argument("id", metavar="JOB", help="the job id")
+    cancel.add_argument("--json", action="store_true", help="the result as one JSON document")
 
     cloud = sub.add_parser("cloud", parents=[common], help="EC2 instances: up, ls, down")
     cloud_sub = cloud.add_subparsers(dest="cloud_command", metavar="up|ls|down", parser_class=Parser,
@@ -147,17 +174,21 @@ def build_parser() -> Parser:
     up.add_argument("--gpus", type=positive_int, default=1, metavar="N",
                     help="without --type: the cheapest allowed type with at least N GPUs")
     up.add_argument("--spot", action="store_true", default=None, help="spot instead of on-demand")
-    up.add_argument("--count", type=positive_int, default=1, metavar="K")
+    up.add_argument("--count", type=positive_int, default=1, metavar="K", help="how many instances (default 1)")
     up.add_argument("--no-wait", action="store_true", help="return once launched, before SSH is ready")
     up.add_argument("--timeout", metavar="DUR", default="10m", help="give up on SSH readiness after DUR")
-    up.add_argument("--json", action="store_true")
+    up.add_argument("--json", action="store_true", help="the launched instances as one JSON document")
     ls = cloud_sub.add_parser("ls", parents=[common], help="managed instances, price and cost so far")
     ls.add_argument("--all", action="store_true", help="include stopped and terminated instances")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="one JSON document")
     down = cloud_sub.add_parser("down", parents=[common], help="terminate managed instances")
-    down.add_argument("ids", nargs="+", metavar="ID")
+    down.add_argument("ids", nargs="*", metavar="ID", help="instance ids (i-…)")
     down.add_argument("--stop", action="store_true", help="stop instead of terminate")
-    down.add_argument("--json", action="store_true")
+    down.add_argument("--json", action="store_true", help="the results as one JSON document")
+    down.add_argument("--force", action="store_true",
+                      help="also instances with live reservations or jobs, without asking")
+    down.add_argument("--mine", action="store_true", help="every live instance you launched")
+    down.add_argument("--idle", action="store_true", help="every live instance with no reservation or job")
 
     watch = sub.add_parser("watch", parents=[common], help="idle-GPU alert watcher")
     watch.add_argument("--idle-minutes", type=float, metavar="M", help="idle this long before alerting")
@@ -174,7 +205,7 @@ def build_parser() -> Parser:
     watch.add_argument("--json", action="store_true", help="one alert per line as JSON")
 
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
-    doctor.add_argument("--json", action="store_true")
+    doctor.add_argument("--json", action="store_true", help="the checks as one JSON document")
 
     install = sub.add_parser("node-install", parents=[common],
                              help="service mode: the admin's setup steps, or (--print) the service agent file")
@@ -185,8 +216,8 @@ def build_parser() -> Parser:
     install.add_argument("--simulate-gpus", type=int, metavar="N", help="simulated GPUs (demos and tests only)")
 
     demo = sub.add_parser("demo", parents=[common], help="simulated cluster on loopback")
-    demo.add_argument("--nodes", type=positive_int, default=4)
-    demo.add_argument("--gpus", type=positive_int, default=8)
+    demo.add_argument("--nodes", type=positive_int, default=4, help="simulated nodes (default 4)")
+    demo.add_argument("--gpus", type=positive_int, default=8, help="GPUs per node (default 8)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the simulated GPUs: the same seed gives the same GPUs and telemetry")
     demo.add_argument("--serve", action="store_true", help="headless: serve until SIGINT/SIGTERM")
