@@ -8,9 +8,12 @@ JSON keeps the exact strings.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
+from gpuconsole.format import iso_utc
 from gpuconsole.textsafe import rich_text, terminal_safe
 
 if TYPE_CHECKING:
@@ -20,7 +23,10 @@ if TYPE_CHECKING:
 
 
 def print_json(document: Any) -> None:
-    """One JSON document (or one line of a stream) on stdout."""
+    """One JSON document (or one line of a stream) on stdout. Every object document says when it was
+    made (`generated_at`, ISO 8601 UTC): a script can tell a stale file or a slow answer apart."""
+    if isinstance(document, dict) and "generated_at" not in document:
+        document = {"generated_at": iso_utc(time.time()), **document}
     # allow_nan=False: NaN/Infinity are not JSON; replies are sanitized where they enter, so one here is a bug.
     sys.stdout.write(json.dumps(document, separators=(",", ":"), allow_nan=False) + "\n")
     sys.stdout.flush()

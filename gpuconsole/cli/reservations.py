@@ -68,15 +68,21 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
         for line in export_lines(result):
             print(line)
     elif args.json:
-        print_json({
-            "id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
-            "expires_at": result.expires_at, "cuda_visible_devices": result.cuda_visible_devices,
-            "token": result.token, "priority": result.priority,
-        })
+        print_json(grant_json(result))
     else:
         say(_granted_line(result))
         say(export_lines(result)[0])  # the same quoted line --export prints: safe to paste
     return int(ExitCode.OK)
+
+
+def grant_json(result: Grant) -> dict[str, object]:
+    """A grant in JSON, the same fields for `reserve` and `renew` as a reservation has in
+    `reservations --json` (kind, gpus, cuda_visible_devices, expires_at, token…)."""
+    return {
+        "id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
+        "expires_at": result.expires_at, "cuda_visible_devices": result.cuda_visible_devices,
+        "token": result.token, "priority": result.priority, "kind": "reservation", "state": "active",
+    }
 
 
 def _granted_line(result: Grant) -> str:
@@ -155,8 +161,11 @@ def run_release(registry: Registry, args: ReleaseArgs) -> int:
         raise UsageError("release: give IDs or --mine, not both")
     results, failures = asyncio.run(_release(registry, args))
     if args.json:
-        print_json({"released": [r.to_json() for r in results], "errors": [
-            {"id": rid, "error": str(exc), "exit_code": int(exc.exit_code)} for rid, exc in failures]})
+        errors = [{"id": rid, "error": str(exc), "exit_code": int(exc.exit_code)} for rid, exc in failures]
+        released = [r.to_json() for r in results]
+        # `results`: one flat list, an entry per id with `ok`, for scripts that loop over one list.
+        print_json({"released": released, "errors": errors, "results": [
+            *({**r, "ok": True} for r in released), *({**e, "ok": False} for e in errors)]})
     else:
         for result in results:
             gpus = ",".join(str(g) for g in result.gpus) or "-"
@@ -191,8 +200,7 @@ def run_renew(registry: Registry, args: RenewArgs) -> int:
 
     result = asyncio.run(go())
     if args.json:
-        print_json({"id": result.id, "node": result.node, "gpus": list(result.gpus), "owner": result.owner,
-                    "expires_at": result.expires_at, "token": result.token})
+        print_json(grant_json(result))
     else:
         say(f"renewed {result.id} on {result.node} until {result.expires_at}")
     return int(ExitCode.OK)

@@ -158,6 +158,7 @@ class Reservation:
             "id": self.id, "node": self.node, "gpus": list(self.gpus), "owner": self.owner,
             "priority": self.priority, "state": self.state, "created_at": self.created_at,
             "expires_at": self.expires_at, "preemptible": self.preemptible,
+            "cuda_visible_devices": ",".join(map(str, self.gpus)), "kind": self.kind,
         }
         if self.token is not None:
             data["token"] = self.token
@@ -200,6 +201,7 @@ class QueuedRequest:
         return {
             "id": self.id, "node": self.node, "gpus_requested": self.gpus_requested, "owner": self.owner,
             "priority": self.priority, "position": self.position, "created_at": self.created_at,
+            "kind": self.kind,
         }
 
 
