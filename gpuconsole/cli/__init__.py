@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from gpuconsole.cli import options as o
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     # for the user: the command reports the node's failure as one line of its own.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
+        args = sys.argv[1:] if argv is None else argv
+        if args[:1] == ["__complete"]:  # the completion scripts' hidden way back in (cli/completion.py)
+            from gpuconsole.cli.completion import print_candidates
+
+            return print_candidates(args[1:])
         return _dispatch(parse(argv))
     except GpuConsoleError as exc:  # messages quote node and user texts: `warn` escapes them
         warn(str(exc))
@@ -68,6 +74,10 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.demo import run_demo
 
         return run_demo(opts)
+    if isinstance(opts, o.CompletionArgs):  # needs no config: the script reads it on each TAB
+        from gpuconsole.cli.completion import run_completion
+
+        return run_completion(opts)
     if isinstance(opts, o.NodeInstallArgs):  # reads the config only for --node
         from gpuconsole.cli.node_install import run_node_install
 

@@ -25,6 +25,10 @@ class StatusArgs:
     node: str | None
     json: bool
     watch: float | None  # seconds between refreshes; None: once
+    gpus: bool = False  # the per-GPU table even when it does not fit the terminal's height
+    free: bool = False  # only nodes with a free GPU
+    sort: str | None = None  # name, free or util; None: the config's order
+    user: str | None = None  # only nodes and GPUs where USER holds a reservation or runs a process
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,7 @@ class ReserveArgs:
     burst: bool
     json: bool
     export: bool  # only `export NAME=value` lines on stdout, for eval
+    yes: bool = False  # --burst without asking (scripts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,8 @@ class RenewArgs:
 class ReservationsArgs:
     config: str | None
     json: bool
+    mine: bool = False  # only yours (the owner each node reports for your SSH user, as `release --mine`)
+    user: str | None = None  # only USER's
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +86,16 @@ class SubmitArgs:
     burst: bool
     json: bool
     argv: tuple[str, ...]  # as given after the flags (a leading `--` included)
+    yes: bool = False  # --burst without asking (scripts)
 
 
 @dataclass(frozen=True, slots=True)
 class JobsArgs:
     config: str | None
     json: bool
+    mine: bool = False
+    user: str | None = None
+    state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,7 @@ class LogsArgs:
     config: str | None
     id: str
     follow: bool
+    tail: int | None = None  # only the last N lines (then follow, with --follow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +145,9 @@ class CloudDownArgs:
     ids: tuple[str, ...]
     stop: bool
     json: bool
+    force: bool = False  # also an instance with live reservations or jobs, without asking
+    mine: bool = False  # every live instance you launched
+    idle: bool = False  # every live instance with no reservation or job
 
 
 CloudArgs = CloudUpArgs | CloudLsArgs | CloudDownArgs
@@ -189,8 +204,16 @@ class DemoArgs:
     readonly: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CompletionArgs:
+    """`completion SHELL`: print the shell's completion script (needs no config)."""
+
+    config: str | None
+    shell: str  # bash, zsh or fish
+
+
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs
 )

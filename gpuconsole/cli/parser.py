@@ -15,6 +15,7 @@ from gpuconsole.cli import options as o
 from gpuconsole.errors import UsageError
 
 PRIORITY_CHOICES = ("low", "normal", "high")
+STATUS_SORTS = ("name", "free", "util")  # as gpuconsole.cli.status_view.SORTS (not imported: --help stays cheap)
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
 
 
@@ -94,6 +95,13 @@ def build_parser() -> Parser:
     status.add_argument("--json", action="store_true", help="one JSON document (lines with --watch)")
     status.add_argument("--watch", nargs="?", const=2.0, type=float, metavar="SECONDS",
                         help="refresh every SECONDS (default 2)")
+    status.add_argument("--gpus", action="store_true",
+                        help="the per-GPU table too (default: only when it fits the terminal's height)")
+    status.add_argument("--free", action="store_true", help="only nodes with a free GPU")
+    status.add_argument("--sort", choices=STATUS_SORTS,
+                        help="order nodes by name, most free GPUs or busiest GPUs (default: config order)")
+    status.add_argument("--user", metavar="USER",
+                        help="only nodes and GPUs where USER holds a reservation or runs a process")
 
     reserve = sub.add_parser("reserve", parents=[common], help="reserve GPUs on one node")
     reserve.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
@@ -126,6 +134,8 @@ def build_parser() -> Parser:
 
     listing = sub.add_parser("reservations", parents=[common], help="reservations and queue")
     listing.add_argument("--json", action="store_true", help="one JSON document")
+    listing.add_argument("--mine", action="store_true", help="only yours (the owner as `release --mine` decides)")
+    listing.add_argument("--user", metavar="USER", help="only USER's")
 
     submit = sub.add_parser("submit", parents=[common], help="queue a job: submit --gpus N -- CMD [ARG…]")
     submit.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
@@ -224,6 +234,10 @@ def build_parser() -> Parser:
     demo.add_argument("--write-config", metavar="PATH", help="where to write the demo config")
     demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")
     demo.add_argument("--no-cloud", action="store_true", help="no local EC2 emulator")
+
+    completion = sub.add_parser("completion", parents=[common],
+                                help="print the shell completion script: eval \"$(gpuconsole completion bash)\"")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")
     return parser
 
 
@@ -233,6 +247,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
+    "completion": o.CompletionArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

@@ -39,6 +39,7 @@ LINES = [
     (["watch"], o.WatchArgs()),
     (["doctor", "--json"], o.DoctorArgs(None, True)),
     (["node-install", "--print", "--simulate-gpus", "2"], o.NodeInstallArgs(None, True, None, None, None, 2)),
+    (["completion", "zsh"], o.CompletionArgs(None, "zsh")),
 ]
 
 
@@ -64,7 +65,8 @@ def test_options_are_frozen() -> None:
         opts.json = True  # type: ignore[misc]
 
 
-HANDLER_MODULES = ("cloud", "console", "demo", "doctor", "jobs", "node_install", "reservations", "status", "watch")
+HANDLER_MODULES = ("cloud", "completion", "console", "demo", "doctor", "jobs", "node_install", "reservations", "status",
+                   "watch")
 
 
 @pytest.mark.parametrize("module", HANDLER_MODULES)
