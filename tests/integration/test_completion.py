@@ -77,7 +77,7 @@ def _cache(env: dict[str, str], ids: list[str]) -> None:
 
 # bash: the generated function, called as readline would, with COMP_WORDS/COMP_CWORD set.
 BASH_DRIVER = """
-source "$1"
+eval "$(<"$1")"  # as README says to install it
 shift
 COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 )); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
 COMPREPLY=()
