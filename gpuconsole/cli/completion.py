@@ -78,9 +78,17 @@ def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Walk:
                 yield from _walk(sub, (*path, name))
 
 
+def _takes_our_id(path: tuple[str, ...], action: argparse.Action) -> bool:
+    """`--reservation ID`, or the ID argument of a command on this user's reservations and jobs."""
+    if action.option_strings:
+        return action.dest == "reservation"
+    return action.dest in ("id", "ids") and bool(path) and path[0] in _ID_COMMANDS
+
+
 def completing_parser() -> argparse.ArgumentParser:
     """The CLI's parser, its value arguments told what to complete: `--node` the config's node
-    names, the ID of release/renew/logs/preempt/cancel this user's recent ids, PATH a file."""
+    names, the ID of release/renew/logs/preempt/cancel and `--reservation` this user's recent ids,
+    PATH a file."""
     import shtab
 
     from gpuconsole.cli.parser import build_parser
@@ -89,7 +97,7 @@ def completing_parser() -> argparse.ArgumentParser:
     for path, action in _walk(parser):
         if action.option_strings and action.dest == "node":
             action.complete = _completer("nodes")  # type: ignore[attr-defined]
-        elif not action.option_strings and action.dest in ("id", "ids") and path and path[0] in _ID_COMMANDS:
+        elif _takes_our_id(path, action):
             action.complete = _completer("ids")  # type: ignore[attr-defined]
         elif action.metavar == "PATH":
             action.complete = shtab.FILE  # type: ignore[attr-defined]
