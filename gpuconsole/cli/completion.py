@@ -19,7 +19,6 @@ from pathlib import Path
 
 from gpuconsole.cli.options import CompletionArgs
 
-SHELLS = ("bash", "zsh", "fish")
 COMPLETE_COMMAND = "__complete"  # hidden: the scripts' way back in, not part of the CLI contract
 SAFE_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_IDS = 30  # the newest ids kept for completion; older ones have usually ended anyway
@@ -107,7 +106,7 @@ def completing_parser() -> argparse.ArgumentParser:
 
 
 def completion_script(shell: str) -> str:
-    """The completion script for `shell` (one of SHELLS)."""
+    """The completion script for `shell`: bash, zsh or fish (the parser's choices)."""
     import shtab
 
     return str(shtab.complete(completing_parser(), shell=shell))
@@ -160,12 +159,12 @@ def remember_id(value: str) -> None:
     that cannot be written never fails the command, and two commands racing may drop one id."""
     if not SAFE_VALUE.fullmatch(value):
         return
+    from gpuconsole.node.fileio import write_atomic
+
     path = ids_cache_path()
     kept = [*[line for line in recent_ids() if line != value][-(MAX_IDS - 1):], value]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(f".ids.{os.getpid()}")
-        scratch.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(scratch, path)
+        write_atomic(str(path), "".join(f"{line}\n" for line in kept).encode("utf-8"), 0o600)
     except OSError:
         pass

@@ -202,3 +202,16 @@ def test_reserve_and_submit_feed_the_id_cache(demo: DemoThread, home: dict[str, 
     assert submitted.returncode == 0, submitted.stderr
     ids = run_cli("__complete", "ids", env=env).stdout.split()
     assert ids == [json.loads(reserved.stdout)["id"], json.loads(submitted.stdout)["id"]]
+
+
+def test_the_id_cache_keeps_the_newest_safe_ids(home: dict[str, str]) -> None:
+    """Thirty ids at most, newest last, each once; a node's hostile id is never stored."""
+    code = ("from gpuconsole.cli.completion import remember_id\n"
+            "for n in range(40): remember_id(f'r-{n}')\n"
+            "remember_id('r-5'); remember_id('$(reboot)'); remember_id('j-\\x1b[31m')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=home,
+                            cwd=REPO)
+    assert (result.returncode, result.stderr) == (0, "")
+    ids = run_cli("__complete", "ids", env=home).stdout.split()
+    assert ids == [f"r-{n}" for n in range(11, 40)] + ["r-5"]
+    assert len(ids) == 30
