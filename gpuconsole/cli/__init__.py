@@ -102,6 +102,10 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.watch import run_watch
 
         return run_watch(registry, opts)
+    if isinstance(opts, o.ShellArgs):
+        from gpuconsole.cli.shell import run_shell
+
+        return run_shell(registry, opts)
     if isinstance(opts, o.DoctorArgs):
         from gpuconsole.cli.doctor import run_doctor
 

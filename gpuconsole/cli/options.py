@@ -48,6 +48,19 @@ class ReserveArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class ShellArgs:
+    """`shell`: a login shell (or `-- CMD…`) on the node, in a new or an existing reservation."""
+
+    config: str | None
+    gpus: int | None  # None: 1 (and not given, which --reservation needs)
+    node: str | None
+    duration: str | None  # --for: the lease it is renewed to while attached (default: reserve_for)
+    reservation: str | None  # use this reservation of yours instead of reserving (left as it was)
+    keep: bool  # keep the new reservation when the shell exits
+    argv: tuple[str, ...]  # as given after the flags (a leading `--` included); empty: the login shell
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseArgs:
     config: str | None
     ids: tuple[str, ...]
@@ -215,5 +228,5 @@ class CompletionArgs:
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs | CompletionArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs
 )

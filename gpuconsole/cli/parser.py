@@ -119,6 +119,18 @@ def build_parser() -> Parser:
     reserve.add_argument("--export", action="store_true",
                          help='print only the shell exports on stdout: eval "$(gpuconsole reserve --gpus 2 --export)"')
 
+    shell = sub.add_parser("shell", parents=[common],
+                           help="an interactive shell on a node's GPUs, like srun --pty: shell [--gpus N] [-- CMD…]")
+    shell.add_argument("--gpus", type=positive_int, metavar="N", help="how many GPUs (default 1)")
+    shell.add_argument("--node", metavar="NAME", help="on this node (default: the tightest fit, as reserve)")
+    shell.add_argument("--for", dest="duration", metavar="DUR",
+                       help="lease length, renewed while attached (default: config reserve_for)")
+    shell.add_argument("--reservation", metavar="ID",
+                       help="open the shell in this reservation of yours (never released by the shell)")
+    shell.add_argument("--keep", action="store_true", help="keep the new reservation when the shell exits")
+    shell.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]",
+                       help="run this command instead of a login shell, and exit with its status")
+
     release = sub.add_parser("release", parents=[common], help="end reservations")
     release.add_argument("ids", nargs="*", metavar="ID", help="reservation ids to release")
     release.add_argument("--mine", action="store_true", help="release all of yours")
@@ -247,7 +259,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
-    "completion": o.CompletionArgs,
+    "completion": o.CompletionArgs, "shell": o.ShellArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

@@ -178,7 +178,12 @@ async def release_mine(fleet: Fleet) -> list[Released]:
 
 async def renew(fleet: Fleet, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
     """Extend a reservation to at least now + ttl on its node's clock."""
-    node = await find_node(fleet, reservation_id)
+    return await renew_on(fleet, await find_node(fleet, reservation_id), reservation_id, ttl_s, token)
+
+
+async def renew_on(fleet: Fleet, node: str, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
+    """Renew on a node already known to hold the reservation (no fleet-wide lookup: the shell's
+    renew loop)."""
     args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": _req_id()}
     if token is not None:
         args["token"] = token

@@ -19,6 +19,8 @@ from typing import Any
 
 import asyncssh
 
+from gpuconsole.demo.ptysession import run_on_pty
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -42,6 +44,15 @@ async def _pump(source: asyncio.StreamReader, target: asyncssh.SSHWriter[bytes])
     while chunk := await source.read(65536):
         target.write(chunk)
         await target.drain()
+
+
+async def _closed(process: asyncssh.SSHServerProcess[bytes]) -> None:
+    """Close the session and await asyncssh's redirect cleanup (queue joins), so no coroutine is
+    left unawaited."""
+    if not process.is_closing():
+        process.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait_closed(), 5)
 
 
 def marked_processes(sim_keys: set[str]) -> list[int]:
@@ -160,6 +171,7 @@ class DemoCluster:
             authorized_client_keys=str(self.authorized_keys_path),
             process_factory=handle,
             encoding=None,
+            line_editor=False,  # a pty session gets a real pty (ptysession.py), not asyncssh's editor
             reuse_address=True,
         )
         node.port = node.server.sockets[0].getsockname()[1]
@@ -186,6 +198,14 @@ class DemoCluster:
         if self.seed is not None:
             env["GPUCONSOLE_SIM_SEED"] = str(self.seed)
         command = self.command_overrides.get(node.name) or process.command or "exec ${SHELL:-/bin/sh} -i"
+        if process.get_terminal_type() is not None:  # the client asked for a pty (`gpuconsole shell`)
+            try:
+                await run_on_pty(process, command, env, node.children)
+            except (asyncssh.Error, OSError, BrokenPipeError):
+                pass
+            finally:
+                await _closed(process)
+            return
         child = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -214,11 +234,7 @@ class DemoCluster:
             if child.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.pid, signal.SIGTERM)
-            if not process.is_closing():
-                process.close()
-            # Awaits asyncssh's redirect cleanup (queue joins) so no coroutine is left unawaited.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait_closed(), 5)
+            await _closed(process)
 
     def write_files(self) -> None:
         """known_hosts (one line per node, [127.0.0.1]:port form) and the client config."""

@@ -344,6 +344,11 @@ def main(service: dict[str, Any] | None = None) -> None:
         svc.detach()
         _serve(Agent(sys.stdout.buffer, service))
         return
+    if sys.argv[1:] == ["shell"]:  # `gpuconsole shell`, started by ptyshell.BOOTSTRAP: one request, then exec
+        from . import ptyshell
+
+        ptyshell.main(Agent)
+        return
     if os.environ.get("GPUCONSOLE_ROLE") == "supervisor":
         from . import supervisor
 

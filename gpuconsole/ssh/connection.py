@@ -143,6 +143,10 @@ class NodeConnection:
         self._proc.stdin.write(agent_preamble())
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
+        self.hello = await self.request("hello", self.hello_args(stream_s))
+
+    def hello_args(self, stream_s: float | None = None) -> dict[str, Any]:
+        """The hello of this node's config (also the shell's: ssh/pty.py)."""
         hello: dict[str, Any] = {
             "node": self.cfg.name,
             "state_dir": self.cfg.state_dir,
@@ -152,7 +156,17 @@ class NodeConnection:
         if self.cfg.mode == "service":  # changes go through the node's sudo rule (see node/service.py)
             hello.update(mode="service", service_user=self.cfg.service_user,
                          service_agent=self.cfg.service_agent)
-        self.hello = await self.request("hello", hello)
+        return hello
+
+    async def start_session(self, command: str, **options: Any) -> asyncssh.SSHClientProcess[bytes]:
+        """Another session on this connection (same host key check and login): `gpuconsole shell`'s.
+        `command` must be a constant of the code, never built from user or node text."""
+        if self._conn is None or self.closed.is_set():
+            raise self._agent_died_error()
+        try:
+            return await self._conn.create_process(command, encoding=None, **options)
+        except (asyncssh.Error, OSError) as exc:
+            raise classify_connect_error(self.name, exc) from None
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None

@@ -32,6 +32,7 @@ from gpuconsole.tui.messages import PollEventArrived
 from gpuconsole.tui.readback import ReadBack
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
 from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
+from gpuconsole.tui.shell import open_shell
 from gpuconsole.tui.widgets.alert_log import AlertPanel
 from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
@@ -43,7 +44,8 @@ from gpuconsole.tui.widgets.summary import SummaryBar
 # 64 rows four times a second. Keys repaint at once (see _select_node).
 RENDER_INTERVAL_S = 0.5
 AGE_REFRESH_S = 1.0
-MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job", "cloud_up", "cloud_down"})
+MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "preempt_job", "cloud_up", "cloud_down",
+                              "shell"})
 
 
 class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
@@ -58,6 +60,7 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         Binding("e", "renew", "Renew"),
         Binding("c", "cancel_job", "Cancel job", show=False),
         Binding("p", "preempt_job", "Preempt", show=False),
+        Binding("s", "shell", "Shell"),
         Binding("l", "job_logs", "Logs", show=False),
         Binding("u", "cloud_up", "Cloud up", show=False),
         Binding("D", "cloud_down", "Terminate", show=False),
@@ -329,6 +332,10 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self.run_release(rid)
+    async def action_shell(self) -> None:
+        """A shell on the selected node, the console suspended meanwhile (tui/shell.py)."""
+        await open_shell(self)
+
 
         self.push_screen(ConfirmDialog(f"Release {description}?", "Release"), confirmed)
 

@@ -40,6 +40,9 @@ LINES = [
     (["doctor", "--json"], o.DoctorArgs(None, True)),
     (["node-install", "--print", "--simulate-gpus", "2"], o.NodeInstallArgs(None, True, None, None, None, 2)),
     (["completion", "zsh"], o.CompletionArgs(None, "zsh")),
+    (["shell", "--gpus", "2", "--node", "n", "--for", "6s", "--keep"], o.ShellArgs(None, 2, "n", "6s", None, True, ())),
+    (["shell", "--reservation", "r-1", "--", "nvidia-smi", "-L"],
+     o.ShellArgs(None, None, None, None, "r-1", False, ("--", "nvidia-smi", "-L"))),
 ]
 
 
@@ -65,8 +68,8 @@ def test_options_are_frozen() -> None:
         opts.json = True  # type: ignore[misc]
 
 
-HANDLER_MODULES = ("cloud", "completion", "console", "demo", "doctor", "jobs", "node_install", "reservations", "status",
-                   "watch")
+HANDLER_MODULES = ("cloud", "completion", "console", "demo", "doctor", "jobs", "node_install", "reservations", "shell",
+                   "status", "watch")
 
 
 @pytest.mark.parametrize("module", HANDLER_MODULES)
