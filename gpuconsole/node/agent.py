@@ -181,7 +181,7 @@ class Agent:
         self.store = store = StateStore(state_dir, service=self.service is not None)
         state_dir_error = None
         try:
-            store.ensure_dir(create=self.mode == "cooperative")
+            store.ensure_dir(create=False)  # reads never create it: Transactions.ensure_dir
         except OSError as exc:
             state_dir_error = exc.strerror if self.mode == "service" else str(exc)
         supervisor_env = {"GPUCONSOLE_SIMULATE_GPUS": str(simulate), "GPUCONSOLE_NODE_NAME": node}

@@ -6,6 +6,7 @@ A service-mode node's rows about its link and state dir come from service.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -31,7 +32,12 @@ def checks(store: StateStore, boot_id: str, user: str, gpus: GpuSource | None,
     try:
         info = os.stat(store.dir)
     except OSError as exc:
-        rows.append(["state_dir", False, "%s: %s" % (store.dir, exc.strerror),
+        # Never created here: a read-only look leaves a missing dir missing (only changes make it).
+        missing = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+        detail = "no state dir %s%s" % (store.dir, " (the first reserve or submit would create it, owned by "
+                                        "%s)" % user if service_rows is None else "") if missing \
+            else "%s: %s" % (store.dir, exc.strerror)
+        rows.append(["state_dir", False, detail,
                      "sudo install -d -m 2775 -g gpu %s" % store.dir if service_rows is None
                      else service_setup_fix(store.dir, str(service_user))])
     if info is not None and service_rows is not None:

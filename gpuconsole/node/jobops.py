@@ -79,6 +79,7 @@ class JobOps:
         if replay is not None:
             return replay, []
         self.before_submit()  # on a service-mode node its link's hello makes jobs/ where nothing changed yet
+        self.txn.ensure_dir()  # a cooperative node's first change creates the state dir
         job_id = st.new_id(None, "j")
         job_dir = self._job_dir(job_id)
         warnings: list[str] = []

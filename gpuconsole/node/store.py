@@ -112,6 +112,27 @@ def _checked_state(raw: dict[str, Any]) -> State:
     return raw  # type: ignore[return-value]
 
 
+def no_dir_note(state_dir: str, service_user: str | None) -> tuple[str, str]:
+    """(what, fix) for a node that has no state dir yet: a cooperative one gets it with its first
+    change; a service-mode one only from an admin (node-install's setup)."""
+    what = "no state dir %s" % state_dir
+    if service_user is not None:
+        return what, "sudo install -d -m 0755 -o %s -g %s %s (`gpuconsole node-install` prints every step)" \
+            % (service_user, service_user, state_dir)
+    return what, "the first reserve or submit creates it, owned by its user; for a node shared by a group an " \
+        "admin creates it once: sudo install -d -m 2775 -g gpu %s" % state_dir
+
+
+def no_dir_error(exc: OSError, state_dir: str, service_user: str | None) -> st.OpError:
+    """OpError("io") for a state dir a change could not create or use: names the path and the fix."""
+    if exc.errno == errno.EREMOTE:  # ensure_dir's own message names the path and the filesystem
+        return st.OpError("io", "%s (fix: put state_dir on a local disk)" % exc.strerror)
+    fix = no_dir_note(state_dir, service_user)[1] if service_user is not None else \
+        "sudo install -d -m 2775 -g gpu %s and add the user to group gpu" % state_dir
+    return st.OpError("io", "cannot %s the state dir %s: %s (fix: %s)"
+                      % ("create" if service_user is None else "use", state_dir, exc.strerror or exc, fix))
+
+
 class CorruptState(Exception):
     """Every copy of the state is unreadable: the node refuses grants (fail closed)."""
 
@@ -130,6 +151,7 @@ class StateStore:
         self.prev = self.path + ".prev"
         self.lock_path = os.path.join(self.dir, "lock")
         self._lock_fd: int | None = None
+        self.ready = False  # ensure_dir() passed: the dir exists and may hold the state
         self._read_cache: tuple[tuple[int, int, int], Loaded] | None = None
 
     # -- setup ------------------------------------------------------------------------------
@@ -137,8 +159,10 @@ class StateStore:
     def ensure_dir(self, create: bool = True) -> None:
         """Create the state dir when missing (demo, single user) and refuse network filesystems.
 
-        The service account never creates it (an admin does, owned by it and closed to others);
-        it checks that, and makes the sticky jobs/ where each user keeps private job dirs.
+        Only a change creates it (`create`): reads of a node without one see an empty state and
+        leave it missing. The service account never creates it (an admin does, owned by it and
+        closed to others); it checks that, and makes the sticky jobs/ where each user keeps
+        private job dirs.
         """
         if self.service:
             self._check_service_dir()
@@ -149,6 +173,7 @@ class StateStore:
         fstype = filesystem_type(self.dir)
         if is_network_fs(fstype) and os.environ.get("GPUCONSOLE_ALLOW_NETFS") != "1":
             raise OSError(errno.EREMOTE, "state dir %s is on %s; flock is unreliable there" % (self.dir, fstype))
+        self.ready = True
 
     def _check_service_dir(self) -> None:
         """A service state dir is a real directory owned by us and writable by nobody else."""
@@ -214,7 +239,7 @@ class StateStore:
         try:
             state, body, warnings = self._parse(self.path)
             return state, warnings, "state.json", body
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file, or no state dir at all
             primary_error = "missing"
         except (OSError, ValueError, UnicodeDecodeError) as exc:
             primary_error = describe(exc)
@@ -224,7 +249,7 @@ class StateStore:
             try:
                 parsed = self._parse(path)
                 candidates.append((parsed[0], os.path.basename(path), parsed[2]))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             except (OSError, ValueError, UnicodeDecodeError) as exc:
                 errors.append("%s: %s" % (os.path.basename(path), describe(exc)))

@@ -6,12 +6,13 @@ would find it; the stream sends one every `stream_s` from its own thread until t
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 from . import jobs
 from . import state as st
-from .store import CorruptState
+from .store import CorruptState, no_dir_note
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,7 +59,9 @@ class Telemetry:
         state_error = None
         warnings: list[str] = []
         try:
-            state, warnings, _ = txn.store.read_cached(txn.boot_id)
+            state, warnings, source = txn.store.read_cached(txn.boot_id)
+            if source == "new" and not os.path.isdir(txn.store.dir):  # said, never created, on a read
+                warnings = ["%s yet: %s" % no_dir_note(txn.store.dir, txn.service_user)]
         except CorruptState as exc:
             state, state_error = st.new_state(txn.boot_id), "state unreadable: %s" % exc
         except OSError as exc:

@@ -12,7 +12,7 @@ import json
 from . import faults, jobs, reservations
 from . import state as st
 from .fileio import io_error
-from .store import CorruptState
+from .store import CorruptState, no_dir_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,6 +53,16 @@ class Transactions:
     def io_error(self, what: str, exc: OSError) -> st.OpError:
         return io_error(what, exc, self.store.dir, self.service_user)
 
+    def ensure_dir(self) -> None:
+        """Before a change: the state dir exists (a cooperative node's first change creates it;
+        reads never do), or OpError("io") naming the path and the fix."""
+        if self.store.ready:
+            return
+        try:
+            self.store.ensure_dir(create=self.service_user is None)
+        except OSError as exc:
+            raise no_dir_error(exc, self.store.dir, self.service_user) from None
+
     def read(self) -> tuple[State, Warnings, str]:
         """Lock-free load; a state no copy of which is readable is OpError("corrupt")."""
         try:
@@ -90,6 +100,7 @@ class Transactions:
         # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
         in_use = self.gpus_in_use()
         req_id = args.get("req_id")
+        self.ensure_dir()
         self.critical.active = True
         try:
             self.store.acquire()
