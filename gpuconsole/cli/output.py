@@ -52,11 +52,13 @@ def add_row(table: Table, *cells: str | Text) -> None:
     table.add_row(*(cell(value) for value in cells))
 
 
-def console() -> Console:
+def console(width: int | None = None) -> Console:
     """A rich console on stdout (imported lazily: JSON paths never load rich) that takes no markup or
     emoji codes from strings and escapes whatever it prints (gpuconsole.cli.safe_console)."""
     from gpuconsole.cli.safe_console import SafeConsole
 
-    # Piped output keeps whole columns (a file or `less` has no width to respect).
-    return SafeConsole(highlight=False, markup=False, emoji=False, soft_wrap=False,
-                       width=None if sys.stdout.isatty() else 160)
+    # Piped output keeps whole columns (a file or `less` has no width to respect), unless COLUMNS
+    # asks for a width (rich reads it): `COLUMNS=80 gpuconsole reservations | less`, tests, watch(1).
+    if width is None and not sys.stdout.isatty() and not os.environ.get("COLUMNS", "").isdigit():
+        width = 160
+    return SafeConsole(highlight=False, markup=False, emoji=False, soft_wrap=False, width=width)

@@ -162,14 +162,20 @@ async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | 
     return Released.from_agent(node, await fleet.request(node, "release", args))
 
 
+def is_mine(fleet: Fleet, item: Reservation | QueuedRequest) -> bool:
+    """Whether the SSH user on the item's node owns it (as that node's agent reports the user): the
+    one rule of `release --mine` and `reservations --mine`."""
+    hello = fleet.hello(item.node)
+    return hello is not None and hello.user == item.owner
+
+
 async def release_mine(fleet: Fleet) -> list[Released]:
     """Release every reservation and queued request owned by the SSH user on each node."""
     reservations, queue, _ = await list_all(fleet)
     released = []
     items: list[Reservation | QueuedRequest] = [*reservations, *queue]
     for item in items:
-        hello = fleet.hello(item.node)
-        if hello is None or hello.user != item.owner:
+        if not is_mine(fleet, item):
             continue
         result = await fleet.request(item.node, "release", {"id": item.id, "req_id": _req_id()})
         released.append(Released.from_agent(item.node, result))

@@ -102,7 +102,8 @@ def test_status_table_shows_good_node(hostile_demo: Callable[..., DemoThread], m
     first, second = [line for line in node_part.splitlines() if line.startswith("│")]
     assert " up " in first, result.stdout
     if refused:
-        assert "unreachable" in second and "node-02: bad reply" in second, result.stdout
+        # The reason, whole, on its own line under the node table (issue 13: cells are never cut).
+        assert "unreachable" in second and "\nnode-02: bad reply" in node_part, result.stdout
     else:
         assert " up " in second, result.stdout
         assert not re.search(r"\b(nan|inf)", result.stdout, re.IGNORECASE), result.stdout
