@@ -6,10 +6,12 @@ import asyncio
 import shlex
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
-from gpuconsole.cli.output import add_row, console, print_json, say, warn
+from gpuconsole.cli.output import console, print_json, say, warn
+from gpuconsole.cli.tables import Alt, Cell, Column, fit_table
 from gpuconsole.config import Config
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
@@ -18,6 +20,7 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
+from gpuconsole.format import NA, ago_h, epoch_s, left_h, until_h
 from gpuconsole.model import QueuedRequest, Reservation
 from gpuconsole.model.answers import Grant, Released
 from gpuconsole.textsafe import terminal_safe
@@ -207,9 +210,19 @@ def run_renew(registry: Registry, args: RenewArgs) -> int:
 
 
 def run_list(registry: Registry, args: ReservationsArgs) -> int:
+    if args.mine and args.user is not None:
+        raise UsageError("reservations: give --mine or --user, not both")
+
     async def go() -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
         async with Fleet(registry, owns=True) as fleet:
-            return await core.list_all(fleet)
+            found, waiting, failed = await core.list_all(fleet)
+            if args.mine:  # the owner each node reports for our SSH user: `release --mine`'s rule
+                found = [r for r in found if core.is_mine(fleet, r)]
+                waiting = [q for q in waiting if core.is_mine(fleet, q)]
+            elif args.user is not None:
+                found = [r for r in found if r.owner == args.user]
+                waiting = [q for q in waiting if q.owner == args.user]
+            return found, waiting, failed
 
     reservations, queue, errors = asyncio.run(go())
     for node, error in errors.items():
@@ -220,24 +233,41 @@ def run_list(registry: Registry, args: ReservationsArgs) -> int:
             "queue": [q.to_json() for q in queue],
             "errors": [{"node": n, "error": e} for n, e in errors.items()],
         })
-    else:
+    elif reservations or queue:
         console().print(reservations_table(reservations, queue))
+    else:  # an empty table says less than a line
+        say(f"no reservations of {args.user}" if args.user is not None else
+            "no reservations of yours" if args.mine else "no reservations")
     if errors and not reservations and not queue and len(errors) == len(registry.nodes):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.OK)
 
 
-def reservations_table(reservations: list[Reservation], queue: list[QueuedRequest]) -> Table:
-    """The `reservations` table: active ones, then the queue; every cell shown literally."""
-    from rich.table import Table
+RESERVATION_COLUMNS = (
+    Column("id"), Column("kind"), Column("node"), Column("gpus"), Column("owner"), Column("priority", priority=2),
+    Column("state"), Column("created", priority=1), Column("expires", priority=3, narrow_at=2),
+)
 
-    table = Table(title="reservations", title_justify="left", header_style="bold")
-    for column in ("id", "node", "gpus", "owner", "priority", "state", "created", "expires"):
-        table.add_column(column, no_wrap=True)
+
+def _node_now_s(r: Reservation) -> float:
+    """Now on the node's clock when it answered (its expiry minus the time it said was left), so a
+    skewed local clock cannot misstate a lease; our clock when the node did not say."""
+    at_s = epoch_s(r.expires_at)
+    return time.time() if at_s is None or r.expires_in_s is None else at_s - r.expires_in_s
+
+
+def reservations_table(reservations: list[Reservation], queue: list[QueuedRequest],
+                       width: int | None = None) -> Table:
+    """The `reservations` table: active ones, then the queue; job grants as kind `job` (they last as long
+    as the job, not a one-minute lease); times as people read them; fits `width` (default: the
+    console's) by dropping priority, created, then expires; every cell shown literally."""
+    rows: list[list[Cell]] = []
     for r in reservations:
-        add_row(table, r.id, r.node, ",".join(map(str, r.gpus)), r.owner, r.priority, r.state,
-                r.created_at, r.expires_at)
-    for q in queue:
-        add_row(table, q.id, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
-                f"queued #{q.position}", q.created_at, "-")
-    return table
+        now_s = _node_now_s(r)
+        expires: Cell = (Alt("with the job", "with job") if r.kind == "job"
+                         else Alt(until_h(r.expires_at, now_s), left_h(r.expires_at, now_s)))
+        rows.append([r.id, r.kind, r.node, ",".join(map(str, r.gpus)), r.owner, r.priority, r.state,
+                     ago_h(r.created_at, now_s), expires])
+    rows.extend([q.id, q.kind, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
+                 f"queued #{q.position}", ago_h(q.created_at, time.time()), NA] for q in queue)
+    return fit_table("reservations", RESERVATION_COLUMNS, rows, console().width if width is None else width)
