@@ -6,6 +6,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING
 
+from gpuconsole.cli.completion import remember_id
 from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
 from gpuconsole.cli.output import add_row, console, print_json, say, warn
 from gpuconsole.cli.reservations import burst_plan
@@ -38,11 +39,12 @@ def run_submit(registry: Registry, args: SubmitArgs) -> int:
 
     async def go() -> Submitted:
         async with Fleet(registry, owns=True) as fleet:
-            result = await core_burst.submit(fleet, request, burst_plan(config) if args.burst else None)
-            assert result is not None  # the CLI's --burst always says yes
+            result = await core_burst.submit(fleet, request, burst_plan(config, args.yes) if args.burst else None)
+            assert result is not None  # the CLI's confirm raises rather than say no
             return result
 
     result = asyncio.run(go())
+    remember_id(result.id)  # for `logs`/`cancel` <TAB> (gpuconsole completion)
     if args.json:
         print_json(result.to_json())
     else:

@@ -9,13 +9,14 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from gpuconsole.cli.completion import remember_id
 from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.tables import Alt, Cell, Column, fit_table
 from gpuconsole.config import Config
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
-from gpuconsole.core.burst import BurstPlan, Offer
+from gpuconsole.core.burst import BurstPlan
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.durations import format_duration_s, parse_duration_s
@@ -62,10 +63,11 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
     try:
-        result = asyncio.run(_reserve(registry, request, burst=args.burst))
+        result = asyncio.run(_reserve(registry, request, burst=args.burst, yes=args.yes))
     except _TerminatedError:
         warn("terminated")
         return int(TERMINATED_EXIT)
+    remember_id(result.id)  # for `renew`/`release` <TAB> (gpuconsole completion)
     if args.export:
         sys.stderr.write(terminal_safe(_granted_line(result)) + "\n")  # stdout is only for eval
         for line in export_lines(result):
@@ -100,7 +102,8 @@ def export_lines(result: Grant) -> list[str]:
     return [f"export {name}={shlex.quote(terminal_safe(value))}" for name, value in values.items()]
 
 
-async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool = False) -> Grant:
+async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool = False,
+                   yes: bool = False) -> Grant:
     last_line: list[str] = []
 
     def progress(node: str, position: int, elapsed_s: float) -> None:
@@ -130,9 +133,9 @@ async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
     async with Fleet(registry, owns=True) as fleet:
         try:
-            plan = burst_plan(registry.config) if burst else None
+            plan = burst_plan(registry.config, yes) if burst else None
             result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
-            assert result is not None  # the CLI's --burst always says yes
+            assert result is not None  # the CLI's confirm raises rather than say no
             return result
         except asyncio.CancelledError:
             if terminated.is_set():
@@ -143,18 +146,15 @@ async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool
                 sys.stderr.write("\n")
 
 
-def burst_plan(config: Config) -> BurstPlan:
-    """The CLI's burst: --burst is the user's yes, announced on stderr; launch phases go there too.
-    Loads the cloud side (boto3) only here, when a command bursts."""
-    from gpuconsole.cli.cloud import cloud_progress
+def burst_plan(config: Config, yes: bool = False) -> BurstPlan:
+    """The CLI's burst: the quote on stderr, asked about (y/N) on a terminal, `--yes` for scripts (a
+    command whose stdin is not a terminal is refused without it, exit 2); launch phases and what the
+    instance keeps costing go to stderr too. Loads the cloud side (boto3) only here, when a command bursts."""
+    from gpuconsole.cli.cloud import burst_confirm, burst_started, cloud_progress
     from gpuconsole.cloud.burst import ec2_offers
     from gpuconsole.cloud.monitor import CloudMonitor
 
-    async def confirm(gpus: int, offer: Offer) -> bool:
-        warn(f"no node can take {gpus} GPU(s) now: bursting to {offer.describe()}")
-        return True
-
-    return BurstPlan(ec2_offers(CloudMonitor(config)), confirm, cloud_progress)
+    return BurstPlan(ec2_offers(CloudMonitor(config)), burst_confirm(yes), cloud_progress, burst_started(config))
 
 
 def run_release(registry: Registry, args: ReleaseArgs) -> int:

@@ -25,6 +25,10 @@ class Ec2Offer:
     def describe(self) -> str:
         return self.quote.describe()
 
+    @property
+    def price_per_hour(self) -> float | None:
+        return self.quote.price_per_hour
+
     async def start(self, progress: Progress | None) -> NodeConfig:
         """Launch it (max_instances holds) and wait for its agent; the node to use."""
         launched = await self.monitor.launch(self.quote, count=1, timeout_s=self.timeout_s, progress=progress)

@@ -8,9 +8,10 @@ run them in a thread.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -95,6 +96,21 @@ def _epoch(value: Any) -> float:
     return value.timestamp() if isinstance(value, datetime) else time.time()
 
 
+# EC2 says when a stop or termination began only in this text: "User initiated (2026-12-01 04:50:44
+# GMT)" (moto writes UTC); there is no field for it.
+_TRANSITION_AT = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def ended_at_s(raw: dict[str, Any]) -> float | None:
+    """When a stopped, stopping, shutting-down or terminated instance stopped running (epoch s), or None."""
+    if str(raw.get("State", {}).get("Name")) in ("pending", "running"):
+        return None
+    found = _TRANSITION_AT.search(str(raw.get("StateTransitionReason") or ""))
+    if found is None:
+        return None
+    return datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+
+
 class Ec2:
     """One region's EC2 API with gpuconsole's rules: tags, managed-only mutations, clear errors."""
 
@@ -176,6 +192,7 @@ class Ec2:
             owner=tags.get(OWNER_TAG),
             public_ip=raw.get("PublicIpAddress"),
             private_ip=raw.get("PrivateIpAddress"),
+            ended_at_s=ended_at_s(raw),
         )
 
     def describe(self, ids: list[str] | None = None, *, managed_only: bool = True,

@@ -90,6 +90,11 @@ def quote(ec2: Ec2, aws: AwsConfig, gpus: int, instance_type: str | None = None,
     return Quote(chosen, count, use_spot, price)
 
 
+def launcher() -> str:
+    """Who launches: the local user, whose name goes in the owner tag (`cloud down --mine` reads it)."""
+    return getpass.getuser()
+
+
 @contextlib.contextmanager
 def launch_lock() -> Iterator[None]:
     """Serializes count-then-launch between processes on this machine."""
@@ -104,7 +109,9 @@ def launch_lock() -> Iterator[None]:
 
 
 def launch(ec2: Ec2, aws: AwsConfig, instance_type: str, *, spot: bool, count: int) -> list[Instance]:
-    """Launch ``count`` instances unless that would pass max_instances (exit 3)."""
+    """Launch ``count`` instances, all or none: refused (exit 3) if that would pass max_instances,
+    and EC2 starts all of them or none (MinCount = MaxCount); if a concurrent launch elsewhere took
+    the room meanwhile, every one of them is terminated again."""
     with launch_lock():
         live = [i for i in ec2.describe(states=LIVE_STATES) if i.managed]
         if len(live) + count > aws.max_instances:
@@ -112,14 +119,15 @@ def launch(ec2: Ec2, aws: AwsConfig, instance_type: str, *, spot: bool, count: i
             raise NoCapacityError(
                 f"max_instances = {aws.max_instances} reached: {len(live)} managed instance(s) live ({names})"
             )
-        mine = ec2.launch(instance_type, spot=spot, count=count, owner=getpass.getuser())
+        mine = ec2.launch(instance_type, spot=spot, count=count, owner=launcher())
     ranked = [i.id for i in ec2.describe(states=LIVE_STATES) if i.managed]
     over = [i for i in mine if i.id in ranked and ranked.index(i.id) >= aws.max_instances]
     if over:
-        ec2.terminate([i.id for i in over])
+        # All of this launch goes, not only the ones past the limit: a launch of K starts K or none.
+        ec2.terminate([i.id for i in mine])
         raise NoCapacityError(
             f"max_instances = {aws.max_instances} reached by a concurrent launch; terminated "
-            + ", ".join(i.id for i in over)
+            + ", ".join(i.id for i in mine)
         )
     return mine
 

@@ -35,6 +35,11 @@ class Offer(Protocol):
         """What it is and costs, e.g. `g6.xlarge (1 GPU, on-demand, $0.80/h)`."""
         ...
 
+    @property
+    def price_per_hour(self) -> float | None:
+        """Its list price in dollars per hour (None: not priced)."""
+        ...
+
     async def start(self, progress: Progress | None) -> NodeConfig:
         """Launch it and wait until its agent answers; the node to use."""
         ...
@@ -44,13 +49,16 @@ class Offer(Protocol):
 class BurstPlan:
     """How a front end bursts: where offers come from, who says yes, who hears of launch phases.
 
-    ``confirm(gpus, offer)`` is asked once per burst, before anything is launched (the CLI answers
-    with its --burst flag, the console with its dialog); False leaves everything as it was.
+    ``confirm(gpus, offer)`` is asked once per burst, before anything is launched (the CLI asks on a
+    terminal or takes --yes, the console shows its dialog); False (or an error it raises) leaves
+    everything as it was. ``started(node, offer)`` hears of the new node once its agent answers, so a
+    front end can say what it keeps costing.
     """
 
     offer_for: Callable[[int], Awaitable[Offer]]
     confirm: Callable[[int, Offer], Awaitable[bool]]
     progress: Progress | None = None
+    started: Callable[[str, Offer], None] | None = None
 
 
 async def burst_node(fleet: Fleet, gpus: int, plan: BurstPlan) -> str | None:
@@ -61,6 +69,8 @@ async def burst_node(fleet: Fleet, gpus: int, plan: BurstPlan) -> str | None:
         return None
     node = await offer.start(plan.progress)
     fleet.join([node])
+    if plan.started is not None:
+        plan.started(node.name, offer)
     return node.name
 
 

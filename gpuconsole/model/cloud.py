@@ -31,6 +31,9 @@ class Instance:
     owner: str | None = None
     public_ip: str | None = None
     private_ip: str | None = None
+    # When a stopped or terminated instance stopped running (epoch seconds, from EC2's state
+    # transition reason); None while it is live or when EC2 did not say.
+    ended_at_s: float | None = None
 
     @property
     def live(self) -> bool:
@@ -43,12 +46,17 @@ class Instance:
         return self.id if self.state == "running" else None
 
     def uptime_s(self, now_s: float | None = None) -> float:
-        if not self.live:
+        """Seconds it has run: until now while live, until it stopped once it has (so an ended
+        instance keeps its final cost); 0 when EC2 did not say when it ended."""
+        if self.live:
+            return max(0.0, (now_s if now_s is not None else time.time()) - self.launched_at_s)
+        if self.ended_at_s is None:
             return 0.0
-        return max(0.0, (now_s if now_s is not None else time.time()) - self.launched_at_s)
+        return max(0.0, self.ended_at_s - self.launched_at_s)
 
     def cost_so_far(self, now_s: float | None = None) -> float | None:
-        """Dollars since launch at the list price (EC2 bills per second for Linux)."""
+        """Dollars since launch at the list price (EC2 bills per second for Linux); an ended
+        instance's final cost."""
         if self.price_per_hour is None:
             return None
         return round(self.price_per_hour * self.uptime_s(now_s) / 3600.0, 4)

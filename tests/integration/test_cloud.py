@@ -82,7 +82,7 @@ def test_cloud_up_node_in_status_reserve_then_down_removes_node_and_reservation(
     assert listed["price_per_hour"] == pytest.approx(0.8048)
     assert listed["cost_so_far"] is not None and listed["node"] == node
 
-    down = run_cli("cloud", "down", node, config=config)
+    down = run_cli("cloud", "down", "--force", node, config=config)  # it holds a reservation
     assert down.returncode == 0, down.stderr
     assert node not in _nodes(config)
     assert cli_json("reservations", config=config)["reservations"] == []
@@ -110,7 +110,7 @@ def test_burst_with_onprem_full_starts_exactly_one_instance_and_reserves_on_it(c
     assert onprem["node"] == "node-01"
     no_burst = run_cli("reserve", "--gpus", "1", config=config)
     assert no_burst.returncode == 3
-    burst = run_cli("reserve", "--burst", "--gpus", "1", "--json", config=config)
+    burst = run_cli("reserve", "--burst", "--yes", "--gpus", "1", "--json", config=config)
     assert burst.returncode == 0, burst.stderr
     granted = json.loads(burst.stdout)
     assert "bursting to g6.xlarge" in burst.stderr and "$0.80/h" in burst.stderr
@@ -122,8 +122,8 @@ def test_burst_with_onprem_full_starts_exactly_one_instance_and_reserves_on_it(c
 def test_max_instances_is_enforced_under_concurrent_bursts(cloud_demo: DemoThread) -> None:
     config = _variant(cloud_demo.config_path, "max2", max_instances=2)
     cli_json("reserve", "--gpus", "2", config=config)  # on-prem full
-    argv = [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--burst", "--gpus", "1",
-            "--json"]
+    argv = [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--burst", "--yes", "--gpus",
+            "1", "--json"]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               stdin=subprocess.DEVNULL) for _ in range(5)]
     results = [(p.wait(120), *p.communicate()) for p in procs]
@@ -195,7 +195,7 @@ def test_instance_that_never_answers_ssh_is_terminated_and_reported(cloud_demo: 
 def test_reclaimed_instance_ends_its_reservations_and_requeues_its_jobs(cloud_demo: DemoThread) -> None:
     config = cloud_demo.config_path
     onprem = cli_json("reserve", "--gpus", "2", config=config)
-    submitted = run_cli("submit", "--burst", "--requeue", "--gpus", "2", "--name", "train", "--json", "--",
+    submitted = run_cli("submit", "--burst", "--yes", "--requeue", "--gpus", "2", "--name", "train", "--json", "--",
                         "sleep", "300", config=config)
     assert submitted.returncode == 0, submitted.stderr
     job = json.loads(submitted.stdout)
