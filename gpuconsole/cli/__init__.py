@@ -74,6 +74,10 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.demo import run_demo
 
         return run_demo(opts)
+    if isinstance(opts, o.InitArgs):  # writes the config: runs without one
+        from gpuconsole.cli.init import run_init
+
+        return run_init(opts)
     if isinstance(opts, o.CompletionArgs):  # needs no config: the script reads it on each TAB
         from gpuconsole.cli.completion import run_completion
 

@@ -192,6 +192,16 @@ class DoctorArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class InitArgs:
+    """`init`: write a commented config from ~/.ssh/config's Host entries (needs no config)."""
+
+    config: str | None
+    yes: bool  # every Host entry, and overwrite an existing config, without asking
+    force: bool  # overwrite an existing config without asking
+    hosts: tuple[str, ...] = ()  # --host NAME…: these nodes, without asking
+
+
+@dataclass(frozen=True, slots=True)
 class NodeInstallArgs:
     config: str | None
     print: bool
@@ -228,5 +238,5 @@ class CompletionArgs:
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs
 )

@@ -229,6 +229,13 @@ def build_parser() -> Parser:
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
     doctor.add_argument("--json", action="store_true", help="the checks as one JSON document")
 
+    init = sub.add_parser("init", parents=[common], help="write a commented config from ~/.ssh/config's Host entries")
+    init.add_argument("--host", dest="hosts", action="append", metavar="NAME",
+                      help="include this Host as a node (repeatable; without it a terminal asks)")
+    init.add_argument("--yes", "-y", action="store_true",
+                      help="every Host entry, and overwrite an existing config, without asking")
+    init.add_argument("--force", action="store_true", help="overwrite an existing config without asking")
+
     install = sub.add_parser("node-install", parents=[common],
                              help="service mode: the admin's setup steps, or (--print) the service agent file")
     install.add_argument("--print", action="store_true", help="write the service agent program to stdout")
@@ -259,7 +266,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
-    "completion": o.CompletionArgs, "shell": o.ShellArgs,
+    "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

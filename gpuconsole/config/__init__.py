@@ -243,8 +243,8 @@ def load_config(cli_path: str | None = None) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no config file (pass --config PATH, set $GPUCONSOLE_CONFIG, "
-            f"or run `gpuconsole demo --serve --write-config {path}`)"
+            f"{path}: no config file (run `gpuconsole init` to write one from your ~/.ssh/config, "
+            "or pass --config PATH or set $GPUCONSOLE_CONFIG; `gpuconsole demo` tries a simulated cluster)"
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None

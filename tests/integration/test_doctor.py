@@ -71,3 +71,42 @@ def test_reserve_that_cannot_create_the_state_dir_names_it_and_the_fix(demo: Dem
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         assert f"cannot create the state dir {state_dir}" in lines[0], lines[0]
         assert f"sudo install -d -m 2775 -g gpu {state_dir}" in lines[0], lines[0]
+
+
+def test_doctor_checks_local_files_first_and_exits_2_for_them(demo: DemoThread, tmp_path: Path) -> None:
+    key = tmp_path / "id_open"
+    key.write_bytes(demo.cluster.client_key_path.read_bytes())
+    key.chmod(0o644)  # readable by others: ssh itself would refuse it
+    missing_ssh_config = tmp_path / "no-such-ssh-config"
+    config = tmp_path / "local.toml"
+    config.write_text(demo.config_path.read_text().replace(
+        "[defaults]\n", f'[defaults]\nssh_config = "{missing_ssh_config}"\n', 1).replace(
+        f'identity_file = "{demo.cluster.client_key_path}"', f'identity_file = "{key}"'))
+    code, report = _doctor(config)
+    rows = _checks(report, "node-01")
+    assert not rows["identity"]["ok"] and "mode 644" in rows["identity"]["detail"]
+    assert rows["identity"]["fix"] == f"chmod 600 {key}"
+    assert not rows["ssh_config"]["ok"] and str(missing_ssh_config) in rows["ssh_config"]["detail"]
+    assert rows["known_hosts"]["ok"], rows["known_hosts"]
+    assert code == 2, "a local file problem is a config problem: exit 2, never 1"
+
+
+def test_doctor_checks_the_cloud_credentials(tmp_path: Path) -> None:
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=2, cloud=True) as demo:
+        code, report = _doctor(demo.config_path)
+        assert code == 0, report
+        assert [(r["check"], r["ok"]) for r in report["cloud"]] == [("aws", True)], report["cloud"]
+        text = demo.config_path.read_text()
+        endpoint = next(ln for ln in text.splitlines() if ln.startswith("endpoint_url"))
+        closed = tmp_path / "closed.toml"
+        closed.write_text(text.replace(endpoint, 'endpoint_url = "http://127.0.0.1:9"'))
+        code, report = _doctor(closed)
+        assert not report["cloud"][0]["ok"] and "endpoint" in report["cloud"][0]["detail"], report["cloud"]
+        assert code == 5
+    no_credentials = tmp_path / "aws.toml"
+    no_credentials.write_text('[cloud.aws]\nregion = "us-east-1"\n')
+    env = (("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", ""), ("AWS_CONFIG_FILE", str(tmp_path / "none")),
+           ("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none")), ("AWS_EC2_METADATA_DISABLED", "true"))
+    code, report = _doctor(no_credentials, *env)
+    assert not report["cloud"][0]["ok"] and "no credentials" in report["cloud"][0]["detail"]
+    assert code == 2

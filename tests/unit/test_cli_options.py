@@ -42,6 +42,8 @@ LINES = [
     (["watch", "--once", "--notify", "a://", "--notify", "b://"], o.WatchArgs(notify=("a://", "b://"), once=True)),
     (["watch"], o.WatchArgs()),
     (["doctor", "--json"], o.DoctorArgs(None, True)),
+    (["init", "--host", "a", "--host", "b", "--force"], o.InitArgs(None, False, True, ("a", "b"))),
+    (["init", "-y"], o.InitArgs(None, True, False)),
     (["node-install", "--print", "--simulate-gpus", "2"], o.NodeInstallArgs(None, True, None, None, None, 2)),
     (["completion", "zsh"], o.CompletionArgs(None, "zsh")),
     (["shell", "--gpus", "2", "--node", "n", "--for", "6s", "--keep"], o.ShellArgs(None, 2, "n", "6s", None, True, ())),
@@ -72,8 +74,8 @@ def test_options_are_frozen() -> None:
         opts.json = True  # type: ignore[misc]
 
 
-HANDLER_MODULES = ("cloud", "completion", "console", "demo", "doctor", "jobs", "node_install", "reservations", "shell",
-                   "status", "watch")
+HANDLER_MODULES = ("cloud", "completion", "console", "demo", "doctor", "init", "jobs", "node_install", "reservations",
+                   "shell", "status", "watch")
 
 
 @pytest.mark.parametrize("module", HANDLER_MODULES)
