@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuconsole.cli.status_view import View, footer, gpu_glyphs, select
+from gpuconsole.cli.parser import STATUS_SORTS
+from gpuconsole.cli.status_view import SORTS, View, footer, gpu_glyphs, select
 from gpuconsole.cli.tables import Alt, Cell, Column, fit, table_width
 from gpuconsole.model import NodeSnapshot
 
@@ -48,6 +49,7 @@ def test_select_filters_and_sorts_nodes() -> None:
     assert names(View(free=True)) == ["node-10", "node-3", "node-1"]  # an unreachable node may have some
     assert names(View(user="bob")) == ["node-3", "node-1"]  # bob runs processes there
     assert names(View(user="alice", free=True)) == ["node-10", "node-3", "node-1"]
+    assert STATUS_SORTS == SORTS  # the parser keeps its own copy (--help imports no view code)
 
 
 def test_glyphs_per_gpu_or_counts_on_a_big_node_and_the_footer_totals() -> None:
