@@ -54,8 +54,10 @@ def epoch_s(iso: str) -> float | None:
     return parsed.timestamp()
 
 
-def _clock(at_s: float) -> str:
-    return datetime.fromtimestamp(at_s, UTC).strftime("%H:%M UTC")
+def _clock(at_s: float, now_s: float) -> str:
+    """'23:16 UTC' within a day, 'Dec 03 23:16 UTC' further out (a bare clock would read as today)."""
+    at = datetime.fromtimestamp(at_s, UTC)
+    return at.strftime("%H:%M UTC") if at_s - now_s < 86400 else at.strftime("%b %d %H:%M UTC")
 
 
 def left_h(iso: str, now_s: float) -> str:
@@ -75,7 +77,7 @@ def until_h(iso: str, now_s: float) -> str:
         return NA
     if at_s <= now_s:
         return f"ended {format_duration_s(now_s - at_s)} ago"
-    return f"until {_clock(at_s)} (in {format_duration_s(at_s - now_s)})"
+    return f"until {_clock(at_s, now_s)} (in {format_duration_s(at_s - now_s)})"
 
 
 def ago_h(iso: str, now_s: float) -> str:

@@ -154,29 +154,33 @@ def test_jobs_json_keeps_its_fields_and_their_order(demo: DemoThread) -> None:
                     message="both jobs listed")
     fields = ["id", "name", "gpus", "gpus_requested", "owner", "priority", "state", "exit_code", "command",
               "created_at", "started_at", "ended_at", "position", "node"]
-    assert [list(job) for job in jobs] == [fields, fields]
+    assert [list(job) for job in jobs] == [fields, fields]  # objects inside a document: no generated_at
     unnamed = next(job for job in jobs if job["name"] != "named")
     assert unnamed["name"] == unnamed["id"]  # the node names an unnamed job by its id
     cancelled = cli_json("cancel", named["id"], config=config)
-    assert list(cancelled) == fields and cancelled["id"] == named["id"]
+    assert list(cancelled) == ["generated_at", *fields] and cancelled["id"] == named["id"]
     again = cli_json("cancel", named["id"], config=config) if wait_for(
         lambda: jobs_by_name(config)["named"]["state"] == "cancelled", timeout_s=20, message="cancelled") else None
-    assert again is not None and list(again) == ["already_ended", *fields] and again["already_ended"] is True
+    assert again is not None and list(again) == ["generated_at", "already_ended", *fields]
+    assert again["already_ended"] is True
 
 
 def test_reservation_json_keeps_its_fields_and_their_order(demo: DemoThread) -> None:
     """`reserve`, `renew` and `release --json`: the CLI contract's fields in their order, unchanged by
-    the typed answers (Grant, Released)."""
+    the typed answers (Grant, Released); issue 13 only added fields (generated_at first, a grant's
+    shared fields, release's flat `results`), the old ones keep their relative order."""
     config = demo.config_path
     reserved = cli_json("reserve", "--gpus", "2", "--node", "node-01", "--for", "10m", config=config)
-    assert list(reserved) == ["id", "node", "gpus", "owner", "expires_at", "cuda_visible_devices", "token",
-                              "priority"]
+    assert list(reserved) == ["generated_at", "id", "node", "gpus", "owner", "expires_at", "cuda_visible_devices",
+                              "token", "priority", "kind", "state"]
     assert (reserved["node"], len(reserved["gpus"]), reserved["priority"]) == ("node-01", 2, "normal")
     renewed = cli_json("renew", reserved["id"], "--for", "2h", config=config)
-    assert list(renewed) == ["id", "node", "gpus", "owner", "expires_at", "token"]
+    assert [key for key in renewed if key in {"id", "node", "gpus", "owner", "expires_at", "token"}] == [
+        "id", "node", "gpus", "owner", "expires_at", "token"]
+    assert list(renewed) == list(reserved)  # a grant has the same fields in reserve and renew
     assert renewed["token"] == reserved["token"] and renewed["expires_at"] > reserved["expires_at"]
     released = cli_json("release", reserved["id"], config=config)
-    assert list(released) == ["released", "errors"] and released["errors"] == []
+    assert list(released) == ["generated_at", "released", "errors", "results"] and released["errors"] == []
     (entry,) = released["released"]
     assert entry == {"id": reserved["id"], "released": True, "was": "active", "gpus": reserved["gpus"],
                      "node": "node-01"}

@@ -27,3 +27,8 @@ def test_past_end_reads_as_ago() -> None:
 def test_a_nodes_garbage_time_is_a_dash(garbage: str) -> None:
     assert NOW_S is not None
     assert until_h(garbage, NOW_S) == left_h(garbage, NOW_S) == ago_h(garbage, NOW_S) == NA
+
+
+def test_an_end_more_than_a_day_out_names_its_date() -> None:
+    assert NOW_S is not None
+    assert until_h("2026-12-03T23:16:00Z", NOW_S) == "until Dec 03 23:16 UTC (in 2d3h)"
