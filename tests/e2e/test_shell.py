@@ -94,6 +94,18 @@ def test_shell_in_a_terminal_has_the_gpus_is_renewed_and_released_on_exit(demo: 
     assert _reservations(config) == []
 
 
+@needs_tmux
+def test_a_closed_terminal_releases_the_reservation(demo: DemoThread, tmux: Tmux) -> None:
+    """The terminal goes away while attached (SIGHUP): the shell's reservation is still released."""
+    config = demo.config_path
+    tmux.start(_gc(config, "shell", "--for", "10m"))
+    tmux.wait_for("renewed while attached")
+    (held,) = wait_for(lambda: _reservations(config), message="the shell's reservation")
+    tmux.kill()
+    wait_for(lambda: held["id"] not in {r["id"] for r in _reservations(config)}, timeout_s=15, interval_s=0.2,
+             message="the release after SIGHUP")
+
+
 def test_shell_command_without_a_terminal_passes_its_status_and_keep_keeps(demo: DemoThread) -> None:
     """`shell -- CMD` in a script: no pty, plain streams, the command's exit status; --keep keeps."""
     config = demo.config_path
