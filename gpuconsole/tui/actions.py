@@ -14,6 +14,7 @@ from gpuconsole.config import Config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import GpuConsoleError
+from gpuconsole.format import until_h
 from gpuconsole.model.events import NodeUpdated
 from gpuconsole.tui.screens.dialogs import LogScreen, ReserveForm
 
@@ -47,6 +48,7 @@ class ActionSide(_AppBase):
     registry: Registry
     actions: Fleet
     clock: Callable[[], float]
+    wall_clock: Callable[[], float]
 
     if TYPE_CHECKING:
         def inject(self, event: PollEvent) -> None: ...
@@ -91,8 +93,8 @@ class ActionSide(_AppBase):
             result = await core_burst.reserve(self.actions, request, plan)
             if result is None:
                 return None  # the burst was declined
-            return Done(f"{result.id} on {result.node}: GPUs {result.cuda_visible_devices} until "
-                        f"{result.expires_at[11:16]}Z", "reserved", result.node)
+            return Done(f"{result.id} on {result.node}: GPUs {result.cuda_visible_devices}, "
+                        f"{until_h(result.expires_at, self.wall_clock())}", "reserved", result.node)
 
         return self.act("reserve failed", reserve)
 
@@ -110,7 +112,7 @@ class ActionSide(_AppBase):
 
         async def renew() -> Done:
             result = await core.renew(self.actions, rid, self.config.defaults.reserve_for_s)
-            return Done(f"{rid} until {result.expires_at[11:16]}Z", "renewed", result.node)
+            return Done(f"{rid} {until_h(result.expires_at, self.wall_clock())}", "renewed", result.node)
 
         return self.act("renew failed", renew)
 
@@ -127,12 +129,19 @@ class ActionSide(_AppBase):
         return self.act(f"{action} failed", job_action)
 
     def load_logs(self, screen: LogScreen) -> Worker[None]:
+        """Stream the job's output into ``screen`` until the job ends; the worker belongs to the
+        screen, so closing it stops the stream."""
         from gpuconsole.core import jobs as core_jobs
 
         async def follow() -> None:
-            await core_jobs.follow_logs(self.actions, screen.job_id, screen.add_output)
+            try:
+                job = await core_jobs.follow_logs(self.actions, screen.job_id, screen.add_output, follow=True)
+            except GpuConsoleError as exc:
+                self.notify(str(exc), title="logs failed", severity="error", timeout=ERROR_TOAST_S)
+                return
+            screen.ended(job.state)
 
-        return self.act("logs failed", follow)
+        return screen.run_worker(follow(), group="logs", exit_on_error=False)
 
     async def refresh_node(self, name: str) -> None:
         """Fetch one node's snapshot now instead of waiting for the next poll tick."""

@@ -28,17 +28,19 @@ from gpuconsole.tui.actions import ActionSide
 from gpuconsole.tui.alerts import JUDGE_INTERVAL_S, AlertBook
 from gpuconsole.tui.cloud import CloudSide
 from gpuconsole.tui.commands import ConsoleCommands
+from gpuconsole.tui.filtering import NodeListSide
 from gpuconsole.tui.messages import PollEventArrived
 from gpuconsole.tui.readback import ReadBack
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
-from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
 from gpuconsole.tui.shell import open_shell
+from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
 from gpuconsole.tui.widgets.alert_log import AlertPanel
 from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
 from gpuconsole.tui.widgets.job_table import JobTable
+from gpuconsole.tui.widgets.keyed_table import KeyedTable
 from gpuconsole.tui.widgets.reservation_table import ReservationTable
-from gpuconsole.tui.widgets.summary import SummaryBar
+from gpuconsole.tui.widgets.summary import SummaryBar, connecting_text
 
 # Data arrives at the poll rate (1 Hz); repainting it at 2 Hz keeps it fresh without repainting
 # 64 rows four times a second. Keys repaint at once (see _select_node).
@@ -48,7 +50,7 @@ MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "pree
                               "shell"})
 
 
-class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
+class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
     """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
@@ -58,17 +60,18 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         Binding("r", "reserve", "Reserve"),
         Binding("x", "release", "Release"),
         Binding("e", "renew", "Renew"),
+        Binding("s", "shell", "Shell"),
         Binding("c", "cancel_job", "Cancel job", show=False),
         Binding("p", "preempt_job", "Preempt", show=False),
-        Binding("s", "shell", "Shell"),
         Binding("l", "job_logs", "Logs", show=False),
         Binding("u", "cloud_up", "Cloud up", show=False),
         Binding("D", "cloud_down", "Terminate", show=False),
         Binding("slash", "filter", "Filter"),
+        Binding("o", "cycle_sort", "Sort"),
         Binding("t", "next_theme", "Theme"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
-        Binding("escape", "close_filter", "Close filter", show=False),
+        Binding("escape", "close_filter", "Clear filter", show=False),
     ]
 
     def __init__(self, config: Config | Registry, *, theme_name: str | None = None, readonly: bool = False,
@@ -87,7 +90,7 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         self.wall_clock = wall_clock  # epoch: alert times, cloud uptime and cost
         self._poll_enabled = poll
         self.fleet = FleetState([n.name for n in nodes], {n.name: n.source for n in nodes})
-        self.name_filter = ""
+        self.init_node_list()
         self.selected_node: str | None = nodes[0].name if nodes else None
         self.poller: Poller | None = None
         self._dirty = True
@@ -109,7 +112,7 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
-        yield SummaryBar("connecting…", id="summary")
+        yield SummaryBar(connecting_text(len(self.fleet.nodes)), id="summary")
         nodes = NodeTable(id="nodes")
         nodes.border_title = "nodes"
         yield nodes
@@ -219,14 +222,16 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
             return  # shutting down: the widgets are already gone
         now_s = self.clock()
         styles = self._styles()
-        view = self.fleet.nodes.get(self.selected_node or "")
         with self.batch_update():
-            nodes.show(self.fleet, now_s, styles, self.name_filter)
+            shown = self.visible_nodes()
+            nodes.show(shown, now_s, styles)
+            self.show_node_list(nodes, shown)
+            view = self.fleet.nodes.get(self.selected_node or "")
             idle_for_s = self.alerts.idle_for_s(self.wall_clock())  # the idle rule's: [watch]'s detector
-            gpus.show(view, self.fleet, styles, idle_for_s)
+            gpus.show(view, self.fleet, styles, idle_for_s, self.wall_clock())
             gpus.border_title = rich_text(f"GPUs · {self.selected_node}" if self.selected_node else "GPUs")
             procs.show(view)
-            reservations.show(self.fleet, styles)
+            reservations.show(self.fleet, styles, self.wall_clock())
             job_table.show(self.fleet, styles, self.wall_clock())
             self.render_cloud(styles, main)
             active = self.alerts.active_keys
@@ -247,9 +252,13 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         view = self.fleet.nodes.get(self.selected_node)
         with self.batch_update():
             gpus = self.query_one(GpuTable)
-            gpus.show(view, self.fleet, self._styles(), self.alerts.idle_for_s(self.wall_clock()))
+            now_wall_s = self.wall_clock()
+            gpus.show(view, self.fleet, self._styles(), self.alerts.idle_for_s(now_wall_s), now_wall_s)
             gpus.border_title = rich_text(f"GPUs · {self.selected_node}")
             self.query_one(ProcessTable).show(view)
+
+    def on_keyed_table_layout_changed(self, _: KeyedTable.LayoutChanged) -> None:
+        self._dirty = True  # a narrowed column's cells take their short form at the next repaint
 
     def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
                timeout: float | None = None, markup: bool = True) -> None:
@@ -270,29 +279,10 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         self.notify(f"theme: {self.theme}")
         self.render_fleet()
 
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("-open")
-        box.focus()
-
-    def action_close_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        if box.has_class("-open"):
-            box.remove_class("-open")
-            self.query_one(NodeTable).focus()
-
-    @on(Input.Changed, "#filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
-        self.name_filter = event.value.strip()
-        self.render_fleet()
-
-    @on(Input.Submitted, "#filter")
-    def _filter_done(self) -> None:
-        self.action_close_filter()
-
     def action_reserve(self) -> None:
         duration = format_duration_s(self.config.defaults.reserve_for_s)
-        dialog = ReserveDialog([n.name for n in self.registry.nodes], duration, cloud=self.config.aws is not None)
+        dialog = ReserveDialog([n.name for n in self.registry.nodes], duration, self.selected_node,
+                               cloud=self.config.aws is not None)
         self.push_screen(dialog, self._reserve_chosen)
 
     def _reserve_chosen(self, form: ReserveForm | None) -> None:
@@ -332,12 +322,8 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
         def confirmed(yes: bool | None) -> None:
             if yes:
                 self.run_release(rid)
-    async def action_shell(self) -> None:
-        """A shell on the selected node, the console suspended meanwhile (tui/shell.py)."""
-        await open_shell(self)
 
-
-        self.push_screen(ConfirmDialog(f"Release {description}?", "Release"), confirmed)
+        self.push_screen(ConfirmDialog(f"Release {description}?", "Release", "Keep it"), confirmed)
 
     def action_renew(self) -> None:
         target = self.selected_reservation()
@@ -345,6 +331,10 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
             self.notify("select a reservation first (Reservations tab, or a reserved GPU)", severity="warning")
             return
         self.run_renew(target[0])
+
+    async def action_shell(self) -> None:
+        """A shell on the selected node, the console suspended meanwhile (tui/shell.py)."""
+        await open_shell(self)
 
     def selected_job(self) -> str | None:
         """The job under the cursor in the Jobs tab, or None (with a hint)."""
@@ -355,7 +345,7 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
             self.notify("select a job in the Jobs tab first", severity="warning")
         return job_id
 
-    def _confirm_job_action(self, action: str, question: str, label: str) -> None:
+    def _confirm_job_action(self, action: str, question: str, label: str, keep_label: str) -> None:
         job_id = self.selected_job()
         if job_id is None:
             return
@@ -364,13 +354,13 @@ class GpuConsoleApp(CloudSide, ActionSide, ReadBack, App[int]):
             if yes:
                 self.run_job_action(action, job_id)
 
-        self.push_screen(ConfirmDialog(question.format(job=job_id), label), confirmed)
+        self.push_screen(ConfirmDialog(question.format(job=job_id), label, keep_label), confirmed)
 
     def action_cancel_job(self) -> None:
-        self._confirm_job_action("cancel", "Cancel job {job}? (SIGTERM, then SIGKILL)", "Cancel job")
+        self._confirm_job_action("cancel", "Cancel job {job}? (SIGTERM, then SIGKILL)", "Cancel job", "Keep running")
 
     def action_preempt_job(self) -> None:
-        self._confirm_job_action("preempt", "Preempt job {job}? (requeued if it asked)", "Preempt")
+        self._confirm_job_action("preempt", "Preempt job {job}? (requeued if it asked)", "Preempt", "Keep running")
 
     def action_job_logs(self) -> None:
         job_id = self.selected_job()

@@ -232,7 +232,7 @@ class CloudSide(_AppBase):
                 self.run_cloud_down(instance.id)
 
         question = f"Terminate {instance.id} ({describe_instance(instance, self.wall_clock())})?"
-        self.push_screen(ConfirmDialog(question, "Terminate"), confirmed)
+        self.push_screen(ConfirmDialog(question, "Terminate", "Keep running"), confirmed)
 
     def run_cloud_down(self, instance_id: str) -> Worker[None]:
         async def cloud_down() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuconsole.config import Config, NodeConfig, parse_config
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.cloud import Instance
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
+
+if TYPE_CHECKING:
+    from gpuconsole.tui.app import GpuConsoleApp
 
 NODES = ("dgx-01", "dgx-02", "dgx-03", "dgx-04", "cloud-g5-1")
 FROZEN_NOW_S = 10_000.0  # the monotonic clock
@@ -101,3 +104,19 @@ def fixture_events(samples: int = 90) -> list[PollEvent]:
     events.append(NodeFailed("dgx-03", "dgx-03: connection lost", False, 4.0, FROZEN_NOW_S))
     events.append(NodeFailed("dgx-04", "dgx-04: connection refused", False, 8.0, FROZEN_NOW_S))
     return events
+
+
+def frozen_console(cloud: bool = False, theme: str = "gpuconsole-dark", events: bool = True) -> GpuConsoleApp:
+    """The console over this fleet with frozen clocks and no poller (snapshots and layout tests);
+    `events=False`: before any node has answered."""
+    from gpuconsole.cloud.monitor import CloudView
+    from gpuconsole.tui.app import GpuConsoleApp
+
+    app = GpuConsoleApp(fixture_config(cloud), theme_name=theme, poll=False, clock=lambda: FROZEN_NOW_S,
+                        wall_clock=lambda: FROZEN_WALL_S)
+    for event in fixture_events() if events else ():
+        app.inject(event)
+    if cloud and events:
+        app.inject_cloud(CloudView(fixture_instances(), (fixture_cloud_node(),), None, FROZEN_WALL_S))
+        app.inject(fixture_cloud_node_event())
+    return app

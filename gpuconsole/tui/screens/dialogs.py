@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -52,8 +53,9 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
                 yield Label("for")
                 yield Input(self.default_duration, id="duration", placeholder="90s, 30m, 4h, 1d")
                 yield Label("node")
+                chosen = self.default_node if self.default_node in self.nodes else AUTO_NODE
                 yield Select([("auto (best fit)", AUTO_NODE), *[(rich_text(n), n) for n in self.nodes]],
-                             value=AUTO_NODE, id="node", allow_blank=False)
+                             value=chosen, id="node", allow_blank=False)
                 yield Label("")
                 if self.cloud:
                     with Horizontal(classes="checks"):
@@ -81,6 +83,11 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
         return ReserveForm(int(raw), ttl_s, None if node == AUTO_NODE else str(node),
                            self.query_one("#preemptible", Checkbox).value, burst)
 
+    @on(Checkbox.Changed, "#burst")
+    def _burst_toggled(self, event: Checkbox.Changed) -> None:
+        if event.value:  # a burst picks the node itself
+            self.query_one("#node", Select).value = AUTO_NODE
+
     @on(Button.Pressed, "#ok")
     @on(Input.Submitted)
     def submit(self) -> None:
@@ -95,21 +102,23 @@ class ReserveDialog(ModalScreen[ReserveForm | None]):
 
 
 class ConfirmDialog(ModalScreen[bool]):
-    """Yes/no for destructive actions (release, preempt); `y` confirms, `n`/escape cancels."""
+    """Yes/no for destructive actions (release, preempt, terminate): `y` confirms, `n`/`esc` cancels,
+    and the buttons say so. The question wraps: it may carry a cost or a long node name."""
 
     BINDINGS = [Binding("escape,n", "no", "No"), Binding("y", "yes", "Yes")]
 
-    def __init__(self, question: str, confirm_label: str = "Yes") -> None:
+    def __init__(self, question: str, confirm_label: str = "Yes", cancel_label: str = "Cancel") -> None:
         super().__init__()
         self.question = question
         self.confirm_label = confirm_label
+        self.cancel_label = cancel_label
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog", classes="dialog"):
-            yield Label(rich_text(self.question), classes="dialog-title")
+            yield Static(rich_text(self.question), id="question", classes="dialog-title")
             with Horizontal(classes="buttons"):
-                yield Button(self.confirm_label, variant="error", id="yes")
-                yield Button("Cancel", id="no")
+                yield Button(Text(f"{self.confirm_label} (y)"), variant="error", id="yes")
+                yield Button(Text(f"{self.cancel_label} (n/esc)"), id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()
@@ -124,7 +133,8 @@ class ConfirmDialog(ModalScreen[bool]):
 
 
 class LogScreen(ModalScreen[None]):
-    """A job's output (stdout, then stderr in the error colour), fetched when opened."""
+    """A job's output (stdout, then stderr in the error colour), followed while the job runs: new
+    lines scroll into view while the view is at its end (scrolled up, it stays where it is)."""
 
     BINDINGS = [Binding("escape,q,l", "close", "Close")]
 
@@ -137,16 +147,27 @@ class LogScreen(ModalScreen[None]):
         from textual.widgets import RichLog
 
         with Vertical(id="dialog", classes="dialog logs"):
-            yield Label(rich_text(self.title_text), classes="dialog-title")
-            yield RichLog(id="log", wrap=True, markup=False, highlight=False)
+            yield Label(rich_text(f"{self.title_text} · following…"), id="log-title", classes="dialog-title")
+            yield RichLog(id="log", wrap=True, markup=False, highlight=False, auto_scroll=False)
             yield Button("Close", id="close")
 
     def add_output(self, stream: str, text: str) -> None:
         from textual.widgets import RichLog
 
+        log = self.query_one("#log", RichLog)
         style = (self.app.current_theme.error or "red") if stream == "stderr" else ""
+        at_end = log.scroll_y >= log.max_scroll_y  # the reader has not scrolled up
         # Shown inside the console, so escaped even for its owner (lines and tabs kept).
-        self.query_one("#log", RichLog).write(rich_text(text.rstrip("\n"), style, multiline=True))
+        # Before the view has its size, writes wait and scroll when they land; after, scroll now (not
+        # after a refresh, which would undo a scroll up that came in between): the next chunk must find
+        # the view at its end too.
+        log.write(rich_text(text.rstrip("\n"), style, multiline=True), scroll_end=at_end and not log.lines)
+        if at_end and log.lines:
+            log.scroll_end(animate=False, immediate=True, x_axis=False)
+
+    def ended(self, state: str) -> None:
+        """The job ended (or this view has read all there is): the title says so."""
+        self.query_one("#log-title", Label).update(rich_text(f"{self.title_text} · {state}"))
 
     @on(Button.Pressed, "#close")
     def action_close(self) -> None:
@@ -156,13 +177,19 @@ class LogScreen(ModalScreen[None]):
 HELP_TEXT = """\
 [b]Keys[/b]
   r        reserve GPUs (dialog)          x   release the selected reservation
-  e        renew the selected reservation  /   filter nodes by name
-  c        cancel the selected job         p   preempt the selected job
+  e        renew the selected reservation  /   filter nodes by name (enter keeps it)
+  c        cancel the selected job         esc clear the filter
+  p        preempt the selected job        o   sort nodes: config, name, free, util
   l        the selected job's output       (in the Jobs tab)
   u        start a cloud node (quote)      D   terminate the selected instance
   tab      next panel                      t   next theme
   ctrl+p   command palette                 ?   this help
   q        quit
+
+[b]In dialogs[/b]
+  y        confirm (release, cancel, terminate)   n, esc   keep / cancel
+  enter    submit the form                        tab      next field
+  esc, q   close the output and help views
 
 [b]Reading the screen[/b]
   ● up   ◌ stale (last data, dimmed)   ✕ unreachable

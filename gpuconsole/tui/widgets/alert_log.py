@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -28,7 +29,7 @@ def _clock_h(epoch_s: float) -> str:
 class AlertLog(KeyedTable):
     """One row per logged alert; rebuilt only when the log or the set of active conditions changes."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(COLUMNS, **kwargs)
         self._signature: tuple[int, int, frozenset[str], str] | None = None
 

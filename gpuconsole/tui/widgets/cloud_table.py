@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 COLUMNS = {"id": 19, "type": 12, "state": 13, "market": 9, "GPUs": 4, "$/h": 6, "uptime": 7, "cost": 8,
            "owner": 8, "node": 13}
+STEPS = (("market", 0), ("uptime", 0), ("GPUs", 0), ("owner", 0))  # narrow, these go first; the id stays whole
 STATE_STYLE = {"running": "gc-free", "pending": "gc-flag", "stopping": "gc-stale", "stopped": "gc-stale",
                "shutting-down": "gc-unreachable", "terminated": "gc-unreachable"}
 
@@ -51,7 +52,7 @@ class CloudTable(KeyedTable):
     """One row per managed instance, keyed by instance id; uptime and cost tick with the wall clock."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(COLUMNS, **kwargs)
+        super().__init__(COLUMNS, steps=STEPS, fit=("id",), **kwargs)
 
     def show(self, view: CloudView | None, fleet: FleetState, styles: dict[str, str], now_wall_s: float) -> None:
         rows: dict[str, list[Cell]] = {}

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.text import Text
 
-from gpuconsole.format import NA, bytes_h, mib_h, num_h, pct_h, rate_h
+from gpuconsole.format import NA, bytes_h, left_h, mib_h, num_h, pct_h, rate_h
 from gpuconsole.model.fleet import FleetState, Health, NodeView, bar, sparkline
 from gpuconsole.model.telemetry import GpuSample
 from gpuconsole.textsafe import rich_text
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
-# 120 columns: "node" fits an EC2 instance id (cloud nodes are named by it); "health" fits "◌ stale · 59m ago".
-NODE_COLUMNS = {"node": 19, "src": 6, "health": 17, "GPUs free": 9, "CPU": 5, "mem": 13,
+# Everything fits 120 columns; narrower, the lesser columns go first (the *_STEPS, in order), so the
+# node name, its health, its free GPUs and who holds each GPU stay. "node" widens to its longest name
+# (an EC2 instance id: cloud nodes are named by it); "health" fits "◌ stale · 59m ago".
+NODE_COLUMNS = {"node": 8, "src": 6, "health": 17, "GPUs free": 9, "CPU": 5, "mem": 13,
                 "disk r/w": 16, "net rx/tx": 17}
-GPU_COLUMNS = {"gpu": 3, "name": 16, "util": 16, "mem": 20, "temp": 4, "power": 5, "history": 16,
-               "reservation": 24}
+NODE_STEPS = (("src", 0), ("disk r/w", 0), ("net rx/tx", 0), ("mem", 0), ("CPU", 0))
+# "reservation" is the holder: "alice · 3h58m left ⚑idle 2m", widening to fit a long owner name.
+GPU_COLUMNS = {"gpu": 3, "name": 14, "util": 16, "mem": 20, "temp": 4, "power": 5, "history": 12,
+               "reservation": 26}
+GPU_STEPS = (("history", 0), ("name", 0), ("power", 0), ("temp", 0))
 PROCESS_COLUMNS = {"gpu": 3, "user": 10, "pid": 8, "mem": 7, "command": 60}
 
 
@@ -28,11 +34,12 @@ class NodeTable(KeyedTable):
     """One row per node: health with "last seen", CPU, memory, disk and network rates, GPUs free."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(NODE_COLUMNS, **kwargs)
+        super().__init__(NODE_COLUMNS, steps=NODE_STEPS, fit=("node",), **kwargs)
 
-    def show(self, fleet: FleetState, now_s: float, styles: dict[str, str], name_filter: str = "") -> None:
+    def show(self, views: Sequence[NodeView], now_s: float, styles: dict[str, str]) -> None:
+        """Exactly ``views``, in their order (the app filters and sorts them: tui/filtering.py)."""
         rows: dict[str, list[Cell]] = {}
-        for view in fleet.visible(name_filter):
+        for view in views:
             rows[view.name] = self._cells(view, now_s, styles)
         self.sync(rows)
 
@@ -77,11 +84,12 @@ class GpuTable(KeyedTable):
     """The selected node's GPUs: bars, temperature, power, history and who holds each one."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(GPU_COLUMNS, **kwargs)
+        super().__init__(GPU_COLUMNS, steps=GPU_STEPS, fit=("reservation",), **kwargs)
 
     def show(self, view: NodeView | None, fleet: FleetState, styles: dict[str, str],
-             idle_for_s: Mapping[tuple[str, int], float]) -> None:
-        """`idle_for_s`: the GPUs the idle rule finds idle now, (node, index) -> seconds (`AlertBook.idle_for_s`)."""
+             idle_for_s: Mapping[tuple[str, int], float], now_wall_s: float) -> None:
+        """`idle_for_s`: the GPUs the idle rule finds idle now, (node, index) -> seconds (`AlertBook.idle_for_s`);
+        `now_wall_s`: the app's wall clock, which the time left on a lease counts from."""
         rows: dict[str, list[Cell]] = {}
         snap = view.snapshot if view else None
         if view is not None and snap is not None:
@@ -103,15 +111,15 @@ class GpuTable(KeyedTable):
                     rich_text((gpu.name or NA).removeprefix("NVIDIA "), dim),
                     util_text, mem_text,
                     Text(num_h(gpu.temperature_c, "C"), style=dim), Text(num_h(gpu.power_w, "W"), style=dim),
-                    Text(sparkline(history, 16), style=styles["gc-util-low"]),
-                    self._holder(gpu, idle_for_s.get((view.name, gpu.index)), styles),
+                    Text(sparkline(history, GPU_COLUMNS["history"]), style=styles["gc-util-low"]),
+                    self._holder(gpu, idle_for_s.get((view.name, gpu.index)), styles, now_wall_s),
                 ]
         self.sync(rows)
 
     @staticmethod
-    def _holder(gpu: GpuSample, idle_s: float | None, styles: dict[str, str]) -> Text:
+    def _holder(gpu: GpuSample, idle_s: float | None, styles: dict[str, str], now_wall_s: float) -> Text:
         if gpu.reservation is not None:
-            text = rich_text(f"{gpu.reservation.owner} ·{gpu.reservation.expires_at[11:16]}Z")
+            text = rich_text(f"{gpu.reservation.owner} · {left_h(gpu.reservation.expires_at, now_wall_s)}")
             if idle_s is not None:
                 text.append(f" ⚑idle {_age_h(idle_s)}", style=f"bold {styles['gc-flag']}")
             return text
@@ -124,7 +132,7 @@ class GpuTable(KeyedTable):
 class ProcessTable(KeyedTable):
     """Processes on the selected node's GPUs: user, pid, GPU memory, command."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(PROCESS_COLUMNS, **kwargs)
 
     def show(self, view: NodeView | None) -> None:

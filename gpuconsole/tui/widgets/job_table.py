@@ -10,8 +10,9 @@ from gpuconsole.durations import format_duration_s
 from gpuconsole.model.fleet import FleetState, Health
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
-COLUMNS = {"id": 9, "name": 14, "node": 12, "gpus": 8, "owner": 9, "prio": 6, "state": 12, "exit": 4,
-           "runtime": 8, "command": 40}
+COLUMNS = {"id": 8, "name": 14, "node": 8, "gpus": 8, "owner": 9, "prio": 6, "state": 12, "exit": 4,
+           "runtime": 8, "command": 20}  # command: the rest of the line (cut at the edge)
+STEPS = (("prio", 0), ("exit", 0), ("name", 0))  # narrow, these go first; ids and node names are never cut
 STATE_STYLE = {"running": "gc-util-low", "queued": "gc-flag", "failed": "gc-unreachable",
                "lost": "gc-unreachable", "preempted": "gc-flag", "cancelled": "gc-stale", "succeeded": "gc-free"}
 
@@ -24,7 +25,7 @@ class JobTable(KeyedTable):
     """One row per job; runtime ticks while the job runs."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(COLUMNS, **kwargs)
+        super().__init__(COLUMNS, steps=STEPS, fit=("id", "node"), **kwargs)
 
     def show(self, fleet: FleetState, styles: dict[str, str], now_wall_s: float) -> None:
         """`now_wall_s`: the app's wall clock (epoch seconds), which running jobs' runtimes count to."""

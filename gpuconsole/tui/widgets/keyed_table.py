@@ -2,18 +2,27 @@
 
 Every table of the console is one, so this is where cells are made safe: a `str` cell would be
 parsed as markup by DataTable, so each cell becomes a `Text` with `rich_text` (terminal escapes
-visible, markup shown literally) before it is shown or compared."""
+visible, markup shown literally) before it is shown or compared.
+
+It also fits its width: when the columns do not fit, `steps` narrow or drop the lesser ones in
+order (a narrowed column's cells switch to their short form: see `narrowed`), and `fit` columns
+(ids, names) widen to their longest cell, so an id is never cut."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.text import Text
+from textual import events
+from textual.message import Message
 from textual.widgets import DataTable
 
 from gpuconsole.textsafe import rich_text, terminal_safe
 
 Cell = str | Text
+Step = tuple[str, int]  # (column, width): width 0 drops the column, a smaller width narrows it
+FIT_MAX = 40  # a `fit` column grows to its longest cell, up to this (a hostile name cannot eat the table)
 
 
 def _safe(cell: Cell) -> Text:
@@ -27,31 +36,107 @@ def _safe(cell: Cell) -> Text:
 class KeyedTable(DataTable[Cell]):
     """Rows are identified by a stable key; `sync` diffs the wanted rows against what is shown."""
 
-    def __init__(self, columns: Mapping[str, int], **kwargs: object) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
+    class LayoutChanged(Message):
+        """Columns were dropped, narrowed or restored: the owner repaints so narrowed cells get their
+        short form."""
+
+    def __init__(self, columns: Mapping[str, int], *, steps: Sequence[Step] = (), fit: Sequence[str] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)
         self._column_widths = dict(columns)
-        self._shown: dict[str, tuple[Cell, ...]] = {}
+        self._steps = tuple(steps)
+        self._fit = frozenset(fit)
+        self._layout = dict(columns)  # the columns shown now, with their widths
+        self._shown: dict[str, tuple[Text, ...]] = {}
 
     def on_mount(self) -> None:
-        for label, width in self._column_widths.items():
+        for label, width in self._layout.items():
             self.add_column(label, key=label, width=width)
 
+    # -- layout -----------------------------------------------------------------------------
+
+    @property
+    def shown_columns(self) -> list[str]:
+        """The columns on screen now, in order (the lesser ones drop out when the table is narrow)."""
+        return list(self._layout)
+
+    def narrowed(self, column: str) -> bool:
+        """True when ``column`` is narrower than its full width (or dropped): show its short form."""
+        width = self._layout.get(column)
+        return width is None or width < self._column_widths[column]
+
+    def _wanted_layout(self, available: int) -> dict[str, int]:
+        names = list(self._column_widths)
+        widths = dict(self._column_widths)
+        for column in self._fit:
+            index = names.index(column)
+            longest = max((cells[index].cell_len for cells in self._shown.values()), default=0)
+            widths[column] = max(widths[column], len(column), min(longest, FIT_MAX))
+        for column, width in self._steps:
+            if sum(w + 2 * self.cell_padding for w in widths.values()) <= available:
+                break
+            if width == 0:
+                widths.pop(column, None)
+            elif column in widths:
+                widths[column] = width
+        return widths
+
+    def relayout(self) -> None:
+        """Choose the columns for the current width; rebuild the table only if they changed."""
+        available = self.size.width
+        if self.row_count > self.size.height - int(self.show_header):  # rows overflow: a scrollbar shows
+            available -= self.styles.scrollbar_size_vertical
+        if available <= 0 or not self.is_mounted:
+            return
+        wanted = self._wanted_layout(available)
+        if wanted == self._layout:
+            return
+        self._layout = wanted
+        keep = self.selected_key
+        rows = dict(self._shown)
+        self.clear(columns=True)
+        self._shown.clear()
+        for label, width in wanted.items():
+            self.add_column(label, key=label, width=width)
+        for key, cells in rows.items():
+            self.add_row(*self._project(cells), key=key)
+            self._shown[key] = cells
+        if keep is not None and keep in self._shown:
+            self.move_cursor(row=self.get_row_index(keep), animate=False)
+        self.post_message(self.LayoutChanged())
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.relayout()
+
+    def _project(self, cells: Sequence[Text]) -> list[Text]:
+        return [cell for column, cell in zip(self._column_widths, cells, strict=True) if column in self._layout]
+
+    # -- rows -------------------------------------------------------------------------------
+
     def sync(self, rows: Mapping[str, Sequence[Cell]]) -> None:
-        """Make the table show exactly ``rows`` (in the given order for new keys)."""
+        """Make the table show exactly ``rows``, in their given order (a row that comes back after a
+        filter goes back to its place)."""
         for key in [k for k in self._shown if k not in rows]:
             self.remove_row(key)
             del self._shown[key]
-        columns = list(self._column_widths)
+        rows_before = self.row_count
+        grew = False
         for key, given in rows.items():
-            cells: tuple[Cell, ...] = tuple(_safe(cell) for cell in given)
+            cells = tuple(_safe(cell) for cell in given)
             old = self._shown.get(key)
             if old is None:
-                self.add_row(*cells, key=key)
+                self.add_row(*self._project(cells), key=key)
             elif old != cells:
-                for column, new_cell, old_cell in zip(columns, cells, old, strict=True):
-                    if new_cell != old_cell:
+                for column, new_cell, old_cell in zip(self._column_widths, cells, old, strict=True):
+                    if new_cell != old_cell and column in self._layout:
                         self.update_cell(key, column, new_cell)
+            grew = grew or any(cells[i].cell_len > self._layout.get(c, FIT_MAX)
+                               for i, c in enumerate(self._column_widths) if c in self._fit)
             self._shown[key] = cells
+        if list(self._shown) != list(rows):
+            self.rebuild(rows)
+        elif grew or self.row_count != rows_before:
+            self.relayout()
 
     def rebuild(self, rows: Mapping[str, Sequence[Cell]]) -> None:
         """Show exactly ``rows`` in their given order, keeping the cursor on the same key if it stays

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from gpuconsole.format import left_h, until_h
 from gpuconsole.model.fleet import FleetState, Health
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
-COLUMNS = {"id": 9, "node": 14, "gpus": 10, "owner": 10, "priority": 8, "state": 10, "expires": 20}
+# "ends" reads "until 23:16 UTC (in 3h58m)"; narrow, "3h58m left". Ids and node names are never cut.
+COLUMNS = {"id": 8, "node": 8, "gpus": 10, "owner": 10, "priority": 8, "state": 10, "ends": 26}
+STEPS = (("priority", 0), ("ends", 14))
 
 
 class ReservationTable(KeyedTable):
     """Active reservations first, then queued requests in grant order."""
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(COLUMNS, **kwargs)
+        super().__init__(COLUMNS, steps=STEPS, fit=("id", "node"), **kwargs)
 
-    def show(self, fleet: FleetState, styles: dict[str, str]) -> None:
+    def show(self, fleet: FleetState, styles: dict[str, str], now_wall_s: float) -> None:
+        """`now_wall_s`: the app's wall clock, which the lease ends count from."""
+        ends = left_h if self.narrowed("ends") else until_h
         rows: dict[str, list[Cell]] = {}
         for view in fleet.nodes.values():
             snap = view.snapshot
@@ -24,7 +29,7 @@ class ReservationTable(KeyedTable):
                 continue
             for res in snap.reservations:
                 rows[res.id] = [res.id, res.node, ",".join(map(str, res.gpus)), res.owner, res.priority,
-                                "active", res.expires_at.replace("T", " ")]
+                                "active", ends(res.expires_at, now_wall_s)]
             for req in snap.queue:
                 rows[req.id] = [req.id, req.node, f"{req.gpus_requested} wanted", req.owner, req.priority,
                                 Text(f"queued #{req.position}", style=styles["gc-flag"]), "-"]

@@ -5,10 +5,15 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from gpuconsole.model.fleet import FleetState
+from gpuconsole.model.fleet import FleetState, Health
 from gpuconsole.textsafe import rich_text
 
 Piece = tuple[str, str]  # (text, style); `$warning` in a style is the theme's warning colour
+
+
+def connecting_text(nodes: int) -> str:
+    """What the summary says until the first nodes answer (from the first frame on)."""
+    return f"connecting to {nodes} node{'s' if nodes != 1 else ''}…"
 
 
 class SummaryBar(Widget):
@@ -46,11 +51,15 @@ class SummaryBar(Widget):
             flags.append((f"⚑ {idle_gpus} idle", f"⚑ {idle_gpus}"))
         if t["unreserved"]:
             flags.append((f"⚠ {t['unreserved']} unreserved", f"⚠ {t['unreserved']}"))
+        connecting = sum(view.health() is Health.CONNECTING for view in fleet.nodes.values())
         text: list[Piece] = [
-            ("nodes ", ""), (str(t["up"]), "b"), (f"/{t['nodes']} up  │  GPUs ", ""), (str(t["free"]), "b"),
+            ("nodes ", ""), (str(t["up"]), "b"), (f"/{t['nodes']} up", ""),
+            (f" · {connecting} connecting…" if connecting else "", ""), ("  │  GPUs ", ""), (str(t["free"]), "b"),
             (f" free · {t['reserved']} reserved · {t['in_use']} busy / {t['gpus']}  │  queue {t['queued']}  │  "
              f"{cloud}", ""),
         ]
+        if connecting and not t["up"]:
+            text = [(connecting_text(connecting), "b"), (f"  │  {cloud}", "")]
         variants = [text]
         if flags:
             words = [full for full, _ in flags]
