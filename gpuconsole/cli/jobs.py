@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 from gpuconsole.cli.completion import remember_id
+from gpuconsole.cli.jobs_view import follow_exit_code, jobs_table
 from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
-from gpuconsole.cli.output import add_row, console, print_json, say, warn
+from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.reservations import burst_plan
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import jobs as core
@@ -18,9 +18,6 @@ from gpuconsole.core.registry import Registry
 from gpuconsole.errors import ExitCode, UsageError
 from gpuconsole.model.jobs import Job, Preempted, Submitted
 from gpuconsole.textsafe import terminal_safe
-
-if TYPE_CHECKING:
-    from rich.table import Table
 
 
 def run_submit(registry: Registry, args: SubmitArgs) -> int:
@@ -50,6 +47,7 @@ def run_submit(registry: Registry, args: SubmitArgs) -> int:
     else:
         where = f"position {result.position}" if result.position else "starting"
         say(f"submitted {result.id} on {result.node} ({where})")
+        say(f"follow it: gpuconsole logs {result.id} -f  (all jobs: gpuconsole jobs)")
     return int(ExitCode.OK)
 
 
@@ -62,7 +60,7 @@ def run_jobs(registry: Registry, args: JobsArgs) -> int:
                 warn(f"job {old_id} lost its cloud instance: requeued as {new.id} on {new.node}")
             found, errors = await core.list_jobs(fleet)
             requeue.forget_finished(found)
-            return found, errors
+            return core.select_jobs(fleet, found, mine=args.mine, user=args.user, state=args.state), errors
 
     found, errors = asyncio.run(go())
     for node, error in errors.items():
@@ -71,29 +69,19 @@ def run_jobs(registry: Registry, args: JobsArgs) -> int:
         print_json({"jobs": [job.to_json() for job in found],
                     "errors": [{"node": n, "error": e} for n, e in errors.items()]})
         return int(ExitCode.OK)
-    console().print(jobs_table(found))
+    if found:  # an empty table is not printed
+        out = console()
+        out.print(jobs_table(found, width=out.width))
+    elif not errors:
+        say("no jobs" if not (args.mine or args.user or args.state) else "no jobs match")
     return int(ExitCode.OK)
 
 
-def jobs_table(found: list[Job]) -> Table:
-    """The `jobs` table (a rich Table); every cell, names and commands included, shown literally."""
-    from rich.table import Table
-
-    table = Table(title="jobs", title_justify="left", header_style="bold")
-    for column in ("id", "name", "node", "gpus", "owner", "priority", "state", "exit", "command"):
-        table.add_column(column, no_wrap=column != "command")
-    for job in found:
-        state = job.state + (f" #{job.position}" if job.state == "queued" and job.position else "")
-        gpus = ",".join(map(str, job.gpus)) or f"{job.gpus_requested} wanted"
-        exit_code = "" if job.exit_code is None else str(job.exit_code)
-        add_row(table, job.id, job.label, job.node, gpus, job.owner, job.priority, state, exit_code, job.command)
-    return table
-
-
 def run_logs(registry: Registry, args: LogsArgs) -> int:
-    """A job's output. Its owner gets the bytes as written (colours, progress bars: what `tail` shows
-    them of their own file); anyone else's output is escaped like every other text from another user
-    (newlines and tabs kept)."""
+    """A job's output (`--tail N`: its last N lines; `--follow`: then on until the job ends, exiting
+    with the job's exit code). Its owner gets the bytes as written (colours, progress bars: what `tail`
+    shows them of their own file); anyone else's output is escaped like every other text from another
+    user (newlines and tabs kept)."""
     raw = [False]
 
     def emit(stream: str, text: str) -> None:
@@ -107,10 +95,11 @@ def run_logs(registry: Registry, args: LogsArgs) -> int:
                 hello = fleet.hello(job.node)
                 raw[0] = hello is not None and hello.user == job.owner
 
-            return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found)
+            return await core.follow_logs(fleet, args.id, emit, follow=args.follow, on_job=found,
+                                          tail_lines=args.tail)
 
-    asyncio.run(go())
-    return int(ExitCode.OK)
+    job = asyncio.run(go())
+    return follow_exit_code(job) if args.follow else int(ExitCode.OK)
 
 
 def run_preempt(registry: Registry, args: PreemptArgs) -> int:

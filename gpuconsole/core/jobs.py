@@ -12,7 +12,7 @@ from typing import Any
 
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.placement import Capacity
-from gpuconsole.core.reservations import capacities
+from gpuconsole.core.reservations import capacities, is_mine
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
 from gpuconsole.model.jobs import Job, LogChunk, Preempted, Submitted
 
@@ -77,6 +77,20 @@ async def list_jobs(fleet: Fleet) -> tuple[list[Job], dict[str, str]]:
     return found, errors
 
 
+def select_jobs(fleet: Fleet, found: list[Job], *, mine: bool = False, user: str | None = None,
+                state: str | None = None) -> list[Job]:
+    """The jobs that pass `jobs --mine/--user/--state` (mine: `release --mine`'s rule, is_mine)."""
+    return [job for job in found
+            if (not mine or is_mine(fleet, job)) and (user is None or job.owner == user)
+            and (state is None or job.state == state)]
+
+
+async def job_on(fleet: Fleet, node: str, job_id: str) -> Job | None:
+    """The job as its own node reports it now (one request to that node), or None if it is gone."""
+    result = await fleet.request(node, "jobs")
+    return next((Job.from_agent(node, job) for job in result["jobs"] if job["id"] == job_id), None)
+
+
 async def find_job(fleet: Fleet, job_id: str) -> Job:
     """The job with this id on whichever reachable node has it; NotFoundError otherwise."""
     jobs, errors = await list_jobs(fleet)
@@ -111,28 +125,36 @@ async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) ->
 
 
 async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,
-                      follow: bool = False, on_job: Callable[[Job], None] | None = None) -> Job:
-    """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end.
-    `on_job` sees the job (its owner) before the first chunk."""
+                      follow: bool = False, on_job: Callable[[Job], None] | None = None,
+                      tail_lines: int | None = None) -> Job:
+    """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end
+    (from the last `tail_lines` lines of each, when given). `on_job` sees the job (its owner) before
+    the first chunk. Following, the job is returned as its node reports it after its end (its exit code)."""
     job = await find_job(fleet, job_id)
     if on_job is not None:
         on_job(job)
     offsets = {"stdout": 0, "stderr": 0}
+    tails = {"stdout": tail_lines, "stderr": tail_lines}
     saw_end = False
     while True:
         ended = True
         for stream in ("stdout", "stderr"):
             while True:
-                chunk = LogChunk.from_agent(await fleet.request(
-                    job.node, "logs", {"id": job_id, "stream": stream, "offset": offsets[stream]}))
+                args: dict[str, Any] = {"id": job_id, "stream": stream, "offset": offsets[stream]}
+                if tails[stream] is not None:
+                    args["tail_lines"] = tails[stream]
+                    tails[stream] = None  # once: then on from where the tail ends
+                chunk = LogChunk.from_agent(await fleet.request(job.node, "logs", args))
                 if chunk.data:
                     on_chunk(stream, chunk.data)
                 offsets[stream] = chunk.offset
                 ended = chunk.ended
                 if not chunk.data:
                     break
-        if not follow or saw_end:
+        if not follow:
             return dataclasses.replace(job, state=chunk.state)
+        if saw_end:
+            return await job_on(fleet, job.node, job_id) or dataclasses.replace(job, state=chunk.state)
         if ended:
             saw_end = True  # one more pass: output written just before the end is still read
             continue

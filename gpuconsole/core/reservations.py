@@ -20,6 +20,7 @@ from gpuconsole.errors import (
 )
 from gpuconsole.model import QueuedRequest, Reservation
 from gpuconsole.model.answers import Grant, Released, grant_or_ticket
+from gpuconsole.model.jobs import Job
 from gpuconsole.ssh.connection import AgentError
 
 
@@ -162,9 +163,9 @@ async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | 
     return Released.from_agent(node, await fleet.request(node, "release", args))
 
 
-def is_mine(fleet: Fleet, item: Reservation | QueuedRequest) -> bool:
+def is_mine(fleet: Fleet, item: Reservation | QueuedRequest | Job) -> bool:
     """Whether the SSH user on the item's node owns it (as that node's agent reports the user): the
-    one rule of `release --mine` and `reservations --mine`."""
+    one rule of `release --mine`, `reservations --mine` and `jobs --mine`."""
     hello = fleet.hello(item.node)
     return hello is not None and hello.user == item.owner
 

@@ -175,13 +175,17 @@ class JobOps:
         return child
 
     def logs(self, args: Args) -> Result:
-        """A chunk of a job's stdout or stderr from `offset`, cut at a whole UTF-8 character."""
+        """A chunk of a job's stdout or stderr from `offset`, cut at a whole UTF-8 character; with
+        `tail_lines` N, from the start of its last N lines instead (the reply's offset goes on from there)."""
         job_id: Any = args.get("id")
         job_dir = self._job_dir(job_id)
         stream = args.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise st.OpError("invalid", "stream must be stdout or stderr")
         offset = st.integer(args.get("offset") or 0, "offset must be a non-negative integer", low=0)
+        tail = args.get("tail_lines")
+        if tail is not None:
+            tail = st.integer(tail, "tail_lines must be a non-negative integer", low=0)
         state, _, _ = self.txn.read()
         job = state.get("jobs", {}).get(job_id)
         if job is None:
@@ -201,6 +205,8 @@ class JobOps:
             raise st.OpError("permission", "logs of job %s: %s" % (job["id"], exc.strerror or exc)) from None
         else:
             try:
+                if tail is not None:
+                    offset = tail_offset(fd, tail)
                 os.lseek(fd, offset, os.SEEK_SET)
                 data = os.read(fd, MAX_LOG_CHUNK)
                 at_end = len(data) < MAX_LOG_CHUNK
@@ -213,6 +219,35 @@ class JobOps:
 
 
 ENDED_MARK = "ended"
+TAIL_SCAN_MAX = 8 * 1024 * 1024  # `logs --tail` looks back this far at most for the lines' start
+
+
+def tail_offset(fd: int, lines: int) -> int:
+    """Where the last `lines` lines of the file begin (a last line without its newline counts)."""
+    size = os.fstat(fd).st_size
+    end = size
+    if size:
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        if os.read(fd, 1) == b"\n":
+            end = size - 1  # the final newline ends the last line; it does not start another
+    if lines == 0:
+        return size
+    found = 0
+    pos = end
+    while pos > 0 and size - pos < TAIL_SCAN_MAX:
+        start = max(0, pos - 65536)
+        os.lseek(fd, start, os.SEEK_SET)
+        block = os.read(fd, pos - start)
+        index = len(block)
+        while True:
+            index = block.rfind(b"\n", 0, index)
+            if index < 0:
+                break
+            found += 1
+            if found == lines:
+                return start + index + 1
+        pos = start
+    return pos
 
 
 def _utf8_boundary(data: bytes) -> int:

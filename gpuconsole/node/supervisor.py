@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     Change = Callable[[str, Args], Tuple[Result, Warnings]]
 
 POLL_S = 0.2
+RUNS_FILE = "runs.json"  # in the job's private dir: how many times the job has started
 RECORD_WAIT_S = 30.0
 HEAD_GC_EVERY_S = 2.0
 CANCEL_GRACE_S = 10.0
@@ -52,6 +53,7 @@ class Supervisor:
             raise ValueError("%s/spec.json has no command" % job_dir)
         self._last_gc = 0.0
         self.lease_lost = False
+        self.runs_here = 0  # runs this supervisor started (a requeue after preemption runs again here)
 
     def _read(self) -> State:
         """Lock-free read, re-parsed only when state.json changed."""
@@ -130,6 +132,7 @@ class Supervisor:
             os.close(out)
             raise
         try:
+            self._mark_run(out, err)
             try:
                 # cwd None: our cwd is the checked job dir (fchdir), not a path that could be swapped.
                 child = subprocess.Popen(self.spec["argv"], cwd=self.spec.get("cwd") or None, env=env,
@@ -150,6 +153,28 @@ class Supervisor:
         except OSError:
             pass
         return self._supervise(child, grant["token"])
+
+    def _mark_run(self, out: int, err: int) -> None:
+        """Count this run in the job's private dir and, from the second run on, write a line naming
+        it into both output streams, so `logs` shows where a requeued job started again."""
+        try:
+            runs = int(private.read_json(self.dir_fd, RUNS_FILE).get("runs", 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            runs = 0
+        self.runs_here += 1
+        try:
+            private.write_json(self.dir_fd, RUNS_FILE, {"runs": runs + 1})
+        except OSError:
+            pass
+        if runs < 1:
+            return
+        why = "requeued after preemption" if self.runs_here > 1 else "requeued after its supervisor was lost"
+        line = ("\u2500\u2500 run %d (%s) \u2500\u2500\n" % (runs + 1, why)).encode()
+        for fd in (out, err):
+            try:
+                os.write(fd, line)
+            except OSError:
+                pass
 
     def _supervise(self, child: subprocess.Popen[bytes], token: int) -> int:
         """Renew the lease while the job runs; on cancel or preemption TERM the group, KILL at the deadline."""
