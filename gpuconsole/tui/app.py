@@ -132,7 +132,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
                 yield CloudTable(id="cloud")
             with TabPane("Alerts", id="tab-alerts"):
                 yield AlertPanel(id="alert-panel")
-        yield Input(placeholder="filter nodes by name (esc to close)", id="filter")
+        yield Input(placeholder="filter nodes by name (enter keeps it, esc clears it)", id="filter")
         yield Footer()
 
     def on_mount(self) -> None:
