@@ -170,15 +170,15 @@ def _down(config: Config, args: CloudDownArgs) -> int:
     uses = asyncio.run(usage(config, targets)) if targets else {}
     if args.idle:
         targets = [i for i in targets if i.state == "running" and uses[i.id].idle]
-    if not targets:
-        say("no instance to " + ("stop" if args.stop else "terminate"))
-        return int(ExitCode.OK)
     busy = [uses[i.id] for i in targets if not uses[i.id].idle]
-    if busy and not args.force and not _consent(busy, args.stop):
-        say("nothing done")
-        return int(ExitCode.OK)
-    ids = [i.id for i in targets]
-    done = ec2.stop(ids) if args.stop else ec2.terminate(ids)
+    if not targets or (busy and not args.force and not _consent(busy, args.stop)):
+        # Nothing to do, or a person said no: nothing changed (the JSON document lists nothing).
+        if not args.json:
+            say("nothing done" if targets else f"no instance to {'stop' if args.stop else 'terminate'}")
+        done: list[Instance] = []
+    else:
+        ids = [i.id for i in targets]
+        done = ec2.stop(ids) if args.stop else ec2.terminate(ids)
     verb = "stopping" if args.stop else "terminating"
     if args.json:
         print_json({"instances": [{"id": i.id, "action": "stop" if args.stop else "terminate"} for i in done]})

@@ -203,6 +203,7 @@ def test_cloud_down_mine_and_idle(cloud_demo: DemoThread) -> None:
     assert forced.returncode == 0, forced.stderr
     assert f"terminating {busy}" in forced.stdout and others not in forced.stdout
     assert _live(cloud_demo) == [others]
+    assert cli_json("cloud", "down", "--idle", config=config)["instances"] == []  # it holds a reservation
     both = run_cli("cloud", "down", "--mine", others, config=config)
     assert both.returncode == 2 and "not both" in both.stderr
 
