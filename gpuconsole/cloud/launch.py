@@ -194,7 +194,7 @@ async def wait_ready(ec2: Ec2, config: Config, launched: list[Launched], *, time
                     continue  # sshd answered before its keys reached the console: learn them, try again
                 raise UnreachableError(
                     f"{exc}; {instance_id} is still running: add its host key, or stop paying with "
-                    f"`gpuconsole cloud down {instance_id}`"
+                    f"`gpuconsole cloud down --force {instance_id}` (its agent cannot be asked what runs there)"
                 ) from None
             except GpuConsoleError:
                 continue  # sshd is up before cloud-init put our key in place: try again
