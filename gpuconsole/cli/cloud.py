@@ -167,10 +167,11 @@ def _down(config: Config, args: CloudDownArgs) -> int:
         targets = [i for i in ec2.describe(states=LIVE_STATES) if i.managed]
         if args.mine:
             targets = [i for i in targets if i.owner == launcher()]
-    uses = asyncio.run(usage(config, targets)) if targets else {}
+    # --force needs no look at the instances' agents (a dead one would only cost its connect timeout).
+    uses = asyncio.run(usage(config, targets)) if targets and (args.idle or not args.force) else {}
     if args.idle:
         targets = [i for i in targets if i.state == "running" and uses[i.id].idle]
-    busy = [uses[i.id] for i in targets if not uses[i.id].idle]
+    busy = [uses[i.id] for i in targets if i.id in uses and not uses[i.id].idle]
     if not targets or (busy and not args.force and not _consent(busy, args.stop)):
         # Nothing to do, or a person said no: nothing changed (the JSON document lists nothing).
         if not args.json:
