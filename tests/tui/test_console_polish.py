@@ -32,6 +32,7 @@ async def test_narrow_panels_keep_the_holder_and_whole_ids(size: tuple[int, int]
         await until(pilot, lambda: "alice · 3h30m left" in app.screen_text(), "the holder column")
         text = app.screen_text()
         assert "bob · 2h left ⚑idle" in text
+        assert "▲ 2  ⚑ 2  ⚠ 1" in text.splitlines()[1]  # the summary's flags: its counts get shorter first
         assert ("net rx/tx" in text) == (size[0] >= 100)
         assert "reservation" in app.query_one(GpuTable).shown_columns
         assert "·13:00Z" not in text

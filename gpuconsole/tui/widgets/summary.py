@@ -22,7 +22,7 @@ class SummaryBar(Widget):
     A fixed one-line widget that repaints only when its text changes: `Static.update` would ask
     for a full layout pass on every tick, which was most of the console's CPU at 64 nodes. When the
     flags do not fit the width they lose their words, the alert count's first (`▲ 3  ⚑ 2  ⚠ 1`;
-    the help screen names the symbols).
+    the help screen names the symbols), and then the counts lose theirs and the cloud cell.
     """
 
     DEFAULT_CSS = "SummaryBar { height: 1; }"
@@ -58,14 +58,22 @@ class SummaryBar(Widget):
             (f" free · {t['reserved']} reserved · {t['in_use']} busy / {t['gpus']}  │  queue {t['queued']}  │  "
              f"{cloud}", ""),
         ]
+        # Narrow (80 columns), the last resort: fewer words, no cloud cell, so the flags still show.
+        compact: list[Piece] = [
+            (str(t["up"]), "b"), (f"/{t['nodes']} up{' …' if connecting else ''} │ ", ""), (str(t["free"]), "b"),
+            (f" free · {t['reserved']} rsv · {t['in_use']} busy /{t['gpus']} │ queue {t['queued']}", ""),
+        ]
         if connecting and not t["up"]:
-            text = [(connecting_text(connecting), "b"), (f"  │  {cloud}", "")]
-        variants = [text]
+            text = compact = [(connecting_text(connecting), "b"), (f"  │  {cloud}", "")]
+        with_cloud = [*compact, (f" │ {cloud}", "")] if compact is not text else compact
+        variants = [text, with_cloud, compact]
         if flags:
             words = [full for full, _ in flags]
             shorter = [flags[0][1] if alerts else flags[0][0], *words[1:]]
-            variants = [[*text, ("  │  ", ""), *_joined([(flag, "b $warning") for flag in chosen], ("  ", ""))]
-                        for chosen in (words, shorter, [short for _, short in flags])]
+            shortest = [short for _, short in flags]
+            variants = [[*base, ("  │  ", ""), *_joined([(flag, "b $warning") for flag in chosen], ("  ", ""))]
+                        for base, chosen in ((text, words), (text, shorter), (text, shortest),
+                                             (with_cloud, shortest), (compact, shortest))]
         if variants != self._variants:
             self._variants = variants
             self.refresh()
