@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +70,74 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, interval_s: 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
         time.sleep(interval_s)
+
+
+class Tmux:
+    """A real terminal: a tmux server of our own (never the user's) on a private socket with one
+    session of `cols`×`rows`; with `raw`, everything written to the terminal is also recorded there
+    from before the command starts (a first frame a fast redraw would hide)."""
+
+    def __init__(self, raw: Path | None = None) -> None:
+        self.socket = f"gctest-{uuid.uuid4().hex[:8]}"
+        self.raw = raw
+        self.size = (120, 40)
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
+                              timeout=10, check=False).stdout
+
+    def start(self, command: str, cols: int = 120, rows: int = 40) -> None:
+        self.size = (cols, rows)
+        if self.raw is not None:  # hold the command until the recording runs
+            go = self.raw.with_name(self.raw.name + ".go")
+            command = f"while [ ! -e {go} ]; do sleep 0.05; done; {command}"
+        # os.environ, not the process's C-level environment: a library's curses setupterm() may have
+        # putenv'd COLUMNS=80/LINES=24 there, which the console would take over the terminal's size.
+        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+        subprocess.run(["tmux", "-L", self.socket, "new-session", "-d", "-s", "gc", "-x", str(cols), "-y", str(rows),
+                        command], check=True, timeout=10, env=env)
+        if self.raw is not None:
+            self.run("pipe-pane", "-o", "-t", "gc", f"cat >> {self.raw}")
+            go.touch()
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "gc")
+
+    def keys(self, *keys: str) -> None:
+        for key in keys:
+            self.run("send-keys", "-t", "gc", key)
+
+    def line(self, text: str) -> None:
+        """Type `text` literally, then Enter."""
+        self.run("send-keys", "-t", "gc", "-l", text)
+        self.run("send-keys", "-t", "gc", "Enter")
+
+    def wait_for(self, text: str, timeout_s: float = 30, gone: bool = False) -> str:
+        """The screen once `text` is on it (or, with `gone`, once it is not)."""
+        return self._poll(lambda screen: (text in screen) != gone, timeout_s,
+                          f"{text!r} {'gone from' if gone else 'on'} screen")
+
+    def wait_re(self, pattern: str, timeout_s: float = 30) -> str:
+        """The screen once `pattern` matches it (a toast may cover a row for a few seconds)."""
+        return self._poll(lambda screen: re.search(pattern, screen) is not None, timeout_s, f"{pattern!r} on screen")
+
+    def _poll(self, done: Callable[[str], bool], timeout_s: float, what: str) -> str:
+        try:
+            return str(wait_for(lambda: (lambda s: s if done(s) else None)(self.screen()),
+                                timeout_s=timeout_s, interval_s=0.1, message=what))
+        except AssertionError as exc:  # show what was there instead
+            size = self.run("display", "-p", "-t", "gc", "#{window_width}x#{window_height}").strip()
+            raise AssertionError(f"{exc}; the screen ({size}):\n{self.screen()}") from None
+
+    def wait_raw(self, text: str, timeout_s: float = 30) -> None:
+        """Until `text` was written to the terminal at some point (needs `raw`)."""
+        assert self.raw is not None
+        raw = self.raw
+        wait_for(lambda: raw.exists() and text in raw.read_bytes().decode("utf-8", "replace"),
+                 timeout_s=timeout_s, interval_s=0.1, message=f"{text!r} written to the terminal")
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10, check=False)
 
 
 def jobs_by_name(config: Path) -> dict[str, dict[str, Any]]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,45 +13,12 @@ from typing import Any
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli, wait_for
+from tests.helpers import Tmux, cli_json, run_cli, wait_for
 
 
 def needs_tmux(test: Any) -> Any:
     """A real-terminal test: marked `tmux`, skipped where tmux is missing."""
     return pytest.mark.tmux(pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")(test))
-
-
-class Tmux:
-    """A tmux server of our own (never the user's) with one session."""
-
-    def __init__(self) -> None:
-        self.socket = f"gcshell-{uuid.uuid4().hex[:8]}"
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
-                              timeout=10, check=False).stdout
-
-    def start(self, command: str, cols: int = 120, rows: int = 40) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "new-session", "-d", "-s", "gc", "-x", str(cols), "-y", str(rows),
-                        command], check=True, timeout=10)
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "gc")
-
-    def keys(self, *keys: str) -> None:
-        for key in keys:
-            self.run("send-keys", "-t", "gc", key)
-
-    def line(self, text: str) -> None:
-        self.run("send-keys", "-t", "gc", "-l", text)
-        self.run("send-keys", "-t", "gc", "Enter")
-
-    def wait_for(self, text: str, timeout_s: float = 30) -> str:
-        return str(wait_for(lambda: (lambda s: s if text in s else None)(self.screen()), timeout_s=timeout_s,
-                            interval_s=0.1, message=f"{text!r} on screen"))
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10, check=False)
 
 
 @pytest.fixture

@@ -3,50 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import Tmux
+
 pytestmark = [pytest.mark.tmux, pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")]
-
-
-class Tmux:
-    """A tmux server of our own (never the user's) with one 120×40 session."""
-
-    def __init__(self) -> None:
-        self.socket = f"gctest-{uuid.uuid4().hex[:8]}"
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
-                              timeout=10, check=False).stdout
-
-    def start(self, command: str) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "new-session", "-d", "-s", "gc", "-x", "120", "-y", "40",
-                        command], check=True, timeout=10)
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "gc")
-
-    def keys(self, *keys: str) -> None:
-        for key in keys:
-            self.run("send-keys", "-t", "gc", key)
-
-    def wait_for(self, text: str, timeout_s: float = 30) -> str:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            screen = self.screen()
-            if text in screen:
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on screen after {timeout_s}s:\n{screen}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10, check=False)
 
 
 @pytest.fixture
