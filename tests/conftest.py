@@ -35,6 +35,10 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.delenv("GPUCONSOLE_CONFIG", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    # A curses setupterm() in pytest's process putenv's COLUMNS=80/LINES=24, which xdist workers then
+    # inherit: tables would fit 80 columns in some runs and 160 in others. A test that wants a width says so.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
 
 
 @pytest.fixture

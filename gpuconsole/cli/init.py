@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -186,9 +185,9 @@ def _literal(value: object) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Write atomically; an existing config is kept as PATH.bak."""
+    from gpuconsole.node.fileio import write_atomic  # the one atomic write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    if path.exists():
-        os.replace(path, path.with_name(path.name + ".bak"))
-    os.replace(tmp, path)
+    if path.exists():  # a copy, so the config path is never without a config
+        write_atomic(str(path.with_name(path.name + ".bak")), path.read_bytes(), 0o600)
+    write_atomic(str(path), text.encode("utf-8"), 0o600)

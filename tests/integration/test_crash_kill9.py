@@ -141,6 +141,7 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     """A fresh node; every agent started on it is closed at the end."""
+    (tmp_path / "state").mkdir()  # as set up: a read-only hello leaves a missing state dir missing
     shared = Node(str(tmp_path / "state"))
     yield shared
     for agent in shared.agents:

@@ -114,7 +114,7 @@ def test_doctor_reports_the_unverified_key_and_the_fix(demo: DemoThread, tmp_pat
     report = json.loads(result.stdout)
     fingerprint = demo.cluster.nodes["node-01"].host_key.get_fingerprint("sha256")
     node1 = next(n for n in report["nodes"] if n["node"] == "node-01")
-    ssh = node1["checks"][0]
+    ssh = next(c for c in node1["checks"] if c["check"] == "ssh")  # after the local-file rows
     assert ssh["check"] == "ssh" and ssh["ok"] is False
     assert fingerprint in ssh["detail"]
     assert ssh["fix"].startswith("ssh-keyscan -p"), ssh
