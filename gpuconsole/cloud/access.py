@@ -11,7 +11,9 @@ def check_access(aws: AwsConfig) -> str:
     credentials or an unknown region 2, refused credentials or no endpoint 5, …)."""
     from gpuconsole.cloud.ec2 import Ec2, classify_aws_error
 
-    ec2 = Ec2(aws)  # no credentials, an unknown profile or region: ConfigError before any request
+    # A check, not a job: one try, no backoff. No credentials, an unknown profile or region:
+    # ConfigError before any request.
+    ec2 = Ec2(aws, attempts=1)
     try:
         ec2.client.describe_regions(RegionNames=[aws.region])
     except Exception as exc:

@@ -114,7 +114,8 @@ def ended_at_s(raw: dict[str, Any]) -> float | None:
 class Ec2:
     """One region's EC2 API with gpuconsole's rules: tags, managed-only mutations, clear errors."""
 
-    def __init__(self, aws: AwsConfig) -> None:
+    def __init__(self, aws: AwsConfig, attempts: int = 3) -> None:
+        """`attempts`: tries per call (botocore's standard retries with backoff); a check asks once."""
         import boto3
         from botocore.config import Config as BotoConfig
         from botocore.exceptions import ProfileNotFound
@@ -139,7 +140,8 @@ class Ec2:
             kwargs = {"aws_access_key_id": LOCAL_EMULATOR_KEY[0], "aws_secret_access_key": LOCAL_EMULATOR_KEY[1]}
         self.client = session.client(
             "ec2", endpoint_url=aws.endpoint_url,
-            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+            config=BotoConfig(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=5,
+                              read_timeout=30),
             **kwargs,
         )
         self._gpus: dict[str, int] = {}
