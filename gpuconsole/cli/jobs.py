@@ -68,13 +68,13 @@ def run_jobs(registry: Registry, args: JobsArgs) -> int:
     if args.json:
         print_json({"jobs": [job.to_json() for job in found],
                     "errors": [{"node": n, "error": e} for n, e in errors.items()]})
-        return int(ExitCode.OK)
-    if found:  # an empty table is not printed
+    elif found:  # an empty table is not printed
         out = console()
         out.print(jobs_table(found, width=out.width))
     elif not errors:
         say("no jobs" if not (args.mine or args.user or args.state) else "no jobs match")
-    return int(ExitCode.OK)
+    # As `status` and `reservations`: no node answered is not an empty success.
+    return int(ExitCode.UNREACHABLE) if errors and len(errors) == len(registry.nodes) else int(ExitCode.OK)
 
 
 def run_logs(registry: Registry, args: LogsArgs) -> int:

@@ -36,6 +36,11 @@ def test_demo_serve_prints_ready_and_cleans_up_on_sigterm(tmp_path: Path) -> Non
     assert proc.returncode == 0
     after = run_cli("status", config=config)
     assert after.returncode == 5  # every node is gone with the demo
+    # No answer from any node is exit 5 for every fleet read, not an empty success.
+    for command in ("reservations", "jobs"):
+        gone = run_cli(command, "--json", config=config)
+        assert gone.returncode == 5, (command, gone.stderr)
+        assert len(json.loads(gone.stdout)["errors"]) == 3  # the document still says which and why
 
 
 def test_status_json_contract_fields(demo: DemoThread) -> None:
