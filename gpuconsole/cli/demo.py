@@ -85,6 +85,9 @@ def _console(root: Path, args: DemoArgs) -> int:
     from gpuconsole.core.registry import Registry
     from gpuconsole.demo.cluster import DemoThread
 
+    # The cluster (and moto) take seconds to start: say so instead of a blank terminal.
+    cloud = "" if args.no_cloud else " and a local EC2"
+    print(f"starting the demo: {args.nodes} nodes × {args.gpus} GPUs{cloud}…", file=sys.stderr, flush=True)
     demo = DemoThread(root, args.nodes, args.gpus, seed=args.seed)
     with demo:
         if not args.no_cloud:

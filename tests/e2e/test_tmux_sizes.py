@@ -37,6 +37,7 @@ def test_console_reads_well_at_this_size(sized: tuple[int, int], tmux: Tmux, tmp
     demo_dir = tmp_path / "demo"
     tmux.start(f"TERM=xterm-256color exec {sys.executable} -m gpuconsole demo --nodes 4 --gpus 2 --no-cloud "
                f"--dir {demo_dir}", cols=width, rows=height)
+    tmux.wait_raw("starting the demo: 4 nodes × 2 GPUs…", timeout_s=20)  # before the cluster is up
     tmux.wait_raw("connecting to 4 nodes…", timeout_s=40)  # the first frames, before any node answered
     tmux.wait_for("4/4 up", timeout_s=30)
     screen = tmux.screen()
