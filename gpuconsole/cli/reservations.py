@@ -92,7 +92,7 @@ def grant_json(result: Grant) -> dict[str, object]:
 
 def _granted_line(result: Grant) -> str:
     return (f"reserved {result.id} on {result.node}: GPUs {result.cuda_visible_devices} "
-            f"for {result.owner} until {result.expires_at}")
+            f"for {result.owner} {until_h(result.expires_at, time.time())}")
 
 
 def export_lines(result: Grant) -> list[str]:
@@ -205,7 +205,7 @@ def run_renew(registry: Registry, args: RenewArgs) -> int:
     if args.json:
         print_json(grant_json(result))
     else:
-        say(f"renewed {result.id} on {result.node} until {result.expires_at}")
+        say(f"renewed {result.id} on {result.node} {until_h(result.expires_at, time.time())}")
     return int(ExitCode.OK)
 
 

@@ -140,3 +140,19 @@ def test_hostile_ids_and_owners_stay_whole_and_escaped_at_80_columns() -> None:
     assert not {c for c in shown if c in FORBIDDEN}, shown
     assert_fits(shown, 80)
     assert "\\x1b]52;c;aGVsbG8=" in shown and "1 GPU: ○ 0 free · ◐ 1 reserved" in shown
+
+
+def test_reserve_and_renew_say_when_the_lease_ends_as_people_read_it(demo: DemoThread) -> None:
+    """The human lines of `reserve`, `reserve --export` (stderr) and `renew`: 'until 23:16 UTC (in
+    3h59m)', never an ISO stamp (JSON keeps ISO 8601)."""
+    config = demo.config_path
+    reserved = run_cli("reserve", "--gpus", "1", "--for", "4h", config=config)
+    assert reserved.returncode == 0, reserved.stderr
+    line = reserved.stdout.splitlines()[0]
+    assert re.search(r" until \d\d:\d\d UTC \(in 3h5\dm\)$", line) and not ISO_TIME.search(line), line
+    rid = line.split()[1]
+    exported = run_cli("reserve", "--gpus", "1", "--for", "30m", "--export", config=config)
+    assert re.search(r" until \d\d:\d\d UTC \(in (29|30)m\)$", exported.stderr.strip()), exported.stderr
+    renewed = run_cli("renew", rid, "--for", "6h", config=config)  # a renewal never shortens a lease
+    assert renewed.returncode == 0, renewed.stderr
+    assert re.fullmatch(rf"renewed {rid} on node-0\d until \d\d:\d\d UTC \(in (5h59m|6h)\)", renewed.stdout.strip())
