@@ -93,12 +93,12 @@ def _choose(opts: InitArgs, aliases: list[str], interactive: bool, ssh_config: s
                          + ", ".join(aliases))
     else:
         chosen = _pick(aliases, ssh_config)
-    bad = [name for name in chosen if not NAME_RE.match(name)]
+    bad = [name for name in chosen if not NAME_RE.fullmatch(name)]  # fullmatch: `$` takes a final \n
     if bad and (opts.hosts or not interactive):
         raise UsageError(f"init: not a valid node name (letters, digits, '.', '_', '-'): {', '.join(bad)}")
     for name in bad:
         warn(f"init: {name!r} left out: not a valid node name (letters, digits, '.', '_', '-')")
-    return [name for name in chosen if NAME_RE.match(name)]
+    return [name for name in chosen if NAME_RE.fullmatch(name)]
 
 
 def _pick(aliases: list[str], ssh_config: str) -> list[str]:

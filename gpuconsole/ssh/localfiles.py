@@ -26,6 +26,7 @@ from gpuconsole.ssh.hostkeys import DEFAULT_SSH_PORT, trust_set
 USER_SSH_CONFIG = "~/.ssh/config"
 _KEYWORD = re.compile(r"^\s*(\w+)\s*(?:=\s*|\s+)(.*)$")
 _MAX_INCLUDE_DEPTH = 16  # OpenSSH's own limit
+_MAX_CONFIG_BYTES = 1 << 20  # read of each ssh config file; the rest is ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,16 +50,41 @@ def host_aliases(path: str = USER_SSH_CONFIG) -> list[str]:
     Patterns (`*`, `?`) and negations (`!`) name no one host, so they are skipped; a missing file
     has none."""
     found: list[str] = []
-    _read_hosts(Path(path).expanduser(), found, 0)
+    _read_hosts(Path(path).expanduser(), found, 0, set())
     return list(dict.fromkeys(found))
 
 
-def _read_hosts(path: Path, found: list[str], depth: int) -> None:
+def _read_text(path: Path) -> str | None:
+    """A config file's text, or None for anything but a readable regular file: O_NONBLOCK and the
+    fstat keep an included FIFO or device from hanging `init`, the limit a huge file from filling memory."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _MAX_CONFIG_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_hosts(path: Path, found: list[str], depth: int, seen: set[tuple[int, int]]) -> None:
+    """Each file once (an Include loop, or the same file included twice, adds nothing new: the
+    aliases are deduplicated in file order anyway), so a self-including config is not 3^16 reads."""
+    try:
+        info = path.stat()
     except OSError:
         return
-    for line in lines:
+    if (info.st_dev, info.st_ino) in seen:
+        return
+    seen.add((info.st_dev, info.st_ino))
+    text = _read_text(path)
+    if text is None:
+        return
+    for line in text.splitlines():
         match = _KEYWORD.match(line)
         if match is None or line.lstrip().startswith("#"):
             continue
@@ -75,7 +101,7 @@ def _read_hosts(path: Path, found: list[str], depth: int) -> None:
                 if not os.path.isabs(pattern):  # relative to ~/.ssh, as OpenSSH reads a user config
                     pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
                 for included in sorted(glob.glob(pattern)):
-                    _read_hosts(Path(included), found, depth + 1)
+                    _read_hosts(Path(included), found, depth + 1, seen)
 
 
 def resolve(alias: str, config_path: str | None = None) -> SshHost:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
 from pathlib import Path
 
@@ -99,3 +100,22 @@ def test_the_no_config_hint_offers_init_not_a_demo_config() -> None:
     result = run_cli("status")
     assert result.returncode == 2
     assert "gpuconsole init" in result.stderr and "--write-config" not in result.stderr, result.stderr
+
+
+def test_init_reads_each_ssh_config_file_once_and_never_hangs_on_one(tmp_path: Path) -> None:
+    """A config that includes itself three times over would be 3^16 reads at OpenSSH's depth limit;
+    an included FIFO would block the read forever. Each file is read once, only regular files."""
+    ssh = Path.home() / ".ssh"
+    ssh.mkdir(mode=0o700)
+    os.mkfifo(ssh / "pipe")
+    (ssh / "extra").write_text("Host gpu-extra\n    HostName 127.0.0.1\n")
+    (ssh / "config").write_text("Include config config config\nInclude pipe\nInclude extra extra\nHost gpu-a\n")
+    result = run_cli("init", config=tmp_path / "c.toml", timeout_s=15)  # no terminal: lists the hosts
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith(": gpu-extra, gpu-a"), result.stderr
+
+
+def test_init_refuses_a_host_name_with_a_line_break_in_one_line() -> None:
+    result = run_cli("init", "--host", "node-01\n")
+    assert result.returncode == 2 and "not a valid node name" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not default_config_path().exists()
