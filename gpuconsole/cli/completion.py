@@ -22,6 +22,7 @@ from gpuconsole.cli.options import CompletionArgs
 COMPLETE_COMMAND = "__complete"  # hidden: the scripts' way back in, not part of the CLI contract
 SAFE_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_IDS = 30  # the newest ids kept for completion; older ones have usually ended anyway
+MAX_CACHE_BYTES = 64 << 10  # far above MAX_IDS safe values; a bigger file is not ours and is ignored
 _ID_COMMANDS = ("release", "renew", "logs", "preempt", "cancel")  # whose ID argument is ours
 
 # The functions the scripts call for values. Each passes on a `--config PATH` typed earlier on the
@@ -146,10 +147,13 @@ def ids_cache_path() -> Path:
 
 
 def recent_ids() -> list[str]:
-    """The cached ids, newest last (a missing or unreadable cache is empty)."""
+    """The cached ids, newest last (a missing or unreadable cache is empty). Read as a regular file
+    of bounded size: a FIFO or a link in its place would otherwise hang every TAB and `reserve`."""
+    from gpuconsole.node.fileio import read_regular
+
     try:
-        text = ids_cache_path().read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = read_regular(str(ids_cache_path()), limit=MAX_CACHE_BYTES).decode("utf-8", errors="replace")
+    except (OSError, ValueError):
         return []
     return [line for line in text.splitlines() if SAFE_VALUE.fullmatch(line)]
 

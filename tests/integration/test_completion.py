@@ -215,3 +215,18 @@ def test_the_id_cache_keeps_the_newest_safe_ids(home: dict[str, str]) -> None:
     ids = run_cli("__complete", "ids", env=home).stdout.split()
     assert ids == [f"r-{n}" for n in range(11, 40)] + ["r-5"]
     assert len(ids) == 30
+
+
+def test_a_fifo_as_the_id_cache_never_hangs_a_tab_or_a_reserve(home: dict[str, str]) -> None:
+    """The cache is read as a regular file of bounded size: a FIFO in its place (or a link to one)
+    would block every TAB, and `reserve`'s remember_id after the grant, forever."""
+    path = Path(home["XDG_CACHE_HOME"]) / "gpuconsole" / "ids"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    result = run_cli("__complete", "ids", env=home, timeout_s=10)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    remember = subprocess.run([sys.executable, "-c", "from gpuconsole.cli.completion import remember_id\n"
+                               "remember_id('r-after')\n"], capture_output=True, text=True, timeout=10, env=home,
+                              cwd=REPO)
+    assert (remember.returncode, remember.stderr) == (0, "")
+    assert run_cli("__complete", "ids", env=home, timeout_s=10).stdout == "r-after\n"
