@@ -159,7 +159,7 @@ class Supervisor:
         it into both output streams, so `logs` shows where a requeued job started again."""
         try:
             runs = int(private.read_json(self.dir_fd, RUNS_FILE).get("runs", 0))
-        except (OSError, ValueError, TypeError, AttributeError):
+        except Exception:  # only a counter: Infinity (OverflowError), deep nesting (RecursionError)…
             runs = 0
         self.runs_here += 1
         try:

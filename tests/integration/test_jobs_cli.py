@@ -110,3 +110,20 @@ def test_runs_of_a_requeued_job_are_separated_in_its_output(demo_factory: Callab
     assert shown.stderr == f"oops\n{marker}\noops\n"
     assert jobs_by_name(config)["again"]["state"] == "running"
     assert run_cli("cancel", job["id"], config=config).returncode == 0
+
+
+def test_a_bad_runs_file_never_costs_the_job_its_next_run(demo_factory: Callable[..., DemoThread]) -> None:
+    """runs.json is only a counter: one that holds Infinity (json reads it; int() overflows) is
+    taken as no earlier run, and the requeued job still starts again."""
+    demo = demo_factory(nodes=1, gpus=1)
+    config = demo.config_path
+    job = submit_job(config, "again", "--gpus", "1", "--requeue", "--grace", "0",
+                     argv=["sh", "-c", "echo start; sleep 300"])
+    wait_for(lambda: run_cli("logs", job["id"], config=config).stdout == "start\n", timeout_s=20,
+             message="the first run's output")
+    (demo.cluster.nodes["node-01"].state_dir / "jobs" / job["id"] / "runs.json").write_text('{"runs": Infinity}')
+    assert run_cli("preempt", job["id"], config=config).returncode == 0
+    wait_for(lambda: run_cli("logs", job["id"], config=config).stdout == "start\nstart\n", timeout_s=30,
+             message="the second run's output")
+    assert jobs_by_name(config)["again"]["state"] == "running"
+    assert run_cli("cancel", job["id"], config=config).returncode == 0
