@@ -25,7 +25,7 @@ from typing import Any
 import asyncssh
 
 from gpuconsole.errors import UnreachableError
-from gpuconsole.model.replies import BadReplyError
+from gpuconsole.model.replies import BadReplyError, decode_line
 from gpuconsole.node import ptyshell
 from gpuconsole.ssh.bundle import agent_preamble
 from gpuconsole.ssh.connection import AgentError, NodeConnection
@@ -91,7 +91,7 @@ async def start(conn: NodeConnection, reservation: str, argv: Sequence[str] | No
         proc.close()
         raise
     try:
-        reply = json.loads(line)
+        reply = decode_line(line)  # the agent's decoder: deep nesting is a ValueError, not a RecursionError
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
             raise ValueError("not a reply")
     except ValueError:

@@ -202,3 +202,13 @@ def test_only_the_bad_node_is_exit_5(hostile_demo: Callable[..., DemoThread], mo
         assert result.returncode == 5, (command, result.stderr)
         assert_clean_stderr(result.stderr)
         assert "node-01: bad reply from agent" in result.stderr, (command, result.stderr)
+
+
+def test_a_shell_answer_nested_too_deep_is_the_nodes_error(hostile_demo: Callable[..., DemoThread]) -> None:
+    """`gpuconsole shell` reads the node's answer with the agent's own decoder: 100000 nested
+    brackets are a bad reply (exit 5, one line), not a RecursionError (exit 1)."""
+    demo = hostile_demo("shell-nested")
+    result = run_cli("shell", "--reservation", "r-good", "--", "true", config=demo.config_path, timeout_s=30)
+    assert result.returncode == 5, result.stderr
+    assert_clean_stderr(result.stderr)
+    assert "node-02: bad reply from the shell agent" in result.stderr
