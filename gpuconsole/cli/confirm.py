@@ -31,7 +31,8 @@ def _yes(answer: str) -> bool:
 def ask(question: str) -> bool:
     """Ask on stderr, read one line from the terminal: True only for y/yes (EOF is no)."""
     _prompt(question)
-    return _yes(sys.stdin.readline())
+    # Bytes, not text: a stray non-UTF-8 key is a "no", not a UnicodeDecodeError (exit 1).
+    return _yes(sys.stdin.buffer.readline().decode(errors="replace"))
 
 
 async def ask_async(question: str) -> bool:

@@ -78,7 +78,7 @@ def run_init(opts: InitArgs) -> int:
 def _ask(question: str) -> bool:
     try:
         return input(question).strip().lower() in ("y", "yes")
-    except EOFError:
+    except (EOFError, UnicodeDecodeError):  # no answer, or bytes that are no text: no
         return False
 
 
@@ -115,7 +115,7 @@ def _pick(aliases: list[str], ssh_config: str) -> list[str]:
     while True:
         try:
             answer = input("nodes to include (numbers or names, space-separated; 'all'; 'none') [all]: ").strip()
-        except EOFError:
+        except (EOFError, UnicodeDecodeError):
             answer = "none"
         if answer in ("", "all"):
             return aliases

@@ -38,7 +38,10 @@ class AgentError(GpuConsoleError):
         self.code = str(error.get("code", "internal"))
         self.detail = error
         message = f"{node}: {error.get('message', self.code)}"
-        super().__init__(message, AGENT_ERROR_TYPES.get(self.code, GpuConsoleError).exit_code)
+        # Our agent's "internal" is a bug (exit 1); a code no agent of ours sends is the node's fault:
+        # exit 5 like any other node that cannot serve, never the client's "internal error".
+        default = GpuConsoleError if self.code == "internal" else UnreachableError
+        super().__init__(message, AGENT_ERROR_TYPES.get(self.code, default).exit_code)
 
 
 def classify_connect_error(node: str, exc: BaseException, identity_file: str | None = None) -> UnreachableError:

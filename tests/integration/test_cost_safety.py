@@ -83,7 +83,7 @@ def on_terminal(*args: str, config: Path, answer: str | None = None, env: dict[s
                     break
                 seen += data
             if not answered and b"[y/N]" in seen:
-                os.write(master, (answer or "").encode() + b"\n")
+                os.write(master, (answer or "").encode("utf-8", "surrogateescape") + b"\n")  # "\udcff": byte 0xff
                 answered = True
             if proc.poll() is not None and not ready:
                 break
@@ -139,6 +139,9 @@ def test_cloud_down_of_a_busy_instance_names_its_work_and_needs_force(cloud_demo
     assert held["id"] in refused.stderr and job["id"] in refused.stderr and "--force" in refused.stderr
     code, seen = on_terminal("cloud", "down", instance, config=config, answer="n")
     assert code == 0 and "terminate anyway?" in seen and "nothing done" in seen, seen
+    utf8 = {"LC_ALL": "C.UTF-8", "PYTHONIOENCODING": "utf-8:strict"}  # a strict decoder, as in a UTF-8 locale
+    code, seen = on_terminal("cloud", "down", instance, config=config, answer="\udcff", env=utf8)  # not UTF-8: no
+    assert code == 0 and "nothing done" in seen, seen
     assert _live(cloud_demo) == [instance]
 
     forced = run_cli("cloud", "down", "--force", instance, config=config)

@@ -180,3 +180,16 @@ def test_wrong_type_ok_and_error_are_refused() -> None:
     for reply in ({"id": 1, "ok": "yes", "result": {}}, {"id": 1, "ok": False, "error": "nope"}, [1, True, {}]):
         with pytest.raises(BadReplyError):
             check_reply(NODE, "capacity", reply)
+
+
+@pytest.mark.parametrize(("code", "exit_code"), [
+    ("not_found", 6), ("permission", 4), ("busy", 5), ("internal", 1), (None, 1),
+    ("made-up", 5), ("\x1b]2;x\x07", 5), ("", 5),
+])
+def test_an_error_code_no_agent_of_ours_sends_is_the_nodes_fault(code: str | None, exit_code: int) -> None:
+    """A node's error answer maps to the contract's code; one we never send is exit 5 (that node
+    cannot serve), never 1, which means a bug of ours (our agent's own `internal`, or no code)."""
+    from gpuconsole.ssh.connection import AgentError
+
+    error = {"message": "no"} if code is None else {"code": code, "message": "no"}
+    assert int(AgentError("node-01", error).exit_code) == exit_code
