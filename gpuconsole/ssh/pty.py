@@ -31,6 +31,7 @@ from gpuconsole.ssh.bundle import agent_preamble
 from gpuconsole.ssh.connection import AgentError, NodeConnection
 
 READY_LIMIT_BYTES = 1 << 20  # what a node may print before its marker before we give up on it
+ANSWER_LIMIT_BYTES = 65536  # the node's answer line ({"ok": true} or an error): far more than it needs
 CHUNK_BYTES = 65536
 HANDSHAKE_EXTRA_S = 30.0  # beyond the connect timeout: the agent's start and its state read
 
@@ -80,7 +81,7 @@ async def start(conn: NodeConnection, reservation: str, argv: Sequence[str] | No
         async with asyncio.timeout(conn.cfg.connect_timeout_s + HANDSHAKE_EXTRA_S):
             await skip_to_marker(proc.stdout, ptyshell.READY, conn.name)  # nothing follows until asked
             proc.stdin.write(agent_preamble() + _request_line(conn, reservation, argv))
-            line = await proc.stdout.readline()
+            line = await read_answer(proc.stdout)
     except TimeoutError:
         proc.close()
         raise UnreachableError(f"{conn.name}: shell: no answer from the node") from None
@@ -90,6 +91,10 @@ async def start(conn: NodeConnection, reservation: str, argv: Sequence[str] | No
     except BaseException:
         proc.close()
         raise
+    if line is None:
+        proc.close()
+        raise BadReplyError(f"{conn.name}: bad reply from the shell agent: an answer longer than "
+                            f"{ANSWER_LIMIT_BYTES} bytes")
     try:
         reply = decode_line(line)  # the agent's decoder: deep nesting is a ValueError, not a RecursionError
         if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
@@ -102,6 +107,19 @@ async def start(conn: NodeConnection, reservation: str, argv: Sequence[str] | No
         error = reply.get("error")
         raise AgentError(conn.name, error if isinstance(error, dict) else {"code": "internal"})
     return proc
+
+
+async def read_answer(stream: asyncssh.SSHReader[bytes]) -> bytes | None:
+    """The node's one answer line, None once it runs past ANSWER_LIMIT_BYTES (a hostile node cannot
+    make us buffer more). Byte by byte: what follows the line is the session's own output, which
+    must stay in the stream for the bridge."""
+    line = bytearray()
+    while len(line) <= ANSWER_LIMIT_BYTES:
+        byte = await stream.read(1)
+        if not byte or byte == b"\n":
+            return bytes(line)
+        line += byte
+    return None
 
 
 def _size() -> tuple[int, int]:

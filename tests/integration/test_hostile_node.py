@@ -212,3 +212,14 @@ def test_a_shell_answer_nested_too_deep_is_the_nodes_error(hostile_demo: Callabl
     assert result.returncode == 5, result.stderr
     assert_clean_stderr(result.stderr)
     assert "node-02: bad reply from the shell agent" in result.stderr
+
+
+def test_a_shell_answer_without_an_end_of_line_is_cut_off_at_the_limit(hostile_demo: Callable[..., DemoThread]) -> None:
+    """A node that answers a shell request with megabytes and no newline: the client stops reading
+    at its limit (bounded memory, a bad reply, exit 5), instead of buffering until the handshake's
+    timeout."""
+    demo = hostile_demo("shell-endless")
+    result = run_cli("shell", "--reservation", "r-good", "--", "true", config=demo.config_path, timeout_s=30)
+    assert result.returncode == 5, result.stderr
+    assert_clean_stderr(result.stderr)
+    assert "node-02: bad reply from the shell agent: an answer longer than 65536 bytes" in result.stderr
