@@ -59,7 +59,7 @@ async def usage(config: Config, instances: list[Instance]) -> dict[str, Usage]:
     if not nodes:
         return found
     async with Fleet(Registry(config, nodes.values()), owns=True) as fleet:
-        snapshots = await fleet_snapshot(fleet, list(nodes))  # only the instances' agents are asked
+        snapshots = await fleet_snapshot(fleet, list(nodes), rates=False)  # only the instances' agents are asked
     for snapshot in snapshots:
         if not snapshot.reachable or snapshot.state_error:
             found[snapshot.name] = Usage(snapshot.name, error=snapshot.error or snapshot.state_error)

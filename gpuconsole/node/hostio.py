@@ -101,10 +101,14 @@ class HostSampler:
         started_s: float = self._prev["t"]
         return time.monotonic() - started_s
 
-    def sample(self) -> dict[str, Any]:
-        """Return the node I/O figures of the contract; None for what this node cannot tell."""
-        now = self._counters()
-        prev, self._prev = self._prev, now
+    def sample(self, rates: bool = True) -> dict[str, Any]:
+        """Return the node I/O figures of the contract; None for what this node cannot tell (and,
+        with `rates` False, for the rates: the window since the last sample is too short for them)."""
+        if rates:
+            now = self._counters()
+            prev, self._prev = self._prev, now
+        else:  # no window for rates: they stay unknown, and the kept counters start the next one's window
+            now = prev = {"t": 0.0, "cpu": None, "disk": None, "net": None}
         dt = max(now["t"] - prev["t"], 1e-6)
         result: dict[str, Any] = {
             "cpu_pct": None, "mem_used_bytes": None, "mem_total_bytes": None,

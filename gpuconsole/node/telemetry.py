@@ -47,13 +47,19 @@ class Telemetry:
         with self.sample_lock:
             return {g for g, items in gpus.processes().items() if items}
 
-    def collect(self, gpus: GpuSource | None, txn: Transactions, new_ctx: Callable[[], Ctx]) -> Result:
-        """Host I/O, GPUs with their reservations and processes, and the state listing."""
+    def collect(self, gpus: GpuSource | None, txn: Transactions, new_ctx: Callable[[], Ctx],
+                rates: bool = True) -> Result:
+        """Host I/O, GPUs with their reservations and processes, and the state listing.
+
+        Rates need a window of MIN_RATE_WINDOW_S since the previous sample: only the first sample of
+        a connection is that young. It waits for it, unless the caller does not show rates (`rates`
+        False: a single `status --json`); then the rates are null (unknown) and nothing waits.
+        """
         with self.sample_lock:
             wait_s = MIN_RATE_WINDOW_S - self.host.age_s()
-            if wait_s > 0:
-                time.sleep(wait_s)  # rates need a window; only the first sample of a connection waits
-            host = self.host.sample()
+            if wait_s > 0 and rates:
+                time.sleep(wait_s)
+            host = self.host.sample(rates=rates or wait_s <= 0)
             gpu_list = gpus.sample() if gpus else []
         ctx = new_ctx()
         state_error = None

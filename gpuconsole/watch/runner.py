@@ -242,11 +242,11 @@ class WatchRunner:
         self.load_state()
         self.dispatcher.start()
         try:
-            snapshots = {s.name: s for s in await fleet_snapshot(self._fleet)}
+            snapshots = {s.name: s for s in await fleet_snapshot(self._fleet, rates=False)}
             failed = [name for name, snap in snapshots.items() if not snap.reachable]
             if failed:
                 await asyncio.sleep(ONCE_RETRY_AFTER_S)  # the next call reopens what failed
-                snapshots.update({s.name: s for s in await fleet_snapshot(self._fleet, failed)})
+                snapshots.update({s.name: s for s in await fleet_snapshot(self._fleet, failed, rates=False)})
             for snap in snapshots.values():
                 event: PollEvent = NodeUpdated(snap, time.monotonic()) if snap.reachable else NodeFailed(
                     snap.name, snap.error or "unreachable", False, None, time.monotonic())

@@ -53,7 +53,8 @@ def test_status_json_contract_fields(demo: DemoThread) -> None:
                 "disk_read_bps", "disk_write_bps", "net_rx_bps", "net_tx_bps", "gpus"):
         assert key in node
     assert node["source"] == "onprem" and node["reachable"] is True and node["error"] is None
-    assert 0 <= node["cpu_pct"] <= 100 and node["mem_total_bytes"] > node["mem_used_bytes"] > 0
+    # One cold JSON snapshot has no rate window: the rates are null (README; tests/integration/test_cold_status.py).
+    assert node["cpu_pct"] is None and node["mem_total_bytes"] > node["mem_used_bytes"] > 0
     gpu = node["gpus"][0]
     for key in ("index", "uuid", "name", "util_pct", "mem_used_mib", "mem_total_mib", "temperature_c",
                 "power_w", "reservation", "processes"):
