@@ -9,7 +9,9 @@ and the command that adds it after an out-of-band check.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,18 @@ from gpuconsole.errors import UnreachableError
 DEFAULT_USER_FILES = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 DEFAULT_GLOBAL_FILES = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 DEFAULT_SSH_PORT = 22
+
+# Parsed trust sets, shared by every connection of this process (a 64-node fleet parsed its file 64
+# times): keyed by the files' names, kept with their contents' digests, so a changed file is parsed
+# again and the answer is always that of the files as they are now. One entry per distinct set.
+_parsed: dict[tuple[str, ...], tuple[tuple[bytes, ...], asyncssh.SSHKnownHosts]] = {}
+_parsed_lock = threading.Lock()
+_parses = 0
+
+
+def parse_count() -> int:
+    """How many times this process has parsed a trust set's known_hosts text (tests and bench)."""
+    return _parses
 
 
 class HostKeyError(UnreachableError):
@@ -49,17 +63,35 @@ class TrustSet:
         return [f for f in self.files if os.path.isfile(os.path.expanduser(f))]
 
     def load(self, node: str) -> asyncssh.SSHKnownHosts:
-        """Every readable file in one trust set (an empty one trusts nothing, never everything)."""
-        known = asyncssh.SSHKnownHosts()
-        for name in self.existing():
+        """Every readable file in one trust set (an empty one trusts nothing, never everything).
+
+        The files are read on every call; they are parsed only when their bytes differ from the
+        last parse of this set in this process (asyncssh only reads a parsed set: safe to share)."""
+        global _parses
+        names = tuple(self.existing())
+        texts: list[bytes] = []
+        for name in names:
             try:
-                known.load(Path(name).expanduser().read_text(encoding="utf-8", errors="replace"))
+                texts.append(Path(name).expanduser().read_bytes())
             except OSError as exc:
                 raise HostKeyError(f"{node}: cannot read known_hosts {name}: {exc.strerror or exc}") from None
+        digests = tuple(hashlib.sha256(text).digest() for text in texts)
+        with _parsed_lock:
+            cached = _parsed.get(names)
+        if cached is not None and cached[0] == digests:
+            return cached[1]
+        known = asyncssh.SSHKnownHosts()
+        for name, text in zip(names, texts, strict=True):
+            try:
+                # Newlines as read_text gives them (universal), as before.
+                known.load(text.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n"))
             except ValueError:
                 raise HostKeyError(
                     f"{node}: known_hosts {name} has a malformed line; check it with ssh-keygen -l -f {name}"
                 ) from None
+        with _parsed_lock:
+            _parses += 1
+            _parsed[names] = (digests, known)
         return known
 
 
