@@ -16,7 +16,7 @@ from gpuconsole.core import requeue
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import ExitCode, UsageError
-from gpuconsole.model.jobs import Job, Preempted, Submitted
+from gpuconsole.model.jobs import Job, Preempted, Submitted, SubmittedArray
 from gpuconsole.textsafe import terminal_safe
 
 
@@ -31,8 +31,13 @@ def run_submit(registry: Registry, args: SubmitArgs) -> int:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
         registry.node(args.node)
+    indices = core.parse_array(args.array) if args.array is not None else ()
+    if indices and args.burst:
+        raise UsageError("--array and --burst do not go together (an array is queued on one node)")
     request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
-                                 args.preempt, args.grace)
+                                 args.preempt, args.grace, indices)
+    if indices:
+        return _submit_array(registry, request, args.json)
 
     async def go() -> Submitted:
         async with Fleet(registry, owns=True) as fleet:
@@ -48,6 +53,21 @@ def run_submit(registry: Registry, args: SubmitArgs) -> int:
         where = f"position {result.position}" if result.position else "starting"
         say(f"submitted {result.id} on {result.node} ({where})")
         say(f"follow it: gpuconsole logs {result.id} -f  (all jobs: gpuconsole jobs)")
+    return int(ExitCode.OK)
+
+
+def _submit_array(registry: Registry, request: core.SubmitRequest, as_json: bool) -> int:
+    async def go() -> SubmittedArray:
+        async with Fleet(registry, owns=True) as fleet:
+            return await core.submit_array(fleet, request)
+
+    result = asyncio.run(go())
+    remember_id(result.id)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        say(f"submitted array {result.id} on {result.node}: {len(result.jobs)} jobs")
+        say(f"list them: gpuconsole jobs  (cancel all: gpuconsole cancel {result.id})")
     return int(ExitCode.OK)
 
 
@@ -114,6 +134,8 @@ def run_preempt(registry: Registry, args: PreemptArgs) -> int:
 
 
 def run_cancel(registry: Registry, args: CancelArgs) -> int:
+    if args.id.startswith("a-"):
+        return _cancel_array(registry, args)
     async def go() -> Job:
         async with Fleet(registry, owns=True) as fleet:
             return await core.cancel(fleet, args.id)
@@ -125,4 +147,20 @@ def run_cancel(registry: Registry, args: CancelArgs) -> int:
         say(f"{result.id} on {result.node} had already ended ({result.state}); nothing to cancel")
     else:
         say(f"cancelled {result.id} on {result.node} ({result.state})")
+    return int(ExitCode.OK)
+
+
+def _cancel_array(registry: Registry, args: CancelArgs) -> int:
+    """`cancel a-…`: each job of the array; --json: {"id": array, "jobs": [each job as `cancel`]}."""
+    async def go() -> list[Job]:
+        async with Fleet(registry, owns=True) as fleet:
+            return await core.cancel_array(fleet, args.id)
+
+    results = asyncio.run(go())
+    if args.json:
+        print_json({"id": args.id, "jobs": [job.to_json() for job in results]})
+        return int(ExitCode.OK)
+    ended = sum(job.already_ended for job in results)
+    note = f" ({ended} had already ended)" if ended else ""
+    say(f"cancelled {len(results) - ended} jobs of array {args.id}{note}")
     return int(ExitCode.OK)

@@ -100,6 +100,7 @@ class SubmitArgs:
     json: bool
     argv: tuple[str, ...]  # as given after the flags (a leading `--` included)
     yes: bool = False  # --burst without asking (scripts)
+    array: str | None = None  # --array SPEC: one job per index (core.jobs.parse_array)
 
 
 @dataclass(frozen=True, slots=True)

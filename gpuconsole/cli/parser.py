@@ -163,6 +163,9 @@ def build_parser() -> Parser:
     submit.add_argument("--yes", "-y", action="store_true",
                         help="with --burst: start the instance without asking (needed when stdin is not a terminal)")
     submit.add_argument("--json", action="store_true", help="the submitted job as one JSON document")
+    submit.add_argument("--array", metavar="SPEC",
+                        help="a job array: one job per index (0-99, 0-99:2, 1,5,7; at most 1000), "
+                             "each with $GPUCONSOLE_ARRAY_INDEX")
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]",
                         help="the command to run on the node, after --")
 
@@ -185,7 +188,7 @@ def build_parser() -> Parser:
                          help="a job gets SIGTERM, then SIGKILL after SECONDS (default: its own grace)")
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
-    cancel.add_argument("id", metavar="JOB", help="the job id")
+    cancel.add_argument("id", metavar="JOB", help="the job id (an array's id a-…: every job of the array)")
     cancel.add_argument("--json", action="store_true", help="the result as one JSON document")
 
     cloud = sub.add_parser("cloud", parents=[common], help="EC2 instances: up, ls, down")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.placement import Capacity
 from gpuconsole.core.reservations import capacities, is_mine
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
-from gpuconsole.model.jobs import Job, LogChunk, Preempted, Submitted
+from gpuconsole.model.jobs import Job, LogChunk, Preempted, Submitted, SubmittedArray
+from gpuconsole.model.replies import BadReplyError
 
 FOLLOW_POLL_S = 0.3
 
@@ -31,6 +33,34 @@ class SubmitRequest:
     requeue: bool = False
     preempt: bool = False
     grace_s: float | None = None
+    array: tuple[int, ...] = ()  # `--array`: the indices (empty: one job)
+
+
+MAX_ARRAY_JOBS = 1000  # the node's limit too (node/jobs.py MAX_ARRAY)
+MAX_ARRAY_INDEX = 10**6
+
+
+def parse_array(spec: str) -> tuple[int, ...]:
+    """`--array` indices: comma-separated `N`, `A-B` or `A-B:STEP` (inclusive), distinct, sorted;
+    UsageError (exit 2) for anything else, an empty range, or more than MAX_ARRAY_JOBS jobs."""
+    if "%" in spec:
+        raise UsageError(f"--array {spec!r}: a %LIMIT on concurrent jobs is not supported")
+    found: set[int] = set()
+    for part in spec.split(","):
+        match = _ARRAY_PART.fullmatch(part.strip())
+        first = int(match["first"]) if match else -1
+        last = int(match["last"] or first) if match else -1
+        step = int(match["step"] or 1) if match else 0
+        if first < 0 or last < first or step < 1 or last > MAX_ARRAY_INDEX:
+            raise UsageError(f"--array {spec!r}: give indices as N, A-B or A-B:STEP (0 ≤ A ≤ B ≤ "
+                             f"{MAX_ARRAY_INDEX}, STEP ≥ 1), comma-separated")
+        if (last - first) // step + 1 + len(found) > MAX_ARRAY_JOBS:
+            raise UsageError(f"--array {spec!r}: at most {MAX_ARRAY_JOBS} jobs in one array")
+        found.update(range(first, last + 1, step))
+    return tuple(sorted(found))
+
+
+_ARRAY_PART = re.compile(r"(?P<first>[0-9]{1,7})(?:-(?P<last>[0-9]{1,7})(?::(?P<step>[0-9]{1,7}))?)?")
 
 
 def best_start(caps: list[Capacity], gpus: int) -> str | None:
@@ -61,6 +91,40 @@ async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
         "req_id": uuid.uuid4().hex,
     })
     return Submitted.from_agent(target, result)
+
+
+async def submit_array(fleet: Fleet, request: SubmitRequest) -> SubmittedArray:
+    """Queue one job per index of `request.array` on one node (where it should start soonest), in one
+    request and one state transaction; each job sees its index as $GPUCONSOLE_ARRAY_INDEX."""
+    if not request.argv or not request.argv[0]:
+        raise UsageError("submit: give the command after `--`")
+    caps = await capacities(fleet, [request.node] if request.node else None)
+    target = best_start(caps, request.gpus)
+    if target is None:
+        largest = max((c.gpu_count for c in caps), default=0)
+        where = f"node {request.node} has" if request.node else "the largest reachable node has"
+        raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
+    result = await fleet.request(target, "submit_array", {
+        "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority, "indices": list(request.array),
+        "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
+        **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
+        "req_id": uuid.uuid4().hex,
+    })
+    try:
+        return SubmittedArray.from_agent(target, result)
+    except ValueError as exc:
+        raise BadReplyError(f"{target}: bad reply from agent to submit_array: {exc}") from None
+
+
+def array_jobs(found: list[Job], array_id: str) -> list[Job]:
+    """The jobs of array `array_id` (as `jobs` lists them), in index order."""
+    def index(job: Job) -> int:
+        array = job.extra.get("array")
+        return int(array["index"]) if isinstance(array, dict) and isinstance(array.get("index"), int) else -1
+
+    members = [job for job in found
+               if isinstance(job.extra.get("array"), dict) and job.extra["array"].get("id") == array_id]
+    return sorted(members, key=index)
 
 
 async def list_jobs(fleet: Fleet) -> tuple[list[Job], dict[str, str]]:
@@ -107,6 +171,19 @@ async def cancel(fleet: Fleet, job_id: str) -> Job:
     job = await find_job(fleet, job_id)
     result = await fleet.request(job.node, "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
     return Job.from_agent(job.node, result)
+
+
+async def cancel_array(fleet: Fleet, array_id: str) -> list[Job]:
+    """`cancel a-…`: every job of the array, as `cancel` does each (one request per job, so a job the
+    caller may not cancel fails alone); the jobs as their node left them."""
+    found, errors = await list_jobs(fleet)
+    members = array_jobs(found, array_id)
+    if not members:
+        unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
+        raise NotFoundError(f"no job array {array_id!r} on any reachable node{unreachable}")
+    results = await asyncio.gather(*(fleet.request(job.node, "cancel", {"id": job.id, "req_id": uuid.uuid4().hex})
+                                     for job in members))
+    return [Job.from_agent(job.node, result) for job, result in zip(members, results, strict=True)]
 
 
 async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) -> Preempted:

@@ -102,6 +102,44 @@ class Submitted:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmittedArray:
+    """A `submit --array`'s answer: the array's id, its node, and each job (with its index)."""
+
+    id: str
+    node: str
+    owner: str | None
+    jobs: tuple[tuple[int, Submitted], ...]  # (index, job), in index order
+
+    @classmethod
+    def from_agent(cls, node: str, data: Mapping[str, Any]) -> SubmittedArray:
+        """Checked here (the agent's reply to this op has no entry in model.replies): a node's
+        malformed answer is a ValueError for the caller to report, never a crash."""
+        raw = data.get("jobs")
+        if not isinstance(data.get("id"), str) or not isinstance(raw, list):
+            raise ValueError("an array reply needs its id and jobs")
+        owner = data.get("owner")
+        jobs = []
+        for job in raw:
+            if not isinstance(job, dict) or not isinstance(job.get("id"), str) \
+                    or not isinstance(job.get("index"), int) or not isinstance(job.get("state"), str):
+                raise ValueError("an array job needs its id, index and state")
+            position = job.get("position")
+            jobs.append((job["index"], Submitted(job["id"], node, job["state"],
+                                                 position if isinstance(position, int) else None,
+                                                 owner if isinstance(owner, str) else None)))
+        return cls(data["id"], node, owner if isinstance(owner, str) else None, tuple(jobs))
+
+    def to_json(self) -> dict[str, Any]:
+        """`submit --array --json`: submit's fields for the array as a whole (its id; the first job's
+        place), plus `array` (id, indices) and `jobs` (each job's submit object with its index)."""
+        first = self.jobs[0][1] if self.jobs else None
+        return {"id": self.id, "node": self.node, "state": "queued",
+                "position": first.position if first else None, "owner": self.owner,
+                "array": {"id": self.id, "indices": [index for index, _ in self.jobs]},
+                "jobs": [dict(job.to_json(), index=index) for index, job in self.jobs]}
+
+
+@dataclass(frozen=True, slots=True)
 class Preempted:
     """A preempt's answer: a running job being stopped, or a reservation revoked (`revoked`)."""
 

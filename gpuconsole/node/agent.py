@@ -106,6 +106,7 @@ class Agent:
             "doctor": lambda args: (self._op_doctor(), []),
             "ping": lambda args: ({"pong": True}, []),
             "submit": lambda args: self._job_ops().submit(args),
+            "submit_array": lambda args: self._job_ops().submit_array(args),
             "jobs": self._op_jobs,
             "logs": lambda args: (self._job_ops().logs(args), []),
             "cancel": lambda args: self.transaction("cancel_job", args),

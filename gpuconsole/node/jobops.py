@@ -113,6 +113,12 @@ class JobOps:
             _discard(child, job_dir)  # a retry that raced its first attempt: the first one stands
         return result, warnings + more
 
+    def submit_array(self, args: Args) -> tuple[Result, Warnings]:
+        """`submit --array`: many jobs of one command in one request (see arrays.py)."""
+        from . import arrays
+
+        return arrays.submit_array(self, args)
+
     def adopt_orphans(self) -> Warnings:
         """Requeued jobs of ours whose supervisor died (e.g. a reboot) get a new one now.
 

@@ -43,6 +43,7 @@ def job_view(job: Job, position: int | None = None) -> Result:
         "exit_code": job.get("exit_code"), "command": job.get("command", ""),
         "created_at": iso(job["created_wall"]), "started_at": iso(job.get("started_wall")),
         "ended_at": iso(job.get("ended_wall")), "position": position,
+        **({"array": dict(job["array"])} if job.get("array") else {}),
     }
 
 
@@ -67,6 +68,50 @@ def recent(state: State, ctx: Ctx) -> list[Result]:
 
 def submit(state: State, ctx: Ctx, args: Args) -> Result:
     """Queue a job whose supervisor (args["supervisor"], an identity) waits for the grant."""
+    job_id = _enqueue(state, ctx, args)
+    st.dispatch(state, ctx)
+    position = st.queue_position(state, ctx, job_id)  # None: granted already
+    return {"id": job_id, "state": "queued", "position": position, "owner": ctx.user}
+
+
+MAX_ARRAY = 1000  # jobs one `submit --array` may queue (each still has its own supervisor process)
+
+
+def submit_array(state: State, ctx: Ctx, args: Args) -> Result:
+    """Queue every job of an array in this one transaction (`args["jobs"]`: job_id, index, supervisor
+    each; the rest as a submit's), then dispatch once. Each supervisor must be a live process of the
+    caller: a service-mode node runs this for the caller and trusts no claimed identity."""
+    from . import procs
+
+    entries = args.get("jobs")
+    array_id = args.get("array_id")
+    if not isinstance(entries, list) or not 0 < len(entries) <= MAX_ARRAY:
+        raise st.OpError("invalid", "an array has 1 to %d jobs" % MAX_ARRAY)
+    if not isinstance(array_id, str) or not array_id.startswith("a-") or not array_id[2:].isalnum():
+        raise st.OpError("invalid", "array_id must look like a-XXXXXX")
+    name = str(args.get("name") or array_id)[:48]
+    queued = []
+    for entry in entries:
+        ident = entry.get("supervisor") if isinstance(entry, dict) else None
+        index = entry.get("index") if isinstance(entry, dict) else None
+        if not isinstance(ident, dict) or not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise st.OpError("invalid", "each array job needs its index and its supervisor's identity")
+        pid = ident.get("pid")
+        if ident.get("uid") != ctx.uid or not isinstance(pid, int) or procs.proc_uid(pid) != ctx.uid:
+            raise st.OpError("permission", "the supervisor of a job must be a process of %s" % ctx.user)
+        job_id = _enqueue(state, ctx, dict(args, job_id=entry.get("job_id"), supervisor=ident,
+                                           name="%s[%d]" % (name, index)))
+        _jobs(state)[job_id]["array"] = {"id": array_id, "index": index}
+        queued.append(job_id)
+    st.dispatch(state, ctx)
+    positions = {t["id"]: i + 1 for i, t in enumerate(st.queue_order(state, ctx.now_bt))}
+    return {"id": array_id, "state": "queued", "owner": ctx.user,
+            "jobs": [{"id": j, "index": _jobs(state)[j]["array"]["index"], "state": "queued",
+                      "position": positions.get(j)} for j in queued]}
+
+
+def _enqueue(state: State, ctx: Ctx, args: Args) -> str:
+    """Add one job's ticket and record (no dispatch: a batch dispatches once); its id."""
     n, _, priority = st.validate_request(dict(args, ttl_s=JOB_LEASE_TTL_S), ctx)
     if not isinstance(args.get("supervisor"), dict) or "pid" not in args["supervisor"]:
         raise st.OpError("invalid", "submit needs the supervisor's identity")
@@ -89,9 +134,7 @@ def submit(state: State, ctx: Ctx, args: Args) -> Result:
         "preempt_others": bool(args.get("preempt")), "grace_s": float(grace_s), "preempt": None,
         "requeues": 0, "created_bt": ctx.now_bt, "seq": ticket["seq"],
     }
-    st.dispatch(state, ctx)
-    position = st.queue_position(state, ctx, job_id)  # None: granted already
-    return {"id": job_id, "state": "queued", "position": position, "owner": ctx.user}
+    return job_id
 
 
 def _grace_s(value: object) -> float:
@@ -328,6 +371,6 @@ def reap(state: State, ctx: Ctx) -> bool:
 
 
 MUTATIONS: dict[str, Transition] = {
-    "submit_job": submit, "claim_job": claim, "finish_job": finish, "cancel_job": cancel,
-    "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon,
+    "submit_job": submit, "submit_array_jobs": submit_array, "claim_job": claim, "finish_job": finish,
+    "cancel_job": cancel, "preempt": preempt, "adopt_job": adopt, "abandon_job": abandon,
 }

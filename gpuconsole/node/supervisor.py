@@ -121,6 +121,10 @@ class Supervisor:
             env.pop(key, None)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant["gpus"])
         env["GPUCONSOLE_JOB_ID"] = self.job_id
+        array = self.spec.get("array")
+        if isinstance(array, dict):  # our own spec (private dir): a job of `submit --array`
+            env["GPUCONSOLE_ARRAY_ID"] = str(array.get("id"))
+            env["GPUCONSOLE_ARRAY_INDEX"] = str(array.get("index"))
         env["GPUCONSOLE_PREEMPT_FILE"] = os.path.join(self.job_dir, "preempt.json")
         import subprocess  # only supervisors need it
 

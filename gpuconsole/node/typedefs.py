@@ -93,6 +93,13 @@ class _JobBase(TypedDict):
     created_wall: float
 
 
+class ArrayRef(TypedDict):
+    """Which `submit --array` a job belongs to, and its index there."""
+
+    id: str
+    index: int
+
+
 class Job(_JobBase, total=False):
     """A batch job's record; its private files (spec, logs) live in the job's own directory."""
 
@@ -113,6 +120,7 @@ class Job(_JobBase, total=False):
     seq: int
     orphaned: bool
     note: str
+    array: ArrayRef
 
 
 class Applied(TypedDict):

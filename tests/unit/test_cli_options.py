@@ -32,6 +32,8 @@ LINES = [
     (["reservations", "--user", "ann"], o.ReservationsArgs(None, False, user="ann")),
     (["submit", "--gpus", "1", "--name", "x", "--grace", "3", "--requeue", "--", "python", "-c", "1"],
      o.SubmitArgs(None, 1, None, "normal", False, True, "x", 3.0, False, False, ("--", "python", "-c", "1"))),
+    (["submit", "--gpus", "1", "--array", "0-9:2", "--", "true"],
+     o.SubmitArgs(None, 1, None, "normal", False, False, None, None, False, False, ("--", "true"), array="0-9:2")),
     (["reserve", "--gpus", "1", "--burst", "--yes"],
      o.ReserveArgs(None, 1, None, None, False, None, "normal", False, True, False, False, True)),
     (["jobs"], o.JobsArgs(None, False)),
