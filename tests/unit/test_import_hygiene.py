@@ -51,6 +51,16 @@ def test_json_reserve_path_does_not_import_rich(tmp_path_factory: pytest.TempPat
     assert "rich" not in loaded
 
 
+@pytest.mark.parametrize("argv", [["status", "--json"], ["reservations", "--json"], ["jobs", "--json"],
+                                  ["doctor", "--json"]])
+def test_json_read_paths_do_not_import_rich(argv: list[str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Printing JSON (the answers and the unreachable node's error) needs no rich (issue 14)."""
+    config = tmp_path_factory.mktemp("cfg") / "c.toml"
+    config.write_text("[[nodes]]\nname = 'n1'\nhost = '127.0.0.1'\nport = 1\nconnect_timeout = 1\n")
+    loaded = _loaded_modules(["--config", str(config), *argv])
+    assert "rich" not in loaded, loaded
+
+
 def test_model_is_stdlib_only() -> None:
     code = ("import sys, gpuconsole.model, gpuconsole.node.agent, gpuconsole.node.state; "
             "print(','.join(m for m in ('asyncssh','rich','textual','boto3','psutil') if m in sys.modules))")
