@@ -99,7 +99,7 @@ class Agent:
         self.stream_wake = self.telemetry.wake
         self.hello_warnings: list[str] = []
         self.handlers: dict[str, Handler] = {
-            "snapshot": lambda args: (self.snapshot(), []),
+            "snapshot": lambda args: (self.snapshot(rates=args.get("rates") is not False), []),
             "stream": self._op_stream,
             "reservations": self._op_reservations,
             "capacity": lambda args: (self._op_capacity(), []),
@@ -120,9 +120,10 @@ class Agent:
             self.out.write(line.encode())
             self.out.flush()
 
-    def snapshot(self) -> Result:
-        """Host I/O, GPUs with their reservations and processes, and the state listing."""
-        return self.telemetry.collect(self.gpus, self._txn(), self.new_ctx)
+    def snapshot(self, rates: bool = True) -> Result:
+        """Host I/O, GPUs with their reservations and processes, and the state listing (`rates` False:
+        no wait for a rate window; see Telemetry.collect)."""
+        return self.telemetry.collect(self.gpus, self._txn(), self.new_ctx, rates)
 
     def set_stream(self, interval: object) -> None:
         self.telemetry.set_stream(interval)
