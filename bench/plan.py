@@ -65,3 +65,23 @@ class CloudPlan:
         if quick:
             return cls(True, 1, 1, 3, 3, 2, 4, 5.0, 1)
         return cls(False, 5, 4, 10, 10, 7, 64, 30.0, 5)
+
+
+@dataclass(frozen=True)
+class PeerPlan:
+    """Sizes and repetitions of the `peers` and `latency` groups (gpuconsole against pdsh, clush,
+    an OpenSSH loop and task-spooler; the same fan-out behind delay proxies)."""
+
+    quick: bool
+    fanout_nodes: tuple[int, ...]
+    fanout_reps: int
+    queue_jobs: int
+    latency_nodes: int
+    latency_rtts_ms: tuple[float, ...]
+    latency_reps: int
+
+    @classmethod
+    def make(cls, quick: bool) -> PeerPlan:
+        if quick:
+            return cls(True, (1, 4), 2, 10, 2, (0.0, 20.0, 100.0), 1)
+        return cls(False, (1, 8, 32, 64), 9, 200, 8, (0.0, 20.0, 100.0), 5)

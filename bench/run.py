@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import history
-from groups import cloud, contention, jobs, jobs_latency, lab, poll, reserve, status, tui, watch
+from groups import cloud, contention, jobs, jobs_latency, lab, latency, peers, poll, reserve, status, tui, watch
 from groups import help as startup
 from harness import REPO_ROOT, Result, machine_info
-from plan import CloudPlan, Plan
+from plan import CloudPlan, PeerPlan, Plan
 
-GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history")
+GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history",
+          "peers", "latency")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -39,6 +40,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value:.0f}"
     if unit == "% core":
         return f"{value:.2f}%"
+    if unit == "fraction":
+        return f"{value:.2f}"
     if unit == "ops/s":
         return f"{value:.0f}"
     if abs(value) < 10:
@@ -139,6 +142,12 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
         guarded("watch", lambda: watch.bench_watch(cloud_plan, work))
     if "history" in groups:
         guarded("history", lambda: history.bench_history(plan.quick, work))
+    peer_plan = PeerPlan.make(plan.quick)
+    if "peers" in groups:
+        guarded("peers/fan-out", lambda: peers.bench_fanout(peer_plan, work))
+        guarded("peers/queue", lambda: peers.bench_queue(peer_plan, work))
+    if "latency" in groups:
+        guarded("latency", lambda: latency.bench_latency(peer_plan, work))
     return rows
 
 
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "schema": 1, "mode": "quick" if args.quick else "full", "groups": groups,
         "started_at": started_at, "elapsed_s": round(elapsed_s, 2), "machine": machine,
-        "plan": {**plan.__dict__, "cloud_watch": CloudPlan.make(args.quick).__dict__},
+        "plan": {**plan.__dict__, "cloud_watch": CloudPlan.make(args.quick).__dict__,
+                 "peers_latency": PeerPlan.make(args.quick).__dict__},
         "group_timings": timings, "benchmarks": [r.to_json() for r in rows], "errors": errors,
         "missed_budgets": [r.name for r in rows if r.passed is False],
     }
