@@ -35,6 +35,11 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
     monkeypatch.delenv("GPUCONSOLE_CONFIG", raising=False)
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    # The connection keeper: never the developer's runtime dir, and off unless a test turns it on
+    # (GPUCONSOLE_KEEPER=1), so no other test starts a keeper that outlives it.
+    (home / "run").mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(home / "run"))
+    monkeypatch.setenv("GPUCONSOLE_KEEPER", "0")
     # A curses setupterm() in pytest's process putenv's COLUMNS=80/LINES=24, which xdist workers then
     # inherit: tables would fit 80 columns in some runs and 160 in others. A test that wants a width says so.
     monkeypatch.delenv("COLUMNS", raising=False)

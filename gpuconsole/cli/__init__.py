@@ -86,6 +86,10 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.node_install import run_node_install
 
         return run_node_install(opts)
+    if isinstance(opts, o.KeeperArgs):  # `run` reads the config itself; status/stop need only its path
+        from gpuconsole.cli.keeper import run_keeper
+
+        return run_keeper(opts)
     from gpuconsole.config import load_config
 
     config = load_config(opts.config)
@@ -93,6 +97,12 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.cloud import run_cloud
 
         return run_cloud(config, opts)
+    if isinstance(opts, o.StatusArgs) and opts.watch is None and config.aws is None:
+        from gpuconsole.cli.keeper import status_through_keeper
+
+        answered = status_through_keeper(config, opts)  # None: no keeper (or it failed): go direct
+        if answered is not None:
+            return answered
     registry = _registry(config)
     if isinstance(opts, o.ConsoleArgs):
         from gpuconsole.cli.console import run_console

@@ -236,8 +236,17 @@ class CompletionArgs:
     shell: str  # bash, zsh or fish
 
 
+@dataclass(frozen=True, slots=True)
+class KeeperArgs:
+    """`keeper run|status|stop`: the per-user connection keeper of the config (core/keeper.py)."""
+
+    config: str | None
+    action: str  # run (foreground), status or stop
+    json: bool = False
+
+
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs
 )

@@ -72,6 +72,8 @@ def _config_parent() -> Parser:
     )
     parent.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
                         help="no colours (as NO_COLOR=1 does), before or after the command")
+    parent.add_argument("--no-keeper", action="store_true", default=argparse.SUPPRESS,
+                        help="connect directly, without the per-user connection keeper (as keeper = false)")
     return parent
 
 
@@ -260,6 +262,10 @@ def build_parser() -> Parser:
     completion = sub.add_parser("completion", parents=[common],
                                 help="print the shell completion script: eval \"$(gpuconsole completion bash)\"")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")
+    keeper = sub.add_parser("keeper", parents=[common], help="the per-user connection keeper: run, status, stop")
+    keeper.add_argument("action", choices=("run", "status", "stop"), metavar="ACTION",
+                        help="run (in the foreground), status or stop")
+    keeper.add_argument("--json", action="store_true", help="status: one JSON document")
     return parser
 
 
@@ -269,7 +275,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
-    "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
+    "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs, "keeper": o.KeeperArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 
@@ -299,4 +305,6 @@ def parse(argv: Sequence[str] | None = None) -> o.Options:
     if getattr(namespace, "no_color", False):
         # The no-color.org convention, which rich, Textual and the tools a job runs all read.
         os.environ["NO_COLOR"] = "1"
+    if getattr(namespace, "no_keeper", False):
+        os.environ["GPUCONSOLE_KEEPER"] = "0"  # core/keeper_client.ENV_SWITCH (children inherit it)
     return options(namespace)

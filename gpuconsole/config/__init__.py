@@ -87,6 +87,8 @@ class Defaults:
     mode: str = "cooperative"
     service_user: str = DEFAULT_SERVICE_USER
     service_agent: str = DEFAULT_SERVICE_AGENT
+    keeper: bool = True  # commands go through the per-user connection keeper (core/keeper.py)
+    keeper_idle_s: float = 600.0  # the keeper exits after this long without a request
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +168,8 @@ DEFAULTS = Section("[defaults]", "defaults", (
     Key("ssh_config", local_path, "OpenSSH client config (Host aliases work)"),
     Key("theme", text(NAME_RE), "console theme (--theme overrides)"),
     _MODE, _SERVICE_AGENT, _SERVICE_USER,
+    Key("keeper", boolean, "warm connections through the per-user keeper (false: always connect directly)"),
+    Key("keeper_idle", duration, "the keeper exits after this long unused", field="keeper_idle_s"),
 ))
 
 NODES = Section("[[nodes]]", "nodes", (

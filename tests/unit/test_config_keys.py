@@ -17,8 +17,8 @@ from tests.helpers import REPO
 
 PREAMBLE = {"[[nodes]]": "[[nodes]]\nname = 'n1'\n", "[cloud.aws]": "[cloud.aws]\nregion = 'us-east-1'\n"}
 
-DEFAULT_KEYS = ("connect_timeout, identity_file, known_hosts, max_parallel, mode, poll_seconds, reserve_for, "
-                "service_agent, service_user, ssh_config, state_dir, theme, user")
+DEFAULT_KEYS = ("connect_timeout, identity_file, keeper, keeper_idle, known_hosts, max_parallel, mode, "
+                "poll_seconds, reserve_for, service_agent, service_user, ssh_config, state_dir, theme, user")
 NODE_KEYS = ("connect_timeout, host, identity_file, known_hosts, mode, name, port, python, service_agent, "
              "service_user, simulate_gpus, state_dir, user")
 AWS_KEYS = ("address, ami, endpoint_url, host_map, idle_action, idle_stop_minutes, instance_types, key_name, "
@@ -207,6 +207,8 @@ theme = "gpuconsole-light"
 mode = "service"
 service_user = "gcsvc"
 service_agent = "/opt/gc/agent.py"
+keeper = false
+keeper_idle = "5m"
 
 [[nodes]]
 name = "a"
@@ -255,7 +257,8 @@ FULL_PARSED = (
     "Config(path=PosixPath('/cfg/c.toml'), defaults=Defaults(user='alice', identity_file='/cfg/keys/id', "
     "known_hosts='/etc/kh', state_dir='/srv/gc', poll_seconds=2.0, reserve_for_s=5400.0, ssh_config='/etc/ssh/cfg', "
     "connect_timeout_s=7.0, max_parallel=8, theme='gpuconsole-light', mode='service', service_user='gcsvc', "
-    "service_agent='/opt/gc/agent.py'), nodes=(NodeConfig(name='a', host='a', port=None, user='alice', "
+    "service_agent='/opt/gc/agent.py', keeper=False, keeper_idle_s=300.0), "
+    "nodes=(NodeConfig(name='a', host='a', port=None, user='alice', "
     "identity_file='/cfg/keys/id', known_hosts='/etc/kh', state_dir='/srv/gc', python='python3', simulate_gpus=0, "
     "source='onprem', ssh_config='/etc/ssh/cfg', connect_timeout_s=7.0, mode='service', service_user='gcsvc', "
     "service_agent='/opt/gc/agent.py'), NodeConfig(name='b', host='10.0.0.2', port=2222, user='bob', "
@@ -273,7 +276,8 @@ MINIMAL_PARSED = (
     "Config(path=PosixPath('/cfg/c.toml'), defaults=Defaults(user=None, identity_file=None, known_hosts=None, "
     "state_dir='/var/lib/gpuconsole', poll_seconds=1.0, reserve_for_s=14400.0, ssh_config=None, "
     "connect_timeout_s=10.0, max_parallel=64, theme=None, mode='cooperative', service_user='gpuconsole', "
-    "service_agent='/usr/local/lib/gpuconsole/gcagent.py'), nodes=(NodeConfig(name='x', host='x', port=None, "
+    "service_agent='/usr/local/lib/gpuconsole/gcagent.py', keeper=True, keeper_idle_s=600.0), "
+    "nodes=(NodeConfig(name='x', host='x', port=None, "
     "user=None, identity_file=None, known_hosts=None, state_dir='/var/lib/gpuconsole', python='python3', "
     "simulate_gpus=0, source='onprem', ssh_config=None, connect_timeout_s=10.0, mode='cooperative', "
     "service_user='gpuconsole', service_agent='/usr/local/lib/gpuconsole/gcagent.py'),), "

@@ -1,0 +1,95 @@
+"""`gpuconsole keeper run|status|stop`, and commands' way to the keeper: ask it, or start it for the
+next command and go direct (core/keeper.py is the server, core/keeper_client.py the wire)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.cli.options import KeeperArgs, StatusArgs
+from gpuconsole.cli.output import print_json, say
+from gpuconsole.config import Config, resolve_config_path
+from gpuconsole.core import keeper_client as kc
+from gpuconsole.errors import GpuConsoleError
+from gpuconsole.model import NodeSnapshot
+
+STOP_WAIT_S = 10.0
+
+
+def through_keeper(config: Config, op: str, args: dict[str, Any] | None,
+                   names: list[str] | None) -> dict[str, dict[str, Any] | GpuConsoleError] | None:
+    """Fleet.call_all's results from the user's keeper; None means "go direct" (no keeper, it is
+    switched off, it failed or died mid-request). When none was running, one is started for the
+    next command."""
+    if not kc.enabled(config.defaults.keeper):
+        return None
+    try:
+        text = config.path.read_bytes()
+        timeout_s = max(n.connect_timeout_s for n in config.nodes) + 40.0 if config.nodes else 40.0
+        return kc.call_all(config.path, text, op, args, names, timeout_s)
+    except kc.KeeperUnavailableError as exc:
+        if exc.absent:
+            try:
+                kc.start(config.path)
+            except (OSError, kc.KeeperUnavailableError):
+                pass  # the command goes direct either way
+        return None
+    except OSError:
+        return None
+
+
+def status_through_keeper(config: Config, opts: StatusArgs) -> int | None:
+    """`status` (once, without cloud nodes) answered by the keeper; None: the caller goes direct."""
+    from gpuconsole.cli.status import outcome, show, status_view
+
+    names = [config.node(opts.node).name] if opts.node else None
+    view = status_view(opts)
+    # As the direct path asks: a single JSON document does not wait for a rate window.
+    results = through_keeper(config, "snapshot", None if not opts.json else {"rates": False}, names)
+    if results is None:
+        return None
+    fetched = []
+    for cfg in [config.node(n) for n in names] if names else list(config.nodes):
+        result = results.get(cfg.name)
+        if isinstance(result, GpuConsoleError):
+            fetched.append(NodeSnapshot.unreachable(cfg.name, str(result), cfg.source))
+        elif result is None:
+            fetched.append(NodeSnapshot.unreachable(cfg.name, "not contacted", cfg.source))
+        else:
+            fetched.append(NodeSnapshot.from_agent(cfg.name, result, cfg.source))
+    show(fetched, opts, view)
+    return outcome(fetched)
+
+
+def run_keeper(opts: KeeperArgs) -> int:
+    config_path = resolve_config_path(opts.config).absolute()
+    if opts.action == "run":
+        from gpuconsole.core.keeper import serve
+
+        return asyncio.run(serve(config_path))
+    try:
+        paths = kc.keeper_paths(config_path, create=False)
+        answer: dict[str, Any] | None = kc.ask(paths, {"op": f"keeper.{opts.action}"}, timeout_s=5.0)
+    except kc.KeeperUnavailableError:
+        answer = None
+    if opts.action == "stop":
+        if answer is not None:
+            _wait_gone(paths.socket)
+        say(f"stopped the keeper (pid {answer['pid']})" if answer else "no keeper running")
+        return 0
+    if opts.json:
+        print_json({"running": answer is not None, **{k: v for k, v in (answer or {}).items() if k != "ok"}})
+    elif answer is None:
+        say(f"no keeper running for {config_path}")
+    else:
+        say(f"keeper pid {answer['pid']} for {answer['config']}: {answer['requests']} requests served, "
+            f"{len(answer['connected'])} nodes connected, exits after {answer['idle_s']:g}s idle")
+    return 0
+
+
+def _wait_gone(socket_path: Path) -> None:
+    deadline = time.monotonic() + STOP_WAIT_S
+    while socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

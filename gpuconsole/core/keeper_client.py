@@ -1,0 +1,151 @@
+"""Talking to the per-user connection keeper (core/keeper.py): where its socket lives, asking it one
+request, starting it. Stdlib only, so a command that the keeper answers never imports asyncssh.
+
+Every failure here means "no keeper": the caller falls back to direct connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuconsole.errors import ExitCode, GpuConsoleError
+
+PROTOCOL = 1
+MAX_LINE_BYTES = 64 * 1024 * 1024  # a 256-node fleet's snapshots fit many times over
+ENV_SWITCH = "GPUCONSOLE_KEEPER"  # "0": never use or start a keeper (the test suite's default; --no-keeper)
+
+
+class KeeperUnavailableError(Exception):
+    """No usable keeper: not running, not ours, died mid-request, or answered "not this config"."""
+
+    def __init__(self, message: str, *, absent: bool = False) -> None:
+        super().__init__(message)
+        self.absent = absent  # nothing listens: worth starting one
+
+
+@dataclass(frozen=True, slots=True)
+class KeeperPaths:
+    """The keeper of one config file: its socket, its lock (which also names its pid) and its log."""
+
+    directory: Path
+    socket: Path
+    lock: Path
+    log: Path
+
+
+def enabled(keeper_key: bool) -> bool:
+    """The keeper is used unless `keeper = false`, `--no-keeper` or GPUCONSOLE_KEEPER=0 says no."""
+    return keeper_key and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def runtime_dir(create: bool = True) -> Path:
+    """`$XDG_RUNTIME_DIR/gpuconsole`, else `/tmp/gpuconsole-UID`: a 0700 directory that we own and
+    that is not a symlink (anything else is refused: another user could plant or read sockets)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    path = Path(base) / "gpuconsole" if base else Path("/tmp") / f"gpuconsole-{os.getuid()}"
+    if create:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise KeeperUnavailableError(f"{path}: {exc.strerror or exc}", absent=True) from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise KeeperUnavailableError(f"{path}: not a private directory of ours (owner, mode or a symlink)")
+    return path
+
+
+def keeper_paths(config_path: Path, create: bool = True) -> KeeperPaths:
+    """One keeper per config file (by its absolute path), so two configs never thrash one keeper."""
+    directory = runtime_dir(create)
+    tag = hashlib.sha256(str(config_path.absolute()).encode()).hexdigest()[:16]
+    return KeeperPaths(directory, directory / f"{tag}.sock", directory / f"{tag}.lock",
+                       directory / f"{tag}.log")
+
+
+def config_hash(text: bytes) -> str:
+    """What identifies a config's content between the client and the keeper."""
+    return hashlib.sha256(text).hexdigest()
+
+
+def ask(paths: KeeperPaths, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Send one request line and read the one answer line; KeeperUnavailableError on any failure."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        try:
+            sock.connect(str(paths.socket))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise KeeperUnavailableError(f"no keeper: {exc.strerror or exc}", absent=True) from None
+        sock.sendall(json.dumps({"v": PROTOCOL, **request}).encode() + b"\n")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if chunk.endswith(b"\n") or size > MAX_LINE_BYTES:
+                break
+    except OSError as exc:  # refused, reset, timed out: the keeper died or hangs
+        raise KeeperUnavailableError(f"keeper failed: {exc}") from None
+    finally:
+        sock.close()
+    data = b"".join(chunks)
+    if not data.endswith(b"\n"):
+        raise KeeperUnavailableError("keeper hung up before answering")
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise KeeperUnavailableError("keeper answered garbage") from None
+    if not isinstance(answer, dict) or answer.get("ok") is not True:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        raise KeeperUnavailableError(f"keeper declined: {error}")
+    return answer
+
+
+def call_all(config_path: Path, config_text: bytes, op: str, args: dict[str, Any] | None,
+             names: list[str] | None, timeout_s: float) -> dict[str, dict[str, Any] | GpuConsoleError]:
+    """Fleet.call_all through the keeper: per node the agent's result or the error the direct path
+    would have raised (message and exit code)."""
+    paths = keeper_paths(config_path)
+    answer = ask(paths, {"op": op, "args": args, "nodes": names, "config": str(config_path.absolute()),
+                         "hash": config_hash(config_text)}, timeout_s)
+    results = answer.get("results")
+    if not isinstance(results, dict):
+        raise KeeperUnavailableError("keeper answered without results")
+    out: dict[str, dict[str, Any] | GpuConsoleError] = {}
+    for name, item in results.items():
+        if isinstance(item, dict) and isinstance(item.get("result"), dict):
+            out[name] = item["result"]
+        elif isinstance(item, dict) and isinstance(item.get("error"), str) and item.get("exit") in set(ExitCode):
+            out[name] = GpuConsoleError(item["error"], ExitCode(item["exit"]))
+        else:
+            raise KeeperUnavailableError(f"keeper answered a bad result for {name!r}")
+    return out
+
+
+def start(config_path: Path) -> None:
+    """Start a keeper for this config in the background (its own session, stdio to /dev/null, its log
+    in the runtime dir); a second one started at the same time exits at once (the lock)."""
+    paths = keeper_paths(config_path)
+    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "gpuconsole", "--config", str(config_path.absolute()), "keeper", "run"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd, start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(fd)
