@@ -287,3 +287,29 @@ def test_another_local_user_is_refused(demo: DemoThread, keeper_on: None, monkey
                 os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not any(_alive(p) for p in _pids()), message="keepers gone")
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def test_the_keeper_exits_when_idle(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(demo.config_path.read_text().replace("[defaults]\n", '[defaults]\nkeeper_idle = "1s"\n', 1))
+    state = _warm(config)
+    assert state["idle_s"] == 1.0
+    wait_for(lambda: not _alive(state["pid"]), timeout_s=15, message="the idle keeper to exit")
+    assert not list(_runtime().glob("*.sock"))  # it cleans up after itself
+    assert not _keeper(config)["running"]
+
+
+def test_a_runtime_dir_that_is_not_private_is_never_used(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+    """A symlink planted where the runtime dir belongs (or a dir open to others) is refused: the
+    command goes direct and nothing is created behind the link."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    _runtime().symlink_to(elsewhere)
+    for _ in range(2):
+        result = run_cli("status", "--json", config=demo.config_path)
+        assert result.returncode == 0, result.stderr
+    assert list(elsewhere.iterdir()) == [] and not _pids()
+    _runtime().unlink()
+    _runtime().mkdir(mode=0o755)
+    assert run_cli("status", "--json", config=demo.config_path).returncode == 0
+    assert list(_runtime().iterdir()) == [] and not _pids()
