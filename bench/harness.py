@@ -131,10 +131,15 @@ def ms(seconds: float) -> float:
 
 
 def bench_env() -> dict[str, str]:
-    """Environment for child processes: no SSH agent and no user config can change the result."""
+    """Environment for child processes: no SSH agent and no user config can change the result.
+
+    GPUCONSOLE_KEEPER=0: every CLI call connects itself (cold, as measured so far) and none leaves
+    a connection keeper behind; the rows that measure a warm keeper turn it on explicitly.
+    """
     env = dict(os.environ)
     for key in ("SSH_AUTH_SOCK", "GPUCONSOLE_CONFIG", "GPUCONSOLE_DEBUG", "PYTHONPROFILEIMPORTTIME"):
         env.pop(key, None)
+    env["GPUCONSOLE_KEEPER"] = "0"
     return env
 
 

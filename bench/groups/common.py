@@ -63,16 +63,17 @@ class Series:
                 "cpu_bound_floor_ms": (client_ms + server_ms) / cores}
 
 
-def measured(demo: DemoProcess, series: Series | None, func: Any) -> Any:
+def measured(demo: DemoProcess, series: Series | None, func: Any, persistent: frozenset[int] = frozenset()) -> Any:
     """Run func(); record its wall time and the client/server CPU it cost unless series is None.
 
     func returns (elapsed_s, client_cpu_s, value); server CPU is the demo process plus its
     reaped children (the agents and commands), read once every child has exited and been reaped.
+    `persistent`: children that stay (a keeper's agents) and are not waited for (nor counted).
     """
-    wait_reaped(demo)
+    wait_reaped(demo, persistent=persistent)
     server_before_s = proc_cpu_s(demo.pid, children=True)
     elapsed_s, client_cpu_s, value = func()
-    wait_reaped(demo)
+    wait_reaped(demo, persistent=persistent)
     if series is not None:
         series.wall_ms.append(ms(elapsed_s))
         series.client_cpu_ms.append(ms(client_cpu_s))
@@ -80,10 +81,11 @@ def measured(demo: DemoProcess, series: Series | None, func: Any) -> Any:
     return value
 
 
-def wait_reaped(demo: DemoProcess, timeout_s: float = 10.0) -> None:
-    """Wait until the demo has no child processes: agents of closed connections are reaped."""
+def wait_reaped(demo: DemoProcess, timeout_s: float = 10.0, persistent: frozenset[int] = frozenset()) -> None:
+    """Wait until the demo has no child processes but `persistent` ones: agents of closed
+    connections are reaped."""
     deadline = time.monotonic() + timeout_s
-    while proc_children(demo.pid) and time.monotonic() < deadline:
+    while set(proc_children(demo.pid)) - persistent and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

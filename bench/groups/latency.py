@@ -22,7 +22,7 @@ from proxy import DelayProxy
 
 from gpuconsole.config import load_config
 from groups.common import Series, measured
-from groups.peers import Target, demo_target, fanout_rows, run_gpuconsole, run_pdsh, write_ssh_config
+from groups.peers import COLD, Target, demo_target, fanout_rows, run_gpuconsole, run_pdsh, write_ssh_config
 
 GPUS = 8
 
@@ -59,11 +59,11 @@ def _alternate(plan: PeerPlan, demo: DemoProcess, config_path: Path, target: Tar
                pdsh: bool) -> tuple[dict[str, Series], dict[str, list[int]]]:
     """`status --json` and pdsh alternating; repetition 0 is a warm-up."""
     nodes = len(target.names)
-    series = {"gpuconsole status --json": Series.empty(), "pdsh -R ssh": Series.empty()}
+    series = {COLD: Series.empty(), "pdsh -R ssh": Series.empty()}
     lines: dict[str, list[int]] = {"pdsh -R ssh": []}
     for rep in range(plan.latency_reps + 1):
         keep = rep > 0
-        measured(demo, series["gpuconsole status --json"] if keep else None,
+        measured(demo, series[COLD] if keep else None,
                  functools.partial(run_gpuconsole, config_path, nodes))
         if pdsh:
             got = measured(demo, series["pdsh -R ssh"] if keep else None, functools.partial(run_pdsh, target))
@@ -84,7 +84,7 @@ def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
     with DemoProcess(work / "latency", nodes, GPUS) as demo:
         base = demo_target(demo, GPUS)
         series, lines = _alternate(plan, demo, demo.config_path, base, pdsh)
-        medians["direct"] = percentile(series["gpuconsole status --json"].wall_ms, 50)
+        medians["direct"] = percentile(series[COLD].wall_ms, 50)
         results += fanout_rows("direct (no proxy)", nodes, series, lines, nodes * base.lines_per_node,
                                "latency", "loopback, no proxy: the reference for the control row")
         real_ports = [n.port for n in load_config(str(demo.config_path)).nodes]
@@ -94,7 +94,7 @@ def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
                 config_path, target = proxied_files(demo, base, dict(zip(real_ports, proxy.ports, strict=True)),
                                                     tag)
                 series, lines = _alternate(plan, demo, config_path, target, pdsh)
-            medians[tag] = percentile(series["gpuconsole status --json"].wall_ms, 50)
+            medians[tag] = percentile(series[COLD].wall_ms, 50)
             results += fanout_rows(f"RTT {rtt_ms:g} ms (proxy)", nodes, series, lines,
                                    nodes * target.lines_per_node, "latency",
                                    f"delay proxy: {rtt_ms / 2:g} ms each way per chunk")

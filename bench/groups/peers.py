@@ -10,24 +10,26 @@ Every OpenSSH-based peer verifies host keys against the demo's known_hosts and c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import importlib.util
 import json
 import resource
 import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from drivers import DemoProcess
-from harness import Result, bench_env, cli_argv, ms, percentile
+from harness import Result, bench_env, cli_argv, ms, percentile, proc_children
 from plan import PeerPlan
 
 from gpuconsole.config import load_config
 from gpuconsole.core.fleet import Fleet
-from groups.common import Series, measured
+from groups.common import Series, measured, wait_reaped
 
 # The probe: what the agent reads for one snapshot, as one `python3 -c`: load and memory, the
 # node's state file, and every process bound to one of its simulated GPUs (environment scan, as
@@ -145,12 +147,14 @@ def run_ssh_loop(target: Target) -> tuple[float, float, Counter[str]]:
     return wall, cpu, lines
 
 
-def run_gpuconsole(config_path: Path, nodes: int) -> tuple[float, float, Counter[str]]:
-    """`status --json`, cold: every node must be reachable (one count per reachable node).
+def run_gpuconsole(config_path: Path, nodes: int, keeper_env: dict[str, str] | None = None
+                   ) -> tuple[float, float, Counter[str]]:
+    """`status --json`: every node must be reachable (one count per reachable node).
 
-    GPUCONSOLE_KEEPER=0 (what `--no-keeper` sets): a direct connection per node, never a keeper's.
+    Cold unless `keeper_env`: GPUCONSOLE_KEEPER=0 (what `--no-keeper` sets), a direct connection
+    per node, never a keeper's.
     """
-    env = {**bench_env(), "GPUCONSOLE_KEEPER": "0"}
+    env = {**bench_env(), **(keeper_env or {"GPUCONSOLE_KEEPER": "0"})}
     wall, cpu, out = _run(cli_argv("--config", str(config_path), "status", "--json"), env)
     reachable = Counter(n["name"] for n in json.loads(out)["nodes"] if n["reachable"])
     if len(reachable) != nodes:
@@ -177,18 +181,58 @@ def installed_peers() -> tuple[list[str], list[Result]]:
     return present, skipped
 
 
+COLD = "gpuconsole status --json"
+WARM = "gpuconsole status --json (keeper warm)"
+
+
+def keeper_available() -> bool:
+    """Whether this checkout has the per-user connection keeper (issue 14, item 1)."""
+    return importlib.util.find_spec("gpuconsole.core.keeper_client") is not None
+
+
+@contextlib.contextmanager
+def warm_keeper(demo: DemoProcess, nodes: int, timeout_s: float = 60.0
+                ) -> Iterator[tuple[dict[str, str] | str, frozenset[int]]]:
+    """A keeper for the demo's config in a private runtime dir, up and holding an agent per node:
+    (the environment that reaches it, the demo's children it keeps), or (why not, the children)
+    when it does not warm up. Stopped on the way out."""
+    runtime = demo.root / "xdg"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = {"GPUCONSOLE_KEEPER": "1", "XDG_RUNTIME_DIR": str(runtime)}
+    keeper_cmd = cli_argv("--config", str(demo.config_path), "keeper")
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait_reaped(demo, persistent=frozenset(proc_children(demo.pid)))
+            run_gpuconsole(demo.config_path, nodes, env)  # the first one starts it
+            status = subprocess.run([*keeper_cmd, "status", "--json"], capture_output=True, text=True,
+                                    env={**bench_env(), **env}, timeout=60, check=False)
+            if status.returncode == 0 and len(proc_children(demo.pid)) >= nodes:
+                break
+            if time.monotonic() > deadline:
+                yield (f"keeper not warm in {timeout_s:g} s: {status.stdout[-200:]} {status.stderr[-200:]}",
+                       frozenset(proc_children(demo.pid)))
+                return
+            time.sleep(0.2)
+        yield env, frozenset(proc_children(demo.pid))
+    finally:
+        subprocess.run([*keeper_cmd, "stop"], capture_output=True, env={**bench_env(), **env}, timeout=60,
+                       check=False)
+
+
 def fanout_rows(label: str, nodes: int, series: dict[str, Series], lines: dict[str, list[int]],
                 expected: int, group: str, note: str) -> list[Result]:
     """Wall-time rows, gpuconsole/peer ratios of medians, and each peer's lines received / expected."""
     rows = [Result(f"{label} {kind}, {nodes} nodes", group, "ms", s.wall_ms, extra=s.extra(), notes=note)
             for kind, s in series.items() if s.wall_ms]
-    ours = percentile(series["gpuconsole status --json"].wall_ms, 50)
     for kind, s in series.items():
-        if kind == "gpuconsole status --json" or not s.wall_ms:
+        if kind.startswith("gpuconsole") or not s.wall_ms:
             continue
-        rows.append(Result(f"{label} gpuconsole / {kind}, {nodes} nodes", group, "x",
-                           value=ours / percentile(s.wall_ms, 50),
-                           notes="ratio of medians, same run (< 1: gpuconsole is faster)"))
+        for ours, tag in ((COLD, "gpuconsole"), (WARM, "gpuconsole (keeper warm)")):
+            if series.get(ours) and series[ours].wall_ms:
+                rows.append(Result(f"{label} {tag} / {kind}, {nodes} nodes", group, "x",
+                                   value=percentile(series[ours].wall_ms, 50) / percentile(s.wall_ms, 50),
+                                   notes="ratio of medians, same run (< 1: gpuconsole is faster)"))
         got = lines.get(kind, [])
         if got:
             rows.append(Result(f"{label} {kind} lines received / expected, {nodes} nodes", group,
@@ -201,20 +245,31 @@ def fanout_rows(label: str, nodes: int, series: dict[str, Series], lines: dict[s
 def bench_fanout(plan: PeerPlan, work: Path, gpus: int = 8) -> list[Result]:
     """At each fleet size: gpuconsole and every installed peer, alternating; repetition 0 is a warm-up."""
     present, results = installed_peers()
+    keeper = keeper_available()
+    if not keeper:
+        results.append(Result(f"fan-out {WARM}: skipped", "peers", "ms",
+                              notes="no per-user connection keeper in this checkout"))
     for nodes in plan.fanout_nodes:
-        kinds = ["gpuconsole status --json", *present]
+        kinds = [COLD, *([WARM] if keeper else []), *present]
         series = {k: Series.empty() for k in kinds}
         lines: dict[str, list[int]] = {k: [] for k in present}
-        with DemoProcess(work / f"peers-{nodes}", nodes, gpus) as demo:
+        with DemoProcess(work / f"peers-{nodes}", nodes, gpus) as demo, \
+                (warm_keeper(demo, nodes) if keeper else contextlib.nullcontext((None, frozenset()))) as warm:
+            keeper_env, kept = warm
+            if isinstance(keeper_env, str):
+                kinds.remove(WARM)
+                results.append(Result(f"fan-out {WARM}: skipped, {nodes} nodes", "peers", "ms", notes=keeper_env))
             target = demo_target(demo, gpus)
+            runs: dict[str, Callable[[], tuple[float, float, Counter[str]]]] = {
+                COLD: functools.partial(run_gpuconsole, demo.config_path, nodes),
+                WARM: functools.partial(run_gpuconsole, demo.config_path, nodes,
+                                        keeper_env if isinstance(keeper_env, dict) else None),
+                **{kind: functools.partial(PEERS[kind][1], target) for kind in present}}
             for rep in range(plan.fanout_reps + 1):
                 keep = rep > 0
-                measured(demo, series[kinds[0]] if keep else None,
-                         functools.partial(run_gpuconsole, demo.config_path, nodes))
-                for kind in present:
-                    got = measured(demo, series[kind] if keep else None,
-                                   functools.partial(PEERS[kind][1], target))
-                    if keep:
+                for kind in kinds:
+                    got = measured(demo, series[kind] if keep else None, runs[kind], kept)
+                    if keep and kind in lines:
                         lines[kind].append(sum(got[n] for n in target.names))
         results += fanout_rows("fan-out", nodes, series, lines, nodes * target.lines_per_node, "peers",
                                "cold: one process per call; same probe per node")
