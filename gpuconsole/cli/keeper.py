@@ -3,7 +3,6 @@ next command and go direct (core/keeper.py is the server, core/keeper_client.py 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,8 @@ def status_through_keeper(config: Config, opts: StatusArgs) -> int | None:
 def run_keeper(opts: KeeperArgs) -> int:
     config_path = resolve_config_path(opts.config).absolute()
     if opts.action == "run":
+        import asyncio  # only here: a command the keeper answers never imports asyncio
+
         from gpuconsole.core.keeper import serve
 
         return asyncio.run(serve(config_path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,8 @@ __all__ = ["render", "run_status"]  # `render` is the status tables' entry point
 
 
 def run_status(registry: Registry, opts: StatusArgs) -> int:
+    import asyncio  # here, not at the top: a status the keeper answers never imports it
+
     names = [registry.node(opts.node).name] if opts.node else None
     view = status_view(opts)
     return asyncio.run(_status(registry, opts, names, view))
@@ -54,6 +55,8 @@ def outcome(fetched: list[NodeSnapshot]) -> int:
 
 
 async def _status(registry: Registry, opts: StatusArgs, names: list[str] | None, view: View) -> int:
+    import asyncio
+
     from gpuconsole.core.fleet import Fleet  # asyncssh: not imported when the keeper answers
     from gpuconsole.core.status import fleet_snapshot
 
