@@ -27,7 +27,7 @@ class DemoProcess:
     """
 
     def __init__(self, root: Path, nodes: int, gpus: int = 8, *, start_timeout_s: float = 120.0,
-                 cloud: bool = False):
+                 cloud: bool = False) -> None:
         self.root = Path(root)
         self.nodes = nodes
         self.gpus = gpus
@@ -45,9 +45,11 @@ class DemoProcess:
                         *(() if self.cloud else ("--no-cloud",)))
         started = time.perf_counter()
         with open(self.root / "demo.stderr", "w") as stderr:
+            # GPUCONSOLE_BENCH_STATE_ROOT reaches every command on the nodes (the demo passes its
+            # environment on): where the peers' probe finds the node's state file.
+            env = {**bench_env(), "GPUCONSOLE_BENCH_STATE_ROOT": str(self.root / "demo" / "state")}
             self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                         stdin=subprocess.DEVNULL, env=bench_env(),
-                                         start_new_session=True)
+                                         stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -71,6 +73,11 @@ class DemoProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """The server processes (one here; several in a DemoFleet)."""
+        return [self.pid]
+
     def close(self) -> None:
         """SIGTERM (the demo stops its nodes and their agents), SIGKILL its group if it hangs."""
         if self.proc is None or self.proc.poll() is not None:
@@ -85,6 +92,66 @@ class DemoProcess:
         finally:
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+
+
+class DemoFleet:
+    """N demo nodes spread over several `DemoProcess`es, so the client is not measured against one
+    server process (one event loop, one GIL for every node's SSH); one merged config.
+
+    The nodes are renamed node-01… across the processes; each keeps its own demo's client key and
+    known_hosts (per-node `identity_file` and `known_hosts` keys), so host keys are verified as in
+    one demo. `pids` are the server processes (CPU and reaping are summed over them).
+    """
+
+    def __init__(self, root: Path, nodes: int, gpus: int = 8, processes: int = 1) -> None:
+        self.root = Path(root)
+        self.nodes = nodes
+        self.gpus = gpus
+        count = max(1, min(processes, nodes))
+        sizes = [nodes // count + (1 if i < nodes % count else 0) for i in range(count)]
+        self.demos = [DemoProcess(self.root / f"proc-{i}", size, gpus) for i, size in enumerate(sizes)]
+        self.config_path = self.root / "config.toml"
+        self.start_s = math.nan
+
+    def __enter__(self) -> DemoFleet:
+        from gpuconsole.config import load_config
+
+        started = time.perf_counter()
+        try:
+            for demo in self.demos:
+                demo.__enter__()
+            parts = ["# bench: the nodes of several demo processes\n[defaults]\npoll_seconds = 1.0\n"
+                     'reserve_for = "4h"\n']
+            index = 0
+            for demo in self.demos:
+                for node in load_config(str(demo.config_path)).nodes:
+                    index += 1
+                    parts.append(f'\n[[nodes]]\nname = "node-{index:02d}"\nhost = "{node.host}"\n'
+                                 f'port = {node.port}\nstate_dir = "{node.state_dir}"\n'
+                                 f"simulate_gpus = {self.gpus}\n"
+                                 f'identity_file = "{node.identity_file}"\nknown_hosts = "{node.known_hosts}"\n')
+            self.config_path.write_text("".join(parts))
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.perf_counter() - started
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        return self.demos[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [demo.pid for demo in self.demos if demo.proc is not None]
+
+    def close(self) -> None:
+        for demo in self.demos:
+            demo.close()
 
 
 class Tmux:

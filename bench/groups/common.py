@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
-from drivers import DemoProcess
+from drivers import DemoFleet, DemoProcess
 from harness import ms, percentile, proc_children, proc_cpu_s, run_timed
 
 from gpuconsole.config import NodeConfig
@@ -63,7 +63,8 @@ class Series:
                 "cpu_bound_floor_ms": (client_ms + server_ms) / cores}
 
 
-def measured(demo: DemoProcess, series: Series | None, func: Any, persistent: frozenset[int] = frozenset()) -> Any:
+def measured(demo: DemoProcess | DemoFleet, series: Series | None, func: Any,
+             persistent: frozenset[int] = frozenset()) -> Any:
     """Run func(); record its wall time and the client/server CPU it cost unless series is None.
 
     func returns (elapsed_s, client_cpu_s, value); server CPU is the demo process plus its
@@ -71,21 +72,28 @@ def measured(demo: DemoProcess, series: Series | None, func: Any, persistent: fr
     `persistent`: children that stay (a keeper's agents) and are not waited for (nor counted).
     """
     wait_reaped(demo, persistent=persistent)
-    server_before_s = proc_cpu_s(demo.pid, children=True)
+    server_before_s = sum(proc_cpu_s(pid, children=True) for pid in demo.pids)
     elapsed_s, client_cpu_s, value = func()
     wait_reaped(demo, persistent=persistent)
     if series is not None:
         series.wall_ms.append(ms(elapsed_s))
         series.client_cpu_ms.append(ms(client_cpu_s))
-        series.server_cpu_ms.append(ms(proc_cpu_s(demo.pid, children=True) - server_before_s))
+        server_after_s = sum(proc_cpu_s(pid, children=True) for pid in demo.pids)
+        series.server_cpu_ms.append(ms(server_after_s - server_before_s))
     return value
 
 
-def wait_reaped(demo: DemoProcess, timeout_s: float = 10.0, persistent: frozenset[int] = frozenset()) -> None:
+def demo_children(demo: DemoProcess | DemoFleet) -> frozenset[int]:
+    """The live children of the demo's server processes (agents, commands)."""
+    return frozenset(child for pid in demo.pids for child in proc_children(pid))
+
+
+def wait_reaped(demo: DemoProcess | DemoFleet, timeout_s: float = 10.0,
+                persistent: frozenset[int] = frozenset()) -> None:
     """Wait until the demo has no child processes but `persistent` ones: agents of closed
     connections are reaped."""
     deadline = time.monotonic() + timeout_s
-    while set(proc_children(demo.pid)) - persistent and time.monotonic() < deadline:
+    while demo_children(demo) - persistent and time.monotonic() < deadline:
         time.sleep(0.01)
 
 

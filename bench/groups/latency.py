@@ -49,9 +49,8 @@ def proxied_files(demo: DemoProcess, base: Target, proxy_ports: dict[int, int], 
     text = re.sub(r"(?m)^port = (\d+)$", lambda m: f"port = {proxy_ports[int(m.group(1))]}", text)
     config_path = root / "config.toml"
     config_path.write_text(text)
-    nodes = [(n.name, proxy_ports[n.port]) for n in config.nodes]
-    ssh_config = write_ssh_config(root / "ssh_config", nodes, str(config.nodes[0].identity_file),
-                                  str(known_hosts))
+    nodes = [(n.name, proxy_ports[n.port], str(n.identity_file), str(known_hosts)) for n in config.nodes]
+    ssh_config = write_ssh_config(root / "ssh_config", nodes)
     return config_path, Target(base.names, ssh_config, base.command, base.lines_per_node)
 
 

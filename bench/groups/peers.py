@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers import DemoProcess
-from harness import Result, bench_env, cli_argv, ms, percentile, proc_children
+from drivers import DemoFleet, DemoProcess
+from harness import Result, bench_env, cli_argv, ms, percentile
 from plan import PeerPlan
 
 from gpuconsole.config import load_config
 from gpuconsole.core.fleet import Fleet
-from groups.common import Series, measured, wait_reaped
+from groups.common import Series, demo_children, measured, wait_reaped
 
 # The probe: what the agent reads for one snapshot, as one `python3 -c`: load and memory, the
 # node's state file, and every process bound to one of its simulated GPUs (environment scan, as
@@ -37,11 +37,12 @@ from groups.common import Series, measured, wait_reaped
 # loses the tail of a command's output shows up in the line counts.
 PROBE_PY = r"""import json, os, sys
 n = int(sys.argv[1]); key = os.environ.get("GPUCONSOLE_SIM_NODE", "")
+root = os.environ.get("GPUCONSOLE_BENCH_STATE_ROOT", "")
 host = {"load": open("/proc/loadavg").read().split()[:3]}
 host["mem_kib"] = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/meminfo")
                    if l.startswith(("MemTotal:", "MemAvailable:"))}
 try:
-    state = json.load(open(os.path.join(sys.argv[2], key.rsplit(".", 1)[0], "state.json")))
+    state = json.load(open(os.path.join(root, key.rsplit(".", 1)[0], "state.json")))
 except (OSError, ValueError):
     state = {}
 host["state_keys"] = len(state) if isinstance(state, dict) else 0
@@ -65,9 +66,10 @@ PEER_TIMEOUT_S = 300.0
 DRAIN_POLL_S = 0.05  # the drain rows' resolution
 
 
-def probe_command(gpus: int, state_root: Path) -> str:
-    """The probe as one shell command line (the same string for every node and every peer)."""
-    return f"python3 -c '{PROBE_PY}' {gpus} {state_root}"
+def probe_command(gpus: int) -> str:
+    """The probe as one shell command line (the same string for every node and every peer); the
+    node's state root comes from the demo's environment (drivers.DemoProcess)."""
+    return f"python3 -c '{PROBE_PY}' {gpus}"
 
 
 @dataclass
@@ -80,10 +82,11 @@ class Target:
     lines_per_node: int
 
 
-def write_ssh_config(path: Path, nodes: list[tuple[str, int]], identity: str, known_hosts: str) -> Path:
-    """An ssh_config with one Host alias per node: 127.0.0.1, its port, strict host key checking."""
+def write_ssh_config(path: Path, nodes: list[tuple[str, int, str, str]]) -> Path:
+    """An ssh_config with one Host alias per (name, port, identity file, known_hosts): 127.0.0.1,
+    its port, strict host key checking against that known_hosts only."""
     parts = []
-    for name, port in nodes:
+    for name, port, identity, known_hosts in nodes:
         parts.append(f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  IdentityFile {identity}\n"
                      f"  IdentitiesOnly yes\n  UserKnownHostsFile {known_hosts}\n"
                      "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n"
@@ -92,15 +95,12 @@ def write_ssh_config(path: Path, nodes: list[tuple[str, int]], identity: str, kn
     return path
 
 
-def demo_target(demo: DemoProcess, gpus: int) -> Target:
+def demo_target(demo: DemoProcess | DemoFleet, gpus: int) -> Target:
     """The demo's nodes as the OpenSSH peers see them (the demo's own ports and known_hosts)."""
     config = load_config(str(demo.config_path))
-    nodes = [(n.name, n.port) for n in config.nodes]
-    first = config.nodes[0]
-    ssh_config = write_ssh_config(demo.root / "ssh_config", nodes, str(first.identity_file),
-                                  str(first.known_hosts))
-    return Target([n for n, _ in nodes], ssh_config,
-                  probe_command(gpus, demo.root / "demo" / "state"), gpus + 1)
+    nodes = [(n.name, n.port, str(n.identity_file), str(n.known_hosts)) for n in config.nodes]
+    ssh_config = write_ssh_config(demo.root / "ssh_config", nodes)
+    return Target([n[0] for n in nodes], ssh_config, probe_command(gpus), gpus + 1)
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
@@ -191,7 +191,7 @@ def keeper_available() -> bool:
 
 
 @contextlib.contextmanager
-def warm_keeper(demo: DemoProcess, nodes: int, timeout_s: float = 60.0
+def warm_keeper(demo: DemoProcess | DemoFleet, nodes: int, timeout_s: float = 60.0
                 ) -> Iterator[tuple[dict[str, str] | str, frozenset[int]]]:
     """A keeper for the demo's config in a private runtime dir, up and holding an agent per node:
     (the environment that reaches it, the demo's children it keeps), or (why not, the children)
@@ -203,18 +203,18 @@ def warm_keeper(demo: DemoProcess, nodes: int, timeout_s: float = 60.0
     try:
         deadline = time.monotonic() + timeout_s
         while True:
-            wait_reaped(demo, persistent=frozenset(proc_children(demo.pid)))
+            wait_reaped(demo, persistent=demo_children(demo))
             run_gpuconsole(demo.config_path, nodes, env)  # the first one starts it
             status = subprocess.run([*keeper_cmd, "status", "--json"], capture_output=True, text=True,
                                     env={**bench_env(), **env}, timeout=60, check=False)
-            if status.returncode == 0 and len(proc_children(demo.pid)) >= nodes:
+            if status.returncode == 0 and len(demo_children(demo)) >= nodes:
                 break
             if time.monotonic() > deadline:
                 yield (f"keeper not warm in {timeout_s:g} s: {status.stdout[-200:]} {status.stderr[-200:]}",
-                       frozenset(proc_children(demo.pid)))
+                       demo_children(demo))
                 return
             time.sleep(0.2)
-        yield env, frozenset(proc_children(demo.pid))
+        yield env, demo_children(demo)
     finally:
         subprocess.run([*keeper_cmd, "stop"], capture_output=True, env={**bench_env(), **env}, timeout=60,
                        check=False)
@@ -253,7 +253,7 @@ def bench_fanout(plan: PeerPlan, work: Path, gpus: int = 8) -> list[Result]:
         kinds = [COLD, *([WARM] if keeper else []), *present]
         series = {k: Series.empty() for k in kinds}
         lines: dict[str, list[int]] = {k: [] for k in present}
-        with DemoProcess(work / f"peers-{nodes}", nodes, gpus) as demo, \
+        with DemoFleet(work / f"peers-{nodes}", nodes, gpus, plan.demo_processes) as demo, \
                 (warm_keeper(demo, nodes) if keeper else contextlib.nullcontext((None, frozenset()))) as warm:
             keeper_env, kept = warm
             if isinstance(keeper_env, str):
