@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import struct
@@ -216,6 +217,8 @@ async def serve(config_path: Path) -> int:
         finally:
             os.umask(old_umask)
         os.chmod(paths.socket, 0o600)
+        # SIGTERM (a logout, `kill`) ends it as `keeper stop` does: socket removed, connections closed.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, keeper.stop.set)
         while not keeper.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(keeper.stop.wait(), timeout=min(1.0, keeper.idle_s / 4))

@@ -313,3 +313,10 @@ def test_a_runtime_dir_that_is_not_private_is_never_used(demo: DemoThread, keepe
     _runtime().mkdir(mode=0o755)
     assert run_cli("status", "--json", config=demo.config_path).returncode == 0
     assert list(_runtime().iterdir()) == [] and not _pids()
+
+
+def test_sigterm_ends_the_keeper_cleanly(demo: DemoThread, keeper_on: None) -> None:
+    pid = _warm(demo.config_path)["pid"]
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not _alive(pid), message="the keeper to exit on SIGTERM")
+    assert not list(_runtime().glob("*.sock"))  # removed, unlike after a kill -9
