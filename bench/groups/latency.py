@@ -4,7 +4,7 @@ Loopback has no latency and this kernel no `netem`, so a delay proxy (bench/prox
 process) sits in front of every demo node and holds each chunk for RTT/2 in each direction. The
 client config and an ssh_config point at the proxies' ports; their known_hosts entries
 (`[127.0.0.1]:PROXYPORT`) carry the demo nodes' real host keys, so every connection still verifies
-the node it reaches. `status --json` (cold) and `pdsh` (where installed) alternate per repetition,
+the node it reaches. `status --json` (cold), `pdsh` and `clush` (where installed) alternate per repetition,
 direct and at each RTT; RTT 0 through the proxy is the control row for the proxy's own cost.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
 from pathlib import Path
 
 from drivers import DemoProcess
@@ -22,9 +21,20 @@ from proxy import DelayProxy
 
 from gpuconsole.config import load_config
 from groups.common import Series, measured
-from groups.peers import COLD, Target, demo_target, fanout_rows, run_gpuconsole, run_pdsh, write_ssh_config
+from groups.peers import (
+    COLD,
+    PEERS,
+    Target,
+    demo_target,
+    fanout_rows,
+    installed_peers,
+    run_gpuconsole,
+    write_ssh_config,
+)
 
 GPUS = 8
+# A sequential OpenSSH loop is left out: at 100 ms it is N handshakes in a row, minutes at 64 nodes.
+LATENCY_PEERS = ("pdsh -R ssh", "clush")
 
 
 def proxied_files(demo: DemoProcess, base: Target, proxy_ports: dict[int, int], tag: str) -> tuple[Path, Target]:
@@ -55,34 +65,29 @@ def proxied_files(demo: DemoProcess, base: Target, proxy_ports: dict[int, int], 
 
 
 def _alternate(plan: PeerPlan, demo: DemoProcess, config_path: Path, target: Target,
-               pdsh: bool) -> tuple[dict[str, Series], dict[str, list[int]]]:
-    """`status --json` and pdsh alternating; repetition 0 is a warm-up."""
+               peers: list[str]) -> tuple[dict[str, Series], dict[str, list[int]]]:
+    """`status --json` and the peers alternating; repetition 0 is a warm-up."""
     nodes = len(target.names)
-    series = {COLD: Series.empty(), "pdsh -R ssh": Series.empty()}
-    lines: dict[str, list[int]] = {"pdsh -R ssh": []}
+    series = {COLD: Series.empty(), **{peer: Series.empty() for peer in peers}}
+    lines: dict[str, list[int]] = {peer: [] for peer in peers}
     for rep in range(plan.latency_reps + 1):
         keep = rep > 0
         measured(demo, series[COLD] if keep else None,
                  functools.partial(run_gpuconsole, config_path, nodes))
-        if pdsh:
-            got = measured(demo, series["pdsh -R ssh"] if keep else None, functools.partial(run_pdsh, target))
+        for peer in peers:
+            got = measured(demo, series[peer] if keep else None, functools.partial(PEERS[peer][1], target))
             if keep:
-                lines["pdsh -R ssh"].append(sum(got[n] for n in target.names))
+                lines[peer].append(sum(got[n] for n in target.names))
     return series, lines
 
 
-def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
-    """Direct, then through the proxies at each RTT: cold status and pdsh, with ratios."""
-    pdsh = shutil.which("pdsh") is not None
+def _latency_at(plan: PeerPlan, work: Path, nodes: int, peers: list[str]) -> list[Result]:
+    """One demo of `nodes` nodes: direct, then through the proxies at each RTT."""
     results: list[Result] = []
-    if not pdsh:
-        results.append(Result("latency pdsh rows: skipped", "latency", "ms",
-                              notes="pdsh not installed (apt-get install -y pdsh)"))
-    nodes = plan.latency_nodes
     medians: dict[str, float] = {}
-    with DemoProcess(work / "latency", nodes, GPUS) as demo:
+    with DemoProcess(work / f"latency-{nodes}", nodes, GPUS) as demo:
         base = demo_target(demo, GPUS)
-        series, lines = _alternate(plan, demo, demo.config_path, base, pdsh)
+        series, lines = _alternate(plan, demo, demo.config_path, base, peers)
         medians["direct"] = percentile(series[COLD].wall_ms, 50)
         results += fanout_rows("direct (no proxy)", nodes, series, lines, nodes * base.lines_per_node,
                                "latency", "loopback, no proxy: the reference for the control row")
@@ -92,7 +97,7 @@ def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
             with DelayProxy(real_ports, rtt_ms / 2, demo.root / f"proxy-{tag}.log") as proxy:
                 config_path, target = proxied_files(demo, base, dict(zip(real_ports, proxy.ports, strict=True)),
                                                     tag)
-                series, lines = _alternate(plan, demo, config_path, target, pdsh)
+                series, lines = _alternate(plan, demo, config_path, target, peers)
             medians[tag] = percentile(series[COLD].wall_ms, 50)
             results += fanout_rows(f"RTT {rtt_ms:g} ms (proxy)", nodes, series, lines,
                                    nodes * target.lines_per_node, "latency",
@@ -101,4 +106,13 @@ def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
         results.append(Result(f"latency proxy's own cost (RTT 0 − direct), status --json, {nodes} nodes",
                               "latency", "ms", value=medians["rtt0"] - medians["direct"],
                               notes="control row: the zero-delay proxy against direct connections"))
+    return results
+
+
+def bench_latency(plan: PeerPlan, work: Path) -> list[Result]:
+    """At each size: cold status, pdsh and clush (where installed), direct and at each RTT."""
+    present, results = installed_peers()
+    peers = [peer for peer in present if peer in LATENCY_PEERS]
+    for nodes in plan.latency_nodes:
+        results += _latency_at(plan, work, nodes, peers)
     return results
