@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,39 @@ class DemoNode:
     children: set[asyncio.subprocess.Process] = field(default_factory=set)
 
 
-async def _pump(source: asyncio.StreamReader, target: asyncssh.SSHWriter[bytes]) -> None:
+# A command's output pipe that stays open and silent this long after the command exited (a
+# background child holds it) is given up; output still on its way to a slow client never is.
+PIPE_IDLE_S = 5.0
+
+
+@dataclass
+class _Progress:
+    read_at: float = field(default_factory=time.monotonic)  # when a pump last got output
+    writing: int = 0  # pumps waiting for the client to take what they wrote
+
+
+async def _pump(source: asyncio.StreamReader, target: asyncssh.SSHWriter[bytes], progress: _Progress) -> None:
     """Copy a child's output stream to the SSH channel until EOF."""
     while chunk := await source.read(65536):
+        progress.read_at = time.monotonic()
         target.write(chunk)
-        await target.drain()
+        progress.writing += 1
+        try:
+            await target.drain()
+        finally:
+            progress.writing -= 1
+
+
+async def _forwarded(pumps: asyncio.Future[Any], progress: _Progress) -> None:
+    """Wait until the pumps reach EOF, however slowly the client reads; stop only when every pump
+    has waited PIPE_IDLE_S on a pipe with nothing in it."""
+    while True:
+        try:
+            await asyncio.wait_for(asyncio.shield(pumps), 0.25)
+            return
+        except TimeoutError:
+            if progress.writing == 0 and time.monotonic() - progress.read_at > PIPE_IDLE_S:
+                return
 
 
 async def _closed(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -219,11 +248,15 @@ class DemoCluster:
             # redirect() the channel could close first and a command's last lines were lost.
             assert child.stdout is not None
             assert child.stderr is not None
-            pumps = asyncio.gather(_pump(child.stdout, process.stdout), _pump(child.stderr, process.stderr),
-                                   return_exceptions=True)
+            progress = _Progress()
+            pumps = asyncio.gather(_pump(child.stdout, process.stdout, progress),
+                                   _pump(child.stderr, process.stderr, progress), return_exceptions=True)
             returncode = await child.wait()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pumps, 5)
+            await _forwarded(pumps, progress)
+            # The exit status goes after the output has left, not merely been queued: a client that
+            # reads slowly gets every line, then the status (as from sshd).
+            process.channel.set_write_buffer_limits(0)
+            await process.stdout.drain()
             process.exit(returncode if returncode >= 0 else 128 - returncode)
         except (asyncssh.Error, OSError, BrokenPipeError):
             pass
