@@ -20,7 +20,21 @@ from pathlib import Path
 from typing import Any
 
 import history
-from groups import cloud, contention, jobs, jobs_latency, lab, latency, peers, poll, reserve, status, tui, watch
+from groups import (
+    cloud,
+    contention,
+    jobs,
+    jobs_latency,
+    lab,
+    latency,
+    peers,
+    peers_lock,
+    poll,
+    reserve,
+    status,
+    tui,
+    watch,
+)
 from groups import help as startup
 from harness import REPO_ROOT, Result, machine_info
 from plan import CloudPlan, PeerPlan, Plan
@@ -146,6 +160,7 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
     if "peers" in groups:
         guarded("peers/fan-out", lambda: peers.bench_fanout(peer_plan, work))
         guarded("peers/queue", lambda: peers.bench_queue(peer_plan, work))
+        guarded("peers/lock", lambda: peers_lock.bench_lock(peer_plan, work))
     if "latency" in groups:
         guarded("latency", lambda: latency.bench_latency(peer_plan, work))
     return rows

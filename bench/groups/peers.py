@@ -103,7 +103,7 @@ def demo_target(demo: DemoProcess | DemoFleet, gpus: int) -> Target:
     return Target([n[0] for n in nodes], ssh_config, probe_command(gpus), gpus + 1)
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+def run_checked(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """(wall s, children's CPU s, stdout) of one peer command; a failure raises with its stderr."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -124,14 +124,14 @@ def _prefixed_lines(stdout: str) -> Counter[str]:
 def run_pdsh(target: Target) -> tuple[float, float, Counter[str]]:
     env = {**bench_env(), "PDSH_SSH_ARGS": f"-F {target.ssh_config} -l%u %h"}
     fanout = str(max(32, len(target.names)))
-    wall, cpu, out = _run(["pdsh", "-R", "ssh", "-f", fanout, "-w", ",".join(target.names),
+    wall, cpu, out = run_checked(["pdsh", "-R", "ssh", "-f", fanout, "-w", ",".join(target.names),
                            target.command], env)
     return wall, cpu, _prefixed_lines(out)
 
 
 def run_clush(target: Target) -> tuple[float, float, Counter[str]]:
     fanout = str(max(64, len(target.names)))
-    wall, cpu, out = _run(["clush", "-f", fanout, "-o", f"-F {target.ssh_config}",
+    wall, cpu, out = run_checked(["clush", "-f", fanout, "-o", f"-F {target.ssh_config}",
                            "-w", ",".join(target.names), target.command])
     return wall, cpu, _prefixed_lines(out)
 
@@ -141,7 +141,7 @@ def run_ssh_loop(target: Target) -> tuple[float, float, Counter[str]]:
     wall = cpu = 0.0
     lines: Counter[str] = Counter()
     for name in target.names:
-        one_wall, one_cpu, out = _run(["ssh", "-F", str(target.ssh_config), name, target.command])
+        one_wall, one_cpu, out = run_checked(["ssh", "-F", str(target.ssh_config), name, target.command])
         wall, cpu = wall + one_wall, cpu + one_cpu
         lines[name] = len(out.splitlines())
     return wall, cpu, lines
@@ -155,7 +155,7 @@ def run_gpuconsole(config_path: Path, nodes: int, keeper_env: dict[str, str] | N
     per node, never a keeper's.
     """
     env = {**bench_env(), **(keeper_env or {"GPUCONSOLE_KEEPER": "0"})}
-    wall, cpu, out = _run(cli_argv("--config", str(config_path), "status", "--json"), env)
+    wall, cpu, out = run_checked(cli_argv("--config", str(config_path), "status", "--json"), env)
     reachable = Counter(n["name"] for n in json.loads(out)["nodes"] if n["reachable"])
     if len(reachable) != nodes:
         raise RuntimeError(f"status --json: {len(reachable)}/{nodes} nodes reachable")
@@ -330,12 +330,12 @@ def bench_queue(plan: PeerPlan, work: Path) -> list[Result]:
             if tsp is not None:
                 subprocess.run([tsp, "-S", "8"], env=env, capture_output=True, timeout=30, check=True)
             for _ in range(plan.queue_jobs):
-                wall, _, out = _run(submit)
+                wall, _, out = run_checked(submit)
                 ours_ms.append(ms(wall))
                 ids.add(json.loads(out)["id"])
                 ours_last = time.perf_counter()
                 if tsp is not None:
-                    theirs_ms.append(ms(_run([tsp, "true"], env)[0]))
+                    theirs_ms.append(ms(run_checked([tsp, "true"], env)[0]))
             theirs_last = time.perf_counter()
             theirs_drain_s = (_tsp_drained(env, 300.0) - theirs_last) if tsp else None
             ours_drain_s = asyncio.run(_drained(demo.config_path, ids, 300.0)) - ours_last
