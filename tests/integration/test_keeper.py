@@ -24,8 +24,10 @@ import asyncssh
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import run_cli, wait_for
+from tests.helpers import REPO, run_cli, wait_for
 
+SCHEMAS = REPO / "gpuconsole" / "schemas"
+jsonschema: Any = pytest.importorskip("jsonschema")  # a dev dependency (its stubs may not be installed)
 # Live readings of the demo host itself (the demo nodes report this machine's CPU, memory and I/O):
 # they differ between any two calls, keeper or not, so they are compared by presence. (A single
 # `status --json` does not wait for a rate window: over a fresh connection the rates are null, over
@@ -40,9 +42,13 @@ def _runtime() -> Path:
 
 
 def _keeper(config: Path) -> dict[str, Any]:
+    """`keeper status --json`, checked against its JSON Schema."""
     result = run_cli("keeper", "status", "--json", config=config)
     assert result.returncode == 0, result.stderr
     answer: dict[str, Any] = json.loads(result.stdout)
+    schema = json.loads((SCHEMAS / "keeper.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema["allOf"][1]).validate(answer)
+    assert isinstance(answer["generated_at"], str)
     return answer
 
 
