@@ -81,9 +81,12 @@ class PeerPlan:
     latency_reps: int
     demo_processes: int  # the fan-out's nodes are spread over this many demo processes
     lock_pairs: int  # reserve + release pairs against flock over ssh
+    scale_nodes: int  # the `scale` group: a poll at 1 Hz on this many nodes × 8 GPUs
+    scale_processes: int
+    scale_rounds: int
 
     @classmethod
     def make(cls, quick: bool) -> PeerPlan:
         if quick:
-            return cls(True, (1, 4), 2, 10, (2,), (0.0, 20.0, 100.0), 1, 2, 3)
-        return cls(False, (1, 8, 32, 64), 9, 200, (8, 64), (0.0, 20.0, 100.0), 5, 4, 20)
+            return cls(True, (1, 4), 2, 10, (2,), (0.0, 20.0, 100.0), 1, 2, 3, 16, 2, 5)
+        return cls(False, (1, 8, 32, 64), 9, 200, (8, 64), (0.0, 20.0, 100.0), 5, 4, 20, 256, 8, 30)

@@ -31,6 +31,7 @@ from groups import (
     peers_lock,
     poll,
     reserve,
+    scale,
     status,
     tui,
     watch,
@@ -40,7 +41,7 @@ from harness import REPO_ROOT, Result, machine_info
 from plan import CloudPlan, PeerPlan, Plan
 
 GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history",
-          "peers", "latency")
+          "peers", "latency", "scale")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -163,6 +164,8 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
         guarded("peers/lock", lambda: peers_lock.bench_lock(peer_plan, work))
     if "latency" in groups:
         guarded("latency", lambda: latency.bench_latency(peer_plan, work))
+    if "scale" in groups:
+        guarded("scale", lambda: scale.bench_scale(peer_plan, work))
     return rows
 
 

@@ -10,6 +10,7 @@ direct and at each RTT; RTT 0 through the proxy is the control row for the proxy
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -24,11 +25,14 @@ from groups.common import Series, measured
 from groups.peers import (
     COLD,
     PEERS,
+    WARM,
     Target,
     demo_target,
     fanout_rows,
     installed_peers,
+    keeper_available,
     run_gpuconsole,
+    warm_keeper,
     write_ssh_config,
 )
 
@@ -66,19 +70,33 @@ def proxied_files(demo: DemoProcess, base: Target, proxy_ports: dict[int, int], 
 
 def _alternate(plan: PeerPlan, demo: DemoProcess, config_path: Path, target: Target,
                peers: list[str]) -> tuple[dict[str, Series], dict[str, list[int]]]:
-    """`status --json` and the peers alternating; repetition 0 is a warm-up."""
+    """Cold `status --json`, a keeper-warm one (where the checkout has the keeper) and the peers
+    alternating; repetition 0 is a warm-up."""
     nodes = len(target.names)
-    series = {COLD: Series.empty(), **{peer: Series.empty() for peer in peers}}
+    series = {COLD: Series.empty(), WARM: Series.empty(), **{peer: Series.empty() for peer in peers}}
     lines: dict[str, list[int]] = {peer: [] for peer in peers}
-    for rep in range(plan.latency_reps + 1):
-        keep = rep > 0
-        measured(demo, series[COLD] if keep else None,
-                 functools.partial(run_gpuconsole, config_path, nodes))
-        for peer in peers:
-            got = measured(demo, series[peer] if keep else None, functools.partial(PEERS[peer][1], target))
-            if keep:
-                lines[peer].append(sum(got[n] for n in target.names))
+    keeper = warm_keeper(demo, nodes, config_path) if keeper_available() else contextlib.nullcontext(
+        (None, frozenset()))
+    with keeper as (keeper_env, kept):
+        for rep in range(plan.latency_reps + 1):
+            keep = rep > 0
+            measured(demo, series[COLD] if keep else None,
+                     functools.partial(run_gpuconsole, config_path, nodes), kept)
+            if isinstance(keeper_env, dict):
+                measured(demo, series[WARM] if keep else None,
+                         functools.partial(run_gpuconsole, config_path, nodes, keeper_env), kept)
+            _peers_once(demo, target, peers, series if keep else None, lines if keep else None, kept)
     return series, lines
+
+
+def _peers_once(demo: DemoProcess, target: Target, peers: list[str], series: dict[str, Series] | None,
+                lines: dict[str, list[int]] | None, kept: frozenset[int]) -> None:
+    """One run of each peer; recorded unless series is None (a warm-up)."""
+    for peer in peers:
+        got = measured(demo, series[peer] if series is not None else None,
+                       functools.partial(PEERS[peer][1], target), kept)
+        if lines is not None:
+            lines[peer].append(sum(got[n] for n in target.names))
 
 
 def _latency_at(plan: PeerPlan, work: Path, nodes: int, peers: list[str]) -> list[Result]:

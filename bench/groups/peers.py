@@ -191,20 +191,22 @@ def keeper_available() -> bool:
 
 
 @contextlib.contextmanager
-def warm_keeper(demo: DemoProcess | DemoFleet, nodes: int, timeout_s: float = 60.0
-                ) -> Iterator[tuple[dict[str, str] | str, frozenset[int]]]:
-    """A keeper for the demo's config in a private runtime dir, up and holding an agent per node:
-    (the environment that reaches it, the demo's children it keeps), or (why not, the children)
-    when it does not warm up. Stopped on the way out."""
+def warm_keeper(demo: DemoProcess | DemoFleet, nodes: int, config_path: Path | None = None,
+                timeout_s: float = 60.0) -> Iterator[tuple[dict[str, str] | str, frozenset[int]]]:
+    """A keeper for the config (default: the demo's) in a private runtime dir, up and holding an
+    agent per node: (the environment that reaches it, the demo's children it keeps), or (why not,
+    the children) when it does not warm up. Stopped on the way out, its agents reaped."""
+    config_path = config_path or demo.config_path
     runtime = demo.root / "xdg"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env = {"GPUCONSOLE_KEEPER": "1", "XDG_RUNTIME_DIR": str(runtime)}
-    keeper_cmd = cli_argv("--config", str(demo.config_path), "keeper")
+    keeper_cmd = cli_argv("--config", str(config_path), "keeper")
+    wait_reaped(demo)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             wait_reaped(demo, persistent=demo_children(demo))
-            run_gpuconsole(demo.config_path, nodes, env)  # the first one starts it
+            run_gpuconsole(config_path, nodes, env)  # the first one starts it
             status = subprocess.run([*keeper_cmd, "status", "--json"], capture_output=True, text=True,
                                     env={**bench_env(), **env}, timeout=60, check=False)
             if status.returncode == 0 and len(demo_children(demo)) >= nodes:
@@ -218,6 +220,7 @@ def warm_keeper(demo: DemoProcess | DemoFleet, nodes: int, timeout_s: float = 60
     finally:
         subprocess.run([*keeper_cmd, "stop"], capture_output=True, env={**bench_env(), **env}, timeout=60,
                        check=False)
+        wait_reaped(demo)
 
 
 def fanout_rows(label: str, nodes: int, series: dict[str, Series], lines: dict[str, list[int]],
