@@ -145,7 +145,7 @@ def start(config_path: Path) -> None:
         subprocess.Popen(
             [sys.executable, "-m", "gpuconsole", "--config", str(config_path.absolute()), "keeper", "run"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fd, start_new_session=True,
-            close_fds=True,
+            close_fds=True, cwd="/",  # it outlives the command: never hold the command's cwd busy
         )
     finally:
         os.close(fd)
