@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import jobops, jobs, private
+from . import jobops, jobs, private, waiter
 from . import state as st
 
 TYPE_CHECKING = False
@@ -54,27 +54,43 @@ def submit_array(ops: JobOps, args: Args) -> tuple[Result, Warnings]:
     ops.txn.ensure_dir()
     array_id = st.new_id(None, "a")
     warnings: list[str] = []
+    try:
+        warning = private.ensure_jobs_dir(os.path.join(ops.store.dir, "jobs"))
+        if warning:
+            warnings.append(warning)
+    except OSError as exc:
+        raise ops.txn.io_error("array not submitted", exc) from None
+    handle = ops.waiter_handle(warnings)
+    try:
+        return _submit(ops, args, argv, cwd, indices, array_id, handle, warnings)
+    finally:
+        if handle is not None:
+            handle.release()
+
+
+def _submit(ops: JobOps, args: Args, argv: list[str], cwd: str | None, indices: list[int], array_id: str,
+            handle: waiter.Handle | None, warnings: list[str]) -> tuple[Result, Warnings]:
+    """Each job's dir and spec (and supervisor, without a waiter), then the one transaction."""
     started: list[tuple[subprocess.Popen[bytes] | None, str]] = []
     entries: list[dict[str, Any]] = []
     try:
         for index in indices:
             job_id = st.new_id(None, "j")
             job_dir = ops._job_dir(job_id)
-            if not started:
-                warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
-                if warning:
-                    warnings.append(warning)
             os.mkdir(job_dir, 0o700)
             started.append((None, job_dir))
             dir_fd = private.open_dir(job_dir)
             try:
-                private.write_json(dir_fd, "spec.json", {"argv": argv, "cwd": cwd,
-                                                         "array": {"id": array_id, "index": index}})
-                child = ops._spawn_supervisor(job_id, job_dir, dir_fd)
+                spec: dict[str, Any] = {"argv": argv, "cwd": cwd, "array": {"id": array_id, "index": index}}
+                if handle is not None:
+                    spec["waiter"] = handle.ident
+                private.write_json(dir_fd, "spec.json", spec)
+                child = None if handle is not None else ops._spawn_supervisor(job_id, job_dir, dir_fd)
             finally:
                 os.close(dir_fd)
             started[-1] = (child, job_dir)
-            entries.append({"job_id": job_id, "index": index, "supervisor": ops._ident(child)})
+            ident = handle.ident if handle is not None else ops._ident(child)  # type: ignore[arg-type]
+            entries.append({"job_id": job_id, "index": index, "supervisor": ident})
     except OSError as exc:
         _discard_all(started)
         raise ops.txn.io_error("array not submitted", exc) from None

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 
-from . import jobs, loader, private, procs
+from . import jobs, loader, private, procs, waiter
 from . import state as st
 from .store import CorruptState
 
@@ -44,9 +44,7 @@ class JobOps:
         self.before_submit = before_submit
 
     def _job_dir(self, job_id: object) -> str:
-        if not isinstance(job_id, str) or not job_id.startswith("j-") or not job_id[2:].isalnum():
-            raise st.OpError("not_found", "no job %r on this node" % (job_id,))
-        return os.path.join(self.store.dir, "jobs", job_id)
+        return job_dir_of(self.store.dir, job_id)
 
     def _replayed(self, req_id: object) -> Result | None:
         """The recorded answer of an already committed request (a client's retry), else None."""
@@ -88,17 +86,50 @@ class JobOps:
             warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
             if warning:
                 warnings.append(warning)
-            os.mkdir(job_dir, 0o700)
-            dir_fd = private.open_dir(job_dir)
-            try:
-                private.write_json(dir_fd, "spec.json", {"argv": argv, "cwd": cwd})
-                child = self._spawn_supervisor(job_id, job_dir, dir_fd)
-            finally:
-                os.close(dir_fd)
         except OSError as exc:
-            _discard(child, job_dir)
             raise self.txn.io_error("job not submitted", exc) from None
-        ident = self._ident(child)
+        handle = self.waiter_handle(warnings)
+        try:
+            try:
+                os.mkdir(job_dir, 0o700)
+                dir_fd = private.open_dir(job_dir)
+                try:
+                    spec: dict[str, Any] = {"argv": argv, "cwd": cwd}
+                    if handle is not None:
+                        spec["waiter"] = handle.ident
+                    private.write_json(dir_fd, "spec.json", spec)
+                    if handle is None:
+                        child = self._spawn_supervisor(job_id, job_dir, dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                _discard(child, job_dir)
+                raise self.txn.io_error("job not submitted", exc) from None
+            ident = handle.ident if handle is not None else self._ident(child)  # type: ignore[arg-type]
+            return self._queue(args, argv, job_id, job_dir, child, ident, warnings)
+        finally:
+            if handle is not None:
+                handle.release()
+
+    def waiter_handle(self, warnings: list[str]) -> waiter.Handle | None:
+        """The user's waiter, locked for one submit (None: one supervisor per job, as before, with
+        the reason in `warnings` when the waiter's dir could not be used)."""
+        if not waiter.ENABLED:
+            return None
+        try:
+            return waiter.acquire(self.store.dir, self.uid, self._spawn_waiter, self._ident)
+        except OSError as exc:
+            warnings.append("no job waiter (%s): one supervisor per job" % (getattr(exc, "strerror", None) or exc))
+            return None
+
+    def _spawn_waiter(self, path: str, dir_fd: int) -> subprocess.Popen[bytes]:
+        child = spawn_program(self.store.dir, self.supervisor_env, {"GPUCONSOLE_WAITER_DIR": path}, dir_fd,
+                              "waiter.log")
+        threading.Thread(target=child.wait, daemon=True).start()
+        return child
+
+    def _queue(self, args: Args, argv: list[str], job_id: str, job_dir: str, child: subprocess.Popen[bytes] | None,
+               ident: dict[str, Any], warnings: list[str]) -> tuple[Result, Warnings]:
         try:
             result, more = self.transaction("submit_job", {
                 "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
@@ -159,23 +190,8 @@ class JobOps:
 
     def _spawn_supervisor(self, job_id: str, job_dir: str, dir_fd: int) -> subprocess.Popen[bytes]:
         """Start the detached supervisor; it re-checks the job dir itself before trusting it."""
-        import subprocess  # only submit needs it
-
-        codes: Any = sys.modules[__package__ or ""]
-        program = loader.build_program(codes.SOURCES, codes.DIGEST, codes.MODULES) \
-            if hasattr(codes, "SOURCES") else _local_program()
-        env = dict(os.environ, GPUCONSOLE_ROLE="supervisor", GPUCONSOLE_JOB_ID=job_id,
-                   GPUCONSOLE_JOB_DIR=job_dir, GPUCONSOLE_STATE_DIR=self.store.dir, **self.supervisor_env)
-        log_fd = private.open_file(dir_fd, "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=log_fd, env=env, cwd="/",
-                                     start_new_session=True, close_fds=True)
-        finally:
-            os.close(log_fd)
-        assert child.stdin is not None  # stdin=PIPE
-        child.stdin.write(loader.preamble(program))
-        child.stdin.close()
+        child = spawn_program(self.store.dir, self.supervisor_env,
+                              {"GPUCONSOLE_JOB_ID": job_id, "GPUCONSOLE_JOB_DIR": job_dir}, dir_fd, "supervisor.log")
         # Reap it when it ends, so a dead supervisor is gone from /proc rather than a zombie.
         threading.Thread(target=child.wait, daemon=True).start()
         return child
@@ -222,6 +238,38 @@ class JobOps:
                 data = data[:_utf8_boundary(data)]  # the rest of a split character comes next time
         return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data),
                 "state": job["state"], "ended": ended}
+
+
+def job_dir_of(state_dir: str, job_id: object) -> str:
+    """The private dir of a job id of the right shape (`not_found` for anything else)."""
+    if not isinstance(job_id, str) or not job_id.startswith("j-") or not job_id[2:].isalnum():
+        raise st.OpError("not_found", "no job %r on this node" % (job_id,))
+    return os.path.join(state_dir, "jobs", job_id)
+
+
+def spawn_program(state_dir: str, settings: dict[str, str], role_env: dict[str, str], dir_fd: int,
+                  log_name: str) -> subprocess.Popen[bytes]:
+    """Start the agent program detached as a supervisor (`role_env`: its job, or the waiter's dir),
+    its stderr appended to `log_name` in the checked dir `dir_fd`."""
+    import subprocess  # only submit needs it
+
+    codes: Any = sys.modules[__package__ or ""]
+    program = loader.build_program(codes.SOURCES, codes.DIGEST, codes.MODULES) \
+        if hasattr(codes, "SOURCES") else _local_program()
+    env = dict(os.environ, GPUCONSOLE_ROLE="supervisor", GPUCONSOLE_STATE_DIR=state_dir, **settings)
+    env.pop("GPUCONSOLE_WAITER_DIR", None)
+    env.update(role_env)
+    log_fd = private.open_file(dir_fd, log_name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        child = subprocess.Popen([sys.executable, "-S", "-c", loader.BOOTSTRAP], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=log_fd, env=env, cwd="/",
+                                 start_new_session=True, close_fds=True)
+    finally:
+        os.close(log_fd)
+    assert child.stdin is not None  # stdin=PIPE
+    child.stdin.write(loader.preamble(program))
+    child.stdin.close()
+    return child
 
 
 ENDED_MARK = "ended"

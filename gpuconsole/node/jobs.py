@@ -81,8 +81,6 @@ def submit_array(state: State, ctx: Ctx, args: Args) -> Result:
     """Queue every job of an array in this one transaction (`args["jobs"]`: job_id, index, supervisor
     each; the rest as a submit's), then dispatch once. Each supervisor must be a live process of the
     caller: a service-mode node runs this for the caller and trusts no claimed identity."""
-    from . import procs
-
     entries = args.get("jobs")
     array_id = args.get("array_id")
     if not isinstance(entries, list) or not 0 < len(entries) <= MAX_ARRAY:
@@ -96,9 +94,7 @@ def submit_array(state: State, ctx: Ctx, args: Args) -> Result:
         index = entry.get("index") if isinstance(entry, dict) else None
         if not isinstance(ident, dict) or not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise st.OpError("invalid", "each array job needs its index and its supervisor's identity")
-        pid = ident.get("pid")
-        if ident.get("uid") != ctx.uid or not isinstance(pid, int) or procs.proc_uid(pid) != ctx.uid:
-            raise st.OpError("permission", "the supervisor of a job must be a process of %s" % ctx.user)
+        _check_own_process(ident, ctx)
         job_id = _enqueue(state, ctx, dict(args, job_id=entry.get("job_id"), supervisor=ident,
                                            name="%s[%d]" % (name, index)))
         _jobs(state)[job_id]["array"] = {"id": array_id, "index": index}
@@ -108,6 +104,16 @@ def submit_array(state: State, ctx: Ctx, args: Args) -> Result:
     return {"id": array_id, "state": "queued", "owner": ctx.user,
             "jobs": [{"id": j, "index": _jobs(state)[j]["array"]["index"], "state": "queued",
                       "position": positions.get(j)} for j in queued]}
+
+
+def _check_own_process(ident: object, ctx: Ctx) -> None:
+    """A supervisor (or waiter) identity must name a process of the caller (checked, never claimed)."""
+    from . import procs
+
+    pid = ident.get("pid") if isinstance(ident, dict) else None
+    if not isinstance(ident, dict) or ident.get("uid") != ctx.uid or not isinstance(pid, int) \
+            or procs.proc_uid(pid) != ctx.uid:
+        raise st.OpError("permission", "the supervisor of a job must be a process of %s" % ctx.user)
 
 
 def _enqueue(state: State, ctx: Ctx, args: Args) -> str:
@@ -159,6 +165,10 @@ def claim(state: State, ctx: Ctx, args: Args) -> Result:
         raise st.OpError("not_found", "job %s has no grant" % job["id"])
     if args.get("token") != lease["token"]:
         raise st.OpError("stale_token", "stale token for job %s" % job["id"])
+    supervisor = args.get("supervisor")
+    if supervisor is not None:  # started by the user's waiter: the claiming supervisor holds the job from now on
+        _check_own_process(supervisor, ctx)
+        job["supervisor"] = supervisor
     job.update({"state": "running", "started_wall": ctx.now_wall, "gpus": list(lease["gpus"])})
     return {"id": job["id"], "gpus": list(lease["gpus"]), "token": lease["token"]}
 

@@ -55,6 +55,11 @@ class Supervisor:
         self.lease_lost = False
         self.runs_here = 0  # runs this supervisor started (a requeue after preemption runs again here)
 
+    def _ident(self) -> dict[str, Any]:
+        """Ours, for the claim: a job its user's waiter queued is held by us from the claim on."""
+        pid = os.getpid()
+        return {"pid": pid, "start": procs.start_ticks(pid), "boot_id": self.boot_id, "uid": os.geteuid()}
+
     def _read(self) -> State:
         """Lock-free read, re-parsed only when state.json changed."""
         state, _, _ = self.store.read_cached(self.boot_id)
@@ -93,7 +98,8 @@ class Supervisor:
                 return None
             elif lease is not None:
                 try:
-                    result, _ = self.transaction("claim_job", {"id": self.job_id, "token": lease["token"]})
+                    result, _ = self.transaction("claim_job", {"id": self.job_id, "token": lease["token"],
+                                                               "supervisor": self._ident()})
                     return result
                 except st.OpError as exc:
                     if exc.code not in ("not_found", "stale_token"):
@@ -116,8 +122,8 @@ class Supervisor:
 
     def _run_once(self, grant: Result) -> int:
         env = dict(os.environ)
-        for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR", "GPUCONSOLE_SIMULATE_GPUS",
-                    "GPUCONSOLE_NODE_NAME", "GPUCONSOLE_SERVICE"):
+        for key in ("GPUCONSOLE_ROLE", "GPUCONSOLE_JOB_DIR", "GPUCONSOLE_STATE_DIR", "GPUCONSOLE_WAITER_DIR",
+                    "GPUCONSOLE_SIMULATE_GPUS", "GPUCONSOLE_NODE_NAME", "GPUCONSOLE_SERVICE"):
             env.pop(key, None)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in grant["gpus"])
         env["GPUCONSOLE_JOB_ID"] = self.job_id
@@ -295,6 +301,11 @@ def hello_args(environ: Mapping[str, str]) -> Args:
 def main(store: StateStore, boot_id: str, transaction: Change) -> None:
     """Entry point when the agent program runs with GPUCONSOLE_ROLE=supervisor, after its agent's
     hello (hello_args): that agent's state and transaction are what the job's changes go through."""
+    if not os.environ.get("GPUCONSOLE_JOB_ID") and os.environ.get("GPUCONSOLE_WAITER_DIR"):
+        from . import waiter
+
+        waiter.main(store, boot_id, transaction, os.environ["GPUCONSOLE_WAITER_DIR"])
+        return
     job_id = os.environ["GPUCONSOLE_JOB_ID"]
     job_dir = os.environ["GPUCONSOLE_JOB_DIR"]
     try:

@@ -89,18 +89,24 @@ def test_retried_submit_starts_one_supervisor_and_one_job_dir(demo: DemoThread) 
     first, second = asyncio.run(twice())
     assert second["id"] == first["id"] and second.get("replayed") is True
     jobs_dir = demo.cluster.nodes[NODE].state_dir / "jobs"
-    assert sorted(p.name for p in jobs_dir.iterdir()) == [first["id"]]
+    # (waiter-<uid>: the user's one job waiter, node/waiter.py)
+    assert sorted(p.name for p in jobs_dir.iterdir() if not p.name.startswith("waiter-")) == [first["id"]]
     key = demo.cluster.nodes[NODE].sim_key
+    # The waiter starts the granted job's supervisor just after the submit: one, never two.
+    wait_for(lambda: [pid for pid in marked_processes({key}) if _is_supervisor(pid)], timeout_s=10,
+             message="the job's supervisor")
     supervisors = [pid for pid in marked_processes({key}) if _is_supervisor(pid)]
     assert len(supervisors) == 1, supervisors
     assert run_cli("cancel", first["id"], config=demo.config_path).returncode == 0
 
 
 def _is_supervisor(pid: int) -> bool:
+    """A job's supervisor (the user's waiter runs in the same role, with no job)."""
     try:
-        return b"GPUCONSOLE_ROLE=supervisor" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:
         return False
+    return b"GPUCONSOLE_ROLE=supervisor" in env and any(item.startswith(b"GPUCONSOLE_JOB_ID=") for item in env)
 
 
 # -- item 7: a GPU is never held by two -----------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Queued jobs cost no process: one waiter per user per node starts each job's supervisor on its grant."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gpuconsole.demo.cluster import DemoThread
+from tests.helpers import cli_json, run_cli, submit_job, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+QUEUED_JOBS = 50  # bench: 200 (see the report); each runs `true` on the node's one GPU, one after another
+
+
+def _roles(state_dir: Path) -> dict[str, int]:
+    """This node's gpuconsole background processes of ours: waiters and job supervisors."""
+    found = {"waiter": 0, "supervisor": 0}
+    want = str(state_dir.resolve())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/environ").read_bytes()
+            if b"GPUCONSOLE_ROLE=supervisor" not in raw:
+                continue
+            status = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if status.rsplit(")", 1)[1].split()[0] == "Z":
+            continue  # exited, not yet reaped
+        env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+        if os.path.realpath(env.get(b"GPUCONSOLE_STATE_DIR", b"").decode()) != want:
+            continue
+        found["supervisor" if env.get(b"GPUCONSOLE_JOB_ID") else "waiter"] += 1
+    return found
+
+
+def test_queued_jobs_add_one_waiter_process_and_all_run_in_order(demo_factory: Callable[..., DemoThread]) -> None:
+    demo = demo_factory(nodes=1, gpus=1)
+    config = demo.config_path
+    state_dir = demo.cluster.nodes["node-01"].state_dir
+    hold = cli_json("reserve", "--gpus", "1", config=config)  # the GPU is taken: every job queues
+    first = submit_job(config, "first", "--gpus", "1", argv=["true"])
+    result = run_cli("submit", "--array", f"0-{QUEUED_JOBS - 3}", "--gpus", "1", "--name", "many", "--json", "--",
+                     "true", config=config)
+    assert result.returncode == 0, result.stderr
+    last = submit_job(config, "last", "--gpus", "1", argv=["true"])
+    assert first["position"] == 1 and last["position"] == QUEUED_JOBS
+    # Every queued job waits on the one waiter: no process of its own.
+    assert wait_for(lambda: _roles(state_dir), timeout_s=10) == {"waiter": 1, "supervisor": 0}
+    jobs = cli_json("jobs", config=config)["jobs"]
+    assert len(jobs) == QUEUED_JOBS and {j["state"] for j in jobs} == {"queued"}
+
+    released = run_cli("release", hold["id"], config=config)
+    assert released.returncode == 0, released.stderr
+    wait_for(lambda: [j["state"] for j in cli_json("jobs", config=config)["jobs"]] == ["succeeded"] * QUEUED_JOBS,
+             timeout_s=150, interval_s=0.5, message=f"all {QUEUED_JOBS} jobs succeeded")
+    # In queue order: on one GPU each starts after the one queued before it.
+    state = json.loads((state_dir / "state.json").read_text())
+    records = sorted(state["jobs"].values(), key=lambda j: j["seq"])
+    starts = [j["started_wall"] for j in records]
+    assert starts == sorted(starts)
+    assert records[0]["id"] == first["id"] and records[-1]["id"] == last["id"]
+    assert [j["array"]["index"] for j in records[1:-1]] == list(range(QUEUED_JOBS - 2))
+    # With nothing queued the waiter is gone too.
+    wait_for(lambda: _roles(state_dir) == {"waiter": 0, "supervisor": 0}, timeout_s=20, message="no process left")
+
+
+def test_a_job_queued_behind_a_busy_gpu_starts_when_it_frees(demo_factory: Callable[..., DemoThread],
+                                                              tmp_path: Path) -> None:
+    """The waiter wakes on the state change itself (inotify), starts the supervisor, which claims."""
+    demo = demo_factory(nodes=1, gpus=1)
+    config = demo.config_path
+    gate = tmp_path / "gate"
+    wait_gate = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    blocker = submit_job(config, "blocker", "--gpus", "1", argv=["sh", "-c", wait_gate])
+    queued = submit_job(config, "next", "--gpus", "1", argv=["sh", "-c", "echo next on $CUDA_VISIBLE_DEVICES"])
+    assert queued["position"] == 1
+    wait_for(lambda: _roles(demo.cluster.nodes["node-01"].state_dir) == {"waiter": 1, "supervisor": 1},
+             timeout_s=15, message="the blocker's supervisor and one waiter")
+    gate.touch()
+    wait_for(lambda: {j["name"]: j["state"] for j in cli_json("jobs", config=config)["jobs"]}
+             == {"blocker": "succeeded", "next": "succeeded"}, timeout_s=30, message="both ran")
+    logs = run_cli("logs", queued["id"], config=config)
+    assert logs.stdout == "next on 0\n"
+    assert blocker["position"] is None
