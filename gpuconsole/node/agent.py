@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import doctor, jobs, procs
+from . import arrays, doctor, jobs, procs
 from . import gpus as gpu_sources
 from . import service as svc
 from . import state as st
@@ -106,7 +106,7 @@ class Agent:
             "doctor": lambda args: (self._op_doctor(), []),
             "ping": lambda args: ({"pong": True}, []),
             "submit": lambda args: self._job_ops().submit(args),
-            "submit_array": lambda args: self._job_ops().submit_array(args),
+            "submit_array": lambda args: arrays.submit_array(self._job_ops(), args),
             "jobs": self._op_jobs,
             "logs": lambda args: (self._job_ops().logs(args), []),
             "cancel": lambda args: self.transaction("cancel_job", args),

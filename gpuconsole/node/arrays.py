@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import jobops, jobs, private, waiter
+from . import jobfiles, jobs, private, waiter
 from . import state as st
 
 TYPE_CHECKING = False
@@ -99,7 +99,7 @@ def _submit(ops: JobOps, args: Args, argv: list[str], cwd: str | None, indices: 
             "array_id": array_id, "jobs": entries, "gpus": args.get("gpus"),
             "priority": args.get("priority", "normal"), "name": args.get("name"), "requeue": args.get("requeue"),
             "preempt": args.get("preempt"), "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
-            "command": " ".join(jobops._shell_quote(a) for a in argv), "req_id": args.get("req_id"),
+            "command": " ".join(jobfiles._shell_quote(a) for a in argv), "req_id": args.get("req_id"),
         })
     except BaseException:
         _discard_all(started)
@@ -111,4 +111,4 @@ def _submit(ops: JobOps, args: Args, argv: list[str], cwd: str | None, indices: 
 
 def _discard_all(started: list[tuple[subprocess.Popen[bytes] | None, str]]) -> None:
     for child, job_dir in started:
-        jobops._discard(child, job_dir)
+        jobfiles._discard(child, job_dir)

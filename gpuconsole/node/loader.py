@@ -14,8 +14,8 @@ PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
 # typedefs.py is not shipped: only the type checker imports it.
 MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "fileio", "store",
-           "reservations", "jobs", "service", "txn", "waiter", "jobops", "arrays", "telemetry", "doctor", "agent",
-           "supervisor", "ptyshell")
+           "reservations", "jobs", "service", "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry",
+           "doctor", "agent", "supervisor", "ptyshell")
 BOOTSTRAP = (
     "import sys;r=sys.stdin.buffer;n=int(r.readline());"
     "exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"

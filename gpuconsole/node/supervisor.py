@@ -14,7 +14,7 @@ import time
 
 from . import faults, jobs, private, procs
 from . import state as st
-from .jobops import ENDED_MARK, PGID_FILE
+from .jobfiles import ENDED_MARK, PGID_FILE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

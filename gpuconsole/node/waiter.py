@@ -157,7 +157,7 @@ class Waiter:
         return found
 
     def _spec_names_us(self, job_id: str) -> bool:
-        from .jobops import ENDED_MARK, job_dir_of
+        from .jobfiles import ENDED_MARK, job_dir_of
 
         try:
             dir_fd = private.open_dir(job_dir_of(self.store.dir, job_id))
@@ -174,7 +174,7 @@ class Waiter:
             os.close(dir_fd)
 
     def _launch(self, job_id: str) -> None:
-        from .jobops import job_dir_of, spawn_program
+        from .jobfiles import job_dir_of, spawn_program
 
         job_dir = job_dir_of(self.store.dir, job_id)
         dir_fd = private.open_dir(job_dir)
