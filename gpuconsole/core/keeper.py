@@ -221,7 +221,8 @@ async def serve(config_path: Path) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, keeper.stop.set)
         while not keeper.stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(keeper.stop.wait(), timeout=min(1.0, keeper.idle_s / 4))
+                async with asyncio.timeout(min(1.0, keeper.idle_s / 4)):
+                    await keeper.stop.wait()
             if keeper.active == 0 and time.monotonic() - keeper.last_used >= keeper.idle_s:
                 break
         return 0
