@@ -49,15 +49,8 @@ def status_through_keeper(config: Config, opts: StatusArgs) -> int | None:
     results = through_keeper(config, "snapshot", None if not opts.json else {"rates": False}, names)
     if results is None:
         return None
-    fetched = []
-    for cfg in [config.node(n) for n in names] if names else list(config.nodes):
-        result = results.get(cfg.name)
-        if isinstance(result, GpuConsoleError):
-            fetched.append(NodeSnapshot.unreachable(cfg.name, str(result), cfg.source))
-        elif result is None:
-            fetched.append(NodeSnapshot.unreachable(cfg.name, "not contacted", cfg.source))
-        else:
-            fetched.append(NodeSnapshot.from_agent(cfg.name, result, cfg.source))
+    fetched = [NodeSnapshot.from_result(cfg.name, results.get(cfg.name), cfg.source)
+               for cfg in ([config.node(n) for n in names] if names else list(config.nodes))]
     show(fetched, opts, view)
     return outcome(fetched)
 

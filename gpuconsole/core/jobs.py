@@ -74,8 +74,8 @@ def best_start(caps: list[Capacity], gpus: int) -> str | None:
     return min(big_enough, key=lambda c: (c.queued, -c.free, c.node)).node
 
 
-async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
-    """Queue the job on the node where it should start soonest; the node's supervisor runs it."""
+async def _place(fleet: Fleet, request: SubmitRequest) -> str:
+    """The node where the job (or array) should start soonest; UsageError/NoCapacityError otherwise."""
     if not request.argv or not request.argv[0]:
         raise UsageError("submit: give the command after `--`")
     caps = await capacities(fleet, [request.node] if request.node else None)
@@ -84,31 +84,32 @@ async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
         largest = max((c.gpu_count for c in caps), default=0)
         where = f"node {request.node} has" if request.node else "the largest reachable node has"
         raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
-    result = await fleet.request(target, "submit", {
+    return target
+
+
+def _job_args(request: SubmitRequest) -> dict[str, Any]:
+    """The `submit` op's arguments (a fresh req_id: a retry of this request is recognised)."""
+    return {
         "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
         "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
         **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
         "req_id": uuid.uuid4().hex,
-    })
+    }
+
+
+async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
+    """Queue the job on the node where it should start soonest; the node's supervisor runs it."""
+    target = await _place(fleet, request)
+    result = await fleet.request(target, "submit", _job_args(request))
     return Submitted.from_agent(target, result)
 
 
 async def submit_array(fleet: Fleet, request: SubmitRequest) -> SubmittedArray:
     """Queue one job per index of `request.array` on one node (where it should start soonest), in one
     request and one state transaction; each job sees its index as $GPUCONSOLE_ARRAY_INDEX."""
-    if not request.argv or not request.argv[0]:
-        raise UsageError("submit: give the command after `--`")
-    caps = await capacities(fleet, [request.node] if request.node else None)
-    target = best_start(caps, request.gpus)
-    if target is None:
-        largest = max((c.gpu_count for c in caps), default=0)
-        where = f"node {request.node} has" if request.node else "the largest reachable node has"
-        raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
+    target = await _place(fleet, request)
     result = await fleet.request(target, "submit_array", {
-        "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority, "indices": list(request.array),
-        "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
-        **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
-        "req_id": uuid.uuid4().hex,
+        **_job_args(request), "indices": list(request.array),
     })
     try:
         return SubmittedArray.from_agent(target, result)

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.jobs import Job
 
 # Agent data reaches these builders checked (gpuconsole.model.replies); the guards below only keep a
@@ -255,6 +256,16 @@ class NodeSnapshot:
     @classmethod
     def unreachable(cls, name: str, error: str, source: str = "onprem") -> NodeSnapshot:
         return cls(name=name, source=source, reachable=False, error=error)
+
+    @classmethod
+    def from_result(cls, name: str, result: object, source: str = "onprem") -> NodeSnapshot:
+        """A node's `snapshot` answer as a fleet call returns it: the reply, its error, or None when
+        the node was not contacted (the direct path and the keeper's answer alike)."""
+        if isinstance(result, GpuConsoleError):
+            return cls.unreachable(name, str(result), source)
+        if not isinstance(result, dict):
+            return cls.unreachable(name, "not contacted", source)
+        return cls.from_agent(name, result, source)
 
     @property
     def gpus_free(self) -> int:
