@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 
 class ExitCode(IntEnum):
@@ -78,3 +79,16 @@ AGENT_ERROR_TYPES: dict[str, type[GpuConsoleError]] = {
     "io": UnreachableError,
     "too_large": UsageError,
 }
+
+
+class AgentError(GpuConsoleError):
+    """The agent answered with an error; `code` is the agent's error code."""
+
+    def __init__(self, node: str, error: dict[str, Any]) -> None:
+        self.code = str(error.get("code", "internal"))
+        self.detail = error
+        message = f"{node}: {error.get('message', self.code)}"
+        # Our agent's "internal" is a bug (exit 1); a code no agent of ours sends is the node's fault:
+        # exit 5 like any other node that cannot serve, never the client's "internal error".
+        default = GpuConsoleError if self.code == "internal" else UnreachableError
+        super().__init__(message, AGENT_ERROR_TYPES.get(self.code, default).exit_code)

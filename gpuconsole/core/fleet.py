@@ -11,7 +11,7 @@ from gpuconsole.config import Config, NodeConfig
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import GpuConsoleError, UnreachableError
 from gpuconsole.model.answers import Hello
-from gpuconsole.model.replies import BadReplyError
+from gpuconsole.model.replies import BadReplyError, interpret_all, interpret_reply
 from gpuconsole.ssh.connection import NodeConnection, SnapshotCallback
 
 
@@ -52,6 +52,9 @@ class Fleet:
 
     def node(self, name: str) -> NodeConfig:
         return self.registry.node(name)
+
+    def has(self, name: str) -> bool:
+        return self.registry.has(name)
 
     def join(self, nodes: Iterable[NodeConfig]) -> list[NodeConfig]:
         """Bring nodes into play (a burst's new instance); subscribers hear of each."""
@@ -100,10 +103,15 @@ class Fleet:
         request (its req_id makes the retry safe: the node replays a committed answer). A connection
         that died is used as held, so the caller sees the failure (a waiter must know its agent, and
         the ticket attached to it, are gone) and the retry is what reconnects."""
+        return interpret_reply(name, op, await self.exchange(name, op, args, retries=retries, timeout_s=timeout_s))
+
+    async def exchange(self, name: str, op: str, args: dict[str, Any] | None = None, *,
+                       retries: int = 1, timeout_s: float = 30.0) -> Any:
+        """`request` up to the agent's reply line as it came, unchecked (what the keeper hands on)."""
         conn = self.registry.held(name) or await self.registry.connect(name)
         for attempt in range(retries + 1):
             try:
-                return await conn.request(op, args, timeout_s=timeout_s)
+                return await conn.exchange(op, args, timeout_s=timeout_s)
             except BadReplyError:
                 raise  # the node did answer, wrongly: asking again gets the same answer
             except UnreachableError:
@@ -118,12 +126,20 @@ class Fleet:
         *, timeout_s: float = 30.0,
     ) -> dict[str, dict[str, Any] | GpuConsoleError]:
         """The same request on every node (dead connections reopened first); per-node result or error."""
+        return interpret_all(op, await self.exchange_all(op, args, names, timeout_s=timeout_s))
+
+    async def exchange_all(
+        self, op: str, args: dict[str, Any] | None = None, names: Iterable[str] | None = None,
+        *, timeout_s: float = 30.0,
+    ) -> dict[str, Any]:
+        """`call_all` up to each agent's reply line as it came (per node: the line, or the
+        transport's GpuConsoleError)."""
         wanted = [c.name for c in self.node_configs(names)]
 
-        async def one(name: str) -> dict[str, Any] | GpuConsoleError:
+        async def one(name: str) -> Any:
             try:
                 conn = await self.registry.connect(name)
-                return await conn.request(op, args, timeout_s=timeout_s)
+                return await conn.exchange(op, args, timeout_s=timeout_s)
             except GpuConsoleError as exc:
                 return exc
 
@@ -134,3 +150,4 @@ class Fleet:
         """Close the connections of a fleet that owns its registry (a shared one is closed by its owner)."""
         if self._owned:
             await self.registry.aclose()
+

@@ -17,35 +17,33 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import stat
-import struct
 import time
 from pathlib import Path
 from typing import Any
 
 from gpuconsole.config import Config, parse_config
 from gpuconsole.core.fleet import Fleet
-from gpuconsole.core.keeper_client import MAX_LINE_BYTES, PROTOCOL, KeeperPaths, config_hash, keeper_paths
+from gpuconsole.core.keeper_client import (
+    MAX_LINE_BYTES,
+    PROTOCOL,
+    KeeperPaths,
+    config_hash,
+    keeper_paths,
+    peer_uid,
+)
 from gpuconsole.core.registry import Registry
-from gpuconsole.errors import GpuConsoleError
+from gpuconsole.errors import GpuConsoleError, UnreachableError
 from gpuconsole.ssh.hostkeys import trust_set
 
-# What a client may ask the nodes through the keeper: read-only requests (the slice so far).
-SERVED_OPS = frozenset({"snapshot"})
-REQUEST_TIMEOUT_S = 30.0
+# The node ops a client may send through the keeper: one-shot requests. Never `hello` or `stream`
+# (they would change the keeper's own agent for every later client), nor what binds state to the
+# asking connection (a queued reserve's ticket, `poll`, `reattach`) or only a job supervisor sends.
+SERVED_OPS = frozenset({"snapshot", "reservations", "capacity", "doctor", "ping", "jobs", "logs", "submit",
+                        "submit_array", "cancel", "reserve", "release", "renew", "preempt"})
+MAX_TIMEOUT_S = 600.0
 
 FileMark = tuple[str, int, int, int] | tuple[str]  # (path, inode, size, mtime_ns), or (path,) when absent
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (None where the OS cannot say)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (AttributeError, OSError):
-        return None
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
 
 
 def _mark(path: str) -> FileMark:
@@ -130,13 +128,12 @@ class Keeper:
             return {"ok": True, "pid": os.getpid()}
         if request.get("config") != str(self.config_path):
             return {"ok": False, "error": "not this keeper's config"}
-        if op not in SERVED_OPS:
+        if op not in ("keeper.exchange", "keeper.exchange_all"):
             return {"ok": False, "error": f"op {op!r} is not served by the keeper"}
-        names, args = request.get("nodes"), request.get("args")
-        if not (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
-            return {"ok": False, "error": "bad node list"}
-        if not (args is None or isinstance(args, dict)):
-            return {"ok": False, "error": "bad args"}
+        checked = _checked(request)
+        if isinstance(checked, str):
+            return {"ok": False, "error": checked}
+        node_op, args, names, timeout_s, retries = checked
         try:
             registry = await self._fresh(str(request.get("hash")))
         except (OSError, UnicodeDecodeError, GpuConsoleError) as exc:
@@ -144,18 +141,27 @@ class Keeper:
         if registry is None:
             return {"ok": False, "error": "the config changed again"}
         self.active += 1
+        fleet = Fleet(registry)
         try:
-            results = await Fleet(registry).call_all(op, args, names, timeout_s=REQUEST_TIMEOUT_S)
-        except GpuConsoleError as exc:  # an unknown node name: the direct path says it properly
-            return {"ok": False, "error": str(exc)}
+            if op == "keeper.exchange":
+                name = names[0]
+                try:
+                    reply = await fleet.exchange(name, node_op, args, retries=retries, timeout_s=timeout_s)
+                except GpuConsoleError as exc:
+                    return {"ok": True, "answers": {name: _failure(exc)}, "hellos": _hellos(fleet, [name])}
+                return {"ok": True, "answers": {name: {"reply": reply}}, "hellos": _hellos(fleet, [name])}
+            try:
+                replies = await fleet.exchange_all(node_op, args, names or None, timeout_s=timeout_s)
+            except GpuConsoleError as exc:  # an unknown node name: the direct path says it properly
+                return {"ok": False, "error": str(exc)}
+            return {"ok": True, "answers": {
+                n: _failure(r) if isinstance(r, GpuConsoleError) else {"reply": r} for n, r in replies.items()},
+                "hellos": _hellos(fleet, list(replies))}
         finally:
             self.active -= 1
             self.last_used = time.monotonic()
-        self.requests += 1
-        await self._close_retired()
-        return {"ok": True, "results": {
-            name: {"error": str(r), "exit": int(r.exit_code)} if isinstance(r, GpuConsoleError) else {"result": r}
-            for name, r in results.items()}}
+            self.requests += 1
+            await self._close_retired()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client connection: its peer must be our own uid; one request line, one answer line."""
@@ -182,6 +188,41 @@ class Keeper:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+
+def _checked(request: dict[str, Any]) -> tuple[str, dict[str, Any] | None, list[str], float, int] | str:
+    """An exchange request's node op, args, node names, timeout and retries, or why it is refused."""
+    node_op, args, names = request.get("node_op"), request.get("args"), request.get("nodes")
+    timeout_s, retries = request.get("timeout_s", 30.0), request.get("retries", 1)
+    if node_op not in SERVED_OPS:
+        return f"op {node_op!r} is not served by the keeper"
+    if not (args is None or isinstance(args, dict)) or (node_op == "reserve" and args and args.get("wait")):
+        return "bad args"  # a queued reserve's ticket belongs to the asking connection: direct only
+    if not (names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names))):
+        return "bad node list"
+    if request["op"] == "keeper.exchange" and (names is None or len(names) != 1):
+        return "exchange asks one node"
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= MAX_TIMEOUT_S:
+        return "bad timeout"
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 3:
+        return "bad retries"
+    return node_op, args, names or [], float(timeout_s), retries
+
+
+def _failure(exc: GpuConsoleError) -> dict[str, Any]:
+    """A transport failure as the client rebuilds it (keeper_client.rebuilt_error)."""
+    kind = "unreachable" if type(exc) is UnreachableError else "final" if isinstance(exc, UnreachableError) else "other"
+    return {"error": str(exc), "exit": int(exc.exit_code), "kind": kind}
+
+
+def _hellos(fleet: Fleet, names: list[str]) -> dict[str, Any]:
+    """The agents' hellos of these nodes (who the user is there: `--mine` decides by it)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        conn = fleet.registry.held(name)
+        if conn is not None and conn.hello:
+            out[name] = conn.hello
+    return out
 
 
 def _take_lock(paths: KeeperPaths) -> int | None:

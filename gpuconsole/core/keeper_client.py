@@ -12,15 +12,17 @@ import json
 import os
 import socket
 import stat
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuconsole.errors import ExitCode, GpuConsoleError
+from gpuconsole.errors import ExitCode, GpuConsoleError, UnreachableError
+from gpuconsole.model.replies import interpret_all
 
-PROTOCOL = 1
+PROTOCOL = 2  # 2: node ops as raw reply lines (keeper.exchange, keeper.exchange_all)
 MAX_LINE_BYTES = 64 * 1024 * 1024  # a 256-node fleet's snapshots fit many times over
 ENV_SWITCH = "GPUCONSOLE_KEEPER"  # "0": never use or start a keeper (the test suite's default; --no-keeper)
 
@@ -41,6 +43,16 @@ class KeeperPaths:
     socket: Path
     lock: Path
     log: Path
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a Unix socket (None where the OS cannot say)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    _pid, uid, _gid = struct.unpack("3i", raw)
+    return int(uid)
 
 
 def enabled(keeper_key: bool) -> bool:
@@ -87,7 +99,9 @@ def ask(paths: KeeperPaths, request: dict[str, Any], timeout_s: float) -> dict[s
             sock.connect(str(paths.socket))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise KeeperUnavailableError(f"no keeper: {exc.strerror or exc}", absent=True) from None
-        sock.sendall(json.dumps({"v": PROTOCOL, **request}).encode() + b"\n")
+        if peer_uid(sock) != os.getuid():  # the dir is private, but never talk to another user's process
+            raise KeeperUnavailableError("the socket's listener is not ours")
+        sock.sendall(request_line(request))
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -102,7 +116,15 @@ def ask(paths: KeeperPaths, request: dict[str, Any], timeout_s: float) -> dict[s
         raise KeeperUnavailableError(f"keeper failed: {exc}") from None
     finally:
         sock.close()
-    data = b"".join(chunks)
+    return answer_of(b"".join(chunks))
+
+
+def request_line(request: dict[str, Any]) -> bytes:
+    return json.dumps({"v": PROTOCOL, **request}, separators=(",", ":")).encode() + b"\n"
+
+
+def answer_of(data: bytes) -> dict[str, Any]:
+    """The keeper's answer line, or KeeperUnavailableError when it is not a usable one."""
     if not data.endswith(b"\n"):
         raise KeeperUnavailableError("keeper hung up before answering")
     try:
@@ -115,25 +137,54 @@ def ask(paths: KeeperPaths, request: dict[str, Any], timeout_s: float) -> dict[s
     return answer
 
 
+def exchange_request(config_path: Path, config_text: bytes, node_op: str, args: dict[str, Any] | None,
+                     names: list[str] | None, timeout_s: float, retries: int | None = None) -> dict[str, Any]:
+    """The request for a node op through the keeper: one node with `retries` (keeper.exchange), or
+    every named node once (keeper.exchange_all)."""
+    request: dict[str, Any] = {"op": "keeper.exchange_all" if retries is None else "keeper.exchange",
+                               "node_op": node_op, "args": args, "nodes": names, "timeout_s": timeout_s,
+                               "config": str(config_path.absolute()), "hash": config_hash(config_text)}
+    if retries is not None:
+        request["retries"] = retries
+    return request
+
+
+def rebuilt_error(name: str, item: Any) -> GpuConsoleError:
+    """A node's transport failure as the keeper reported it, as the direct path would have raised it:
+    plain UnreachableError (retried by callers that retry), a final one (host key, auth, bad
+    reply: never retried), or another error with its exit code."""
+    if not (isinstance(item, dict) and isinstance(item.get("error"), str) and item.get("exit") in set(ExitCode)):
+        raise KeeperUnavailableError(f"keeper answered a bad result for {name!r}")
+    if item.get("kind") == "unreachable":
+        return UnreachableError(item["error"])
+    if item.get("kind") == "final":
+        return FinalUnreachableError(item["error"])
+    return GpuConsoleError(item["error"], ExitCode(item["exit"]))
+
+
+class FinalUnreachableError(UnreachableError):
+    """A node failure the keeper saw that asking again cannot clear (host key, auth, bad reply)."""
+
+
+def replies_of(answer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Per node the agent's reply line or its rebuilt transport error, and the nodes' hellos."""
+    answers, hellos = answer.get("answers"), answer.get("hellos")
+    if not isinstance(answers, dict) or not isinstance(hellos, dict):
+        raise KeeperUnavailableError("keeper answered without results")
+    replies: dict[str, Any] = {}
+    for name, item in answers.items():
+        replies[name] = item["reply"] if isinstance(item, dict) and "reply" in item else rebuilt_error(name, item)
+    return replies, {n: h for n, h in hellos.items() if isinstance(h, dict)}
+
+
 def call_all(config_path: Path, config_text: bytes, op: str, args: dict[str, Any] | None,
              names: list[str] | None, timeout_s: float) -> dict[str, dict[str, Any] | GpuConsoleError]:
-    """Fleet.call_all through the keeper: per node the agent's result or the error the direct path
-    would have raised (message and exit code)."""
-    paths = keeper_paths(config_path)
-    answer = ask(paths, {"op": op, "args": args, "nodes": names, "config": str(config_path.absolute()),
-                         "hash": config_hash(config_text)}, timeout_s)
-    results = answer.get("results")
-    if not isinstance(results, dict):
-        raise KeeperUnavailableError("keeper answered without results")
-    out: dict[str, dict[str, Any] | GpuConsoleError] = {}
-    for name, item in results.items():
-        if isinstance(item, dict) and isinstance(item.get("result"), dict):
-            out[name] = item["result"]
-        elif isinstance(item, dict) and isinstance(item.get("error"), str) and item.get("exit") in set(ExitCode):
-            out[name] = GpuConsoleError(item["error"], ExitCode(item["exit"]))
-        else:
-            raise KeeperUnavailableError(f"keeper answered a bad result for {name!r}")
-    return out
+    """Fleet.call_all through the keeper: per node the agent's result, checked here exactly as on
+    the direct path, or the error the direct path would have raised."""
+    answer = ask(keeper_paths(config_path),
+                 exchange_request(config_path, config_text, op, args, names, timeout_s), timeout_s)
+    replies, _hellos = replies_of(answer)
+    return interpret_all(op, replies)
 
 
 def start(config_path: Path) -> None:

@@ -45,7 +45,7 @@ def _save(entries: dict[str, dict[str, Any]]) -> None:
 def remember(fleet: Fleet, request: core_jobs.SubmitRequest, result: Submitted) -> None:
     """Journal a requeue-able job that landed on a cloud node."""
     name = result.node
-    if not request.requeue or not fleet.registry.has(name):
+    if not request.requeue or not fleet.has(name):
         return
     node = fleet.node(name)
     if node.source != "cloud":

@@ -12,6 +12,7 @@ from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.placement import Capacity, best_fit, queue_choice
 from gpuconsole.core.waiting import NoticeCallback, ProgressCallback, wait_for_grant
 from gpuconsole.errors import (
+    AgentError,
     GpuConsoleError,
     NoCapacityError,
     NotFoundError,
@@ -21,7 +22,6 @@ from gpuconsole.errors import (
 from gpuconsole.model import QueuedRequest, Reservation
 from gpuconsole.model.answers import Grant, Released, grant_or_ticket
 from gpuconsole.model.jobs import Job
-from gpuconsole.ssh.connection import AgentError
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gpuconsole.core.fleet import Fleet
-from gpuconsole.errors import GpuConsoleError, NoCapacityError, UnreachableError
+from gpuconsole.errors import AgentError, GpuConsoleError, NoCapacityError, UnreachableError
 from gpuconsole.model.answers import Grant, Released, Ticket, grant_or_ticket
-from gpuconsole.ssh.connection import AgentError
 
 WAIT_POLL_S = 0.2
 RECONNECT_FIRST_S = 0.25  # backoff after a lost connection: doubling, full jitter, capped

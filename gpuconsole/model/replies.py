@@ -10,10 +10,12 @@ schema library, and the checks must also turn NaN/inf into null and name the nod
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpuconsole.errors import UnreachableError
+from gpuconsole import notices
+from gpuconsole.errors import AgentError, GpuConsoleError, UnreachableError
 from gpuconsole.model.wire import (
     INT64_MAX,
     Check,
@@ -146,6 +148,29 @@ def check_reply(node: str, op: str, reply: Any) -> Reply:
     except WireError as exc:
         raise _bad(node, f"to {op}", exc) from None
     return Reply(True, result=result, warnings=warnings)
+
+
+def interpret_reply(node: str, op: str, reply: Any) -> dict[str, Any]:
+    """The result of request `op` from an agent's reply line, whichever way it came (a connection
+    of ours or the keeper's): checked (BadReplyError), its warnings handed to gpuconsole.notices
+    (a committed change can still carry news), an agent's error raised as AgentError."""
+    checked = check_reply(node, op, reply)
+    for text in checked.warnings:
+        notices.node_warning(node, text)
+    if not checked.ok:
+        raise AgentError(node, checked.error)
+    return checked.result
+
+
+def interpret_all(op: str, replies: Mapping[str, Any]) -> dict[str, dict[str, Any] | GpuConsoleError]:
+    """Per node, the checked result of its reply line, or the error (transport, bad reply, agent)."""
+    out: dict[str, dict[str, Any] | GpuConsoleError] = {}
+    for name, reply in replies.items():
+        try:
+            out[name] = reply if isinstance(reply, GpuConsoleError) else interpret_reply(name, op, reply)
+        except GpuConsoleError as exc:
+            out[name] = exc
+    return out
 
 
 def check_snapshot(node: str, data: Any) -> dict[str, Any]:

@@ -11,14 +11,13 @@ from typing import Any
 
 import asyncssh
 
-from gpuconsole import notices
 from gpuconsole.config import NodeConfig
 from gpuconsole.errors import (
-    AGENT_ERROR_TYPES,
+    AgentError,
     GpuConsoleError,
     UnreachableError,
 )
-from gpuconsole.model.replies import BadReplyError, check_message, check_reply, check_snapshot, decode_line
+from gpuconsole.model.replies import BadReplyError, check_message, check_snapshot, decode_line, interpret_reply
 from gpuconsole.ssh.bundle import agent_preamble, remote_command
 from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
 
@@ -29,19 +28,6 @@ SnapshotCallback = Callable[[str, dict[str, Any]], None]
 
 class AuthFailedError(UnreachableError):
     """Authentication was refused: final, never retried."""
-
-
-class AgentError(GpuConsoleError):
-    """The agent answered with an error; `code` is the agent's error code."""
-
-    def __init__(self, node: str, error: dict[str, Any]) -> None:
-        self.code = str(error.get("code", "internal"))
-        self.detail = error
-        message = f"{node}: {error.get('message', self.code)}"
-        # Our agent's "internal" is a bug (exit 1); a code no agent of ours sends is the node's fault:
-        # exit 5 like any other node that cannot serve, never the client's "internal error".
-        default = GpuConsoleError if self.code == "internal" else UnreachableError
-        super().__init__(message, AGENT_ERROR_TYPES.get(self.code, default).exit_code)
 
 
 def classify_connect_error(node: str, exc: BaseException, identity_file: str | None = None) -> UnreachableError:
@@ -85,9 +71,6 @@ class NodeConnection:
         self.on_snapshot: SnapshotCallback | None = None
         self.closed = asyncio.Event()
         self.failure: BadReplyError | None = None  # why the stream was dropped, when the agent broke protocol
-        # Warnings the agent attached to the last reply (a committed change that still carries news);
-        # each one also goes to gpuconsole.notices, which shows it to the user once.
-        self.last_warnings: list[str] = []
 
     @classmethod
     async def open(
@@ -234,6 +217,12 @@ class NodeConnection:
         self, op: str, args: dict[str, Any] | None = None, *, timeout_s: float = 30.0
     ) -> dict[str, Any]:
         """Send one request; return its result or raise AgentError / UnreachableError."""
+        return interpret_reply(self.name, op, await self.exchange(op, args, timeout_s=timeout_s))
+
+    async def exchange(self, op: str, args: dict[str, Any] | None = None, *, timeout_s: float = 30.0) -> Any:
+        """Send one request and return the agent's reply line as it came (the keeper hands it on,
+        so its client checks it exactly as this connection's `request` does); transport failures
+        raise UnreachableError."""
         if self._proc is None or self.closed.is_set():
             raise self._agent_died_error()
         msg_id = next(self._ids)
@@ -245,20 +234,13 @@ class NodeConnection:
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a Ctrl-C that lands as the reply
             # arrives, and the command then waits on as if never interrupted.
             async with asyncio.timeout(timeout_s):
-                reply = await future
+                return await future
         except TimeoutError:
             self._pending.pop(msg_id, None)
             raise UnreachableError(f"{self.name}: no answer to {op} within {timeout_s:g}s") from None
         except (asyncssh.Error, OSError, BrokenPipeError):
             self._pending.pop(msg_id, None)
             raise self._agent_died_error() from None
-        checked = check_reply(self.name, op, reply)
-        self.last_warnings = list(checked.warnings)
-        for text in self.last_warnings:
-            notices.node_warning(self.name, text)
-        if not checked.ok:
-            raise AgentError(self.name, checked.error)
-        return checked.result
 
     async def close(self) -> None:
         """Stop the agent (stdin EOF) and close the connection."""

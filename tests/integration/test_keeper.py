@@ -23,6 +23,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from gpuconsole.core import keeper_client as kc
 from gpuconsole.demo.cluster import DemoThread
 from tests.helpers import REPO, run_cli, wait_for
 
@@ -195,7 +196,7 @@ def test_a_keeper_killed_mid_command_falls_back(demo: DemoThread, keeper_on: Non
         config = tmp_path / "c.toml"
         config.write_text(demo.config_path.read_text() + (
             f'\n[[nodes]]\nname = "hole"\nhost = "127.0.0.1"\nport = {hole.getsockname()[1]}\n'
-            "connect_timeout = 2\n"))
+            "connect_timeout = 4\n"))
         pid = _warm(config)["pid"]
         expected = _stable(run_cli("--no-keeper", "status", "--json", config=config).stdout)
         env = {**os.environ}
@@ -204,7 +205,10 @@ def test_a_keeper_killed_mid_command_falls_back(demo: DemoThread, keeper_on: Non
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             # Killed while it holds the request (waiting out the hole's 2 s connect timeout).
-            wait_for(lambda: _keeper(config)["active"] == 1, message="the keeper to hold the request")
+            # Asked in-process (a CLI call per probe could miss the window on a loaded machine).
+            paths = kc.keeper_paths(config)
+            wait_for(lambda: kc.ask(paths, {"op": "keeper.status"}, 5.0)["active"] == 1,
+                     message="the keeper to hold the request")
             os.kill(pid, signal.SIGKILL)
             out, err = command.communicate(timeout=60)
         finally:
