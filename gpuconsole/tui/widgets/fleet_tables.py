@@ -30,24 +30,45 @@ def _age_h(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
+def _seen(view: NodeView, now_s: float) -> str:
+    """" · 12s ago": when the node last answered (shown while it is stale)."""
+    return "" if view.last_ok_s is None else f" · {_age_h(max(0.0, now_s - view.last_ok_s))} ago"
+
+
 class NodeTable(KeyedTable):
     """One row per node: health with "last seen", CPU, memory, disk and network rates, GPUs free."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(NODE_COLUMNS, steps=NODE_STEPS, fit=("node",), **kwargs)
+        # Each node's row and what it was made from: a node with no new snapshot (half of them at
+        # each repaint, polled at 1 Hz and repainted at 2 Hz) keeps its row, which `sync` skips.
+        self._made: dict[str, tuple[tuple[object, ...], list[Cell]]] = {}
+        self._made_styles: dict[str, str] = {}
 
     def show(self, views: Sequence[NodeView], now_s: float, styles: dict[str, str]) -> None:
         """Exactly ``views``, in their order (the app filters and sorts them: tui/filtering.py)."""
+        if styles != self._made_styles:
+            self._made.clear()
+            self._made_styles = dict(styles)
         rows: dict[str, list[Cell]] = {}
         for view in views:
-            rows[view.name] = self._cells(view, now_s, styles)
+            health = view.health()
+            seen = _seen(view, now_s) if health is Health.STALE else ""
+            inputs = (view.snapshot, health, seen, view.final, view.source)
+            made = self._made.get(view.name)
+            if made is None or made[0][0] is not view.snapshot or made[0][1:] != inputs[1:]:
+                made = inputs, self._cells(view, now_s, styles)
+                self._made[view.name] = made
+            rows[view.name] = made[1]
+        for name in [name for name in self._made if name not in rows]:
+            del self._made[name]
         self.sync(rows)
 
     @staticmethod
     def _cells(view: NodeView, now_s: float, styles: dict[str, str]) -> list[Cell]:
         health = view.health()
         snap = view.snapshot
-        seen = "" if view.last_ok_s is None else f" · {_age_h(max(0.0, now_s - view.last_ok_s))} ago"
+        seen = _seen(view, now_s)
         if health is Health.UP:
             health_cell: Cell = Text("● up", style=styles["gc-free"])
         elif health is Health.CONNECTING:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.message import Message
@@ -33,6 +35,13 @@ def _safe(cell: Cell) -> Text:
     return rich_text(cell)
 
 
+def _same(new: Text, old: Text) -> bool:
+    """Equal as shown: `Text.__eq__` compares only the characters and spans, so a cell that only
+    turned dim (a node gone stale) would keep its old look."""
+    return (new.plain == old.plain and new.style == old.style and new.spans == old.spans
+            and new.justify == old.justify and new.overflow == old.overflow)
+
+
 class KeyedTable(DataTable[Cell]):
     """Rows are identified by a stable key; `sync` diffs the wanted rows against what is shown."""
 
@@ -48,6 +57,12 @@ class KeyedTable(DataTable[Cell]):
         self._fit = frozenset(fit)
         self._layout = dict(columns)  # the columns shown now, with their widths
         self._shown: dict[str, tuple[Text, ...]] = {}
+        self._given: dict[str, Sequence[Cell]] = {}  # the rows as given to `sync`: the same object is unchanged
+        # Rendered cells by (row, column, cursor, hover): (the value, what else it depends on, lines).
+        # DataTable's own cell cache is keyed by its table-wide update count, so one changed cell
+        # (a poll, a new node in the GPU panel) made it re-render every visible cell.
+        self._cell_lines: dict[tuple[object, object, bool, bool], tuple[object, tuple[object, ...],
+                                                                        list[list[Segment]]]] = {}
 
     def on_mount(self) -> None:
         for label, width in self._layout.items():
@@ -111,28 +126,75 @@ class KeyedTable(DataTable[Cell]):
     def _project(self, cells: Sequence[Text]) -> list[Text]:
         return [cell for column, cell in zip(self._column_widths, cells, strict=True) if column in self._layout]
 
+    # -- rendering --------------------------------------------------------------------------
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
+        """DataTable's cell rendering, reused while the cell's value (the same object: `sync` only
+        replaces changed cells) and its look (row, width, cursor, focus) stay the same."""
+        column_key = self._column_locations.get_key(column_index) if column_index >= 0 else None
+        row_key = self._row_locations.get_key(row_index) if row_index >= 0 else None
+        if column_key is None or (row_key is None and row_index >= 0):
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if row_key is None:  # the header
+            value: object = self.columns[column_key].label
+            height = self.header_height
+        else:
+            value = self._data[row_key][column_key]
+            height = self.rows[row_key].height
+        stamp = (row_index, base_style, width, height, self.show_cursor, self._show_hover_cursor,
+                 self._pseudo_class_state)
+        slot = (row_key, column_key, cursor, hover)
+        hit = self._cell_lines.get(slot)
+        if hit is not None and hit[0] is value and hit[1] == stamp:
+            return hit[2]
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        self._cell_lines[slot] = (value, stamp, lines)
+        return lines
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._cell_lines.clear()
+
+    def notify_style_update(self) -> None:
+        self._cell_lines.clear()  # a theme or CSS change: every cell's look
+        super().notify_style_update()
+
     # -- rows -------------------------------------------------------------------------------
 
     def sync(self, rows: Mapping[str, Sequence[Cell]]) -> None:
         """Make the table show exactly ``rows``, in their given order (a row that comes back after a
         filter goes back to its place)."""
-        for key in [k for k in self._shown if k not in rows]:
+        gone = [k for k in self._shown if k not in rows]
+        for key in gone:
             self.remove_row(key)
             del self._shown[key]
+            self._given.pop(key, None)
+        if gone:  # a RowKey equals its string
+            self._cell_lines = {slot: hit for slot, hit in self._cell_lines.items() if slot[0] not in rows}
         rows_before = self.row_count
         grew = False
+        changed = 0
         for key, given in rows.items():
-            cells = tuple(_safe(cell) for cell in given)
             old = self._shown.get(key)
+            if old is not None and self._given.get(key) is given:
+                continue  # the caller's very row again: nothing in it changed
+            self._given[key] = given
+            cells = tuple(_safe(cell) for cell in given)
             if old is None:
                 self.add_row(*self._project(cells), key=key)
-            elif old != cells:
+            else:
                 for column, new_cell, old_cell in zip(self._column_widths, cells, old, strict=True):
-                    if new_cell != old_cell and column in self._layout:
-                        self.update_cell(key, column, new_cell)
+                    if column in self._layout and not _same(new_cell, old_cell):
+                        # update_cell's own work, with one refresh for all of them (below)
+                        self._data[key][column] = new_cell  # type: ignore[index]  # RowKey equals its str
+                        changed += 1
             grew = grew or any(cells[i].cell_len > self._layout.get(c, FIT_MAX)
                                for i, c in enumerate(self._column_widths) if c in self._fit)
             self._shown[key] = cells
+        if changed:
+            self._update_count += 1
+            self.refresh()
         if list(self._shown) != list(rows):
             self.rebuild(rows)
         elif grew or self.row_count != rows_before:
@@ -144,6 +206,7 @@ class KeyedTable(DataTable[Cell]):
         keep = self.selected_key
         self.clear()
         self._shown.clear()
+        self._given.clear()
         self.sync(rows)
         if keep is not None and keep in self._shown:
             self.move_cursor(row=self.get_row_index(keep), animate=False)
