@@ -11,6 +11,7 @@ from gpuconsole.cli import options as o
 from gpuconsole.errors import ExitCode, GpuConsoleError
 
 if TYPE_CHECKING:
+    from gpuconsole.cli.keeper import Members
     from gpuconsole.config import Config
     from gpuconsole.core.registry import Registry
 
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         warn(f"internal error: {exc.__class__.__name__}: {exc} (set GPUCONSOLE_DEBUG=1 for a traceback)")
         return int(ExitCode.INTERNAL)
+
+
+# The commands a keeper may answer (cli/keeper.keeper_fleet says when it does).
+ONE_SHOT = (o.ReserveArgs, o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs,
+            o.LogsArgs, o.CancelArgs, o.PreemptArgs)
 
 
 def _registry(config: Config) -> Registry:
@@ -103,6 +109,14 @@ def _dispatch(opts: o.Options) -> int:
         answered = status_through_keeper(config, opts)  # None: no keeper (or it failed): go direct
         if answered is not None:
             return answered
+    if isinstance(opts, ONE_SHOT):
+        from gpuconsole.cli.keeper import keeper_fleet
+
+        # The keeper's connections when it can serve the command, else the command's own.
+        members = keeper_fleet(config, opts) or _registry(config)
+        if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
+            return _jobs(members, opts)
+        return _reservations(members, opts)
     registry = _registry(config)
     if isinstance(opts, o.ConsoleArgs):
         from gpuconsole.cli.console import run_console
@@ -124,34 +138,32 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.doctor import run_doctor
 
         return run_doctor(registry, opts)
-    if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
-        return _jobs(registry, opts)
-    return _reservations(registry, opts)
+    raise AssertionError(f"no handler for {type(opts).__name__}")
 
 
-def _jobs(registry: Registry, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
+def _jobs(members: Members, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
     from gpuconsole.cli import jobs
 
     if isinstance(opts, o.SubmitArgs):
-        return jobs.run_submit(registry, opts)
+        return jobs.run_submit(members, opts)
     if isinstance(opts, o.JobsArgs):
-        return jobs.run_jobs(registry, opts)
+        return jobs.run_jobs(members, opts)
     if isinstance(opts, o.LogsArgs):
-        return jobs.run_logs(registry, opts)
+        return jobs.run_logs(members, opts)
     if isinstance(opts, o.CancelArgs):
-        return jobs.run_cancel(registry, opts)
-    return jobs.run_preempt(registry, opts)
+        return jobs.run_cancel(members, opts)
+    return jobs.run_preempt(members, opts)
 
 
-def _reservations(registry: Registry, opts: o.Options) -> int:
+def _reservations(members: Members, opts: o.Options) -> int:
     from gpuconsole.cli import reservations
 
     if isinstance(opts, o.ReserveArgs):
-        return reservations.run_reserve(registry, opts)
+        return reservations.run_reserve(members, opts)
     if isinstance(opts, o.ReleaseArgs):
-        return reservations.run_release(registry, opts)
+        return reservations.run_release(members, opts)
     if isinstance(opts, o.RenewArgs):
-        return reservations.run_renew(registry, opts)
+        return reservations.run_renew(members, opts)
     if isinstance(opts, o.ReservationsArgs):
-        return reservations.run_list(registry, opts)
+        return reservations.run_list(members, opts)
     raise AssertionError(f"no handler for {type(opts).__name__}")

@@ -4,43 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from gpuconsole.cli.completion import remember_id
 from gpuconsole.cli.jobs_view import follow_exit_code, jobs_table
+from gpuconsole.cli.keeper import open_fleet
 from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.reservations import burst_plan
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
-from gpuconsole.core.fleet import Fleet
-from gpuconsole.core.registry import Registry
 from gpuconsole.errors import ExitCode, UsageError
 from gpuconsole.model.jobs import Job, Preempted, Submitted, SubmittedArray
 from gpuconsole.textsafe import terminal_safe
 
+if TYPE_CHECKING:
+    from gpuconsole.cli.keeper import Members
 
-def run_submit(registry: Registry, args: SubmitArgs) -> int:
+
+def run_submit(members: Members, args: SubmitArgs) -> int:
     argv = list(args.argv)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv or not argv[0]:
         raise UsageError("submit: give the command after `--`, e.g. submit --gpus 1 -- python train.py")
-    config = registry.config
+    config = members.config
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
-        registry.node(args.node)
+        members.node(args.node)
     indices = core.parse_array(args.array) if args.array is not None else ()
     if indices and args.burst:
         raise UsageError("--array and --burst do not go together (an array is queued on one node)")
     request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
                                  args.preempt, args.grace, indices)
     if indices:
-        return _submit_array(registry, request, args.json)
+        return _submit_array(members, request, args.json)
 
     async def go() -> Submitted:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             result = await core_burst.submit(fleet, request, burst_plan(config, args.yes) if args.burst else None)
             assert result is not None  # the CLI's confirm raises rather than say no
             return result
@@ -56,9 +59,9 @@ def run_submit(registry: Registry, args: SubmitArgs) -> int:
     return int(ExitCode.OK)
 
 
-def _submit_array(registry: Registry, request: core.SubmitRequest, as_json: bool) -> int:
+def _submit_array(members: Members, request: core.SubmitRequest, as_json: bool) -> int:
     async def go() -> SubmittedArray:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             return await core.submit_array(fleet, request)
 
     result = asyncio.run(go())
@@ -71,12 +74,12 @@ def _submit_array(registry: Registry, request: core.SubmitRequest, as_json: bool
     return int(ExitCode.OK)
 
 
-def run_jobs(registry: Registry, args: JobsArgs) -> int:
+def run_jobs(members: Members, args: JobsArgs) -> int:
     async def go() -> tuple[list[Job], dict[str, str]]:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             # The live instances come from the discovery that joined the cloud nodes: no second
             # DescribeInstances (None without a cloud or when EC2 could not be asked: nothing is lost).
-            for old_id, new in await requeue.requeue_lost(fleet, registry.live_instances):
+            for old_id, new in await requeue.requeue_lost(fleet, members.live_instances):
                 warn(f"job {old_id} lost its cloud instance: requeued as {new.id} on {new.node}")
             found, errors = await core.list_jobs(fleet)
             requeue.forget_finished(found)
@@ -94,10 +97,10 @@ def run_jobs(registry: Registry, args: JobsArgs) -> int:
     elif not errors:
         say("no jobs" if not (args.mine or args.user or args.state) else "no jobs match")
     # As `status` and `reservations`: no node answered is not an empty success.
-    return int(ExitCode.UNREACHABLE) if errors and len(errors) == len(registry.nodes) else int(ExitCode.OK)
+    return int(ExitCode.UNREACHABLE) if errors and len(errors) == len(members.nodes) else int(ExitCode.OK)
 
 
-def run_logs(registry: Registry, args: LogsArgs) -> int:
+def run_logs(members: Members, args: LogsArgs) -> int:
     """A job's output (`--tail N`: its last N lines; `--follow`: then on until the job ends, exiting
     with the job's exit code). Its owner gets the bytes as written (colours, progress bars: what `tail`
     shows them of their own file); anyone else's output is escaped like every other text from another
@@ -110,7 +113,7 @@ def run_logs(registry: Registry, args: LogsArgs) -> int:
         target.flush()
 
     async def go() -> Job:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             def found(job: Job) -> None:
                 hello = fleet.hello(job.node)
                 raw[0] = hello is not None and hello.user == job.owner
@@ -122,9 +125,9 @@ def run_logs(registry: Registry, args: LogsArgs) -> int:
     return follow_exit_code(job) if args.follow else int(ExitCode.OK)
 
 
-def run_preempt(registry: Registry, args: PreemptArgs) -> int:
+def run_preempt(members: Members, args: PreemptArgs) -> int:
     async def go() -> Preempted:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             return await core.preempt(fleet, args.id, args.grace)
 
     result = asyncio.run(go())
@@ -133,11 +136,11 @@ def run_preempt(registry: Registry, args: PreemptArgs) -> int:
     return int(ExitCode.OK)
 
 
-def run_cancel(registry: Registry, args: CancelArgs) -> int:
+def run_cancel(members: Members, args: CancelArgs) -> int:
     if args.id.startswith("a-"):
-        return _cancel_array(registry, args)
+        return _cancel_array(members, args)
     async def go() -> Job:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             return await core.cancel(fleet, args.id)
 
     result = asyncio.run(go())
@@ -150,10 +153,10 @@ def run_cancel(registry: Registry, args: CancelArgs) -> int:
     return int(ExitCode.OK)
 
 
-def _cancel_array(registry: Registry, args: CancelArgs) -> int:
+def _cancel_array(members: Members, args: CancelArgs) -> int:
     """`cancel a-…`: each job of the array; --json: {"id": array, "jobs": [each job as `cancel`]}."""
     async def go() -> list[Job]:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             return await core.cancel_array(fleet, args.id)
 
     results = asyncio.run(go())

@@ -5,16 +5,53 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gpuconsole.cli import options as o
 from gpuconsole.cli.options import KeeperArgs, StatusArgs
 from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config, resolve_config_path
 from gpuconsole.core import keeper_client as kc
+from gpuconsole.core.keeper_fleet import KeeperFleet
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model import NodeSnapshot
 
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from gpuconsole.core.fleet import Fleet
+    from gpuconsole.core.registry import Registry
+
+    # What a one-shot command runs on: the nodes' own connections, or the keeper's.
+    Members: TypeAlias = Registry | KeeperFleet
+
 STOP_WAIT_S = 10.0
+
+
+def keeper_fleet(config: Config, opts: o.Options) -> KeeperFleet | None:
+    """The keeper's fleet for a one-shot command it can serve; None: the command connects itself
+    (keeper off, a cloud config whose nodes come from EC2, or a command that holds its connection:
+    a waiting reserve owns its queue ticket, `logs --follow` streams)."""
+    if not kc.enabled(config.defaults.keeper) or config.aws is not None:
+        return None
+    served = (o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs, o.CancelArgs,
+              o.PreemptArgs)
+    if not (isinstance(opts, served) or (isinstance(opts, o.ReserveArgs) and not opts.wait)
+            or (isinstance(opts, o.LogsArgs) and not opts.follow)):
+        return None
+    try:
+        return KeeperFleet(config, config.path.read_bytes())
+    except (OSError, kc.KeeperUnavailableError):
+        return None
+
+
+def open_fleet(members: Members) -> Fleet | KeeperFleet:
+    """The fleet a command runs its requests on (closed with it: `async with open_fleet(m) as f`)."""
+    if isinstance(members, KeeperFleet):
+        return members
+    from gpuconsole.core.fleet import Fleet  # asyncssh: only for a command that connects itself
+
+    return Fleet(members, owns=True)
 
 
 def through_keeper(config: Config, op: str, args: dict[str, Any] | None,

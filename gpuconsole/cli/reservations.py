@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gpuconsole.cli.completion import remember_id
+from gpuconsole.cli.keeper import open_fleet
 from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.tables import Alt, Cell, Column, fit_table
@@ -17,8 +18,6 @@ from gpuconsole.config import Config
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
 from gpuconsole.core.burst import BurstPlan
-from gpuconsole.core.fleet import Fleet
-from gpuconsole.core.registry import Registry
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.format import NA, ago_h, epoch_s, left_h, until_h
@@ -28,6 +27,8 @@ from gpuconsole.textsafe import terminal_safe
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from gpuconsole.cli.keeper import Members
 
 
 def _ttl_s(config: Config, args: ReserveArgs | RenewArgs) -> float:
@@ -44,12 +45,12 @@ class _TerminatedError(Exception):
     """SIGTERM during `reserve`: the wait has withdrawn its ticket; exit as a terminated process."""
 
 
-def run_reserve(registry: Registry, args: ReserveArgs) -> int:
-    config = registry.config
+def run_reserve(members: Members, args: ReserveArgs) -> int:
+    config = members.config
     if args.burst and config.aws is None:
         raise UsageError("--burst needs a [cloud.aws] section in the config")
     if args.node:
-        registry.node(args.node)
+        members.node(args.node)
     ttl_s = _ttl_s(config, args)
     timeout_s = parse_duration_s(args.timeout, what="--timeout") if args.timeout is not None else None
     if timeout_s is not None and not args.wait:
@@ -63,7 +64,7 @@ def run_reserve(registry: Registry, args: ReserveArgs) -> int:
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
     try:
-        result = asyncio.run(_reserve(registry, request, burst=args.burst, yes=args.yes))
+        result = asyncio.run(_reserve(members, request, burst=args.burst, yes=args.yes))
     except _TerminatedError:
         warn("terminated")
         return int(TERMINATED_EXIT)
@@ -102,7 +103,7 @@ def export_lines(result: Grant) -> list[str]:
     return [f"export {name}={shlex.quote(terminal_safe(value))}" for name, value in values.items()]
 
 
-async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool = False,
+async def _reserve(members: Members, request: core.ReserveRequest, burst: bool = False,
                    yes: bool = False) -> Grant:
     last_line: list[str] = []
 
@@ -131,9 +132,9 @@ async def _reserve(registry: Registry, request: core.ReserveRequest, burst: bool
             task.cancel()
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
-    async with Fleet(registry, owns=True) as fleet:
+    async with open_fleet(members) as fleet:
         try:
-            plan = burst_plan(registry.config, yes) if burst else None
+            plan = burst_plan(members.config, yes) if burst else None
             result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
             assert result is not None  # the CLI's confirm raises rather than say no
             return result
@@ -157,12 +158,12 @@ def burst_plan(config: Config, yes: bool = False) -> BurstPlan:
     return BurstPlan(ec2_offers(CloudMonitor(config)), burst_confirm(yes), cloud_progress, burst_started(config))
 
 
-def run_release(registry: Registry, args: ReleaseArgs) -> int:
+def run_release(members: Members, args: ReleaseArgs) -> int:
     if not args.ids and not args.mine:
         raise UsageError("release: give reservation IDs or --mine")
     if args.ids and args.mine:
         raise UsageError("release: give IDs or --mine, not both")
-    results, failures = asyncio.run(_release(registry, args))
+    results, failures = asyncio.run(_release(members, args))
     if args.json:
         errors = [{"id": rid, "error": str(exc), "exit_code": int(exc.exit_code)} for rid, exc in failures]
         released = [r.to_json() for r in results]
@@ -180,10 +181,10 @@ def run_release(registry: Registry, args: ReleaseArgs) -> int:
     return int(failures[0][1].exit_code) if failures else int(ExitCode.OK)
 
 
-async def _release(registry: Registry, args: ReleaseArgs) -> tuple[list[Released], list[tuple[str, GpuConsoleError]]]:
+async def _release(members: Members, args: ReleaseArgs) -> tuple[list[Released], list[tuple[str, GpuConsoleError]]]:
     results: list[Released] = []
     failures: list[tuple[str, GpuConsoleError]] = []
-    async with Fleet(registry, owns=True) as fleet:
+    async with open_fleet(members) as fleet:
         if args.mine:
             return await core.release_mine(fleet), failures
         for rid in args.ids:
@@ -194,11 +195,11 @@ async def _release(registry: Registry, args: ReleaseArgs) -> tuple[list[Released
     return results, failures
 
 
-def run_renew(registry: Registry, args: RenewArgs) -> int:
-    ttl_s = _ttl_s(registry.config, args)
+def run_renew(members: Members, args: RenewArgs) -> int:
+    ttl_s = _ttl_s(members.config, args)
 
     async def go() -> Grant:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             return await core.renew(fleet, args.id, ttl_s, args.token)
 
     result = asyncio.run(go())
@@ -209,12 +210,12 @@ def run_renew(registry: Registry, args: RenewArgs) -> int:
     return int(ExitCode.OK)
 
 
-def run_list(registry: Registry, args: ReservationsArgs) -> int:
+def run_list(members: Members, args: ReservationsArgs) -> int:
     if args.mine and args.user is not None:
         raise UsageError("reservations: give --mine or --user, not both")
 
     async def go() -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
-        async with Fleet(registry, owns=True) as fleet:
+        async with open_fleet(members) as fleet:
             found, waiting, failed = await core.list_all(fleet)
             if args.mine:  # the owner each node reports for our SSH user: `release --mine`'s rule
                 found = [r for r in found if core.is_mine(fleet, r)]
@@ -238,7 +239,7 @@ def run_list(registry: Registry, args: ReservationsArgs) -> int:
     else:  # an empty table says less than a line
         say(f"no reservations of {args.user}" if args.user is not None else
             "no reservations of yours" if args.mine else "no reservations")
-    if errors and not reservations and not queue and len(errors) == len(registry.nodes):
+    if errors and not reservations and not queue and len(errors) == len(members.nodes):
         return int(ExitCode.UNREACHABLE)
     return int(ExitCode.OK)
 

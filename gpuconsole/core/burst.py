@@ -19,7 +19,7 @@ from gpuconsole.config import NodeConfig
 from gpuconsole.core import jobs as core_jobs
 from gpuconsole.core import requeue
 from gpuconsole.core import reservations as core_reservations
-from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.nodeapi import NodeRequests
 from gpuconsole.core.waiting import NoticeCallback, ProgressCallback
 from gpuconsole.errors import NoCapacityError
 from gpuconsole.model.answers import Grant
@@ -61,7 +61,7 @@ class BurstPlan:
     started: Callable[[str, Offer], None] | None = None
 
 
-async def burst_node(fleet: Fleet, gpus: int, plan: BurstPlan) -> str | None:
+async def burst_node(fleet: NodeRequests, gpus: int, plan: BurstPlan) -> str | None:
     """Start one instance with at least ``gpus`` GPUs and bring its node into the fleet (subscribers
     hear it join); its name, or None when `confirm` said no."""
     offer = await plan.offer_for(gpus)
@@ -75,7 +75,7 @@ async def burst_node(fleet: Fleet, gpus: int, plan: BurstPlan) -> str | None:
 
 
 async def reserve(
-    fleet: Fleet, request: core_reservations.ReserveRequest, burst: BurstPlan | None = None, *,
+    fleet: NodeRequests, request: core_reservations.ReserveRequest, burst: BurstPlan | None = None, *,
     on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
 ) -> Grant | None:
     """Reserve as `core.reservations.reserve` does; with a plan, a request no node can take now (no
@@ -92,7 +92,7 @@ async def reserve(
         return await core_reservations.reserve(fleet, dataclasses.replace(request, node=node, wait=False))
 
 
-async def submit(fleet: Fleet, request: core_jobs.SubmitRequest,
+async def submit(fleet: NodeRequests, request: core_jobs.SubmitRequest,
                  burst: BurstPlan | None = None) -> Submitted | None:
     """Submit as `core.jobs.submit` does (journaling a requeue-able cloud job); with a plan, a job no
     node can start now (no free GPUs, or a queue ahead) bursts and is submitted on the new node.

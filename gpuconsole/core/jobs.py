@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.nodeapi import NodeRequests
 from gpuconsole.core.placement import Capacity
 from gpuconsole.core.reservations import capacities, is_mine
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
@@ -74,7 +74,7 @@ def best_start(caps: list[Capacity], gpus: int) -> str | None:
     return min(big_enough, key=lambda c: (c.queued, -c.free, c.node)).node
 
 
-async def _place(fleet: Fleet, request: SubmitRequest) -> str:
+async def _place(fleet: NodeRequests, request: SubmitRequest) -> str:
     """The node where the job (or array) should start soonest; UsageError/NoCapacityError otherwise."""
     if not request.argv or not request.argv[0]:
         raise UsageError("submit: give the command after `--`")
@@ -97,14 +97,14 @@ def _job_args(request: SubmitRequest) -> dict[str, Any]:
     }
 
 
-async def submit(fleet: Fleet, request: SubmitRequest) -> Submitted:
+async def submit(fleet: NodeRequests, request: SubmitRequest) -> Submitted:
     """Queue the job on the node where it should start soonest; the node's supervisor runs it."""
     target = await _place(fleet, request)
     result = await fleet.request(target, "submit", _job_args(request))
     return Submitted.from_agent(target, result)
 
 
-async def submit_array(fleet: Fleet, request: SubmitRequest) -> SubmittedArray:
+async def submit_array(fleet: NodeRequests, request: SubmitRequest) -> SubmittedArray:
     """Queue one job per index of `request.array` on one node (where it should start soonest), in one
     request and one state transaction; each job sees its index as $GPUCONSOLE_ARRAY_INDEX."""
     target = await _place(fleet, request)
@@ -128,7 +128,7 @@ def array_jobs(found: list[Job], array_id: str) -> list[Job]:
     return sorted(members, key=index)
 
 
-async def list_jobs(fleet: Fleet) -> tuple[list[Job], dict[str, str]]:
+async def list_jobs(fleet: NodeRequests) -> tuple[list[Job], dict[str, str]]:
     """Every job on every reachable node (with its node), and the nodes that could not be read."""
     results = await fleet.call_all("jobs")
     found: list[Job] = []
@@ -142,7 +142,7 @@ async def list_jobs(fleet: Fleet) -> tuple[list[Job], dict[str, str]]:
     return found, errors
 
 
-def select_jobs(fleet: Fleet, found: list[Job], *, mine: bool = False, user: str | None = None,
+def select_jobs(fleet: NodeRequests, found: list[Job], *, mine: bool = False, user: str | None = None,
                 state: str | None = None) -> list[Job]:
     """The jobs that pass `jobs --mine/--user/--state` (mine: `release --mine`'s rule, is_mine)."""
     return [job for job in found
@@ -150,13 +150,13 @@ def select_jobs(fleet: Fleet, found: list[Job], *, mine: bool = False, user: str
             and (state is None or job.state == state)]
 
 
-async def job_on(fleet: Fleet, node: str, job_id: str) -> Job | None:
+async def job_on(fleet: NodeRequests, node: str, job_id: str) -> Job | None:
     """The job as its own node reports it now (one request to that node), or None if it is gone."""
     result = await fleet.request(node, "jobs")
     return next((Job.from_agent(node, job) for job in result["jobs"] if job["id"] == job_id), None)
 
 
-async def find_job(fleet: Fleet, job_id: str) -> Job:
+async def find_job(fleet: NodeRequests, job_id: str) -> Job:
     """The job with this id on whichever reachable node has it; NotFoundError otherwise."""
     jobs, errors = await list_jobs(fleet)
     for job in jobs:
@@ -166,7 +166,7 @@ async def find_job(fleet: Fleet, job_id: str) -> Job:
     raise NotFoundError(f"no job {job_id!r} on any reachable node{unreachable}")
 
 
-async def cancel(fleet: Fleet, job_id: str) -> Job:
+async def cancel(fleet: NodeRequests, job_id: str) -> Job:
     """Queued: withdrawn. Running: SIGTERM to its process group, SIGKILL after the grace. The job
     as the node left it (`already_ended` when there was nothing to cancel)."""
     job = await find_job(fleet, job_id)
@@ -174,7 +174,7 @@ async def cancel(fleet: Fleet, job_id: str) -> Job:
     return Job.from_agent(job.node, result)
 
 
-async def cancel_array(fleet: Fleet, array_id: str) -> list[Job]:
+async def cancel_array(fleet: NodeRequests, array_id: str) -> list[Job]:
     """`cancel a-…`: every job of the array, as `cancel` does each (one request per job, so a job the
     caller may not cancel fails alone); the jobs as their node left them."""
     found, errors = await list_jobs(fleet)
@@ -187,7 +187,7 @@ async def cancel_array(fleet: Fleet, array_id: str) -> list[Job]:
     return [Job.from_agent(job.node, result) for job, result in zip(members, results, strict=True)]
 
 
-async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) -> Preempted:
+async def preempt(fleet: NodeRequests, target_id: str, grace_s: float | None = None) -> Preempted:
     """Preempt a running job (TERM, grace, KILL; requeued if it asked) or revoke a reservation."""
     try:
         node = (await find_job(fleet, target_id)).node
@@ -202,7 +202,7 @@ async def preempt(fleet: Fleet, target_id: str, grace_s: float | None = None) ->
     return Preempted.from_agent(node, result)
 
 
-async def follow_logs(fleet: Fleet, job_id: str, on_chunk: Callable[[str, str], None], *,
+async def follow_logs(fleet: NodeRequests, job_id: str, on_chunk: Callable[[str, str], None], *,
                       follow: bool = False, on_job: Callable[[Job], None] | None = None,
                       tail_lines: int | None = None) -> Job:
     """Stream stdout and stderr (each chunk with its stream name) until the end, or the job's end

@@ -16,7 +16,7 @@ from typing import Any
 
 from gpuconsole.config import local_state_dir
 from gpuconsole.core import jobs as core_jobs
-from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.nodeapi import NodeRequests
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.jobs import Job, Submitted
 from gpuconsole.node.fileio import write_atomic
@@ -42,7 +42,7 @@ def _save(entries: dict[str, dict[str, Any]]) -> None:
     write_atomic(str(path), json.dumps(entries, indent=1).encode("utf-8"), 0o644)
 
 
-def remember(fleet: Fleet, request: core_jobs.SubmitRequest, result: Submitted) -> None:
+def remember(fleet: NodeRequests, request: core_jobs.SubmitRequest, result: Submitted) -> None:
     """Journal a requeue-able job that landed on a cloud node."""
     name = result.node
     if not request.requeue or not fleet.has(name):
@@ -69,7 +69,7 @@ def forget_finished(jobs: list[Job]) -> None:
         _save(entries)
 
 
-async def requeue_lost(fleet: Fleet, live: frozenset[str] | None) -> list[tuple[str, Submitted]]:
+async def requeue_lost(fleet: NodeRequests, live: frozenset[str] | None) -> list[tuple[str, Submitted]]:
     """Resubmit journaled jobs whose instance is not among ``live`` (the managed instances EC2 reports
     pending or running; None when EC2 could not be asked: then nothing is judged lost);
     (old id, new submit result)."""

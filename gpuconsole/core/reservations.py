@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.nodeapi import NodeRequests
 from gpuconsole.core.placement import Capacity, best_fit, queue_choice
 from gpuconsole.core.waiting import NoticeCallback, ProgressCallback, wait_for_grant
 from gpuconsole.errors import (
@@ -47,7 +47,7 @@ def _raise_if_all_failed(results: dict[str, Any]) -> None:
         raise UnreachableError("no node reachable: " + "; ".join(str(e) for e in errors))
 
 
-async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capacity]:
+async def capacities(fleet: NodeRequests, names: list[str] | None = None) -> list[Capacity]:
     """Free GPUs per reachable node (lock-free reads)."""
     results = await fleet.call_all("capacity", names=names)
     _raise_if_all_failed(results)
@@ -59,7 +59,7 @@ async def capacities(fleet: Fleet, names: list[str] | None = None) -> list[Capac
 
 
 async def reserve(
-    fleet: Fleet, request: ReserveRequest, on_progress: ProgressCallback | None = None,
+    fleet: NodeRequests, request: ReserveRequest, on_progress: ProgressCallback | None = None,
     on_notice: NoticeCallback | None = None,
 ) -> Grant:
     """Grant on the best-fitting node, trying the next on a lost race; queue with `wait`."""
@@ -98,7 +98,7 @@ async def reserve(
 SETTLE_S = 10.0  # how long a change whose answer was lost is asked again before giving up
 
 
-async def _settled(fleet: Fleet, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
+async def _settled(fleet: NodeRequests, node: str, op: str, args: dict[str, Any]) -> dict[str, Any]:
     """The answer to a change on ``node``, asked again with the same req_id while the node cannot be
     reached: a lost reply may hide a committed change (the node replays it), so moving on to another
     node, or reporting "no capacity", could leave a grant nobody knows about. Still no answer after
@@ -120,7 +120,7 @@ async def _settled(fleet: Fleet, node: str, op: str, args: dict[str, Any]) -> di
             delay_s = min(delay_s * 2, 2.0)
 
 
-async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
+async def list_all(fleet: NodeRequests) -> tuple[list[Reservation], list[QueuedRequest], dict[str, str]]:
     """Every active reservation and queued request, and the nodes that could not be read."""
     results = await fleet.call_all("reservations")
     reservations: list[Reservation] = []
@@ -135,7 +135,7 @@ async def list_all(fleet: Fleet) -> tuple[list[Reservation], list[QueuedRequest]
     return reservations, queue, errors
 
 
-async def find_node(fleet: Fleet, reservation_id: str) -> str:
+async def find_node(fleet: NodeRequests, reservation_id: str) -> str:
     """The node holding an active or queued reservation id; NotFoundError otherwise."""
     reservations, queue, errors = await list_all(fleet)
     items: list[Reservation | QueuedRequest] = [*reservations, *queue]
@@ -148,13 +148,13 @@ async def find_node(fleet: Fleet, reservation_id: str) -> str:
     raise NotFoundError(f"no reservation {reservation_id!r} on any reachable node")
 
 
-async def release(fleet: Fleet, reservation_id: str, token: int | None = None) -> Released:
+async def release(fleet: NodeRequests, reservation_id: str, token: int | None = None) -> Released:
     """Release one reservation wherever it is; the node checks ownership."""
     node = await find_node(fleet, reservation_id)
     return await release_on(fleet, node, reservation_id, token)
 
 
-async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | None = None) -> Released:
+async def release_on(fleet: NodeRequests, node: str, reservation_id: str, token: int | None = None) -> Released:
     """Release one reservation on a node already known to hold it (no fleet-wide lookup); the node
     checks ownership, so a caller who is neither its owner nor an admin gets a permission error."""
     args: dict[str, Any] = {"id": reservation_id, "req_id": _req_id()}
@@ -163,14 +163,14 @@ async def release_on(fleet: Fleet, node: str, reservation_id: str, token: int | 
     return Released.from_agent(node, await fleet.request(node, "release", args))
 
 
-def is_mine(fleet: Fleet, item: Reservation | QueuedRequest | Job) -> bool:
+def is_mine(fleet: NodeRequests, item: Reservation | QueuedRequest | Job) -> bool:
     """Whether the SSH user on the item's node owns it (as that node's agent reports the user): the
     one rule of `release --mine`, `reservations --mine` and `jobs --mine`."""
     hello = fleet.hello(item.node)
     return hello is not None and hello.user == item.owner
 
 
-async def release_mine(fleet: Fleet) -> list[Released]:
+async def release_mine(fleet: NodeRequests) -> list[Released]:
     """Release every reservation and queued request owned by the SSH user on each node."""
     reservations, queue, _ = await list_all(fleet)
     released = []
@@ -183,12 +183,13 @@ async def release_mine(fleet: Fleet) -> list[Released]:
     return released
 
 
-async def renew(fleet: Fleet, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
+async def renew(fleet: NodeRequests, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
     """Extend a reservation to at least now + ttl on its node's clock."""
     return await renew_on(fleet, await find_node(fleet, reservation_id), reservation_id, ttl_s, token)
 
 
-async def renew_on(fleet: Fleet, node: str, reservation_id: str, ttl_s: float, token: int | None = None) -> Grant:
+async def renew_on(fleet: NodeRequests, node: str, reservation_id: str, ttl_s: float,
+                   token: int | None = None) -> Grant:
     """Renew on a node already known to hold the reservation (no fleet-wide lookup: the shell's
     renew loop)."""
     args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": _req_id()}

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gpuconsole.core.fleet import Fleet
+from gpuconsole.core.nodeapi import NodeRequests
 from gpuconsole.errors import AgentError, GpuConsoleError, NoCapacityError, UnreachableError
 from gpuconsole.model.answers import Grant, Released, Ticket, grant_or_ticket
 
@@ -49,7 +49,7 @@ def _transient(exc: GpuConsoleError) -> bool:
 class Waiter:
     """One queued request on one node, followed until it is granted."""
 
-    def __init__(self, fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
+    def __init__(self, fleet: NodeRequests, node: str, args: dict[str, Any], timeout_s: float | None,
                  on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None) -> None:
         self.fleet = fleet
         self.node = node
@@ -264,7 +264,7 @@ class Waiter:
 
 
 async def wait_for_grant(
-    fleet: Fleet, node: str, args: dict[str, Any], timeout_s: float | None,
+    fleet: NodeRequests, node: str, args: dict[str, Any], timeout_s: float | None,
     on_progress: ProgressCallback | None = None, on_notice: NoticeCallback | None = None,
 ) -> Grant:
     """Queue ``args`` on ``node`` and return the grant (see the module docstring)."""

@@ -16,7 +16,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,10 @@ import pytest
 
 from gpuconsole.core import keeper_client as kc
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import REPO, run_cli, wait_for
+from tests.helpers import run_cli, wait_for
+from tests.integration.keeper_fixtures import _alive, _keeper, _pids, _runtime, _warm, keeper_on  # noqa: F401
 
-SCHEMAS = REPO / "gpuconsole" / "schemas"
-jsonschema: Any = pytest.importorskip("jsonschema")  # a dev dependency (its stubs may not be installed)
+pytestmark = pytest.mark.usefixtures("keeper_on")
 # Live readings of the demo host itself (the demo nodes report this machine's CPU, memory and I/O):
 # they differ between any two calls, keeper or not, so they are compared by presence. (A single
 # `status --json` does not wait for a rate window: over a fresh connection the rates are null, over
@@ -36,21 +35,6 @@ jsonschema: Any = pytest.importorskip("jsonschema")  # a dev dependency (its stu
 LIVE = frozenset({"cpu_pct", "load1", "mem_used_bytes", "disk_read_bps", "disk_write_bps", "net_rx_bps",
                   "net_tx_bps"})
 LIVE_GPU = frozenset({"power_w", "temperature_c"})  # the simulated GPUs drift between samples
-
-
-def _runtime() -> Path:
-    return Path(os.environ["XDG_RUNTIME_DIR"]) / "gpuconsole"
-
-
-def _keeper(config: Path) -> dict[str, Any]:
-    """`keeper status --json`, checked against its JSON Schema."""
-    result = run_cli("keeper", "status", "--json", config=config)
-    assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout)
-    schema = json.loads((SCHEMAS / "keeper.schema.json").read_text())
-    jsonschema.Draft202012Validator(schema["allOf"][1]).validate(answer)
-    assert isinstance(answer["generated_at"], str)
-    return answer
 
 
 def _stable(stdout: str) -> dict[str, Any]:
@@ -90,52 +74,7 @@ def _diff(a: str, b: str) -> str:
                                           json.dumps(_stable(b), indent=1, sort_keys=True).splitlines(), lineterm=""))
 
 
-def _pids() -> list[int]:
-    """The keepers started under this test's runtime dir (by /proc: one just spawned may not hold its
-    lock yet)."""
-    mark = f"XDG_RUNTIME_DIR={os.environ['XDG_RUNTIME_DIR']}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline[-3:] == [b"keeper", b"run", b""] and mark in environ:
-            pids.append(int(entry))
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat_text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat_text[stat_text.rfind(")") + 2] not in "ZX"
-
-
-@pytest.fixture
-def keeper_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The keeper switched on for this test; every keeper it started is gone at the end."""
-    monkeypatch.setenv("GPUCONSOLE_KEEPER", "1")
-    yield
-    for pid in _pids():
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not any(_alive(p) for p in _pids()), message="keepers gone")
-
-
-def _warm(config: Path) -> dict[str, Any]:
-    """Start the config's keeper (the first command does, and goes direct) and wait until it answers."""
-    first = run_cli("status", "--json", config=config)
-    assert first.returncode == 0, first.stderr
-    state: dict[str, Any] = wait_for(lambda: (s := _keeper(config))["running"] and s, message="the keeper to answer")
-    return state
-
-
-def test_status_is_the_same_with_and_without_the_keeper(demo: DemoThread, keeper_on: None) -> None:
+def test_status_is_the_same_with_and_without_the_keeper(demo: DemoThread) -> None:
     config = demo.config_path
     direct = run_cli("--no-keeper", "status", "--json", config=config)
     assert direct.returncode == 0, direct.stderr
@@ -166,7 +105,7 @@ def test_status_is_the_same_with_and_without_the_keeper(demo: DemoThread, keeper
     assert not sock.exists() and not _keeper(config)["running"]
 
 
-def test_keeper_false_in_the_config_turns_it_off(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_keeper_false_in_the_config_turns_it_off(demo: DemoThread, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(demo.config_path.read_text().replace("[defaults]\n", "[defaults]\nkeeper = false\n", 1))
     for _ in range(2):
@@ -175,7 +114,7 @@ def test_keeper_false_in_the_config_turns_it_off(demo: DemoThread, keeper_on: No
     assert not _keeper(config)["running"]
 
 
-def test_a_killed_keeper_falls_back_to_direct_connections(demo: DemoThread, keeper_on: None) -> None:
+def test_a_killed_keeper_falls_back_to_direct_connections(demo: DemoThread) -> None:
     config = demo.config_path
     pid = _warm(config)["pid"]
     expected = _stable(run_cli("status", "--json", config=config).stdout)
@@ -186,7 +125,7 @@ def test_a_killed_keeper_falls_back_to_direct_connections(demo: DemoThread, keep
     assert _stable(after.stdout) == expected
 
 
-def test_a_keeper_killed_mid_command_falls_back(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_a_keeper_killed_mid_command_falls_back(demo: DemoThread, tmp_path: Path) -> None:
     """A node that accepts TCP but never speaks SSH holds the keeper's answer for its connect timeout;
     the keeper is killed meanwhile and the command still answers, directly, the same."""
     hole = socket.socket()
@@ -222,7 +161,7 @@ def test_a_keeper_killed_mid_command_falls_back(demo: DemoThread, keeper_on: Non
         hole.close()
 
 
-def test_a_config_change_is_picked_up(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_a_config_change_is_picked_up(demo: DemoThread, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(demo.config_path.read_text())
     _warm(config)
@@ -237,7 +176,7 @@ def test_a_config_change_is_picked_up(demo: DemoThread, keeper_on: None, tmp_pat
     assert (state["requests"], state["reloads"]) == (2, 1)
 
 
-def test_a_changed_host_key_is_refused_through_the_keeper(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_a_changed_host_key_is_refused_through_the_keeper(demo: DemoThread, tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text(demo.cluster.known_hosts_path.read_text())
     config = tmp_path / "c.toml"
@@ -275,7 +214,7 @@ print(json.dumps({"answer": s.makefile().readline()}))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second OS user")
-def test_another_local_user_is_refused(demo: DemoThread, keeper_on: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_another_local_user_is_refused(demo: DemoThread, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.integration.sshd_fixture import run as admin
 
     try:
@@ -315,7 +254,7 @@ def test_another_local_user_is_refused(demo: DemoThread, keeper_on: None, monkey
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
-def test_the_keeper_exits_when_idle(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_the_keeper_exits_when_idle(demo: DemoThread, tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(demo.config_path.read_text().replace("[defaults]\n", '[defaults]\nkeeper_idle = "1s"\n', 1))
     state = _warm(config)
@@ -325,7 +264,7 @@ def test_the_keeper_exits_when_idle(demo: DemoThread, keeper_on: None, tmp_path:
     assert not _keeper(config)["running"]
 
 
-def test_a_runtime_dir_that_is_not_private_is_never_used(demo: DemoThread, keeper_on: None, tmp_path: Path) -> None:
+def test_a_runtime_dir_that_is_not_private_is_never_used(demo: DemoThread, tmp_path: Path) -> None:
     """A symlink planted where the runtime dir belongs (or a dir open to others) is refused: the
     command goes direct and nothing is created behind the link."""
     elsewhere = tmp_path / "elsewhere"
@@ -341,7 +280,7 @@ def test_a_runtime_dir_that_is_not_private_is_never_used(demo: DemoThread, keepe
     assert list(_runtime().iterdir()) == [] and not _pids()
 
 
-def test_sigterm_ends_the_keeper_cleanly(demo: DemoThread, keeper_on: None) -> None:
+def test_sigterm_ends_the_keeper_cleanly(demo: DemoThread) -> None:
     pid = _warm(demo.config_path)["pid"]
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not _alive(pid), message="the keeper to exit on SIGTERM")

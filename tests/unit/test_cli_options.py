@@ -12,6 +12,7 @@ import pytest
 
 from gpuconsole.cli import options as o
 from gpuconsole.cli.parser import COMMANDS, parse
+from gpuconsole.core.keeper_fleet import KeeperFleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import UsageError
 
@@ -97,9 +98,9 @@ def test_no_handler_takes_any(module: str) -> None:
     assert handlers
     typed = set(COMMANDS.values()) | {o.CloudUpArgs, o.CloudLsArgs, o.CloudDownArgs}
     for handler in handlers:
-        # A handler may name Registry for type checking only (cli/status.py: asyncssh is imported
-        # when the keeper does not answer).
-        hints = typing.get_type_hints(handler, {"Registry": Registry, **vars(mod)})
+        # A handler may name Registry or Members for type checking only (cli/status.py,
+        # cli/reservations.py: asyncssh is imported when the keeper does not answer).
+        hints = typing.get_type_hints(handler, {"Registry": Registry, "Members": Registry | KeeperFleet, **vars(mod)})
         hints.pop("return", None)
         assert typing.Any not in hints.values(), handler.__name__
         last = list(hints.values())[-1]

@@ -1,0 +1,114 @@
+"""One-shot commands through the connection keeper (core/keeper_fleet.py): reserve, release,
+reservations, submit and jobs answer as they do directly, a keeper killed in the middle of a change
+never makes it twice, and what holds its own connection (a waiting reserve) never goes through it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuconsole.core import keeper_client as kc
+from gpuconsole.demo.cluster import DemoThread
+from tests.helpers import run_cli, wait_for
+from tests.integration.keeper_fixtures import _keeper, _warm, keeper_on  # noqa: F401  (the fixture below)
+
+pytestmark = pytest.mark.usefixtures("keeper_on")
+
+VOLATILE = frozenset({"id", "generated_at", "expires_at", "created_at", "token", "submitted_at", "started_at",
+                      "ended_at", "pid", "exit_code", "runtime_s", "state", "position"})
+
+
+def _same(doc: Any) -> Any:
+    """A JSON answer without what differs between two runs of the same command (ids, times)."""
+    if isinstance(doc, dict):
+        return {k: _same(v) for k, v in doc.items() if k not in VOLATILE}
+    if isinstance(doc, list):
+        return [_same(v) for v in doc]
+    return doc
+
+
+def _session(config: Path, *flags: str) -> list[Any]:
+    """A reserve, the listing, a job and the release, each answer as JSON."""
+    granted = json.loads(_ok(*flags, "reserve", "--gpus", "2", "--node", "node-01", "--json", config=config))
+    listed = json.loads(_ok(*flags, "reservations", "--json", config=config))
+    submitted = json.loads(_ok(*flags, "submit", "--gpus", "1", "--node", "node-02", "--json", "--", "true",
+                               config=config))
+    jobs = json.loads(_ok(*flags, "jobs", "--json", config=config))
+    released = json.loads(_ok(*flags, "release", granted["id"], "--json", config=config))
+    mine = _ok(*flags, "reservations", "--mine", config=config)
+    assert listed["reservations"][0]["id"] == granted["id"] and submitted["id"] in {j["id"] for j in jobs["jobs"]}
+    return [granted, listed, submitted, released, mine]
+
+
+def _ok(*args: str, config: Path) -> str:
+    result = run_cli(*args, config=config)
+    assert result.returncode == 0, (args, result.stderr)
+    return result.stdout
+
+
+def test_changes_and_listings_answer_the_same_through_the_keeper(demo: DemoThread) -> None:
+    config = demo.config_path
+    direct = _session(config, "--no-keeper")
+    before = _warm(config)["requests"]
+    through = _session(config)
+    assert _same(through) == _same(direct)
+    # Each of the six commands went through the keeper (reserve: capacity, then the grant).
+    assert _keeper(config)["requests"] - before >= 6
+    # …without loading the SSH stack: the keeper holds the connections.
+    traced = run_cli("reservations", "--json", config=config, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert traced.returncode == 0 and "gpuconsole.core.keeper_fleet" in traced.stderr
+    assert "asyncssh" not in traced.stderr
+
+
+def test_a_keeper_killed_during_a_reserve_grants_it_once(demo: DemoThread) -> None:
+    """The node's state lock is held, so the reserve waits inside the keeper's agent; the keeper is
+    killed then, the command goes direct with the same request id, and the lock is let go: whichever
+    agent commits first, the node holds one reservation and the command names it."""
+    config = demo.config_path
+    pid = _warm(config)["pid"]
+    paths = kc.keeper_paths(config)
+    lock_fd = os.open(demo.cluster.nodes["node-01"].state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    command: subprocess.Popen[str] | None = None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        command = subprocess.Popen(
+            [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--gpus", "1", "--node",
+             "node-01", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+        wait_for(lambda: kc.ask(paths, {"op": "keeper.status"}, 5.0)["active"] == 1,
+                 message="the keeper to hold the reserve")
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    assert command is not None
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, err
+    granted = json.loads(out)
+    listed = json.loads(_ok("--no-keeper", "reservations", "--json", config=config))
+    assert [r["id"] for r in listed["reservations"]] == [granted["id"]]
+
+
+def test_what_holds_its_connection_never_goes_through_the_keeper(demo: DemoThread) -> None:
+    config = demo.config_path
+    before = _warm(config)["requests"]
+    full = json.loads(_ok("reserve", "--gpus", "4", "--node", "node-01", "--json", config=config))
+    # A waiting reserve owns its queue ticket: it connects itself (the keeper's count does not move).
+    waiting = run_cli("reserve", "--gpus", "1", "--node", "node-01", "--wait", "--timeout", "1s", config=config)
+    assert waiting.returncode != 0 and _keeper(config)["requests"] == before + 2
+    _ok("release", full["id"], config=config)
+    # Nor does the keeper hand on what would change its own agent or bind a ticket to it.
+    paths = kc.keeper_paths(config)
+    text = config.read_bytes()
+    for node_op, args in (("hello", {"node": "x", "state_dir": "/tmp"}), ("stream", {"interval_s": 1}),
+                          ("reserve", {"gpus": 1, "ttl_s": 60, "wait": True}), ("claim_job", {})):
+        request = kc.exchange_request(config, text, node_op, args, ["node-01"], 5.0, 0)
+        with pytest.raises(kc.KeeperUnavailableError, match="declined"):
+            kc.ask(paths, request, 5.0)
