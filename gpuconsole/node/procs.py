@@ -12,13 +12,19 @@ if TYPE_CHECKING:
 _USER_CACHE: dict[int, str] = {}
 
 
+_BOOT_ID: list[str] = []
+
+
 def boot_id() -> str:
-    """The kernel's boot id; changes on every reboot."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip()
-    except OSError:
-        return "unknown"
+    """The kernel's boot id; changes on every reboot (so never within one process's life: read once,
+    not once per liveness check of every queued job)."""
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as handle:
+                _BOOT_ID.append(handle.read().strip())
+        except OSError:
+            return "unknown"
+    return _BOOT_ID[0]
 
 
 def user_name(uid: int) -> str:

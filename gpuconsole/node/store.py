@@ -153,6 +153,9 @@ class StateStore:
         self._lock_fd: int | None = None
         self.ready = False  # ensure_dir() passed: the dir exists and may hold the state
         self._read_cache: tuple[tuple[int, int, int], Loaded] | None = None
+        # The bytes this process last committed, or last found with no malformed record: the same
+        # bytes again need no records.sanitize() (its per-record checks cost most of a load).
+        self._clean: bytes | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -225,9 +228,22 @@ class StateStore:
 
     def _parse(self, path: str) -> tuple[State, str | None, list[str]]:
         """(state, canonical body or None when records were quarantined, warnings)."""
-        raw, body = decode_file(read_regular(path))
+        data = read_regular(path)
+        raw, body = decode_file(data)
+        if data == self._clean:
+            return _checked_state(raw), body, []
         warnings = records.sanitize(raw)
+        if not warnings:
+            self._clean = data
         return _checked_state(raw), (None if warnings else body), warnings
+
+    def mentions(self, text: str) -> bool:
+        """Whether `text`, JSON-encoded, occurs in state.json's bytes (or the file is unreadable): a
+        cheap test that a request id is in no committed answer, before paying for a full load."""
+        try:
+            return json.dumps(text).encode() in read_regular(self.path)
+        except (OSError, ValueError):
+            return True
 
     def load(self, boot_id: str) -> Loaded:
         """(state, warnings, source). Fresh state only when no copy exists at all."""
@@ -346,6 +362,7 @@ class StateStore:
         except BaseException:
             unlink_quietly(primary_tmp)
             raise
+        self._clean = data
         warnings: list[str] = []
         try:
             mirror_tmp = self._write_temp(data)

@@ -14,7 +14,15 @@ import pytest
 from gpuconsole.node import reservations as rs
 from gpuconsole.node import state as st
 from gpuconsole.node.agent import Agent
-from gpuconsole.node.store import CorruptState, StateStore, filesystem_type, is_network_fs, validate_state
+from gpuconsole.node.store import (
+    CorruptState,
+    StateStore,
+    canonical,
+    encode_file,
+    filesystem_type,
+    is_network_fs,
+    validate_state,
+)
 
 BOOT = "boot-store-test"
 NOW_BT = 1000.0
@@ -62,6 +70,21 @@ def test_commit_then_load_roundtrip(tmp_path: Path) -> None:
     validate_state(loaded)
     with open(store.path, "rb") as primary, open(store.mirror, "rb") as mirror:
         assert primary.read() == mirror.read()
+
+
+def test_a_file_edited_after_our_commit_is_checked_again(tmp_path: Path) -> None:
+    """Bytes this process committed skip the per-record checks on the next load; any other bytes,
+    such as a group member's edit with a fresh checksum, get them (a malformed lease is quarantined)."""
+    store = make_store(tmp_path)
+    committed = transact(store, gpus=2)
+    assert store.load(BOOT)[:2] == (committed, [])
+    edited = read_json(store.path)
+    lease_id = next(iter(edited["leases"]))
+    edited["leases"][lease_id]["gpus"] = "all"
+    with open(store.path, "wb") as handle:  # in place, as a group member with write access could
+        handle.write(encode_file(canonical(edited)))
+    state, warnings, _ = store.load(BOOT)
+    assert lease_id not in state["leases"] and warnings == [f"quarantined leases/{lease_id}: bad gpus"]
 
 
 def test_gen_increments_by_exactly_one_per_commit(tmp_path: Path) -> None:
