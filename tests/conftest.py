@@ -93,6 +93,12 @@ _TEST_USERS_PREFIX = "gcutest"
 def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get(_SESSION_KEY):  # the controller; xdist workers inherit it
         os.environ[_SESSION_KEY] = f"{os.getpid()}-{time.time_ns()}"
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            # The hundreds of `python -m gpuconsole` processes the suite starts would each compile
+            # every module from source (nothing may write .pyc); an installed copy has them.
+            import compileall
+
+            compileall.compile_dir(str(Path(__file__).resolve().parent.parent / "gpuconsole"), quiet=2)
     workers = Path(f"/tmp/gpuconsole-test-{os.environ[_SESSION_KEY]}")
     workers.mkdir(exist_ok=True)
     (workers / str(os.getpid())).touch()  # pytest's own processes are not leftovers
