@@ -28,6 +28,7 @@ from gpuconsole.core.keeper_client import (
     MAX_LINE_BYTES,
     PROTOCOL,
     KeeperPaths,
+    code_mark,
     config_hash,
     keeper_paths,
     peer_uid,
@@ -82,6 +83,7 @@ class Keeper:
         self.marks: list[FileMark] = []
         self._retired: list[Registry] = []
         self._reload_lock = asyncio.Lock()
+        self.code = code_mark()  # the code this keeper runs (read at its start)
 
     @property
     def idle_s(self) -> float:
@@ -114,6 +116,9 @@ class Keeper:
 
     async def answer(self, request: Any) -> dict[str, Any]:
         """One request's answer (always a dict with `ok`)."""
+        if isinstance(request, dict) and request.get("op") == "keeper.stop":
+            self.stop.set()  # any version may stop it: a newer client stops an older keeper
+            return {"ok": True, "pid": os.getpid()}
         if not isinstance(request, dict) or request.get("v") != PROTOCOL:
             return {"ok": False, "error": "bad request"}
         op = request.get("op")
@@ -123,9 +128,9 @@ class Keeper:
                     "active": self.active, "refused": self.refused, "reloads": self.reloads, "idle_s": self.idle_s,
                     "connected": sorted(n.name for n in registry.nodes if registry.connection(n.name))
                     if registry is not None else []}
-        if op == "keeper.stop":
-            self.stop.set()
-            return {"ok": True, "pid": os.getpid()}
+        if request.get("code") != self.code:
+            self.stop.set()  # the code was upgraded under it: the next command starts a new keeper
+            return {"ok": False, "error": "the installed code changed: this keeper stops"}
         if request.get("config") != str(self.config_path):
             return {"ok": False, "error": "not this keeper's config"}
         if op not in ("keeper.exchange", "keeper.exchange_all"):
@@ -258,6 +263,8 @@ async def serve(config_path: Path) -> int:
         finally:
             os.umask(old_umask)
         os.chmod(paths.socket, 0o600)
+        with contextlib.suppress(OSError):  # listening: the next failed start may be retried at once
+            os.unlink(paths.directory / f"{paths.socket.stem}.start")
         # SIGTERM (a logout, `kill`) ends it as `keeper stop` does: socket removed, connections closed.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, keeper.stop.set)
         while not keeper.stop.is_set():

@@ -7,6 +7,7 @@ Every failure here means "no keeper": the caller falls back to direct connection
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,26 @@ class KeeperUnavailableError(Exception):
     def __init__(self, message: str, *, absent: bool = False) -> None:
         super().__init__(message)
         self.absent = absent  # nothing listens: worth starting one
+
+
+START_BACKOFF_S = 30.0  # after a start, another only once this passed without a socket appearing
+
+
+@functools.lru_cache(maxsize=1)
+def code_mark() -> str:
+    """What identifies the installed code (each module's path, size and mtime): a keeper started
+    before an upgrade must not answer for the new code."""
+    digest = hashlib.sha256()
+    pending = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                if entry.is_dir(follow_symlinks=False) and entry.name != "__pycache__":
+                    pending.append(entry.path)
+                elif entry.name.endswith((".py", ".json", ".toml", ".tcss")):
+                    info = entry.stat(follow_symlinks=False)
+                    digest.update(f"{entry.path}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +165,8 @@ def exchange_request(config_path: Path, config_text: bytes, node_op: str, args: 
     every named node once (keeper.exchange_all)."""
     request: dict[str, Any] = {"op": "keeper.exchange_all" if retries is None else "keeper.exchange",
                                "node_op": node_op, "args": args, "nodes": names, "timeout_s": timeout_s,
-                               "config": str(config_path.absolute()), "hash": config_hash(config_text)}
+                               "config": str(config_path.absolute()), "hash": config_hash(config_text),
+                               "code": code_mark()}
     if retries is not None:
         request["retries"] = retries
     return request
@@ -191,6 +214,13 @@ def start(config_path: Path) -> None:
     """Start a keeper for this config in the background (its own session, stdio to /dev/null, its log
     in the runtime dir); a second one started at the same time exits at once (the lock)."""
     paths = keeper_paths(config_path)
+    marker = paths.directory / f"{paths.socket.stem}.start"
+    with contextlib.suppress(OSError):
+        if time.time() - os.lstat(marker).st_mtime < START_BACKOFF_S:
+            return  # one was started moments ago and is not listening: it failed, or is still starting
+    with contextlib.suppress(OSError):
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        os.utime(marker)
     fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     try:
         subprocess.Popen(

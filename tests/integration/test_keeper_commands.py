@@ -18,7 +18,7 @@ import pytest
 from gpuconsole.core import keeper_client as kc
 from gpuconsole.demo.cluster import DemoThread
 from tests.helpers import run_cli, wait_for
-from tests.integration.keeper_fixtures import _keeper, _warm, keeper_on  # noqa: F401  (the fixture below)
+from tests.integration.keeper_fixtures import _alive, _keeper, _warm, keeper_on  # noqa: F401  (the fixture below)
 
 pytestmark = pytest.mark.usefixtures("keeper_on")
 
@@ -112,3 +112,33 @@ def test_what_holds_its_connection_never_goes_through_the_keeper(demo: DemoThrea
         request = kc.exchange_request(config, text, node_op, args, ["node-01"], 5.0, 0)
         with pytest.raises(kc.KeeperUnavailableError, match="declined"):
             kc.ask(paths, request, 5.0)
+
+
+def test_a_keeper_of_other_code_stops_and_the_next_command_replaces_it(demo: DemoThread) -> None:
+    """A keeper started before an upgrade (its code mark differs from the client's) declines, exits,
+    and the next command starts one of the installed code; an older client can still stop it."""
+    config = demo.config_path
+    pid = _warm(config)["pid"]
+    paths = kc.keeper_paths(config)
+    request = kc.exchange_request(config, config.read_bytes(), "snapshot", None, None, 5.0)
+    with pytest.raises(kc.KeeperUnavailableError, match="installed code changed"):
+        kc.ask(paths, {**request, "code": "0" * 16}, 5.0)
+    wait_for(lambda: not _alive(pid), message="the old keeper to exit")
+    assert run_cli("status", "--json", config=config).returncode == 0  # direct, and starts a new one
+    fresh = wait_for(lambda: (s := _keeper(config))["running"] and s, message="a new keeper")
+    assert fresh["pid"] != pid
+    assert kc.ask(paths, {"v": 1, "op": "keeper.stop"}, 5.0)["pid"] == fresh["pid"]
+    wait_for(lambda: not _alive(fresh["pid"]), message="the new keeper to stop")
+
+
+def test_a_start_that_did_not_listen_is_not_retried_by_every_command(demo: DemoThread) -> None:
+    config = demo.config_path
+    paths = kc.keeper_paths(config)
+    marker = paths.directory / f"{paths.socket.stem}.start"
+    marker.touch()  # a start moments ago that never listened (it failed, or is still starting)
+    kc.start(config)
+    assert not paths.log.exists() and not paths.socket.exists()  # nothing spawned
+    os.utime(marker, (0, 0))  # long ago: worth another try, which removes the marker once listening
+    kc.start(config)
+    wait_for(lambda: _keeper(config)["running"], message="the keeper to listen")
+    assert not marker.exists()
