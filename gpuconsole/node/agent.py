@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import arrays, doctor, jobs, procs
+from . import arrays, doctor, jobs, loader, procs
 from . import gpus as gpu_sources
 from . import service as svc
 from . import state as st
@@ -291,7 +291,7 @@ class Agent:
             return self.transaction(op, args)
         raise st.OpError("invalid", "unknown op %r" % (op,))
 
-    def serve(self, stream_in: IO[bytes]) -> None:
+    def serve(self, stream_in: IO[bytes] | loader.PrefixedLines) -> None:
         while True:
             raw = stream_in.readline(MAX_REQUEST_BYTES + 1)
             if not raw:
@@ -374,7 +374,7 @@ def _serve(agent: Agent) -> None:
     for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     try:
-        agent.serve(sys.stdin.buffer)
+        agent.serve(loader.request_lines(sys.stdin.buffer))
     except (BrokenPipeError, KeyboardInterrupt):
         pass
     finally:

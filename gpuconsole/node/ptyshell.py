@@ -2,10 +2,11 @@
 one of the caller's reservations.
 
 The protocol (docs/design.md 2.11): the constant remote command runs BOOTSTRAP, which puts a tty
-stdin in raw mode (no echo, no line limit), prints READY, then loads the agent program from stdin
-exactly as the agent's own bootstrap does; the program calls main() here. The client then sends one
-JSON line, {"hello": {...}, "reservation": ID, "argv": [...] or null}. This process checks on the
-node's own state that the reservation is live and belongs to the calling OS user, takes
+stdin in raw mode (no echo, no line limit), prints READY, then runs the agent's own bootstrap
+(loader.BOOTSTRAP: the program follows on stdin, its length first); the program calls main() here.
+The client then sends one JSON line, {"hello": {...}, "reservation": ID, "argv": [...] or null}.
+This process checks on the node's own state that the reservation is live and belongs to the
+calling OS user, takes
 CUDA_VISIBLE_DEVICES from the node's record, restores the tty, answers {"ok": true} and execs the
 user's login shell (the passwd entry's, argv[0] "-sh" as login(1) does) or the argv (exec'd from
 the list, never through a shell). A refusal is {"ok": false, "error": {"code", "message"}}.
@@ -19,6 +20,7 @@ import os
 import pwd
 import sys
 
+from . import loader
 from . import state as st
 
 TYPE_CHECKING = False
@@ -44,8 +46,7 @@ MAX_LINE_BYTES = 1 << 16
 # neither echoed nor cut at the tty's line limit; the saved mode is restored before the exec.
 BOOTSTRAP = (
     "import os,sys,termios,tty;_gc_tty=termios.tcgetattr(0) if os.isatty(0) else None;"
-    "_gc_tty and tty.setraw(0);os.write(1,b'\\n" + READY.decode() + "\\n');"
-    "r=sys.stdin.buffer;n=int(r.readline());exec(compile(r.read(n),'<gpuconsole-agent>','exec'))"
+    "_gc_tty and tty.setraw(0);os.write(1,b'\\n" + READY.decode() + "\\n');" + loader.BOOTSTRAP
 )
 
 

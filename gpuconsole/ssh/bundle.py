@@ -1,7 +1,9 @@
 """Build the program sent to a node: the stdlib-only node modules packed into one script.
 
-The remote command line is a constant bootstrap that reads a length-prefixed program from stdin;
-everything else (requests, job argv) follows on stdin as JSON lines.
+The remote command line is a constant bootstrap (node/loader.py BOOTSTRAP). The client's first stdin
+line names the program by its sha256; a node that has a verified copy in the user's cache runs it,
+one that has not answers NEED_PROGRAM and is sent the program, length first. Everything else
+(requests, job argv) follows on stdin as JSON lines.
 """
 
 from __future__ import annotations
@@ -60,5 +62,14 @@ def remote_command(python: str) -> str:
 
 
 def agent_preamble() -> bytes:
-    """What the client writes to the remote stdin before its first request."""
+    """The whole program, length first: for a bootstrap that is always sent it (the shell)."""
     return loader.preamble(agent_program().decode("utf-8"))
+
+
+NEED_PROGRAM_LINE = loader.NEED_PROGRAM + b"\n"
+
+
+@lru_cache(maxsize=1)
+def agent_digest_line() -> bytes:
+    """The first line the client writes to a bootstrap that may have the program cached."""
+    return b"sha256:" + hashlib.sha256(agent_program()).hexdigest().encode() + b"\n"

@@ -18,7 +18,7 @@ from gpuconsole.errors import (
     UnreachableError,
 )
 from gpuconsole.model.replies import BadReplyError, check_message, check_snapshot, decode_line, interpret_reply
-from gpuconsole.ssh.bundle import agent_preamble, remote_command
+from gpuconsole.ssh.bundle import NEED_PROGRAM_LINE, agent_digest_line, agent_preamble, remote_command
 from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
 
 __all__ = ["AgentError", "AuthFailedError", "HostKeyError", "NodeConnection", "classify_connect_error"]
@@ -71,6 +71,8 @@ class NodeConnection:
         self.on_snapshot: SnapshotCallback | None = None
         self.closed = asyncio.Event()
         self.failure: BadReplyError | None = None  # why the stream was dropped, when the agent broke protocol
+        self.sent_bytes = 0  # written to the agent's stdin: the program is sent only to a node without it
+        self._program_sent = False
 
     @classmethod
     async def open(
@@ -126,7 +128,9 @@ class NodeConnection:
         except asyncssh.HostKeyNotVerifiable as exc:
             raise refusal(self.name, trust, exc.reason) from None
         self._proc = await self._conn.create_process(remote_command(self.cfg.python), encoding=None)
-        self._proc.stdin.write(agent_preamble())
+        # The program's digest, and hello at once: a node with the program cached answers hello in
+        # one round trip; one without it asks (NEED_PROGRAM_LINE) and keeps hello for the agent.
+        self._write(agent_digest_line())
         self._reader = asyncio.create_task(self._read_loop(), name=f"agent-reader-{self.name}")
         self._stderr_task = asyncio.create_task(self._drain_stderr(), name=f"agent-stderr-{self.name}")
         self.hello = await self.request("hello", self.hello_args(stream_s))
@@ -174,6 +178,10 @@ class NodeConnection:
         assert self._proc is not None
         try:
             while line := await self._proc.stdout.readline():
+                if line == NEED_PROGRAM_LINE and not self._program_sent and not self.hello:
+                    self._program_sent = True  # once: a node cannot make us send it again and again
+                    self._write(agent_preamble())
+                    continue
                 try:
                     message = decode_line(line)
                 except ValueError:
@@ -230,7 +238,7 @@ class NodeConnection:
         self._pending[msg_id] = future
         line = json.dumps({"id": msg_id, "op": op, "args": args or {}}) + "\n"
         try:
-            self._proc.stdin.write(line.encode())
+            self._write(line.encode())
             # asyncio.timeout, not wait_for: on 3.11 wait_for drops a Ctrl-C that lands as the reply
             # arrives, and the command then waits on as if never interrupted.
             async with asyncio.timeout(timeout_s):
@@ -241,6 +249,11 @@ class NodeConnection:
         except (asyncssh.Error, OSError, BrokenPipeError):
             self._pending.pop(msg_id, None)
             raise self._agent_died_error() from None
+
+    def _write(self, data: bytes) -> None:
+        assert self._proc is not None
+        self._proc.stdin.write(data)
+        self.sent_bytes += len(data)
 
     async def close(self) -> None:
         """Stop the agent (stdin EOF) and close the connection."""

@@ -42,10 +42,11 @@ def main() -> None:
 
     def requests() -> None:
         source = sys.stdin.buffer
-        length = source.readline()  # the bootstrap's length-prefixed program
-        to_agent.write(length + source.read(int(length or b"0")))
-        to_agent.flush()
         for raw in iter(source.readline, b""):
+            if raw.strip().isdigit():  # the bootstrap's length-prefixed program (when it asks for it)
+                to_agent.write(raw + source.read(int(raw)))
+                to_agent.flush()
+                continue
             message = _message(raw)
             ops[message.get("id")] = str(message.get("op"))  # before the agent can answer it
             to_agent.write(raw)
