@@ -61,7 +61,7 @@ class JobOps:
 
     def _replayed(self, req_id: object) -> Result | None:
         """The recorded answer of an already committed request (a client's retry), else None."""
-        if not req_id:
+        if not req_id or not self.store.mentions(str(req_id)):
             return None
         try:
             state, _, _ = self.store.load(self.boot_id)
@@ -74,11 +74,34 @@ class JobOps:
         return {"pid": child.pid, "start": procs.start_ticks(child.pid), "boot_id": self.boot_id, "uid": self.uid}
 
     def submit(self, args: Args) -> tuple[Result, Warnings]:
-        """Write the job's spec, start its detached supervisor, then queue the job (one transaction).
+        """Write the job's spec (its supervisor starts when granted, or now without a waiter),
+        then queue the job (one transaction).
 
         A retried submit (same req_id) answers from the first one and starts nothing; a submit
         that fails leaves no supervisor and no job dir behind.
         """
+        argv, cwd = self.command_of(args)
+        replay = self._replayed(args.get("req_id"))
+        if replay is not None:
+            return replay, []
+        warnings = self.prepare("job not submitted")
+        job_id = st.new_id(None, "j")
+        job_dir = self._job_dir(job_id)
+        handle = self.waiter_handle(warnings)
+        try:
+            try:
+                child, ident = self.write_job(job_id, argv, cwd, handle)
+            except OSError as exc:
+                _discard(None, job_dir)
+                raise self.txn.io_error("job not submitted", exc) from None
+            return self._queue(args, argv, job_id, job_dir, child, ident, warnings)
+        finally:
+            if handle is not None:
+                handle.release()
+
+    @staticmethod
+    def command_of(args: Args) -> tuple[list[str], str | None]:
+        """The command (a non-empty list of strings) and the directory a submit runs it in."""
         argv = args.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv) \
                 or not argv[0]:
@@ -86,43 +109,48 @@ class JobOps:
         cwd = args.get("cwd")
         if cwd is not None and (not isinstance(cwd, str) or not os.path.isdir(cwd)):
             cwd = None  # the client's directory may not exist here; run in the job dir instead
-        replay = self._replayed(args.get("req_id"))
-        if replay is not None:
-            return replay, []
+        return argv, cwd
+
+    def prepare(self, what: str) -> list[str]:
+        """Before a submit writes anything: the node's link, the state dir and the shared jobs/ dir;
+        warnings (jobs/ not sticky), or OpError("io") starting with `what`."""
         self.before_submit()  # on a service-mode node its link's hello makes jobs/ where nothing changed yet
         self.txn.ensure_dir()  # a cooperative node's first change creates the state dir
-        job_id = st.new_id(None, "j")
-        job_dir = self._job_dir(job_id)
-        warnings: list[str] = []
-        child = None
         try:
-            warning = private.ensure_jobs_dir(os.path.dirname(job_dir))
-            if warning:
-                warnings.append(warning)
+            warning = private.ensure_jobs_dir(os.path.join(self.store.dir, "jobs"))
         except OSError as exc:
-            raise self.txn.io_error("job not submitted", exc) from None
-        handle = self.waiter_handle(warnings)
+            raise self.txn.io_error(what, exc) from None
+        return [warning] if warning else []
+
+    def write_job(self, job_id: str, argv: list[str], cwd: str | None, handle: waiter.Handle | None,
+                  array: dict[str, Any] | None = None) -> tuple[subprocess.Popen[bytes] | None, dict[str, Any]]:
+        """The job's private dir and spec naming the waiter of `handle`, or, with none, its supervisor
+        started now: (that supervisor or None, the identity the job is queued under). On OSError
+        no supervisor was started and the caller removes the job dir."""
+        job_dir = self._job_dir(job_id)
+        os.mkdir(job_dir, 0o700)
+        dir_fd = private.open_dir(job_dir)
         try:
-            try:
-                os.mkdir(job_dir, 0o700)
-                dir_fd = private.open_dir(job_dir)
-                try:
-                    spec: dict[str, Any] = {"argv": argv, "cwd": cwd}
-                    if handle is not None:
-                        spec["waiter"] = handle.ident
-                    private.write_json(dir_fd, "spec.json", spec)
-                    if handle is None:
-                        child = self._spawn_supervisor(job_id, job_dir, dir_fd)
-                finally:
-                    os.close(dir_fd)
-            except OSError as exc:
-                _discard(child, job_dir)
-                raise self.txn.io_error("job not submitted", exc) from None
-            ident = handle.ident if handle is not None else self._ident(child)  # type: ignore[arg-type]
-            return self._queue(args, argv, job_id, job_dir, child, ident, warnings)
-        finally:
+            spec: dict[str, Any] = {"argv": argv, "cwd": cwd}
+            if array is not None:
+                spec["array"] = array
             if handle is not None:
-                handle.release()
+                spec["waiter"] = handle.ident
+            private.write_json(dir_fd, "spec.json", spec)
+            if handle is not None:
+                return None, handle.ident
+            child = self._spawn_supervisor(job_id, job_dir, dir_fd)
+        finally:
+            os.close(dir_fd)
+        return child, self._ident(child)
+
+    @staticmethod
+    def queue_args(args: Args, argv: list[str]) -> dict[str, Any]:
+        """What the queueing transaction takes from a submit's request (its job or jobs aside)."""
+        return {"gpus": args.get("gpus"), "priority": args.get("priority", "normal"), "name": args.get("name"),
+                "requeue": args.get("requeue"), "preempt": args.get("preempt"),
+                "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
+                "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id")}
 
     def waiter_handle(self, warnings: list[str]) -> waiter.Handle | None:
         """The user's waiter, locked for one submit (None: one supervisor per job, as before, with
@@ -144,12 +172,8 @@ class JobOps:
     def _queue(self, args: Args, argv: list[str], job_id: str, job_dir: str, child: subprocess.Popen[bytes] | None,
                ident: dict[str, Any], warnings: list[str]) -> tuple[Result, Warnings]:
         try:
-            result, more = self.transaction("submit_job", {
-                "job_id": job_id, "gpus": args.get("gpus"), "priority": args.get("priority", "normal"),
-                "name": args.get("name"), "requeue": args.get("requeue"), "supervisor": ident,
-                "preempt": args.get("preempt"), "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
-                "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id"),
-            })
+            result, more = self.transaction("submit_job", dict(self.queue_args(args, argv), job_id=job_id,
+                                                                supervisor=ident))
         except BaseException:
             _discard(child, job_dir)
             raise
