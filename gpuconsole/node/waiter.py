@@ -187,7 +187,13 @@ class Waiter:
 
     def _step(self) -> list[str]:
         """One look at the state: start the granted, reap the started, keep the queue moving."""
-        state, _, _ = self.store.read_cached(self.boot_id)
+        # Supervisors that ended are seen before the state is read: one that claimed, ran and
+        # finished its job after an earlier read would otherwise look like one that died unclaimed.
+        ended = [job_id for job_id, child in self.launched.items() if child.poll() is not None]
+        if ended:
+            state, _, _ = self.store.load(self.boot_id)  # not the cache: its key may miss a change
+        else:
+            state, _, _ = self.store.read_cached(self.boot_id)
         mine = self._mine(state)
         for job_id in mine:
             if job_id in state["leases"] and job_id not in self.launched:
@@ -196,11 +202,10 @@ class Waiter:
                 except OSError as exc:
                     sys.stderr.write("gpuconsole waiter: job %s not started: %s\n" % (job_id, exc))
                     self._lost(job_id)
-        for job_id, child in list(self.launched.items()):
-            if child.poll() is not None:
-                del self.launched[job_id]
-                if job_id in mine:  # its supervisor died before it claimed the grant
-                    self._lost(job_id)
+        for job_id in ended:
+            del self.launched[job_id]
+            if job_id in mine:  # its supervisor died before it claimed the grant
+                self._lost(job_id)
         order = st.queue_order(state, time.clock_gettime(time.CLOCK_BOOTTIME))
         if order and (same(order[0].get("agent"), self.ident) or not procs.is_alive(order[0].get("agent"))):
             now_bt = time.clock_gettime(time.CLOCK_BOOTTIME)

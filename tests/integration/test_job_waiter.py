@@ -19,8 +19,13 @@ QUEUED_JOBS = 200  # issue 14: 200 queued jobs add at most one process per user;
 
 
 def _roles(state_dir: Path) -> dict[str, int]:
-    """This node's gpuconsole background processes of ours: waiters and job supervisors."""
+    """This node's gpuconsole background processes of ours: waiters and job supervisors.
+
+    A waiter's child between fork and exec still shows the waiter's environment: a "waiter" whose
+    parent is a waiter is that supervisor on its way, not a second waiter.
+    """
     found = {"waiter": 0, "supervisor": 0}
+    waiters: dict[int, int] = {}  # pid → parent pid
     want = str(state_dir.resolve())
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -32,12 +37,17 @@ def _roles(state_dir: Path) -> dict[str, int]:
             status = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if status.rsplit(")", 1)[1].split()[0] == "Z":
+        fields = status.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
             continue  # exited, not yet reaped
         env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
         if os.path.realpath(env.get(b"GPUCONSOLE_STATE_DIR", b"").decode()) != want:
             continue
-        found["supervisor" if env.get(b"GPUCONSOLE_JOB_ID") else "waiter"] += 1
+        if env.get(b"GPUCONSOLE_JOB_ID"):
+            found["supervisor"] += 1
+        else:
+            waiters[int(entry)] = int(fields[1])
+    found["waiter"] = sum(1 for parent in waiters.values() if parent not in waiters)
     return found
 
 
