@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import os
 import re
-from collections.abc import Sequence
-from typing import Any, NoReturn
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gpuconsole import __version__
 from gpuconsole.cli import options as o
@@ -30,6 +32,12 @@ class Parser(argparse.ArgumentParser):
         # main() prefixes "gpuconsole: " once; a subcommand names itself after it.
         where = self.prog.removeprefix(PROG).strip()
         raise UsageError(f"{where + ': ' if where else ''}{message}{_suggestion(message)} (see --help)")
+
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[Parser]  # where every command's branch is added
 
 
 def _suggestion(message: str) -> str:
@@ -77,8 +85,9 @@ def _config_parent() -> Parser:
     return parent
 
 
-def build_parser() -> Parser:
-    """The whole command tree of the CLI contract."""
+def build_parser(only: str | None = None) -> Parser:
+    """The whole command tree of the CLI contract (`only`: that command's branch alone, enough to
+    parse a command line that names it; help, completion and errors use the whole tree)."""
     common = _config_parent()
     parser = Parser(
         prog=PROG,
@@ -91,7 +100,13 @@ def build_parser() -> Parser:
     parser.add_argument("--theme", help="TUI theme name")
     parser.add_argument("--readonly", action="store_true", help="TUI without mutating actions")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name, add in COMMAND_PARSERS.items():
+        if only is None or name == only:
+            add(sub, common)
+    return parser
 
+
+def _status_parser(sub: Subparsers, common: Parser) -> None:
     status = sub.add_parser("status", parents=[common], help="fleet snapshot")
     status.add_argument("--node", metavar="NAME", help="only this node (a name from the config)")
     status.add_argument("--json", action="store_true", help="one JSON document (lines with --watch)")
@@ -105,6 +120,8 @@ def build_parser() -> Parser:
     status.add_argument("--user", metavar="USER",
                         help="only nodes and GPUs where USER holds a reservation or runs a process")
 
+
+def _reserve_parser(sub: Subparsers, common: Parser) -> None:
     reserve = sub.add_parser("reserve", parents=[common], help="reserve GPUs on one node")
     reserve.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
     reserve.add_argument("--node", metavar="NAME", help="on this node (default: the first with N free GPUs)")
@@ -121,6 +138,8 @@ def build_parser() -> Parser:
     reserve.add_argument("--export", action="store_true",
                          help='print only the shell exports on stdout: eval "$(gpuconsole reserve --gpus 2 --export)"')
 
+
+def _shell_parser(sub: Subparsers, common: Parser) -> None:
     shell = sub.add_parser("shell", parents=[common],
                            help="an interactive shell on a node's GPUs, like srun --pty: shell [--gpus N] [-- CMD…]")
     shell.add_argument("--gpus", type=positive_int, metavar="N", help="how many GPUs (default 1)")
@@ -133,12 +152,16 @@ def build_parser() -> Parser:
     shell.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]",
                        help="run this command instead of a login shell, and exit with its status")
 
+
+def _release_parser(sub: Subparsers, common: Parser) -> None:
     release = sub.add_parser("release", parents=[common], help="end reservations")
     release.add_argument("ids", nargs="*", metavar="ID", help="reservation ids to release")
     release.add_argument("--mine", action="store_true", help="release all of yours")
     release.add_argument("--token", type=int, help="fencing token the grant returned")
     release.add_argument("--json", action="store_true", help="a JSON list of results")
 
+
+def _renew_parser(sub: Subparsers, common: Parser) -> None:
     renew = sub.add_parser("renew", parents=[common], help="extend a reservation")
     renew.add_argument("id", metavar="ID", help="the reservation to extend")
     renew.add_argument("--for", dest="duration", metavar="DUR",
@@ -146,11 +169,15 @@ def build_parser() -> Parser:
     renew.add_argument("--token", type=int, help="fencing token the grant returned")
     renew.add_argument("--json", action="store_true", help="the renewed grant as one JSON document")
 
+
+def _reservations_parser(sub: Subparsers, common: Parser) -> None:
     listing = sub.add_parser("reservations", parents=[common], help="reservations and queue")
     listing.add_argument("--json", action="store_true", help="one JSON document")
     listing.add_argument("--mine", action="store_true", help="only yours (the owner as `release --mine` decides)")
     listing.add_argument("--user", metavar="USER", help="only USER's")
 
+
+def _submit_parser(sub: Subparsers, common: Parser) -> None:
     submit = sub.add_parser("submit", parents=[common], help="queue a job: submit --gpus N -- CMD [ARG…]")
     submit.add_argument("--gpus", type=positive_int, required=True, metavar="N", help="how many GPUs, all on one node")
     submit.add_argument("--node", metavar="NAME", help="run on this node (default: the scheduler picks)")
@@ -171,12 +198,16 @@ def build_parser() -> Parser:
     submit.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG…]",
                         help="the command to run on the node, after --")
 
+
+def _jobs_parser(sub: Subparsers, common: Parser) -> None:
     jobs = sub.add_parser("jobs", parents=[common], help="jobs on every node")
     jobs.add_argument("--json", action="store_true", help="one JSON document")
     jobs.add_argument("--mine", action="store_true", help="only your jobs (the SSH login on each node)")
     jobs.add_argument("--user", metavar="USER", help="only USER's jobs")
     jobs.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
 
+
+def _logs_parser(sub: Subparsers, common: Parser) -> None:
     logs = sub.add_parser("logs", parents=[common], help="a job's output")
     logs.add_argument("id", metavar="JOB", help="the job id")
     logs.add_argument("--follow", "-f", action="store_true",
@@ -184,15 +215,21 @@ def build_parser() -> Parser:
     logs.add_argument("--tail", "-n", type=non_negative_int, metavar="N",
                       help="only the last N lines of each stream (with --follow: then follow)")
 
+
+def _preempt_parser(sub: Subparsers, common: Parser) -> None:
     preempt = sub.add_parser("preempt", parents=[common], help="preempt a job or revoke a reservation")
     preempt.add_argument("id", metavar="ID", help="a job or reservation id")
     preempt.add_argument("--grace", type=float, metavar="SECONDS",
                          help="a job gets SIGTERM, then SIGKILL after SECONDS (default: its own grace)")
 
+
+def _cancel_parser(sub: Subparsers, common: Parser) -> None:
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel.add_argument("id", metavar="JOB", help="the job id (an array's id a-…: every job of the array)")
     cancel.add_argument("--json", action="store_true", help="the result as one JSON document")
 
+
+def _cloud_parser(sub: Subparsers, common: Parser) -> None:
     cloud = sub.add_parser("cloud", parents=[common], help="EC2 instances: up, ls, down")
     cloud_sub = cloud.add_subparsers(dest="cloud_command", metavar="up|ls|down", parser_class=Parser,
                                      required=True)
@@ -217,6 +254,8 @@ def build_parser() -> Parser:
     down.add_argument("--mine", action="store_true", help="every live instance you launched")
     down.add_argument("--idle", action="store_true", help="every live instance with no reservation or job")
 
+
+def _watch_parser(sub: Subparsers, common: Parser) -> None:
     watch = sub.add_parser("watch", parents=[common], help="idle-GPU alert watcher")
     watch.add_argument("--idle-minutes", type=float, metavar="M", help="idle this long before alerting")
     watch.add_argument("--util-below", type=float, metavar="PCT", help="utilization below this is idle")
@@ -231,9 +270,13 @@ def build_parser() -> Parser:
     watch.add_argument("--once", action="store_true", help="judge once and exit (for cron)")
     watch.add_argument("--json", action="store_true", help="one alert per line as JSON")
 
+
+def _doctor_parser(sub: Subparsers, common: Parser) -> None:
     doctor = sub.add_parser("doctor", parents=[common], help="check config, SSH, python3, driver, state dir")
     doctor.add_argument("--json", action="store_true", help="the checks as one JSON document")
 
+
+def _init_parser(sub: Subparsers, common: Parser) -> None:
     init = sub.add_parser("init", parents=[common], help="write a commented config from ~/.ssh/config's Host entries")
     init.add_argument("--host", dest="hosts", action="append", metavar="NAME",
                       help="include this Host as a node (repeatable; without it a terminal asks)")
@@ -241,6 +284,8 @@ def build_parser() -> Parser:
                       help="every Host entry, and overwrite an existing config, without asking")
     init.add_argument("--force", action="store_true", help="overwrite an existing config without asking")
 
+
+def _node_install_parser(sub: Subparsers, common: Parser) -> None:
     install = sub.add_parser("node-install", parents=[common],
                              help="service mode: the admin's setup steps, or (--print) the service agent file")
     install.add_argument("--print", action="store_true", help="write the service agent program to stdout")
@@ -249,6 +294,8 @@ def build_parser() -> Parser:
     install.add_argument("--service-user", metavar="NAME", help="the service account (default gpuconsole)")
     install.add_argument("--simulate-gpus", type=int, metavar="N", help="simulated GPUs (demos and tests only)")
 
+
+def _demo_parser(sub: Subparsers, common: Parser) -> None:
     demo = sub.add_parser("demo", parents=[common], help="simulated cluster on loopback")
     demo.add_argument("--nodes", type=positive_int, default=4, help="simulated nodes (default 4)")
     demo.add_argument("--gpus", type=positive_int, default=8, help="GPUs per node (default 8)")
@@ -259,14 +306,41 @@ def build_parser() -> Parser:
     demo.add_argument("--dir", metavar="PATH", help="keep keys and state here (default: a temp dir)")
     demo.add_argument("--no-cloud", action="store_true", help="no local EC2 emulator")
 
+
+def _completion_parser(sub: Subparsers, common: Parser) -> None:
     completion = sub.add_parser("completion", parents=[common],
                                 help="print the shell completion script: eval \"$(gpuconsole completion bash)\"")
     completion.add_argument("shell", choices=("bash", "zsh", "fish"), metavar="SHELL", help="bash, zsh or fish")
+
+
+def _keeper_parser(sub: Subparsers, common: Parser) -> None:
     keeper = sub.add_parser("keeper", parents=[common], help="the per-user connection keeper: run, status, stop")
     keeper.add_argument("action", choices=("run", "status", "stop"), metavar="ACTION",
                         help="run (in the foreground), status or stop")
     keeper.add_argument("--json", action="store_true", help="status: one JSON document")
-    return parser
+
+
+COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
+    "status": _status_parser,
+    "reserve": _reserve_parser,
+    "shell": _shell_parser,
+    "release": _release_parser,
+    "renew": _renew_parser,
+    "reservations": _reservations_parser,
+    "submit": _submit_parser,
+    "jobs": _jobs_parser,
+    "logs": _logs_parser,
+    "preempt": _preempt_parser,
+    "cancel": _cancel_parser,
+    "cloud": _cloud_parser,
+    "watch": _watch_parser,
+    "doctor": _doctor_parser,
+    "init": _init_parser,
+    "node-install": _node_install_parser,
+    "demo": _demo_parser,
+    "completion": _completion_parser,
+    "keeper": _keeper_parser,
+}
 
 
 # The typed arguments of each command (gpuconsole.cli.options), by `command` (and `cloud_command`).
@@ -301,7 +375,17 @@ def options(namespace: argparse.Namespace) -> o.Options:
 
 def parse(argv: Sequence[str] | None = None) -> o.Options:
     """Parse a command line into its command's typed arguments (UsageError, exit 2, when it is bad)."""
-    namespace = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Building one command's branch is most of a parse's cost: the first word that names a command
+    # picks it. A word that only looked like one (an option's value) makes that parse fail, and the
+    # whole tree parses again, as it does for help and version.
+    only = next((a for a in args if a in COMMAND_PARSERS), None)
+    namespace: argparse.Namespace | None = None
+    if only is not None and not {"-h", "--help", "--version"} & set(args):
+        with contextlib.suppress(UsageError):
+            namespace = build_parser(only).parse_args(args)
+    if namespace is None:
+        namespace = build_parser().parse_args(args)
     if getattr(namespace, "no_color", False):
         # The no-color.org convention, which rich, Textual and the tools a job runs all read.
         os.environ["NO_COLOR"] = "1"

@@ -11,7 +11,7 @@ import typing
 import pytest
 
 from gpuconsole.cli import options as o
-from gpuconsole.cli.parser import COMMANDS, parse
+from gpuconsole.cli.parser import COMMANDS, build_parser, options, parse
 from gpuconsole.core.keeper_fleet import KeeperFleet
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import UsageError
@@ -106,3 +106,14 @@ def test_no_handler_takes_any(module: str) -> None:
         last = list(hints.values())[-1]
         members = set(typing.get_args(last)) or {last}
         assert members <= typed, f"{handler.__name__}: {last}"
+
+
+@pytest.mark.parametrize("argv", [
+    ["reserve", "--gpus", "2", "--json"], ["--config", "jobs", "reserve", "--gpus", "1"], ["--theme", "status"],
+    ["status", "--json", "--node", "reserve"], ["submit", "--gpus", "1", "--", "jobs", "--json"],
+    ["cloud", "up", "--gpus", "1"], ["jobs", "--no-keeper"], ["--no-color", "keeper", "status"],
+])
+def test_one_commands_branch_parses_as_the_whole_tree(argv: list[str]) -> None:
+    """parse() builds only the branch of the first word naming a command; when that word was
+    something else (an option's value), the whole tree decides, so the answer is always the same."""
+    assert parse(argv) == options(build_parser().parse_args(argv))
