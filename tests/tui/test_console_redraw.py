@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 
 from gpuconsole.model.events import NodeFailed, NodeUpdated
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable
+from gpuconsole.tui.widgets.keyed_table import KeyedTable
 from tests.helpers import until
 from tests.tui.fixture_fleet import FROZEN_NOW_S, frozen_console
 
@@ -22,18 +23,29 @@ Rendered = list[tuple[str | None, str | None, str | None]]  # (table id, row key
 
 @pytest.fixture
 def rendered(monkeypatch: pytest.MonkeyPatch) -> Rendered:
-    """Every cell DataTable renders (header cells have row key None), by table."""
+    """Every cell a KeyedTable renders, not reuses (header cells have row key None): a cell's text is
+    cut to its width once per rendering, whichever way it is rendered."""
     cells: Rendered = []
-    render_cell = DataTable._render_cell
+    rendering: Rendered = []
+    render_cell, truncate = KeyedTable._render_cell, Text.truncate
 
-    def counting(self: DataTable[Any], row_index: int, column_index: int, *args: Any, **kwargs: Any) -> Any:
+    def tracking(self: KeyedTable, row_index: int, column_index: int, *args: Any, **kwargs: Any) -> Any:
         row_key = self._row_locations.get_key(row_index) if row_index >= 0 else None
         column_key = self._column_locations.get_key(column_index) if column_index >= 0 else None
-        row, column = (None if row_key is None else row_key.value), (None if column_key is None else column_key.value)
-        cells.append((self.id, row, column))
-        return render_cell(self, row_index, column_index, *args, **kwargs)
+        rendering.append((self.id, None if row_key is None else row_key.value,
+                          None if column_key is None else column_key.value))
+        try:
+            return render_cell(self, row_index, column_index, *args, **kwargs)
+        finally:
+            rendering.pop()
 
-    monkeypatch.setattr(DataTable, "_render_cell", counting)
+    def counting(self: Text, *args: Any, **kwargs: Any) -> None:
+        if rendering:
+            cells.append(rendering[-1])
+        truncate(self, *args, **kwargs)
+
+    monkeypatch.setattr(KeyedTable, "_render_cell", tracking)
+    monkeypatch.setattr(Text, "truncate", counting)
     return cells
 
 
@@ -80,3 +92,33 @@ async def test_a_node_gone_stale_dims_its_last_data() -> None:
         gpus = app.query_one(GpuTable)
         await until(pilot, lambda: app.selected_node == "dgx-02", "dgx-02 selected")
         assert _style(gpus.get_cell("5", "temp")).dim
+
+
+HOSTILE_CELLS: list[str | Text] = ["", "日本語のテキストはとても長い", "🚀 launch ✓", "e\u0301t\u0301e\u0301", "x" * 80, "a  b   ",
+                 Text("reverse", style="reverse"), Text("dim", style="dim"), Text("cut me off", overflow="ellipsis"),
+                 Text("line\n", end="\n"), Text.assemble(("red", "red"), " and ", ("bold", "bold")),
+                 Text("right", justify="right"), "[b]not markup[/b]"]
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)])
+async def test_cells_render_as_datatable_renders_them(size: tuple[int, int]) -> None:
+    """KeyedTable's own rendering of one-line cells gives DataTable's segments exactly: every cell and
+    header of every table of the console, hostile texts, narrow widths, under and off the cursor."""
+    app = frozen_console(cloud=True)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: "alice · 3h30m left" in app.screen_text(), "the first frame")
+        processes = app.query_one("#processes", KeyedTable)
+        processes.sync({f"h{i}": [cell, str(i), cell, cell, cell] for i, cell in enumerate(HOSTILE_CELLS)})
+        compared = 0
+        for table in app.query(KeyedTable):
+            table._pseudo_class_state = table.get_pseudo_class_state()
+            for row in range(-1, table.row_count):
+                for column, spec in enumerate(table.ordered_columns):
+                    for width in {spec.get_render_width(table), 1, 2, 3, 7, 30}:
+                        for cursor, hover in ((False, False), (True, False), (False, True), (True, True)):
+                            table._clear_caches()
+                            theirs = DataTable._render_cell(table, row, column, table.rich_style, width, cursor, hover)
+                            ours = table._render_cell(row, column, table.rich_style, width, cursor, hover)
+                            assert ours == theirs, (table.id, row, column, width, cursor, hover)
+                            compared += 1
+        assert compared > 2000
