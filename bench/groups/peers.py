@@ -22,9 +22,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers import DemoFleet, DemoProcess
-from harness import Result, bench_env, cli_argv, ms, percentile
+from harness import Check, Result, bench_env, cli_argv, ms, percentile
 from plan import PeerPlan
 
 from gpuconsole.config import load_config
@@ -223,10 +224,28 @@ def warm_keeper(demo: DemoProcess | DemoFleet, nodes: int, config_path: Path | N
         wait_reaped(demo)
 
 
+def _target(label: str, nodes: int, ours: str, peer: str | None) -> dict[str, Any]:
+    """Issue 14's targets for a fan-out row (a wall-time row when `peer` is None, else the ratio of
+    `ours` to that peer); none for other rows."""
+    checks: list[Check] = []
+    if peer is None and label == "fan-out" and ours == WARM and nodes == 64:
+        checks = [Check("median", "<=", 250.0)]
+    elif peer == "pdsh -R ssh" and label == "fan-out" and ours == WARM and nodes == 64:
+        checks = [Check("value", "<=", 0.2)]  # ≥ 5× faster than pdsh
+    elif peer == "pdsh -R ssh" and label == "fan-out" and ours == COLD and nodes == 1:
+        checks = [Check("value", "<=", 1.5)]
+    elif peer in ("pdsh -R ssh", "clush") and label.startswith("RTT 20 ") and ours == COLD and nodes == 64:
+        checks = [Check("value", "<", 1.0)]  # faster than pdsh and clush over a 20 ms link
+    if not checks:
+        return {}
+    return {"checks": checks, "budget": " and ".join(f"{c.stat} {c.op} {c.limit:g}" for c in checks)}
+
+
 def fanout_rows(label: str, nodes: int, series: dict[str, Series], lines: dict[str, list[int]],
                 expected: int, group: str, note: str) -> list[Result]:
     """Wall-time rows, gpuconsole/peer ratios of medians, and each peer's lines received / expected."""
-    rows = [Result(f"{label} {kind}, {nodes} nodes", group, "ms", s.wall_ms, extra=s.extra(), notes=note)
+    rows = [Result(f"{label} {kind}, {nodes} nodes", group, "ms", s.wall_ms, extra=s.extra(), notes=note,
+                   **_target(label, nodes, kind, None))
             for kind, s in series.items() if s.wall_ms]
     for kind, s in series.items():
         if kind.startswith("gpuconsole") or not s.wall_ms:
@@ -235,7 +254,8 @@ def fanout_rows(label: str, nodes: int, series: dict[str, Series], lines: dict[s
             if series.get(ours) and series[ours].wall_ms:
                 rows.append(Result(f"{label} {tag} / {kind}, {nodes} nodes", group, "x",
                                    value=percentile(series[ours].wall_ms, 50) / percentile(s.wall_ms, 50),
-                                   notes="ratio of medians, same run (< 1: gpuconsole is faster)"))
+                                   notes="ratio of medians, same run (< 1: gpuconsole is faster)",
+                                   **_target(label, nodes, ours, kind)))
         got = lines.get(kind, [])
         if got:
             rows.append(Result(f"{label} {kind} lines received / expected, {nodes} nodes", group,

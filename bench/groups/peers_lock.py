@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from drivers import DemoFleet
-from harness import Result, bench_env, cli_argv, ms, percentile
+from harness import Check, Result, bench_env, cli_argv, ms, percentile
 from plan import PeerPlan
 
 from groups.peers import demo_target, keeper_available, run_checked, warm_keeper
@@ -67,12 +67,15 @@ def bench_lock(plan: PeerPlan, work: Path) -> list[Result]:
     for kind, (reserve_ms, release_ms) in samples.items():
         if not reserve_ms:
             continue
-        rows += [Result(f"lock {kind} reserve, fresh process, 1 node", "peers", "ms", reserve_ms),
-                 Result(f"lock {kind} release, fresh process, 1 node", "peers", "ms", release_ms)]
+        # Issue 14: with a warm keeper each of reserve and release p50 ≤ 120 ms, end to end.
+        target = {"budget": "p50 ≤ 120 ms", "checks": [Check("p50", "<=", 120.0)]} if "keeper" in kind else {}
+        rows += [Result(f"lock {kind} reserve, fresh process, 1 node", "peers", "ms", reserve_ms, **target),
+                 Result(f"lock {kind} release, fresh process, 1 node", "peers", "ms", release_ms, **target)]
     floor = percentile(samples["flock over ssh"][0], 50) + percentile(samples["flock over ssh"][1], 50)
     for kind in ("gpuconsole", "gpuconsole (keeper warm)"):
         if samples[kind][0]:
             pair = percentile(samples[kind][0], 50) + percentile(samples[kind][1], 50)
+            cold = {"budget": "≤ 2×", "checks": [Check("value", "<=", 2.0)]} if kind == "gpuconsole" else {}
             rows.append(Result(f"lock {kind} / flock over ssh, reserve + release", "peers", "x",
-                               value=pair / floor, notes="ratio of the medians' sums, same run"))
+                               value=pair / floor, notes="ratio of the medians' sums, same run", **cold))
     return rows
