@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import random
 
 COMMIT_STEPS = ("tmp", "prev", "rename", "mirror", "dirsync")
 
@@ -48,5 +47,7 @@ def commit_step(step: str) -> None:
             probability = float(chance) if chance else 1.0
         except ValueError:
             probability = 1.0
+        import random  # only an injected fault needs it
+
         if random.random() < probability:
             raise OSError(errno.ENOSPC, "No space left on device (injected at %s)" % step)

@@ -5,12 +5,11 @@ Every metric a device cannot report is None, never a string, so callers need no 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import random
 import time
 
 from . import procs
+from .loader import sha256_hex
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -207,12 +206,14 @@ class SimulatedGpus:
     def __init__(self, count: int, node: str, seed: object = 0, identity: str | None = None) -> None:
         self._node = node
         self._count = count
+        import random  # only the simulation needs it: a real node's start does not pay for it
+
         name = node if identity is None else identity
-        digest = int(hashlib.sha256(("%s/%s" % (name, seed)).encode()).hexdigest(), 16)
+        digest = int(sha256_hex(("%s/%s" % (name, seed)).encode()), 16)
         self._model = SIM_MODELS[digest % len(SIM_MODELS)]
         self._uuids: list[str] = []
         for index in range(count):
-            h = hashlib.sha256(("%s/%d/%s" % (name, index, seed)).encode()).hexdigest()
+            h = sha256_hex(("%s/%d/%s" % (name, index, seed)).encode())
             self._uuids.append("GPU-%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:32]))
         self._rng = random.Random(digest)
         self._env_cache: dict[int, tuple[int, tuple[int, ...]]] = {}  # pid -> (start ticks, GPU indices)

@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import re
-import subprocess
 import sys
 import threading
 
@@ -24,6 +23,7 @@ from . import state as st
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import IO, Any, Mapping
 
     from .state import Ctx
@@ -156,6 +156,8 @@ class ServiceLink:
     def start(self, hello_args: Args) -> Result:
         """Spawn the service agent and say hello; OpError("io") naming the cause when it is not set up."""
         try:
+            import subprocess  # only a service node's forwarder needs it: not every agent's start
+
             self.proc = subprocess.Popen(command(self.user, self.agent_path), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/",
                                          close_fds=True)

@@ -9,7 +9,6 @@ seconds, kept only for display and for the reboot rule.
 
 from __future__ import annotations
 
-import random
 import time
 
 TYPE_CHECKING = False
@@ -95,6 +94,8 @@ def iso_utc(wall_s: float) -> str:
 
 def new_id(state: State | None, prefix: str = "r") -> str:
     """A short id that is unused on this node (random, so ids are unique across the fleet)."""
+    import random  # not imported at start: a snapshot never needs it
+
     rng = random.SystemRandom()
     while True:
         candidate = prefix + "-" + "".join(rng.choice(ID_ALPHABET) for _ in range(6))

@@ -9,7 +9,6 @@ state.json (checksum first, then the canonical body) is defined here and nowhere
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import stat
@@ -30,6 +29,7 @@ from .fileio import (
     unlink_quietly,
     write_temp,
 )
+from .loader import sha256_hex
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def canonical(state: State | dict[str, Any]) -> str:
 
 
 def checksum(state: State | dict[str, Any]) -> str:
-    return "sha256:" + hashlib.sha256(canonical(state).encode()).hexdigest()
+    return "sha256:" + sha256_hex(canonical(state).encode())
 
 
 def encode_file(body: str) -> bytes:
@@ -71,7 +71,7 @@ def encode_file(body: str) -> bytes:
     still one plain JSON object whose `checksum` equals checksum(parsed).
     """
     raw = body.encode()
-    digest = hashlib.sha256(raw).hexdigest().encode()
+    digest = sha256_hex(raw).encode()
     return CHECKSUM_PREFIX + digest + b'",' + raw[1:] if len(raw) > 2 else CHECKSUM_PREFIX + digest + b'"}'
 
 
@@ -83,7 +83,7 @@ def decode_file(raw: bytes) -> tuple[dict[str, Any], str]:
     if raw.startswith(CHECKSUM_PREFIX) and len(raw) > _HEADER_LEN:
         digest = raw[len(CHECKSUM_PREFIX):len(CHECKSUM_PREFIX) + 64].decode("ascii", "replace")
         body = b"{" + raw[_HEADER_LEN:]
-        if hashlib.sha256(body).hexdigest() != digest:
+        if sha256_hex(body) != digest:
             raise ValueError("checksum mismatch")
         state = json.loads(body.decode("utf-8"))
         state["checksum"] = "sha256:" + digest
