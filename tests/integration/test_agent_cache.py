@@ -21,6 +21,7 @@ from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.node import loader
 from gpuconsole.ssh import bundle
 from gpuconsole.ssh.connection import NodeConnection
+from tests.helpers import hostile_command
 
 NODE_PYTHON = os.environ.get("GPUCONSOLE_TEST_NODE_PYTHON") or sys.executable
 
@@ -127,6 +128,19 @@ async def test_a_cache_dir_that_is_a_link_is_refused(demo: DemoThread, tmp_path:
         assert sent > len(bundle.agent_program())
     assert not marker.exists()
     assert sorted(os.listdir(elsewhere)) == before
+
+
+async def test_a_node_that_keeps_asking_gets_the_program_once(tmp_path: Path) -> None:
+    """The program goes out at most once per connection, and only before hello's answer."""
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=1,
+                    command_overrides={"node-01": hostile_command("need-again")}) as demo:
+        conn = await NodeConnection.open(load_config(str(demo.config_path)).node("node-01"))
+        try:
+            await conn.request("capacity")  # after hello the node asked once more: no answer to that
+            sent = conn.sent_bytes
+        finally:
+            await conn.close()
+    assert len(bundle.agent_program()) < sent < 2 * len(bundle.agent_program())
 
 
 def test_the_command_line_stays_one_csh_safe_line() -> None:
