@@ -36,14 +36,16 @@ class Plan:
     jobs_backlog_n: int
     jobs_submit_cap_s: float
     jobs_latency_trials: int
+    jobs_queue_n: int  # jobs queued (by arrays) behind held GPUs: issue 14's 1,000
+    jobs_queue_singles: int  # single submits on one warm connection behind that queue
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
         if quick:
             return cls(True, (1, 4), 2, 1, 25, 25, 3, 5, 4, 20, 3.0, 30, 10, 5, 30, 5,
-                       (1, 8), 10, 8, 5.0, 10, 1, 20, 10, 10.0, 5)
+                       (1, 8), 10, 8, 5.0, 10, 1, 20, 10, 10.0, 5, 200, 50)
         return cls(False, (1, 8, 32, 64), 7, 3, 300, 300, 10, 20, 16, 200, 10.0, 500, 100, 20,
-                   300, 20, (1, 8, 32, 64), 20, 64, 30.0, 40, 5, 500, 100, 60.0, 30)
+                   300, 20, (1, 8, 32, 64), 20, 64, 30.0, 40, 5, 500, 100, 60.0, 30, 1000, 200)
 
 
 @dataclass(frozen=True)

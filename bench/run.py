@@ -25,6 +25,7 @@ from groups import (
     contention,
     jobs,
     jobs_latency,
+    jobs_queue,
     lab,
     latency,
     peers,
@@ -148,6 +149,7 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
                 guarded("jobs/throughput",
                         lambda: jobs.bench_jobs_throughput(plan, work, config_path))
                 guarded("jobs/latency", lambda: jobs_latency.bench_jobs_latency(plan, work, config_path))
+                guarded("jobs/queue", lambda: jobs_queue.bench_jobs_queue(plan, work, config_path))
             return []
         guarded("jobs", jobs_group)
     cloud_plan = CloudPlan.make(plan.quick)

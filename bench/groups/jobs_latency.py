@@ -18,7 +18,7 @@ from gpuconsole.core.fleet import Fleet
 from groups.jobs import JOB_STEP_TIMEOUT_S, JOB_TERMINAL, JOBS_GPUS, Gates, job_state, submit_until
 
 STAMP_ARGV = ("date", "+%s.%N")  # GNU date: wall clock in ns as the job's first action, ~1 ms
-JOBS_LATENCY_BUDGET = "p99 ≤ 1 s"
+JOBS_LATENCY_BUDGET = "p50 ≤ 300 ms, p99 ≤ 1 s"  # issue 14: GPU free → next job start p50 ≤ 300 ms
 
 
 async def _latency_trials(config: Config, trials: int, gate_dir: Path) -> dict[str, Any]:
@@ -112,8 +112,9 @@ def bench_jobs_latency(plan: Plan, work: Path, config_path: Path) -> list[Result
     return [Result(
         f"jobs GPU free → queued job start (gate release → job's first action), "
         f"1 node x {JOBS_GPUS} GPUs", "jobs", "ms", data["samples_ms"],
-        budget=JOBS_LATENCY_BUDGET, checks=[Check("p99", "<=", 1000.0)],
-        notes=f"8 `cat FIFO` jobs hold the GPUs; supervisor poll {POLL_S:g} s is the floor; "
+        budget=JOBS_LATENCY_BUDGET, checks=[Check("p50", "<=", 300.0), Check("p99", "<=", 1000.0)],
+        notes=f"8 `cat FIFO` jobs hold the GPUs; the queued job's waiter wakes on the state change "
+              f"(inotify) and starts its supervisor (poll {POLL_S:g} s only without a waiter); "
               f"stamp `{shlex.join(STAMP_ARGV)}` spawn floor {floor_ms:.1f} ms",
         extra={**phases, "supervisor_poll_s": POLL_S, "stamp_spawn_floor_ms": floor_ms,
                **{k: v for k, v in data.items() if k not in ("samples_ms", "phases")}})]
