@@ -150,6 +150,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
         self.set_interval(JUDGE_INTERVAL_S, self.judge_alerts)
         self.judge_alerts()
         self.render_fleet()
+        self.query_one(NodeTable).on_key_move = self.show_node
         self.query_one(NodeTable).focus()
         if self._poll_enabled:
             self.poll_fleet()
@@ -245,10 +246,15 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
 
     @on(NodeTable.RowHighlighted, "#nodes")
     def _select_node(self, event: NodeTable.RowHighlighted) -> None:
+        # Only the row under the cursor now: a key already showed its node (NodeTable.on_key_move).
+        if event.row_key.value is not None and event.row_key.value == self.query_one(NodeTable).selected_key:
+            self.show_node(event.row_key.value)
+
+    def show_node(self, name: str) -> None:
         """A new node under the cursor: repaint only its GPU and process panels, now."""
-        if event.row_key.value is None or event.row_key.value == self.selected_node:
+        if name == self.selected_node:
             return
-        self.selected_node = str(event.row_key.value)
+        self.selected_node = name
         view = self.fleet.nodes.get(self.selected_node)
         with self.batch_update():
             gpus = self.query_one(GpuTable)

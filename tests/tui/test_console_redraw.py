@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from rich.style import Style
 from rich.text import Text
+from textual.screen import Screen
 from textual.widgets import DataTable
 
 from gpuconsole.model.events import NodeFailed, NodeUpdated
@@ -94,7 +95,8 @@ async def test_a_node_gone_stale_dims_its_last_data() -> None:
         assert _style(gpus.get_cell("5", "temp")).dim
 
 
-HOSTILE_CELLS: list[str | Text] = ["", "日本語のテキストはとても長い", "🚀 launch ✓", "e\u0301t\u0301e\u0301", "x" * 80, "a  b   ",
+HOSTILE_CELLS: list[str | Text] = [
+                 "", "日本語のテキストはとても長い", "🚀 launch ✓", "e\u0301t\u0301e\u0301", "x" * 80, "a  b   ",
                  Text("reverse", style="reverse"), Text("dim", style="dim"), Text("cut me off", overflow="ellipsis"),
                  Text("line\n", end="\n"), Text.assemble(("red", "red"), " and ", ("bold", "bold")),
                  Text("right", justify="right"), "[b]not markup[/b]"]
@@ -122,3 +124,29 @@ async def test_cells_render_as_datatable_renders_them(size: tuple[int, int]) -> 
                             assert ours == theirs, (table.id, row, column, width, cursor, hover)
                             compared += 1
         assert compared > 2000
+
+
+async def test_a_key_moves_the_cursor_and_the_gpu_panel_in_one_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Down: the frame that shows the cursor on the next node also shows that node's GPUs (the
+    panel used to follow a frame later, when the RowHighlighted message got its turn)."""
+    frames: list[set[str | None]] = []
+    on_timer_update = Screen._on_timer_update
+
+    def recording(self: Screen[Any]) -> None:
+        if self._dirty_widgets:
+            frames.append({widget.id for widget in self._dirty_widgets})
+        on_timer_update(self)
+
+    monkeypatch.setattr(Screen, "_on_timer_update", recording)
+    app = frozen_console()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: "alice · 3h30m left" in app.screen_text(), "the first frame")
+        for key, node in (("down", "dgx-02"), ("down", "dgx-03"), ("up", "dgx-02")):
+            frames.clear()
+            await pilot.press(key)
+            def shown(name: str = node) -> bool:
+                return app.selected_node == name and any("nodes" in frame for frame in frames)
+
+            await until(pilot, shown, f"{node} under the cursor")
+            first = next(f for f in frames if "nodes" in f)
+            assert "gpus" in first, frames

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.text import Text
@@ -44,6 +44,23 @@ class NodeTable(KeyedTable):
         # each repaint, polled at 1 Hz and repainted at 2 Hz) keeps its row, which `sync` skips.
         self._made: dict[str, tuple[tuple[object, ...], list[Cell]]] = {}
         self._made_styles: dict[str, str] = {}
+        # Called with the node under the cursor after an up/down key, before the frame that shows the
+        # cursor moved: the GPU panel follows in that frame, not in the next (RowHighlighted is a
+        # message, handled after the frame began).
+        self.on_key_move: Callable[[str], None] | None = None
+
+    def action_cursor_down(self) -> None:
+        super().action_cursor_down()
+        self._key_moved()
+
+    def action_cursor_up(self) -> None:
+        super().action_cursor_up()
+        self._key_moved()
+
+    def _key_moved(self) -> None:
+        key = self.selected_key
+        if key is not None and self.on_key_move is not None:
+            self.on_key_move(key)
 
     def show(self, views: Sequence[NodeView], now_s: float, styles: dict[str, str]) -> None:
         """Exactly ``views``, in their order (the app filters and sorts them: tui/filtering.py)."""
