@@ -30,8 +30,10 @@ MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "p
 # The bootstrap run by the constant command line (`python -S -c BOOTSTRAP`). Its first stdin line
 # is either the program's length (the program follows: job supervisors, the shell) or
 # `sha256:<hex digest of the program>`: then the program is taken from the user's private cache
-# when a copy there has that digest, and otherwise asked for with NEED_PROGRAM (what the client
-# sent before the program, its first request lines, is kept for the agent in _gc_early). Cached
+# when a copy there has that digest, and otherwise asked for with NEED_PROGRAM, followed by
+# " zlib" when the node can inflate (then the program comes deflated, `z<length>`: a quarter of
+# the bytes). What the client sent before the program, its first request lines, is kept for the
+# agent in _gc_early. Cached
 # files are read only from a dir and as a file the user owns that no one else can write, opened
 # without following links; a copy is run only when its bytes hash to the digest.
 # Kept free of "!" (csh history) and of newlines in the command line (exec of a one-line repr).
@@ -115,12 +117,19 @@ if _gc_head.startswith(b"sha256:"):
     _gc_name = "agent-%s.py" % _gc_digest
     _gc_prog = _gc_load(_gc_name)
     if _gc_prog is None or not _gc_sha256(_gc_prog).hexdigest() == _gc_digest:
-        os.write(1, b"\\nNEED_PROGRAM\\n")
+        try:
+            import zlib
+            os.write(1, b"\\nNEED_PROGRAM zlib\\n")
+        except ImportError:
+            os.write(1, b"\\nNEED_PROGRAM\\n")
         _gc_line = _gc_in.readline()
         while _gc_line.startswith(b"{"):
             _gc_early += _gc_line
             _gc_line = _gc_in.readline()
-        _gc_prog = _gc_in.read(int(_gc_line))
+        if _gc_line.startswith(b"z"):
+            _gc_prog = zlib.decompress(_gc_in.read(int(_gc_line[1:])))
+        else:
+            _gc_prog = _gc_in.read(int(_gc_line))
         if _gc_sha256(_gc_prog).hexdigest() == _gc_digest:
             _gc_store(_gc_name, _gc_prog)
 else:

@@ -18,7 +18,14 @@ from gpuconsole.errors import (
     UnreachableError,
 )
 from gpuconsole.model.replies import BadReplyError, check_message, check_snapshot, decode_line, interpret_reply
-from gpuconsole.ssh.bundle import NEED_PROGRAM_LINE, agent_digest_line, agent_preamble, remote_command
+from gpuconsole.ssh.bundle import (
+    NEED_PROGRAM_LINE,
+    NEED_PROGRAM_ZLIB_LINE,
+    agent_digest_line,
+    agent_preamble,
+    agent_program_deflated,
+    remote_command,
+)
 from gpuconsole.ssh.hostkeys import HostKeyError, TrustSet, refusal, trust_set, witness_factory
 
 __all__ = ["AgentError", "AuthFailedError", "HostKeyError", "NodeConnection", "classify_connect_error"]
@@ -178,9 +185,9 @@ class NodeConnection:
         assert self._proc is not None
         try:
             while line := await self._proc.stdout.readline():
-                if line == NEED_PROGRAM_LINE and not self._program_sent and not self.hello:
+                if line in (NEED_PROGRAM_LINE, NEED_PROGRAM_ZLIB_LINE) and not self._program_sent and not self.hello:
                     self._program_sent = True  # once: a node cannot make us send it again and again
-                    self._write(agent_preamble())
+                    self._write(agent_program_deflated() if line == NEED_PROGRAM_ZLIB_LINE else agent_preamble())
                     continue
                 try:
                     message = decode_line(line)

@@ -43,8 +43,8 @@ def main() -> None:
     def requests() -> None:
         source = sys.stdin.buffer
         for raw in iter(source.readline, b""):
-            if raw.strip().isdigit():  # the bootstrap's length-prefixed program (when it asks for it)
-                to_agent.write(raw + source.read(int(raw)))
+            if raw.strip().lstrip(b"z").isdigit():  # the length-prefixed program, deflated or not (when asked)
+                to_agent.write(raw + source.read(int(raw.lstrip(b"z"))))
                 to_agent.flush()
                 continue
             message = _message(raw)

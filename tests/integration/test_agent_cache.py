@@ -64,7 +64,7 @@ async def test_second_connection_does_not_send_the_program(demo: DemoThread) -> 
     """The first start stores the program (0600 in a 0700 dir); the second sends its digest and hello only."""
     first_bytes, hello = await _connect(demo)
     again_bytes, again = await _connect(demo)
-    assert first_bytes > len(bundle.agent_program()) > 50_000
+    assert len(bundle.agent_program()) > first_bytes > len(bundle.agent_program_deflated()) > 20_000  # sent deflated
     assert again_bytes < 2_000, again_bytes
     assert again["agent_digest"] == hello["agent_digest"]
     program = _program_file()
@@ -81,7 +81,7 @@ async def test_a_cached_copy_that_does_not_hash_to_the_digest_is_never_run(demo:
     sent, hello = await _connect(demo)
     assert hello["state_dir_error"] is None
     assert not marker.exists()
-    assert sent > len(bundle.agent_program())  # asked for the program, and stored it again
+    assert sent > len(bundle.agent_program_deflated())  # asked for the program, and stored it again
     assert program.read_bytes() == bundle.agent_program()
 
 
@@ -97,7 +97,7 @@ async def test_files_others_can_write_are_neither_run_nor_loaded(demo: DemoThrea
     sent, hello = await _connect(demo)
     assert hello["state_dir_error"] is None
     assert not marker.exists()
-    assert sent > len(bundle.agent_program())
+    assert sent > len(bundle.agent_program_deflated())
     assert stat.S_IMODE(program.stat().st_mode) == 0o600  # stored again, private
 
 
@@ -107,7 +107,7 @@ async def test_a_copy_owned_by_another_user_is_not_run(demo: DemoThread) -> None
     program = _program_file()
     os.chown(program, 65534, 65534)
     sent, _ = await _connect(demo)
-    assert sent > len(bundle.agent_program())
+    assert sent > len(bundle.agent_program_deflated())
     assert program.stat().st_uid == os.geteuid()
 
 
@@ -125,7 +125,7 @@ async def test_a_cache_dir_that_is_a_link_is_refused(demo: DemoThread, tmp_path:
     for _ in range(2):
         sent, hello = await _connect(demo)
         assert hello["state_dir_error"] is None
-        assert sent > len(bundle.agent_program())
+        assert sent > len(bundle.agent_program_deflated())
     assert not marker.exists()
     assert sorted(os.listdir(elsewhere)) == before
 
