@@ -238,7 +238,7 @@ def _tmux_load(tmux: Tmux, session: str, names: list[str], launched: float,
             "tmux_server_cpu_pct": server_pct, "key_ms": key_ms}
 
 
-TUI_CPU_BUDGET, TUI_KEY_BUDGET, TUI_PAINT_BUDGET = "≤ 15% of one core", "p95 ≤ 50 ms", "≤ 1000 ms"
+TUI_CPU_BUDGET, TUI_KEY_BUDGET, TUI_PAINT_BUDGET = "≤ 10% of one core", "p95 ≤ 50 ms", "≤ 1000 ms"
 
 
 @contextlib.contextmanager
@@ -259,7 +259,7 @@ def bench_tui_headless(plan: Plan, work: Path, config_path: Path) -> list[Result
               for _ in range(plan.first_paint_runs + 1)][1:]  # run 0 is a warm-up
     return [
         Result(f"tui CPU, headless (run_test), {label}, {plan.tui_cpu_s:g} s", "tui", "% core",
-               value=pilot["cpu_pct"], budget=TUI_CPU_BUDGET, checks=[Check("value", "<=", 15.0)],
+               value=pilot["cpu_pct"], budget=TUI_CPU_BUDGET, checks=[Check("value", "<=", 10.0)],
                notes=f"{pilot['poll_events_in_window']} poll events in the window; headless "
                      "renders frames but does not write them",
                extra={k: pilot[k] for k in ("cpu_s", "wall_s", "poll_events_in_window",
@@ -294,7 +294,7 @@ def bench_tui_terminal(plan: Plan, config_path: Path) -> list[Result]:
     return [
         Result(f"tui CPU, real terminal (tmux 120x40), {label}, {plan.tui_cpu_s:g} s", "tui",
                "% core", value=terminal["cpu_pct"], budget=TUI_CPU_BUDGET,
-               checks=[Check("value", "<=", 15.0)],
+               checks=[Check("value", "<=", 10.0)],
                notes=f"/proc schedstat of the app; /proc stat ticks say "
                      f"{terminal['cpu_pct_ticks']:.2f}%; tmux server (not counted) "
                      f"{terminal['tmux_server_cpu_pct'] or math.nan:.2f}%",
