@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import gpuconsole.ssh.connection as connection
+import gpuconsole.model.replies as replies
 from gpuconsole.config import load_config
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.jobs import list_jobs
@@ -86,7 +86,7 @@ def test_the_model_round_trips_every_agent_view(demo: DemoThread, monkeypatch: p
     waiter = _busy_cluster(config)
     try:
         raw: dict[tuple[str, str], Any] = {}
-        check = connection.check_reply
+        check = replies.check_reply  # every reply line is checked here, whichever way it came
 
         def keep_raw(node: str, op: str, reply: Any) -> Any:
             # A copy, as the agent said it; the first per node and op (the one each view was built
@@ -94,7 +94,7 @@ def test_the_model_round_trips_every_agent_view(demo: DemoThread, monkeypatch: p
             raw.setdefault((node, op), json.loads(json.dumps(reply)))
             return check(node, op, reply)
 
-        monkeypatch.setattr(connection, "check_reply", keep_raw)
+        monkeypatch.setattr(replies, "check_reply", keep_raw)
         views = _views(config, raw)
     finally:
         waiter.send_signal(signal.SIGTERM)  # the waiter withdraws its ticket
