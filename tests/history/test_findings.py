@@ -85,7 +85,9 @@ def test_a_wait_granted_while_unreachable_does_not_claim_a_timeout(tmp_path: Pat
                     command_overrides={"node-01": lossy(f"granted:{down}")}) as demo:
         held = cli_json("reserve", "--gpus", "1", "--for", "10m", config=demo.config_path)
         waiter = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(demo.config_path), "reserve",
-                                   "--gpus", "1", "--wait", "--timeout", "2", "--json"],
+                                   # Long enough for the two CLI calls below on a loaded machine: a
+                                   # wait that timed out before the release is no reproduction.
+                                   "--gpus", "1", "--wait", "--timeout", "8", "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             wait_for(lambda: cli_json("reservations", config=demo.config_path)["queue"], message="queued")
