@@ -48,7 +48,8 @@ def summarize(values: list[float]) -> dict[str, float]:
     }
 
 
-OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b}
+OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, "==": lambda a, b: a == b,
+       "<": lambda a, b: a < b, ">": lambda a, b: a > b}
 
 
 @dataclass
