@@ -149,6 +149,9 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
                 guarded("jobs/throughput",
                         lambda: jobs.bench_jobs_throughput(plan, work, config_path))
                 guarded("jobs/latency", lambda: jobs_latency.bench_jobs_latency(plan, work, config_path))
+            # A node of its own: the latency step leaves gate jobs holding GPUs, and the queue step
+            # must hold all eight itself.
+            with jobs.jobs_demo(work / "queue") as config_path:
                 guarded("jobs/queue", lambda: jobs_queue.bench_jobs_queue(plan, work, config_path))
             return []
         guarded("jobs", jobs_group)
