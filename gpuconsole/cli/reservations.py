@@ -15,9 +15,7 @@ from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, Res
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.tables import Alt, Cell, Column, fit_table
 from gpuconsole.config import Config
-from gpuconsole.core import burst as core_burst
 from gpuconsole.core import reservations as core
-from gpuconsole.core.burst import BurstPlan
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.format import NA, ago_h, epoch_s, left_h, until_h
@@ -29,6 +27,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from gpuconsole.cli.keeper import Members
+    from gpuconsole.core.burst import BurstPlan
 
 
 def _ttl_s(config: Config, args: ReserveArgs | RenewArgs) -> float:
@@ -135,7 +134,12 @@ async def _reserve(members: Members, request: core.ReserveRequest, burst: bool =
     async with open_fleet(members) as fleet:
         try:
             plan = burst_plan(members.config, yes) if burst else None
-            result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
+            if plan is None:  # core.burst (its cloud and job journal) is loaded only to burst
+                result: Grant | None = await core.reserve(fleet, request, on_progress=progress, on_notice=notice)
+            else:
+                from gpuconsole.core import burst as core_burst
+
+                result = await core_burst.reserve(fleet, request, plan, on_progress=progress, on_notice=notice)
             assert result is not None  # the CLI's confirm raises rather than say no
             return result
         except asyncio.CancelledError:
@@ -154,6 +158,7 @@ def burst_plan(config: Config, yes: bool = False) -> BurstPlan:
     from gpuconsole.cli.cloud import burst_confirm, burst_started, cloud_progress
     from gpuconsole.cloud.burst import ec2_offers
     from gpuconsole.cloud.monitor import CloudMonitor
+    from gpuconsole.core.burst import BurstPlan
 
     return BurstPlan(ec2_offers(CloudMonitor(config)), burst_confirm(yes), cloud_progress, burst_started(config))
 

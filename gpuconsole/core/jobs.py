@@ -6,12 +6,11 @@ import asyncio
 import dataclasses
 import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gpuconsole.core.nodeapi import NodeRequests
+from gpuconsole.core.nodeapi import NodeRequests, new_req_id
 from gpuconsole.core.placement import Capacity
 from gpuconsole.core.reservations import capacities, is_mine
 from gpuconsole.errors import GpuConsoleError, NoCapacityError, NotFoundError, UsageError
@@ -93,7 +92,7 @@ def _job_args(request: SubmitRequest) -> dict[str, Any]:
         "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
         "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
         **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
-        "req_id": uuid.uuid4().hex,
+        "req_id": new_req_id(),
     }
 
 
@@ -170,7 +169,7 @@ async def cancel(fleet: NodeRequests, job_id: str) -> Job:
     """Queued: withdrawn. Running: SIGTERM to its process group, SIGKILL after the grace. The job
     as the node left it (`already_ended` when there was nothing to cancel)."""
     job = await find_job(fleet, job_id)
-    result = await fleet.request(job.node, "cancel", {"id": job_id, "req_id": uuid.uuid4().hex})
+    result = await fleet.request(job.node, "cancel", {"id": job_id, "req_id": new_req_id()})
     return Job.from_agent(job.node, result)
 
 
@@ -182,7 +181,7 @@ async def cancel_array(fleet: NodeRequests, array_id: str) -> list[Job]:
     if not members:
         unreachable = f" (unreachable: {', '.join(sorted(errors))})" if errors else ""
         raise NotFoundError(f"no job array {array_id!r} on any reachable node{unreachable}")
-    results = await asyncio.gather(*(fleet.request(job.node, "cancel", {"id": job.id, "req_id": uuid.uuid4().hex})
+    results = await asyncio.gather(*(fleet.request(job.node, "cancel", {"id": job.id, "req_id": new_req_id()})
                                      for job in members))
     return [Job.from_agent(job.node, result) for job, result in zip(members, results, strict=True)]
 
@@ -195,7 +194,7 @@ async def preempt(fleet: NodeRequests, target_id: str, grace_s: float | None = N
         from gpuconsole.core.reservations import find_node
 
         node = await find_node(fleet, target_id)
-    args: dict[str, Any] = {"id": target_id, "req_id": uuid.uuid4().hex}
+    args: dict[str, Any] = {"id": target_id, "req_id": new_req_id()}
     if grace_s is not None:
         args["grace_s"] = grace_s
     result = await fleet.request(node, "preempt", args)

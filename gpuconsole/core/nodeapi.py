@@ -4,6 +4,7 @@ provide it, so reserve, release, submit and the rest run the same code either wa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -35,3 +36,9 @@ class NodeRequests(Protocol):
     async def drop(self, name: str) -> None: ...
 
     def join(self, nodes: Iterable[NodeConfig]) -> list[NodeConfig]: ...
+
+
+def new_req_id() -> str:
+    """A fresh request id: a change's retries carry the same one, so the node replays a change it
+    already committed instead of making it twice (128 random bits, as uuid4 without its import)."""
+    return os.urandom(16).hex()

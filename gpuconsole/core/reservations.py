@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gpuconsole.core.nodeapi import NodeRequests
+from gpuconsole.core.nodeapi import NodeRequests, new_req_id
 from gpuconsole.core.placement import Capacity, best_fit, queue_choice
 from gpuconsole.core.waiting import NoticeCallback, ProgressCallback, wait_for_grant
 from gpuconsole.errors import (
@@ -36,9 +35,6 @@ class ReserveRequest:
     priority: str = "normal"
     preemptible: bool = False
 
-
-def _req_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _raise_if_all_failed(results: dict[str, Any]) -> None:
@@ -77,7 +73,7 @@ async def reserve(
     }
     for name in best_fit(caps, request.gpus):
         try:
-            answer = grant_or_ticket(name, await _settled(fleet, name, "reserve", dict(args, req_id=_req_id())))
+            answer = grant_or_ticket(name, await _settled(fleet, name, "reserve", dict(args, req_id=new_req_id())))
             if isinstance(answer, Grant):
                 return answer
             continue  # queued although not asked to wait: not a grant, whatever that node thinks
@@ -157,7 +153,7 @@ async def release(fleet: NodeRequests, reservation_id: str, token: int | None = 
 async def release_on(fleet: NodeRequests, node: str, reservation_id: str, token: int | None = None) -> Released:
     """Release one reservation on a node already known to hold it (no fleet-wide lookup); the node
     checks ownership, so a caller who is neither its owner nor an admin gets a permission error."""
-    args: dict[str, Any] = {"id": reservation_id, "req_id": _req_id()}
+    args: dict[str, Any] = {"id": reservation_id, "req_id": new_req_id()}
     if token is not None:
         args["token"] = token
     return Released.from_agent(node, await fleet.request(node, "release", args))
@@ -178,7 +174,7 @@ async def release_mine(fleet: NodeRequests) -> list[Released]:
     for item in items:
         if not is_mine(fleet, item):
             continue
-        result = await fleet.request(item.node, "release", {"id": item.id, "req_id": _req_id()})
+        result = await fleet.request(item.node, "release", {"id": item.id, "req_id": new_req_id()})
         released.append(Released.from_agent(item.node, result))
     return released
 
@@ -192,7 +188,7 @@ async def renew_on(fleet: NodeRequests, node: str, reservation_id: str, ttl_s: f
                    token: int | None = None) -> Grant:
     """Renew on a node already known to hold the reservation (no fleet-wide lookup: the shell's
     renew loop)."""
-    args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": _req_id()}
+    args: dict[str, Any] = {"id": reservation_id, "ttl_s": ttl_s, "req_id": new_req_id()}
     if token is not None:
         args["token"] = token
     return Grant.from_agent(node, await fleet.request(node, "renew", args))

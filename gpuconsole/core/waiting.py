@@ -14,11 +14,10 @@ import asyncio
 import contextlib
 import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gpuconsole.core.nodeapi import NodeRequests
+from gpuconsole.core.nodeapi import NodeRequests, new_req_id
 from gpuconsole.errors import AgentError, GpuConsoleError, NoCapacityError, UnreachableError
 from gpuconsole.model.answers import Grant, Released, Ticket, grant_or_ticket
 
@@ -32,9 +31,6 @@ TRANSIENT_AGENT_CODES = frozenset({"busy", "io"})  # the node's lock or disk, br
 ProgressCallback = Callable[[str, int, float], None]
 NoticeCallback = Callable[[str], None]
 
-
-def _req_id() -> str:
-    return uuid.uuid4().hex
 
 
 def _transient(exc: GpuConsoleError) -> bool:
@@ -104,7 +100,7 @@ class Waiter:
 
     async def _submit(self) -> Grant | Ticket:
         """Queue the request; a retry after a drop resends the same req_id, so it is never queued twice."""
-        req_id = _req_id()
+        req_id = new_req_id()
 
         async def send() -> Grant | Ticket:
             return await self._ask("reserve", self._request(req_id))
@@ -161,7 +157,7 @@ class Waiter:
         """Give the ticket to this connection's agent, keeping its place; queue again if it is gone."""
         assert self.ticket_id is not None
         try:
-            ticket = await self._ask("reattach", {"id": self.ticket_id, "req_id": _req_id()})
+            ticket = await self._ask("reattach", {"id": self.ticket_id, "req_id": new_req_id()})
         except AgentError as exc:
             if exc.code == "not_found" and self._past_deadline():
                 self.ticket_id = None
@@ -182,7 +178,7 @@ class Waiter:
 
     async def _requeue(self) -> Grant | Ticket:
         lost = self.ticket_id
-        ticket = await self._ask("reserve", self._request(_req_id()))
+        ticket = await self._ask("reserve", self._request(new_req_id()))
         self._took(ticket, attached=True)
         if isinstance(ticket, Ticket):
             self._notice(f"{self.node}: queued request {lost} was dropped while disconnected; queued again as "
@@ -220,7 +216,7 @@ class Waiter:
         if self.ticket_id is None:
             return True
         ticket_id, self.ticket_id = self.ticket_id, None
-        req_id = _req_id()  # one id for every try: a retry of a committed release is replayed
+        req_id = new_req_id()  # one id for every try: a retry of a committed release is replayed
         deadline = time.monotonic() + WITHDRAW_S
         delay_s = RECONNECT_FIRST_S / 2
         while True:
