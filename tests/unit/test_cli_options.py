@@ -113,7 +113,12 @@ def test_no_handler_takes_any(module: str) -> None:
     ["status", "--json", "--node", "reserve"], ["submit", "--gpus", "1", "--", "jobs", "--json"],
     ["cloud", "up", "--gpus", "1"], ["jobs", "--no-keeper"], ["--no-color", "keeper", "status"],
 ])
-def test_one_commands_branch_parses_as_the_whole_tree(argv: list[str]) -> None:
+def test_one_commands_branch_parses_as_the_whole_tree(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """parse() builds only the branch of the first word naming a command; when that word was
     something else (an option's value), the whole tree decides, so the answer is always the same."""
+    # parse() sets NO_COLOR and GPUCONSOLE_KEEPER for --no-color / --no-keeper: undone after the test
+    # (a NO_COLOR left behind turns every later console snapshot in this process colourless).
+    monkeypatch.setenv("NO_COLOR", "")  # recorded as absent before: undone by deleting it
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("GPUCONSOLE_KEEPER", "0")
     assert parse(argv) == options(build_parser().parse_args(argv))
