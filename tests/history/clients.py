@@ -110,6 +110,9 @@ class CliClient(Client):
         self.config_path = config_path
         self.running = running
         self.env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
+        # Each operation connects itself (the nemesis acts on those connections and agents), and
+        # none leaves a connection keeper behind when the run ends.
+        self.env["GPUCONSOLE_KEEPER"] = "0"
 
     def run(self) -> None:
         try:
