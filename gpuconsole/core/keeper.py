@@ -128,13 +128,13 @@ class Keeper:
                     "active": self.active, "refused": self.refused, "reloads": self.reloads, "idle_s": self.idle_s,
                     "connected": sorted(n.name for n in registry.nodes if registry.connection(n.name))
                     if registry is not None else []}
+        if op not in ("keeper.exchange", "keeper.exchange_all"):
+            return {"ok": False, "error": f"op {op!r} is not served by the keeper"}
         if request.get("code") != self.code:
             self.stop.set()  # the code was upgraded under it: the next command starts a new keeper
             return {"ok": False, "error": "the installed code changed: this keeper stops"}
         if request.get("config") != str(self.config_path):
             return {"ok": False, "error": "not this keeper's config"}
-        if op not in ("keeper.exchange", "keeper.exchange_all"):
-            return {"ok": False, "error": f"op {op!r} is not served by the keeper"}
         checked = _checked(request)
         if isinstance(checked, str):
             return {"ok": False, "error": checked}

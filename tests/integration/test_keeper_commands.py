@@ -120,6 +120,9 @@ def test_a_keeper_of_other_code_stops_and_the_next_command_replaces_it(demo: Dem
     config = demo.config_path
     pid = _warm(config)["pid"]
     paths = kc.keeper_paths(config)
+    with pytest.raises(kc.KeeperUnavailableError, match="not served"):  # no code named: declined, kept
+        kc.ask(paths, {"op": "keeper.bogus"}, 5.0)
+    assert _keeper(config)["pid"] == pid
     request = kc.exchange_request(config, config.read_bytes(), "snapshot", None, None, 5.0)
     with pytest.raises(kc.KeeperUnavailableError, match="installed code changed"):
         kc.ask(paths, {**request, "code": "0" * 16}, 5.0)
