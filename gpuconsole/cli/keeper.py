@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli import options as o
-from gpuconsole.cli.options import KeeperArgs, StatusArgs
 from gpuconsole.cli.output import print_json, say
 from gpuconsole.config import Config, resolve_config_path
 from gpuconsole.core import keeper_client as kc
@@ -76,7 +75,7 @@ def through_keeper(config: Config, op: str, args: dict[str, Any] | None,
         return None
 
 
-def status_through_keeper(config: Config, opts: StatusArgs) -> int | None:
+def status_through_keeper(config: Config, opts: o.StatusArgs) -> int | None:
     """`status` (once, without cloud nodes) answered by the keeper; None: the caller goes direct."""
     from gpuconsole.cli.status import outcome, show, status_view
 
@@ -92,7 +91,7 @@ def status_through_keeper(config: Config, opts: StatusArgs) -> int | None:
     return outcome(fetched)
 
 
-def run_keeper(opts: KeeperArgs) -> int:
+def run_keeper(opts: o.KeeperArgs) -> int:
     config_path = resolve_config_path(opts.config).absolute()
     if opts.action == "run":
         import asyncio  # only here: a command the keeper answers never imports asyncio

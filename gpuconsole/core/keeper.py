@@ -148,17 +148,18 @@ class Keeper:
         self.active += 1
         fleet = Fleet(registry)
         try:
+            replies: dict[str, Any]
             if op == "keeper.exchange":
-                name = names[0]
                 try:
-                    reply = await fleet.exchange(name, node_op, args, retries=retries, timeout_s=timeout_s)
+                    replies = {names[0]: await fleet.exchange(names[0], node_op, args, retries=retries,
+                                                              timeout_s=timeout_s)}
                 except GpuConsoleError as exc:
-                    return {"ok": True, "answers": {name: _failure(exc)}, "hellos": _hellos(fleet, [name])}
-                return {"ok": True, "answers": {name: {"reply": reply}}, "hellos": _hellos(fleet, [name])}
-            try:
-                replies = await fleet.exchange_all(node_op, args, names or None, timeout_s=timeout_s)
-            except GpuConsoleError as exc:  # an unknown node name: the direct path says it properly
-                return {"ok": False, "error": str(exc)}
+                    replies = {names[0]: exc}
+            else:
+                try:
+                    replies = await fleet.exchange_all(node_op, args, names or None, timeout_s=timeout_s)
+                except GpuConsoleError as exc:  # an unknown node name: the direct path says it properly
+                    return {"ok": False, "error": str(exc)}
             return {"ok": True, "answers": {
                 n: _failure(r) if isinstance(r, GpuConsoleError) else {"reply": r} for n, r in replies.items()},
                 "hellos": _hellos(fleet, list(replies))}
