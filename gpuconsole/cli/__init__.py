@@ -2,37 +2,53 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from gpuconsole.cli import options as o
-from gpuconsole.errors import ExitCode, GpuConsoleError
-
 if TYPE_CHECKING:
+    from gpuconsole.cli import options as o
     from gpuconsole.cli.keeper import Members
     from gpuconsole.config import Config
     from gpuconsole.core.registry import Registry
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
+    """Run the CLI; returns the process exit code. A process started for one command (argv None)
+    first offers it to its keeper's resident CLI, which has the imports done already."""
+    if argv is None:
+        from gpuconsole.cli.forward import forward
+
+        code = forward(sys.argv[1:])
+        if code is not None:
+            return code
+    return run(sys.argv[1:] if argv is None else argv) or 0
+
+
+def run(args: list[str], gate: Callable[[o.Options], bool] | None = None) -> int | None:
+    """Run one command line; None only when `gate` (a resident CLI's, cli/resident.py) turned the
+    parsed command down before it did anything."""
+    import logging
+
     from gpuconsole import notices
     from gpuconsole.cli.output import warn
     from gpuconsole.cli.parser import parse
+    from gpuconsole.errors import ExitCode, GpuConsoleError
 
     notices.set_handler(lambda node, text: warn(f"{node}: {text}"))
     # asyncio's own warnings (e.g. "socket.send() raised exception." after a node hung up) are not
     # for the user: the command reports the node's failure as one line of its own.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
-        args = sys.argv[1:] if argv is None else argv
         if args[:1] == ["__complete"]:  # the completion scripts' hidden way back in (cli/completion.py)
             from gpuconsole.cli.completion import print_candidates
 
             return print_candidates(args[1:])
-        return _dispatch(parse(argv))
+        opts = parse(args)
+        if gate is not None and not gate(opts):
+            return None
+        return _dispatch(opts)
     except GpuConsoleError as exc:  # messages quote node and user texts: `warn` escapes them
         warn(str(exc))
         return int(exc.exit_code)
@@ -48,16 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(ExitCode.INTERNAL)
 
 
-# The commands a keeper may answer (cli/keeper.keeper_fleet says when it does).
-ONE_SHOT = (o.ReserveArgs, o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs,
-            o.LogsArgs, o.CancelArgs, o.PreemptArgs)
-
-
 def _registry(config: Config) -> Registry:
     """The nodes in play: the file's, plus a node per running managed EC2 instance when `[cloud.aws]`
     is set (one DescribeInstances, whose live set also tells `jobs` which instances are gone). The
     config stays what the file said; a cloud outage never hides the on-prem fleet."""
     from gpuconsole.core.registry import Registry
+    from gpuconsole.errors import GpuConsoleError
 
     if config.aws is None:
         return Registry(config)
@@ -76,6 +88,8 @@ def _registry(config: Config) -> Registry:
 def _dispatch(opts: o.Options) -> int:
     """Hand the typed arguments to their command's handler (imported only when it runs); fleet
     commands get one registry (the file's nodes and the cloud's), the cloud commands the config."""
+    from gpuconsole.cli import options as o
+
     if isinstance(opts, o.DemoArgs):
         from gpuconsole.cli.demo import run_demo
 
@@ -109,7 +123,7 @@ def _dispatch(opts: o.Options) -> int:
         answered = status_through_keeper(config, opts)  # None: no keeper (or it failed): go direct
         if answered is not None:
             return answered
-    if isinstance(opts, ONE_SHOT):
+    if isinstance(opts, o.ONE_SHOT):
         from gpuconsole.cli.keeper import keeper_fleet
 
         # The keeper's connections when it can serve the command, else the command's own.
@@ -143,6 +157,7 @@ def _dispatch(opts: o.Options) -> int:
 
 def _jobs(members: Members, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs) -> int:
     from gpuconsole.cli import jobs
+    from gpuconsole.cli import options as o
 
     if isinstance(opts, o.SubmitArgs):
         return jobs.run_submit(members, opts)
@@ -156,6 +171,7 @@ def _jobs(members: Members, opts: o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.Can
 
 
 def _reservations(members: Members, opts: o.Options) -> int:
+    from gpuconsole.cli import options as o
     from gpuconsole.cli import reservations
 
     if isinstance(opts, o.ReserveArgs):

@@ -3,6 +3,9 @@ next command and go direct (core/keeper.py is the server, core/keeper_client.py 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,17 +34,22 @@ def keeper_fleet(config: Config, opts: o.Options) -> KeeperFleet | None:
     """The keeper's fleet for a one-shot command it can serve; None: the command connects itself
     (keeper off, a cloud config whose nodes come from EC2, or a command that holds its connection:
     a waiting reserve owns its queue ticket, `logs --follow` streams)."""
-    if not kc.enabled(config.defaults.keeper) or config.aws is not None:
-        return None
-    served = (o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs, o.CancelArgs,
-              o.PreemptArgs)
-    if not (isinstance(opts, served) or (isinstance(opts, o.ReserveArgs) and not opts.wait)
-            or (isinstance(opts, o.LogsArgs) and not opts.follow)):
+    if not kc.enabled(config.defaults.keeper) or config.aws is not None or not keeper_serves(opts):
         return None
     try:
         return KeeperFleet(config, config.path.read_bytes())
     except (OSError, kc.KeeperUnavailableError):
         return None
+
+
+def keeper_serves(opts: o.Options) -> bool:
+    """Whether the keeper's connections may answer this command: not one that holds its connection
+    (a waiting reserve owns its queue ticket, `logs --follow` streams), nor `status --watch`."""
+    served = (o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs, o.CancelArgs,
+              o.PreemptArgs)
+    return (isinstance(opts, served) or (isinstance(opts, o.ReserveArgs) and not opts.wait)
+            or (isinstance(opts, o.LogsArgs) and not opts.follow)
+            or (isinstance(opts, o.StatusArgs) and opts.watch is None))
 
 
 def open_fleet(members: Members) -> Fleet | KeeperFleet:
@@ -98,7 +106,7 @@ def run_keeper(opts: o.KeeperArgs) -> int:
 
         from gpuconsole.core.keeper import serve
 
-        return asyncio.run(serve(config_path))
+        return asyncio.run(serve(config_path, companion=spawn_resident))
     try:
         paths = kc.keeper_paths(config_path, create=False)
         answer: dict[str, Any] | None = kc.ask(paths, {"op": f"keeper.{opts.action}"}, timeout_s=5.0)
@@ -117,6 +125,22 @@ def run_keeper(opts: o.KeeperArgs) -> int:
         say(f"keeper pid {answer['pid']} for {answer['config']}: {answer['requests']} requests served, "
             f"{len(answer['connected'])} nodes connected, exits after {answer['idle_s']:g}s idle")
     return 0
+
+
+def spawn_resident(config_path: Path) -> int:
+    """Start the resident CLI of this keeper's config (cli/resident.py); returns the write end of its
+    lifeline, which the keeper holds open for as long as it runs (the resident ends at its EOF)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        subprocess.Popen([sys.executable, "-m", "gpuconsole.cli.resident", str(config_path), str(read_fd)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=(read_fd,),
+                         start_new_session=True, cwd="/")
+    except OSError:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    return write_fd
 
 
 def _wait_gone(socket_path: Path) -> None:

@@ -250,3 +250,7 @@ Options = (
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
     | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs
 )
+
+# The commands a keeper may answer (cli/keeper.keeper_serves says when it does).
+ONE_SHOT = (ReserveArgs, ReleaseArgs, RenewArgs, ReservationsArgs, SubmitArgs, JobsArgs, LogsArgs, CancelArgs,
+            PreemptArgs)

@@ -19,6 +19,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ from gpuconsole.core.keeper_client import (
     code_mark,
     config_hash,
     keeper_paths,
-    peer_uid,
 )
 from gpuconsole.core.registry import Registry
+from gpuconsole.core.rundir import peer_uid
 from gpuconsole.errors import GpuConsoleError, UnreachableError
 from gpuconsole.ssh.hostkeys import trust_set
 
@@ -244,15 +245,18 @@ def _take_lock(paths: KeeperPaths) -> int | None:
     return fd
 
 
-async def serve(config_path: Path) -> int:
+async def serve(config_path: Path, companion: Callable[[Path], int] | None = None) -> int:
     """Run the keeper of this config in the foreground until it is idle for `keeper_idle` or told
-    to stop; returns at once (0) when another keeper of the same config is running."""
+    to stop; returns at once (0) when another keeper of the same config is running. `companion`
+    starts a process that lives as long as the keeper (the resident CLI) and returns the fd whose
+    closing tells it the keeper ended."""
     paths = keeper_paths(config_path)
     lock_fd = _take_lock(paths)
     if lock_fd is None:
         return 0
     keeper = Keeper(config_path, paths)
     server: asyncio.AbstractServer | None = None
+    lifeline: int | None = None
     try:
         keeper.load()
         with contextlib.suppress(FileNotFoundError):
@@ -266,6 +270,9 @@ async def serve(config_path: Path) -> int:
         os.chmod(paths.socket, 0o600)
         with contextlib.suppress(OSError):  # listening: the next failed start may be retried at once
             os.unlink(paths.directory / f"{paths.socket.stem}.start")
+        if companion is not None:
+            with contextlib.suppress(OSError):
+                lifeline = companion(keeper.config_path)
         # SIGTERM (a logout, `kill`) ends it as `keeper stop` does: socket removed, connections closed.
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, keeper.stop.set)
         while not keeper.stop.is_set():
@@ -282,4 +289,6 @@ async def serve(config_path: Path) -> int:
                 os.unlink(paths.socket)
         registries = [r for r in (keeper.registry, *keeper._retired) if r is not None]
         await asyncio.gather(*(r.aclose() for r in registries), return_exceptions=True)
+        if lifeline is not None:
+            os.close(lifeline)
         os.close(lock_fd)

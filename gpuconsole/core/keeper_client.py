@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuconsole.core.rundir import base_dir, config_tag, peer_uid
 from gpuconsole.errors import ExitCode, GpuConsoleError, UnreachableError
 from gpuconsole.model.replies import interpret_all
 
@@ -37,6 +37,7 @@ class KeeperUnavailableError(Exception):
         self.absent = absent  # nothing listens: worth starting one
 
 
+RESIDENT_SUFFIX = ".resident"  # the resident CLI's socket, next to the keeper's (cli/forward.py finds it)
 START_BACKOFF_S = 30.0  # after a start, another only once this passed without a socket appearing
 
 
@@ -59,22 +60,14 @@ def code_mark() -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeeperPaths:
-    """The keeper of one config file: its socket, its lock (which also names its pid) and its log."""
+    """The keeper of one config file: its socket, its lock (which also names its pid), its log, and
+    the socket of its resident CLI (cli/resident.py)."""
 
     directory: Path
     socket: Path
     lock: Path
     log: Path
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a Unix socket (None where the OS cannot say)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (AttributeError, OSError):
-        return None
-    _pid, uid, _gid = struct.unpack("3i", raw)
-    return int(uid)
+    resident: Path
 
 
 def enabled(keeper_key: bool) -> bool:
@@ -85,8 +78,7 @@ def enabled(keeper_key: bool) -> bool:
 def runtime_dir(create: bool = True) -> Path:
     """`$XDG_RUNTIME_DIR/gpuconsole`, else `/tmp/gpuconsole-UID`: a 0700 directory that we own and
     that is not a symlink (anything else is refused: another user could plant or read sockets)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "gpuconsole" if base else Path("/tmp") / f"gpuconsole-{os.getuid()}"
+    path = Path(base_dir())
     if create:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
@@ -102,9 +94,9 @@ def runtime_dir(create: bool = True) -> Path:
 def keeper_paths(config_path: Path, create: bool = True) -> KeeperPaths:
     """One keeper per config file (by its absolute path), so two configs never thrash one keeper."""
     directory = runtime_dir(create)
-    tag = hashlib.sha256(str(config_path.absolute()).encode()).hexdigest()[:16]
+    tag = config_tag(str(config_path.absolute()))
     return KeeperPaths(directory, directory / f"{tag}.sock", directory / f"{tag}.lock",
-                       directory / f"{tag}.log")
+                       directory / f"{tag}.log", directory / f"{tag}{RESIDENT_SUFFIX}")
 
 
 def config_hash(text: bytes) -> str:

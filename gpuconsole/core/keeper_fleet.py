@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuconsole.config import Config, NodeConfig
 from gpuconsole.core import keeper_client as kc
+from gpuconsole.core.rundir import peer_uid
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.answers import Hello
 from gpuconsole.model.replies import interpret_all, interpret_reply
@@ -144,7 +145,7 @@ async def _exchange_line(path: Path, line: bytes) -> bytes:
     reader, writer = await asyncio.open_unix_connection(str(path), limit=kc.MAX_LINE_BYTES)
     try:
         sock: socket.socket | None = writer.get_extra_info("socket")
-        if sock is None or kc.peer_uid(sock) != os.getuid():
+        if sock is None or peer_uid(sock) != os.getuid():
             raise kc.KeeperUnavailableError("the socket's listener is not ours")
         writer.write(line)
         await writer.drain()

@@ -62,10 +62,17 @@ def test_changes_and_listings_answer_the_same_through_the_keeper(demo: DemoThrea
     assert _same(through) == _same(direct)
     # Each of the six commands went through the keeper (reserve: capacity, then the grant).
     assert _keeper(config)["requests"] - before >= 6
-    # …without loading the SSH stack: the keeper holds the connections.
+    # …without loading the SSH stack: the keeper holds the connections. A process started for the
+    # command hands it to the keeper's resident CLI and imports nothing but the stub that does so.
     traced = run_cli("reservations", "--json", config=config, env={"PYTHONPROFILEIMPORTTIME": "1"})
-    assert traced.returncode == 0 and "gpuconsole.core.keeper_fleet" in traced.stderr
-    assert "asyncssh" not in traced.stderr
+    assert traced.returncode == 0 and "gpuconsole.cli.forward" in traced.stderr
+    assert "asyncssh" not in traced.stderr and "gpuconsole.cli.options" not in traced.stderr
+    # Run in the process itself (main given its argv: nothing forwarded), it still uses the keeper.
+    probe = ("import sys\nfrom gpuconsole.cli import main\ncode = main(['--config', sys.argv[1], 'reservations', "
+             "'--json'])\nprint('asyncssh' in sys.modules, 'gpuconsole.core.keeper_fleet' in sys.modules, code)")
+    inline = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ))
+    assert inline.stdout.splitlines()[-1] == "False True 0", inline.stderr
 
 
 def test_a_keeper_killed_during_a_reserve_grants_it_once(demo: DemoThread) -> None:
