@@ -31,18 +31,62 @@ def forward(argv: list[str]) -> int | None:
     if config is None or os.environ.get("GPUCONSOLE_KEEPER", "1") == "0":
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    relay = _Relay(sock)
     try:
         sock.connect(os.path.join(base_dir(), config_tag(config) + ".resident"))
         if peer_uid(sock) != os.getuid():  # never hand our terminal to another user's process
-            return None
+            raise ValueError("not ours")
         socket.send_fds(sock, [_header(argv)], [0, 1, 2])
         reader = sock.makefile("rb")
         if reader.readline() != b"run\n":
-            return None  # declined (or died) before the command started: nothing was done yet
+            raise ValueError("declined")  # (or died) before the command started: nothing was done yet
     except (OSError, ValueError):
         sock.close()
+        relay.undo()  # a signal that came meanwhile is this process's own again
         return None
-    return _relay(sock, reader)
+    return relay.wait(reader)
+
+
+class _Relay:
+    """From the first moment, the signals a terminal or a parent sends us go to the command (they
+    wait in the socket until it runs); undone if it never does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.seen: list[int] = []
+        self.saved = {signum: signal.signal(signum, self._on_signal) for signum in RELAYED}
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.seen.append(signum)
+        try:
+            self.sock.sendall(f"signal {signum}\n".encode())
+        except OSError:
+            pass
+
+    def undo(self) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+        self._die_of_seen()  # a Ctrl-C before anything ran: nothing to finish
+
+    def _die_of_seen(self) -> None:
+        if self.seen:
+            signal.signal(self.seen[-1], signal.SIG_DFL)
+            os.kill(os.getpid(), self.seen[-1])
+
+    def wait(self, reader: Any) -> int:
+        """The command's exit code; if it died of a signal we passed on, die of it too, as the
+        command itself would have."""
+        try:
+            line = reader.readline()
+        except OSError:
+            line = b""
+        finally:
+            self.sock.close()
+        if line.startswith(b"exit ") and line[5:].strip().lstrip(b"-").isdigit():
+            return int(line[5:])
+        self._die_of_seen()
+        sys.stderr.write("gpuconsole: the resident CLI ended without an exit status (run with --no-keeper)\n")
+        return 1
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -86,32 +130,3 @@ def _header(argv: list[str]) -> bytes:
     if len(data) > MAX_HEADER_BYTES:
         raise ValueError("too large to forward")
     return data
-
-
-def _relay(sock: socket.socket, reader: Any) -> int:
-    """Wait for the command's exit code, passing on the signals a terminal or a parent sends us; if
-    the command died of one we passed on, die of it too, as the command itself would have."""
-    relayed: list[int] = []
-
-    def relay(signum: int, _frame: object) -> None:
-        relayed.append(signum)
-        try:
-            sock.sendall(f"signal {signum}\n".encode())
-        except OSError:
-            pass
-
-    for signum in RELAYED:
-        signal.signal(signum, relay)
-    try:
-        line = reader.readline()
-    except OSError:
-        line = b""
-    finally:
-        sock.close()
-    if line.startswith(b"exit ") and line[5:].strip().lstrip(b"-").isdigit():
-        return int(line[5:])
-    if relayed:
-        signal.signal(relayed[-1], signal.SIG_DFL)
-        os.kill(os.getpid(), relayed[-1])
-    sys.stderr.write("gpuconsole: the resident CLI ended without an exit status (run with --no-keeper)\n")
-    return 1

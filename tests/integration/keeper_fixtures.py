@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +33,33 @@ def _keeper(config: Path) -> dict[str, Any]:
     return answer
 
 
-def _pids() -> list[int]:
-    """The keepers started under this test's runtime dir (by /proc: one just spawned may not hold its
-    lock yet)."""
+def _procs(match: Callable[[list[bytes]], bool]) -> list[tuple[int, int]]:
+    """(pid, ppid) of the processes under this test's runtime dir whose command line (its arguments)
+    matches (by /proc: a keeper just spawned may not hold its lock yet)."""
     mark = f"XDG_RUNTIME_DIR={os.environ['XDG_RUNTIME_DIR']}".encode()
-    pids = []
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            stat_text = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        if cmdline[-3:] == [b"keeper", b"run", b""] and mark in environ:
-            pids.append(int(entry))
-    return pids
+        if match(cmdline) and mark in environ:
+            found.append((int(entry), int(stat_text[stat_text.rfind(")") + 2:].split()[1])))
+    return found
+
+
+def _pids() -> list[int]:
+    """The keepers started under this test's runtime dir."""
+    return [pid for pid, _ppid in _procs(lambda argv: argv[-3:] == [b"keeper", b"run", b""])]
+
+
+def _residents() -> list[tuple[int, int]]:
+    """(pid, ppid) of the keepers' resident CLIs and of the commands they forked."""
+    return _procs(lambda argv: b"gpuconsole.cli.resident" in argv)
 
 
 def _alive(pid: int) -> bool:
@@ -68,6 +79,8 @@ def keeper_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not any(_alive(p) for p in _pids()), message="keepers gone")
+    # A resident ends with its keeper (the lifeline); what it forked ends with its command.
+    wait_for(lambda: not any(_alive(p) for p, _ in _residents()), message="resident CLIs gone")
 
 
 def _warm(config: Path) -> dict[str, Any]:
