@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
 # typedefs.py is not shipped: only the type checker imports it.
-MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "fileio", "store",
+MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "fileio", "canon", "store",
            "reservations", "jobs", "service", "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry",
            "doctor", "agent", "supervisor", "ptyshell")
 # The bootstrap run by the constant command line (`python -S -c BOOTSTRAP`). Its first stdin line
@@ -228,6 +228,14 @@ def request_lines(stdin: IO[bytes]) -> IO[bytes] | PrefixedLines:
     return PrefixedLines(early, stdin) if isinstance(early, bytes) and early else stdin
 
 
+BIG_HASH_BYTES = 64 * 1024
+
+
 def sha256_hex(data: bytes) -> str:
-    """The hex sha256 of `data`, without importing hashlib."""
+    """The hex sha256 of `data`: the builtin for small inputs (no hashlib import at start), OpenSSL's
+    for a large state file (several times faster: 0.7 against 4.9 ms for 860 KB)."""
+    if len(data) > BIG_HASH_BYTES:
+        import hashlib
+
+        return hashlib.sha256(data).hexdigest()
     return str(_sha256(data).hexdigest())

@@ -16,6 +16,7 @@ import time
 
 from . import faults, records
 from . import state as st
+from .canon import RecordEncoder
 from .fileio import (
     DIR_MODE,
     describe,
@@ -156,6 +157,10 @@ class StateStore:
         # The bytes this process last committed, or last found with no malformed record: the same
         # bytes again need no records.sanitize() (its per-record checks cost most of a load).
         self._clean: bytes | None = None
+        self._encoder = RecordEncoder()
+        # What this process last committed (file bytes, the state object, its body): while
+        # state.json still holds those bytes the next locked load takes the object as it is, once.
+        self._committed: tuple[bytes, State, str] | None = None
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -299,6 +304,10 @@ class StateStore:
 
     def load_locked_with_body(self, boot_id: str) -> tuple[State, list[str], bool, str | None]:
         """load_locked() plus the canonical body read (None after a recovery or on a new node)."""
+        committed, self._committed = self._committed, None  # handed out once: the caller changes it
+        if committed is not None and self._unchanged_since(committed[0]):
+            self._remove_stale_temps()
+            return committed[1], [], False, committed[2]
         state, warnings, source, body = self.load_with_body(boot_id)
         recovered = source not in ("state.json", "new")
         if recovered:
@@ -308,6 +317,13 @@ class StateStore:
             state["recoveries"] += 1
         self._remove_stale_temps()
         return state, warnings, recovered, body
+
+    def _unchanged_since(self, data: bytes) -> bool:
+        """Whether state.json still holds exactly these bytes (nobody committed since)."""
+        try:
+            return read_regular(self.path) == data
+        except (OSError, ValueError):
+            return False
 
     def _quarantine(self) -> None:
         if not os.path.lexists(self.path):
@@ -345,7 +361,9 @@ class StateStore:
             raise RuntimeError("commit without the lock")
         state["gen"] += 1
         state.pop("checksum", None)
-        data = encode_file(canonical(state))
+        self._committed = None
+        body = self._encoder.body(state)
+        data = encode_file(body)
         state["checksum"] = "sha256:" + data[len(CHECKSUM_PREFIX):len(CHECKSUM_PREFIX) + 64].decode()
         primary_tmp = self._write_temp(data)
         try:
@@ -363,6 +381,7 @@ class StateStore:
             unlink_quietly(primary_tmp)
             raise
         self._clean = data
+        self._committed = (data, state, body)
         warnings: list[str] = []
         try:
             mirror_tmp = self._write_temp(data)

@@ -158,6 +158,9 @@ class Transactions:
                 changed = True
             if changed or must_write:
                 warnings = warnings + self._commit(state)
+                # The committed state object is the store's now (the next locked load reuses it):
+                # the answer must not share a record with it.
+                result = json.loads(json.dumps(result))
             return result, warnings
         finally:
             self.store.release_lock()
