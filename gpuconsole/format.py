@@ -70,6 +70,13 @@ def left_h(iso: str, now_s: float) -> str:
     return f"{format_duration_s(at_s - now_s)} left"
 
 
+def when_h(at_s: float, now_s: float) -> str:
+    """'23:16 UTC (in 3h58m)': a time to come as people read it ('now' once it is here)."""
+    if at_s <= now_s:
+        return "now"
+    return f"{_clock(at_s, now_s)} (in {format_duration_s(at_s - now_s)})"
+
+
 def until_h(iso: str, now_s: float) -> str:
     """'until 23:16 UTC (in 3h58m)', or 'ended 5m ago' once past: a lease's end as people read it."""
     at_s = epoch_s(iso)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code. A process started for one command (argv None)
     first offers it to its keeper's resident CLI, which has the imports done already."""
-    if argv is None:
+    if argv is None and os.environ.get("GPUCONSOLE_KEEPER", "1") != "0":  # (no keeper: not even the stub)
         from gpuconsole.cli.forward import forward
 
         code = forward(sys.argv[1:])

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from gpuconsole.cli.completion import remember_id
 from gpuconsole.cli.jobs_view import follow_exit_code, jobs_table
 from gpuconsole.cli.keeper import open_fleet
 from gpuconsole.cli.options import CancelArgs, JobsArgs, LogsArgs, PreemptArgs, SubmitArgs
-from gpuconsole.cli.output import console, print_json, say, warn
+from gpuconsole.cli.output import console, print_json, say, say_wrapped, warn
 from gpuconsole.cli.reservations import burst_plan
 from gpuconsole.core import burst as core_burst
 from gpuconsole.core import jobs as core
 from gpuconsole.core import requeue
+from gpuconsole.durations import parse_duration_s
 from gpuconsole.errors import ExitCode, UsageError
 from gpuconsole.model.jobs import Job, Preempted, Submitted, SubmittedArray
 from gpuconsole.textsafe import terminal_safe
@@ -37,8 +39,11 @@ def run_submit(members: Members, args: SubmitArgs) -> int:
     indices = core.parse_array(args.array) if args.array is not None else ()
     if indices and args.burst:
         raise UsageError("--array and --burst do not go together (an array is queued on one node)")
+    limit_s = parse_duration_s(args.time, what="--time") if args.time is not None else None
+    if limit_s is not None and limit_s < 1:
+        raise UsageError("--time: at least 1s")
     request = core.SubmitRequest(tuple(argv), args.gpus, args.node, args.priority, args.name, args.requeue,
-                                 args.preempt, args.grace, indices)
+                                 args.preempt, args.grace, indices, limit_s)
     if indices:
         return _submit_array(members, request, args.json)
 
@@ -94,6 +99,9 @@ def run_jobs(members: Members, args: JobsArgs) -> int:
     elif found:  # an empty table is not printed
         out = console()
         out.print(jobs_table(found, width=out.width))
+        for job in found:  # why each queued job waits, a line each under the table
+            if job.pending is not None and job.state == "queued":
+                say_wrapped(f"{job.id} on {job.node}: {job.pending.describe(job.position, time.time())}", out)
     elif not errors:
         say("no jobs" if not (args.mine or args.user or args.state) else "no jobs match")
     # As `status` and `reservations`: no node answered is not an empty success.

@@ -101,6 +101,7 @@ class SubmitArgs:
     argv: tuple[str, ...]  # as given after the flags (a leading `--` included)
     yes: bool = False  # --burst without asking (scripts)
     array: str | None = None  # --array SPEC: one job per index (core.jobs.parse_array)
+    time: str | None = None  # --time DUR: the job's runtime limit
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,21 @@ def print_json(document: Any) -> None:
     sys.stdout.flush()
 
 
+def progress_json(document: dict[str, Any]) -> None:
+    """One JSON progress line on stderr (stdout keeps the command's one answer); ASCII-escaped, so a
+    node's text reaches a terminal as plain characters."""
+    line = json.dumps({"generated_at": iso_utc(time.time()), **document}, separators=(",", ":"), allow_nan=False)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def say_wrapped(line: str, out: Console | None = None) -> None:
+    """One human line on stdout, wrapped at the console's width (a table's note), escaped."""
+    from rich.text import Text
+
+    (out or console()).print(Text(terminal_safe(line)))
+
+
 def say(line: str) -> None:
     """One human line on stdout, escaped for the terminal."""
     print(terminal_safe(line))

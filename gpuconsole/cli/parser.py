@@ -18,7 +18,7 @@ from gpuconsole.errors import UsageError
 
 PRIORITY_CHOICES = ("low", "normal", "high")
 STATUS_SORTS = ("name", "free", "util")  # as gpuconsole.cli.status_view.SORTS (not imported: --help stays cheap)
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost", "timed_out")
 
 
 PROG = "gpuconsole"
@@ -187,7 +187,10 @@ def _submit_parser(sub: Subparsers, common: Parser) -> None:
     submit.add_argument("--requeue", action="store_true", help="run again if preempted or lost")
     submit.add_argument("--name", metavar="NAME", help="a label for the job in `jobs` and the console")
     submit.add_argument("--grace", type=float, metavar="SECONDS",
-                        help="when preempted: SIGTERM, then SIGKILL after SECONDS (default 30)")
+                        help="when preempted or at its --time limit: SIGTERM, then SIGKILL after SECONDS (default 30)")
+    submit.add_argument("--time", metavar="DUR",
+                        help="runtime limit (e.g. 2h): stopped like a preemption once it ran this long; "
+                             "its queue ETA and others' count on it")
     submit.add_argument("--burst", action="store_true", help="start a cloud instance if on-prem is full")
     submit.add_argument("--yes", "-y", action="store_true",
                         help="with --burst: start the instance without asking (needed when stdin is not a terminal)")

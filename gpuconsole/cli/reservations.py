@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import shutil
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.completion import remember_id
 from gpuconsole.cli.keeper import open_fleet
 from gpuconsole.cli.options import ReleaseArgs, RenewArgs, ReservationsArgs, ReserveArgs
-from gpuconsole.cli.output import console, print_json, say, warn
+from gpuconsole.cli.output import console, print_json, progress_json, say, say_wrapped, warn
 from gpuconsole.cli.tables import Alt, Cell, Column, fit_table
 from gpuconsole.config import Config
 from gpuconsole.core import reservations as core
@@ -20,7 +21,8 @@ from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError, UsageError
 from gpuconsole.format import NA, ago_h, epoch_s, left_h, until_h
 from gpuconsole.model import QueuedRequest, Reservation
-from gpuconsole.model.answers import Grant, Released
+from gpuconsole.model.answers import Grant, Released, Ticket
+from gpuconsole.model.pending import FIELDS as PENDING_FIELDS
 from gpuconsole.textsafe import terminal_safe
 
 if TYPE_CHECKING:
@@ -63,7 +65,7 @@ def run_reserve(members: Members, args: ReserveArgs) -> int:
     if args.burst and (args.node or args.wait):
         raise UsageError("--burst picks the node itself and never queues: drop --node and --wait")
     try:
-        result = asyncio.run(_reserve(members, request, burst=args.burst, yes=args.yes))
+        result = asyncio.run(_reserve(members, request, burst=args.burst, yes=args.yes, json_progress=args.json))
     except _TerminatedError:
         warn("terminated")
         return int(TERMINATED_EXIT)
@@ -95,6 +97,12 @@ def _granted_line(result: Grant) -> str:
             f"for {result.owner} {until_h(result.expires_at, time.time())}")
 
 
+def queued_json(node: str, ticket: Ticket, waited_s: float) -> dict[str, Any]:
+    """A `reserve --wait --json` progress line: where the request stands and why it waits."""
+    return {"event": "queued", "node": node, "id": ticket.id, "position": ticket.position,
+            "waited_s": round(waited_s, 1), **ticket.why}
+
+
 def export_lines(result: Grant) -> list[str]:
     """`export` lines for a shell's eval. The values come from the node: escaped for the terminal
     and then shell-quoted, so a hostile value can neither run a command nor reach the screen raw."""
@@ -103,14 +111,25 @@ def export_lines(result: Grant) -> list[str]:
 
 
 async def _reserve(members: Members, request: core.ReserveRequest, burst: bool = False,
-                   yes: bool = False) -> Grant:
+                   yes: bool = False, json_progress: bool = False) -> Grant:
     last_line: list[str] = []
+    last_state: list[object] = []
 
-    def progress(node: str, position: int, elapsed_s: float) -> None:
-        line = terminal_safe(f"queued on {node}: position {position}, waited {format_duration_s(elapsed_s)}")
+    def progress(node: str, ticket: Ticket, elapsed_s: float) -> None:
+        if json_progress:  # a JSON line each time where it stands changes (stdout keeps the one answer)
+            state = (ticket.position, *(repr(ticket.why.get(k)) for k in PENDING_FIELDS if k != "eta_in_s"))
+            if [state] != last_state:
+                progress_json(queued_json(node, ticket, elapsed_s))
+                last_state[:] = [state]
+            return
+        line = f"queued on {node}: position {ticket.position}, waited {format_duration_s(elapsed_s)}"
+        pending = ticket.pending
+        if pending is not None:
+            line += f"; {pending.describe(ticket.position, time.time())}"
+        line = terminal_safe(line)
         if line != (last_line[0] if last_line else None):
-            if sys.stderr.isatty():
-                sys.stderr.write("\r\033[K" + line)
+            if sys.stderr.isatty():  # one line, rewritten in place: never wider than the terminal
+                sys.stderr.write("\r\033[K" + line[:max(20, shutil.get_terminal_size().columns - 1)])
             else:
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
@@ -240,7 +259,11 @@ def run_list(members: Members, args: ReservationsArgs) -> int:
             "errors": [{"node": n, "error": e} for n, e in errors.items()],
         })
     elif reservations or queue:
-        console().print(reservations_table(reservations, queue))
+        out = console()
+        out.print(reservations_table(reservations, queue))
+        for q in queue:  # why each waits, a line each under the table
+            if q.pending is not None:
+                say_wrapped(f"{q.id} on {q.node}: {q.pending.describe(q.position, time.time())}", out)
     else:  # an empty table says less than a line
         say(f"no reservations of {args.user}" if args.user is not None else
             "no reservations of yours" if args.mine else "no reservations")

@@ -19,7 +19,7 @@ from gpuconsole.model.alerts import Alert
 from gpuconsole.model.detect import Detector
 from gpuconsole.model.telemetry import NodeSnapshot
 
-ENDED_JOB_STATES = frozenset({"succeeded", "failed", "cancelled", "preempted", "lost"})
+ENDED_JOB_STATES = frozenset({"succeeded", "failed", "cancelled", "preempted", "lost", "timed_out"})
 
 
 def busy_reason(snapshot: NodeSnapshot) -> str | None:

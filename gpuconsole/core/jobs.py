@@ -33,6 +33,7 @@ class SubmitRequest:
     preempt: bool = False
     grace_s: float | None = None
     array: tuple[int, ...] = ()  # `--array`: the indices (empty: one job)
+    time_limit_s: float | None = None  # `--time`: stopped (TERM, grace, KILL) once it ran this long
 
 
 MAX_ARRAY_JOBS = 1000  # the node's limit too (node/jobs.py MAX_ARRAY)
@@ -92,6 +93,7 @@ def _job_args(request: SubmitRequest) -> dict[str, Any]:
         "argv": list(request.argv), "gpus": request.gpus, "priority": request.priority,
         "name": request.name, "requeue": request.requeue, "cwd": os.getcwd(), "preempt": request.preempt,
         **({"grace_s": request.grace_s} if request.grace_s is not None else {}),
+        **({"time_limit_s": request.time_limit_s} if request.time_limit_s is not None else {}),
         "req_id": new_req_id(),
     }
 

@@ -21,7 +21,7 @@ from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model.jobs import Job, Submitted
 from gpuconsole.node.fileio import write_atomic
 
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
 
 
 def journal_path() -> Path:

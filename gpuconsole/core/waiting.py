@@ -28,7 +28,7 @@ WITHDRAW_S = 5.0  # how long an interrupted wait may spend withdrawing its ticke
 DEADLINE_SLACK_S = 1.0  # the node's copy of our deadline runs a network delay behind ours
 TRANSIENT_AGENT_CODES = frozenset({"busy", "io"})  # the node's lock or disk, briefly
 
-ProgressCallback = Callable[[str, int, float], None]
+ProgressCallback = Callable[[str, Ticket, float], None]  # node, where the request stands, seconds waited
 NoticeCallback = Callable[[str], None]
 
 
@@ -84,7 +84,7 @@ class Waiter:
             while not isinstance(ticket, Grant):
                 self.position = ticket.position
                 if self.on_progress is not None:
-                    self.on_progress(self.node, self.position, time.monotonic() - self.started)
+                    self.on_progress(self.node, ticket, time.monotonic() - self.started)
                 remaining_s = self._remaining_s()
                 if remaining_s is not None and remaining_s <= 0:
                     raise await self._give_up()

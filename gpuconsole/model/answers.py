@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from gpuconsole.model.jobs import NO_EXTRA, extra_fields
+from gpuconsole.model.pending import FIELDS as PENDING_FIELDS
+from gpuconsole.model.pending import Pending
 
 GRANT_FIELDS = ("id", "gpus", "owner", "expires_at", "token", "cuda_visible_devices", "priority")
 TICKET_FIELDS = ("id", "state", "position", "owner", "gpus_requested")
@@ -80,19 +83,26 @@ class Ticket:
     owner: str | None = None
     gpus_requested: int | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)
+    why: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)  # PENDING_FIELDS
 
     @classmethod
     def from_agent(cls, node: str, data: Mapping[str, Any]) -> Ticket:
         return cls(
             id=data["id"], node=node, state=data["state"], position=int(data["position"]),
             owner=data.get("owner"), gpus_requested=data.get("gpus_requested"),
-            extra=extra_fields(data, (*TICKET_FIELDS, "node")),
+            extra=extra_fields(data, (*TICKET_FIELDS, *PENDING_FIELDS, "node")),
+            why=MappingProxyType({key: value for key, value in data.items() if key in PENDING_FIELDS}),
         )
 
     @property
     def replayed(self) -> bool:
         """The node answered from its record of this request (a retry of one it had queued)."""
         return self.extra.get("replayed") is True
+
+    @property
+    def pending(self) -> Pending | None:
+        """Why it waits and until when, where the node said."""
+        return Pending.of(self.why)
 
     def to_wire(self) -> dict[str, Any]:
         """The ticket as the agent sent it (owner and GPUs wanted only where the op says them)."""
@@ -101,7 +111,7 @@ class Ticket:
             data["owner"] = self.owner
         if self.gpus_requested is not None:
             data["gpus_requested"] = self.gpus_requested
-        return data
+        return {**data, **self.why}
 
 
 def grant_or_ticket(node: str, data: Mapping[str, Any]) -> Grant | Ticket:

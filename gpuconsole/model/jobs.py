@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from gpuconsole.model.pending import FIELDS as PENDING_FIELDS
+from gpuconsole.model.pending import Pending
+
 NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -23,6 +26,8 @@ def extra_fields(data: Mapping[str, Any], known: tuple[str, ...]) -> Mapping[str
 
 JOB_FIELDS = ("id", "name", "gpus", "gpus_requested", "owner", "priority", "state", "exit_code", "command",
               "created_at", "started_at", "ended_at", "position")
+# Fields a newer agent sends after `position` (where it does): the runtime limit, why a queued job waits.
+JOB_TAIL = ("time_limit_s", *PENDING_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class Job:
     ended_at: str | None
     position: int | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)
+    tail: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)  # JOB_TAIL's
 
     @classmethod
     def from_agent(cls, node: str, data: Mapping[str, Any]) -> Job:
@@ -54,13 +60,25 @@ class Job:
             priority=data.get("priority", "normal"), state=data["state"], exit_code=data.get("exit_code"),
             command=data.get("command", ""), created_at=data.get("created_at"),
             started_at=data.get("started_at"), ended_at=data.get("ended_at"), position=data.get("position"),
-            extra=extra_fields(data, (*JOB_FIELDS, "node")),
+            extra=extra_fields(data, (*JOB_FIELDS, *JOB_TAIL, "node")),
+            tail=MappingProxyType({key: value for key, value in data.items() if key in JOB_TAIL}),
         )
+
+    @property
+    def time_limit_s(self) -> float | None:
+        """`submit --time`: its runtime limit (None: none, or a node that predates it)."""
+        value = self.tail.get("time_limit_s")
+        return float(value) if isinstance(value, int | float) else None
 
     @property
     def label(self) -> str:
         """What a table shows as the job's name: its name, else its id."""
         return self.name or self.id
+
+    @property
+    def pending(self) -> Pending | None:
+        """Why a queued job waits and until when, where the node said."""
+        return Pending.of(self.tail)
 
     @property
     def already_ended(self) -> bool:
@@ -73,7 +91,7 @@ class Job:
             "id": self.id, "name": self.name, "gpus": list(self.gpus), "gpus_requested": self.gpus_requested,
             "owner": self.owner, "priority": self.priority, "state": self.state, "exit_code": self.exit_code,
             "command": self.command, "created_at": self.created_at, "started_at": self.started_at,
-            "ended_at": self.ended_at, "position": self.position,
+            "ended_at": self.ended_at, "position": self.position, **self.tail,
         }
 
     def to_json(self) -> dict[str, Any]:

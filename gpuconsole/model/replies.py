@@ -17,6 +17,7 @@ from typing import Any
 from gpuconsole import notices
 from gpuconsole.errors import AgentError, GpuConsoleError, UnreachableError
 from gpuconsole.model.wire import (
+    ABSENT,
     INT64_MAX,
     Check,
     Opt,
@@ -59,10 +60,21 @@ RESERVATION = obj({
     "kind": Opt(string, "reservation"), "created_at": iso_time, "expires_at": iso_time,
     "expires_in_s": Opt(metric), "token": Opt(nullable(COUNT)),
 })
+# Why a queued request waits and until when (node/pending.py), where the node says so.
+PENDING: dict[str, Check | Opt] = {
+    "pending_reason": Opt(string, ABSENT),
+    "ahead": Opt(list_of(obj({"id": string, "owner": string, "kind": Opt(string, "reservation"),
+                              "gpus_requested": GPU_COUNT, "priority": Opt(string, "normal")})), ABSENT),
+    "blockers": Opt(list_of(obj({"id": string, "owner": string, "kind": Opt(string, "reservation"),
+                                 "gpus": list_of(GPU_INDEX), "priority": Opt(string, "normal"),
+                                 "ends_at": Opt(nullable(iso_time)), "ends_in_s": Opt(nullable(metric))})), ABSENT),
+    "eta": Opt(nullable(iso_time), ABSENT),
+    "eta_in_s": Opt(nullable(metric), ABSENT),
+}
 QUEUED = obj({
     "id": string, "gpus_requested": GPU_COUNT, "owner": string, "uid": Opt(nullable(COUNT)),
     "priority": Opt(string, "normal"), "position": COUNT, "created_at": iso_time,
-    "kind": Opt(string, "reservation"),
+    "kind": Opt(string, "reservation"), **PENDING,
 })
 JOB = obj({
     "id": string, "name": OPT_TEXT, "gpus": Opt(list_of(GPU_INDEX), []), "gpus_requested": Opt(GPU_COUNT, 0),
@@ -70,6 +82,7 @@ JOB = obj({
     "exit_code": Opt(nullable(integer(-(2**31), 2**31))), "command": Opt(string, ""),
     "created_at": Opt(nullable(iso_time)), "started_at": Opt(nullable(iso_time)),
     "ended_at": Opt(nullable(iso_time)), "position": Opt(nullable(COUNT)),
+    "time_limit_s": Opt(nullable(metric), ABSENT), **PENDING,
 })
 SNAPSHOT = obj({
     "t_wall": Opt(metric), "cpu_pct": Opt(metric), "cpu_count": Opt(metric_int), "load1": Opt(metric),
@@ -91,7 +104,7 @@ GRANT = obj({
     "cuda_visible_devices": string, "priority": Opt(string, "normal"),
 })
 TICKET = obj({"id": string, "state": string, "position": COUNT, "owner": OPT_TEXT,
-              "gpus_requested": Opt(nullable(GPU_COUNT))})
+              "gpus_requested": Opt(nullable(GPU_COUNT)), **PENDING})
 GRANT_OR_TICKET = variant("state", {"granted": GRANT, "queued": TICKET})
 
 # The result of every op the client sends; an op not listed must still answer with an object.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from gpuconsole.errors import GpuConsoleError
-from gpuconsole.model.jobs import Job
+from gpuconsole.model.jobs import NO_EXTRA, Job
+from gpuconsole.model.pending import FIELDS as PENDING_FIELDS
+from gpuconsole.model.pending import Pending
 
 # Agent data reaches these builders checked (gpuconsole.model.replies); the guards below only keep a
 # measurement that is not a finite number from ever becoming NaN/inf in the model.
@@ -179,6 +183,8 @@ class QueuedRequest:
     created_at: str
     uid: int | None = None
     kind: str = "reservation"  # or "job": a submitted job waiting for GPUs
+    pending: Pending | None = None  # why it waits and until when, where the node said
+    pending_wire: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA, compare=False, repr=False)
 
     @classmethod
     def from_agent(cls, node: str, data: dict[str, Any]) -> QueuedRequest:
@@ -186,7 +192,8 @@ class QueuedRequest:
             id=data["id"], node=node, gpus_requested=int(data["gpus_requested"]),
             owner=data["owner"], priority=data.get("priority", "normal"),
             position=int(data["position"]), created_at=data["created_at"], uid=data.get("uid"),
-            kind=data.get("kind", "reservation"),
+            kind=data.get("kind", "reservation"), pending=Pending.of(data),
+            pending_wire=MappingProxyType({k: data[k] for k in PENDING_FIELDS if k in data}),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -194,7 +201,7 @@ class QueuedRequest:
         return {
             "id": self.id, "gpus_requested": self.gpus_requested, "owner": self.owner, "uid": self.uid,
             "priority": self.priority, "position": self.position, "created_at": self.created_at,
-            "kind": self.kind,
+            "kind": self.kind, **self.pending_wire,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -202,7 +209,7 @@ class QueuedRequest:
         return {
             "id": self.id, "node": self.node, "gpus_requested": self.gpus_requested, "owner": self.owner,
             "priority": self.priority, "position": self.position, "created_at": self.created_at,
-            "kind": self.kind,
+            "kind": self.kind, **self.pending_wire,
         }
 
 

@@ -143,9 +143,12 @@ def list_of(item: Check, *, unique: str | None = None) -> Check:
     return check
 
 
+ABSENT: Any = object()  # an Opt default: a field absent from the reply stays absent
+
+
 @dataclass(frozen=True, slots=True)
 class Opt:
-    """An optional field: `default` is filled in when the key is absent."""
+    """An optional field: `default` is filled in when the key is absent (unless it is ABSENT)."""
 
     check: Check
     default: Any = None
@@ -162,7 +165,10 @@ def obj(fields: Mapping[str, Check | Opt]) -> Check:
         for key, spec in fields.items():
             where = join(path, key)
             if isinstance(spec, Opt):
-                out[key] = spec.check(value[key], where) if key in value else _copy(spec.default)
+                if key in value:
+                    out[key] = spec.check(value[key], where)
+                elif spec.default is not ABSENT:
+                    out[key] = _copy(spec.default)
             elif key in value:
                 out[key] = spec(value[key], where)
             else:

@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import arrays, doctor, jobs, loader, procs
+from . import arrays, doctor, jobs, loader, pending, procs
 from . import gpus as gpu_sources
 from . import service as svc
 from . import state as st
@@ -230,7 +230,9 @@ class Agent:
         txn = self._txn()
         state, warnings, _ = txn.read()
         ctx = self.new_ctx()
-        return st.listing(txn.view(state, ctx), ctx), warnings
+        ctx.gpus_in_use = self.gpus_in_use()  # GPUs busy outside any grant count for the ETAs
+        state = txn.view(state, ctx)
+        return st.listing(state, ctx, pending.explain(state, ctx)), warnings
 
     def _op_capacity(self) -> Result:
         """Free GPUs and queue length, read without the lock, for choosing a node."""
@@ -250,7 +252,9 @@ class Agent:
                for j in state.get("jobs", {}).values()):
             self.transaction("gc", {})  # record lost jobs now rather than at the next change
             state, warnings, _ = txn.read()
-        return jobs.listing(txn.view(state, ctx), ctx), warnings
+        ctx.gpus_in_use = self.gpus_in_use()
+        state = txn.view(state, ctx)
+        return jobs.listing(state, ctx, pending.explain(state, ctx)), warnings
 
     def _op_doctor(self) -> Result:
         txn = self._txn()

@@ -149,7 +149,7 @@ class JobOps:
         """What the queueing transaction takes from a submit's request (its job or jobs aside)."""
         return {"gpus": args.get("gpus"), "priority": args.get("priority", "normal"), "name": args.get("name"),
                 "requeue": args.get("requeue"), "preempt": args.get("preempt"),
-                "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S),
+                "grace_s": args.get("grace_s", jobs.DEFAULT_GRACE_S), "time_limit_s": args.get("time_limit_s"),
                 "command": " ".join(_shell_quote(a) for a in argv), "req_id": args.get("req_id")}
 
     def waiter_handle(self, warnings: list[str]) -> waiter.Handle | None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 JOB_LEASE_TTL_S = float(os.environ.get("GPUCONSOLE_JOB_TTL_S") or 60.0)
 DEFAULT_GRACE_S = 30.0
 MAX_GRACE_S = 3600.0
+MAX_TIME_LIMIT_S = 366 * 86400.0
 KEEP_FINISHED = 200
 ACTIVE = ("queued", "running")
 
@@ -43,14 +44,17 @@ def job_view(job: Job, position: int | None = None) -> Result:
         "exit_code": job.get("exit_code"), "command": job.get("command", ""),
         "created_at": iso(job["created_wall"]), "started_at": iso(job.get("started_wall")),
         "ended_at": iso(job.get("ended_wall")), "position": position,
+        "time_limit_s": job.get("time_limit_s"),
         **({"array": dict(job["array"])} if job.get("array") else {}),
     }
 
 
-def listing(state: State, ctx: Ctx) -> Result:
+def listing(state: State, ctx: Ctx, reasons: dict[str, Result] | None = None) -> Result:
+    """Every job, oldest first; a queued one with why it waits when `reasons` (pending.explain) has it."""
     positions = {t["id"]: i + 1 for i, t in enumerate(st.queue_order(state, ctx.now_bt))}
     jobs = sorted(_jobs(state).values(), key=lambda j: j["created_wall"])
-    return {"jobs": [job_view(j, positions.get(j["id"])) for j in jobs]}
+    return {"jobs": [dict(job_view(j, positions.get(j["id"])), **(reasons or {}).get(j["id"], {}))
+                     for j in jobs]}
 
 
 RECENT_S = 600.0
@@ -126,10 +130,15 @@ def _enqueue(state: State, ctx: Ctx, args: Args) -> str:
     if job_id in _jobs(state) or job_id in state["queue"] or job_id in state["leases"]:
         raise st.OpError("invalid", "job id %s is taken" % job_id)
     grace_s = _grace_s(args.get("grace_s", DEFAULT_GRACE_S))
+    limit = args.get("time_limit_s")
+    if limit is not None:
+        limit = st.number(limit, "time_limit_s must be between 1 s and 366 days", 1, MAX_TIME_LIMIT_S)
     ticket = st.new_ticket(state, ctx, n, JOB_LEASE_TTL_S, priority, False, ticket_id=job_id)
     ticket["agent"] = supervisor
     ticket["job"] = True
     ticket["preempt"] = bool(args.get("preempt"))
+    if limit is not None:
+        ticket["ends_after_s"] = float(limit) + float(grace_s)
     state["queue"][job_id] = ticket
     _jobs(state)[job_id] = {
         "id": job_id, "uid": ctx.uid, "owner": ctx.user, "name": str(args.get("name") or "")[:64],
@@ -139,6 +148,7 @@ def _enqueue(state: State, ctx: Ctx, args: Args) -> str:
         "requeue": bool(args.get("requeue")), "cancel_requested": False,
         "preempt_others": bool(args.get("preempt")), "grace_s": float(grace_s), "preempt": None,
         "requeues": 0, "created_bt": ctx.now_bt, "seq": ticket["seq"],
+        "time_limit_s": None if limit is None else float(limit),
     }
     return job_id
 
@@ -187,6 +197,8 @@ def finish(state: State, ctx: Ctx, args: Args) -> Result:
         job["state"] = "lost"  # its grant vanished under it (an admin or a forged edit): stopped at once
     elif job.get("cancel_requested"):
         job["state"] = "cancelled"
+    elif args.get("timed_out") is True and exit_code != 0:
+        job["state"] = "timed_out"  # stopped at its `--time` limit by its supervisor
     elif exit_code == 0:
         job["state"] = "succeeded"  # finished, even if a preemption signal came first
     elif preempted and job.get("requeue"):
@@ -208,6 +220,8 @@ def _requeue(state: State, ctx: Ctx, job: Job) -> None:
         "created_wall": job["created_wall"], "seq": job.get("seq", 0), "agent": job["supervisor"],
         "job": True, "preempt": job.get("preempt_others", False),
     }
+    if job.get("time_limit_s"):
+        ticket["ends_after_s"] = float(job["time_limit_s"] or 0) + float(job.get("grace_s", DEFAULT_GRACE_S))
     state["queue"][job["id"]] = ticket
     job.update({"state": "queued", "started_wall": None, "gpus": [], "preempt": None,
                "requeues": job.get("requeues", 0) + 1, "exit_code": None})

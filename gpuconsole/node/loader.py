@@ -25,7 +25,7 @@ PACKAGE = "gcnode"
 # The shipped modules in dependency order: each imports only modules listed before it.
 # typedefs.py is not shipped: only the type checker imports it.
 MODULES = ("loader", "faults", "procs", "hostio", "gpus", "state", "records", "private", "fileio", "canon", "store",
-           "reservations", "jobs", "service", "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry",
+           "pending", "reservations", "jobs", "service", "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry",
            "doctor", "agent", "supervisor", "ptyshell")
 # The bootstrap run by the constant command line (`python -S -c BOOTSTRAP`). Its first stdin line
 # is either the program's length (the program follows: job supervisors, the shell) or

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     Schema = Dict[str, Tuple[Callable[[Any], bool], bool]]
 
 QUARANTINE_KEEP = 20
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost", "timed_out")
 MAX_GPU_INDEX = 4095
 
 
@@ -69,13 +69,14 @@ LEASE: Schema = {
     "token": (_int, True), "priority": (_priority, True), "exp_bt": (_num, True), "exp_wall": (_num, True),
     "created_wall": (_num, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
     "from_queue": (_bool, False), "job": (_bool, False), "preempted_by": (lambda v: v is None or _str(v), False),
+    "ends_by_bt": (_num, False),
 }
 TICKET: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "n": (lambda v: _int(v) and v >= 1, True),
     "ttl_s": (_num, True), "priority": (_priority, True), "created_bt": (_num, True),
     "created_wall": (_num, True), "seq": (_int, True), "agent": (_ident, False),
     "preemptible": (_bool, False), "job": (_bool, False), "preempt": (_bool, False),
-    "deadline_bt": (_num, False),
+    "deadline_bt": (_num, False), "ends_after_s": (lambda v: _num(v) and v > 0, False),
 }
 JOB: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "name": (_str, False),
@@ -86,6 +87,7 @@ JOB: Schema = {
     "requeue": (_bool, False), "cancel_requested": (_bool, False), "preempt_others": (_bool, False),
     "grace_s": (_num, False), "preempt": (_preempt_notice, False), "requeues": (_int, False),
     "created_bt": (_num, False), "seq": (_int, False), "orphaned": (_bool, False), "note": (_str, False),
+    "time_limit_s": (lambda v: v is None or (_num(v) and v > 0), False),
 }
 APPLIED: Schema = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
 DROPPED: Schema = dict(TICKET, dropped_bt=(_num, True))

@@ -192,12 +192,14 @@ def ticket_view(ticket: Ticket, position: int) -> Result:
     }
 
 
-def listing(state: State, ctx: Ctx) -> Result:
-    """Live reservations and the queue, as the `reservations` command shows them."""
+def listing(state: State, ctx: Ctx, reasons: dict[str, Result] | None = None) -> Result:
+    """Live reservations and the queue, as the `reservations` command shows them (with why each
+    queued request waits, when `reasons` (pending.explain) has it)."""
     leases = [lease_view(lease, ctx, with_token=(lease["uid"] == ctx.uid))
               for lease in sorted(state["leases"].values(), key=lambda item: item["created_wall"])
               if lease["exp_bt"] > ctx.now_bt]
-    queue = [ticket_view(t, i + 1) for i, t in enumerate(queue_order(state, ctx.now_bt))]
+    queue = [dict(ticket_view(t, i + 1), **(reasons or {}).get(t["id"], {}))
+             for i, t in enumerate(queue_order(state, ctx.now_bt))]
     return {"reservations": leases, "queue": queue}
 
 
@@ -278,6 +280,8 @@ def grant(state: State, ctx: Ctx, lease_id: str, uid: int, owner: str, gpus: lis
         lease["from_queue"] = True
         if ticket.get("job"):
             lease["job"] = True
+            if ticket.get("ends_after_s"):
+                lease["ends_by_bt"] = ctx.now_bt + float(ticket.get("ends_after_s") or 0)
     state["leases"][lease_id] = lease
     return lease
 

@@ -53,6 +53,7 @@ class Supervisor:
             raise ValueError("%s/spec.json has no command" % job_dir)
         self._last_gc = 0.0
         self.lease_lost = False
+        self.timed_out = False  # stopped at its `--time` limit
         self.runs_here = 0  # runs this supervisor started (a requeue after preemption runs again here)
 
     def _ident(self) -> dict[str, Any]:
@@ -187,10 +188,14 @@ class Supervisor:
                 pass
 
     def _supervise(self, child: subprocess.Popen[bytes], token: int) -> int:
-        """Renew the lease while the job runs; on cancel or preemption TERM the group, KILL at the deadline."""
+        """Renew the lease while the job runs; on cancel, preemption or its time limit TERM the group,
+        KILL at the deadline (the job's grace later)."""
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
         kill_at: float | None = None
+        job, _ = self._job()
+        limit_s = job.get("time_limit_s") if job is not None else None
+        limit_at = last_renew + float(limit_s) if limit_s else None
         keep_without_lease = faults.active("job_lease_expires")  # negative control only
         while True:
             try:
@@ -218,6 +223,10 @@ class Supervisor:
                 elif notice:
                     self._write_notice(notice)
                     kill_at = now + float(notice.get("grace_s", jobs.DEFAULT_GRACE_S))
+                elif limit_at is not None and now >= limit_at:
+                    self.timed_out = True
+                    kill_at = now + float(job.get("grace_s", jobs.DEFAULT_GRACE_S) if job is not None
+                                          else jobs.DEFAULT_GRACE_S)
                 if kill_at is not None:
                     _signal_group(child.pid, signal.SIGTERM)
             elif now >= kill_at:
@@ -243,6 +252,8 @@ class Supervisor:
         args: dict[str, Any] = {"id": self.job_id, "token": token, "exit_code": exit_code}
         if self.lease_lost:
             args = {"id": self.job_id, "exit_code": exit_code, "lease_lost": True}
+        elif self.timed_out:
+            args["timed_out"] = True
         for attempt in range(50):
             try:
                 result, _ = self.transaction("finish_job", args)

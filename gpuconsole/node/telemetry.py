@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from . import jobs
+from . import jobs, pending
 from . import state as st
 from .store import CorruptState, no_dir_note
 
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .typedefs import Lease, Result
 
 MIN_RATE_WINDOW_S = 0.1
+
+SNAPSHOT_PENDING_MAX = 20  # queued requests a snapshot explains
 
 
 class Telemetry:
@@ -93,7 +95,11 @@ class Telemetry:
             "gpu_source": gpus.source if gpus else "none",
             "state_error": state_error, "warnings": warnings,
         })
-        data.update(st.listing(state, ctx))
+        # Why the first few queued requests wait (the console shows it): not a whole deep queue's,
+        # which would grow every snapshot by hundreds of KB.
+        reasons = pending.explain(state, ctx) if state["queue"] else {}
+        shown = {t["id"] for t in st.queue_order(state, ctx.now_bt)[:SNAPSHOT_PENDING_MAX]}
+        data.update(st.listing(state, ctx, {k: v for k, v in reasons.items() if k in shown}))
         data["jobs"] = jobs.recent(state, ctx)
         return data
 

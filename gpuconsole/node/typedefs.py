@@ -47,6 +47,7 @@ class Lease(_LeaseBase, total=False):
     from_queue: bool
     job: bool
     preempted_by: str | None
+    ends_by_bt: float  # a time-limited job's grant ends by then (its lease is renewed until then)
 
 
 class _TicketBase(TypedDict):
@@ -69,6 +70,7 @@ class Ticket(_TicketBase, total=False):
     job: bool
     preempt: bool
     deadline_bt: float
+    ends_after_s: float  # a job's time limit plus its kill grace: how long its grant can last at most
 
 
 class DroppedTicket(Ticket):
@@ -121,6 +123,7 @@ class Job(_JobBase, total=False):
     orphaned: bool
     note: str
     array: ArrayRef
+    time_limit_s: float | None
 
 
 class Applied(TypedDict):

@@ -153,7 +153,7 @@ def test_jobs_json_keeps_its_fields_and_their_order(demo: DemoThread) -> None:
     jobs = wait_for(lambda: (listed := cli_json("jobs", config=config)["jobs"]) and len(listed) == 2 and listed,
                     message="both jobs listed")
     fields = ["id", "name", "gpus", "gpus_requested", "owner", "priority", "state", "exit_code", "command",
-              "created_at", "started_at", "ended_at", "position", "node"]
+              "created_at", "started_at", "ended_at", "position", "time_limit_s", "node"]
     assert [list(job) for job in jobs] == [fields, fields]  # objects inside a document: no generated_at
     unnamed = next(job for job in jobs if job["name"] != "named")
     assert unnamed["name"] == unnamed["id"]  # the node names an unnamed job by its id

@@ -99,7 +99,10 @@ def test_reserve_wait_queues_and_is_granted_on_release(demo: DemoThread) -> None
     assert waiter.returncode == 0, err
     granted = json.loads(out)
     assert granted["node"] == queue[0]["node"] and len(granted["gpus"]) == 2
-    assert "position 1" in err
+    # With --json its progress is JSON lines on stderr (stdout keeps the one grant): where it stood and why.
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert progress and progress[0]["event"] == "queued" and progress[0]["position"] == 1
+    assert {b["id"] for b in progress[0]["blockers"]} <= {holder["id"], other["id"]}
     run_cli("release", granted["id"], other["id"], config=demo.config_path)
 
 

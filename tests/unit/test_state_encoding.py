@@ -12,9 +12,27 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from gpuconsole.node import reservations as rs
+from gpuconsole.node import state as st
 from gpuconsole.node.canon import RecordEncoder
 from gpuconsole.node.store import StateStore, canonical
-from tests.unit.test_store import BOOT, ctx, make_store, read_json
+
+BOOT = "boot-encoding-test"
+
+
+def ctx(uid: int = 1001) -> st.Ctx:
+    return st.Ctx(uid, f"user{uid}", 1000.0, 1_700_000_000.0, 8)
+
+
+def make_store(tmp_path: Path) -> StateStore:
+    store = StateStore(str(tmp_path / "state"))
+    store.ensure_dir()
+    return store
+
+
+def read_json(path: str) -> dict[str, Any]:
+    with open(path, "rb") as handle:
+        data: dict[str, Any] = json.loads(handle.read())
+    return data
 
 LEAVES = hs.one_of(hs.none(), hs.booleans(), hs.integers(-5, 5), hs.floats(allow_nan=False, width=32),
                    hs.text(max_size=4))

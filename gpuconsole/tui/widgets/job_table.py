@@ -14,7 +14,8 @@ COLUMNS = {"id": 8, "name": 14, "node": 8, "gpus": 8, "owner": 9, "prio": 6, "st
            "runtime": 8, "command": 20}  # command: the rest of the line (cut at the edge)
 STEPS = (("prio", 0), ("exit", 0), ("name", 0))  # narrow, these go first; ids and node names are never cut
 STATE_STYLE = {"running": "gc-util-low", "queued": "gc-flag", "failed": "gc-unreachable",
-               "lost": "gc-unreachable", "preempted": "gc-flag", "cancelled": "gc-stale", "succeeded": "gc-free"}
+               "lost": "gc-unreachable", "preempted": "gc-flag", "cancelled": "gc-stale", "succeeded": "gc-free",
+               "timed_out": "gc-unreachable"}
 
 
 def _wall(iso: str | None) -> float | None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from gpuconsole.format import left_h, until_h
+from gpuconsole.durations import format_duration_s
+from gpuconsole.format import epoch_s, left_h, until_h, when_h
 from gpuconsole.model.fleet import FleetState, Health
+from gpuconsole.model.pending import Pending
 from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 
 # "ends" reads "until 23:16 UTC (in 3h58m)"; narrow, "3h58m left". Ids and node names are never cut.
@@ -32,5 +34,18 @@ class ReservationTable(KeyedTable):
                                 "active", ends(res.expires_at, now_wall_s)]
             for req in snap.queue:
                 rows[req.id] = [req.id, req.node, f"{req.gpus_requested} wanted", req.owner, req.priority,
-                                Text(f"queued #{req.position}", style=styles["gc-flag"]), "-"]
+                                Text(f"queued #{req.position}", style=styles["gc-flag"]),
+                                _starts(req.pending, now_wall_s, narrow=self.narrowed("ends"))]
         self.sync(rows)
+
+
+def _starts(why: Pending | None, now_wall_s: float, *, narrow: bool) -> str:
+    """A queued request's latest start as its node gave it: 'ETA 14:20 UTC (in 9m)', narrow 'ETA 9m'."""
+    if why is None:
+        return "-"
+    at_s = epoch_s(why.eta) if why.eta is not None else None
+    if at_s is None:
+        return "ETA unknown"
+    if narrow:
+        return f"ETA {format_duration_s(max(0.0, at_s - now_wall_s))}"
+    return f"ETA {when_h(at_s, now_wall_s)}"

@@ -1,0 +1,98 @@
+"""Why a queued request waits and until when, from the node's own state: its reason, the requests
+ahead of it, the grants it waits for, and an ETA.
+
+The ETA is an upper bound as the node knows it now: the latest start if no lease is renewed and no
+request of higher priority arrives. It replays strict in-order granting (state.plan's rule: the
+head of the queue is never overtaken) over the leases' end times, each request ahead holding its
+GPUs for its whole TTL. A grant with no end the node can promise (a running job's lease is renewed
+for as long as the job runs) makes the ETA of what waits for it unknown (None).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from . import state as st
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Tuple
+
+    from .state import Ctx
+    from .typedefs import Lease, Result, State, Ticket
+
+    Holding = Tuple[float, int, str]  # (end in boot time or inf, GPU count, lease id or "")
+
+NEVER = float("inf")
+MAX_AHEAD = 3  # requests ahead named per waiting request (the count is its position)
+MAX_BLOCKERS = 4  # grants named per waiting request
+
+
+def _lease_end(lease: Lease) -> float:
+    """When a lease's GPUs come back for sure: its expiry; a job's lease is renewed while the job
+    runs, so its time limit's end (`submit --time`, plus the kill grace), or never without one."""
+    if lease.get("job"):
+        return float(lease.get("ends_by_bt") or NEVER)
+    return lease["exp_bt"]
+
+
+def _blocker(lease: Lease, ctx: Ctx) -> Result:
+    end = _lease_end(lease)
+    return {"id": lease["id"], "owner": lease["owner"], "kind": "job" if lease.get("job") else "reservation",
+            "gpus": list(lease["gpus"]),
+            "priority": st.PRIORITY_NAMES.get(lease["priority"], "normal"),
+            "ends_at": None if end == NEVER else st.iso_utc(ctx.wall_at(end)),
+            "ends_in_s": None if end == NEVER else round(end - ctx.now_bt, 1)}
+
+
+def _ahead(ticket: Ticket) -> Result:
+    return {"id": ticket["id"], "owner": ticket["owner"], "kind": "job" if ticket.get("job") else "reservation",
+            "gpus_requested": ticket["n"], "priority": st.PRIORITY_NAMES.get(ticket["priority"], "normal")}
+
+
+def explain(state: State, ctx: Ctx) -> dict[str, Result]:
+    """For each queued ticket id: `pending_reason` ("resources": it is next and its GPUs are held;
+    "priority": requests ahead of it go first), `ahead`, `blockers`, `eta` and `eta_in_s`."""
+    order = st.queue_order(state, ctx.now_bt)
+    live = sorted((lease for lease in state["leases"].values() if lease["exp_bt"] > ctx.now_bt),
+                  key=lambda lease: (_lease_end(lease), lease["id"]))
+    free = len(st.free_gpus(state, ctx))
+    ends: list[Holding] = [(_lease_end(lease), len(lease["gpus"]), lease["id"]) for lease in live]
+    heapq.heapify(ends)
+    by_id = {lease["id"]: lease for lease in live}
+    released: list[str] = []  # leases whose end the replay has passed, in end order
+    at: float | None = ctx.now_bt  # None once a request ahead has no known start
+    out: dict[str, Result] = {}
+    for index, ticket in enumerate(order):
+        while at is not None and free < ticket["n"]:
+            if not ends or ends[0][0] == NEVER:
+                at = None  # waits for a grant with no promised end (or for GPUs in other use)
+                break
+            end, count, lease_id = heapq.heappop(ends)
+            free += count
+            if lease_id:
+                released.append(lease_id)
+            at = max(at, end)
+        waited = [by_id[i] for i in released]
+        if at is None:
+            waited += [by_id[h[2]] for h in sorted(ends) if h[2]]
+        out[ticket["id"]] = {
+            "pending_reason": "priority" if index else "resources",
+            "ahead": [_ahead(t) for t in order[max(0, index - MAX_AHEAD):index]],
+            # The grants whose ends decide its start: the last to end before it, or all it waits on.
+            "blockers": [_blocker(lease, ctx) for lease in (waited[-MAX_BLOCKERS:] if at is not None
+                                                            else waited[:MAX_BLOCKERS])],
+            "eta": None if at is None else st.iso_utc(ctx.wall_at(at)),
+            "eta_in_s": None if at is None else round(at - ctx.now_bt, 1),
+        }
+        if at is not None:
+            free -= ticket["n"]
+            held_s = (ticket.get("ends_after_s") or NEVER) if ticket.get("job") else ticket["ttl_s"]
+            heapq.heappush(ends, (at + held_s, ticket["n"], ""))
+    return out
+
+
+def with_reason(view: Result, reasons: dict[str, Result], ticket_id: Any) -> Result:
+    """A queued request's view with why it waits (unchanged when it does not)."""
+    reason = reasons.get(ticket_id)
+    return dict(view, **reason) if reason is not None else view

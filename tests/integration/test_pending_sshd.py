@@ -1,0 +1,81 @@
+"""A waiting request says who it waits for and until when, between two real OS users on one node
+behind a real OpenSSH sshd: alice holds all four GPUs for ten minutes, bob queues for four; bob's
+`reserve --wait --json` names alice's reservation and an ETA within her lease, alice's listing shows
+the same, and bob is granted when alice lets go."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+
+from gpuconsole.format import epoch_s
+from tests.helpers import REPO
+from tests.integration import sshd_fixture
+from tests.integration.sshd_fixture import GPUS, NODE, SshdNode
+
+if (_why := sshd_fixture.missing_tools()) is not None:
+    pytest.skip(_why, allow_module_level=True)
+
+pytestmark = pytest.mark.sshd
+
+
+def _valid(ref: str, document: Any) -> None:
+    """Validate against a schema (or one of its $defs) of gpuconsole/schemas."""
+    resources = [Resource.from_contents(json.loads(p.read_text()))
+                 for p in (REPO / "gpuconsole" / "schemas").glob("*.schema.json")]
+    registry: Registry[Any] = Registry().with_resources((r.id(), r) for r in resources)  # type: ignore[misc]
+    jsonschema.Draft202012Validator({"$ref": ref}, registry=registry,
+                                    format_checker=jsonschema.FormatChecker()).validate(document)
+
+
+def _progress(stream: Any) -> dict[str, Any]:
+    """The next JSON progress line on a waiting reserve's stderr (other lines are notices)."""
+    for line in stream:
+        if line.startswith("{"):
+            document: dict[str, Any] = json.loads(line)
+            return document
+    raise AssertionError("the waiting reserve ended without a progress line")
+
+
+def test_a_waiting_request_names_the_grant_it_waits_for_and_when(sshd_node: SshdNode) -> None:
+    alice, bob = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    held = sshd_fixture.ok_json(alice, "reserve", "--gpus", str(GPUS), "--node", NODE, "--for", "10m")
+    waiting: subprocess.Popen[str] | None = None
+    granted: dict[str, Any] | None = None
+    try:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "gpuconsole", "--config", str(bob), "reserve", "--gpus", str(GPUS), "--node",
+             NODE, "--wait", "--timeout", "2m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = _progress(waiting.stderr)
+        _valid("gpuconsole:schemas/reserve#/$defs/progress", line)
+        assert line["event"] == "queued" and line["position"] == 1 and line["pending_reason"] == "resources"
+        (blocker,) = line["blockers"]
+        assert (blocker["id"], blocker["owner"], blocker["gpus"]) == (held["id"], "gcutest1", list(range(GPUS)))
+        assert 540 < line["eta_in_s"] <= 600
+        assert abs(epoch_s(line["eta"]) - epoch_s(held["expires_at"])) <= 2  # type: ignore[operator]
+        # Alice's listing explains bob's wait the same way, and its text says it in a line.
+        listing = sshd_fixture.ok_json(alice, "reservations")
+        _valid("gpuconsole:schemas/reservations", listing)
+        (queued,) = listing["queue"]
+        assert queued["owner"] == "gcutest2" and queued["blockers"][0]["id"] == held["id"]
+        table = sshd_fixture.cli(alice, "reservations")
+        assert f"GPUs 0-{GPUS - 1} held by gcutest1 {held['id']} until " in table.stdout
+        assert "starts by " in table.stdout
+        sshd_fixture.ok_json(alice, "release", held["id"])
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        granted = json.loads(out)
+        assert granted["gpus"] == list(range(GPUS)) and granted["owner"] == "gcutest2"
+    finally:
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+        for config, grant in ((alice, held), (bob, granted)):
+            if grant is not None:
+                sshd_fixture.cli(config, "release", grant["id"])
