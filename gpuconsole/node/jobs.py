@@ -253,7 +253,7 @@ def preempt_for_head(state: State, ctx: Ctx) -> bool:
     interactive reservations made `--preemptible` (revoked at once). Nothing is marked unless
     the victims would free enough GPUs. Returns True when something changed.
     """
-    _, blocked = st.plan(state, ctx)
+    _, blocked, _ = st.plan(state, ctx)
     if not blocked or not blocked[0].get("preempt"):
         return False
     head = blocked[0]

@@ -23,17 +23,12 @@ if TYPE_CHECKING:
 
     Holding = Tuple[float, int, str]  # (end in boot time or inf, GPU count, lease id or "")
 
-NEVER = float("inf")
+NEVER = st.NEVER
 MAX_AHEAD = 3  # requests ahead named per waiting request (the count is its position)
 MAX_BLOCKERS = 4  # grants named per waiting request
 
 
-def _lease_end(lease: Lease) -> float:
-    """When a lease's GPUs come back for sure: its expiry; a job's lease is renewed while the job
-    runs, so its time limit's end (`submit --time`, plus the kill grace), or never without one."""
-    if lease.get("job"):
-        return float(lease.get("ends_by_bt") or NEVER)
-    return lease["exp_bt"]
+_lease_end = st.sure_end
 
 
 def _blocker(lease: Lease, ctx: Ctx) -> Result:
@@ -87,8 +82,7 @@ def explain(state: State, ctx: Ctx) -> dict[str, Result]:
         }
         if at is not None:
             free -= ticket["n"]
-            held_s = (ticket.get("ends_after_s") or NEVER) if ticket.get("job") else ticket["ttl_s"]
-            heapq.heappush(ends, (at + held_s, ticket["n"], ""))
+            heapq.heappush(ends, (at + (st.held_for_s(ticket) or NEVER), ticket["n"], ""))
     return out
 
 

@@ -26,10 +26,11 @@ def reserve(state: State, ctx: Ctx, args: Args) -> Result:
     preemptible = bool(args.get("preemptible", False))
     st.dispatch(state, ctx)
     ticket = st.new_ticket(state, ctx, n, ttl_s, priority, preemptible)
-    granted, _ = st.plan(state, ctx, extra=ticket)
+    granted, _, backfilled = st.plan(state, ctx, extra=ticket)
     for candidate, gpus in granted:
         if candidate is ticket:
             lease = st.grant(state, ctx, ticket["id"], ctx.uid, ctx.user, gpus, ttl_s, priority, preemptible)
+            st.mark_backfill(lease, backfilled.get(ticket["id"]))
             return dict(st.grant_result(lease, ctx), state="granted")
     if args.get("wait"):
         wait_s = args.get("wait_s")
@@ -129,6 +130,12 @@ def renew(state: State, ctx: Ctx, args: Args) -> Result:
     """Extend a live lease to at least now + ttl; a late renew never shortens it."""
     lease = _held_lease(state, ctx, args)
     ttl_s = float(st.duration_s(args.get("ttl_s"), "ttl_s"))
+    until_bt = lease.get("backfill_until_bt")
+    if until_bt is not None and lease.get("backfill_for") in state["queue"] and ctx.now_bt + ttl_s > until_bt:
+        raise OpError("invalid", "%s was granted ahead of the waiting %s and must end by %s: it cannot be "
+                      "extended past that while %s waits" % (lease["id"], lease.get("backfill_for"),
+                                                             st.iso_utc(ctx.wall_at(until_bt)),
+                                                             lease.get("backfill_for")))
     lease["exp_bt"] = max(lease["exp_bt"], ctx.now_bt + ttl_s)
     lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
     return st.grant_result(lease, ctx)

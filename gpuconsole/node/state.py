@@ -13,11 +13,13 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterable, List, Tuple
+    from typing import Any, Dict, Iterable, List, Tuple
 
     from .typedefs import Alive, Args, Ident, Job, Lease, Result, State, Ticket
 
-    Plan = Tuple[List[Tuple[Ticket, List[int]]], List[Ticket]]
+    # (granted [(ticket, gpus)], blocked tickets, {backfilled ticket id: (the head it goes before, the
+    # head's latest start in boot time)})
+    Plan = Tuple[List[Tuple[Ticket, List[int]]], List[Ticket], Dict[str, Tuple[str, float]]]
 
 SCHEMA = 1
 PRIORITIES = {"low": 0, "normal": 1, "high": 2}
@@ -296,11 +298,51 @@ def grant_result(lease: Lease, ctx: Ctx) -> Result:
     }
 
 
-def plan(state: State, ctx: Ctx, extra: Ticket | None = None) -> Plan:
-    """Simulate strict in-order granting; return ([(ticket, gpus)] granted, blocked tickets).
+NEVER = float("inf")
+BACKFILL_SLACK_S = 5.0  # a backfilled grant must end this long before the head's latest start
 
-    The first ticket that does not fit blocks every ticket after it (head-of-line earmark), so
-    a big request is never overtaken forever; aging lifts old low-priority requests over time.
+
+def sure_end(lease: Lease) -> float:
+    """When a lease's GPUs come back at the latest if it is not renewed: a reservation's expiry; a
+    job's lease is renewed while the job runs, so its time limit's end (`submit --time`, plus its
+    kill grace), or never without one."""
+    if lease.get("job"):
+        return float(lease.get("ends_by_bt") or NEVER)
+    return lease["exp_bt"]
+
+
+def held_for_s(ticket: Ticket) -> float | None:
+    """How long a grant of this ticket lasts at most: a reservation's TTL, a job's time limit plus
+    grace; None for a job without `--time` (it runs as long as it runs)."""
+    if ticket.get("job"):
+        return float(ticket.get("ends_after_s") or 0) or None
+    return float(ticket["ttl_s"])
+
+
+def head_start(state: State, ctx: Ctx, head: Ticket, free_n: int,
+               granted: Iterable[tuple[Ticket, list[int]]] = ()) -> float | None:
+    """The latest time the blocked `head` fits (no lease renewed): leases and the grants just made
+    give their GPUs back at their sure ends, `free_n` are free now. None: it waits on a grant with
+    no sure end (a job without `--time`, GPUs in use outside any grant)."""
+    ends = sorted([(sure_end(lease), len(lease["gpus"])) for lease in state["leases"].values()
+                   if lease["exp_bt"] > ctx.now_bt]
+                  + [(ctx.now_bt + (held_for_s(t) or NEVER), len(g)) for t, g in granted])
+    free, at = free_n, ctx.now_bt
+    for end, count in ends:
+        if free >= head["n"] or end == NEVER:
+            break
+        free, at = free + count, end
+    return at if free >= head["n"] else None
+
+
+def plan(state: State, ctx: Ctx, extra: Ticket | None = None) -> Plan:
+    """Simulate granting; return ([(ticket, gpus)] granted, blocked tickets, backfilled ones).
+
+    In order: the first ticket that does not fit blocks every ticket after it (head-of-line
+    earmark), so a big request is never overtaken forever; aging lifts old low-priority requests
+    over time. EASY backfill: a later ticket that fits now and whose grant surely ends before the
+    head's latest start (`head_start`, less BACKFILL_SLACK_S) goes first, so the head never starts
+    later for it; never while the head's start is unknown.
     """
     order = queue_order(state, ctx.now_bt)
     if extra is not None:
@@ -308,23 +350,45 @@ def plan(state: State, ctx: Ctx, extra: Ticket | None = None) -> Plan:
     free = free_gpus(state, ctx)
     granted: list[tuple[Ticket, list[int]]] = []
     blocked: list[Ticket] = []
+    backfilled: dict[str, tuple[str, float]] = {}
+    latest: float | None = None
     for ticket in order:
-        if blocked or ticket["n"] > len(free):
+        n = ticket["n"]
+        if not blocked and n <= len(free):
+            granted.append((ticket, free[:n]))
+            free = free[n:]
+            continue
+        if not blocked:
+            latest = head_start(state, ctx, ticket, len(free), granted)
             blocked.append(ticket)
             continue
-        granted.append((ticket, free[: ticket["n"]]))
-        free = free[ticket["n"]:]
-    return granted, blocked
+        held_s = held_for_s(ticket)
+        if latest is not None and held_s is not None and n <= len(free) \
+                and ctx.now_bt + held_s + BACKFILL_SLACK_S <= latest:
+            granted.append((ticket, free[:n]))
+            free = free[n:]
+            backfilled[ticket["id"]] = (blocked[0]["id"], latest)
+            continue
+        blocked.append(ticket)
+    return granted, blocked, backfilled
 
 
 def dispatch(state: State, ctx: Ctx) -> list[str]:
-    """Grant queued requests by priority then FIFO while they fit; returns granted ids."""
-    granted, _ = plan(state, ctx)
+    """Grant queued requests by priority then FIFO while they fit, and what backfills; the ids."""
+    granted, _, backfilled = plan(state, ctx)
     for ticket, gpus in granted:
         del state["queue"][ticket["id"]]
-        grant(state, ctx, ticket["id"], ticket["uid"], ticket["owner"], gpus, ticket["ttl_s"],
-              ticket["priority"], ticket.get("preemptible"), ticket=ticket)
+        lease = grant(state, ctx, ticket["id"], ticket["uid"], ticket["owner"], gpus, ticket["ttl_s"],
+                      ticket["priority"], ticket.get("preemptible"), ticket=ticket)
+        mark_backfill(lease, backfilled.get(ticket["id"]))
     return [t["id"] for t, _ in granted]
+
+
+def mark_backfill(lease: Lease, before: tuple[str, float] | None) -> None:
+    """A backfilled grant names the head it went before and must end before that head's start
+    (`renew` may not extend it past that while the head waits)."""
+    if before is not None:
+        lease["backfill_for"], lease["backfill_until_bt"] = before
 
 
 def validate_request(args: Args, ctx: Ctx) -> tuple[int, float, int]:

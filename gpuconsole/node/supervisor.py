@@ -193,9 +193,11 @@ class Supervisor:
         renew_every_s = jobs.JOB_LEASE_TTL_S / 3
         last_renew = time.monotonic()
         kill_at: float | None = None
-        job, _ = self._job()
-        limit_s = job.get("time_limit_s") if job is not None else None
-        limit_at = last_renew + float(limit_s) if limit_s else None
+        job, lease = self._job()
+        grace_s = float(job.get("grace_s", jobs.DEFAULT_GRACE_S)) if job is not None else jobs.DEFAULT_GRACE_S
+        # `--time`: the grant ends by `ends_by_bt` (its limit and grace counted from the grant, which
+        # the node's ETAs and backfill rely on): TERM a grace before it, KILL at it.
+        ends_by_bt = lease.get("ends_by_bt") if lease is not None else None
         keep_without_lease = faults.active("job_lease_expires")  # negative control only
         while True:
             try:
@@ -223,10 +225,9 @@ class Supervisor:
                 elif notice:
                     self._write_notice(notice)
                     kill_at = now + float(notice.get("grace_s", jobs.DEFAULT_GRACE_S))
-                elif limit_at is not None and now >= limit_at:
+                elif ends_by_bt is not None and time.clock_gettime(time.CLOCK_BOOTTIME) >= ends_by_bt - grace_s:
                     self.timed_out = True
-                    kill_at = now + float(job.get("grace_s", jobs.DEFAULT_GRACE_S) if job is not None
-                                          else jobs.DEFAULT_GRACE_S)
+                    kill_at = now + max(0.0, ends_by_bt - time.clock_gettime(time.CLOCK_BOOTTIME))
                 if kill_at is not None:
                     _signal_group(child.pid, signal.SIGTERM)
             elif now >= kill_at:

@@ -4,8 +4,10 @@ is renewed and nothing else arrives."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -76,8 +78,9 @@ TICKETS = hs.lists(hs.tuples(hs.integers(1, 4), hs.integers(1, 3000), hs.sampled
 @given(leases=LEASES, tickets=TICKETS)
 def test_the_eta_is_when_granting_in_order_starts_it(leases: list[tuple[int, int]],
                                                       tickets: list[tuple[int, int, str]]) -> None:
-    """Replay the node: at every lease end, expire and dispatch; each request starts exactly at its
-    ETA (no renewals, no new arrivals), and never before the requests ahead of it."""
+    """Replay the node: at every lease end, expire and dispatch. The head starts exactly at its ETA (no
+    renewals, no new arrivals: backfill never delays it); every other request no later than its ETA
+    (backfill may start it sooner)."""
     state = st.new_state("boot")
     for i, (n, ttl_s) in enumerate(leases):
         try:
@@ -88,6 +91,7 @@ def test_the_eta_is_when_granting_in_order_starts_it(leases: list[tuple[int, int
               for i, (n, ttl_s, prio) in enumerate(tickets)]
     queued = [q for q in queued if q["state"] == "queued"]
     why = pending.explain(state, _ctx("x", 1))
+    state_at_start = json.loads(json.dumps(state))
     started: dict[str, float] = {}
     now = NOW_BT
     for _ in range(100):
@@ -99,8 +103,12 @@ def test_the_eta_is_when_granting_in_order_starts_it(leases: list[tuple[int, int
         if not state["queue"] or not ends:
             break
         now = min(ends)
+    head = st.queue_order(state_at_start, NOW_BT)[0]["id"] if state_at_start["queue"] else None
     for q in queued:
-        assert why[q["id"]]["eta_in_s"] == started[q["id"]], (q["id"], why, started)
+        if q["id"] == head:
+            assert why[q["id"]]["eta_in_s"] == started[q["id"]], (q["id"], why, started)
+        else:
+            assert started[q["id"]] <= why[q["id"]]["eta_in_s"], (q["id"], why, started)
 
 
 def test_a_declared_runtime_bounds_a_jobs_grant_and_so_the_eta() -> None:
@@ -119,3 +127,39 @@ def test_a_declared_runtime_bounds_a_jobs_grant_and_so_the_eta() -> None:
     assert why[queued["id"]]["eta_in_s"] == 630.0
     assert [b["ends_in_s"] for b in why[queued["id"]]["blockers"]] == [630.0]
     assert why[waiting["id"]]["eta_in_s"] == 630.0 + 65.0
+
+
+def test_backfill_runs_a_short_request_in_the_gap_and_never_delays_the_head() -> None:
+    """EASY backfill, as a timeline on a 4-GPU node: alice holds 2 GPUs until t=600, bob 2 until
+    t=300; the head wants all 4 (latest start 600). Behind it: a 60 s job (`--time`) and a 100 s
+    reservation fit the gap after t=300 and run in it; a 1,000 s reservation and a job without
+    `--time` do not (they would delay the head); the head starts at 600, as without backfill; a
+    backfilled reservation cannot be renewed past the head's start while the head waits."""
+    from gpuconsole.node import jobs
+
+    state = st.new_state("boot")
+    _reserve(state, "alice", 1001, 2, 600)
+    _reserve(state, "bob", 1002, 2, 300)
+    head = _reserve(state, "hank", 1003, 4, 3600, wait=True, priority="high")
+    short_job = jobs.submit(state, _ctx("jo", 1004), {"gpus": 1, "supervisor": {"pid": 1004}, "time_limit_s": 55,
+                                                      "grace_s": 5})
+    short_res = _reserve(state, "rita", 1005, 1, 100, wait=True)
+    long_res = _reserve(state, "lou", 1006, 1, 1000, wait=True)
+    open_job = jobs.submit(state, _ctx("ned", 1007), {"gpus": 1, "supervisor": {"pid": 1007}})
+    assert pending.explain(state, _ctx("x", 1))[head["id"]]["eta_in_s"] == 600.0
+    started: dict[str, float] = {}
+    for t in (0.0, 300.0, 360.0, 400.0, 600.0):
+        ctx = _ctx("x", 1, NOW_BT + t)
+        st.gc(state, ctx)
+        for ticket_id in st.dispatch(state, ctx):
+            started[ticket_id] = t
+        if t == 300.0:  # backfilled at once: both end (t=360, t=400) before the head's start
+            lease = state["leases"][short_res["id"]]
+            assert (lease["backfill_for"], lease["backfill_until_bt"]) == (head["id"], NOW_BT + 600)
+            assert state["leases"][short_job["id"]]["ends_by_bt"] == NOW_BT + 360
+            with pytest.raises(st.OpError, match=head["id"]) as refused:  # past the head's start: no
+                rs.renew(state, _ctx("rita", 1005, NOW_BT + t), {"id": short_res["id"], "ttl_s": 400})
+            assert refused.value.code == "invalid"
+            state["leases"][short_job["id"]]["exp_bt"] = NOW_BT + 360  # the job ends at its limit
+    assert started == {short_job["id"]: 300.0, short_res["id"]: 300.0, head["id"]: 600.0}
+    assert long_res["id"] in state["queue"] and open_job["id"] in state["queue"]

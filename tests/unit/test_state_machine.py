@@ -22,6 +22,7 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -35,6 +36,7 @@ AGING_TICKS = 900 * TICKS_PER_S  # one priority level per 15 min of waiting
 GRACE_TICKS = 300 * TICKS_PER_S  # reboot grace for leases
 MAX_TTL_TICKS = 366 * 86400 * TICKS_PER_S
 WALL0_TICKS = 1_700_000_000 * TICKS_PER_S
+BACKFILL_SLACK_TICKS = 5 * TICKS_PER_S  # state.BACKFILL_SLACK_S
 PRIORITY = {"low": 0, "normal": 1, "high": 2}
 UIDS = (1001, 1002)
 ADMIN_UID = 1900
@@ -74,6 +76,8 @@ class MLease:
     exp: int
     exp_wall: int
     priority: int
+    backfill_for: str | None = None  # granted by backfill ahead of this waiting request…
+    backfill_until: int = 0  # …and may not be renewed past this while it waits
 
 
 @dataclass
@@ -123,16 +127,36 @@ class Model:
     def position(self, ticket_id: str) -> int:
         return [t.id for t in self.order()].index(ticket_id) + 1
 
-    def plan(self, extra: MTicket | None = None) -> list[MTicket]:
-        """Strict in-order granting: the first request that does not fit blocks the rest."""
-        free = self.gpu_count - len(self.held())
-        granted = []
-        for ticket in self.order(extra):
-            if ticket.n > free:
+    def head_start(self, head: MTicket, free: int, granted: list[MTicket]) -> int | None:
+        """The latest time the blocked head fits if no lease is renewed."""
+        ends = sorted([(lease.exp, len(lease.gpus)) for lease in self.leases.values() if self.live(lease)]
+                      + [(self.now + t.ttl, t.n) for t in granted])
+        at = self.now
+        for end, count in ends:
+            if free >= head.n:
                 break
-            granted.append(ticket)
-            free -= ticket.n
-        return granted
+            free, at = free + count, end
+        return at if free >= head.n else None
+
+    def plan(self, extra: MTicket | None = None) -> tuple[list[MTicket], dict[int, tuple[str, int]]]:
+        """In-order granting: the first request that does not fit blocks the rest, except one that fits
+        now and surely ends (its TTL) a slack before the head's latest start (EASY backfill)."""
+        free = self.gpu_count - len(self.held())
+        granted: list[MTicket] = []
+        backfilled: dict[int, tuple[str, int]] = {}
+        head: MTicket | None = None
+        latest: int | None = None
+        for ticket in self.order(extra):
+            if head is None and ticket.n <= free:
+                granted.append(ticket)
+                free -= ticket.n
+            elif head is None:
+                head, latest = ticket, self.head_start(ticket, free, granted)
+            elif latest is not None and ticket.n <= free and self.now + ticket.ttl + BACKFILL_SLACK_TICKS <= latest:
+                granted.append(ticket)
+                free -= ticket.n
+                backfilled[id(ticket)] = (head.id, latest)
+        return granted, backfilled
 
     def grant(self, ticket: MTicket, pick: Pick) -> MLease:
         gpus = pick(ticket.id)
@@ -148,8 +172,10 @@ class Model:
         return lease
 
     def dispatch(self, pick: Pick) -> None:
-        for ticket in self.plan():
-            self.grant(ticket, pick)
+        granted, backfilled = self.plan()
+        for ticket in granted:
+            lease = self.grant(ticket, pick)
+            lease.backfill_for, lease.backfill_until = backfilled.get(id(ticket), (None, 0))
 
     def gc(self) -> None:
         self.leases = {i: lease for i, lease in self.leases.items() if self.live(lease)}
@@ -180,9 +206,11 @@ class Model:
         self.dispatch(pick)
         self.seq += 1
         ticket = MTicket("(new)", uid, n, ttl, PRIORITY[priority], self.seq, self.now, agent)
-        if any(t is ticket for t in self.plan(extra=ticket)):
+        granted, backfilled = self.plan(extra=ticket)
+        if any(t is ticket for t in granted):
             ticket.id = new_id()
             lease = self.grant(ticket, pick)
+            lease.backfill_for, lease.backfill_until = backfilled.get(id(ticket), (None, 0))
             return {"state": "granted", "token": lease.token, "gpus": sorted(lease.gpus)}
         if wait:
             ticket.id = new_id()
@@ -218,6 +246,8 @@ class Model:
         lease = self._live_owned(lease_id, uid, admin, token)
         if not 0 < ttl <= MAX_TTL_TICKS:
             raise RefusedError("invalid")
+        if lease.backfill_for in self.queue and self.now + ttl > lease.backfill_until:
+            raise RefusedError("invalid")  # a backfilled grant may not come to delay the head it went before
         lease.exp = max(lease.exp, self.now + ttl)
         lease.exp_wall = self.wall + (lease.exp - self.now)
         return {"token": lease.token, "gpus": sorted(lease.gpus)}
@@ -402,6 +432,18 @@ class NodeMachine(RuleBasedStateMachine):
     def reserve(self, uid: int, n: int, ttl: int, priority: str, preemptible: bool, wait: bool,
                 slot: int, housekeep: bool) -> None:
         self.do_reserve(uid, n, ttl, priority, preemptible, wait, slot, housekeep)
+
+    @rule(uid=hs.sampled_from(UIDS), n=hs.integers(1, 2), slot=SLOT)
+    def long_hold(self, uid: int, n: int, slot: int) -> None:
+        """A grant for most of an hour: what makes a big request wait long enough for a gap."""
+        self.do_reserve(uid, n, 3000 * TICKS_PER_S, "normal", False, False, slot, True)
+
+    @precondition(lambda self: bool(self.model.queue))
+    @rule(uid=hs.sampled_from(UIDS), ttl=hs.sampled_from([TICKS_PER_S, 2 * TICKS_PER_S, 30 * TICKS_PER_S]),
+          wait=hs.booleans(), slot=SLOT)
+    def short_request_behind_a_queue(self, uid: int, ttl: int, wait: bool, slot: int) -> None:
+        """A one-GPU request of seconds while others wait: what EASY backfill may run in a gap."""
+        self.do_reserve(uid, 1, ttl, "low", False, wait, slot, True)
 
     @rule(uid=hs.sampled_from(UIDS), n=hs.integers(1, 4), ttl=TTLS, priority=PRIO,
           slot=SLOT, housekeep=hs.booleans())
@@ -599,6 +641,11 @@ class NodeMachine(RuleBasedStateMachine):
         from_queue = []
         for lease_id, lease in fresh.items():
             ticket = self.prev_queue.get(lease_id)
+            if lease.get("backfill_for") is not None:  # may go first: it ends before the head can start
+                assert lease["exp_bt"] + st.BACKFILL_SLACK_S <= lease["backfill_until_bt"], (
+                    f"backfill: {lease_id} ends after the start of {lease['backfill_for']} it went before")
+                event("granted by backfill")
+                continue
             granted_key = key(ticket, lease["priority"])
             for other in waiting:
                 assert key(other) > granted_key, (
@@ -693,7 +740,7 @@ def _backfill_past_head(original: Callable[..., Any]) -> Callable[..., Any]:
                 continue
             granted.append((ticket, free[: ticket["n"]]))
             free = free[ticket["n"]:]
-        return granted, blocked
+        return granted, blocked, {}
 
     return plan
 
@@ -704,6 +751,8 @@ MUTANTS: dict[str, tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., 
     "grant_reuses_token": (st, "grant", _grant_reuses_token),
     "fifo_ignores_priority": (st, "queue_order", _fifo_ignores_priority),
     "backfill_past_head": (st, "plan", _backfill_past_head),
+    # Backfill that may end after the head's start (its slack turned into a minute's overrun).
+    "backfill_overruns_head": (st, "BACKFILL_SLACK_S", lambda _original: -60.0),
 }
 
 CONTROL = settings(max_examples=1000, stateful_step_count=40, deadline=None, derandomize=True,
