@@ -12,6 +12,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.notifications import SeverityLevel
+from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 from gpuconsole import notices
@@ -39,7 +40,7 @@ from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
 from gpuconsole.tui.widgets.job_table import JobTable
 from gpuconsole.tui.widgets.keyed_table import KeyedTable
-from gpuconsole.tui.widgets.reservation_table import ReservationTable
+from gpuconsole.tui.widgets.reservation_table import ReservationTable, queue_why
 from gpuconsole.tui.widgets.summary import SummaryBar, connecting_text
 
 # Data arrives at the poll rate (1 Hz); repainting it at 2 Hz keeps it fresh without repainting
@@ -103,6 +104,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
         self._previous_notices: NoticeHandler | None = None
         self.alerts = AlertBook(config.watch, [n.name for n in nodes], poll_s=config.defaults.poll_seconds)
         self._alerts_shown = -1
+        self._queue_why_shown = ""  # the line under the reservations (ReservationTable.queue_why)
         self.init_cloud()
 
     # -- setup ------------------------------------------------------------------------------
@@ -124,6 +126,9 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
                 yield ProcessTable(id="processes")
             with TabPane("Reservations", id="tab-reservations"):
                 yield ReservationTable(id="reservations")
+                why = Static("", id="queue-why", classes="status-line detail")
+                why.display = False  # only while the cursor is on a queued request its node explained
+                yield why
             with TabPane("Jobs", id="tab-jobs"):
                 yield JobTable(id="jobs")
             with TabPane("Cloud", id="tab-cloud"):
@@ -233,6 +238,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
             gpus.border_title = rich_text(f"GPUs · {self.selected_node}" if self.selected_node else "GPUs")
             procs.show(view)
             reservations.show(self.fleet, styles, self.wall_clock())
+            self.show_queue_why(main)
             job_table.show(self.fleet, styles, self.wall_clock())
             self.render_cloud(styles, main)
             active = self.alerts.active_keys
@@ -243,6 +249,22 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
             summary.show(self.fleet, cloud=self.cloud_summary(), alerts=len(active), idle_gpus=len(idle_for_s))
         self._dirty = False
         self._last_render_s = now_s
+
+    @on(ReservationTable.RowHighlighted, "#reservations")
+    def _select_reservation(self, _event: ReservationTable.RowHighlighted) -> None:
+        self.show_queue_why(self.screen_stack[0])
+
+    def show_queue_why(self, main: Screen[object]) -> None:
+        """Under the reservations: why the queued request under the cursor waits and until when."""
+        try:
+            why, table = main.query_one("#queue-why", Static), main.query_one(ReservationTable)
+        except NoMatches:
+            return
+        text = queue_why(self.fleet, table.selected_key, self.wall_clock())
+        if text != self._queue_why_shown:
+            self._queue_why_shown = text
+            why.update(rich_text(text))
+            why.display = bool(text)
 
     @on(NodeTable.RowHighlighted, "#nodes")
     def _select_node(self, event: NodeTable.RowHighlighted) -> None:

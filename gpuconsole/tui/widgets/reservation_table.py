@@ -39,6 +39,15 @@ class ReservationTable(KeyedTable):
         self.sync(rows)
 
 
+def queue_why(fleet: FleetState, key: str | None, now_wall_s: float) -> str:
+    """Why the queued request `key` waits and until when, as its node said ('' if it did not)."""
+    for view in fleet.nodes.values():
+        for req in view.snapshot.queue if view.snapshot is not None and key else ():
+            if req.id == key and req.pending is not None:
+                return f"{req.id} on {req.node}: {req.pending.describe(req.position, now_wall_s)}"
+    return ""
+
+
 def _starts(why: Pending | None, now_wall_s: float, *, narrow: bool) -> str:
     """A queued request's latest start as its node gave it: 'ETA 14:20 UTC (in 9m)', narrow 'ETA 9m'."""
     if why is None:
