@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     PERMISSION = 4
     UNREACHABLE = 5
     NOT_FOUND = 6
+    INTEGRITY = 7  # `audit`: a node's ledger chain is broken
 
 
 class GpuConsoleError(Exception):

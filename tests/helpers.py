@@ -216,3 +216,16 @@ class WatchProc:
 def of_kind(kind: str, **fields: Any) -> Callable[[Alert], bool]:
     """An alert predicate: this kind, and these field values."""
     return lambda a: a["kind"] == kind and all(a.get(k) == v for k, v in fields.items())
+
+
+def schema_valid(ref: str, document: Any) -> None:
+    """Validate `document` against a schema of gpuconsole/schemas, or one of its $defs
+    (`gpuconsole:schemas/reserve#/$defs/progress`); raises with the failing path."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    resources = [Resource.from_contents(json.loads(p.read_text()))
+                 for p in (REPO / "gpuconsole" / "schemas").glob("*.schema.json")]
+    registry: Registry[Any] = Registry().with_resources((r.id(), r) for r in resources)  # type: ignore[misc]
+    jsonschema.Draft202012Validator({"$ref": ref}, registry=registry,
+                                    format_checker=jsonschema.FormatChecker()).validate(document)

@@ -128,6 +128,10 @@ def _dispatch(opts: o.Options) -> int:
 
         # The keeper's connections when it can serve the command, else the command's own.
         members = keeper_fleet(config, opts) or _registry(config)
+        if isinstance(opts, o.AuditArgs):
+            from gpuconsole.cli.audit import run_audit
+
+            return run_audit(members, opts)
         if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
             return _jobs(members, opts)
         return _reservations(members, opts)

@@ -194,6 +194,17 @@ class DoctorArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditArgs:
+    """`audit`: the nodes' ledgers (node/ledger.py), each chain verified."""
+
+    config: str | None
+    node: str | None
+    since: str | None  # a duration back from now
+    user: str | None
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
 class InitArgs:
     """`init`: write a commented config from ~/.ssh/config's Host entries (needs no config)."""
 
@@ -249,9 +260,9 @@ class KeeperArgs:
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs
 )
 
 # The commands a keeper may answer (cli/keeper.keeper_serves says when it does).
 ONE_SHOT = (ReserveArgs, ReleaseArgs, RenewArgs, ReservationsArgs, SubmitArgs, JobsArgs, LogsArgs, CancelArgs,
-            PreemptArgs)
+            PreemptArgs, AuditArgs)

@@ -279,6 +279,15 @@ def _doctor_parser(sub: Subparsers, common: Parser) -> None:
     doctor.add_argument("--json", action="store_true", help="the checks as one JSON document")
 
 
+def _audit_parser(sub: Subparsers, common: Parser) -> None:
+    audit = sub.add_parser("audit", parents=[common],
+                           help="the nodes' ledgers of grants and jobs, their hash chains checked")
+    audit.add_argument("--node", metavar="NAME", help="only this node")
+    audit.add_argument("--since", metavar="DUR", help="only records of the last DUR (e.g. 7d)")
+    audit.add_argument("--user", metavar="USER", help="only records USER owns or made")
+    audit.add_argument("--json", action="store_true", help="the records and each node's chain as one JSON document")
+
+
 def _init_parser(sub: Subparsers, common: Parser) -> None:
     init = sub.add_parser("init", parents=[common], help="write a commented config from ~/.ssh/config's Host entries")
     init.add_argument("--host", dest="hosts", action="append", metavar="NAME",
@@ -338,6 +347,7 @@ COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
     "cloud": _cloud_parser,
     "watch": _watch_parser,
     "doctor": _doctor_parser,
+    "audit": _audit_parser,
     "init": _init_parser,
     "node-install": _node_install_parser,
     "demo": _demo_parser,
@@ -351,7 +361,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     None: o.ConsoleArgs, "status": o.StatusArgs, "reserve": o.ReserveArgs, "release": o.ReleaseArgs,
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
-    "doctor": o.DoctorArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
+    "doctor": o.DoctorArgs, "audit": o.AuditArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
     "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs, "keeper": o.KeeperArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}

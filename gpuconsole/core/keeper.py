@@ -41,7 +41,7 @@ from gpuconsole.ssh.hostkeys import trust_set
 # The node ops a client may send through the keeper: one-shot requests. Never `hello` or `stream`
 # (they would change the keeper's own agent for every later client), nor what binds state to the
 # asking connection (a queued reserve's ticket, `poll`, `reattach`) or only a job supervisor sends.
-SERVED_OPS = frozenset({"snapshot", "reservations", "capacity", "doctor", "ping", "jobs", "logs", "submit",
+SERVED_OPS = frozenset({"snapshot", "reservations", "capacity", "doctor", "ping", "jobs", "logs", "ledger", "submit",
                         "submit_array", "cancel", "reserve", "release", "renew", "preempt"})
 MAX_TIMEOUT_S = 600.0
 

@@ -107,6 +107,12 @@ TICKET = obj({"id": string, "state": string, "position": COUNT, "owner": OPT_TEX
               "gpus_requested": Opt(nullable(GPU_COUNT)), **PENDING})
 GRANT_OR_TICKET = variant("state", {"granted": GRANT, "queued": TICKET})
 
+LEDGER_RECORD = obj({
+    "seq": COUNT, "event": string, "at": OPT_TEXT, "id": OPT_TEXT, "owner": OPT_TEXT, "by": OPT_TEXT,
+    "op": OPT_TEXT, "gpus": Opt(list_of(GPU_INDEX), []), "segment": Opt(nullable(COUNT)), "line": Opt(nullable(COUNT)),
+})
+LEDGER_BREAK = obj({"segment": COUNT, "line": COUNT, "seq": Opt(nullable(metric_int)), "problem": string})
+
 # The result of every op the client sends; an op not listed must still answer with an object.
 RESULTS: dict[str, Check] = {
     "hello": HELLO,
@@ -126,6 +132,8 @@ RESULTS: dict[str, Check] = {
     "logs": obj({"data": string, "offset": COUNT, "state": string, "ended": boolean}),
     "doctor": obj({"checks": list_of(obj({"check": string, "ok": boolean, "detail": OPT_TEXT, "fix": OPT_TEXT}))}),
     "stream": obj({"stream_s": Opt(metric)}),
+    "ledger": obj({"head": obj({"seq": Opt(nullable(metric_int)), "hash": OPT_TEXT}), "count": COUNT,
+                   "records": list_of(LEDGER_RECORD), "breaks": list_of(LEDGER_BREAK)}),
     "ping": obj({}),
 }
 WARNINGS = list_of(string)

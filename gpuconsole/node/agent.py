@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import arrays, doctor, jobs, loader, pending, procs
+from . import arrays, doctor, jobs, ledger, loader, pending, procs
 from . import gpus as gpu_sources
 from . import service as svc
 from . import state as st
@@ -47,6 +47,8 @@ MAX_REQUEST_BYTES = 1 << 20
 ARG_TYPES = (("id", str), ("req_id", str), ("token", int), ("name", str), ("reason", str), ("stream", str))
 _ID_PREFIX = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,18})\s*[,}]')
 
+
+LEDGER_MAX = 10000  # records one `ledger` answer carries (the newest)
 
 def now_bt() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
@@ -110,6 +112,7 @@ class Agent:
             "jobs": self._op_jobs,
             "logs": lambda args: (self._job_ops().logs(args), []),
             "cancel": lambda args: self.transaction("cancel_job", args),
+            "ledger": self._op_ledger,
         }
 
     # -- output and telemetry ---------------------------------------------------------------
@@ -255,6 +258,21 @@ class Agent:
         ctx.gpus_in_use = self.gpus_in_use()
         state = txn.view(state, ctx)
         return jobs.listing(state, ctx, pending.explain(state, ctx)), warnings
+
+    def _op_ledger(self, args: Args) -> Reply:
+        """The node's ledger, its chain checked here (`audit`): the records at or after `since` (ISO
+        time) of `user` (owner or actor), the last LEDGER_MAX of them, and every break."""
+        txn = self._txn()
+        state, warnings, _ = txn.read()
+        head = ledger.head_of(state, txn.store.dir)
+        records, breaks = ledger.verify(txn.store.dir, head)
+        since, user = args.get("since"), args.get("user")
+        if not all(value is None or isinstance(value, str) for value in (since, user)):
+            raise st.OpError("invalid", "since and user must be strings")
+        chosen = [r for r in records if (since is None or str(r.get("at", "")) >= since)
+                  and (user is None or user in (r.get("owner"), r.get("by")))]
+        return {"head": {"seq": head.get("seq"), "hash": head.get("hash")}, "count": len(records),
+                "records": chosen[-LEDGER_MAX:], "breaks": breaks[:LEDGER_MAX]}, warnings
 
     def _op_doctor(self) -> Result:
         txn = self._txn()

@@ -175,6 +175,26 @@ def write_temp(target: str, body: bytes, mode: int) -> str:
     return name
 
 
+def append_synced(path: str, size: int, body: bytes, mode: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (what was committed: a crashed writer may have left more)
+    and append ``body`` durably (fsync) — a log whose committed length is recorded elsewhere."""
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)  # the umask would otherwise decide who else may append
+        if info.st_size < size:
+            raise OSError(errno.EIO, "%s is shorter than its committed %d bytes" % (path, size))
+        os.ftruncate(fd, size)
+        os.lseek(fd, size, os.SEEK_SET)
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def sync_dir(path: str) -> None:
     """fsync a directory, so that a rename in it survives a power cut."""
     dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -34,7 +34,7 @@ SERVICE_PYTHON = "/usr/bin/python3"
 DEFAULT_USER = "gpuconsole"
 DEFAULT_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
 # What the service agent answers; everything a user's process does (jobs, logs, telemetry) is not here.
-SERVED = frozenset({"hello", "ping", "reservations", "capacity", "jobs", "doctor", "cancel"})
+SERVED = frozenset({"hello", "ping", "reservations", "capacity", "jobs", "doctor", "cancel", "ledger"})
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 

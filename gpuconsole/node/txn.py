@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from . import faults, jobs, reservations
+from . import faults, jobs, ledger, reservations
 from . import state as st
-from .fileio import io_error
-from .store import CorruptState, no_dir_error
+from .fileio import DIR_MODE, io_error
+from .store import SERVICE_DIR_MODE, CorruptState, no_dir_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -143,6 +143,7 @@ class Transactions:
             state.pop("checksum", None)
             must_write = loaded is None  # a new node, a recovery or a quarantine that must be persisted
             baseline = loaded if loaded is not None else json.dumps(state)
+            before = ledger.summary(state)
             try:
                 changed = self._housekeep(state, ctx)
                 result = func(state, ctx, args)
@@ -150,14 +151,14 @@ class Transactions:
                 # Refused: keep only what housekeeping changed, re-derived from what was read.
                 state = json.loads(baseline)
                 if self._housekeep(state, ctx) or must_write:
-                    warnings = warnings + self._commit(state)
+                    warnings = warnings + self._commit(state, ledger.events(before, state, ctx, "gc", {}))
                 raise
             if op in ALWAYS_CHANGES:
                 if req_id:
                     state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
                 changed = True
             if changed or must_write:
-                warnings = warnings + self._commit(state)
+                warnings = warnings + self._commit(state, ledger.events(before, state, ctx, op, args))
                 # The committed state object is the store's now (the next locked load reuses it):
                 # the answer must not share a record with it.
                 result = json.loads(json.dumps(result))
@@ -166,11 +167,16 @@ class Transactions:
             self.store.release_lock()
             self.critical.active = False
 
-    def _commit(self, state: State) -> Warnings:
-        """Commit, or raise OpError("io") when nothing was committed; returns post-commit warnings."""
+    def _commit(self, state: State, records: list[Result]) -> Warnings:
+        """Append the change's ledger records, then commit the state naming the ledger's new head; or
+        raise OpError("io") when nothing was committed; returns post-commit warnings."""
         if faults.active("ack_before_commit"):  # negative control for the history checker only
             return []
         try:
+            if records:
+                state["ledger"] = ledger.append(
+                    self.store.dir, ledger.head_of(state, self.store.dir), records, self.store.file_mode,
+                    SERVICE_DIR_MODE if self.store.service else DIR_MODE)
             return self.store.commit(state)
         except OSError as exc:
             raise self.io_error("not changed: cannot write the state", exc) from None

@@ -160,6 +160,7 @@ class State(_StateBase, total=False):
     dropped: dict[str, DroppedTicket]
     quarantine: list[QuarantineEntry]
     recoveries: int
+    ledger: dict[str, Any]  # the ledger's head (node/ledger.py): checked where it is read
 
 
 class ProcessRecord(TypedDict):

@@ -495,6 +495,15 @@ def test_concurrent_agents_under_kill9_lose_nothing_and_leak_nothing(node: Node)
     leftovers = [n for n in os.listdir(node.state_dir) if ".tmp." in n]
     if leftovers:
         stats.violation(f"temp files left after a locked op: {leftovers}")
+    # The ledger (node/ledger.py) through the kills: whole (no torn record, no gap), and holding every
+    # acknowledged grant (acknowledged means committed, and a grant's record commits with it).
+    book = auditor.ok("ledger")
+    if book["breaks"]:
+        stats.violation(f"ledger chain broken after the kills: {book['breaks'][:3]}")
+    in_ledger = {r["id"] for r in book["records"] if r["event"] == "grant"}
+    missing = [g.id for g in grants if g.id not in in_ledger]
+    if missing:
+        stats.violation(f"acknowledged grants missing from the ledger: {missing[:5]}")
 
     print(f"\nkill9 churn: {stats.ops} ops, {stats.kills} SIGKILLs ({stats.kills_in_flight} mid-request), "
           f"{stats.retries} retries, "

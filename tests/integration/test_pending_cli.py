@@ -7,25 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonschema
-from referencing import Registry, Resource
-
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.format import epoch_s
-from tests.helpers import REPO, cli_json, run_cli, wait_for
-
-
-def _valid(ref: str, document: Any) -> None:
-    resources = [Resource.from_contents(json.loads(p.read_text()))
-                 for p in (REPO / "gpuconsole" / "schemas").glob("*.schema.json")]
-    registry: Registry[Any] = Registry().with_resources((r.id(), r) for r in resources)  # type: ignore[misc]
-    jsonschema.Draft202012Validator({"$ref": ref}, registry=registry,
-                                    format_checker=jsonschema.FormatChecker()).validate(document)
+from tests.helpers import cli_json, run_cli, schema_valid, wait_for
 
 
 def _job(config: Any, job_id: str) -> dict[str, Any]:
     listing = cli_json("jobs", config=config)
-    _valid("gpuconsole:schemas/jobs", listing)
+    schema_valid("gpuconsole:schemas/jobs", listing)
     job: dict[str, Any] = next(j for j in listing["jobs"] if j["id"] == job_id)
     return job
 

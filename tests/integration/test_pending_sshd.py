@@ -10,12 +10,10 @@ import subprocess
 import sys
 from typing import Any
 
-import jsonschema
 import pytest
-from referencing import Registry, Resource
 
 from gpuconsole.format import epoch_s
-from tests.helpers import REPO
+from tests.helpers import schema_valid
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import GPUS, NODE, SshdNode
 
@@ -23,15 +21,6 @@ if (_why := sshd_fixture.missing_tools()) is not None:
     pytest.skip(_why, allow_module_level=True)
 
 pytestmark = pytest.mark.sshd
-
-
-def _valid(ref: str, document: Any) -> None:
-    """Validate against a schema (or one of its $defs) of gpuconsole/schemas."""
-    resources = [Resource.from_contents(json.loads(p.read_text()))
-                 for p in (REPO / "gpuconsole" / "schemas").glob("*.schema.json")]
-    registry: Registry[Any] = Registry().with_resources((r.id(), r) for r in resources)  # type: ignore[misc]
-    jsonschema.Draft202012Validator({"$ref": ref}, registry=registry,
-                                    format_checker=jsonschema.FormatChecker()).validate(document)
 
 
 def _progress(stream: Any) -> dict[str, Any]:
@@ -53,7 +42,7 @@ def test_a_waiting_request_names_the_grant_it_waits_for_and_when(sshd_node: Sshd
             [sys.executable, "-m", "gpuconsole", "--config", str(bob), "reserve", "--gpus", str(GPUS), "--node",
              NODE, "--wait", "--timeout", "2m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = _progress(waiting.stderr)
-        _valid("gpuconsole:schemas/reserve#/$defs/progress", line)
+        schema_valid("gpuconsole:schemas/reserve#/$defs/progress", line)
         assert line["event"] == "queued" and line["position"] == 1 and line["pending_reason"] == "resources"
         (blocker,) = line["blockers"]
         assert (blocker["id"], blocker["owner"], blocker["gpus"]) == (held["id"], "gcutest1", list(range(GPUS)))
@@ -61,7 +50,7 @@ def test_a_waiting_request_names_the_grant_it_waits_for_and_when(sshd_node: Sshd
         assert abs(epoch_s(line["eta"]) - epoch_s(held["expires_at"])) <= 2  # type: ignore[operator]
         # Alice's listing explains bob's wait the same way, and its text says it in a line.
         listing = sshd_fixture.ok_json(alice, "reservations")
-        _valid("gpuconsole:schemas/reservations", listing)
+        schema_valid("gpuconsole:schemas/reservations", listing)
         (queued,) = listing["queue"]
         assert queued["owner"] == "gcutest2" and queued["blockers"][0]["id"] == held["id"]
         table = sshd_fixture.cli(alice, "reservations")

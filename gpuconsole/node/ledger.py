@@ -1,0 +1,166 @@
+"""A node's tamper-evident ledger: each grant and its end (released, expired, revoked, the job's),
+and each job's start and end, appended in the transaction that makes the change to
+`<state_dir>/ledger/seg-NNNNNN.jsonl` as hash-chained JSON lines: every record names the sha256 of
+the line before it, so an edited or deleted record breaks the chain at the next one.
+
+The state holds the ledger's head (last seq, its hash, segment and committed size), committed with
+the change: lines a crashed writer appended past the head are not part of it and the next writer
+cuts them off. Segments rotate by size and the chain runs on across them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from . import state as st
+from .fileio import DIR_MODE, append_synced, make_shared_dir, read_regular
+from .loader import sha256_hex
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Tuple
+
+    from .state import Ctx
+    from .typedefs import Args, Result, State
+
+    # leases by id: (owner, gpus, job, expiry); jobs by id: their state
+    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float]], Dict[str, str]]
+
+GENESIS = "0" * 64
+SEGMENT_MAX_BYTES = 4 << 20
+ENDED_JOB = ("succeeded", "failed", "cancelled", "preempted", "lost", "timed_out")
+
+
+def ledger_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "ledger")
+
+
+def segment_path(state_dir: str, number: int) -> str:
+    return os.path.join(ledger_dir(state_dir), "seg-%06d.jsonl" % number)
+
+
+def _count(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def head_of(state: State, state_dir: str) -> Result:
+    """The committed head; a new chain on a node without one. A head that is not one (the state is
+    shared, so anything may be written there) starts a new chain in a new segment: nothing written
+    is cut, and the chain's break stays there for `audit` to report."""
+    head: Any = state.get("ledger")
+    if head is None:
+        return {"seq": 0, "hash": GENESIS, "segment": 1, "size": 0}
+    if (isinstance(head, dict) and _count(head.get("seq"), 0) and _count(head.get("segment"), 1)
+            and _count(head.get("size"), 0) and isinstance(head.get("hash"), str) and len(head["hash"]) == 64):
+        return head
+    try:
+        taken = [int(name[4:10]) for name in os.listdir(ledger_dir(state_dir))
+                 if name.startswith("seg-") and name[4:10].isdigit()]
+    except OSError:
+        taken = []
+    return {"seq": 0, "hash": GENESIS, "segment": max(taken, default=0) + 1, "size": 0}
+
+
+def summary(state: State) -> Summary:
+    """What the change's events are told apart by: the leases and the jobs' states before it."""
+    leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"])
+              for i, lease in state["leases"].items()}
+    return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}
+
+
+def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
+    """The ledger records of one transaction: what its housekeeping and its op changed."""
+    leases_before, jobs_before = before
+    at = st.iso_utc(ctx.now_wall)
+    out: list[Result] = []
+    for lease_id, lease in state["leases"].items():
+        if lease_id not in leases_before:
+            record: Result = {"event": "grant", "id": lease_id, "owner": lease["owner"], "gpus": list(lease["gpus"]),
+                              "kind": "job" if lease.get("job") else "reservation",
+                              "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"]))}
+            if lease.get("backfill_for"):
+                record["backfill_for"] = lease.get("backfill_for")
+            out.append(record)
+    for lease_id, (owner, gpus, was_job, exp_bt) in leases_before.items():
+        if lease_id not in state["leases"]:
+            reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
+                      else "released" if op == "release" and args.get("id") == lease_id else "revoked")
+            out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason})
+    for job_id, job in state.get("jobs", {}).items():
+        was = jobs_before.get(job_id)
+        if job["state"] == "running" and was != "running":
+            out.append({"event": "job_start", "id": job_id, "owner": job["owner"], "gpus": list(job.get("gpus") or [])})
+        elif job["state"] in ENDED_JOB and was not in ENDED_JOB:
+            out.append({"event": "job_end", "id": job_id, "owner": job["owner"], "state": job["state"],
+                        "exit_code": job.get("exit_code")})
+    for record in out:
+        record.update(at=at, by=ctx.user, op=op)
+    return out
+
+
+def append(state_dir: str, head: Result, records: list[Result], file_mode: int, dir_mode: int = DIR_MODE) -> Result:
+    """Write the records after `head` durably; the new head (which the caller commits with the state)."""
+    prev, seq = str(head["hash"]), int(head["seq"])
+    lines = []
+    for record in records:
+        seq += 1
+        line = json.dumps(dict(record, seq=seq, prev=prev), sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        prev = sha256_hex(line)
+        lines.append(line)
+    body = b"".join(lines)
+    segment, size = int(head["segment"]), int(head["size"])
+    make_shared_dir(ledger_dir(state_dir), dir_mode)
+    if size and size + len(body) > SEGMENT_MAX_BYTES:
+        append_synced(segment_path(state_dir, segment), size, b"", file_mode)  # cut any uncommitted tail
+        segment, size = segment + 1, 0
+    append_synced(segment_path(state_dir, segment), size, body, file_mode)
+    return {"seq": seq, "hash": prev, "segment": segment, "size": size + len(body)}
+
+
+def verify(state_dir: str, head: Result) -> tuple[list[Result], list[Result]]:
+    """Every committed record (with `segment` and `line`) and the breaks in the chain, each with its
+    place and what is wrong; a break does not stop the walk (the chain resumes from that record)."""
+    records: list[Result] = []
+    breaks: list[Result] = []
+    prev, seq = GENESIS, 0
+    last = int(head.get("segment", 1))
+    for number in range(1, last + 1):
+        try:
+            data = read_regular(segment_path(state_dir, number))
+        except (OSError, ValueError) as exc:
+            if number < last or int(head.get("size", 0)):
+                breaks.append({"segment": number, "line": 0, "seq": seq + 1, "problem": "segment unreadable: %s" % exc})
+            continue
+        short = number == last and len(data) < int(head.get("size", 0))
+        if number == last:
+            data = data[:int(head.get("size", 0))]
+        for index, line in enumerate(data.splitlines(keepends=True), 1):
+            place = {"segment": number, "line": index}
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                breaks.append(dict(place, seq=seq + 1, problem="not a JSON record"))
+                prev, seq = sha256_hex(line), seq + 1
+                continue
+            if record.get("prev") != prev:
+                breaks.append(dict(place, seq=record.get("seq"), problem="does not follow the record before it "
+                                   "(that record, or its link, was changed or removed)"))
+            elif record.get("seq") != seq + 1:
+                breaks.append(dict(place, seq=record.get("seq"), problem="sequence gap after %d" % seq))
+            prev = sha256_hex(line)
+            if not (_count(record.get("seq"), 1) and isinstance(record.get("event"), str)):
+                breaks.append(dict(place, seq=seq + 1, problem="a record without its seq or event"))
+                seq += 1
+                continue
+            seq = record["seq"]
+            records.append(dict(record, **place))
+        if short:
+            breaks.append({"segment": number, "line": 0, "seq": seq + 1,
+                           "problem": "segment is shorter than the committed %s bytes" % head.get("size")})
+    if not breaks and (seq != head.get("seq") or prev != head.get("hash")):
+        breaks.append({"segment": last, "line": 0, "seq": seq, "problem": "the ledger does not end where the state "
+                       "says (seq %s)" % head.get("seq")})
+    return records, breaks
