@@ -89,3 +89,17 @@ def _warm(config: Path) -> dict[str, Any]:
     assert first.returncode == 0, first.stderr
     state: dict[str, Any] = wait_for(lambda: (s := _keeper(config))["running"] and s, message="the keeper to answer")
     return state
+
+
+OTHER_USER = "gcutestkeeper"  # a second local OS user (tests that need root make it)
+
+
+def other_user() -> str:
+    """The second local OS user, created once (no home, no password: it only runs probes)."""
+    from tests.integration.sshd_fixture import run as admin
+
+    try:
+        admin("id", OTHER_USER)
+    except AssertionError:
+        admin("useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", OTHER_USER)
+    return OTHER_USER

@@ -25,7 +25,15 @@ import pytest
 from gpuconsole.core import keeper_client as kc
 from gpuconsole.demo.cluster import DemoThread
 from tests.helpers import run_cli, wait_for
-from tests.integration.keeper_fixtures import _alive, _keeper, _pids, _runtime, _warm, keeper_on  # noqa: F401
+from tests.integration.keeper_fixtures import (  # noqa: F401  (keeper_on: the fixture)
+    _alive,
+    _keeper,
+    _pids,
+    _runtime,
+    _warm,
+    keeper_on,
+    other_user,
+)
 
 pytestmark = pytest.mark.usefixtures("keeper_on")
 # Live readings of the demo host itself (the demo nodes report this machine's CPU, memory and I/O):
@@ -196,7 +204,6 @@ def test_a_changed_host_key_is_refused_through_the_keeper(demo: DemoThread, tmp_
     assert _keeper(config)["requests"] == 2  # the keeper answered it (with the refusal)
 
 
-_OTHER = "gcutestkeeper"
 _PROBE = """
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -215,12 +222,7 @@ print(json.dumps({"answer": s.makefile().readline()}))
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second OS user")
 def test_another_local_user_is_refused(demo: DemoThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.integration.sshd_fixture import run as admin
-
-    try:
-        admin("id", _OTHER)
-    except AssertionError:
-        admin("useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", _OTHER)
+    other = other_user()
     # A runtime dir that the other user can reach (pytest's tmp dirs are 0700): only the keeper's
     # own checks stand between that user and the keeper.
     base = Path(tempfile.mkdtemp(prefix="gc-keeper-"))
@@ -231,7 +233,7 @@ def test_another_local_user_is_refused(demo: DemoThread, monkeypatch: pytest.Mon
         (sock,) = _runtime().glob("*.sock")
 
         def probe() -> dict[str, Any]:
-            result = subprocess.run(["runuser", "-u", _OTHER, "--", "/usr/bin/python3", "-c", _PROBE, str(sock)],
+            result = subprocess.run(["runuser", "-u", other, "--", "/usr/bin/python3", "-c", _PROBE, str(sock)],
                                     capture_output=True, text=True, timeout=30, cwd="/")
             assert result.returncode == 0, result.stderr
             answer: dict[str, Any] = json.loads(result.stdout)

@@ -27,11 +27,11 @@ from tests.integration.keeper_fixtures import (  # noqa: F401  (keeper_on: the f
     _residents,
     _warm,
     keeper_on,
+    other_user,
 )
 
 pytestmark = pytest.mark.usefixtures("keeper_on")
 
-_OTHER = "gcresident"
 
 
 def _resident(config: Path) -> int:
@@ -169,12 +169,7 @@ print(json.dumps({"answer": answer}))
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a second OS user")
 def test_another_local_user_cannot_reach_the_resident(demo: DemoThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.integration.sshd_fixture import run as admin
-
-    try:
-        admin("id", _OTHER)
-    except AssertionError:
-        admin("useradd", "-M", "-d", "/nonexistent", "-s", "/bin/sh", _OTHER)
+    other = other_user()
     base = Path(tempfile.mkdtemp(prefix="gc-resident-"))
     try:
         base.chmod(0o711)  # reachable by the other user (pytest's tmp dirs are 0700)
@@ -191,11 +186,11 @@ def test_another_local_user_cannot_reach_the_resident(demo: DemoThread, monkeypa
             answer: dict[str, Any] = json.loads(result.stdout)
             return answer
 
-        assert probe(_OTHER) == {"connect": "PermissionError"}  # 0700 dir, 0600 socket
+        assert probe(other) == {"connect": "PermissionError"}  # 0700 dir, 0600 socket
         assert probe() == {"answer": "decline\n"}  # our own uid is heard (and a bad request turned down)
         sock.parent.chmod(0o711)
         sock.chmod(0o666)  # as if the modes were lost: the peer-credential check still refuses
-        assert probe(_OTHER) == {"answer": ""}  # hung up on, unheard
+        assert probe(other) == {"answer": ""}  # hung up on, unheard
         assert _alive(resident) and not _children(resident)
     finally:
         for pid in _pids():

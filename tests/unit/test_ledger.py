@@ -68,12 +68,17 @@ def test_a_thousand_operations_leave_a_whole_chain_of_every_grant_and_its_end(tm
     assert all(r["reason"] == "released" for r in answer["records"] if r["event"] == "end")
 
 
-def test_a_flipped_byte_or_a_deleted_record_is_reported_where_it_is(tmp_path: Path) -> None:
-    agent = _agent(tmp_path)
-    for _ in range(6):
+def _reserve_and_release(agent: Agent, times: int) -> None:
+    """`times` grants of one GPU, each released: two ledger records each."""
+    for _ in range(times):
         result = _op(agent, "reserve", gpus=1, ttl_s=600)
         assert result is not None
         _op(agent, "release", id=result["id"])
+
+
+def test_a_flipped_byte_or_a_deleted_record_is_reported_where_it_is(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    _reserve_and_release(agent, 6)
     path = _segment(agent)
     original = path.read_bytes()
     lines = original.splitlines(keepends=True)
@@ -119,10 +124,7 @@ def test_a_commit_that_fails_after_the_append_leaves_no_record_and_no_gap(tmp_pa
 def test_segments_rotate_and_the_chain_runs_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ledger, "SEGMENT_MAX_BYTES", 1500)
     agent = _agent(tmp_path)
-    for _ in range(20):
-        result = _op(agent, "reserve", gpus=1, ttl_s=600)
-        assert result is not None
-        _op(agent, "release", id=result["id"])
+    _reserve_and_release(agent, 20)
     answer = _ledger(agent)
     segments = {r["segment"] for r in answer["records"]}
     assert len(segments) >= 4 and answer["breaks"] == [] and answer["count"] == 40
