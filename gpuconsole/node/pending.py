@@ -45,10 +45,11 @@ def _ahead(ticket: Ticket) -> Result:
             "gpus_requested": ticket["n"], "priority": st.PRIORITY_NAMES.get(ticket["priority"], "normal")}
 
 
-def explain(state: State, ctx: Ctx) -> dict[str, Result]:
+def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Result]:
     """For each queued ticket id: `pending_reason` ("resources": it is next and its GPUs are held;
-    "priority": requests ahead of it go first), `ahead`, `blockers`, `eta` and `eta_in_s`."""
-    order = st.queue_order(state, ctx.now_bt)
+    "priority": requests ahead of it go first), `ahead`, `blockers`, `eta` and `eta_in_s`; only the
+    first `limit` in grant order when given (the replay needs nothing after them)."""
+    order = st.queue_order(state, ctx.now_bt)[:limit]
     live = sorted((lease for lease in state["leases"].values() if lease["exp_bt"] > ctx.now_bt),
                   key=lambda lease: (_lease_end(lease), lease["id"]))
     free = len(st.free_gpus(state, ctx))

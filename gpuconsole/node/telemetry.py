@@ -97,9 +97,8 @@ class Telemetry:
         })
         # Why the first few queued requests wait (the console shows it): not a whole deep queue's,
         # which would grow every snapshot by hundreds of KB.
-        reasons = pending.explain(state, ctx) if state["queue"] else {}
-        shown = {t["id"] for t in st.queue_order(state, ctx.now_bt)[:SNAPSHOT_PENDING_MAX]}
-        data.update(st.listing(state, ctx, {k: v for k, v in reasons.items() if k in shown}))
+        data.update(st.listing(state, ctx, pending.explain(state, ctx, SNAPSHOT_PENDING_MAX)
+                               if state["queue"] else {}))
         data["jobs"] = jobs.recent(state, ctx)
         return data
 

@@ -163,3 +163,22 @@ def test_backfill_runs_a_short_request_in_the_gap_and_never_delays_the_head() ->
             state["leases"][short_job["id"]]["exp_bt"] = NOW_BT + 360  # the job ends at its limit
     assert started == {short_job["id"]: 300.0, short_res["id"]: 300.0, head["id"]: 600.0}
     assert long_res["id"] in state["queue"] and open_job["id"] in state["queue"]
+
+
+def test_a_snapshot_explains_only_the_first_queued_requests(tmp_path: Any) -> None:
+    """The console's telemetry carries the reasons of a node's first 20 queued requests, not of a
+    deep queue's every one (which would grow each snapshot by hundreds of KB)."""
+    import io
+
+    from gpuconsole.node.agent import Agent
+    from gpuconsole.node.telemetry import SNAPSHOT_PENDING_MAX
+
+    agent = Agent(io.BytesIO())
+    agent.op_hello({"state_dir": str(tmp_path / "s"), "simulate_gpus": 2, "node": "snap"})
+    agent.transaction("reserve", {"gpus": 2, "ttl_s": 600})
+    for _ in range(SNAPSHOT_PENDING_MAX + 5):
+        agent.transaction("reserve", {"gpus": 1, "ttl_s": 60, "wait": True})
+    queue = agent.snapshot(rates=False)["queue"]
+    assert len(queue) == SNAPSHOT_PENDING_MAX + 5
+    assert [("pending_reason" in q) for q in queue] == [True] * SNAPSHOT_PENDING_MAX + [False] * 5
+    assert queue[0]["eta_in_s"] == 600.0 and queue[1]["eta_in_s"] == 600.0  # two 1-GPU requests at once
