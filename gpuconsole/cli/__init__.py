@@ -128,10 +128,10 @@ def _dispatch(opts: o.Options) -> int:
 
         # The keeper's connections when it can serve the command, else the command's own.
         members = keeper_fleet(config, opts) or _registry(config)
-        if isinstance(opts, o.AuditArgs):
-            from gpuconsole.cli.audit import run_audit
+        if isinstance(opts, o.AuditArgs | o.UsageArgs):
+            from gpuconsole.cli.audit import run_audit, run_usage
 
-            return run_audit(members, opts)
+            return run_audit(members, opts) if isinstance(opts, o.AuditArgs) else run_usage(members, opts)
         if isinstance(opts, o.SubmitArgs | o.JobsArgs | o.LogsArgs | o.CancelArgs | o.PreemptArgs):
             return _jobs(members, opts)
         return _reservations(members, opts)

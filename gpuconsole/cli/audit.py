@@ -1,6 +1,7 @@
 """`gpuconsole audit`: every node's ledger of grants and jobs (node/ledger.py), its hash chain
 checked by the node; the records as a table or JSON, and a line per node saying whether its chain
-is whole. A break anywhere exits 7 (ExitCode.INTEGRITY)."""
+is whole. A break anywhere exits 7 (ExitCode.INTEGRITY). `gpuconsole usage`: the figures
+core/usage.py computes from the same ledgers."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.keeper import open_fleet
-from gpuconsole.cli.options import AuditArgs
+from gpuconsole.cli.options import AuditArgs, UsageArgs
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.tables import Column, fit_table
-from gpuconsole.durations import parse_duration_s
+from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError
 from gpuconsole.format import iso_utc
 
@@ -32,11 +33,7 @@ def run_audit(members: Members, args: AuditArgs) -> int:
     if args.user is not None:
         request["user"] = args.user
 
-    async def go() -> dict[str, dict[str, Any] | GpuConsoleError]:
-        async with open_fleet(members) as fleet:
-            return await fleet.call_all("ledger", request, names)
-
-    answers = asyncio.run(go())
+    answers = _ledgers(members, request, names)
     nodes, records, errors = [], [], []
     for node in sorted(answers):
         answer = answers[node]
@@ -54,6 +51,78 @@ def run_audit(members: Members, args: AuditArgs) -> int:
     if any(not n["ok"] for n in nodes):
         return int(ExitCode.INTEGRITY)
     return int(ExitCode.UNREACHABLE) if errors and not nodes else int(ExitCode.OK)
+
+
+def _ledgers(members: Members, request: dict[str, Any],
+             names: list[str] | None) -> dict[str, dict[str, Any] | GpuConsoleError]:
+    """Every (named) node's `ledger` answer, or its error."""
+    async def go() -> dict[str, dict[str, Any] | GpuConsoleError]:
+        async with open_fleet(members) as fleet:
+            return await fleet.call_all("ledger", request, names)
+
+    return asyncio.run(go())
+
+
+def run_usage(members: Members, args: UsageArgs) -> int:
+    from gpuconsole.core.usage import usage
+
+    until_s = time.time()
+    since_s = until_s - parse_duration_s(args.since, what="--since")
+    answers = _ledgers(members, {}, None)
+    ledgers = {n: a["records"] for n, a in answers.items() if not isinstance(a, GpuConsoleError)}
+    errors = [{"node": n, "error": str(a)} for n, a in sorted(answers.items()) if isinstance(a, GpuConsoleError)]
+    rows = [r.to_json() for r in usage(ledgers, since_s, until_s, args.by)]
+    broken = sorted(n for n, a in answers.items() if not isinstance(a, GpuConsoleError) and a["breaks"])
+    for node in broken:  # figures from a ledger whose chain is broken cannot be vouched for
+        warn(f"{node}: its ledger's chain is broken (see `gpuconsole audit --node {node}`)")
+    if args.json:
+        print_json({"since": iso_utc(since_s), "until": iso_utc(until_s), "by": args.by, "rows": rows,
+                    "errors": errors})
+    elif args.csv:
+        _csv(rows, args.by)
+    else:
+        _usage_table(rows, args.by)
+        for error in errors:
+            warn(f"{error['node']}: {error['error']}")
+    return int(ExitCode.UNREACHABLE) if errors and not ledgers else int(ExitCode.OK)
+
+
+def _outcomes(rows: list[dict[str, Any]]) -> list[str]:
+    return sorted({outcome for row in rows for outcome in row["job_gpu_hours"]})
+
+
+def _csv(rows: list[dict[str, Any]], by: str) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    outcomes = _outcomes(rows)
+    writer.writerow([by, "gpu_hours_held", *(f"job_gpu_hours_{o}" for o in outcomes), "queue_wait_n",
+                     "queue_wait_p50_s", "queue_wait_p95_s"])
+    for row in rows:  # a node's text in a spreadsheet: a leading =, +, - or @ would be a formula
+        key = row["key"] if row["key"][:1] not in ("=", "+", "-", "@") else "'" + row["key"]
+        wait = row["queue_wait_s"]
+        writer.writerow([key, row["gpu_hours_held"], *(row["job_gpu_hours"].get(o, 0.0) for o in outcomes),
+                         wait["n"], *("" if wait[p] is None else wait[p] for p in ("p50", "p95"))])
+
+
+def _usage_table(rows: list[dict[str, Any]], by: str) -> None:
+    if not rows:
+        say("no usage in the window")
+        return
+    outcomes = _outcomes(rows)
+    columns = (Column(by), Column("GPU-h held"), *(Column(f"job GPU-h {o}", priority=2) for o in outcomes),
+               Column("queue wait p50/p95", priority=1))
+    body = [[row["key"], f"{row['gpu_hours_held']:.2f}", *(f"{row['job_gpu_hours'].get(o, 0.0):.2f}" for o in outcomes),
+             _waits(row["queue_wait_s"])] for row in rows]
+    out = console()
+    out.print(fit_table("usage", columns, body, out.width))
+
+
+def _waits(wait: dict[str, Any]) -> str:
+    if not wait["n"]:
+        return "-"
+    return f"{format_duration_s(wait['p50'])} / {format_duration_s(wait['p95'])} ({wait['n']})"
 
 
 def _show(nodes: list[dict[str, Any]], records: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:

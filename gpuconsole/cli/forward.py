@@ -19,7 +19,7 @@ from gpuconsole.core.rundir import base_dir, config_tag, peer_uid
 
 # What the resident may run (it decides for good after a full parse; cli/keeper.resident_serves).
 COMMANDS = frozenset({"status", "reserve", "release", "renew", "reservations", "submit", "jobs", "logs",
-                      "cancel", "preempt", "audit"})
+                      "cancel", "preempt", "audit", "usage"})
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 MAX_HEADER_BYTES = 1 << 20
 

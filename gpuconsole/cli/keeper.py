@@ -46,7 +46,7 @@ def keeper_serves(opts: o.Options) -> bool:
     """Whether the keeper's connections may answer this command: not one that holds its connection
     (a waiting reserve owns its queue ticket, `logs --follow` streams), nor `status --watch`."""
     served = (o.ReleaseArgs, o.RenewArgs, o.ReservationsArgs, o.SubmitArgs, o.JobsArgs, o.CancelArgs,
-              o.PreemptArgs, o.AuditArgs)
+              o.PreemptArgs, o.AuditArgs, o.UsageArgs)
     return (isinstance(opts, served) or (isinstance(opts, o.ReserveArgs) and not opts.wait)
             or (isinstance(opts, o.LogsArgs) and not opts.follow)
             or (isinstance(opts, o.StatusArgs) and opts.watch is None))

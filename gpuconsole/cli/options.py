@@ -205,6 +205,17 @@ class AuditArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageArgs:
+    """`usage`: GPU-hours and queue waits from the nodes' ledgers (core/usage.py)."""
+
+    config: str | None
+    since: str
+    by: str  # user, node or day
+    json: bool
+    csv: bool
+
+
+@dataclass(frozen=True, slots=True)
 class InitArgs:
     """`init`: write a commented config from ~/.ssh/config's Host entries (needs no config)."""
 
@@ -260,9 +271,9 @@ class KeeperArgs:
 Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
-    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs
+    | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs | UsageArgs
 )
 
 # The commands a keeper may answer (cli/keeper.keeper_serves says when it does).
 ONE_SHOT = (ReserveArgs, ReleaseArgs, RenewArgs, ReservationsArgs, SubmitArgs, JobsArgs, LogsArgs, CancelArgs,
-            PreemptArgs, AuditArgs)
+            PreemptArgs, AuditArgs, UsageArgs)

@@ -288,6 +288,16 @@ def _audit_parser(sub: Subparsers, common: Parser) -> None:
     audit.add_argument("--json", action="store_true", help="the records and each node's chain as one JSON document")
 
 
+def _usage_parser(sub: Subparsers, common: Parser) -> None:
+    usage = sub.add_parser("usage", parents=[common],
+                           help="GPU-hours held and by jobs, and queue waits, from the ledgers")
+    usage.add_argument("--since", metavar="DUR", default="30d", help="the window: the last DUR (default 30d)")
+    usage.add_argument("--by", choices=("user", "node", "day"), default="user", help="one row per user, node or day")
+    out = usage.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="the rows as one JSON document")
+    out.add_argument("--csv", action="store_true", help="the rows as CSV (a header line, then a row each)")
+
+
 def _init_parser(sub: Subparsers, common: Parser) -> None:
     init = sub.add_parser("init", parents=[common], help="write a commented config from ~/.ssh/config's Host entries")
     init.add_argument("--host", dest="hosts", action="append", metavar="NAME",
@@ -348,6 +358,7 @@ COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
     "watch": _watch_parser,
     "doctor": _doctor_parser,
     "audit": _audit_parser,
+    "usage": _usage_parser,
     "init": _init_parser,
     "node-install": _node_install_parser,
     "demo": _demo_parser,
@@ -361,8 +372,9 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     None: o.ConsoleArgs, "status": o.StatusArgs, "reserve": o.ReserveArgs, "release": o.ReleaseArgs,
     "renew": o.RenewArgs, "reservations": o.ReservationsArgs, "submit": o.SubmitArgs, "jobs": o.JobsArgs,
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
-    "doctor": o.DoctorArgs, "audit": o.AuditArgs, "node-install": o.NodeInstallArgs, "demo": o.DemoArgs,
-    "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs, "keeper": o.KeeperArgs,
+    "doctor": o.DoctorArgs, "audit": o.AuditArgs, "usage": o.UsageArgs, "node-install": o.NodeInstallArgs,
+    "demo": o.DemoArgs, "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
+    "keeper": o.KeeperArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

@@ -81,12 +81,21 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
                               "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"]))}
             if lease.get("backfill_for"):
                 record["backfill_for"] = lease.get("backfill_for")
+            if lease.get("queued_wall"):
+                record["queued_at"] = st.iso_utc(float(lease.get("queued_wall") or 0))
             out.append(record)
+        elif not lease.get("job") and lease["exp_bt"] > leases_before[lease_id][3]:
+            # A reservation renewed (a job's lease renews itself while it runs: its end says enough).
+            out.append({"event": "renew", "id": lease_id, "owner": lease["owner"], "gpus": list(lease["gpus"]),
+                        "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"]))})
     for lease_id, (owner, gpus, was_job, exp_bt) in leases_before.items():
         if lease_id not in state["leases"]:
             reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
                       else "released" if op == "release" and args.get("id") == lease_id else "revoked")
-            out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason})
+            # When the GPUs came back: an expired lease at its expiry (the change that noticed may come later).
+            ended = ctx.wall_at(exp_bt) if reason == "expired" else ctx.now_wall
+            out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason,
+                        "ended_at": st.iso_utc(ended)})
     for job_id, job in state.get("jobs", {}).items():
         was = jobs_before.get(job_id)
         if job["state"] == "running" and was != "running":

@@ -280,6 +280,7 @@ def grant(state: State, ctx: Ctx, lease_id: str, uid: int, owner: str, gpus: lis
     }
     if ticket is not None:
         lease["from_queue"] = True
+        lease["queued_wall"] = ticket["created_wall"]
         if ticket.get("job"):
             lease["job"] = True
             if ticket.get("ends_after_s"):

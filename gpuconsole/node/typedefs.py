@@ -48,6 +48,7 @@ class Lease(_LeaseBase, total=False):
     job: bool
     preempted_by: str | None
     ends_by_bt: float  # a time-limited job's grant ends by then (its lease is renewed until then)
+    queued_wall: float  # when the request it was granted from was queued
     backfill_for: str  # granted by backfill ahead of this queued request…
     backfill_until_bt: float  # …which it must not delay: its end may not move past this
 

@@ -38,3 +38,20 @@ def test_audit_lists_the_ledgers_and_reports_a_changed_byte(demo: DemoThread) ->
     assert broken.returncode == 7, broken.stderr
     assert "node-01: chain BROKEN at segment 1 line 2 (seq 2)" in broken.stdout
     assert "node-02: chain whole" in broken.stdout
+
+
+def test_usage_reads_the_ledgers(demo: DemoThread) -> None:
+    """`usage` over the demo: a reservation held a few seconds shows as GPU-hours of its owner (JSON,
+    schema-checked), as CSV with a header, and per node."""
+    config = demo.config_path
+    grant = cli_json("reserve", "--gpus", "2", "--node", "node-01", config=config)
+    assert run_cli("release", grant["id"], config=config).returncode == 0
+    report = cli_json("usage", "--since", "1h", config=config)
+    schema_valid("gpuconsole:schemas/usage", report)
+    (row,) = report["rows"]
+    assert row["key"] == grant["owner"] and 0 <= row["gpu_hours_held"] < 2 * 60 / 3600
+    csv_out = run_cli("usage", "--csv", "--by", "node", config=config)
+    assert csv_out.returncode == 0
+    header, *lines = csv_out.stdout.splitlines()
+    assert header.startswith("node,gpu_hours_held") and lines[0].startswith("node-01,")
+    assert run_cli("usage", "--since", "soon", config=config).returncode == 2
