@@ -22,6 +22,9 @@ COMMANDS = frozenset({"status", "reserve", "release", "renew", "reservations", "
                       "cancel", "preempt", "audit", "usage"})
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 MAX_HEADER_BYTES = 1 << 20
+# How long a resident may take to say it runs the command (a stopped one never would): the caller
+# then runs it itself. Generous: the child's answer comes after a parse and a config read.
+ANSWER_TIMEOUT_S = 30.0
 
 
 def forward(argv: list[str]) -> int | None:
@@ -33,6 +36,7 @@ def forward(argv: list[str]) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     relay = _Relay(sock)
     try:
+        sock.settimeout(ANSWER_TIMEOUT_S)
         sock.connect(os.path.join(base_dir(), config_tag(config) + ".resident"))
         if peer_uid(sock) != os.getuid():  # never hand our terminal to another user's process
             raise ValueError("not ours")
@@ -40,6 +44,7 @@ def forward(argv: list[str]) -> int | None:
         reader = sock.makefile("rb")
         if reader.readline() != b"run\n":
             raise ValueError("declined")  # (or died) before the command started: nothing was done yet
+        sock.settimeout(None)  # from here the command's own time: as long as it runs
     except (OSError, ValueError):
         sock.close()
         relay.undo()  # a signal that came meanwhile is this process's own again
