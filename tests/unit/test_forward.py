@@ -4,16 +4,28 @@ down leaves the command to this process, with its signal handlers as they were."
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gpuconsole.cli import forward as fw
 from gpuconsole.core.rundir import config_tag
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A runtime dir with a short path (a Unix socket's path is limited to 107 bytes; pytest's
+    tmp_path under xdist is longer)."""
+    path = Path(tempfile.mkdtemp(prefix="gcfw-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[socket.socket, Path]:
@@ -27,9 +39,9 @@ def _listener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[socket.s
     return server, config
 
 
-def test_a_resident_that_never_answers_leaves_the_command_here(tmp_path: Path,
+def test_a_resident_that_never_answers_leaves_the_command_here(short_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    server, config = _listener(tmp_path, monkeypatch)  # listening, never accepting: a stopped resident
+    server, config = _listener(short_dir, monkeypatch)  # listening, never accepting: a stopped resident
     monkeypatch.setattr(fw, "ANSWER_TIMEOUT_S", 0.5)
     before = signal.getsignal(signal.SIGINT)
     try:
@@ -41,8 +53,8 @@ def test_a_resident_that_never_answers_leaves_the_command_here(tmp_path: Path,
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_a_resident_that_declines_leaves_the_command_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, config = _listener(tmp_path, monkeypatch)
+def test_a_resident_that_declines_leaves_the_command_here(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, config = _listener(short_dir, monkeypatch)
 
     def decline() -> None:
         conn, _ = server.accept()
