@@ -87,7 +87,9 @@ def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Resul
     return out
 
 
-def with_reason(view: Result, reasons: dict[str, Result], ticket_id: Any) -> Result:
-    """A queued request's view with why it waits (unchanged when it does not)."""
-    reason = reasons.get(ticket_id)
-    return dict(view, **reason) if reason is not None else view
+def queued_view(state: State, ctx: Ctx, ticket_id: str, **more: Any) -> Result:
+    """A queued request's answer: id, state, position, `more`, and why it waits; the replay stops at
+    the request itself (a waiter polls five times a second, behind however deep a queue)."""
+    position = st.queue_position(state, ctx, ticket_id)
+    reason = explain(state, ctx, position).get(ticket_id, {}) if position is not None else {}
+    return dict({"id": ticket_id, "state": "queued", "position": position}, **more, **reason)

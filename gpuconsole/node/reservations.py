@@ -37,9 +37,7 @@ def reserve(state: State, ctx: Ctx, args: Args) -> Result:
         if wait_s is not None:
             ticket["deadline_bt"] = ctx.now_bt + st.duration_s(wait_s, "wait_s")
         state["queue"][ticket["id"]] = ticket
-        return pending.with_reason(
-            {"id": ticket["id"], "state": "queued", "position": st.queue_position(state, ctx, ticket["id"]),
-             "owner": ctx.user, "gpus_requested": n}, pending.explain(state, ctx), ticket["id"])
+        return pending.queued_view(state, ctx, ticket["id"], owner=ctx.user, gpus_requested=n)
     free = len(st.free_gpus(state, ctx))
     raise OpError("insufficient", "%d GPUs requested, %d free of %d" % (n, free, ctx.gpu_count),
                   gpu_count=ctx.gpu_count, free=free, queued=len(state["queue"]))
@@ -54,9 +52,7 @@ def poll(state: State, ctx: Ctx, args: Args) -> Result:
             raise OpError("permission", "%s belongs to %s" % (ticket_id, lease["owner"]))
         return dict(st.grant_result(lease, ctx), state="granted")
     if ticket_id in state["queue"]:
-        return pending.with_reason({"id": ticket_id, "state": "queued",
-                                    "position": st.queue_position(state, ctx, ticket_id)},
-                                   pending.explain(state, ctx), ticket_id)
+        return pending.queued_view(state, ctx, ticket_id)
     raise OpError("not_found", "no queued or active reservation %s" % ticket_id)
 
 
