@@ -231,8 +231,7 @@ class Agent:
 
     def _op_reservations(self, args: Args) -> Reply:
         txn = self._txn()
-        state, warnings, _ = txn.read()
-        ctx = self.new_ctx()
+        state, warnings, ctx = txn.settled_read(self.new_ctx)
         ctx.gpus_in_use = self.gpus_in_use()  # GPUs busy outside any grant count for the ETAs
         state = txn.view(state, ctx)
         return st.listing(state, ctx, pending.explain(state, ctx)), warnings
@@ -240,9 +239,8 @@ class Agent:
     def _op_capacity(self) -> Result:
         """Free GPUs and queue length, read without the lock, for choosing a node."""
         txn = self._txn()
-        ctx = self.new_ctx()
+        state, _, ctx = txn.settled_read(self.new_ctx)
         ctx.gpus_in_use = self.gpus_in_use()
-        state, _, _ = txn.read()
         state = txn.view(state, ctx)
         return {"gpu_count": ctx.gpu_count, "free": len(st.free_gpus(state, ctx)),
                 "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx)}

@@ -228,14 +228,14 @@ def _raise_lock_timeout(signum: int, frame: FrameType | None) -> None:
     raise _LockTimeout()
 
 
-def flock_with_timeout(fd: int, timeout_s: float) -> None:
-    """flock(LOCK_EX) that gives up after timeout_s with OpError("busy").
+def flock_with_timeout(fd: int, timeout_s: float, operation: int = fcntl.LOCK_EX) -> None:
+    """flock(operation: LOCK_EX, or LOCK_SH) that gives up after timeout_s with OpError("busy").
 
     On the main thread the wait is a blocking flock bounded by a timer signal, so the kernel wakes
     us the instant the holder unlocks; other threads fall back to short polling.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
         return
     except BlockingIOError:
         pass
@@ -243,7 +243,7 @@ def flock_with_timeout(fd: int, timeout_s: float) -> None:
         previous = signal.signal(signal.SIGALRM, _raise_lock_timeout)
         signal.setitimer(signal.ITIMER_REAL, timeout_s)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, operation)
             return
         except _LockTimeout:
             pass
@@ -254,7 +254,7 @@ def flock_with_timeout(fd: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, operation | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
                 time.sleep(0.001)

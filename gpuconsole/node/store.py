@@ -9,6 +9,7 @@ state.json (checksum first, then the canonical body) is defined here and nowhere
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import stat
@@ -223,6 +224,21 @@ class StateStore:
             os.close(fd)
             raise
         self._lock_fd = fd
+
+    def await_writer(self, timeout_s: float) -> int | None:
+        """A shared flock on the lock file (so no change is in flight while it is held), or None
+        when that cannot be had within timeout_s or at all (no lock file yet, not ours to open).
+        The caller closes the fd it gets."""
+        try:
+            fd = open_regular(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            flock_with_timeout(fd, timeout_s, fcntl.LOCK_SH)
+        except (st.OpError, OSError):
+            os.close(fd)
+            return None
+        return fd
 
     def release_lock(self) -> None:
         if self._lock_fd is not None:

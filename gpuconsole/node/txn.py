@@ -8,6 +8,7 @@ through the agent; nothing here knows about requests, telemetry or service links
 from __future__ import annotations
 
 import json
+import os
 
 from . import faults, jobs, ledger, reservations
 from . import state as st
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 MUTATIONS: dict[str, Transition] = dict(reservations.MUTATIONS, **jobs.MUTATIONS)
 ALWAYS_CHANGES = reservations.ALWAYS_CHANGES | frozenset(jobs.MUTATIONS)
+SETTLE_TIMEOUT_S = 2.0
 
 
 def remembered(alive: Alive) -> Alive:
@@ -88,6 +90,23 @@ class Transactions:
             return self.store.load(self.boot_id)
         except CorruptState as exc:
             raise st.OpError("corrupt", "node state unreadable: %s" % exc) from None
+
+    def settled_read(self, new_ctx: Callable[[], Ctx]) -> tuple[State, Warnings, Ctx]:
+        """A lock-free read and the context to view it in, unless a lease in it has run out: then
+        both again under a shared lock (up to SETTLE_TIMEOUT_S), since a renew of it may be deciding
+        now and commit after the expiry, and the view must not show it gone and then back."""
+        state, warnings, _ = self.read()
+        ctx = new_ctx()
+        if not any(not lease.get("job") and lease["exp_bt"] <= ctx.now_bt for lease in state["leases"].values()):
+            return state, warnings, ctx
+        fd = self.store.await_writer(SETTLE_TIMEOUT_S)
+        if fd is None:
+            return state, warnings, ctx  # a stalled writer must not stall every view
+        try:
+            state, warnings, _ = self.read()
+            return state, warnings, new_ctx()
+        finally:
+            os.close(fd)
 
     def view(self, state: State, ctx: Ctx) -> State:
         """The state as the next transaction's housekeeping would find it, for lock-free views.
