@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.completion import remember_id
@@ -276,6 +277,7 @@ RESERVATION_COLUMNS = (
     Column("id"), Column("kind"), Column("node"), Column("gpus"), Column("owner"), Column("priority", priority=2),
     Column("state"), Column("created", priority=1), Column("expires", priority=3, narrow_at=2),
 )
+SHARE_COLUMN = Column("share", priority=0, justify="right")
 
 
 def _node_now_s(r: Reservation) -> float:
@@ -299,4 +301,11 @@ def reservations_table(reservations: list[Reservation], queue: list[QueuedReques
                      ago_h(r.created_at, now_s), expires])
     rows.extend([q.id, q.kind, q.node, f"{q.gpus_requested} wanted", q.owner, q.priority,
                  f"queued #{q.position}", ago_h(q.created_at, time.time()), NA] for q in queue)
-    return fit_table("reservations", RESERVATION_COLUMNS, rows, console().width if width is None else width)
+    columns: Sequence[Column] = RESERVATION_COLUMNS
+    shares = [q.pending.fair_share if q.pending else None for q in queue]
+    if any(share is not None for share in shares):  # the queue's fair-share factors (node/fairshare.py)
+        columns = (*RESERVATION_COLUMNS[:6], SHARE_COLUMN, *RESERVATION_COLUMNS[6:])
+        blank = [""] * len(reservations)
+        rows = [[*row[:6], share, *row[6:]]
+                for row, share in zip(rows, blank + [NA if f is None else f"{f:.2f}" for f in shares], strict=True)]
+    return fit_table("reservations", columns, rows, console().width if width is None else width)

@@ -9,7 +9,7 @@ from typing import Any
 
 from gpuconsole.format import when_h
 
-FIELDS = ("pending_reason", "ahead", "blockers", "eta", "eta_in_s")
+FIELDS = ("pending_reason", "ahead", "blockers", "eta", "eta_in_s", "quota", "fair_share")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,8 @@ class Blocker:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """`reason`: "resources" (next in line, its GPUs are held) or "priority" (others go first);
+    """`reason`: "resources" (next in line, its GPUs are held), "priority" (others go first) or
+    "quota" (its owner holds the most the node allows one user);
     `eta_in_s`: the latest start if no lease is renewed and nothing of higher priority arrives (None:
     unknown, it waits on a running job)."""
 
@@ -47,12 +48,16 @@ class Pending:
     blockers: tuple[Blocker, ...]
     eta: str | None
     eta_in_s: float | None
+    quota_held: int | None = None  # reason "quota": the GPUs its owner holds on the node ...
+    quota_cap: int | None = None  # ... and the most the node's policy allows one user
+    fair_share: float | None = None  # its owner's fair-share factor (1: no recent use); None: off
 
     @classmethod
     def of(cls, data: Mapping[str, Any]) -> Pending | None:
         """From a checked reply's fields (replies.PENDING); None when the node did not explain."""
         if not isinstance(data.get("pending_reason"), str):
             return None
+        quota = data.get("quota") or {}
         return cls(
             reason=data["pending_reason"],
             ahead=tuple(Ahead(a["id"], a["owner"], a.get("kind", "reservation"), int(a["gpus_requested"]),
@@ -60,12 +65,17 @@ class Pending:
             blockers=tuple(Blocker(b["id"], b["owner"], b.get("kind", "reservation"), tuple(b["gpus"]),
                                    b.get("priority", "normal"), b.get("ends_in_s"))
                            for b in data.get("blockers") or ()),
-            eta=data.get("eta"), eta_in_s=data.get("eta_in_s"))
+            eta=data.get("eta"), eta_in_s=data.get("eta_in_s"),
+            quota_held=quota.get("held"), quota_cap=quota.get("max_gpus_per_user"),
+            fair_share=data.get("fair_share"))
 
     def describe(self, position: int | None, now_s: float) -> str:
         """'behind 2 requests: bob's j-x (4 GPUs, high); GPUs 0-3 held by alice r-7dj until 14:20 UTC
         (in 9m); starts by 14:20 UTC (in 9m)'. Plain text of node strings: escape it to print."""
         parts = []
+        if self.reason == "quota":
+            parts.append(f"held by the node's quota: its owner holds {_gpus(self.quota_held or 0)} there, "
+                         f"at most {self.quota_cap} per user")
         if self.reason == "priority" and self.ahead:
             nearest = self.ahead[-1]
             count = (position - 1) if position else len(self.ahead)
@@ -78,8 +88,11 @@ class Pending:
                          f"{blocker.owner} {blocker.id} {until}")
         if len(self.blockers) > 2:
             parts.append(f"and {len(self.blockers) - 2} more")
-        parts.append("start time unknown (it waits on a running job)" if self.eta_in_s is None
-                     else f"starts by {when_h(now_s + self.eta_in_s, now_s)}")
+        if self.reason == "quota":
+            parts.append("it starts after enough of them end")
+        else:
+            parts.append("start time unknown (it waits on a running job)" if self.eta_in_s is None
+                         else f"starts by {when_h(now_s + self.eta_in_s, now_s)}")
         return "; ".join(parts)
 
 

@@ -70,6 +70,8 @@ PENDING: dict[str, Check | Opt] = {
                                  "ends_at": Opt(nullable(iso_time)), "ends_in_s": Opt(nullable(metric))})), ABSENT),
     "eta": Opt(nullable(iso_time), ABSENT),
     "eta_in_s": Opt(nullable(metric), ABSENT),
+    "quota": Opt(obj({"max_gpus_per_user": COUNT, "held": COUNT}), ABSENT),
+    "fair_share": Opt(nullable(metric), ABSENT),
 }
 QUEUED = obj({
     "id": string, "gpus_requested": GPU_COUNT, "owner": string, "uid": Opt(nullable(COUNT)),

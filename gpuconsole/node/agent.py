@@ -20,6 +20,7 @@ from functools import partial
 
 from . import arrays, doctor, jobs, ledger, loader, pending, procs
 from . import gpus as gpu_sources
+from . import policy as node_policy
 from . import service as svc
 from . import state as st
 from .hostio import HostSampler
@@ -137,7 +138,7 @@ class Agent:
         """Who asks and what the node sees now (no GPU processes: transactions add those)."""
         return st.Ctx(self.uid, self.user, now_bt(), time.time(),
                       self.gpus.count() if self.gpus else 0, admin=self.admin,
-                      agent=self.ident, alive=procs.is_alive)
+                      agent=self.ident, alive=procs.is_alive, policy=node_policy.load(self.service is not None)[0])
 
     def gpus_in_use(self) -> set[int]:
         """GPUs with processes, observed before the lock is taken (no NVML under the lock)."""

@@ -254,7 +254,7 @@ def preempt_for_head(state: State, ctx: Ctx) -> bool:
     the victims would free enough GPUs. Returns True when something changed.
     """
     _, blocked, _ = st.plan(state, ctx)
-    if not blocked or not blocked[0].get("preempt"):
+    if not blocked or not blocked[0].get("preempt") or st.over_quota(state, ctx, blocked[0]):
         return False
     head = blocked[0]
     need = head["n"] - len(st.free_gpus(state, ctx))

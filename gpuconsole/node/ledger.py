@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from .state import Ctx
     from .typedefs import Args, Result, State
 
-    # leases by id: (owner, gpus, job, expiry); jobs by id: their state
-    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float]], Dict[str, str]]
+    # leases by id: (owner, gpus, job, expiry, granted at (wall)); jobs by id: their state
+    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float]], Dict[str, str]]
+    # a grant the change ended: (id, owner, gpus, was a job's, reason, ended at (wall), granted at (wall))
+    Ended = Tuple[str, str, List[int], bool, str, float, float]
 
 GENESIS = "0" * 64
 SEGMENT_MAX_BYTES = 4 << 20
@@ -64,8 +66,8 @@ def head_of(state: State, state_dir: str) -> Result:
 
 def summary(state: State) -> Summary:
     """What the change's events are told apart by: the leases and the jobs' states before it."""
-    leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"])
-              for i, lease in state["leases"].items()}
+    leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"],
+                  float(lease["created_wall"])) for i, lease in state["leases"].items()}
     return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}
 
 
@@ -88,14 +90,9 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
             # A reservation renewed (a job's lease renews itself while it runs: its end says enough).
             out.append({"event": "renew", "id": lease_id, "owner": lease["owner"], "gpus": list(lease["gpus"]),
                         "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"]))})
-    for lease_id, (owner, gpus, was_job, exp_bt) in leases_before.items():
-        if lease_id not in state["leases"]:
-            reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
-                      else "released" if op == "release" and args.get("id") == lease_id else "revoked")
-            # When the GPUs came back: an expired lease at its expiry (the change that noticed may come later).
-            ended = ctx.wall_at(exp_bt) if reason == "expired" else ctx.now_wall
-            out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason,
-                        "ended_at": st.iso_utc(ended)})
+    for lease_id, owner, gpus, _, reason, ended, _ in ended_grants(before, state, ctx, op, args):
+        out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason,
+                    "ended_at": st.iso_utc(ended)})
     for job_id, job in state.get("jobs", {}).items():
         was = jobs_before.get(job_id)
         if job["state"] == "running" and was != "running":
@@ -105,6 +102,19 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
                         "exit_code": job.get("exit_code")})
     for record in out:
         record.update(at=at, by=ctx.user, op=op)
+    return out
+
+
+def ended_grants(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Ended]:
+    """The grants the change ended, why, and when their GPUs came back (an expired lease: at its
+    expiry, though the change that noticed may come later)."""
+    out: list[Ended] = []
+    for lease_id, (owner, gpus, was_job, exp_bt, granted_wall) in before[0].items():
+        if lease_id not in state["leases"]:
+            reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
+                      else "released" if op == "release" and args.get("id") == lease_id else "revoked")
+            ended = ctx.wall_at(exp_bt) if reason == "expired" else ctx.now_wall
+            out.append((lease_id, owner, gpus, was_job, reason, ended, granted_wall))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 
+from . import fairshare
 from . import state as st
 
 TYPE_CHECKING = False
@@ -47,8 +48,10 @@ def _ahead(ticket: Ticket) -> Result:
 
 def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Result]:
     """For each queued ticket id: `pending_reason` ("resources": it is next and its GPUs are held;
-    "priority": requests ahead of it go first), `ahead`, `blockers`, `eta` and `eta_in_s`; only the
-    first `limit` in grant order when given (the replay needs nothing after them)."""
+    "priority": requests ahead of it go first; "quota": its owner holds the most the node's policy
+    allows (`quota`: held and the cap), `ahead`, `blockers`, `eta` and `eta_in_s`, and the owner's
+    `fair_share` factor when fair share is on; only the first `limit` in grant order when given (the
+    replay needs nothing after them)."""
     order = st.queue_order(state, ctx.now_bt)[:limit]
     live = sorted((lease for lease in state["leases"].values() if lease["exp_bt"] > ctx.now_bt),
                   key=lambda lease: (_lease_end(lease), lease["id"]))
@@ -59,7 +62,16 @@ def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Resul
     released: list[str] = []  # leases whose end the replay has passed, in end order
     at: float | None = ctx.now_bt  # None once a request ahead has no known start
     out: dict[str, Result] = {}
-    for index, ticket in enumerate(order):
+    ahead: list[Ticket] = []  # the requests before it that the replay grants (quota-held ones wait apart)
+    for ticket in order:
+        quota = st.over_quota(state, ctx, ticket)
+        if quota is not None:
+            own = [lease for lease in live if lease["uid"] == ticket["uid"]]
+            out[ticket["id"]] = {"pending_reason": "quota", "quota": quota, "ahead": [],
+                                 "blockers": [_blocker(lease, ctx) for lease in own[:MAX_BLOCKERS]],
+                                 "eta": None, "eta_in_s": None}
+            continue
+        index = len(ahead)
         while at is not None and free < ticket["n"]:
             if not ends or ends[0][0] == NEVER:
                 at = None  # waits for a grant with no promised end (or for GPUs in other use)
@@ -74,16 +86,22 @@ def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Resul
             waited += [by_id[h[2]] for h in sorted(ends) if h[2]]
         out[ticket["id"]] = {
             "pending_reason": "priority" if index else "resources",
-            "ahead": [_ahead(t) for t in order[max(0, index - MAX_AHEAD):index]],
+            "ahead": [_ahead(t) for t in ahead[-MAX_AHEAD:]],
             # The grants whose ends decide its start: the last to end before it, or all it waits on.
             "blockers": [_blocker(lease, ctx) for lease in (waited[-MAX_BLOCKERS:] if at is not None
                                                             else waited[:MAX_BLOCKERS])],
             "eta": None if at is None else st.iso_utc(ctx.wall_at(at)),
             "eta_in_s": None if at is None else round(at - ctx.now_bt, 1),
         }
+        ahead.append(ticket)
         if at is not None:
             free -= ticket["n"]
             heapq.heappush(ends, (at + (st.held_for_s(ticket) or NEVER), ticket["n"], ""))
+    factor = fairshare.factor
+    for ticket in order:
+        share = factor(state, ticket["owner"])
+        if share is not None:
+            out[ticket["id"]]["fair_share"] = share
     return out
 
 

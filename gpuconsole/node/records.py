@@ -92,7 +92,11 @@ JOB: Schema = {
 }
 APPLIED: Schema = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
 DROPPED: Schema = dict(TICKET, dropped_bt=(_num, True))
-TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED))
+USAGE: Schema = {"gpu_s": (lambda v: _num(v) and v >= 0, True), "at_wall": (_num, True)}
+FAIR_SHARE: Schema = {"factor": (lambda v: _num(v) and 0 <= v <= 1, True), "gpu_h": (_num, True)}
+TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED),
+          ("usage", USAGE), ("fair_share", FAIR_SHARE))
+OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share")
 
 
 def problem(record: object, schema: Schema, key: str | None = None) -> str | None:
@@ -118,12 +122,17 @@ def problem(record: object, schema: Schema, key: str | None = None) -> str | Non
 def sanitize(state: dict[str, Any]) -> list[str]:
     """Quarantine every malformed record in place; return one warning line per record moved."""
     warnings: list[str] = []
-    for optional in ("jobs", "dropped"):
+    for optional in OPTIONAL_TABLES:
         if optional in state and not isinstance(state[optional], dict):
             warnings.append("quarantined %s: not an object" % optional)
             _keep(state, optional, state[optional], "not an object")
             state[optional] = {}
     state.setdefault("jobs", {})
+    weight = state.get("fair_share_weight")
+    if weight is not None and not (_num(weight) and 0 <= weight <= 100):
+        _keep(state, "fair_share_weight", weight, "bad weight")
+        warnings.append("quarantined fair_share_weight: bad weight")
+        del state["fair_share_weight"]
     for name, schema in TABLES:
         table = state.get(name, {})
         for key in list(table):

@@ -6,7 +6,7 @@ state.py; the agent runs each one inside a transaction (lock, housekeeping, comm
 
 from __future__ import annotations
 
-from . import pending
+from . import pending, policy
 from . import state as st
 from .state import OpError
 
@@ -24,6 +24,7 @@ def reserve(state: State, ctx: Ctx, args: Args) -> Result:
     """Grant n GPUs now, or (wait=True) queue the request; never overtakes a blocked queue head."""
     n, ttl_s, priority = st.validate_request(args, ctx)
     preemptible = bool(args.get("preemptible", False))
+    _within_policy(ctx, n, ttl_s)
     st.dispatch(state, ctx)
     ticket = st.new_ticket(state, ctx, n, ttl_s, priority, preemptible)
     granted, _, backfilled = st.plan(state, ctx, extra=ticket)
@@ -39,8 +40,24 @@ def reserve(state: State, ctx: Ctx, args: Args) -> Result:
         state["queue"][ticket["id"]] = ticket
         return pending.queued_view(state, ctx, ticket["id"], owner=ctx.user, gpus_requested=n)
     free = len(st.free_gpus(state, ctx))
+    quota = st.over_quota(state, ctx, ticket)
+    if quota is not None:
+        raise OpError("insufficient", "%d GPUs requested: you hold %d here and the node's policy allows %s"
+                      % (n, quota["held"], policy.cap_text(ctx.policy)), gpu_count=ctx.gpu_count, free=free,
+                      queued=len(state["queue"]), quota=quota)
     raise OpError("insufficient", "%d GPUs requested, %d free of %d" % (n, free, ctx.gpu_count),
                   gpu_count=ctx.gpu_count, free=free, queued=len(state["queue"]))
+
+
+def _within_policy(ctx: Ctx, n: int, ttl_s: float) -> None:
+    """Refuse what the node's policy never allows: more GPUs than a user may hold, or longer."""
+    cap = ctx.policy.get("max_gpus_per_user")
+    if cap is not None and n > cap:
+        raise OpError("permission", "%d GPUs requested; the node's policy allows %s" % (n, policy.cap_text(ctx.policy)))
+    longest = ctx.policy.get("max_reservation_s")
+    if longest is not None and ttl_s > longest:
+        raise OpError("permission", "a reservation for %s; the node's policy allows at most %s"
+                      % (policy.human_s(ttl_s), policy.human_s(longest)))
 
 
 def poll(state: State, ctx: Ctx, args: Args) -> Result:
@@ -132,6 +149,12 @@ def renew(state: State, ctx: Ctx, args: Args) -> Result:
                       "extended past that while %s waits" % (lease["id"], lease.get("backfill_for"),
                                                              st.iso_utc(ctx.wall_at(until_bt)),
                                                              lease.get("backfill_for")))
+    longest = ctx.policy.get("max_reservation_s")
+    granted_bt = ctx.now_bt - (ctx.now_wall - float(lease["created_wall"]))
+    if longest is not None and ctx.now_bt + ttl_s > granted_bt + longest:
+        raise OpError("permission", "%s would last past %s from its grant, the node's policy's longest "
+                      "reservation (it may run until %s)" % (lease["id"], policy.human_s(longest),
+                                                             st.iso_utc(float(lease["created_wall"]) + longest)))
     lease["exp_bt"] = max(lease["exp_bt"], ctx.now_bt + ttl_s)
     lease["exp_wall"] = ctx.wall_at(lease["exp_bt"])
     return st.grant_result(lease, ctx)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 
+from . import fairshare
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, Iterable, List, Tuple
+    from typing import Any, Callable, Dict, Iterable, List, Tuple
 
     from .typedefs import Alive, Args, Ident, Job, Lease, Result, State, Ticket
 
@@ -110,7 +112,7 @@ class Ctx:
 
     def __init__(self, uid: int, user: str, now_bt: float, now_wall: float, gpu_count: int,
                  gpus_in_use: Iterable[int] = (), admin: bool = False, agent: Ident | None = None,
-                 alive: Alive | None = None) -> None:
+                 alive: Alive | None = None, policy: dict[str, Any] | None = None) -> None:
         self.uid = uid
         self.user = user
         self.now_bt = now_bt
@@ -120,6 +122,7 @@ class Ctx:
         self.admin = admin
         self.agent = agent
         self.alive: Alive = alive or (lambda ident: True)
+        self.policy: dict[str, Any] = policy or {}  # the node's policy file (policy.py); {}: none
 
     def wall_at(self, bt: float) -> float:
         return self.now_wall + (bt - self.now_bt)
@@ -165,9 +168,18 @@ def queue_key(ticket: Ticket) -> tuple[float, int]:
     return (ticket["created_bt"] - ticket["priority"] * AGING_S_PER_LEVEL, ticket["seq"])
 
 
+def queue_key_for(state: State) -> Callable[[Ticket], tuple[float, int]]:
+    """queue_key with each owner's fair-share levels (fairshare.py) added to the priority."""
+    if "fair_share_weight" not in state:
+        return queue_key
+    bonus = fairshare.levels(state)
+    return lambda ticket: (ticket["created_bt"] - (ticket["priority"] + bonus(ticket["owner"])) * AGING_S_PER_LEVEL,
+                           ticket["seq"])
+
+
 def queue_order(state: State, now_bt: float) -> list[Ticket]:
-    """Queued tickets in grant order: effective priority (aged) desc, then submit order."""
-    return sorted(state["queue"].values(), key=queue_key)
+    """Queued tickets in grant order: effective priority (aged, plus fair share) desc, then submit order."""
+    return sorted(state["queue"].values(), key=queue_key_for(state))
 
 
 def lease_view(lease: Lease, ctx: Ctx, with_token: bool = False) -> Result:
@@ -347,17 +359,24 @@ def plan(state: State, ctx: Ctx, extra: Ticket | None = None) -> Plan:
     """
     order = queue_order(state, ctx.now_bt)
     if extra is not None:
-        order = sorted([*order, extra], key=queue_key)
+        order = sorted([*order, extra], key=queue_key_for(state))
     free = free_gpus(state, ctx)
     granted: list[tuple[Ticket, list[int]]] = []
     blocked: list[Ticket] = []
     backfilled: dict[str, tuple[str, float]] = {}
     latest: float | None = None
+    held = held_by_user(state, ctx)
+    cap = ctx.policy.get("max_gpus_per_user")
+    over_cap: list[Ticket] = []
     for ticket in order:
         n = ticket["n"]
+        if cap is not None and held.get(ticket["uid"], 0) + n > cap:
+            over_cap.append(ticket)  # held by its owner's quota: it blocks no one behind it
+            continue
         if not blocked and n <= len(free):
             granted.append((ticket, free[:n]))
             free = free[n:]
+            held[ticket["uid"]] = held.get(ticket["uid"], 0) + n
             continue
         if not blocked:
             latest = head_start(state, ctx, ticket, len(free), granted)
@@ -368,10 +387,29 @@ def plan(state: State, ctx: Ctx, extra: Ticket | None = None) -> Plan:
                 and ctx.now_bt + held_s + BACKFILL_SLACK_S <= latest:
             granted.append((ticket, free[:n]))
             free = free[n:]
+            held[ticket["uid"]] = held.get(ticket["uid"], 0) + n
             backfilled[ticket["id"]] = (blocked[0]["id"], latest)
             continue
         blocked.append(ticket)
-    return granted, blocked, backfilled
+    return granted, blocked + over_cap, backfilled
+
+
+def held_by_user(state: State, ctx: Ctx) -> dict[int, int]:
+    """uid → GPUs its live grants hold on this node (what `max_gpus_per_user` counts)."""
+    held: dict[int, int] = {}
+    for lease in state["leases"].values():
+        if lease["exp_bt"] > ctx.now_bt:
+            held[lease["uid"]] = held.get(lease["uid"], 0) + len(lease["gpus"])
+    return held
+
+
+def over_quota(state: State, ctx: Ctx, ticket: Ticket) -> Result | None:
+    """Why the owner's quota holds this request now (held, cap), or None."""
+    cap = ctx.policy.get("max_gpus_per_user")
+    if cap is None:
+        return None
+    held = held_by_user(state, ctx).get(ticket["uid"], 0)
+    return {"max_gpus_per_user": cap, "held": held} if held + ticket["n"] > cap else None
 
 
 def dispatch(state: State, ctx: Ctx) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import faults, jobs, ledger, reservations
+from . import fairshare, faults, jobs, ledger, reservations
 from . import state as st
 from .fileio import DIR_MODE, io_error
 from .store import SERVICE_DIR_MODE, CorruptState, no_dir_error
@@ -170,14 +170,14 @@ class Transactions:
                 # Refused: keep only what housekeeping changed, re-derived from what was read.
                 state = json.loads(baseline)
                 if self._housekeep(state, ctx) or must_write:
-                    warnings = warnings + self._commit(state, ledger.events(before, state, ctx, "gc", {}))
+                    warnings = warnings + self._commit(state, self._records(before, state, ctx, "gc", {}))
                 raise
             if op in ALWAYS_CHANGES:
                 if req_id:
                     state["applied"][req_id] = {"bt": ctx.now_bt, "res": result}
                 changed = True
             if changed or must_write:
-                warnings = warnings + self._commit(state, ledger.events(before, state, ctx, op, args))
+                warnings = warnings + self._commit(state, self._records(before, state, ctx, op, args))
                 # The committed state object is the store's now (the next locked load reuses it):
                 # the answer must not share a record with it.
                 result = json.loads(json.dumps(result))
@@ -185,6 +185,14 @@ class Transactions:
         finally:
             self.store.release_lock()
             self.critical.active = False
+
+    @staticmethod
+    def _records(before: ledger.Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
+        """The change's ledger records; the grants it ended are charged to their owners' usage."""
+        ended = ledger.ended_grants(before, state, ctx, op, args)
+        fairshare.charge(state, [(owner, len(gpus), granted, end) for _, owner, gpus, _, _, end, granted in ended],
+                         ctx.now_wall, ctx.policy.get("fair_share_half_life_s"))
+        return ledger.events(before, state, ctx, op, args)
 
     def _commit(self, state: State, records: list[Result]) -> Warnings:
         """Append the change's ledger records, then commit the state naming the ledger's new head; or
@@ -209,6 +217,8 @@ class Transactions:
         changed = jobs.hold_while_supervised(state, ctx) or changed
         changed = st.gc(state, ctx) or changed
         changed = jobs.reap(state, ctx) or changed
+        # The factors this change's grants use (a change of them alone is not worth a commit).
+        fairshare.refresh(state, ctx.now_bt, ctx.now_wall, ctx.policy)
         changed = bool(st.dispatch(state, ctx)) or changed
         if jobs.preempt_for_head(state, ctx):
             st.dispatch(state, ctx)  # revoked reservations free GPUs at once

@@ -142,6 +142,20 @@ class QuarantineEntry(TypedDict):
     record: str
 
 
+class UsageEntry(TypedDict):
+    """A user's decayed GPU-seconds as of `at_wall` (fairshare.py)."""
+
+    gpu_s: float
+    at_wall: float
+
+
+class FairShare(TypedDict):
+    """A user's fair-share factor (1: no recent use) and the decayed GPU-hours behind it."""
+
+    factor: float
+    gpu_h: float
+
+
 class _StateBase(TypedDict):
     schema: int
     gen: int
@@ -162,6 +176,9 @@ class State(_StateBase, total=False):
     quarantine: list[QuarantineEntry]
     recoveries: int
     ledger: dict[str, Any]  # the ledger's head (node/ledger.py): checked where it is read
+    usage: dict[str, UsageEntry]  # by owner (fairshare.py)
+    fair_share: dict[str, FairShare]  # by owner, as the last transaction computed it
+    fair_share_weight: float  # priority levels a factor of 1 adds; absent: fair share off
 
 
 class ProcessRecord(TypedDict):
