@@ -59,7 +59,7 @@ def run_reserve(members: Members, args: ReserveArgs) -> int:
         raise UsageError("--timeout only makes sense with --wait")
     request = core.ReserveRequest(
         gpus=args.gpus, ttl_s=ttl_s, node=args.node, wait=args.wait, timeout_s=timeout_s,
-        priority=args.priority, preemptible=args.preemptible,
+        priority=args.priority, preemptible=args.preemptible, ttl_default=args.duration is None,
     )
     if args.export and args.json:
         raise UsageError("--export and --json are two different outputs: pick one")

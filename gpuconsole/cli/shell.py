@@ -38,7 +38,7 @@ def shell_plan(registry: Registry, args: ShellArgs) -> ShellPlan:
         return ShellPlan(ttl_s, reservation=args.reservation, argv=argv or None)
     if args.node:
         registry.node(args.node)
-    request = core.ReserveRequest(gpus=args.gpus or 1, ttl_s=ttl_s, node=args.node)
+    request = core.ReserveRequest(gpus=args.gpus or 1, ttl_s=ttl_s, node=args.node, ttl_default=args.duration is None)
     return ShellPlan(ttl_s, request=request, argv=argv or None, keep=args.keep)
 
 

@@ -34,6 +34,7 @@ class ReserveRequest:
     timeout_s: float | None = None
     priority: str = "normal"
     preemptible: bool = False
+    ttl_default: bool = False  # ttl_s is the config's default, not asked for: a node's policy may shorten it
 
 
 
@@ -69,8 +70,9 @@ async def reserve(
         raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
     args = {
         "gpus": request.gpus, "ttl_s": request.ttl_s, "priority": request.priority,
-        "preemptible": request.preemptible,
+        "preemptible": request.preemptible, **({"ttl_up_to_policy": True} if request.ttl_default else {}),
     }
+    quota_refusals: list[str] = []
     for name in best_fit(caps, request.gpus):
         try:
             answer = grant_or_ticket(name, await _settled(fleet, name, "reserve", dict(args, req_id=new_req_id())))
@@ -80,10 +82,14 @@ async def reserve(
         except AgentError as exc:
             if exc.code != "insufficient":
                 raise
+            if isinstance(exc.detail.get("quota"), dict):
+                quota_refusals.append(str(exc))  # the node's per-user cap, not its free GPUs, said no
     if not request.wait:
         summary = ", ".join(f"{c.node} {c.free}/{c.gpu_count}" for c in sorted(caps, key=lambda c: c.node))
+        why = "".join(f"; {refusal}" for refusal in quota_refusals)
         raise NoCapacityError(
-            f"no node has {request.gpus} free GPUs now (free: {summary}); use --wait to queue"
+            f"no node has {request.gpus} free GPUs now for you (free: {summary}){why}; use --wait to queue"
+            if why else f"no node has {request.gpus} free GPUs now (free: {summary}); use --wait to queue"
         )
     target = request.node or queue_choice(caps, request.gpus)
     assert target is not None

@@ -24,6 +24,9 @@ def reserve(state: State, ctx: Ctx, args: Args) -> Result:
     """Grant n GPUs now, or (wait=True) queue the request; never overtakes a blocked queue head."""
     n, ttl_s, priority = st.validate_request(args, ctx)
     preemptible = bool(args.get("preemptible", False))
+    longest = ctx.policy.get("max_reservation_s")
+    if args.get("ttl_up_to_policy") is True and longest is not None:
+        ttl_s = min(ttl_s, float(longest))  # the client's default length, not one the user asked for
     _within_policy(ctx, n, ttl_s)
     st.dispatch(state, ctx)
     ticket = st.new_ticket(state, ctx, n, ttl_s, priority, preemptible)

@@ -1,0 +1,54 @@
+"""The node's policy through the CLI against a demo node: a per-user cap holds a waiting request
+with its reason (JSON, schema-checked, and the line under `reservations`), refuses at once with exit
+3 without --wait and exit 4 beyond the cap, and the longest reservation is refused with exit 4; the
+queue shows the owners' fair-share factors as a column."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gpuconsole.demo.cluster import DemoThread
+from tests.helpers import cli_json, run_cli, schema_valid, wait_for
+
+
+def test_a_cap_holds_and_refuses_with_its_reason(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"max_gpus_per_user": 2, "max_reservation_s": 3600}))
+    policy.chmod(0o644)
+    with DemoThread(tmp_path / "demo", nodes=1, gpus=4, agent_env={"GPUCONSOLE_POLICY": str(policy)}) as demo:
+        config = demo.config_path
+        held = cli_json("reserve", "--gpus", "2", "--node", "node-01", "--for", "20m", config=config)
+        now = run_cli("reserve", "--gpus", "1", "--node", "node-01", config=config)
+        assert now.returncode == 3 and "at most 2 GPUs per user" in now.stderr
+        assert len(now.stderr.strip().splitlines()) == 1
+        beyond = run_cli("reserve", "--gpus", "3", "--node", "node-01", "--wait", config=config)
+        assert beyond.returncode == 4 and "at most 2 GPUs per user" in beyond.stderr
+        long = run_cli("reserve", "--gpus", "1", "--node", "node-01", "--for", "2h", config=config)
+        assert long.returncode == 4 and "at most 1h" in long.stderr
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--gpus", "1", "--node",
+             "node-01", "--wait", "--timeout", "2m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            queued = wait_for(lambda: cli_json("reservations", config=config)["queue"], timeout_s=30,
+                              message="the request to queue")
+            listing = cli_json("reservations", config=config)
+            schema_valid("gpuconsole:schemas/reservations", listing)
+            (ticket,) = queued
+            assert ticket["pending_reason"] == "quota" and ticket["quota"] == {"max_gpus_per_user": 2, "held": 2}
+            assert [b["id"] for b in ticket["blockers"]] == [held["id"]] and ticket["fair_share"] is not None
+            table = run_cli("reservations", config=config, env={"COLUMNS": "160"})
+            assert "held by the node's quota" in table.stdout and "at most 2 per user" in table.stdout
+            assert " share " in table.stdout
+            assert run_cli("release", held["id"], config=config).returncode == 0
+            out, err = waiting.communicate(timeout=60)
+            assert waiting.returncode == 0, err
+            assert json.loads(out)["state"] == "active"
+        finally:
+            if waiting.poll() is None:
+                waiting.kill()
+                waiting.communicate()
+        run_cli("release", "--mine", config=config)
