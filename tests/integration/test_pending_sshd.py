@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gpuconsole.format import epoch_s
-from tests.helpers import schema_valid
+from tests.helpers import schema_valid, wait_for
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import GPUS, NODE, SshdNode
 
@@ -68,3 +68,54 @@ def test_a_waiting_request_names_the_grant_it_waits_for_and_when(sshd_node: Sshd
         for config, grant in ((alice, held), (bob, granted)):
             if grant is not None:
                 sshd_fixture.cli(config, "release", grant["id"])
+
+
+def _queue(config: Any) -> list[dict[str, Any]]:
+    listing = sshd_fixture.ok_json(config, "reservations")
+    schema_valid("gpuconsole:schemas/reservations", listing)
+    queue: list[dict[str, Any]] = listing["queue"]
+    return queue
+
+
+def _waiting_reserve(config: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--gpus", str(GPUS), "--node",
+         NODE, "--for", "1m", "--wait", "--timeout", "2m", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_fair_share_grants_the_lighter_user_first(sshd_node: SshdNode) -> None:
+    """alice (gcutest1) has held every GPU for a while; she queues for all of them again, then bob
+    (gcutest2) does with equal priority: bob, the lighter user, is first in line, shows the higher
+    fair-share factor, and is granted when alice lets go; alice after him."""
+    alice, bob = sshd_node.configs["gcutest1"], sshd_node.configs["gcutest2"]
+    held = sshd_fixture.ok_json(alice, "reserve", "--gpus", str(GPUS), "--node", NODE, "--for", "10m")
+    waiters: list[subprocess.Popen[str]] = []
+    grants: list[tuple[Any, str]] = []
+    try:
+        waiters.append(_waiting_reserve(alice))
+        wait_for(lambda: len(_queue(alice)) == 1, timeout_s=30, message="alice's request to queue")
+        waiters.append(_waiting_reserve(bob))
+        queue = wait_for(lambda: q if len(q := _queue(alice)) == 2 else None, timeout_s=30,
+                         message="bob's request to queue")
+        first, second = queue
+        assert (first["owner"], second["owner"]) == ("gcutest2", "gcutest1")  # bob asked later
+        assert first["fair_share"] > second["fair_share"]
+        assert "share" in sshd_fixture.cli(alice, "reservations").stdout
+        sshd_fixture.ok_json(alice, "release", held["id"])
+        out, err = waiters[1].communicate(timeout=60)
+        assert waiters[1].returncode == 0, err
+        grants.append((bob, json.loads(out)["id"]))
+        assert [q["owner"] for q in _queue(alice)] == ["gcutest1"]
+        sshd_fixture.ok_json(bob, "release", grants[-1][1])
+        out, err = waiters[0].communicate(timeout=60)
+        assert waiters[0].returncode == 0, err
+        grants.append((alice, json.loads(out)["id"]))
+    finally:
+        for waiter in waiters:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.communicate()
+        for config, grant_id in grants:
+            sshd_fixture.cli(config, "release", grant_id)
+        sshd_fixture.cli(alice, "release", held["id"])
