@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from typing import IO, Any, Callable, Tuple
 
     from .gpus import GpuSource
+    from .health import Readings
     from .typedefs import Args, Result, Warnings
 
     Reply = Tuple[Result, Warnings]
@@ -146,6 +147,13 @@ class Agent:
             return set()
         return self.telemetry.gpus_in_use(self.gpus)
 
+    def gpu_health(self) -> Readings:
+        """The GPUs' health readings, taken before the lock like gpus_in_use."""
+        if not self.gpus or self.txn is None:
+            return {}
+        with self.telemetry.sample_lock:
+            return self.gpus.health(self.txn.store.dir)
+
     def _txn(self) -> Transactions:
         if self.txn is None:
             raise st.OpError("invalid", "hello must come first")
@@ -205,7 +213,7 @@ class Agent:
             # A supervisor's changes go through its own sudo link.
             supervisor_env["GPUCONSOLE_SERVICE"] = "%s:%s" % settings
         self.txn = Transactions(store, self.boot_id, self.new_ctx, self.gpus_in_use, self.critical,
-                                service_user)
+                                service_user, self.gpu_health)
         self.job_ops = JobOps(self.txn, self.transaction, self.uid, supervisor_env, before_submit)
         if self.service is None:  # the service agent serves state operations, never telemetry
             self.set_stream(args.get("stream_s"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import health as gpu_health
 from . import procs
 from .loader import sha256_hex
 
@@ -15,6 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterator, List, Protocol
 
+    from .health import Readings
     from .typedefs import GpuSample, ProcessRecord
 
     ProcessesByGpu = Dict[int, List[ProcessRecord]]
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 
         def sample(self) -> list[GpuSample]:
             """Every GPU's metrics and processes; a metric the device cannot report is None."""
+
+        def health(self, state_dir: str | None) -> Readings:
+            """Every GPU's health readings (health.py); None for each one the source cannot read."""
 
 SMI_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
@@ -66,6 +71,12 @@ class NvmlGpus:
             if isinstance(uuid, bytes):
                 uuid = uuid.decode()
             self._static.append({"index": index, "uuid": uuid, "name": name})
+        self._health: gpu_health.NvmlHealth | None = None
+
+    def health(self, state_dir: str | None) -> Readings:
+        if self._health is None:
+            self._health = gpu_health.NvmlHealth(self._nvml, self._handles)
+        return self._health.read(time.time(), time.monotonic())
 
     def _query(self, func: Callable[..., Any], *args: Any) -> Any:
         """Call one NVML function; any NVML error (NotSupported, NoPermission…) becomes None."""
@@ -164,6 +175,9 @@ class SmiGpus:
     def count(self) -> int:
         return len(self._last)
 
+    def health(self, state_dir: str | None) -> Readings:
+        return {g["index"]: gpu_health.empty() for g in self._last}  # not asked of nvidia-smi: unknown
+
     def processes(self) -> ProcessesByGpu:
         by_uuid = {g["uuid"]: g["index"] for g in self._last}
         result: ProcessesByGpu = {g["index"]: [] for g in self._last}
@@ -223,6 +237,9 @@ class SimulatedGpus:
 
     def count(self) -> int:
         return self._count
+
+    def health(self, state_dir: str | None) -> Readings:
+        return gpu_health.simulated(state_dir, self._count)
 
     def _bound_gpus(self, pid: int) -> tuple[int, ...]:
         """GPUs a process is bound to, from its environment, read once per (pid, start time).
@@ -351,6 +368,9 @@ class NoGpus:
         return 0
 
     def processes(self) -> ProcessesByGpu:
+        return {}
+
+    def health(self, state_dir: str | None) -> Readings:
         return {}
 
     def sample(self) -> list[GpuSample]:

@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import os
 
+from . import health
 from . import state as st
 from .fileio import DIR_MODE, append_synced, make_shared_dir, read_regular
 from .loader import sha256_hex
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Tuple
+    from typing import Any, Dict, List, Set, Tuple
 
     from .state import Ctx
     from .typedefs import Args, Result, State
 
     # leases by id: (owner, gpus, job, expiry, granted at (wall)); jobs by id: their state
-    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float]], Dict[str, str]]
+    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float]], Dict[str, str], Set[int]]
     # a grant the change ended: (id, owner, gpus, was a job's, reason, ended at (wall), granted at (wall))
     Ended = Tuple[str, str, List[int], bool, str, float, float]
 
@@ -68,12 +69,12 @@ def summary(state: State) -> Summary:
     """What the change's events are told apart by: the leases and the jobs' states before it."""
     leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"],
                   float(lease["created_wall"])) for i, lease in state["leases"].items()}
-    return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}
+    return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}, health.withheld(state)
 
 
 def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
     """The ledger records of one transaction: what its housekeeping and its op changed."""
-    leases_before, jobs_before = before
+    leases_before, jobs_before, withheld_before = before
     at = st.iso_utc(ctx.now_wall)
     out: list[Result] = []
     for lease_id, lease in state["leases"].items():
@@ -100,6 +101,15 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
         elif job["state"] in ENDED_JOB and was not in ENDED_JOB:
             out.append({"event": "job_end", "id": job_id, "owner": job["owner"], "state": job["state"],
                         "exit_code": job.get("exit_code")})
+    withheld = health.withheld(state)
+    table: Any = state.get("gpu_health") or {}
+    for index in sorted(withheld - withheld_before):
+        why = table[str(index)]["withheld"]
+        out.append({"event": "gpu_withheld", "gpu": index, "reason": str(why.get("reason")),
+                    "owner": ", ".join(sorted({lease["owner"] for lease in state["leases"].values()
+                                               if index in lease["gpus"] and lease["exp_bt"] > ctx.now_bt}))})
+    out.extend({"event": "gpu_cleared", "gpu": index, "owner": ctx.user}
+               for index in sorted(withheld_before - withheld))
     for record in out:
         record.update(at=at, by=ctx.user, op=op)
     return out

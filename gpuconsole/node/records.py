@@ -94,9 +94,14 @@ APPLIED: Schema = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), Tr
 DROPPED: Schema = dict(TICKET, dropped_bt=(_num, True))
 USAGE: Schema = {"gpu_s": (lambda v: _num(v) and v >= 0, True), "at_wall": (_num, True)}
 FAIR_SHARE: Schema = {"factor": (lambda v: _num(v) and 0 <= v <= 1, True), "gpu_h": (_num, True)}
+GPU_HEALTH: Schema = {
+    "withheld": (lambda v: isinstance(v, dict) and _str(v.get("reason")) and _num(v.get("since_wall")), False),
+    "baseline": (lambda v: isinstance(v, dict) and all(_int(x) or _bool(x) for x in v.values()), False),
+    "cleared_wall": (_num, False), "cleared_by": (_str, False),
+}
 TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED),
-          ("usage", USAGE), ("fair_share", FAIR_SHARE))
-OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share")
+          ("usage", USAGE), ("fair_share", FAIR_SHARE), ("gpu_health", GPU_HEALTH))
+OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share", "gpu_health")
 
 
 def problem(record: object, schema: Schema, key: str | None = None) -> str | None:

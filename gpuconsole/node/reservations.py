@@ -6,7 +6,7 @@ state.py; the agent runs each one inside a transaction (lock, housekeeping, comm
 
 from __future__ import annotations
 
-from . import pending, policy
+from . import health, pending, policy
 from . import state as st
 from .state import OpError
 
@@ -163,6 +163,19 @@ def renew(state: State, ctx: Ctx, args: Args) -> Result:
     return st.grant_result(lease, ctx)
 
 
+def gpu_clear(state: State, ctx: Ctx, args: Args) -> Result:
+    """An admin returns a GPU withheld for its health to the pool (`gpuconsole gpu clear`); its
+    error counters now are the baseline later readings are compared with."""
+    if not ctx.admin:
+        raise OpError("permission", "only an admin (the policy's admin_group) may return a withheld GPU")
+    index = st.integer(args.get("gpu"), "gpu must be a GPU index", low=0)
+    if index >= ctx.gpu_count:
+        raise OpError("not_found", "this node has no GPU %d (it has %d)" % (index, ctx.gpu_count))
+    was = health.clear(state, index, ctx.health.get(index), ctx.user, ctx.now_wall)
+    st.dispatch(state, ctx)
+    return {"gpu": index, "was_withheld": was is not None, "reason": was.get("reason") if was else None}
+
+
 def _gc(state: State, ctx: Ctx, args: Args) -> Result:
     """Nothing but the housekeeping every transaction runs first (expiry, dead waiters, grants)."""
     return {"gc": True}
@@ -170,6 +183,6 @@ def _gc(state: State, ctx: Ctx, args: Args) -> Result:
 
 # Operations that change the state whenever they succeed (poll and gc change it only through
 # the housekeeping that runs before every operation).
-ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach"})
+ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach", "gpu_clear"})
 MUTATIONS: dict[str, Transition] = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
-                                    "reattach": reattach, "gc": _gc}
+                                    "reattach": reattach, "gc": _gc, "gpu_clear": gpu_clear}

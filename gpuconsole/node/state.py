@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from . import fairshare
+from . import fairshare, health
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class Ctx:
         self.agent = agent
         self.alive: Alive = alive or (lambda ident: True)
         self.policy: dict[str, Any] = policy or {}  # the node's policy file (policy.py); {}: none
+        self.health: dict[int, dict[str, Any]] = {}  # GPU health readings taken before the lock (health.py)
 
     def wall_at(self, bt: float) -> float:
         return self.now_wall + (bt - self.now_bt)
@@ -148,9 +149,11 @@ def unreserved_gpus(state: State, ctx: Ctx) -> list[int]:
 
 
 def free_gpus(state: State, ctx: Ctx) -> list[int]:
-    """GPUs that may be granted: in the inventory, not held, not used without a reservation."""
+    """GPUs that may be granted: in the inventory, not held, not used without a reservation, not
+    withheld for their health (health.py)."""
     held = held_gpus(state, ctx.now_bt)
-    return [g for g in range(ctx.gpu_count) if g not in held and g not in ctx.gpus_in_use]
+    withheld = health.withheld(state) if "gpu_health" in state else ()
+    return [g for g in range(ctx.gpu_count) if g not in held and g not in ctx.gpus_in_use and g not in withheld]
 
 
 def effective_priority(ticket: Ticket, now_bt: float) -> float:

@@ -179,6 +179,7 @@ class State(_StateBase, total=False):
     usage: dict[str, UsageEntry]  # by owner (fairshare.py)
     fair_share: dict[str, FairShare]  # by owner, as the last transaction computed it
     fair_share_weight: float  # priority levels a factor of 1 adds; absent: fair share off
+    gpu_health: dict[str, Any]  # by GPU index: withheld, baseline, last clear (health.py)
 
 
 class ProcessRecord(TypedDict):
