@@ -128,6 +128,10 @@ def _dispatch(opts: o.Options) -> int:
 
         # The keeper's connections when it can serve the command, else the command's own.
         members = keeper_fleet(config, opts) or _registry(config)
+        if isinstance(opts, o.GpuArgs):
+            from gpuconsole.cli.gpu import run_gpu
+
+            return run_gpu(members, opts)
         if isinstance(opts, o.AuditArgs | o.UsageArgs):
             from gpuconsole.cli.audit import run_audit, run_usage
 

@@ -194,6 +194,16 @@ class DoctorArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuArgs:
+    """`gpu clear NODE:GPU`: an admin returns a GPU withheld for its health (node/health.py)."""
+
+    config: str | None
+    action: str
+    target: str  # NODE:GPU
+    json: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AuditArgs:
     """`audit`: the nodes' ledgers (node/ledger.py), each chain verified."""
 
@@ -272,8 +282,9 @@ Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
     | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs | UsageArgs
+    | GpuArgs
 )
 
 # The commands a keeper may answer (cli/keeper.keeper_serves says when it does).
 ONE_SHOT = (ReserveArgs, ReleaseArgs, RenewArgs, ReservationsArgs, SubmitArgs, JobsArgs, LogsArgs, CancelArgs,
-            PreemptArgs, AuditArgs, UsageArgs)
+            PreemptArgs, AuditArgs, UsageArgs, GpuArgs)

@@ -288,6 +288,14 @@ def _audit_parser(sub: Subparsers, common: Parser) -> None:
     audit.add_argument("--json", action="store_true", help="the records and each node's chain as one JSON document")
 
 
+def _gpu_parser(sub: Subparsers, common: Parser) -> None:
+    gpu = sub.add_parser("gpu", parents=[common],
+                         help="an admin returns a GPU withheld for its health: gpu clear NODE:GPU")
+    gpu.add_argument("action", choices=("clear",), metavar="ACTION", help="clear: return the GPU to the pool")
+    gpu.add_argument("target", metavar="NODE:GPU", help="the node's name and the GPU's index, e.g. node-01:3")
+    gpu.add_argument("--json", action="store_true", help="the node's answer as one JSON document")
+
+
 def _usage_parser(sub: Subparsers, common: Parser) -> None:
     usage = sub.add_parser("usage", parents=[common],
                            help="GPU-hours held and by jobs, and queue waits, from the ledgers")
@@ -359,6 +367,7 @@ COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
     "doctor": _doctor_parser,
     "audit": _audit_parser,
     "usage": _usage_parser,
+    "gpu": _gpu_parser,
     "init": _init_parser,
     "node-install": _node_install_parser,
     "demo": _demo_parser,
@@ -374,7 +383,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "audit": o.AuditArgs, "usage": o.UsageArgs, "node-install": o.NodeInstallArgs,
     "demo": o.DemoArgs, "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
-    "keeper": o.KeeperArgs,
+    "keeper": o.KeeperArgs, "gpu": o.GpuArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

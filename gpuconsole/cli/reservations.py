@@ -262,6 +262,12 @@ def run_list(members: Members, args: ReservationsArgs) -> int:
     elif reservations or queue:
         out = console()
         out.print(reservations_table(reservations, queue))
+        for r in reservations:  # the owner is told when the node withholds one of its GPUs
+            if r.withheld_gpus:
+                many = len(r.withheld_gpus) > 1
+                say_wrapped(f"{r.id} on {r.node}: GPU{'s' if many else ''} {','.join(map(str, r.withheld_gpus))} "
+                            f"showed errors and {'are' if many else 'is'} withheld from new grants: save your work "
+                            "and reserve again (`gpuconsole status` says why)", out)
         for q in queue:  # why each waits, a line each under the table
             if q.pending is not None:
                 say_wrapped(f"{q.id} on {q.node}: {q.pending.describe(q.position, time.time())}", out)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 SORTS = ("name", "free", "util")
 GLYPHS = {"free": ("○", "green"), "reserved": ("◐", "cyan"), "busy": ("●", "blue"),
-          "unreserved use": ("▲", "yellow")}
+          "unreserved use": ("▲", "yellow"), "withheld": ("✖", "red")}
 GLYPHS_MAX = 16  # a node with more GPUs shows counts by state instead of one glyph each
 TABLE_LINES = 5  # title, top border, header, header rule, bottom border
 
@@ -46,7 +46,10 @@ class View:
 
 
 def gpu_state(gpu: GpuSample) -> str:
-    """free, reserved (no process yet), busy (reserved, processes running) or unreserved use."""
+    """free, reserved (no process yet), busy (reserved, processes running), unreserved use, or
+    withheld (for its health: whoever holds it, no new grant takes it)."""
+    if gpu.withheld_reason is not None:
+        return "withheld"
     if gpu.reservation is not None:
         return "busy" if gpu.processes else "reserved"
     return "unreserved use" if gpu.processes else "free"
@@ -164,6 +167,8 @@ def _gpu_row(snap: NodeSnapshot, gpu: GpuSample, now_s: float) -> list[Cell]:
             ends = Alt(until_h(ref.expires_at, now_s), left_h(ref.expires_at, now_s))
     elif gpu.unreserved_use:
         holder = cell("UNRESERVED USE", "yellow")
+    elif gpu.withheld_reason is not None:
+        holder = cell("WITHHELD", "red")
     else:
         holder = cell("free", "green")
     procs = ", ".join(f"{p.user}:{p.pid} {mib_h(p.mem_mib)}" for p in gpu.processes) or NA
@@ -175,8 +180,8 @@ def _gpu_row(snap: NodeSnapshot, gpu: GpuSample, now_s: float) -> list[Cell]:
 
 
 def notes(snapshots: Sequence[NodeSnapshot]) -> list[str]:
-    """Why a node is unreachable or its state unusable, whole, one line each under the node table
-    (in a cell they would stretch or wrap every row)."""
+    """Why a node is unreachable or its state unusable, and why a GPU is withheld, whole, one line
+    each under the node table (in a cell they would stretch or wrap every row)."""
     lines = []
     for snap in snapshots:
         problem = snap.error if not snap.reachable else snap.state_error
@@ -184,6 +189,12 @@ def notes(snapshots: Sequence[NodeSnapshot]) -> list[str]:
             lines.append(problem if problem.startswith(f"{snap.name}: ") else f"{snap.name}: {problem}")
         elif not snap.reachable:
             lines.append(f"{snap.name}: unreachable")
+        for gpu in snap.gpus if snap.reachable else ():
+            if gpu.withheld_reason is not None:
+                holder = f"; {gpu.reservation.owner}'s {gpu.reservation.id} is on it" if gpu.reservation else ""
+                lines.append(f"{snap.name}: GPU {gpu.index} withheld since {gpu.withheld_since}: "
+                             f"{gpu.withheld_reason}{holder} (an admin returns it: gpuconsole gpu clear "
+                             f"{snap.name}:{gpu.index})")
     return lines
 
 

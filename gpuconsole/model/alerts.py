@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-ALERT_KINDS = ("idle_reservation", "unreserved_use", "idle_cloud", "node_down", "resolved")
+ALERT_KINDS = ("idle_reservation", "unreserved_use", "idle_cloud", "node_down", "gpu_unhealthy", "resolved")
 
 
 @dataclass(frozen=True, slots=True)

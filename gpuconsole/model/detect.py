@@ -179,7 +179,7 @@ class Detector:
                 undecided_nodes.add(name)
                 continue
             self._judge_idle(snap, now_s, conditions, undecided_keys, idle_since_s)
-            for alert in self._unreserved(snap):
+            for alert in [*self._unreserved(snap), *_unhealthy(snap)]:
                 conditions[alert.key] = alert
         return Judgement(conditions, frozenset(undecided_keys), frozenset(undecided_nodes),
                          idle_since_s=idle_since_s)
@@ -268,6 +268,26 @@ class Detector:
             if isinstance(since_s, int | float):
                 self.unreserved_since[(node, user)] = float(since_s)
                 self._users[node] = self._users.get(node, frozenset()) | {user}
+
+
+def _unhealthy(snap: NodeSnapshot) -> list[Alert]:
+    """A GPU its node withholds for its health (node/health.py): one alert per GPU and fault, naming
+    the reservation on it (whose owner should save their work) and how an admin returns it."""
+    alerts = []
+    for gpu in snap.gpus:
+        if gpu.withheld_reason is None:
+            continue
+        ref = gpu.reservation
+        key = f"gpu_unhealthy:{snap.name}:{gpu.index}:{gpu.withheld_since}"
+        holder = f"; reservation {ref.id} of {ref.owner} is on it" if ref is not None else ""
+        alerts.append(Alert(
+            kind="gpu_unhealthy", node=snap.name, since=gpu.withheld_since or "", gpus=(gpu.index,),
+            owner=ref.owner if ref is not None else None, reservation=ref.id if ref is not None else None, key=key,
+            message=(f"GPU {gpu.index} of {snap.name} withheld from new grants: {gpu.withheld_reason}{holder}; "
+                     f"an admin returns it with `gpuconsole gpu clear {snap.name}:{gpu.index}`"),
+            extra={"reason": gpu.withheld_reason, "health": dict(gpu.health or {})},
+        ))
+    return alerts
 
 
 def _node_down(name: str, down: _Down) -> Alert:

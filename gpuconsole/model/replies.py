@@ -47,18 +47,27 @@ class BadReplyError(UnreachableError):
 
 
 PROCESS = obj({"pid": integer(0, 2**32), "user": OPT_TEXT, "command": OPT_TEXT, "mem_mib": Opt(metric_int)})
+# A GPU's health readings (node/health.py): each one the node could read; the unknown are absent.
+HEALTH = obj({name: Opt(check, ABSENT) for name, check in (
+    ("xid", metric_int), ("xid_at_wall", metric), ("ecc_uncorrected_volatile", metric_int),
+    ("ecc_uncorrected_aggregate", metric_int), ("ecc_corrected_volatile", metric_int),
+    ("retired_pages_pending", boolean), ("remap_pending", boolean), ("remap_failure", boolean),
+    ("throttle", list_of(string)), ("pcie_tx_kib_s", metric_int), ("pcie_rx_kib_s", metric_int),
+    ("nvlink_tx_kib_s", metric_int), ("nvlink_rx_kib_s", metric_int))})
+WITHHELD = obj({"reason": string, "since": iso_time})
 RESERVATION_REF = obj({"id": string, "owner": string, "expires_at": iso_time, "priority": Opt(string, "normal")})
 GPU = obj({
     "index": GPU_INDEX, "uuid": OPT_TEXT, "name": OPT_TEXT, "util_pct": Opt(metric),
     "mem_used_mib": Opt(metric_int), "mem_total_mib": Opt(metric_int), "temperature_c": Opt(metric),
     "power_w": Opt(metric), "reservation": Opt(nullable(RESERVATION_REF)),
     "processes": Opt(list_of(PROCESS), []), "unreserved_use": Opt(boolean, False),
+    "health": Opt(nullable(HEALTH), None), "withheld": Opt(nullable(WITHHELD), None),
 })
 RESERVATION = obj({
     "id": string, "gpus": list_of(GPU_INDEX), "owner": string, "uid": Opt(nullable(COUNT)),
     "priority": Opt(string, "normal"), "preemptible": Opt(boolean, False), "state": Opt(string, "active"),
     "kind": Opt(string, "reservation"), "created_at": iso_time, "expires_at": iso_time,
-    "expires_in_s": Opt(metric), "token": Opt(nullable(COUNT)),
+    "expires_in_s": Opt(metric), "token": Opt(nullable(COUNT)), "withheld_gpus": Opt(list_of(GPU_INDEX), []),
 })
 # Why a queued request waits and until when (node/pending.py), where the node says so.
 PENDING: dict[str, Check | Opt] = {
@@ -136,6 +145,7 @@ RESULTS: dict[str, Check] = {
     "stream": obj({"stream_s": Opt(metric)}),
     "ledger": obj({"head": obj({"seq": Opt(nullable(metric_int)), "hash": OPT_TEXT}), "count": COUNT,
                    "records": list_of(LEDGER_RECORD), "breaks": list_of(LEDGER_BREAK)}),
+    "gpu_clear": obj({"gpu": GPU_INDEX, "was_withheld": boolean, "reason": OPT_TEXT}),
     "ping": obj({}),
 }
 WARNINGS = list_of(string)

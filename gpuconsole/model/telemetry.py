@@ -78,6 +78,10 @@ class GpuSample:
     power_w: float | None
     reservation: ReservationRef | None = None
     processes: tuple[GpuProcess, ...] = ()
+    # Why no new grant may take it (a fresh XID, ECC error…) and since when; None: it may be granted.
+    withheld_reason: str | None = None
+    withheld_since: str | None = None
+    health: Mapping[str, Any] | None = field(default=None, compare=False)  # the node's readings
 
     @property
     def unreserved_use(self) -> bool:
@@ -86,7 +90,7 @@ class GpuSample:
 
     @property
     def is_free(self) -> bool:
-        return self.reservation is None and not self.processes
+        return self.reservation is None and not self.processes and self.withheld_reason is None
 
     @classmethod
     def from_agent(cls, data: dict[str, Any]) -> GpuSample:
@@ -104,7 +108,13 @@ class GpuSample:
                 res["id"], res["owner"], res["expires_at"], res.get("priority", "normal")
             ) if res else None,
             processes=tuple(GpuProcess.from_agent(p) for p in data.get("processes") or ()),
+            withheld_reason=(data.get("withheld") or {}).get("reason"),
+            withheld_since=(data.get("withheld") or {}).get("since"),
+            health=MappingProxyType(dict(data["health"])) if data.get("health") else None,
         )
+
+    def withheld_json(self) -> dict[str, Any] | None:
+        return None if self.withheld_reason is None else {"reason": self.withheld_reason, "since": self.withheld_since}
 
     def to_wire(self) -> dict[str, Any]:
         """The GPU as the agent sent it."""
@@ -115,6 +125,7 @@ class GpuSample:
             "processes": [p.to_wire() for p in self.processes],
             "reservation": None if self.reservation is None else self.reservation.to_wire(),
             "unreserved_use": self.unreserved_use,
+            "health": None if self.health is None else dict(self.health), "withheld": self.withheld_json(),
         }
 
 
@@ -135,6 +146,7 @@ class Reservation:
     uid: int | None = None
     kind: str = "reservation"  # or "job": the GPUs a running job holds
     expires_in_s: float | None = None  # on the node's clock when it answered
+    withheld_gpus: tuple[int, ...] = ()  # its GPUs the node withholds for their health (node/health.py)
 
     @classmethod
     def from_agent(cls, node: str, data: dict[str, Any]) -> Reservation:
@@ -144,6 +156,7 @@ class Reservation:
             created_at=data["created_at"], expires_at=data["expires_at"],
             preemptible=bool(data.get("preemptible")), token=data.get("token"), uid=data.get("uid"),
             kind=data.get("kind", "reservation"), expires_in_s=_opt_float(data.get("expires_in_s")),
+            withheld_gpus=tuple(data.get("withheld_gpus") or ()),
         )
 
     def to_wire(self) -> dict[str, Any]:
@@ -155,6 +168,8 @@ class Reservation:
         }
         if self.token is not None:
             data["token"] = self.token
+        if self.withheld_gpus:
+            data["withheld_gpus"] = list(self.withheld_gpus)
         return data
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +182,8 @@ class Reservation:
         }
         if self.token is not None:
             data["token"] = self.token
+        if self.withheld_gpus:
+            data["withheld_gpus"] = list(self.withheld_gpus)
         return data
 
 
@@ -314,6 +331,8 @@ class NodeSnapshot:
                     },
                     "unreserved_use": g.unreserved_use,
                     "processes": [asdict(p) for p in g.processes],
+                    "withheld": g.withheld_json(),
+                    "health": None if g.health is None else dict(g.health),
                 }
                 for g in self.gpus
             ],

@@ -49,6 +49,8 @@ def _ended_text(alert: Alert) -> str:
         return f"unreserved use on {alert.node} by {alert.owner} ended"
     if alert.kind == "node_down":
         return f"node {alert.node} is back"
+    if alert.kind == "gpu_unhealthy":
+        return f"GPU {gpus} of {alert.node} is back in the pool"
     return f"{alert.kind} on {alert.node} ended"
 
 

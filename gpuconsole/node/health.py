@@ -73,16 +73,18 @@ def simulated(state_dir: str | None, count: int) -> Readings:
         fault = fault if isinstance(fault, dict) else {}
         xid = _count(fault.get("xid"))
         at = fault.get("at_wall")  # when the XID happened; default: when the file was written
-        out[index] = {
+        # A healthy simulated GPU reports nothing (a fleet of them costs no bytes per snapshot);
+        # an injected fault reports itself.
+        reading = empty()
+        reading.update({
             "xid": xid, "xid_at_wall": (float(at) if isinstance(at, (int, float)) else written_wall) if xid else None,
-            "ecc_uncorrected_volatile": _count(fault.get("ecc_uncorrected_volatile")) or 0,
-            "ecc_uncorrected_aggregate": _count(fault.get("ecc_uncorrected_aggregate")) or 0,
-            "ecc_corrected_volatile": _count(fault.get("ecc_corrected_volatile")) or 0,
-            "retired_pages_pending": fault.get("retired_pages_pending") is True,
-            "remap_pending": fault.get("remap_pending") is True,
-            "remap_failure": fault.get("remap_failure") is True,
-            "throttle": [], "pcie_tx_kib_s": 0, "pcie_rx_kib_s": 0, "nvlink_tx_kib_s": None, "nvlink_rx_kib_s": None,
-        }
+            "ecc_uncorrected_volatile": _count(fault.get("ecc_uncorrected_volatile")),
+            "ecc_uncorrected_aggregate": _count(fault.get("ecc_uncorrected_aggregate")),
+            "ecc_corrected_volatile": _count(fault.get("ecc_corrected_volatile")),
+        })
+        for name in CONDITIONS:
+            reading[name] = True if fault.get(name) is True else None
+        out[index] = reading
     return out
 
 

@@ -215,6 +215,11 @@ def listing(state: State, ctx: Ctx, reasons: dict[str, Result] | None = None) ->
     leases = [lease_view(lease, ctx, with_token=(lease["uid"] == ctx.uid))
               for lease in sorted(state["leases"].values(), key=lambda item: item["created_wall"])
               if lease["exp_bt"] > ctx.now_bt]
+    withheld = health.withheld(state) if "gpu_health" in state else ()
+    for view in leases if withheld else ():
+        bad = sorted(set(view["gpus"]) & set(withheld))
+        if bad:
+            view["withheld_gpus"] = bad  # its owner is told: those GPUs showed errors (health.py)
     queue = [dict(ticket_view(t, i + 1), **(reasons or {}).get(t["id"], {}))
              for i, t in enumerate(queue_order(state, ctx.now_bt))]
     return {"reservations": leases, "queue": queue}

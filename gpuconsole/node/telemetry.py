@@ -10,7 +10,7 @@ import os
 import threading
 import time
 
-from . import jobs, pending
+from . import health, jobs, pending
 from . import state as st
 from .store import CorruptState, no_dir_note
 
@@ -63,6 +63,7 @@ class Telemetry:
                 time.sleep(wait_s)
             host = self.host.sample(rates=rates or wait_s <= 0)
             gpu_list = gpus.sample() if gpus else []
+            readings = gpus.health(txn.store.dir) if gpus else {}
         ctx = new_ctx()
         state_error = None
         warnings: list[str] = []
@@ -89,6 +90,9 @@ class Telemetry:
                 "priority": st.PRIORITY_NAMES.get(held["priority"], "normal"),
             }
             gpu["unreserved_use"] = held is None and bool(gpu.get("processes"))
+            reading = readings.get(gpu["index"])
+            gpu["health"] = {k: v for k, v in reading.items() if v is not None} or None if reading else None
+            gpu["withheld"] = _withheld(state, gpu["index"], reading, ctx)
         data = dict(host)
         data.update({
             "t_wall": ctx.now_wall, "gpus": gpu_list,
@@ -131,3 +135,14 @@ class Telemetry:
                     return
             self.wake.wait(max(0.0, interval - (time.monotonic() - started)))
             self.wake.clear()
+
+
+def _withheld(state: Any, index: int, reading: Any, ctx: Ctx) -> Result | None:
+    """Why a GPU is withheld from new grants, as the next transaction would find it: withheld in
+    the state, or showing a fresh error now (which that transaction will withhold)."""
+    entry = (state.get("gpu_health") or {}).get(str(index))
+    held = entry.get("withheld") if isinstance(entry, dict) else None
+    if isinstance(held, dict):
+        return {"reason": str(held.get("reason")), "since": st.iso_utc(float(held.get("since_wall") or 0))}
+    why = health.fault(reading, entry) if reading else None
+    return None if why is None else {"reason": why, "since": st.iso_utc(ctx.now_wall)}

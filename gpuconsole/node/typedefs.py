@@ -206,3 +206,5 @@ class GpuSample(_GpuBase, total=False):
 
     reservation: dict[str, Any] | None
     unreserved_use: bool
+    health: dict[str, Any] | None  # health.py's readings, the unknown ones left out
+    withheld: dict[str, Any] | None  # {reason, since}: no new grant takes it

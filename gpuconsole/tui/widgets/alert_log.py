@@ -19,7 +19,7 @@ from gpuconsole.tui.widgets.keyed_table import Cell, KeyedTable
 # Fits 120 columns without horizontal scrolling; the detail line carries the rest of the message.
 COLUMNS = {"time": 9, "kind": 17, "node": 19, "GPUs": 5, "owner": 8, "reservation": 11, "message": 33}
 KIND_STYLE = {"idle_reservation": "gc-flag", "unreserved_use": "gc-flag", "idle_cloud": "gc-flag",
-              "node_down": "gc-unreachable", "resolved": "gc-free"}
+              "node_down": "gc-unreachable", "gpu_unhealthy": "gc-unreachable", "resolved": "gc-free"}
 
 
 def _clock_h(epoch_s: float) -> str:

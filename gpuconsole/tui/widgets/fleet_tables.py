@@ -156,6 +156,9 @@ class GpuTable(KeyedTable):
 
     @staticmethod
     def _holder(gpu: GpuSample, idle_s: float | None, styles: dict[str, str], now_wall_s: float) -> Text:
+        if gpu.withheld_reason is not None:  # for its health: no new grant takes it (node/health.py)
+            who = f"{gpu.reservation.owner} · " if gpu.reservation is not None else ""
+            return rich_text(f"{who}✖ withheld: {gpu.withheld_reason}", f"bold {styles['gc-unreachable']}")
         if gpu.reservation is not None:
             text = rich_text(f"{gpu.reservation.owner} · {left_h(gpu.reservation.expires_at, now_wall_s)}")
             if idle_s is not None:
