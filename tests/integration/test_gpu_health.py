@@ -69,7 +69,7 @@ def test_an_injected_xid_withholds_the_gpu_until_an_admin_clears_it(tmp_path: Pa
         # An admin (the policy names our group) returns it.
         policy.write_text(json.dumps({"admin_group": grp.getgrgid(os.getgid()).gr_name}))
         cleared = cli_json("gpu", "clear", f"{NODE}:0", config=config)
-        schema_valid("gpuconsole:schemas/gpu-clear", cleared)
+        schema_valid("gpuconsole:schemas/gpu", cleared)
         assert cleared["was_withheld"] is True and cleared["reason"] == "XID 79"
         assert _gpu(config, 0)["withheld"] is None
         run_cli("release", "--mine", config=config)
