@@ -104,6 +104,17 @@ def queued_json(node: str, ticket: Ticket, waited_s: float) -> dict[str, Any]:
             "waited_s": round(waited_s, 1), **ticket.why}
 
 
+RELATIVE = frozenset({"ends_in_s", "idle_for_s", "idle_release_in_s"})  # counting down (or up) as time passes
+
+
+def _steady(value: Any) -> Any:
+    """A pending field without the times relative to now, which change on every poll."""
+    if isinstance(value, list):
+        return [{k: v for k, v in item.items() if k not in RELATIVE} if isinstance(item, dict) else item
+                for item in value]
+    return value
+
+
 def export_lines(result: Grant) -> list[str]:
     """`export` lines for a shell's eval. The values come from the node: escaped for the terminal
     and then shell-quoted, so a hostile value can neither run a command nor reach the screen raw."""
@@ -118,7 +129,7 @@ async def _reserve(members: Members, request: core.ReserveRequest, burst: bool =
 
     def progress(node: str, ticket: Ticket, elapsed_s: float) -> None:
         if json_progress:  # a JSON line each time where it stands changes (stdout keeps the one answer)
-            state = (ticket.position, *(repr(ticket.why.get(k)) for k in PENDING_FIELDS if k != "eta_in_s"))
+            state = (ticket.position, *(repr(_steady(ticket.why.get(k))) for k in PENDING_FIELDS if k != "eta_in_s"))
             if [state] != last_state:
                 progress_json(queued_json(node, ticket, elapsed_s))
                 last_state[:] = [state]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gpuconsole.durations import format_duration_s
 from gpuconsole.format import when_h
 
 FIELDS = ("pending_reason", "ahead", "blockers", "eta", "eta_in_s", "quota", "fair_share")
@@ -34,6 +35,8 @@ class Blocker:
     gpus: tuple[int, ...]
     priority: str
     ends_in_s: float | None
+    idle_for_s: float | None = None  # the watcher judged it idle this long (None: not idle)
+    idle_release_in_s: float | None = None  # and releases it then (`watch --release-idle`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,8 @@ class Pending:
             ahead=tuple(Ahead(a["id"], a["owner"], a.get("kind", "reservation"), int(a["gpus_requested"]),
                               a.get("priority", "normal")) for a in data.get("ahead") or ()),
             blockers=tuple(Blocker(b["id"], b["owner"], b.get("kind", "reservation"), tuple(b["gpus"]),
-                                   b.get("priority", "normal"), b.get("ends_in_s"))
+                                   b.get("priority", "normal"), b.get("ends_in_s"), b.get("idle_for_s"),
+                                   b.get("idle_release_in_s"))
                            for b in data.get("blockers") or ()),
             eta=data.get("eta"), eta_in_s=data.get("eta_in_s"),
             quota_held=quota.get("held"), quota_cap=quota.get("max_gpus_per_user"),
@@ -84,8 +88,14 @@ class Pending:
         for blocker in self.blockers[-2:]:
             until = ("with the job" if blocker.ends_in_s is None
                      else f"until {when_h(now_s + blocker.ends_in_s, now_s)}")
+            idle = ""
+            if blocker.idle_for_s is not None:
+                idle = f", idle {format_duration_s(blocker.idle_for_s)}"
+                if blocker.idle_release_in_s is not None:
+                    idle += (f", released at {when_h(now_s + blocker.idle_release_in_s, now_s)} by "
+                             "the watcher's --release-idle unless used")
             parts.append(f"GPU{'s' if len(blocker.gpus) != 1 else ''} {_ranges(blocker.gpus)} held by "
-                         f"{blocker.owner} {blocker.id} {until}")
+                         f"{blocker.owner} {blocker.id} {until}{idle}")
         if len(self.blockers) > 2:
             parts.append(f"and {len(self.blockers) - 2} more")
         if self.reason == "quota":

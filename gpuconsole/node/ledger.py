@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from .typedefs import Args, Result, State
 
     # leases by id: (owner, gpus, job, expiry, granted at (wall)); jobs by id: their state
-    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float]], Dict[str, str], Set[int]]
+    # (leases: (owner, gpus, job, expiry, granted at, idle since (wall) or None), jobs' states, withheld GPUs)
+    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float, Any]], Dict[str, str], Set[int]]
     # a grant the change ended: (id, owner, gpus, was a job's, reason, ended at (wall), granted at (wall))
     Ended = Tuple[str, str, List[int], bool, str, float, float]
 
@@ -68,7 +69,7 @@ def head_of(state: State, state_dir: str) -> Result:
 def summary(state: State) -> Summary:
     """What the change's events are told apart by: the leases and the jobs' states before it."""
     leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"],
-                  float(lease["created_wall"])) for i, lease in state["leases"].items()}
+                  float(lease["created_wall"]), lease.get("idle_since_wall")) for i, lease in state["leases"].items()}
     return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}, health.withheld(state)
 
 
@@ -86,6 +87,14 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
                 record["backfill_for"] = lease.get("backfill_for")
             if lease.get("queued_wall"):
                 record["queued_at"] = st.iso_utc(float(lease.get("queued_wall") or 0))
+            out.append(record)
+        elif lease.get("idle_since_wall") != leases_before[lease_id][5]:
+            # The watcher's word that it went idle (since when), or is in use again.
+            idle_since = lease.get("idle_since_wall")
+            record = {"event": "idle_start" if idle_since is not None else "idle_end", "id": lease_id,
+                      "owner": lease["owner"], "gpus": list(lease["gpus"])}
+            if idle_since is not None:
+                record["idle_since"] = st.iso_utc(float(idle_since))
             out.append(record)
         elif not lease.get("job") and lease["exp_bt"] > leases_before[lease_id][3]:
             # A reservation renewed (a job's lease renews itself while it runs: its end says enough).
@@ -119,7 +128,7 @@ def ended_grants(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -
     """The grants the change ended, why, and when their GPUs came back (an expired lease: at its
     expiry, though the change that noticed may come later)."""
     out: list[Ended] = []
-    for lease_id, (owner, gpus, was_job, exp_bt, granted_wall) in before[0].items():
+    for lease_id, (owner, gpus, was_job, exp_bt, granted_wall, _) in before[0].items():
         if lease_id not in state["leases"]:
             reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
                       else "released" if op == "release" and args.get("id") == lease_id else "revoked")

@@ -5,7 +5,8 @@ The ETA is an upper bound as the node knows it now: the latest start if no lease
 request of higher priority arrives. It replays strict in-order granting (state.plan's rule: the
 head of the queue is never overtaken) over the leases' end times, each request ahead holding its
 GPUs for its whole TTL. A grant with no end the node can promise (a running job's lease is renewed
-for as long as the job runs) makes the ETA of what waits for it unknown (None).
+for as long as the job runs) makes the ETA of what waits for it unknown (None). A reservation the
+watcher has announced it will release as idle (`watch --release-idle`) ends then in the replay.
 """
 
 from __future__ import annotations
@@ -29,16 +30,32 @@ MAX_AHEAD = 3  # requests ahead named per waiting request (the count is its posi
 MAX_BLOCKERS = 4  # grants named per waiting request
 
 
-_lease_end = st.sure_end
+def _lease_end(lease: Lease, ctx: Ctx) -> float:
+    """When its GPUs come back: its sure end (state.sure_end), or sooner when the watcher has
+    announced it will release it as idle (`watch --release-idle`); if its owner uses it again the
+    watcher withdraws that, and the ETA goes back."""
+    end = st.sure_end(lease)
+    release_wall = lease.get("idle_release_wall")
+    if release_wall is not None:
+        end = min(end, max(ctx.now_bt, ctx.now_bt + float(release_wall) - ctx.now_wall))
+    return end
 
 
 def _blocker(lease: Lease, ctx: Ctx) -> Result:
-    end = _lease_end(lease)
-    return {"id": lease["id"], "owner": lease["owner"], "kind": "job" if lease.get("job") else "reservation",
-            "gpus": list(lease["gpus"]),
-            "priority": st.PRIORITY_NAMES.get(lease["priority"], "normal"),
-            "ends_at": None if end == NEVER else st.iso_utc(ctx.wall_at(end)),
-            "ends_in_s": None if end == NEVER else round(end - ctx.now_bt, 1)}
+    end = _lease_end(lease, ctx)
+    blocker: Result = {
+        "id": lease["id"], "owner": lease["owner"], "kind": "job" if lease.get("job") else "reservation",
+        "gpus": list(lease["gpus"]), "priority": st.PRIORITY_NAMES.get(lease["priority"], "normal"),
+        "ends_at": None if end == NEVER else st.iso_utc(ctx.wall_at(end)),
+        "ends_in_s": None if end == NEVER else round(end - ctx.now_bt, 1)}
+    idle_since = lease.get("idle_since_wall")
+    if idle_since is not None:  # the watcher's judgement (reservations.idle_note)
+        blocker["idle_since"] = st.iso_utc(float(idle_since))
+        blocker["idle_for_s"] = round(max(0.0, ctx.now_wall - float(idle_since)), 1)
+        release_wall = lease.get("idle_release_wall")
+        blocker["idle_release_in_s"] = None if release_wall is None else round(
+            max(0.0, float(release_wall) - ctx.now_wall), 1)
+    return blocker
 
 
 def _ahead(ticket: Ticket) -> Result:
@@ -54,9 +71,9 @@ def explain(state: State, ctx: Ctx, limit: int | None = None) -> dict[str, Resul
     replay needs nothing after them)."""
     order = st.queue_order(state, ctx.now_bt)[:limit]
     live = sorted((lease for lease in state["leases"].values() if lease["exp_bt"] > ctx.now_bt),
-                  key=lambda lease: (_lease_end(lease), lease["id"]))
+                  key=lambda lease: (_lease_end(lease, ctx), lease["id"]))
     free = len(st.free_gpus(state, ctx))
-    ends: list[Holding] = [(_lease_end(lease), len(lease["gpus"]), lease["id"]) for lease in live]
+    ends: list[Holding] = [(_lease_end(lease, ctx), len(lease["gpus"]), lease["id"]) for lease in live]
     heapq.heapify(ends)
     by_id = {lease["id"]: lease for lease in live}
     released: list[str] = []  # leases whose end the replay has passed, in end order

@@ -70,7 +70,8 @@ LEASE: Schema = {
     "created_wall": (_num, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
     "from_queue": (_bool, False), "job": (_bool, False), "preempted_by": (lambda v: v is None or _str(v), False),
     "ends_by_bt": (_num, False), "backfill_for": (_str, False), "backfill_until_bt": (_num, False),
-    "queued_wall": (_num, False),
+    "queued_wall": (_num, False), "idle_since_wall": (_num, False), "idle_release_wall": (_num, False),
+    "idle_by": (_str, False),
 }
 TICKET: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "n": (lambda v: _int(v) and v >= 1, True),

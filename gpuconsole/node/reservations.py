@@ -163,6 +163,30 @@ def renew(state: State, ctx: Ctx, args: Args) -> Result:
     return st.grant_result(lease, ctx)
 
 
+def idle_note(state: State, ctx: Ctx, args: Args) -> Result:
+    """The watcher says a reservation is idle since `since` (Unix seconds) and, with --release-idle,
+    when it will release it (`release_at`); `since` null: in use again. Shown to whoever waits for
+    its GPUs (pending.py) and kept in the ledger (idle GPU-hours in `usage`); it grants and ends
+    nothing, so any user's watcher may say it, and who said it is kept with it."""
+    target: Any = args.get("id")
+    lease = state["leases"].get(target)
+    if lease is None or lease["exp_bt"] <= ctx.now_bt:
+        raise OpError("not_found", "no active reservation %s (released or expired)" % target)
+    since, release_at = args.get("since"), args.get("release_at")
+    if since is None:
+        for key in ("idle_since_wall", "idle_release_wall", "idle_by"):
+            lease.pop(key, None)  # type: ignore[misc]  # (a literal loop over optional keys)
+        return {"id": target, "idle": False}
+    since = st.number(since, "since must be a time in Unix seconds, not in the future", 0, ctx.now_wall + 60)
+    lease["idle_since_wall"] = float(since)
+    if release_at is None:
+        lease.pop("idle_release_wall", None)
+    else:
+        lease["idle_release_wall"] = float(st.number(release_at, "release_at must be a time in Unix seconds", 0))
+    lease["idle_by"] = ctx.user
+    return {"id": target, "idle": True}
+
+
 def gpu_clear(state: State, ctx: Ctx, args: Args) -> Result:
     """An admin returns a GPU withheld for its health to the pool (`gpuconsole gpu clear`); its
     error counters now are the baseline later readings are compared with."""
@@ -183,6 +207,6 @@ def _gc(state: State, ctx: Ctx, args: Args) -> Result:
 
 # Operations that change the state whenever they succeed (poll and gc change it only through
 # the housekeeping that runs before every operation).
-ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach", "gpu_clear"})
+ALWAYS_CHANGES = frozenset({"reserve", "release", "renew", "reattach", "gpu_clear", "idle_note"})
 MUTATIONS: dict[str, Transition] = {"reserve": reserve, "release": release, "renew": renew, "poll": poll,
-                                    "reattach": reattach, "gc": _gc, "gpu_clear": gpu_clear}
+                                    "reattach": reattach, "gc": _gc, "gpu_clear": gpu_clear, "idle_note": idle_note}

@@ -49,6 +49,9 @@ class Lease(_LeaseBase, total=False):
     preempted_by: str | None
     ends_by_bt: float  # a time-limited job's grant ends by then (its lease is renewed until then)
     queued_wall: float  # when the request it was granted from was queued
+    idle_since_wall: float  # the watcher judged it idle since then (reservations.idle_note)
+    idle_release_wall: float  # and will release it then (`watch --release-idle`)
+    idle_by: str  # the user whose watcher said so
     backfill_for: str  # granted by backfill ahead of this queued request…
     backfill_until_bt: float  # …which it must not delay: its end may not move past this
 

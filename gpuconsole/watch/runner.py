@@ -24,6 +24,7 @@ from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.core.reservations import release_on
 from gpuconsole.core.status import fleet_snapshot
 from gpuconsole.errors import ExitCode, GpuConsoleError
+from gpuconsole.format import epoch_s
 from gpuconsole.model.alerts import Alert
 from gpuconsole.model.detect import Detector, Judgement
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
@@ -178,9 +179,35 @@ class WatchRunner:
             for alert in await self._release(now_s, key, pending):
                 self.dispatcher.publish(alert)
                 alerts.append(alert)
+        await self._tell_nodes(alerts)
         if alerts or due or time.monotonic() - self._saved_at_s >= SAVE_EVERY_S:
             self.save_state()
         return alerts
+
+    async def _tell_nodes(self, alerts: list[Alert]) -> None:
+        """Tell each node which of its reservations went idle (since when, and when --release-idle
+        will release it) or is in use again, so whoever waits for its GPUs sees it in their pending
+        reason and ETA (node/pending.py) and `usage` counts idle GPU-hours from the ledger."""
+        for alert in alerts:
+            if alert.node is None or alert.reservation is None:
+                continue
+            if alert.kind == "idle_reservation":
+                if epoch_s(alert.since) is None:
+                    continue
+                release_at = alert.extra.get("release_at")
+                args: dict[str, Any] = {"id": alert.reservation, "since": epoch_s(alert.since),
+                                        "release_at": epoch_s(release_at) if isinstance(release_at, str) else None}
+            elif alert.kind == "resolved" and alert.resolves == "idle_reservation" \
+                    and alert.extra.get("action") != "released":
+                args = {"id": alert.reservation, "since": None}
+            else:
+                continue
+            try:
+                await asyncio.wait_for(self._fleet.request(alert.node, "idle_note", args), HOOK_TIMEOUT_S)
+            except (GpuConsoleError, TimeoutError) as exc:  # a note the node missed costs it only a hint
+                if getattr(exc, "exit_code", None) != ExitCode.NOT_FOUND:
+                    self._log_once(f"note:{alert.node}", f"watch: cannot tell {alert.node} about "
+                                                         f"{alert.reservation}: {exc}")
 
     async def _with_extra(self, now_s: float, judgement: Judgement) -> Judgement:
         """Merge the cloud hook's conditions; if the hook fails, its raised conditions are kept."""

@@ -5,11 +5,15 @@ in a line under the table, and a running job it waits for makes the ETA unknown.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
 from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.format import epoch_s
-from tests.helpers import cli_json, run_cli, schema_valid, wait_for
+from tests.helpers import FAST, WatchProc, cli_json, run_cli, schema_valid, wait_for
 
 
 def _job(config: Any, job_id: str) -> dict[str, Any]:
@@ -65,3 +69,47 @@ def test_a_job_that_overruns_its_time_is_stopped(demo: DemoThread) -> None:
     assert all(g["reservation"] is None for g in status["nodes"][0]["gpus"])
     bad = run_cli("submit", "--gpus", "1", "--time", "soon", "--", "true", config=config)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_watcher_idle_release_shortens_the_wait_and_grants_it(demo: DemoThread, tmp_path: Path) -> None:
+    """alice holds all four GPUs for ten minutes; bob queues for four: his progress names alice's
+    reservation and an ETA within her lease. The watcher (--release-idle) finds it idle and
+    announces the release: bob's next line says so (idle, released at …) with a shorter ETA; at the
+    end of the grace the watcher releases it and bob is granted."""
+    config = tmp_path / "fast.toml"
+    config.write_text(demo.config_path.read_text().replace("poll_seconds = 1.0", "poll_seconds = 0.2"))
+    held = cli_json("reserve", "--gpus", "4", "--node", "node-01", "--for", "10m", config=config)
+    lines: list[dict[str, Any]] = []
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--gpus", "4", "--node", "node-01",
+         "--for", "1m", "--wait", "--timeout", "2m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    reader = threading.Thread(target=lambda: lines.extend(json.loads(x) for x in waiting.stderr  # type: ignore[union-attr]
+                                                          if x.startswith("{")), daemon=True)
+    reader.start()
+    watcher: WatchProc | None = None
+    try:
+        first = wait_for(lambda: lines[0] if lines else None, timeout_s=30, message="bob's first progress line")
+        schema_valid("gpuconsole:schemas/reserve#/$defs/progress", first)
+        assert [b["id"] for b in first["blockers"]] == [held["id"]] and 540 < first["eta_in_s"] <= 600
+        watcher = WatchProc(config, tmp_path / "watch.json", *FAST, "--release-idle", "--grace-minutes", "0.15")
+        announced = wait_for(lambda: next((x for x in list(lines) if x["blockers"]
+                                           and x["blockers"][0].get("idle_release_in_s") is not None), None),
+                             timeout_s=30, message=f"the idle release in bob's progress; lines: {lines}")
+        schema_valid("gpuconsole:schemas/reserve#/$defs/progress", announced)
+        assert announced["blockers"][0]["idle_since"] and announced["eta_in_s"] <= 10 < first["eta_in_s"]
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        granted = json.loads(out)
+        assert granted["gpus"] == [0, 1, 2, 3]
+        listed = {r["id"] for r in cli_json("reservations", config=config)["reservations"]}
+        assert held["id"] not in listed and granted["id"] in listed
+        audit = cli_json("audit", config=config)
+        assert [r["event"] for r in audit["records"] if r.get("id") == held["id"]][-2:] == ["idle_start", "end"]
+    finally:
+        if watcher is not None:
+            assert watcher.stop() == 0
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+        run_cli("release", "--mine", config=config)
