@@ -71,7 +71,15 @@ def run_usage(members: Members, args: UsageArgs) -> int:
     answers = _ledgers(members, {}, None)
     ledgers = {n: a["records"] for n, a in answers.items() if not isinstance(a, GpuConsoleError)}
     errors = [{"node": n, "error": str(a)} for n, a in sorted(answers.items()) if isinstance(a, GpuConsoleError)]
-    rows = [r.to_json() for r in usage(ledgers, since_s, until_s, args.by)]
+    instances = []
+    if members.config.aws is not None:  # cloud hours and dollars by owner: the managed instances EC2 lists
+        from gpuconsole.cloud.ec2 import Ec2
+
+        try:
+            instances = Ec2(members.config.aws).describe(states=None)
+        except GpuConsoleError as exc:
+            errors.append({"node": "cloud", "error": str(exc)})
+    rows = [r.to_json() for r in usage(ledgers, since_s, until_s, args.by, instances)]
     broken = sorted(n for n, a in answers.items() if not isinstance(a, GpuConsoleError) and a["breaks"])
     for node in broken:  # figures from a ledger whose chain is broken cannot be vouched for
         warn(f"{node}: its ledger's chain is broken (see `gpuconsole audit --node {node}`)")
@@ -97,13 +105,15 @@ def _csv(rows: list[dict[str, Any]], by: str) -> None:
 
     writer = csv.writer(sys.stdout, lineterminator="\n")
     outcomes = _outcomes(rows)
+    extra = ("gpu_hours_idle", "gpu_hours_unreserved", "cloud_hours", "cloud_usd")  # added after the first ones
     writer.writerow([by, "gpu_hours_held", *(f"job_gpu_hours_{o}" for o in outcomes), "queue_wait_n",
-                     "queue_wait_p50_s", "queue_wait_p95_s"])
+                     "queue_wait_p50_s", "queue_wait_p95_s", *extra])
     for row in rows:  # a node's text in a spreadsheet: a leading =, +, - or @ would be a formula
         key = row["key"] if row["key"][:1] not in ("=", "+", "-", "@") else "'" + row["key"]
         wait = row["queue_wait_s"]
         writer.writerow([key, row["gpu_hours_held"], *(row["job_gpu_hours"].get(o, 0.0) for o in outcomes),
-                         wait["n"], *("" if wait[p] is None else wait[p] for p in ("p50", "p95"))])
+                         wait["n"], *("" if wait[p] is None else wait[p] for p in ("p50", "p95")),
+                         *(row[name] for name in extra)])
 
 
 def _usage_table(rows: list[dict[str, Any]], by: str) -> None:
@@ -111,10 +121,14 @@ def _usage_table(rows: list[dict[str, Any]], by: str) -> None:
         say("no usage in the window")
         return
     outcomes = _outcomes(rows)
-    columns = (Column(by), Column("GPU-h held"), *(Column(f"job GPU-h {o}", priority=2) for o in outcomes),
-               Column("queue wait p50/p95", priority=1))
-    body = [[row["key"], f"{row['gpu_hours_held']:.2f}", *(f"{row['job_gpu_hours'].get(o, 0.0):.2f}" for o in outcomes),
-             _waits(row["queue_wait_s"])] for row in rows]
+    cloud = any(row["cloud_hours"] for row in rows)
+    columns = (Column(by), Column("GPU-h held"), Column("idle", priority=4), Column("unreserved", priority=3),
+               *(Column(f"job GPU-h {o}", priority=2) for o in outcomes), Column("queue wait p50/p95", priority=1),
+               *((Column("cloud h", priority=5), Column("cloud $", priority=6)) if cloud else ()))
+    body = [[row["key"], f"{row['gpu_hours_held']:.2f}", f"{row['gpu_hours_idle']:.2f}",
+             f"{row['gpu_hours_unreserved']:.2f}", *(f"{row['job_gpu_hours'].get(o, 0.0):.2f}" for o in outcomes),
+             _waits(row["queue_wait_s"]),
+             *((f"{row['cloud_hours']:.2f}", f"${row['cloud_usd']:.2f}") if cloud else ())] for row in rows]
     out = console()
     out.print(fit_table("usage", columns, body, out.width))
 

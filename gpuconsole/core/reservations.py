@@ -156,12 +156,16 @@ async def release(fleet: NodeRequests, reservation_id: str, token: int | None = 
     return await release_on(fleet, node, reservation_id, token)
 
 
-async def release_on(fleet: NodeRequests, node: str, reservation_id: str, token: int | None = None) -> Released:
+async def release_on(fleet: NodeRequests, node: str, reservation_id: str, token: int | None = None,
+                     reason: str | None = None) -> Released:
     """Release one reservation on a node already known to hold it (no fleet-wide lookup); the node
-    checks ownership, so a caller who is neither its owner nor an admin gets a permission error."""
+    checks ownership, so a caller who is neither its owner nor an admin gets a permission error.
+    `reason` "idle": the watcher's idle release (so the ledger says so)."""
     args: dict[str, Any] = {"id": reservation_id, "req_id": new_req_id()}
     if token is not None:
         args["token"] = token
+    if reason is not None:
+        args["reason"] = reason
     return Released.from_agent(node, await fleet.request(node, "release", args))
 
 

@@ -216,7 +216,7 @@ class Agent:
             # A supervisor's changes go through its own sudo link.
             supervisor_env["GPUCONSOLE_SERVICE"] = "%s:%s" % settings
         self.txn = Transactions(store, self.boot_id, self.new_ctx, self.gpus_in_use, self.critical,
-                                service_user, self.gpu_health)
+                                service_user, self.gpu_health, lambda: self.telemetry.gpu_users)
         self.job_ops = JobOps(self.txn, self.transaction, self.uid, supervisor_env, before_submit)
         if self.service is None:  # the service agent serves state operations, never telemetry
             self.set_stream(args.get("stream_s"))

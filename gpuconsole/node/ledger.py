@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from .typedefs import Args, Result, State
 
     # leases by id: (owner, gpus, job, expiry, granted at (wall)); jobs by id: their state
-    # (leases: (owner, gpus, job, expiry, granted at, idle since (wall) or None), jobs' states, withheld GPUs)
-    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float, Any]], Dict[str, str], Set[int]]
+    # (leases: (owner, gpus, job, expiry, granted at, idle since (wall) or None), jobs' states, withheld GPUs,
+    # unreserved use: GPU → (since, users))
+    Summary = Tuple[Dict[str, Tuple[str, List[int], bool, float, float, Any]], Dict[str, str], Set[int],
+                    Dict[str, Any]]
     # a grant the change ended: (id, owner, gpus, was a job's, reason, ended at (wall), granted at (wall))
     Ended = Tuple[str, str, List[int], bool, str, float, float]
 
@@ -70,12 +72,15 @@ def summary(state: State) -> Summary:
     """What the change's events are told apart by: the leases and the jobs' states before it."""
     leases = {i: (lease["owner"], list(lease["gpus"]), bool(lease.get("job")), lease["exp_bt"],
                   float(lease["created_wall"]), lease.get("idle_since_wall")) for i, lease in state["leases"].items()}
-    return leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}, health.withheld(state)
+    unreserved: Any = state.get("unreserved") or {}
+    return (leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}, health.withheld(state),
+            {gpu: (entry.get("since_wall"), list(entry.get("users") or [])) for gpu, entry in unreserved.items()
+             if str(gpu).isdigit() and isinstance(entry, dict)})
 
 
 def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
     """The ledger records of one transaction: what its housekeeping and its op changed."""
-    leases_before, jobs_before, withheld_before = before
+    leases_before, jobs_before, withheld_before, unreserved_before = before
     at = st.iso_utc(ctx.now_wall)
     out: list[Result] = []
     for lease_id, lease in state["leases"].items():
@@ -119,6 +124,15 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
                                                if index in lease["gpus"] and lease["exp_bt"] > ctx.now_bt}))})
     out.extend({"event": "gpu_cleared", "gpu": index, "owner": ctx.user}
                for index in sorted(withheld_before - withheld))
+    unreserved: Any = state.get("unreserved") or {}
+    for gpu in sorted({g for g in unreserved if str(g).isdigit()} - set(unreserved_before), key=str):
+        users = list(unreserved[gpu].get("users") or [])
+        out.append({"event": "unreserved_start", "gpu": int(gpu), "gpus": [int(gpu)], "owner": ",".join(users),
+                    "users": users})
+    for gpu in sorted(set(unreserved_before) - set(unreserved), key=str):
+        since_wall, users = unreserved_before[gpu]
+        out.append({"event": "unreserved_end", "gpu": int(gpu), "gpus": [int(gpu)], "owner": ",".join(users),
+                    "users": users, "since": st.iso_utc(float(since_wall or ctx.now_wall))})
     for record in out:
         record.update(at=at, by=ctx.user, op=op)
     return out
@@ -131,7 +145,8 @@ def ended_grants(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -
     for lease_id, (owner, gpus, was_job, exp_bt, granted_wall, _) in before[0].items():
         if lease_id not in state["leases"]:
             reason = ("job" if was_job else "expired" if exp_bt <= ctx.now_bt
-                      else "released" if op == "release" and args.get("id") == lease_id else "revoked")
+                      else ("idle_release" if args.get("reason") == "idle" else "released")
+                      if op == "release" and args.get("id") == lease_id else "revoked")
             ended = ctx.wall_at(exp_bt) if reason == "expired" else ctx.now_wall
             out.append((lease_id, owner, gpus, was_job, reason, ended, granted_wall))
     return out

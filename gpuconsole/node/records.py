@@ -100,9 +100,12 @@ GPU_HEALTH: Schema = {
     "baseline": (lambda v: isinstance(v, dict) and all(_int(x) or _bool(x) for x in v.values()), False),
     "cleared_wall": (_num, False), "cleared_by": (_str, False),
 }
+UNRESERVED: Schema = {"since_wall": (_num, True),
+                      "users": (lambda v: isinstance(v, list) and len(v) <= 64 and all(_str(u) for u in v), True)}
 TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED),
-          ("usage", USAGE), ("fair_share", FAIR_SHARE), ("gpu_health", GPU_HEALTH))
-OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share", "gpu_health")
+          ("usage", USAGE), ("fair_share", FAIR_SHARE), ("gpu_health", GPU_HEALTH),
+          ("unreserved", UNRESERVED))
+OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share", "gpu_health", "unreserved")
 
 
 def problem(record: object, schema: Schema, key: str | None = None) -> str | None:

@@ -124,6 +124,7 @@ class Ctx:
         self.alive: Alive = alive or (lambda ident: True)
         self.policy: dict[str, Any] = policy or {}  # the node's policy file (policy.py); {}: none
         self.health: dict[int, dict[str, Any]] = {}  # GPU health readings taken before the lock (health.py)
+        self.gpu_users: dict[int, list[str]] = {}  # who runs processes on each GPU in use (occupancy.py)
 
     def wall_at(self, bt: float) -> float:
         return self.now_wall + (bt - self.now_bt)

@@ -43,11 +43,14 @@ class Telemetry:
         self.stream_s: float | None = None
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        self.gpu_users: dict[int, list[str]] = {}  # as gpus_in_use last saw them
 
     def gpus_in_use(self, gpus: GpuSource) -> set[int]:
-        """GPUs with processes on them (any owner)."""
+        """GPUs with processes on them (any owner); who runs them is kept in `gpu_users`."""
         with self.sample_lock:
-            return {g for g, items in gpus.processes().items() if items}
+            found = {g: items for g, items in gpus.processes().items() if items}
+            self.gpu_users = {g: sorted({str(p.get("user") or "?") for p in items}) for g, items in found.items()}
+            return set(found)
 
     def collect(self, gpus: GpuSource | None, txn: Transactions, new_ctx: Callable[[], Ctx],
                 rates: bool = True) -> Result:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import fairshare, faults, health, jobs, ledger, reservations
+from . import fairshare, faults, health, jobs, ledger, occupancy, reservations
 from . import state as st
 from .fileio import DIR_MODE, io_error
 from .store import SERVICE_DIR_MODE, CorruptState, no_dir_error
@@ -63,11 +63,13 @@ class Transactions:
 
     def __init__(self, store: StateStore, boot_id: str, new_ctx: Callable[[], Ctx],
                  gpus_in_use: Callable[[], set[int]], critical: Critical, service_user: str | None,
-                 health: Callable[[], Readings] | None = None) -> None:
+                 health: Callable[[], Readings] | None = None,
+                 gpu_users: Callable[[], dict[int, list[str]]] | None = None) -> None:
         """`new_ctx`: the caller's context now; `gpus_in_use`: GPUs with processes, and `health`: the
         GPUs' health readings, both sampled outside the lock; `service_user`: the service account
         when the node is in service mode."""
         self.health = health
+        self.gpu_users = gpu_users
         self.store = store
         self.boot_id = boot_id
         self.new_ctx = new_ctx
@@ -142,6 +144,7 @@ class Transactions:
         # Every transaction's housekeeping may dispatch, so every one needs the GPUs in use.
         in_use = self.gpus_in_use()
         readings = self.health() if self.health is not None else {}
+        users = self.gpu_users() if self.gpu_users is not None else {}
         req_id = args.get("req_id")
         self.ensure_dir()
         self.critical.active = True
@@ -154,6 +157,7 @@ class Transactions:
             ctx = self.new_ctx()
             ctx.gpus_in_use = in_use
             ctx.health = readings
+            ctx.gpu_users = users
             ctx.alive = remembered(ctx.alive)
             try:
                 state, warnings, _, loaded = self.store.load_locked_with_body(self.boot_id)
@@ -224,6 +228,7 @@ class Transactions:
         changed = st.gc(state, ctx) or changed
         changed = jobs.reap(state, ctx) or changed
         changed = health.mark(state, ctx.health, ctx.user, ctx.now_wall) or changed  # before any grant
+        changed = occupancy.track(state, ctx) or changed
         # The factors this change's grants use (a change of them alone is not worth a commit).
         fairshare.refresh(state, ctx.now_bt, ctx.now_wall, ctx.policy)
         changed = bool(st.dispatch(state, ctx)) or changed

@@ -183,6 +183,7 @@ class State(_StateBase, total=False):
     fair_share: dict[str, FairShare]  # by owner, as the last transaction computed it
     fair_share_weight: float  # priority levels a factor of 1 adds; absent: fair share off
     gpu_health: dict[str, Any]  # by GPU index: withheld, baseline, last clear (health.py)
+    unreserved: dict[str, Any]  # by GPU index: since_wall, users (occupancy.py)
 
 
 class ProcessRecord(TypedDict):

@@ -189,6 +189,9 @@ class WatchRunner:
         will release it) or is in use again, so whoever waits for its GPUs sees it in their pending
         reason and ETA (node/pending.py) and `usage` counts idle GPU-hours from the ledger."""
         for alert in alerts:
+            if alert.node is not None and "unreserved_use" in (alert.kind, alert.resolves):
+                await self._note(alert, "gc", {})  # the node's look records when it began or ended
+                continue
             if alert.node is None or alert.reservation is None:
                 continue
             if alert.kind == "idle_reservation":
@@ -202,12 +205,15 @@ class WatchRunner:
                 args = {"id": alert.reservation, "since": None}
             else:
                 continue
-            try:
-                await asyncio.wait_for(self._fleet.request(alert.node, "idle_note", args), HOOK_TIMEOUT_S)
-            except (GpuConsoleError, TimeoutError) as exc:  # a note the node missed costs it only a hint
-                if getattr(exc, "exit_code", None) != ExitCode.NOT_FOUND:
-                    self._log_once(f"note:{alert.node}", f"watch: cannot tell {alert.node} about "
-                                                         f"{alert.reservation}: {exc}")
+            await self._note(alert, "idle_note", args)
+
+    async def _note(self, alert: Alert, op: str, args: dict[str, Any]) -> None:
+        assert alert.node is not None
+        try:
+            await asyncio.wait_for(self._fleet.request(alert.node, op, args), HOOK_TIMEOUT_S)
+        except (GpuConsoleError, TimeoutError) as exc:  # a note the node missed costs it only a hint
+            if getattr(exc, "exit_code", None) != ExitCode.NOT_FOUND:
+                self._log_once(f"note:{alert.node}", f"watch: cannot tell {alert.node} of {alert.kind}: {exc}")
 
     async def _with_extra(self, now_s: float, judgement: Judgement) -> Judgement:
         """Merge the cloud hook's conditions; if the hook fails, its raised conditions are kept."""
@@ -226,7 +232,7 @@ class WatchRunner:
         assert self.releaser is not None
         what = f"idle reservation {pending.reservation} of {pending.owner} on {pending.node}"
         try:
-            await release_on(self._fleet, pending.node, pending.reservation)
+            await release_on(self._fleet, pending.node, pending.reservation, reason="idle")
         except GpuConsoleError as exc:
             if exc.exit_code == ExitCode.NOT_FOUND:
                 self.releaser.released(key)  # already gone: its condition resolves on the next sample

@@ -5,6 +5,11 @@ changed in one node's ledger is reported with its place and exits 7, the other n
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from gpuconsole.demo.cluster import DemoThread
@@ -55,3 +60,33 @@ def test_usage_reads_the_ledgers(demo: DemoThread) -> None:
     header, *lines = csv_out.stdout.splitlines()
     assert header.startswith("node,gpu_hours_held") and lines[0].startswith("node-01,")
     assert run_cli("usage", "--since", "soon", config=config).returncode == 2
+
+
+def test_unreserved_use_is_in_the_ledger_and_in_usage(demo: DemoThread) -> None:
+    """A process on demo GPU 3 that no reservation covers: the node's next change records when it
+    began and whose it is, the change after it stopped records its end, and `usage` counts it."""
+    config = demo.config_path
+    env = dict(os.environ, GPUCONSOLE_SIM_NODE=demo.cluster.nodes["node-01"].sim_key, CUDA_VISIBLE_DEVICES="3")
+    squatter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+    try:
+        wait_for(lambda: cli_json("status", "--node", "node-01", config=config)["nodes"][0]["gpus"][3][
+            "unreserved_use"], timeout_s=20, message="GPU 3 in unreserved use")
+        grant = cli_json("reserve", "--gpus", "1", "--node", "node-01", config=config)  # a change: it looks
+        began_s = time.time()
+        # The ledger's times are whole seconds: let the use last a few, so its hours cannot round to 0.
+        wait_for(lambda: time.time() >= began_s + 3, timeout_s=10, message="three seconds of unreserved use")
+    finally:
+        squatter.kill()
+        squatter.wait()
+    wait_for(lambda: not cli_json("status", "--node", "node-01", config=config)["nodes"][0]["gpus"][3][
+        "unreserved_use"], timeout_s=20, message="GPU 3 free again")
+    assert run_cli("release", grant["id"], config=config).returncode == 0  # the next change sees it end
+    records = [r for r in cli_json("audit", "--node", "node-01", config=config)["records"]
+               if r["event"].startswith("unreserved_")]
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert [(r["event"], r["gpu"], r["users"]) for r in records] == [
+        ("unreserved_start", 3, [me]), ("unreserved_end", 3, [me])]
+    usage = cli_json("usage", config=config)
+    schema_valid("gpuconsole:schemas/usage", usage)
+    (row,) = [r for r in usage["rows"] if r["key"] == me]
+    assert row["gpu_hours_unreserved"] > 0 and row["gpu_hours_idle"] == 0 and row["cloud_usd"] == 0, (records, row)

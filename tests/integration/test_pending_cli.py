@@ -105,7 +105,8 @@ def test_a_watcher_idle_release_shortens_the_wait_and_grants_it(demo: DemoThread
         listed = {r["id"] for r in cli_json("reservations", config=config)["reservations"]}
         assert held["id"] not in listed and granted["id"] in listed
         audit = cli_json("audit", config=config)
-        assert [r["event"] for r in audit["records"] if r.get("id") == held["id"]][-2:] == ["idle_start", "end"]
+        trail = [(r["event"], r.get("reason")) for r in audit["records"] if r.get("id") == held["id"]]
+        assert trail[-2:] == [("idle_start", None), ("end", "idle_release")]
     finally:
         if watcher is not None:
             assert watcher.stop() == 0

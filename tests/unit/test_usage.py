@@ -10,6 +10,7 @@ import pytest
 
 from gpuconsole.core.usage import usage
 from gpuconsole.format import epoch_s
+from gpuconsole.model.cloud import Instance
 
 DAY = "2026-11-23"
 
@@ -71,3 +72,40 @@ def test_by_node_and_by_day_and_the_window() -> None:
     assert days["2026-11-24"]["gpu_hours_held"] == pytest.approx(1.0, rel=0.01)
     # From 10:00 on: alice's first hour falls outside the window.
     assert _by("user", _s("10:00"))["alice"]["gpu_hours_held"] == pytest.approx(2.0, rel=0.01)
+
+
+def test_idle_unreserved_and_cloud_hours_match_the_hand_computed_day() -> None:
+    """The same day with the watcher's idle stretches (one closed by the watcher's word, one by the
+    grant's end, one still open), unreserved use shared by two users, and two cloud instances (one
+    ended, one running) at their list price."""
+    ledgers = {"node-03": [
+        _rec("grant", "r-f", "frank", _t("08:00"), gpus=[0, 1], expires_at=_t("20:00")),
+        _rec("idle_start", "r-f", "frank", _t("09:10"), gpus=[0, 1], idle_since=_t("09:00")),
+        _rec("idle_end", "r-f", "frank", _t("10:30"), gpus=[0, 1]),
+        _rec("idle_start", "r-f", "frank", _t("11:05"), gpus=[0, 1], idle_since=_t("11:00")),
+        _rec("end", "r-f", "frank", _t("12:00"), gpus=[0, 1], reason="idle_release", ended_at=_t("12:00")),
+        _rec("grant", "r-g", "gina", _t("13:00"), gpus=[2], expires_at=_t("20:00")),
+        _rec("idle_start", "r-g", "gina", _t("13:40"), gpus=[2], idle_since=_t("13:30")),
+        {"event": "unreserved_start", "gpu": 5, "gpus": [5], "users": ["hank", "ivan"], "owner": "hank,ivan",
+         "at": _t("10:00")},
+        {"event": "unreserved_end", "gpu": 5, "gpus": [5], "users": ["hank", "ivan"], "owner": "hank,ivan",
+         "at": _t("12:00")},
+        {"event": "unreserved_start", "gpu": 6, "gpus": [6], "users": ["hank"], "owner": "hank", "at": _t("14:00")},
+    ]}
+    instances = [
+        Instance("i-1", "g6.xlarge", "terminated", False, 1, 0.80, _s("09:00"), True, owner="frank",
+                 ended_at_s=_s("11:30")),
+        Instance("i-2", "p4d.24xlarge", "running", False, 8, 32.77, _s("14:30"), True, owner="gina"),
+    ]
+    until = _s("15:00")
+    rows = {r.key: r.to_json() for r in usage(ledgers, _s("00:00"), until, "user", instances)}
+    assert rows["frank"]["gpu_hours_held"] == pytest.approx(2 * 4.0, rel=0.01)
+    assert rows["frank"]["gpu_hours_idle"] == pytest.approx(2 * 1.5 + 2 * 1.0, rel=0.01)
+    assert rows["gina"]["gpu_hours_idle"] == pytest.approx(1 * 1.5, rel=0.01)  # still idle at 15:00
+    assert rows["hank"]["gpu_hours_unreserved"] == pytest.approx(1.0 + 1.0, rel=0.01)  # half of 2 h, then 1 h
+    assert rows["ivan"]["gpu_hours_unreserved"] == pytest.approx(1.0, rel=0.01)
+    assert rows["frank"]["cloud_hours"] == pytest.approx(2.5, rel=0.01)
+    assert rows["frank"]["cloud_usd"] == pytest.approx(2.5 * 0.80, rel=0.01)
+    assert rows["gina"]["cloud_usd"] == pytest.approx(0.5 * 32.77, rel=0.01)
+    by_day = {r.key: r.to_json() for r in usage(ledgers, _s("00:00"), until, "day", instances)}
+    assert by_day[DAY]["cloud_usd"] == pytest.approx(2.0 + 0.5 * 32.77, rel=0.01)
