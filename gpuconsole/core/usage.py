@@ -46,7 +46,7 @@ class UsageRow:
                 "job_gpu_hours": {k: round(v, 4) for k, v in sorted(self.job_gpu_hours.items())},
                 "queue_wait_s": {"n": len(self.waits_s), "p50": _percentile(self.waits_s, 50),
                                  "p95": _percentile(self.waits_s, 95)},
-                "cloud_hours": round(self.cloud_hours, 4), "cloud_usd": round(self.cloud_usd, 2)}
+                "cloud_hours": round(self.cloud_hours, 4), "cloud_usd": round(self.cloud_usd, 4)}
 
 
 def _percentile(values: list[float], pct: float) -> float | None:

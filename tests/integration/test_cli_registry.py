@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from gpuconsole.cloud.ec2 import Ec2
 from gpuconsole.config import load_config, parse_config
 from gpuconsole.core.registry import Registry
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli
+from tests.helpers import cli_json, run_cli, schema_valid, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,3 +99,19 @@ def test_the_console_and_the_watcher_start_from_the_registry_they_are_given(tmp_
     runner = WatchRunner(registry, settings, Dispatcher(None, [], print), print)
     assert runner.registry is registry and runner.config is config
     assert runner.detector.expected_nodes == {"n1", cloud.name}
+
+
+def test_usage_counts_cloud_hours_and_dollars_by_owner(cloud_demo: DemoThread) -> None:
+    """A managed instance's hours and cost at its list price, under the user who launched it."""
+    config = cloud_demo.config_path
+    instance = _cloud_up(config)
+    listed = {i["id"]: i for i in cli_json("cloud", "ls", config=config)["instances"]}
+    price = listed[instance]["price_per_hour"]
+    launched_s = time.time()
+    wait_for(lambda: time.time() >= launched_s + 2, timeout_s=10, message="two seconds of uptime")
+    usage = cli_json("usage", config=config)
+    schema_valid("gpuconsole:schemas/usage", usage)
+    (row,) = [r for r in usage["rows"] if r["cloud_hours"] > 0]
+    assert row["key"] == listed[instance]["owner"]
+    assert row["cloud_usd"] > 0 and row["cloud_usd"] == pytest.approx(row["cloud_hours"] * price, abs=2e-4)
+    assert run_cli("cloud", "down", instance, config=config).returncode == 0
