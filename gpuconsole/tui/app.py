@@ -35,6 +35,7 @@ from gpuconsole.tui.readback import ReadBack
 from gpuconsole.tui.screens.dialogs import ConfirmDialog, HelpScreen, LogScreen, ReserveDialog, ReserveForm
 from gpuconsole.tui.shell import open_shell
 from gpuconsole.tui.themes import DEFAULT_THEME, VARIABLE_DEFAULTS, load_themes
+from gpuconsole.tui.usage import UsageSide
 from gpuconsole.tui.widgets.alert_log import AlertPanel
 from gpuconsole.tui.widgets.cloud_table import CloudTable
 from gpuconsole.tui.widgets.fleet_tables import GpuTable, NodeTable, ProcessTable
@@ -42,6 +43,7 @@ from gpuconsole.tui.widgets.job_table import JobTable
 from gpuconsole.tui.widgets.keyed_table import KeyedTable
 from gpuconsole.tui.widgets.reservation_table import ReservationTable, queue_why
 from gpuconsole.tui.widgets.summary import SummaryBar, connecting_text
+from gpuconsole.tui.widgets.usage_table import UsageTable
 
 # Data arrives at the poll rate (1 Hz); repainting it at 2 Hz keeps it fresh without repainting
 # 64 rows four times a second. Keys repaint at once (see _select_node).
@@ -51,7 +53,7 @@ MUTATING_ACTIONS = frozenset({"reserve", "release", "renew", "cancel_job", "pree
                               "shell"})
 
 
-class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
+class GpuConsoleApp(NodeListSide, CloudSide, UsageSide, ActionSide, ReadBack, App[int]):
     """Fleet overview with reservations; every mutation goes through `core`, errors become toasts."""
 
     TITLE = "gpuconsole"
@@ -106,6 +108,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
         self._alerts_shown = -1
         self._queue_why_shown = ""  # the line under the reservations (ReservationTable.queue_why)
         self.init_cloud()
+        self.init_usage()
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -137,6 +140,9 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
                 yield CloudTable(id="cloud")
             with TabPane("Alerts", id="tab-alerts"):
                 yield AlertPanel(id="alert-panel")
+            with TabPane("Usage", id="tab-usage"):
+                yield Static("reading the nodes' ledgers…", id="usage-status", classes="status-line")
+                yield UsageTable(id="usage")
         yield Input(placeholder="filter nodes by name (enter keeps it, esc clears it)", id="filter")
         yield Footer()
 
@@ -213,6 +219,7 @@ class GpuConsoleApp(NodeListSide, CloudSide, ActionSide, ReadBack, App[int]):
         now_s = self.clock()
         if self._dirty or now_s - self._last_render_s >= AGE_REFRESH_S:
             self.render_fleet()
+        self.refresh_usage()
 
     def render_fleet(self) -> None:
         """Push the folded state down to the widgets (ages tick even without new data)."""

@@ -10,6 +10,7 @@ from gpuconsole.model.events import PollEvent
 
 if TYPE_CHECKING:
     from gpuconsole.cloud.monitor import CloudView
+    from gpuconsole.tui.widgets.usage_table import UsageLine
 
 
 class PollEventArrived(Message):
@@ -26,3 +27,13 @@ class CloudViewArrived(Message):
     def __init__(self, view: CloudView) -> None:
         super().__init__()
         self.view = view
+
+
+class UsageArrived(Message):
+    """One reading of the ledgers for the Usage tab: a line per user, and the nodes not read."""
+
+    def __init__(self, lines: tuple[UsageLine, ...], failed: tuple[str, ...], at_s: float) -> None:
+        super().__init__()
+        self.lines = lines
+        self.failed = failed
+        self.at_s = at_s
