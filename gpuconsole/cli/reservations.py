@@ -122,22 +122,55 @@ def export_lines(result: Grant) -> list[str]:
     return [f"export {name}={shlex.quote(terminal_safe(value))}" for name, value in values.items()]
 
 
+def burst_alternative(config: Config, gpus: int) -> dict[str, Any] | None:
+    """The cheapest allowed instance that fits `gpus` now, for a waiting request's reason ("or burst
+    now: …"); None without [cloud.aws] or when EC2 cannot say (a hint must never fail the wait)."""
+    if config.aws is None:
+        return None
+    from gpuconsole.cloud.ec2 import Ec2
+    from gpuconsole.cloud.launch import quote
+
+    try:
+        offer = quote(Ec2(config.aws), config.aws, gpus)
+    except Exception:  # any failure of EC2 or of its client costs only the hint
+        return None
+    return {"type": offer.instance_type, "gpus": offer.gpus, "spot": offer.spot,
+            "usd_per_hour": offer.price_per_hour, "describe": offer.describe()}
+
+
 async def _reserve(members: Members, request: core.ReserveRequest, burst: bool = False,
                    yes: bool = False, json_progress: bool = False) -> Grant:
     last_line: list[str] = []
     last_state: list[object] = []
+    asked: list[asyncio.Future[dict[str, Any] | None]] = []
+
+    def alternative() -> dict[str, Any] | None:
+        """The burst alternative, asked of EC2 once, in a thread, when the request first waits."""
+        if members.config.aws is None or burst:
+            return None
+        if not asked:
+            asked.append(asyncio.get_running_loop().run_in_executor(None, burst_alternative, members.config,
+                                                                    request.gpus))
+        return asked[0].result() if asked[0].done() else None
 
     def progress(node: str, ticket: Ticket, elapsed_s: float) -> None:
+        offer = alternative()
         if json_progress:  # a JSON line each time where it stands changes (stdout keeps the one answer)
-            state = (ticket.position, *(repr(_steady(ticket.why.get(k))) for k in PENDING_FIELDS if k != "eta_in_s"))
+            state = (ticket.position, *(repr(_steady(ticket.why.get(k))) for k in PENDING_FIELDS if k != "eta_in_s"),
+                     offer is not None)
             if [state] != last_state:
-                progress_json(queued_json(node, ticket, elapsed_s))
+                document = queued_json(node, ticket, elapsed_s)
+                if offer is not None:
+                    document["burst"] = {k: v for k, v in offer.items() if k != "describe"}
+                progress_json(document)
                 last_state[:] = [state]
             return
         line = f"queued on {node}: position {ticket.position}, waited {format_duration_s(elapsed_s)}"
         pending = ticket.pending
         if pending is not None:
             line += f"; {pending.describe(ticket.position, time.time())}"
+        if offer is not None:
+            line += f"; or burst now: {offer['describe']} (reserve … --burst)"
         line = terminal_safe(line)
         if line != (last_line[0] if last_line else None):
             if sys.stderr.isatty():  # one line, rewritten in place: never wider than the terminal

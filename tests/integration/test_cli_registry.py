@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +118,27 @@ def test_usage_counts_cloud_hours_and_dollars_by_owner(cloud_demo: DemoThread) -
     assert row["key"] == listed[instance]["owner"]
     assert row["cloud_usd"] > 0 and row["cloud_usd"] == pytest.approx(row["cloud_hours"] * price, abs=2e-4)
     assert run_cli("cloud", "down", instance, config=config).returncode == 0
+
+
+def test_a_waiting_reserve_names_the_burst_alternative(cloud_demo: DemoThread) -> None:
+    """With [cloud.aws], a request that waits says what bursting would start instead (the cheapest
+    allowed type that fits), in its JSON progress and its text line; nothing is launched."""
+    config = cloud_demo.config_path
+    held = cli_json("reserve", "--gpus", "2", "--node", "node-01", config=config)
+    lines: list[dict[str, Any]] = []
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "gpuconsole", "--config", str(config), "reserve", "--gpus", "2", "--node", "node-01",
+         "--wait", "--timeout", "2m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = threading.Thread(target=lambda: lines.extend(
+        json.loads(x) for x in waiting.stderr if x.startswith("{")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        offer = wait_for(lambda: next((x["burst"] for x in list(lines) if "burst" in x), None), timeout_s=30,
+                         message=f"the burst alternative; lines: {lines}")
+        schema_valid("gpuconsole:schemas/reserve#/$defs/progress", next(x for x in lines if "burst" in x))
+        assert offer["gpus"] >= 2 and offer["type"] and offer["usd_per_hour"] > 0
+        assert cli_json("cloud", "ls", config=config)["instances"] == []  # only said, never started
+    finally:
+        waiting.kill()
+        waiting.communicate()
+        run_cli("release", held["id"], config=config)
