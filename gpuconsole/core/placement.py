@@ -17,16 +17,18 @@ class Capacity:
     free: int
     queued: int
     unreserved: tuple[int, ...] = ()
+    mine: int = 0  # GPUs the caller holds there
+    fleet_cap: int | None = None  # the node's policy's max_gpus_per_user_fleet
 
     @classmethod
     def from_agent(cls, node: str, data: Mapping[str, Any]) -> Capacity:
         return cls(node, int(data["gpu_count"]), int(data["free"]), int(data["queued"]),
-                   tuple(data.get("unreserved") or ()))
+                   tuple(data.get("unreserved") or ()), int(data.get("mine") or 0), data.get("fleet_cap"))
 
     def to_wire(self) -> dict[str, Any]:
         """The reply as the agent sent it."""
         return {"gpu_count": self.gpu_count, "free": self.free, "queued": self.queued,
-                "unreserved": list(self.unreserved)}
+                "unreserved": list(self.unreserved), "mine": self.mine, "fleet_cap": self.fleet_cap}
 
 
 def best_fit(capacities: list[Capacity], gpus: int) -> list[str]:

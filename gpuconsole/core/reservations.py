@@ -68,6 +68,7 @@ async def reserve(
     if request.gpus > largest:
         where = f"node {request.node} has" if request.node else "the largest reachable node has"
         raise NoCapacityError(f"{request.gpus} GPUs requested but {where} {largest}")
+    await _within_fleet_cap(fleet, caps, request.gpus, all_nodes=names is None)
     args = {
         "gpus": request.gpus, "ttl_s": request.ttl_s, "priority": request.priority,
         "preemptible": request.preemptible, **({"ttl_up_to_policy": True} if request.ttl_default else {}),
@@ -95,6 +96,21 @@ async def reserve(
     assert target is not None
     # Survives dropped connections; a cancelled wait withdraws its ticket (gpuconsole.core.waiting).
     return await wait_for_grant(fleet, target, args, request.timeout_s, on_progress, on_notice)
+
+
+async def _within_fleet_cap(fleet: NodeRequests, caps: list[Capacity], gpus: int, all_nodes: bool) -> None:
+    """The nodes' policy's max_gpus_per_user_fleet (the lowest any node states), checked here since
+    no node knows what the others granted: advisory, a client that skips it is held only by each
+    node's own max_gpus_per_user. NoCapacityError (exit 3) when the request would pass it."""
+    stated = [c.fleet_cap for c in caps if c.fleet_cap is not None]
+    if not stated:
+        return
+    if not all_nodes:
+        caps = await capacities(fleet)  # what the caller holds elsewhere counts too
+    held = sum(c.mine for c in caps)
+    if held + gpus > min(stated):
+        raise NoCapacityError(f"{gpus} GPUs requested: you hold {held} across the fleet and its policy allows "
+                              f"{min(stated)} per user (max_gpus_per_user_fleet)")
 
 
 SETTLE_S = 10.0  # how long a change whose answer was lost is asked again before giving up

@@ -255,7 +255,10 @@ class Agent:
         ctx.gpus_in_use = self.gpus_in_use()
         state = txn.view(state, ctx)
         return {"gpu_count": ctx.gpu_count, "free": len(st.free_gpus(state, ctx)),
-                "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx)}
+                "queued": len(state["queue"]), "unreserved": st.unreserved_gpus(state, ctx),
+                # For the client's fleet-wide cap (policy.py): what the caller holds here, and the cap.
+                "mine": st.held_by_user(state, ctx).get(ctx.uid, 0),
+                "fleet_cap": ctx.policy.get("max_gpus_per_user_fleet")}
 
     def _op_jobs(self, args: Args) -> Reply:
         txn = self._txn()

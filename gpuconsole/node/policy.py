@@ -8,6 +8,8 @@ Keys, each optional:
   fair_share_half_life_s    half-life of the usage behind the fair-share factor (default 7 days; 0: off)
   fair_share_weight         priority levels the factor is worth (default 1: 15 min of queue aging)
   max_gpus_per_user         GPUs one user may hold on this node at once
+  max_gpus_per_user_fleet   GPUs one user may hold on all nodes together: checked by the client
+                            before it reserves (no node knows what the others granted), so advisory
   max_reservation_s         longest a reservation may last from its grant (renewals included)
 A malformed value is ignored (its default holds) and reported by `doctor`.
 """
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 PATH = "/etc/gpuconsole/policy.json"
 DEFAULTS: Policy = {"admin_group": None, "fair_share_half_life_s": 7 * 86400.0, "fair_share_weight": 1.0,
-                    "max_gpus_per_user": None, "max_reservation_s": None}
+                    "max_gpus_per_user": None, "max_gpus_per_user_fleet": None, "max_reservation_s": None}
 MAX_BYTES = 64 << 10
 
 _cache: dict[str, tuple[tuple[int, int, int, int], Policy, list[str]]] = {}
@@ -54,6 +56,7 @@ def parse(raw: object) -> tuple[Policy, list[str]]:
         "fair_share_half_life_s": lambda v: _number(v, 0),
         "fair_share_weight": lambda v: _number(v, 0) and v <= 100,
         "max_gpus_per_user": lambda v: _number(v, 1, integral=True),
+        "max_gpus_per_user_fleet": lambda v: _number(v, 1, integral=True),
         "max_reservation_s": lambda v: _number(v, 1),
     }
     for key, value in raw.items():
@@ -63,7 +66,7 @@ def parse(raw: object) -> tuple[Policy, list[str]]:
         elif value is not None and not check(value):
             problems.append("%s: %r is not allowed" % (key, str(value)[:40]))
         elif value is not None:
-            policy[key] = int(value) if key == "max_gpus_per_user" else value
+            policy[key] = int(value) if key.startswith("max_gpus") else value
     return policy, problems
 
 

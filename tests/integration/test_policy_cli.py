@@ -52,3 +52,20 @@ def test_a_cap_holds_and_refuses_with_its_reason(tmp_path: Path) -> None:
                 waiting.kill()
                 waiting.communicate()
         run_cli("release", "--mine", config=config)
+
+
+def test_the_fleet_cap_counts_what_the_user_holds_on_every_node(tmp_path: Path) -> None:
+    """max_gpus_per_user_fleet = 3 over two nodes: 2 on node-01, then 2 on node-02 is refused with
+    exit 3 and the reason (also when only node-02 is named), 1 more is granted."""
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"max_gpus_per_user_fleet": 3}))
+    policy.chmod(0o644)
+    with DemoThread(tmp_path / "demo", nodes=2, gpus=4, agent_env={"GPUCONSOLE_POLICY": str(policy)}) as demo:
+        config = demo.config_path
+        cli_json("reserve", "--gpus", "2", "--node", "node-01", config=config)
+        for where in ((), ("--node", "node-02")):
+            over = run_cli("reserve", "--gpus", "2", *where, config=config)
+            assert over.returncode == 3, over.stderr
+            assert "you hold 2 across the fleet" in over.stderr and "allows 3 per user" in over.stderr
+        assert cli_json("reserve", "--gpus", "1", "--node", "node-02", config=config)["gpus"] == [0]
+        run_cli("release", "--mine", config=config)
