@@ -10,7 +10,7 @@ import errno
 import os
 import sys
 
-from . import procs, service
+from . import policy, procs, service
 from .fileio import filesystem_type, is_network_fs, service_setup_fix
 from .store import CorruptState
 
@@ -61,6 +61,13 @@ def checks(store: StateStore, boot_id: str, user: str, gpus: GpuSource | None,
         except CorruptState as exc:
             rows.append(["state_file", False, str(exc), "inspect %s/corrupt and restore" % store.dir])
     rows.append(["python", sys.version_info >= (3, 8), "%d.%d.%d" % sys.version_info[:3], None])
+    where = policy.path(service_rows is not None)
+    loaded, problems = policy.load(service_rows is not None)
+    if problems or os.path.exists(where):
+        caps = ", ".join("%s=%s" % (k, loaded[k]) for k in sorted(loaded) if loaded[k] is not None)
+        rows.append(["policy", not problems, "; ".join(problems) or "%s: %s" % (where, caps),
+                     None if not problems else "fix %s (root-owned, writable by root alone; keys in "
+                     "README \"Fair share and per-user caps\")" % where])
     gpu_ok = gpus is not None and gpus.source != "none"
     rows.append(["gpus", gpu_ok, "%s, %d GPUs" % (gpus.source, gpus.count()) if gpus else "no source",
                  None if gpu_ok else "install the NVIDIA driver and `pip install nvidia-ml-py`"])
