@@ -229,3 +229,17 @@ def schema_valid(ref: str, document: Any) -> None:
     registry: Registry[Any] = Registry().with_resources((r.id(), r) for r in resources)  # type: ignore[misc]
     jsonschema.Draft202012Validator({"$ref": ref}, registry=registry,
                                     format_checker=jsonschema.FormatChecker()).validate(document)
+
+
+def edit_state(state_dir: Path, change: Callable[[Any], None]) -> None:
+    """Rewrite a node's state.json (and its mirror) with a valid checksum, as any group member can."""
+    from gpuconsole.node.store import StateStore
+
+    store = StateStore(str(state_dir))
+    store.acquire()
+    try:
+        state, _, _ = store.load_locked("ignored")
+        change(state)
+        store.commit(state)
+    finally:
+        store.release_lock()

@@ -6,13 +6,17 @@ core/usage.py computes from the same ledgers."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuconsole.cli.keeper import open_fleet
 from gpuconsole.cli.options import AuditArgs, UsageArgs
 from gpuconsole.cli.output import console, print_json, say, warn
 from gpuconsole.cli.tables import Column, fit_table
+from gpuconsole.config import local_state_dir
 from gpuconsole.durations import format_duration_s, parse_duration_s
 from gpuconsole.errors import ExitCode, GpuConsoleError
 from gpuconsole.format import iso_utc
@@ -32,6 +36,9 @@ def run_audit(members: Members, args: AuditArgs) -> int:
         request["since"] = iso_utc(time.time() - parse_duration_s(args.since, what="--since"))
     if args.user is not None:
         request["user"] = args.user
+    witness = Witness(members.config.path)
+    if witness.heads:
+        request["witnesses"] = witness.heads
 
     answers = _ledgers(members, request, names)
     nodes, records, errors = [], [], []
@@ -40,9 +47,18 @@ def run_audit(members: Members, args: AuditArgs) -> int:
         if isinstance(answer, GpuConsoleError):
             errors.append({"node": node, "error": str(answer)})
             continue
-        nodes.append({"node": node, "ok": not answer["breaks"], "count": answer["count"],
-                      "head_seq": answer["head"].get("seq"), "breaks": answer["breaks"]})
+        breaks = list(answer["breaks"])
+        if answer.get("witness") == "gone":  # a consistent rewrite, which the chain alone cannot show
+            seen = witness.heads[node]
+            breaks.append({"segment": 0, "line": 0, "seq": seen["seq"],
+                           "problem": f"the ledger no longer holds record {seen['seq']} (hash {seen['hash'][:12]}…) "
+                                      "that an earlier audit saw: rewritten or cut"})
+        elif not breaks:
+            witness.saw(node, answer["head"])
+        nodes.append({"node": node, "ok": not breaks, "count": answer["count"],
+                      "head_seq": answer["head"].get("seq"), "breaks": breaks})
         records += [dict(record, node=node) for record in answer["records"]]
+    witness.save()
     records.sort(key=lambda r: (str(r.get("at") or ""), r["node"], r["seq"]))
     if args.json:
         print_json({"nodes": nodes, "records": records, "errors": errors})
@@ -51,6 +67,48 @@ def run_audit(members: Members, args: AuditArgs) -> int:
     if any(not n["ok"] for n in nodes):
         return int(ExitCode.INTEGRITY)
     return int(ExitCode.UNREACHABLE) if errors and not nodes else int(ExitCode.OK)
+
+
+class Witness:
+    """The ledger heads this user's audits saw, per config (`$XDG_STATE_HOME/gpuconsole/ledger-heads-
+    <config hash>.json`): a later audit asks each node whether its chain still holds the head seen,
+    so rewriting a whole ledger consistently is caught by anyone who audited before (an anchor
+    outside the node; best effort: a file that cannot be read or written only loses it)."""
+
+    def __init__(self, config_path: Path) -> None:
+        from gpuconsole.node.fileio import read_regular
+
+        try:
+            resolved = str(config_path.resolve())
+        except OSError:
+            resolved = str(config_path)
+        self.path = local_state_dir() / f"ledger-heads-{hashlib.sha256(resolved.encode()).hexdigest()[:10]}.json"
+        self.heads: dict[str, dict[str, Any]] = {}
+        try:
+            data = json.loads(read_regular(str(self.path), limit=1 << 20))
+        except (OSError, ValueError):
+            data = {}
+        if isinstance(data, dict):
+            self.heads = {str(k): {"seq": v["seq"], "hash": v["hash"]} for k, v in data.items()
+                          if isinstance(v, dict) and isinstance(v.get("seq"), int) and isinstance(v.get("hash"), str)}
+        self._changed = False
+
+    def saw(self, node: str, head: dict[str, Any]) -> None:
+        if isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str) \
+                and self.heads.get(node) != {"seq": head["seq"], "hash": head["hash"]}:
+            self.heads[node] = {"seq": head["seq"], "hash": head["hash"]}
+            self._changed = True
+
+    def save(self) -> None:
+        if not self._changed:
+            return
+        from gpuconsole.node.fileio import write_atomic
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(str(self.path), json.dumps(self.heads, sort_keys=True).encode(), 0o600)
+        except OSError as exc:
+            warn(f"cannot keep the ledger heads seen in {self.path}: {exc}")
 
 
 def _ledgers(members: Members, request: dict[str, Any],
@@ -150,8 +208,8 @@ def _show(nodes: list[dict[str, Any]], records: list[dict[str, Any]], errors: li
         if node["ok"]:
             say(f"{node['node']}: chain whole, {node['count']} records")
         for brk in node["breaks"]:
-            say(f"{node['node']}: chain BROKEN at segment {brk['segment']} line {brk['line']} "
-                f"(seq {brk.get('seq')}): {brk['problem']}")
+            where = f"at segment {brk['segment']} line {brk['line']} " if brk["segment"] else ""
+            say(f"{node['node']}: chain BROKEN {where}(seq {brk.get('seq')}): {brk['problem']}")
     for error in errors:
         warn(f"{error['node']}: {error['error']}")
 

@@ -147,6 +147,7 @@ RESULTS: dict[str, Check] = {
     "doctor": obj({"checks": list_of(obj({"check": string, "ok": boolean, "detail": OPT_TEXT, "fix": OPT_TEXT}))}),
     "stream": obj({"stream_s": Opt(metric)}),
     "ledger": obj({"head": obj({"seq": Opt(nullable(metric_int)), "hash": OPT_TEXT}), "count": COUNT,
+                   "witness": Opt(string, ABSENT),
                    "records": list_of(LEDGER_RECORD), "breaks": list_of(LEDGER_BREAK)}),
     "gpu_clear": obj({"gpu": GPU_INDEX, "was_withheld": boolean, "reason": OPT_TEXT}),
     "ping": obj({}),

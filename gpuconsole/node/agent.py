@@ -96,6 +96,7 @@ class Agent:
         self.ident = procs.identity()
         self.boot_id = self.ident["boot_id"]
         self.node = os.uname().nodename
+        self.config_name = self.node
         self.gpus: GpuSource | None = None
         self.store: StateStore | None = None
         self.txn: Transactions | None = None
@@ -178,6 +179,7 @@ class Agent:
 
     def op_hello(self, args: Args) -> Result:
         node = args.get("node") or self.node
+        self.config_name = str(node)  # the client's name for this node (the `ledger` op's witnesses)
         simulate = args.get("simulate_gpus") or 0
         state_dir = args.get("state_dir") or "/var/lib/gpuconsole"
         if self.service is not None:  # the installed agent serves what its admin chose, not the caller
@@ -284,8 +286,12 @@ class Agent:
             raise st.OpError("invalid", "since and user must be strings")
         chosen = [r for r in records if (since is None or str(r.get("at", "")) >= since)
                   and (user is None or user in (r.get("owner"), r.get("by")))]
-        return {"head": {"seq": head.get("seq"), "hash": head.get("hash")}, "count": len(records),
-                "records": chosen[-LEDGER_MAX:], "breaks": breaks[:LEDGER_MAX]}, warnings
+        answer = {"head": {"seq": head.get("seq"), "hash": head.get("hash")}, "count": len(records),
+                  "records": chosen[-LEDGER_MAX:], "breaks": breaks[:LEDGER_MAX]}
+        witnesses: Any = args.get("witnesses")
+        if isinstance(witnesses, dict) and self.config_name in witnesses:
+            answer["witness"] = ledger.witnessed(records, head, witnesses[self.config_name])
+        return answer, warnings
 
     def _op_doctor(self) -> Result:
         txn = self._txn()

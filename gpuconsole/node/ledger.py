@@ -217,3 +217,22 @@ def verify(state_dir: str, head: Result) -> tuple[list[Result], list[Result]]:
         breaks.append({"segment": last, "line": 0, "seq": seq, "problem": "the ledger does not end where the state "
                        "says (seq %s)" % head.get("seq")})
     return records, breaks
+
+
+def witnessed(records: list[Result], head: Result, seen: object) -> str:
+    """Whether the chain still holds a head an earlier `audit` saw ({seq, hash}): "held", "gone"
+    (the ledger was cut below it or that record rewritten: a rewrite the chain alone cannot show),
+    "unknown" (older than the records read), or "invalid"."""
+    if not isinstance(seen, dict) or not _count(seen.get("seq"), 0) or not isinstance(seen.get("hash"), str):
+        return "invalid"
+    seq, digest = int(seen["seq"]), str(seen["hash"])
+    if seq == 0:
+        return "held"
+    if seq > int(head.get("seq") or 0):
+        return "gone"
+    if seq == int(head.get("seq") or 0):
+        return "held" if head.get("hash") == digest else "gone"
+    after = next((r for r in records if r.get("seq") == seq + 1), None)
+    if after is None:
+        return "unknown"
+    return "held" if after.get("prev") == digest else "gone"

@@ -4,6 +4,7 @@ changed in one node's ledger is reported with its place and exits 7, the other n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -11,9 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli, schema_valid, wait_for
+from tests.helpers import cli_json, edit_state, run_cli, schema_valid, wait_for
 
 
 def test_audit_lists_the_ledgers_and_reports_a_changed_byte(demo: DemoThread) -> None:
@@ -90,3 +92,38 @@ def test_unreserved_use_is_in_the_ledger_and_in_usage(demo: DemoThread) -> None:
     schema_valid("gpuconsole:schemas/usage", usage)
     (row,) = [r for r in usage["rows"] if r["key"] == me]
     assert row["gpu_hours_unreserved"] > 0 and row["gpu_hours_idle"] == 0 and row["cloud_usd"] == 0, (records, row)
+
+
+def test_a_consistently_rewritten_ledger_is_caught_by_an_earlier_audit(demo: DemoThread, tmp_path: Path) -> None:
+    """Someone who can write the state dir rewrites node-01's whole ledger so that its chain is whole
+    again (and the state's head with it): the chain alone cannot tell, but the head an earlier audit
+    of this user saw is gone from it, which the next audit reports (exit 7)."""
+    config = demo.config_path
+    env = {"XDG_STATE_HOME": str(tmp_path / "xdg-state")}
+    grant = cli_json("reserve", "--gpus", "1", "--node", "node-01", config=config)
+    assert run_cli("release", grant["id"], config=config).returncode == 0
+    first = run_cli("audit", "--json", config=config, env=env)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "xdg-state" / "gpuconsole").is_dir()
+    # The rewrite: the same events with another owner, re-chained, and the head in the state to match.
+    state_dir = Path(demo.cluster.nodes["node-01"].state_dir)
+    segment = state_dir / "ledger" / "seg-000001.jsonl"
+    prev, lines = "0" * 64, []
+    for raw in segment.read_bytes().splitlines():
+        record = json.loads(raw)
+        record.update(owner="someone-else", prev=prev)
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        prev = hashlib.sha256(line).hexdigest()
+        lines.append(line)
+    segment.write_bytes(b"".join(lines))
+
+    def forge(state: dict[str, Any]) -> None:
+        state["ledger"] = dict(state["ledger"], hash=prev, size=len(b"".join(lines)))
+
+    edit_state(state_dir, forge)
+    fresh = run_cli("audit", "--json", config=config)  # another user's audit, with no earlier head
+    assert fresh.returncode == 0, fresh.stderr
+    caught = run_cli("audit", config=config, env=env)
+    assert caught.returncode == 7, caught.stdout
+    assert "node-01: chain BROKEN (seq 2): the ledger no longer holds record 2" in caught.stdout
+    assert "node-02: chain whole" in caught.stdout

@@ -19,7 +19,7 @@ import pytest
 
 from gpuconsole.demo.cluster import DemoThread, marked_processes
 from gpuconsole.node import state as st
-from tests.helpers import cli_json, jobs_by_name, run_cli, submit_job, wait_for
+from tests.helpers import cli_json, edit_state, jobs_by_name, run_cli, submit_job, wait_for
 
 NODE = "node-01"
 
@@ -170,25 +170,11 @@ def test_job_whose_grant_vanishes_is_stopped_at_once(demo: DemoThread, tmp_path:
     job = submit_job(config, "vanish", "--gpus", "1", argv=["sh", "-c", loop])
     wait_for(marker.exists, 20, message="job running")
     store_dir = demo.cluster.nodes[NODE].state_dir
-    _edit_state(store_dir, lambda state: state["leases"].pop(job["id"]))
+    edit_state(store_dir, lambda state: state["leases"].pop(job["id"]))
     wait_for(lambda: jobs_by_name(config)["vanish"]["state"] == "lost", 20, message="job marked lost")
     before = marker.read_text()
     time.sleep(0.5)  # the job wrote every 0.1 s while it lived; none may write now
     assert marker.read_text() == before
-
-
-def _edit_state(state_dir: Path, change: Any) -> None:
-    """Rewrite state.json (and its mirror) with a valid checksum, as any group member can."""
-    from gpuconsole.node.store import StateStore
-
-    store = StateStore(str(state_dir))
-    store.acquire()
-    try:
-        state, _, _ = store.load_locked("ignored")
-        change(state)
-        store.commit(state)
-    finally:
-        store.release_lock()
 
 
 # -- item 9: hostile files never hang or crash the agent --------------------------------------------
@@ -237,7 +223,7 @@ def test_malformed_records_are_quarantined_and_the_owner_keeps_working(demo: Dem
         state["jobs"]["j-bad333"] = {"id": "j-bad333", "state": "running", "uid": os.getuid()}
         state["applied"]["x"] = {"bt": "soon"}
 
-    _edit_state(demo.cluster.nodes[NODE].state_dir, plant)
+    edit_state(demo.cluster.nodes[NODE].state_dir, plant)
     for command in (["reservations"], ["jobs"], ["status"]):
         result = run_cli(*command, "--json", config=config)
         assert result.returncode == 0, (command, result.stderr)
