@@ -85,6 +85,8 @@ class Pending:
             count = (position - 1) if position else len(self.ahead)
             parts.append(f"behind {count} request{'s' if count != 1 else ''}: {nearest.owner}'s {nearest.id} "
                          f"({_gpus(nearest.gpus_requested)}, {nearest.priority})")
+            if self.fair_share is not None:  # the requester's recent use orders the queue too
+                parts.append(f"fair share {self.fair_share:.2f} (1: no recent use)")
         for blocker in self.blockers[-2:]:
             until = ("with the job" if blocker.ends_in_s is None
                      else f"until {when_h(now_s + blocker.ends_in_s, now_s)}")
