@@ -48,8 +48,8 @@ def run_audit(members: Members, args: AuditArgs) -> int:
             errors.append({"node": node, "error": str(answer)})
             continue
         breaks = list(answer["breaks"])
-        if answer.get("witness") == "gone":  # a consistent rewrite, which the chain alone cannot show
-            seen = witness.heads[node]
+        seen = witness.heads.get(node)
+        if answer.get("witness") == "gone" and seen is not None:  # a consistent rewrite the chain cannot show
             breaks.append({"segment": 0, "line": 0, "seq": seen["seq"],
                            "problem": f"the ledger no longer holds record {seen['seq']} (hash {seen['hash'][:12]}…) "
                                       "that an earlier audit saw: rewritten or cut"})

@@ -49,6 +49,12 @@ class UsageRow:
                 "cloud_hours": round(self.cloud_hours, 4), "cloud_usd": round(self.cloud_usd, 4)}
 
 
+def _gpu_count(record: Mapping[str, Any]) -> int:
+    """How many GPUs a ledger record names (a node's record is hostile: anything else counts 0)."""
+    gpus = record.get("gpus")
+    return len(gpus) if isinstance(gpus, list) else 0
+
+
 def _percentile(values: list[float], pct: float) -> float | None:
     """Nearest-rank percentile (None for none)."""
     if not values:
@@ -123,7 +129,7 @@ def _node_usage(node: str, records: list[dict[str, Any]], since_s: float, until_
         if at_s is None:
             continue
         event, rid = record.get("event"), str(record.get("id"))
-        gpus = len(record.get("gpus") or [])
+        gpus = _gpu_count(record)
         if event == "grant":
             grants[rid] = (record, epoch_s(str(record.get("expires_at") or "")) or until_s)
             if since_s <= at_s <= until_s:  # a row even for a grant shorter than the records' second
@@ -148,7 +154,9 @@ def _node_usage(node: str, records: list[dict[str, Any]], since_s: float, until_
             owner, count, idle_s = idle.pop(rid)
             add(owner, node, idle_s, at_s, count / 3600.0, IDLE)
         elif event == "unreserved_start":
-            unreserved[str(record.get("gpu"))] = ([str(u) for u in record.get("users") or ["?"]], at_s)
+            users = record.get("users")
+            unreserved[str(record.get("gpu"))] = ([str(u) for u in users] if isinstance(users, list) and users
+                                                  else ["?"], at_s)
         elif event == "unreserved_end" and str(record.get("gpu")) in unreserved:
             users, start_s = unreserved.pop(str(record.get("gpu")))
             for user in users:
@@ -158,14 +166,14 @@ def _node_usage(node: str, records: list[dict[str, Any]], since_s: float, until_
         elif event == "job_end" and rid in starts:
             start = starts.pop(rid)
             add(str(start.get("owner")), node, epoch_s(str(start["at"])) or at_s, at_s,
-                len(start.get("gpus") or []) / 3600.0, str(record.get("state")))
+                _gpu_count(start) / 3600.0, str(record.get("state")))
     for start in starts.values():  # still running
         add(str(start.get("owner")), node, epoch_s(str(start["at"])) or until_s, until_s,
-            len(start.get("gpus") or []) / 3600.0, "running")
+            _gpu_count(start) / 3600.0, "running")
     for rid, (grant, expires_s) in grants.items():  # still held (or ended unseen): to now, or its expiry
         start_s = epoch_s(str(grant["at"])) or until_s
         end_s = min(until_s, expires_s)
-        add(str(grant.get("owner")), node, start_s, end_s, len(grant.get("gpus") or []) / 3600.0, HELD)
+        add(str(grant.get("owner")), node, start_s, end_s, _gpu_count(grant) / 3600.0, HELD)
         if rid in idle:
             owner, count, idle_s = idle.pop(rid)
             add(owner, node, idle_s, end_s, count / 3600.0, IDLE)

@@ -26,7 +26,7 @@ from . import state as st
 from .hostio import HostSampler
 from .jobops import JobOps
 from .store import StateStore
-from .telemetry import Telemetry
+from .telemetry import Telemetry, sim_faults
 from .txn import MUTATIONS, Critical, Transactions
 
 TYPE_CHECKING = False
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 AGENT_VERSION = 1
 _PY_VERSION = "%d.%d.%d" % sys.version_info[:3]
-POLICY_PATH = "/etc/gpuconsole/policy.json"
 MAX_REQUEST_BYTES = 1 << 20
 # Arguments many operations share, checked once so no operation meets a list where a key belongs.
 ARG_TYPES = (("id", str), ("req_id", str), ("token", int), ("name", str), ("reason", str), ("stream", str))
@@ -64,10 +63,9 @@ def _is_admin(user: str | None = None) -> bool:
     could edit grants nothing. `user`: the service agent's caller, whose groups come from the
     group database (this process has the service account's groups).
     """
-    # A user's own agent may be pointed at another policy (GPUCONSOLE_POLICY: the demo, tests),
-    # owned by root or that user; the service agent (`user` given) reads /etc's alone.
-    where = node_policy.path(service=user is not None)
-    gid = svc.admin_group_gid(where, (0,) if where == POLICY_PATH else (0, os.geteuid()))
+    # A user's own agent may be pointed at another root-owned policy (GPUCONSOLE_POLICY: tests);
+    # the service agent (`user` given) reads /etc's alone.
+    gid = svc.admin_group_gid(node_policy.path(service=user is not None))
     if gid is None:
         return False
     if user is not None:
@@ -155,8 +153,9 @@ class Agent:
         """The GPUs' health readings, taken before the lock like gpus_in_use."""
         if not self.gpus or self.txn is None:
             return {}
+        faults = sim_faults(self.gpus, self.txn.store.dir)  # read outside the sample lock
         with self.telemetry.sample_lock:
-            return self.gpus.health(self.txn.store.dir)
+            return self.gpus.health(faults)
 
     def _txn(self) -> Transactions:
         if self.txn is None:

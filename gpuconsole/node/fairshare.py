@@ -92,7 +92,7 @@ def refresh(state: State, now_bt: float, now_wall: float, policy: dict[str, Any]
 def factor(state: State, owner: str) -> float | None:
     """The owner's fair-share factor as last computed (1.0 for a user with no recent use), or None
     with fair share off."""
-    if "fair_share_weight" not in state:
+    if not isinstance(state.get("fair_share_weight"), (int, float)):
         return None
     entry = state.get("fair_share", {}).get(owner)
     return float(entry["factor"]) if entry else 1.0
@@ -100,6 +100,6 @@ def factor(state: State, owner: str) -> float | None:
 
 def levels(state: State) -> Any:
     """owner → priority levels fair share adds to the owner's queued requests (0 with it off)."""
-    weight = float(state.get("fair_share_weight", 0.0))
+    weight = float(state.get("fair_share_weight") or 0.0)
     table = state.get("fair_share", {})
     return lambda owner: weight * float(table[owner]["factor"] if owner in table else 1.0)

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
         def sample(self) -> list[GpuSample]:
             """Every GPU's metrics and processes; a metric the device cannot report is None."""
 
-        def health(self, state_dir: str | None) -> Readings:
-            """Every GPU's health readings (health.py); None for each one the source cannot read."""
+        def health(self, sim_faults: tuple[bytes, float] | None) -> Readings:
+            """Every GPU's health readings (health.py); None for each one the source cannot read.
+            `sim_faults`: the simulation's fault file (bytes, when written), which only it reads."""
 
 SMI_FIELDS = "index,uuid,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw"
 
@@ -73,7 +74,7 @@ class NvmlGpus:
             self._static.append({"index": index, "uuid": uuid, "name": name})
         self._health: gpu_health.NvmlHealth | None = None
 
-    def health(self, state_dir: str | None) -> Readings:
+    def health(self, sim_faults: tuple[bytes, float] | None) -> Readings:
         if self._health is None:
             self._health = gpu_health.NvmlHealth(self._nvml, self._handles)
         return self._health.read(time.time(), time.monotonic())
@@ -175,7 +176,7 @@ class SmiGpus:
     def count(self) -> int:
         return len(self._last)
 
-    def health(self, state_dir: str | None) -> Readings:
+    def health(self, sim_faults: tuple[bytes, float] | None) -> Readings:
         return {g["index"]: gpu_health.empty() for g in self._last}  # not asked of nvidia-smi: unknown
 
     def processes(self) -> ProcessesByGpu:
@@ -238,8 +239,9 @@ class SimulatedGpus:
     def count(self) -> int:
         return self._count
 
-    def health(self, state_dir: str | None) -> Readings:
-        return gpu_health.simulated(state_dir, self._count)
+    def health(self, sim_faults: tuple[bytes, float] | None) -> Readings:
+        data, written_wall = sim_faults if sim_faults is not None else (None, None)
+        return gpu_health.simulated(data, self._count, written_wall)
 
     def _bound_gpus(self, pid: int) -> tuple[int, ...]:
         """GPUs a process is bound to, from its environment, read once per (pid, start time).
@@ -370,7 +372,7 @@ class NoGpus:
     def processes(self) -> ProcessesByGpu:
         return {}
 
-    def health(self, state_dir: str | None) -> Readings:
+    def health(self, sim_faults: tuple[bytes, float] | None) -> Readings:
         return {}
 
     def sample(self) -> list[GpuSample]:

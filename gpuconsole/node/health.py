@@ -13,7 +13,6 @@ failed row remapping. The withholding lives in the state (`gpu_health`), so ever
 from __future__ import annotations
 
 import json
-import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,6 +37,13 @@ UNCORRECTED = "NVML_MEMORY_ERROR_TYPE_UNCORRECTED"
 MAX_SIM_BYTES = 64 << 10
 
 
+def gpu_key(key: object) -> bool:
+    """A table key naming a GPU index as this code writes it: ASCII digits, no leading zero (any
+    group member can write the state: "²" or "03" must never reach int() or alias a GPU)."""
+    return (isinstance(key, str) and 0 < len(key) <= 4 and key.isascii() and key.isdigit()
+            and (key == "0" or not key.startswith("0")))
+
+
 def empty() -> Reading:
     """A GPU whose source reports no health reading at all."""
     return dict.fromkeys(FIELDS)
@@ -50,21 +56,21 @@ def throttle_names(mask: object) -> list[str] | None:
 
 
 def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 63 else None
 
 
-def simulated(state_dir: str | None, count: int) -> Readings:
-    """Healthy simulated GPUs, unless the fault file says otherwise for some (sim only, never real)."""
-    faults: Any = {}
-    written_wall = None
-    if state_dir:
-        try:
-            with open(os.path.join(state_dir, SIM_FILE), "rb") as handle:
-                written_wall = os.fstat(handle.fileno()).st_mtime
-                data = handle.read(MAX_SIM_BYTES)
-            faults = json.loads(data.decode("utf-8"))
-        except (OSError, ValueError):
-            faults = {}
+def _wall(value: object) -> bool:
+    """A finite Unix time a clock can show (the fault file is anyone's to write)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2 ** 33
+
+
+def simulated(data: bytes | None, count: int, written_wall: float | None) -> Readings:
+    """Healthy simulated GPUs, unless the fault file's bytes (`data`, read by the caller as a regular
+    file of bounded size; written at `written_wall`) say otherwise for some (sim only, never real)."""
+    try:
+        faults: Any = json.loads(data.decode("utf-8")) if data else {}
+    except ValueError:
+        faults = {}
     if not isinstance(faults, dict):
         faults = {}
     out: Readings = {}
@@ -77,7 +83,8 @@ def simulated(state_dir: str | None, count: int) -> Readings:
         # an injected fault reports itself.
         reading = empty()
         reading.update({
-            "xid": xid, "xid_at_wall": (float(at) if isinstance(at, (int, float)) else written_wall) if xid else None,
+            "xid": xid, "xid_at_wall": (float(at) if isinstance(at, (int, float)) and _wall(at) else written_wall)
+            if xid else None,
             "ecc_uncorrected_volatile": _count(fault.get("ecc_uncorrected_volatile")),
             "ecc_uncorrected_aggregate": _count(fault.get("ecc_uncorrected_aggregate")),
             "ecc_corrected_volatile": _count(fault.get("ecc_corrected_volatile")),
@@ -114,7 +121,7 @@ def withheld(state: State) -> set[int]:
     """The GPUs no new grant may take."""
     table: Any = state.get("gpu_health") or {}
     return {int(index) for index, entry in table.items()
-            if isinstance(entry, dict) and entry.get("withheld") and str(index).isdigit()}
+            if isinstance(entry, dict) and entry.get("withheld") and gpu_key(index)}
 
 
 def mark(state: State, readings: Readings, user: str, now_wall: float) -> bool:

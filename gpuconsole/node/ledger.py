@@ -75,7 +75,7 @@ def summary(state: State) -> Summary:
     unreserved: Any = state.get("unreserved") or {}
     return (leases, {i: job["state"] for i, job in state.get("jobs", {}).items()}, health.withheld(state),
             {gpu: (entry.get("since_wall"), list(entry.get("users") or [])) for gpu, entry in unreserved.items()
-             if str(gpu).isdigit() and isinstance(entry, dict)})
+             if health.gpu_key(gpu) and isinstance(entry, dict)})
 
 
 def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
@@ -125,7 +125,7 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
     out.extend({"event": "gpu_cleared", "gpu": index, "owner": ctx.user}
                for index in sorted(withheld_before - withheld))
     unreserved: Any = state.get("unreserved") or {}
-    for gpu in sorted({g for g in unreserved if str(g).isdigit()} - set(unreserved_before), key=str):
+    for gpu in sorted({g for g in unreserved if health.gpu_key(g)} - set(unreserved_before), key=str):
         users = list(unreserved[gpu].get("users") or [])
         out.append({"event": "unreserved_start", "gpu": int(gpu), "gpus": [int(gpu)], "owner": ",".join(users),
                     "users": users})

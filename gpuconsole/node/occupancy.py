@@ -8,6 +8,7 @@ when its telemetry shows unreserved use begin or end, so the records are as time
 
 from __future__ import annotations
 
+from . import health
 from . import state as st
 
 TYPE_CHECKING = False
@@ -26,7 +27,7 @@ def track(state: State, ctx: Ctx) -> bool:
     seen = {g for g in ctx.gpus_in_use if g not in held and 0 <= g < ctx.gpu_count}
     table: Any = state.get("unreserved") or {}
     changed = False
-    for key in [k for k in table if not (k.isdigit() and int(k) in seen)]:
+    for key in [k for k in table if not (health.gpu_key(k) and int(k) in seen)]:
         del table[key]
         changed = True
     for gpu in sorted(seen):

@@ -2,7 +2,8 @@
 
 `/etc/gpuconsole/policy.json`, root-owned and writable by root alone (a policy anyone could edit
 decides nothing). A user's own (cooperative) agent may be pointed at another file with
-GPUCONSOLE_POLICY (the demo, tests), owned by root or that user; the service agent never is.
+GPUCONSOLE_POLICY (tests), which must be root's too, so a user cannot make themselves an admin or
+lift the caps with a file of their own; the service agent never reads another.
 Keys, each optional:
   admin_group               group whose members may end or change anyone's grants
   fair_share_half_life_s    half-life of the usage behind the fair-share factor (default 7 days; 0: off)
@@ -77,8 +78,7 @@ def load(service: bool = False) -> tuple[Policy, list[str]]:
         info = os.stat(where)
     except OSError:
         return dict(DEFAULTS), []
-    allowed = (0,) if where == PATH else (0, os.geteuid())
-    if info.st_uid not in allowed or info.st_mode & 0o022:
+    if info.st_uid != 0 or info.st_mode & 0o022:
         return dict(DEFAULTS), ["%s is not owned by root alone (uid %d, mode %o): ignored"
                                 % (where, info.st_uid, info.st_mode & 0o7777)]
     key = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_uid)

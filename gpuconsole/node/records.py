@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 
+from . import health
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Tuple
@@ -30,8 +32,13 @@ def _num(value: object) -> bool:
     return (_int(value) or isinstance(value, float)) and not (isinstance(value, float) and not math.isfinite(value))
 
 
-def _opt_num(value: object) -> bool:
-    return value is None or _num(value)
+def _wall(value: object) -> bool:
+    """A Unix time a clock can show (a planted 1e20 would make every view that prints it fail)."""
+    return _num(value) and 0 <= value < 2 ** 33  # type: ignore[operator]
+
+
+def _opt_wall(value: object) -> bool:
+    return value is None or _wall(value)
 
 
 def _str(value: object) -> bool:
@@ -66,17 +73,17 @@ def _preempt_notice(value: Any) -> bool:
 # field -> (check, required); a missing optional field is fine, a present one must pass.
 LEASE: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "gpus": (_gpus, True),
-    "token": (_int, True), "priority": (_priority, True), "exp_bt": (_num, True), "exp_wall": (_num, True),
-    "created_wall": (_num, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
+    "token": (_int, True), "priority": (_priority, True), "exp_bt": (_num, True), "exp_wall": (_wall, True),
+    "created_wall": (_wall, True), "ttl_s": (_num, False), "preemptible": (_bool, False),
     "from_queue": (_bool, False), "job": (_bool, False), "preempted_by": (lambda v: v is None or _str(v), False),
     "ends_by_bt": (_num, False), "backfill_for": (_str, False), "backfill_until_bt": (_num, False),
-    "queued_wall": (_num, False), "idle_since_wall": (_num, False), "idle_release_wall": (_num, False),
+    "queued_wall": (_wall, False), "idle_since_wall": (_wall, False), "idle_release_wall": (_wall, False),
     "idle_by": (_str, False),
 }
 TICKET: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "n": (lambda v: _int(v) and v >= 1, True),
     "ttl_s": (_num, True), "priority": (_priority, True), "created_bt": (_num, True),
-    "created_wall": (_num, True), "seq": (_int, True), "agent": (_ident, False),
+    "created_wall": (_wall, True), "seq": (_int, True), "agent": (_ident, False),
     "preemptible": (_bool, False), "job": (_bool, False), "preempt": (_bool, False),
     "deadline_bt": (_num, False), "ends_after_s": (lambda v: _num(v) and v > 0, False),
 }
@@ -84,8 +91,8 @@ JOB: Schema = {
     "id": (_str, True), "uid": (_int, True), "owner": (_str, True), "name": (_str, False),
     "n": (lambda v: _int(v) and v >= 1, True), "priority": (_priority, True),
     "state": (lambda v: v in JOB_STATES, True), "exit_code": (lambda v: v is None or _int(v), False),
-    "command": (_str, False), "created_wall": (_num, True), "started_wall": (_opt_num, False),
-    "ended_wall": (_opt_num, False), "supervisor": (_ident, False), "gpus": (_gpus, False),
+    "command": (_str, False), "created_wall": (_wall, True), "started_wall": (_opt_wall, False),
+    "ended_wall": (_opt_wall, False), "supervisor": (_ident, False), "gpus": (_gpus, False),
     "requeue": (_bool, False), "cancel_requested": (_bool, False), "preempt_others": (_bool, False),
     "grace_s": (_num, False), "preempt": (_preempt_notice, False), "requeues": (_int, False),
     "created_bt": (_num, False), "seq": (_int, False), "orphaned": (_bool, False), "note": (_str, False),
@@ -93,19 +100,20 @@ JOB: Schema = {
 }
 APPLIED: Schema = {"bt": (_num, True), "res": (lambda v: isinstance(v, dict), True)}
 DROPPED: Schema = dict(TICKET, dropped_bt=(_num, True))
-USAGE: Schema = {"gpu_s": (lambda v: _num(v) and v >= 0, True), "at_wall": (_num, True)}
+USAGE: Schema = {"gpu_s": (lambda v: _num(v) and v >= 0, True), "at_wall": (_wall, True)}
 FAIR_SHARE: Schema = {"factor": (lambda v: _num(v) and 0 <= v <= 1, True), "gpu_h": (_num, True)}
 GPU_HEALTH: Schema = {
-    "withheld": (lambda v: isinstance(v, dict) and _str(v.get("reason")) and _num(v.get("since_wall")), False),
+    "withheld": (lambda v: isinstance(v, dict) and _str(v.get("reason")) and _wall(v.get("since_wall")), False),
     "baseline": (lambda v: isinstance(v, dict) and all(_int(x) or _bool(x) for x in v.values()), False),
-    "cleared_wall": (_num, False), "cleared_by": (_str, False),
+    "cleared_wall": (_wall, False), "cleared_by": (_str, False),
 }
-UNRESERVED: Schema = {"since_wall": (_num, True),
+UNRESERVED: Schema = {"since_wall": (_wall, True),
                       "users": (lambda v: isinstance(v, list) and len(v) <= 64 and all(_str(u) for u in v), True)}
 TABLES = (("leases", LEASE), ("queue", TICKET), ("jobs", JOB), ("applied", APPLIED), ("dropped", DROPPED),
           ("usage", USAGE), ("fair_share", FAIR_SHARE), ("gpu_health", GPU_HEALTH),
           ("unreserved", UNRESERVED))
 OPTIONAL_TABLES = ("jobs", "dropped", "usage", "fair_share", "gpu_health", "unreserved")
+GPU_TABLES = ("gpu_health", "unreserved")  # keyed by GPU index
 
 
 def problem(record: object, schema: Schema, key: str | None = None) -> str | None:
@@ -138,7 +146,7 @@ def sanitize(state: dict[str, Any]) -> list[str]:
             state[optional] = {}
     state.setdefault("jobs", {})
     weight = state.get("fair_share_weight")
-    if weight is not None and not (_num(weight) and 0 <= weight <= 100):
+    if "fair_share_weight" in state and not (_num(weight) and 0 <= float(weight or 0) <= 100):
         _keep(state, "fair_share_weight", weight, "bad weight")
         warnings.append("quarantined fair_share_weight: bad weight")
         del state["fair_share_weight"]
@@ -146,6 +154,8 @@ def sanitize(state: dict[str, Any]) -> list[str]:
         table = state.get(name, {})
         for key in list(table):
             why = problem(table[key], schema, key if name != "applied" else None)
+            if why is None and name in GPU_TABLES and not health.gpu_key(key):
+                why = "not a GPU index"
             if why is not None:
                 _keep(state, "%s/%s" % (name, key), table.pop(key), why)
                 warnings.append("quarantined %s/%s: %s" % (name, _short(key), why))

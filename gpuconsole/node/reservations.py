@@ -166,23 +166,25 @@ def renew(state: State, ctx: Ctx, args: Args) -> Result:
 def idle_note(state: State, ctx: Ctx, args: Args) -> Result:
     """The watcher says a reservation is idle since `since` (Unix seconds) and, with --release-idle,
     when it will release it (`release_at`); `since` null: in use again. Shown to whoever waits for
-    its GPUs (pending.py) and kept in the ledger (idle GPU-hours in `usage`); it grants and ends
-    nothing, so any user's watcher may say it, and who said it is kept with it."""
+    its GPUs (pending.py: the ETA counts the release) and kept in the ledger (idle GPU-hours in
+    `usage`), so only a watcher that could release it says so: its owner's or an admin's."""
     target: Any = args.get("id")
     lease = state["leases"].get(target)
     if lease is None or lease["exp_bt"] <= ctx.now_bt:
         raise OpError("not_found", "no active reservation %s (released or expired)" % target)
+    st.check_owner(lease, ctx, "reservation")
     since, release_at = args.get("since"), args.get("release_at")
     if since is None:
         for key in ("idle_since_wall", "idle_release_wall", "idle_by"):
             lease.pop(key, None)  # type: ignore[misc]  # (a literal loop over optional keys)
         return {"id": target, "idle": False}
     since = st.number(since, "since must be a time in Unix seconds, not in the future", 0, ctx.now_wall + 60)
-    lease["idle_since_wall"] = float(since)
+    lease["idle_since_wall"] = max(float(since), float(lease["created_wall"]))  # never idle before it began
     if release_at is None:
         lease.pop("idle_release_wall", None)
     else:
-        lease["idle_release_wall"] = float(st.number(release_at, "release_at must be a time in Unix seconds", 0))
+        release_wall = st.number(release_at, "release_at must be a time in Unix seconds", 0, 2 ** 33 - 1)
+        lease["idle_release_wall"] = max(float(release_wall), ctx.now_wall)
     lease["idle_by"] = ctx.user
     return {"id": target, "idle": True}
 

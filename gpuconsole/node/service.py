@@ -334,12 +334,11 @@ def doctor_checks(user: str, state_dir: str, forwarder: Forwarder | None,
     return rows
 
 
-def admin_group_gid(policy_path: str, owners: tuple[int, ...] = (0,)) -> int | None:
-    """The gid of the admin group named in the policy file owned by one of `owners` (root) and
-    writable by its owner alone, or None."""
+def admin_group_gid(policy_path: str) -> int | None:
+    """The gid of the admin group named in the root-owned policy file, or None."""
     try:
         info = os.stat(policy_path)
-        if info.st_uid not in owners or info.st_mode & 0o022:
+        if info.st_uid != 0 or info.st_mode & 0o022:
             return None
         with open(policy_path) as handle:
             group = json.load(handle).get("admin_group")

@@ -92,8 +92,13 @@ def new_state(boot_id: str) -> State:
 
 
 def iso_utc(wall_s: float) -> str:
-    """ISO 8601 UTC with seconds, as the JSON contract requires."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_s))
+    """ISO 8601 UTC with seconds, as the JSON contract requires; a time no clock can show (a
+    planted 1e20) is the epoch rather than an error that would stop every view."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_s))
+    except (OverflowError, ValueError, OSError, TypeError):
+        return "1970-01-01T00:00:00Z"
+
 
 
 def new_id(state: State | None, prefix: str = "r") -> str:
@@ -174,7 +179,7 @@ def queue_key(ticket: Ticket) -> tuple[float, int]:
 
 def queue_key_for(state: State) -> Callable[[Ticket], tuple[float, int]]:
     """queue_key with each owner's fair-share levels (fairshare.py) added to the priority."""
-    if "fair_share_weight" not in state:
+    if not isinstance(state.get("fair_share_weight"), (int, float)):
         return queue_key
     bonus = fairshare.levels(state)
     return lambda ticket: (ticket["created_bt"] - (ticket["priority"] + bonus(ticket["owner"])) * AGING_S_PER_LEVEL,

@@ -12,6 +12,7 @@ import time
 
 from . import health, jobs, pending
 from . import state as st
+from .fileio import read_regular
 from .store import CorruptState, no_dir_note
 
 TYPE_CHECKING = False
@@ -66,7 +67,7 @@ class Telemetry:
                 time.sleep(wait_s)
             host = self.host.sample(rates=rates or wait_s <= 0)
             gpu_list = gpus.sample() if gpus else []
-            readings = gpus.health(txn.store.dir) if gpus else {}
+            readings = gpus.health(sim_faults(gpus, txn.store.dir)) if gpus else {}
         ctx = new_ctx()
         state_error = None
         warnings: list[str] = []
@@ -149,3 +150,15 @@ def _withheld(state: Any, index: int, reading: Any, ctx: Ctx) -> Result | None:
         return {"reason": str(held.get("reason")), "since": st.iso_utc(float(held.get("since_wall") or 0))}
     why = health.fault(reading, entry) if reading else None
     return None if why is None else {"reason": why, "since": st.iso_utc(ctx.now_wall)}
+
+
+def sim_faults(gpus: GpuSource, state_dir: str) -> tuple[bytes, float] | None:
+    """The simulation's fault file (health.SIM_FILE in the state dir, anyone's to write there): read
+    as a regular file of bounded size, never followed or waited on; None on a real node or without it."""
+    if gpus.source != "simulated":
+        return None
+    path = os.path.join(state_dir, health.SIM_FILE)
+    try:
+        return read_regular(path, limit=health.MAX_SIM_BYTES), os.stat(path).st_mtime
+    except (OSError, ValueError):
+        return None

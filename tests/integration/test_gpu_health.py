@@ -11,9 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gpuconsole.demo.cluster import DemoThread
 from gpuconsole.node.health import SIM_FILE
 from tests.helpers import cli_json, run_cli, schema_valid
+
+# The policy file a test points the agents at must be root-owned, as on a real node.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a root-owned policy file)")
 
 NODE = "node-01"
 

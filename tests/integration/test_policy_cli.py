@@ -6,12 +6,18 @@ queue shows the owners' fair-share factors as a column."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gpuconsole.demo.cluster import DemoThread
 from tests.helpers import cli_json, run_cli, schema_valid, wait_for
+
+# The policy file a test points the agents at must be root-owned, as on a real node.
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a root-owned policy file)")
 
 
 def test_a_cap_holds_and_refuses_with_its_reason(tmp_path: Path) -> None:
