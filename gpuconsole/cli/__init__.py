@@ -152,6 +152,10 @@ def _dispatch(opts: o.Options) -> int:
         from gpuconsole.cli.watch import run_watch
 
         return run_watch(registry, opts)
+    if isinstance(opts, o.ExporterArgs):
+        from gpuconsole.cli.exporter import run_exporter
+
+        return run_exporter(registry, opts)
     if isinstance(opts, o.ShellArgs):
         from gpuconsole.cli.shell import run_shell
 

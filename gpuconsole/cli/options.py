@@ -194,6 +194,14 @@ class DoctorArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class ExporterArgs:
+    """`exporter [--listen HOST:PORT]`: Prometheus metrics of the fleet (gpuconsole/exporter)."""
+
+    config: str | None
+    listen: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class GpuArgs:
     """`gpu clear NODE:GPU`: an admin returns a GPU withheld for its health (node/health.py)."""
 
@@ -282,7 +290,7 @@ Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
     | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs | UsageArgs
-    | GpuArgs
+    | GpuArgs | ExporterArgs
 )
 
 # The commands a keeper may answer (cli/keeper.keeper_serves says when it does).

@@ -288,6 +288,12 @@ def _audit_parser(sub: Subparsers, common: Parser) -> None:
     audit.add_argument("--json", action="store_true", help="the records and each node's chain as one JSON document")
 
 
+def _exporter_parser(sub: Subparsers, common: Parser) -> None:
+    exporter = sub.add_parser("exporter", parents=[common], help="serve the fleet as Prometheus metrics on /metrics")
+    exporter.add_argument("--listen", metavar="HOST:PORT",
+                          help="the address to serve on (default 127.0.0.1:9400; port 0: a free one)")
+
+
 def _gpu_parser(sub: Subparsers, common: Parser) -> None:
     gpu = sub.add_parser("gpu", parents=[common],
                          help="an admin returns a GPU withheld for its health: gpu clear NODE:GPU")
@@ -368,6 +374,7 @@ COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
     "audit": _audit_parser,
     "usage": _usage_parser,
     "gpu": _gpu_parser,
+    "exporter": _exporter_parser,
     "init": _init_parser,
     "node-install": _node_install_parser,
     "demo": _demo_parser,
@@ -383,7 +390,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "logs": o.LogsArgs, "preempt": o.PreemptArgs, "cancel": o.CancelArgs, "watch": o.WatchArgs,
     "doctor": o.DoctorArgs, "audit": o.AuditArgs, "usage": o.UsageArgs, "node-install": o.NodeInstallArgs,
     "demo": o.DemoArgs, "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
-    "keeper": o.KeeperArgs, "gpu": o.GpuArgs,
+    "keeper": o.KeeperArgs, "gpu": o.GpuArgs, "exporter": o.ExporterArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 

@@ -1,0 +1,69 @@
+"""The exporter's process: the poller folds each node's stream into a frozen FleetView, and the
+library's HTTP server renders the latest one at each scrape (a scrape never waits on a node)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from gpuconsole.core.poller import Poller
+from gpuconsole.core.registry import Registry
+from gpuconsole.exporter.metrics import FleetCollector, FleetView, FleetViewSource
+from gpuconsole.model import NodeSnapshot
+from gpuconsole.model.detect import Detector
+from gpuconsole.model.events import NodeUpdated, PollEvent
+
+
+class Folder:
+    """The poller's callback: each event replaces its node's entries and swaps in a new FleetView."""
+
+    def __init__(self, registry: Registry, source: FleetViewSource, clock: Callable[[], float] = time.time) -> None:
+        config = registry.config
+        names = [n.name for n in registry.nodes]
+        self.detector = Detector.live(config.watch.idle_minutes * 60.0, config.watch.util_below_pct,
+                                      poll_s=config.defaults.poll_seconds, judge_s=config.defaults.poll_seconds,
+                                      nodes=names)
+        self.source = source
+        self.clock = clock
+        self.snapshots: dict[str, NodeSnapshot] = {name: NodeSnapshot(name) for name in names}
+        self.seen_at_s: dict[str, float] = {}
+        self.idle_s: dict[tuple[str, int], float] = {}
+
+    def __call__(self, event: PollEvent) -> None:
+        now_s = self.clock()
+        self.detector.apply(event, now_s)
+        if isinstance(event, NodeUpdated):
+            snap = event.snapshot
+            self.snapshots[snap.name] = snap
+            self.seen_at_s[snap.name] = now_s
+            for key in [k for k in self.idle_s if k[0] == snap.name]:
+                del self.idle_s[key]
+            for gpu in snap.gpus:
+                quiet_s = self.detector.quiet_for_s(snap.name, gpu.index, now_s)
+                if quiet_s is not None and gpu.reservation is not None:
+                    self.idle_s[(snap.name, gpu.index)] = quiet_s
+        else:
+            self.snapshots[event.name] = NodeSnapshot(event.name, reachable=False, error=event.error)
+        self.source.current = FleetView(dict(self.snapshots), dict(self.seen_at_s), dict(self.idle_s), now_s)
+
+
+async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
+    """Poll the fleet and serve /metrics on host:port until `stop` is set; `ready` hears the URL."""
+    source = FleetViewSource()
+    poller = Poller(registry, Folder(registry, source))
+    metrics = CollectorRegistry(auto_describe=False)
+    metrics.register(FleetCollector(source))
+    poller.start()
+    httpd, thread = start_http_server(port, addr=host, registry=metrics)
+    try:
+        ready(f"http://{host}:{httpd.server_port}/metrics")
+        await stop.wait()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+        await poller.aclose()
+        await registry.aclose()

@@ -1,0 +1,112 @@
+"""`gpuconsole exporter` against the demo: its output passes `promtool check metrics`, and a real
+Prometheus server (the Debian package) scraping it answers a PromQL query with the number of
+reserved GPUs `status --json` shows; metric names, units and labels as the README lists them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpuconsole.demo.cluster import DemoThread
+from tests.helpers import cli_json, wait_for
+
+PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
+
+
+class Exporter:
+    """The exporter in a subprocess on a free port; its URL from its `serving URL` line."""
+
+    def __init__(self, config: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(config), "exporter",
+                                      "--listen", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        assert line.startswith("gpuconsole: serving http://"), line
+        self.url = line.split()[-1]
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            body: str = response.read().decode()
+        return body
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        assert self.proc.wait(timeout=30) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _samples(text: str, name: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def test_the_exporter_shows_the_fleet_and_passes_promtool(demo: DemoThread, tmp_path: Path) -> None:
+    grant = cli_json("reserve", "--gpus", "2", "--node", "node-01", config=demo.config_path)
+    exporter = Exporter(demo.config_path)
+    try:
+        text = wait_for(lambda: t if _samples(t := exporter.scrape(), "gpuconsole_gpu_reserved") else None,
+                        timeout_s=30, message="the reserved GPUs in a scrape")
+        reserved = _samples(text, "gpuconsole_gpu_reserved")
+        assert len(reserved) == 2 and all(f'reservation="{grant["id"]}"' in line for line in reserved)
+        assert 'gpuconsole_node_up{node="node-02"} 1.0' in text
+        assert len(_samples(text, "gpuconsole_gpu_utilization_ratio")) == 8
+        assert "pid" not in text and "command" not in text  # bounded labels only
+        if PROMTOOL:
+            check = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True)
+            assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
+    finally:
+        exporter.stop()
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="needs the prometheus package (apt-get install prometheus)")
+def test_a_real_prometheus_counts_the_reserved_gpus_status_shows(demo: DemoThread, tmp_path: Path) -> None:
+    for node, gpus in (("node-01", "3"), ("node-02", "1")):
+        cli_json("reserve", "--gpus", gpus, "--node", node, config=demo.config_path)
+    status = cli_json("status", "--json", config=demo.config_path)
+    expected = sum(1 for n in status["nodes"] for g in n["gpus"] if g["reservation"] is not None)
+    exporter = Exporter(demo.config_path)
+    port = _free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: gpuconsole\n    static_configs:\n"
+        f"      - targets: ['{urllib.parse.urlsplit(exporter.url).netloc}']\n")
+    assert PROMETHEUS is not None
+    server = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(promql: str) -> Any:
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answer = json.loads(response.read())
+        except OSError:
+            return None  # not listening yet
+        result = answer["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        counted = wait_for(lambda: query("count(gpuconsole_gpu_reserved == 1)"), timeout_s=60, interval_s=0.5,
+                           message="Prometheus to scrape the exporter")
+        assert expected == 4 and counted == expected
+        assert query('sum(gpuconsole_node_up{job="gpuconsole"})') == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        exporter.stop()
