@@ -23,6 +23,7 @@ import history
 from groups import (
     cloud,
     contention,
+    exporter,
     jobs,
     jobs_latency,
     jobs_queue,
@@ -42,7 +43,7 @@ from harness import REPO_ROOT, Result, machine_info
 from plan import CloudPlan, PeerPlan, Plan
 
 GROUPS = ("help", "lab", "reserve", "contention", "status", "poll", "tui", "jobs", "cloud", "watch", "history",
-          "peers", "latency", "scale")
+          "peers", "latency", "scale", "exporter")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -171,6 +172,8 @@ def run_groups(plan: Plan, work: Path, groups: list[str], errors: list[dict[str,
         guarded("latency", lambda: latency.bench_latency(peer_plan, work))
     if "scale" in groups:
         guarded("scale", lambda: scale.bench_scale(peer_plan, work))
+    if "exporter" in groups:
+        guarded("exporter", lambda: exporter.bench_exporter(peer_plan, work))
     return rows
 
 

@@ -1,17 +1,19 @@
-"""The exporter's process: the poller folds each node's stream into a frozen FleetView, and the
-library's HTTP server renders the latest one at each scrape (a scrape never waits on a node)."""
+"""The exporter's process: the poller folds each node's stream into a frozen FleetView, and an HTTP
+server thread renders the latest one at each scrape of /metrics (a scrape never waits on a node)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from gpuconsole.core.poller import Poller
 from gpuconsole.core.registry import Registry
-from gpuconsole.exporter.metrics import FleetCollector, FleetView, FleetViewSource
+from gpuconsole.exporter.metrics import FleetView, FleetViewSource, render
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.detect import Detector
 from gpuconsole.model.events import NodeUpdated, PollEvent
@@ -47,17 +49,39 @@ class Folder:
                     self.idle_s[(snap.name, gpu.index)] = quiet_s
         else:
             self.snapshots[event.name] = NodeSnapshot(event.name, reachable=False, error=event.error)
-        self.source.current = FleetView(dict(self.snapshots), dict(self.seen_at_s), dict(self.idle_s), now_s)
+        self.source.current = FleetView(dict(self.snapshots), dict(self.seen_at_s), dict(self.idle_s))
+
+
+def handler_for(source: FleetViewSource) -> type[BaseHTTPRequestHandler]:
+    class Metrics(BaseHTTPRequestHandler):
+        """GET /metrics: the exposition of the latest view; anything else 404. Logs nothing."""
+
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            body = render(source(), time.time())
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    return Metrics
 
 
 async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
     """Poll the fleet and serve /metrics on host:port until `stop` is set; `ready` hears the URL."""
     source = FleetViewSource()
     poller = Poller(registry, Folder(registry, source))
-    metrics = CollectorRegistry(auto_describe=False)
-    metrics.register(FleetCollector(source))
+    httpd = ThreadingHTTPServer((host, port), handler_for(source))
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
     poller.start()
-    httpd, thread = start_http_server(port, addr=host, registry=metrics)
+    thread.start()
     try:
         ready(f"http://{host}:{httpd.server_port}/metrics")
         await stop.wait()
