@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -106,7 +107,59 @@ def test_a_real_prometheus_counts_the_reserved_gpus_status_shows(demo: DemoThrea
                            message="Prometheus to scrape the exporter")
         assert expected == 4 and counted == expected
         assert query('sum(gpuconsole_node_up{job="gpuconsole"})') == 2
+        # Every expression of the dashboard and the alert rules is one this Prometheus runs.
+        for expr in _dashboard_exprs() + _rule_exprs():
+            assert _valid(port, expr), expr
     finally:
         server.terminate()
         server.wait(timeout=30)
         exporter.stop()
+
+
+CONTRIB = Path(__file__).resolve().parents[2] / "contrib"
+
+
+def _dashboard_exprs() -> list[str]:
+    dashboard = json.loads((CONTRIB / "grafana" / "gpuconsole-dashboard.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def _rule_exprs() -> list[str]:
+    text = (CONTRIB / "prometheus" / "gpuconsole-alerts.yml").read_text()
+    exprs, lines = [], text.splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith("expr:"):
+            value = line.split("expr:", 1)[1].strip()
+            if value == "|":  # a block: its indented lines
+                block = []
+                for follow in lines[index + 1:]:
+                    if not follow.startswith(" " * 10):
+                        break
+                    block.append(follow.strip())
+                value = " ".join(block)
+            exprs.append(value)
+    return exprs
+
+
+def _valid(port: int, expr: str) -> bool:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(json.loads(response.read())["status"] == "success")
+    except urllib.error.HTTPError:  # 400: the expression does not parse
+        return False
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="needs promtool (apt-get install prometheus)")
+def test_the_alert_rules_check_and_pass_their_unit_tests() -> None:
+    assert PROMTOOL is not None
+    rules = CONTRIB / "prometheus"
+    check = subprocess.run([PROMTOOL, "check", "rules", str(rules / "gpuconsole-alerts.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0 and "SUCCESS: 5 rules found" in check.stdout, check
+    tested = subprocess.run([PROMTOOL, "test", "rules", "gpuconsole-alerts.test.yml"], cwd=rules,
+                            capture_output=True, text=True)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested
+    dashboard = json.loads((CONTRIB / "grafana" / "gpuconsole-dashboard.json").read_text())
+    assert dashboard["uid"] == "gpuconsole-fleet" and all(p["targets"] for p in dashboard["panels"])
+    assert len(_rule_exprs()) == 5 and len(_dashboard_exprs()) >= 8
