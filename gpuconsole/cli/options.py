@@ -185,6 +185,7 @@ class WatchArgs:
     state_file: str | None = None
     once: bool = False
     json: bool = False
+    metrics: str | None = None  # HOST:PORT: also serve the exporter's /metrics from the same poller
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,6 +271,8 @@ def _watch_parser(sub: Subparsers, common: Parser) -> None:
     watch.add_argument("--interval", type=float, metavar="SECONDS", help="how often to judge (default 5)")
     watch.add_argument("--state-file", metavar="PATH", help="where alert state survives restarts")
     watch.add_argument("--once", action="store_true", help="judge once and exit (for cron)")
+    watch.add_argument("--metrics", metavar="HOST:PORT",
+                       help="also serve the exporter's Prometheus /metrics there, from the watcher's own poll")
     watch.add_argument("--json", action="store_true", help="one alert per line as JSON")
 
 

@@ -7,6 +7,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gpuconsole.cli.options import WatchArgs
@@ -14,6 +15,7 @@ from gpuconsole.cli.output import warn
 from gpuconsole.config import Config
 from gpuconsole.core.registry import Registry
 from gpuconsole.errors import UsageError
+from gpuconsole.model.events import PollEvent
 from gpuconsole.watch.runner import WatchRunner, WatchSettings
 from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, Sink, StdoutSink
 from gpuconsole.watch.statefile import default_state_path
@@ -88,16 +90,43 @@ def attach_cloud(config: Config, runner: WatchRunner, stop_idle_cloud: bool) -> 
 def run_watch(registry: Registry, args: WatchArgs) -> int:
     settings = settings_from(registry.config, args)
     sinks = build_sinks(registry.config, args)
-    return asyncio.run(_watch(registry, settings, sinks, bool(args.json), bool(args.stop_idle_cloud)))
+    metrics = None
+    if args.metrics is not None:
+        if settings.once:
+            raise UsageError("--metrics serves while the watcher runs: drop --once")
+        from gpuconsole.cli.exporter import parse_listen
+
+        metrics = parse_listen(args.metrics)
+    return asyncio.run(_watch(registry, settings, sinks, bool(args.json), bool(args.stop_idle_cloud), metrics))
+
+
+def _serve_metrics(registry: Registry, runner: WatchRunner, listen: tuple[str, int]) -> Callable[[], None]:
+    """`--metrics`: the exporter's /metrics fed by the watcher's own poll events; its closer."""
+    from gpuconsole.exporter.server import MetricsEndpoint
+
+    try:
+        endpoint = MetricsEndpoint(registry, *listen)
+    except OSError as exc:
+        raise UsageError(f"--metrics {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
+    judge = runner.on_event
+
+    def both(event: PollEvent) -> None:
+        judge(event)
+        endpoint.folder(event)
+
+    runner.on_event = both  # type: ignore[method-assign]
+    warn(f"watch: serving {endpoint.start()}")
+    return endpoint.close
 
 
 async def _watch(registry: Registry, settings: WatchSettings, sinks: list[Sink], as_json: bool,
-                 stop_idle_cloud: bool) -> int:
+                 stop_idle_cloud: bool, metrics: tuple[str, int] | None = None) -> int:
     runner = WatchRunner(registry, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn)
     attach_cloud(registry.config, runner, stop_idle_cloud)
     runner.load_state()  # takes the state file's lock first: a second watcher stops here (exit 2)
     if settings.once:
         return await runner.run_once()  # default signal handling: a cron run can simply be killed
+    close_metrics = _serve_metrics(registry, runner, metrics) if metrics is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -107,6 +136,10 @@ async def _watch(registry: Registry, settings: WatchSettings, sinks: list[Sink],
     warn(f"watch: {count} node{'s' if count != 1 else ''}, idle = below "
          f"{settings.util_below_pct:g}% for {idle}, {len(sinks)} sink{'s' if len(sinks) != 1 else ''} "
          f"besides stdout, state in {settings.state_path}")
-    code = await runner.run(stop)
+    try:
+        code = await runner.run(stop)
+    finally:
+        if close_metrics is not None:
+            close_metrics()
     sys.stdout.flush()
     return code

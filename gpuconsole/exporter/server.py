@@ -73,21 +73,38 @@ def handler_for(source: FleetViewSource) -> type[BaseHTTPRequestHandler]:
     return Metrics
 
 
+class MetricsEndpoint:
+    """/metrics for a fleet whose poll events someone else runs (the exporter's own poller, or the
+    watcher's): `folder` takes each event, `start()` serves and says where, `close()` stops."""
+
+    def __init__(self, registry: Registry, host: str, port: int) -> None:
+        self.source = FleetViewSource()
+        self.folder = Folder(registry, self.source)
+        self.httpd = ThreadingHTTPServer((host, port), handler_for(self.source))  # OSError: cannot bind
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        return f"http://{self.host}:{self.httpd.server_port}/metrics"
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join(5)
+        self.httpd.server_close()
+
+
 async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
     """Poll the fleet and serve /metrics on host:port until `stop` is set; `ready` hears the URL."""
-    source = FleetViewSource()
-    poller = Poller(registry, Folder(registry, source))
-    httpd = ThreadingHTTPServer((host, port), handler_for(source))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True)
+    endpoint = MetricsEndpoint(registry, host, port)
+    poller = Poller(registry, endpoint.folder)
     poller.start()
-    thread.start()
     try:
-        ready(f"http://{host}:{httpd.server_port}/metrics")
+        ready(endpoint.start())
         await stop.wait()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
+        endpoint.close()
         await poller.aclose()
         await registry.aclose()

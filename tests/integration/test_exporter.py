@@ -163,3 +163,28 @@ def test_the_alert_rules_check_and_pass_their_unit_tests() -> None:
     dashboard = json.loads((CONTRIB / "grafana" / "gpuconsole-dashboard.json").read_text())
     assert dashboard["uid"] == "gpuconsole-fleet" and all(p["targets"] for p in dashboard["panels"])
     assert len(_rule_exprs()) == 5 and len(_dashboard_exprs()) >= 8
+
+
+def test_the_watcher_serves_the_same_metrics_from_its_own_poll(demo: DemoThread, tmp_path: Path) -> None:
+    """`watch --metrics HOST:PORT`: one process judges and exports; --metrics with --once is refused."""
+    cli_json("reserve", "--gpus", "1", "--node", "node-02", config=demo.config_path)
+    argv = [sys.executable, "-m", "gpuconsole", "--config", str(demo.config_path), "watch", "--json",
+            "--state-file", str(tmp_path / "watch.json"), "--metrics", "127.0.0.1:0"]
+    watcher = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watcher.stderr is not None
+        url = next(line.split()[-1] for line in watcher.stderr if "serving http://" in line)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body: str = response.read().decode()
+            return body
+
+        text = wait_for(lambda: t if _samples(t := scrape(), "gpuconsole_gpu_reserved") else None, timeout_s=30,
+                        message="the reservation in the watcher's metrics")
+        assert 'node="node-02"' in _samples(text, "gpuconsole_gpu_reserved")[0]
+    finally:
+        watcher.terminate()
+        assert watcher.wait(timeout=30) == 0
+    once = subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=60)
+    assert once.returncode == 2 and "drop --once" in once.stderr
