@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gpuconsole.format import epoch_s
+from gpuconsole.model.cloud import Instance
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted", "lost", "timed_out")
@@ -34,6 +35,7 @@ class FleetView:
     snapshots: Mapping[str, NodeSnapshot] = field(default_factory=dict)
     seen_at_s: Mapping[str, float] = field(default_factory=dict)
     idle_s: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    instances: tuple[Instance, ...] | None = None  # managed EC2 instances (None: no [cloud.aws] or not asked yet)
 
 
 class FleetViewSource:
@@ -70,7 +72,8 @@ def _labels(**pairs: str) -> str:
 def render(view: FleetView, now_s: float) -> bytes:
     """The whole exposition for `view`, ages counted at `now_s`."""
     out: list[str] = []
-    for name, doc, samples in (*node_families(view, now_s), *gpu_families(view), *queue_families(view)):
+    for name, doc, samples in (*node_families(view, now_s), *gpu_families(view), *queue_families(view),
+                               *cloud_families(view, now_s)):
         out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
         out.extend(f"{name}{labels} {number(value)}\n" for labels, value in samples)
     return "".join(out).encode("utf-8")
@@ -178,4 +181,30 @@ def queue_families(view: FleetView) -> list[Family]:
         ("gpuconsole_queue_length", "requests waiting in the node's queue", length),
         ("gpuconsole_queue_oldest_wait_seconds", "how long the node's oldest queued request has waited", oldest),
         ("gpuconsole_jobs", "the node's recent jobs by state", jobs),
+    ]
+
+
+def cloud_families(view: FleetView, now_s: float) -> list[Family]:
+    """The managed instances EC2 lists: how many in each state, and each live one's list price and
+    what it has cost so far (labels: instance id, type, owner tag)."""
+    if view.instances is None:
+        return []
+    states: dict[str, int] = {}
+    price: list[Sample] = []
+    spent: list[Sample] = []
+    for instance in view.instances:
+        states[instance.state] = states.get(instance.state, 0) + 1
+        if not instance.live:
+            continue
+        key = _labels(instance=instance.id, type=instance.type, owner=instance.owner or "")
+        if instance.price_per_hour is not None:
+            price.append((key, instance.price_per_hour))
+        cost = instance.cost_so_far(now_s)
+        if cost is not None:
+            spent.append((key, cost))
+    return [
+        ("gpuconsole_cloud_instances", "managed EC2 instances by state",
+         [(_labels(state=state), float(count)) for state, count in sorted(states.items())]),
+        ("gpuconsole_cloud_price_usd_per_hour", "a live managed instance's list price", price),
+        ("gpuconsole_cloud_spent_usd", "what a live managed instance has cost since its launch, at list price", spent),
     ]

@@ -15,8 +15,12 @@ from gpuconsole.core.poller import Poller
 from gpuconsole.core.registry import Registry
 from gpuconsole.exporter.metrics import FleetView, FleetViewSource, render
 from gpuconsole.model import NodeSnapshot
+from gpuconsole.model.cloud import Instance
 from gpuconsole.model.detect import Detector
 from gpuconsole.model.events import NodeUpdated, PollEvent
+
+CLOUD_POLL_S = 10.0  # real AWS: DescribeInstances is rate-limited per account
+CLOUD_POLL_LOOPBACK_S = 1.0  # an emulator on loopback (the demo, tests)
 
 
 class Folder:
@@ -33,6 +37,7 @@ class Folder:
         self.snapshots: dict[str, NodeSnapshot] = {name: NodeSnapshot(name) for name in names}
         self.seen_at_s: dict[str, float] = {}
         self.idle_s: dict[tuple[str, int], float] = {}
+        self.instances: tuple[Instance, ...] | None = None
 
     def __call__(self, event: PollEvent) -> None:
         now_s = self.clock()
@@ -49,7 +54,19 @@ class Folder:
                     self.idle_s[(snap.name, gpu.index)] = quiet_s
         else:
             self.snapshots[event.name] = NodeSnapshot(event.name, reachable=False, error=event.error)
-        self.source.current = FleetView(dict(self.snapshots), dict(self.seen_at_s), dict(self.idle_s))
+        self.publish()
+
+    def publish(self) -> None:
+        self.source.current = FleetView(dict(self.snapshots), dict(self.seen_at_s), dict(self.idle_s),
+                                        self.instances)
+
+    def cloud(self, instances: tuple[Instance, ...], gone: list[str]) -> None:
+        """A discovery round: the instances, and the cloud nodes that left the fleet."""
+        self.instances = instances
+        for name in gone:
+            self.snapshots.pop(name, None)
+            self.seen_at_s.pop(name, None)
+        self.publish()
 
 
 def handler_for(source: FleetViewSource) -> type[BaseHTTPRequestHandler]:
@@ -96,15 +113,39 @@ class MetricsEndpoint:
         self.httpd.server_close()
 
 
+async def discover(registry: Registry, folder: Folder) -> None:
+    """With `[cloud.aws]`: ask EC2 every CLOUD_POLL_S (1 s on loopback) for the managed instances;
+    running ones join the polled fleet, ended ones leave it, and their prices go into the metrics."""
+    from gpuconsole.cloud.ec2 import is_loopback_endpoint
+    from gpuconsole.cloud.monitor import CloudMonitor
+
+    config = registry.config
+    assert config.aws is not None
+    interval_s = CLOUD_POLL_LOOPBACK_S if is_loopback_endpoint(config.aws.endpoint_url) else CLOUD_POLL_S
+    monitor = CloudMonitor(config)
+    on_prem = {n.name for n in config.nodes}
+    while True:
+        view = await monitor.refresh()
+        if view.error is None:
+            registry.join(view.nodes)
+            wanted = {n.name for n in view.nodes}
+            gone = registry.leave([n.name for n in registry.nodes if n.name not in on_prem and n.name not in wanted])
+            folder.cloud(view.instances, gone)
+        await asyncio.sleep(interval_s)
+
+
 async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
     """Poll the fleet and serve /metrics on host:port until `stop` is set; `ready` hears the URL."""
     endpoint = MetricsEndpoint(registry, host, port)
     poller = Poller(registry, endpoint.folder)
     poller.start()
+    cloud = asyncio.create_task(discover(registry, endpoint.folder)) if registry.config.aws is not None else None
     try:
         ready(endpoint.start())
         await stop.wait()
     finally:
+        if cloud is not None:
+            cloud.cancel()
         endpoint.close()
         await poller.aclose()
         await registry.aclose()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,31 @@ def test_a_waiting_reserve_names_the_burst_alternative(cloud_demo: DemoThread) -
         waiting.kill()
         waiting.communicate()
         run_cli("release", held["id"], config=config)
+
+
+def test_the_exporter_shows_the_cloud_instances_and_polls_them(cloud_demo: DemoThread) -> None:
+    """With [cloud.aws], the exporter lists each managed instance's price and cost so far, and polls
+    a running instance as a node like any other."""
+    config = cloud_demo.config_path
+    instance = _cloud_up(config)
+    exporter = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(config), "exporter",
+                                 "--listen", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        assert exporter.stderr is not None
+        url = exporter.stderr.readline().split()[-1]
+
+        def scrape() -> str:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body: str = response.read().decode()
+            return body
+
+        wanted = (f'gpuconsole_cloud_price_usd_per_hour{{instance="{instance}"',
+                  f'gpuconsole_node_up{{node="{instance}"}} 1.0')
+        text = wait_for(lambda: t if all(w in (t := scrape()) for w in wanted) else None, timeout_s=40,
+                        message="the instance's price and its node in the metrics")
+        assert 'gpuconsole_cloud_instances{state="running"} 1.0' in text
+    finally:
+        exporter.terminate()
+        assert exporter.wait(timeout=30) == 0
+        run_cli("cloud", "down", instance, config=config)
