@@ -113,6 +113,10 @@ def _dispatch(opts: o.Options) -> int:
     from gpuconsole.config import load_config
 
     config = load_config(opts.config)
+    if isinstance(opts, o.ServeArgs):
+        from gpuconsole.cli.serve import run_serve
+
+        return run_serve(config, opts)
     if isinstance(opts, o.CloudUpArgs | o.CloudLsArgs | o.CloudDownArgs):
         from gpuconsole.cli.cloud import run_cloud
 

@@ -195,6 +195,16 @@ class DoctorArgs:
 
 
 @dataclass(frozen=True, slots=True)
+class ServeArgs:
+    """`serve [--listen HOST:PORT] [--allow-actions]`: the console in a browser (tui/serve.py)."""
+
+    config: str | None
+    listen: str | None
+    allow_actions: bool
+    theme: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExporterArgs:
     """`exporter [--listen HOST:PORT]`: Prometheus metrics of the fleet (gpuconsole/exporter)."""
 
@@ -291,7 +301,7 @@ Options = (
     ConsoleArgs | StatusArgs | ReserveArgs | ReleaseArgs | RenewArgs | ReservationsArgs | SubmitArgs | JobsArgs
     | LogsArgs | PreemptArgs | CancelArgs | CloudUpArgs | CloudLsArgs | CloudDownArgs | WatchArgs | DoctorArgs
     | NodeInstallArgs | DemoArgs | CompletionArgs | ShellArgs | InitArgs | KeeperArgs | AuditArgs | UsageArgs
-    | GpuArgs | ExporterArgs
+    | GpuArgs | ExporterArgs | ServeArgs
 )
 
 # The commands a keeper may answer (cli/keeper.keeper_serves says when it does).

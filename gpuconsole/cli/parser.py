@@ -296,6 +296,14 @@ def _exporter_parser(sub: Subparsers, common: Parser) -> None:
                           help="the address to serve on (default 127.0.0.1:9400; port 0: a free one)")
 
 
+def _serve_parser(sub: Subparsers, common: Parser) -> None:
+    serve = sub.add_parser("serve", parents=[common],
+                           help="the console in a browser (read-only unless --allow-actions)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="the address to serve on (default 127.0.0.1:8000)")
+    serve.add_argument("--allow-actions", action="store_true",
+                       help="let the page reserve, release, cancel…: whoever opens it acts as you")
+
+
 def _gpu_parser(sub: Subparsers, common: Parser) -> None:
     gpu = sub.add_parser("gpu", parents=[common],
                          help="an admin returns a GPU withheld for its health: gpu clear NODE:GPU")
@@ -377,6 +385,7 @@ COMMAND_PARSERS: dict[str, Callable[[Subparsers, Parser], None]] = {
     "usage": _usage_parser,
     "gpu": _gpu_parser,
     "exporter": _exporter_parser,
+    "serve": _serve_parser,
     "init": _init_parser,
     "node-install": _node_install_parser,
     "demo": _demo_parser,
@@ -393,6 +402,7 @@ COMMANDS: dict[str | None, type[o.Options]] = {
     "doctor": o.DoctorArgs, "audit": o.AuditArgs, "usage": o.UsageArgs, "node-install": o.NodeInstallArgs,
     "demo": o.DemoArgs, "completion": o.CompletionArgs, "shell": o.ShellArgs, "init": o.InitArgs,
     "keeper": o.KeeperArgs, "gpu": o.GpuArgs, "exporter": o.ExporterArgs,
+    "serve": o.ServeArgs,
 }
 CLOUD_COMMANDS: dict[str, type[o.Options]] = {"up": o.CloudUpArgs, "ls": o.CloudLsArgs, "down": o.CloudDownArgs}
 
