@@ -105,22 +105,6 @@ def test_the_console_and_the_watcher_start_from_the_registry_they_are_given(tmp_
     assert runner.detector.expected_nodes == {"n1", cloud.name}
 
 
-def test_usage_counts_cloud_hours_and_dollars_by_owner(cloud_demo: DemoThread) -> None:
-    """A managed instance's hours and cost at its list price, under the user who launched it."""
-    config = cloud_demo.config_path
-    instance = _cloud_up(config)
-    listed = {i["id"]: i for i in cli_json("cloud", "ls", config=config)["instances"]}
-    price = listed[instance]["price_per_hour"]
-    launched_s = time.time()
-    wait_for(lambda: time.time() >= launched_s + 2, timeout_s=10, message="two seconds of uptime")
-    usage = cli_json("usage", config=config)
-    schema_valid("gpuconsole:schemas/usage", usage)
-    (row,) = [r for r in usage["rows"] if r["cloud_hours"] > 0]
-    assert row["key"] == listed[instance]["owner"]
-    assert row["cloud_usd"] > 0 and row["cloud_usd"] == pytest.approx(row["cloud_hours"] * price, abs=2e-4)
-    assert run_cli("cloud", "down", instance, config=config).returncode == 0
-
-
 def test_a_waiting_reserve_names_the_burst_alternative(cloud_demo: DemoThread) -> None:
     """With [cloud.aws], a request that waits says what bursting would start instead (the cheapest
     allowed type that fits), in its JSON progress and its text line; nothing is launched."""
@@ -145,11 +129,15 @@ def test_a_waiting_reserve_names_the_burst_alternative(cloud_demo: DemoThread) -
         run_cli("release", held["id"], config=config)
 
 
-def test_the_exporter_shows_the_cloud_instances_and_polls_them(cloud_demo: DemoThread) -> None:
-    """With [cloud.aws], the exporter lists each managed instance's price and cost so far, and polls
-    a running instance as a node like any other."""
+def test_usage_and_the_exporter_count_a_managed_instance(cloud_demo: DemoThread) -> None:
+    """A managed instance's hours and cost at its list price, under the user who launched it, in
+    `usage`; and with [cloud.aws] the exporter lists its price and cost so far and polls the running
+    instance as a node like any other."""
     config = cloud_demo.config_path
     instance = _cloud_up(config)
+    listed = {i["id"]: i for i in cli_json("cloud", "ls", config=config)["instances"]}
+    price = listed[instance]["price_per_hour"]
+    launched_s = time.time()
     exporter = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(config), "exporter",
                                  "--listen", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)
@@ -167,6 +155,12 @@ def test_the_exporter_shows_the_cloud_instances_and_polls_them(cloud_demo: DemoT
         text = wait_for(lambda: t if all(w in (t := scrape()) for w in wanted) else None, timeout_s=40,
                         message="the instance's price and its node in the metrics")
         assert 'gpuconsole_cloud_instances{state="running"} 1.0' in text
+        wait_for(lambda: time.time() >= launched_s + 2, timeout_s=10, message="two seconds of uptime")
+        usage = cli_json("usage", config=config)
+        schema_valid("gpuconsole:schemas/usage", usage)
+        (row,) = [r for r in usage["rows"] if r["cloud_hours"] > 0]
+        assert row["key"] == listed[instance]["owner"]
+        assert row["cloud_usd"] > 0 and row["cloud_usd"] == pytest.approx(row["cloud_hours"] * price, abs=2e-4)
     finally:
         exporter.terminate()
         assert exporter.wait(timeout=30) == 0

@@ -92,7 +92,7 @@ def test_a_watcher_idle_release_shortens_the_wait_and_grants_it(demo: DemoThread
         first = wait_for(lambda: lines[0] if lines else None, timeout_s=30, message="bob's first progress line")
         schema_valid("gpuconsole:schemas/reserve#/$defs/progress", first)
         assert [b["id"] for b in first["blockers"]] == [held["id"]] and 540 < first["eta_in_s"] <= 600
-        watcher = WatchProc(config, tmp_path / "watch.json", *FAST, "--release-idle", "--grace-minutes", "0.15")
+        watcher = WatchProc(config, tmp_path / "watch.json", *FAST, "--release-idle", "--grace-minutes", "0.08")
         announced = wait_for(lambda: next((x for x in list(lines) if x["blockers"]
                                            and x["blockers"][0].get("idle_release_in_s") is not None), None),
                              timeout_s=30, message=f"the idle release in bob's progress; lines: {lines}")

@@ -62,7 +62,8 @@ def test_a_cap_holds_and_refuses_with_its_reason(tmp_path: Path) -> None:
 
 def test_the_fleet_cap_counts_what_the_user_holds_on_every_node(tmp_path: Path) -> None:
     """max_gpus_per_user_fleet = 3 over two nodes: 2 on node-01, then 2 on node-02 is refused with
-    exit 3 and the reason (also when only node-02 is named), 1 more is granted."""
+    exit 3 and the reason (also when only node-02 is named), 1 more is granted; then `doctor` names
+    a malformed policy key."""
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"max_gpus_per_user_fleet": 3}))
     policy.chmod(0o644)
@@ -75,15 +76,9 @@ def test_the_fleet_cap_counts_what_the_user_holds_on_every_node(tmp_path: Path) 
             assert "you hold 2 across the fleet" in over.stderr and "allows 3 per user" in over.stderr
         assert cli_json("reserve", "--gpus", "1", "--node", "node-02", config=config)["gpus"] == [0]
         run_cli("release", "--mine", config=config)
-
-
-def test_doctor_names_a_malformed_policy_key(tmp_path: Path) -> None:
-    policy = tmp_path / "policy.json"
-    policy.write_text(json.dumps({"max_gpus_per_user": "four", "fair_share_weight": 2}))
-    policy.chmod(0o644)
-    with DemoThread(tmp_path / "demo", nodes=1, gpus=2, agent_env={"GPUCONSOLE_POLICY": str(policy)}) as demo:
-        result = run_cli("doctor", "--json", config=demo.config_path)
-        document = json.loads(result.stdout)
-        (node,) = document["nodes"]
-        (row,) = [c for c in node["checks"] if c["check"] == "policy"]
-        assert row["ok"] is False and "max_gpus_per_user" in row["detail"] and row["fix"]
+        # A malformed key: `doctor` names it in the node's policy row, with the fix.
+        policy.write_text(json.dumps({"max_gpus_per_user": "four", "fair_share_weight": 2}))
+        document = json.loads(run_cli("doctor", "--json", config=config).stdout)
+        for node in document["nodes"]:
+            (row,) = [c for c in node["checks"] if c["check"] == "policy"]
+            assert row["ok"] is False and "max_gpus_per_user" in row["detail"] and row["fix"]
