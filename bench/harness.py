@@ -183,6 +183,15 @@ def run_timed(argv: list[str], *, timeout_s: float = 60.0, cwd: Path | None = No
     return Timed(elapsed_s, cpu_s, proc.returncode, proc.stdout, proc.stderr)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
+    """SIGTERM a measured child, SIGKILL it if it has not ended within `timeout_s`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def cli_argv(*args: str) -> list[str]:
     """`python -m gpuconsole ARGS` with this interpreter (what tests and CI run)."""
     return [sys.executable, "-m", "gpuconsole", *args]

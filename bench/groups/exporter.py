@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from drivers import DemoFleet
-from harness import Check, Result, bench_env, cli_argv, proc_cpu_s
+from harness import Check, Result, bench_env, cli_argv, proc_cpu_s, stop_process
 from plan import PeerPlan
 
 UP_TIMEOUT_S = 180.0
@@ -53,11 +53,7 @@ def bench_exporter(plan: PeerPlan, work: Path) -> list[Result]:
                     time.sleep(max(0.0, SCRAPE_PERIOD_S - (time.monotonic() - tick)))
                 cpu_pct = 100.0 * (proc_cpu_s(proc.pid) - before_s) / (time.monotonic() - wall_s)
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                stop_process(proc)
     full = not plan.quick
     note = f"{nodes} nodes × 8 GPUs in {plan.scale_processes} demo processes, polled at 1 Hz, one scrape a second"
     return [

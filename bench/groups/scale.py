@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from drivers import DemoFleet
-from harness import Check, Result, bench_env, cli_argv, ms, percentile, proc_cpu_s, proc_tree_cpu_ns
+from harness import Check, Result, bench_env, cli_argv, ms, percentile, proc_cpu_s, proc_tree_cpu_ns, stop_process
 from plan import PeerPlan
 
 from gpuconsole.config import load_config
@@ -127,11 +127,7 @@ def _watcher_cpu_pct(config_path: Path, nodes: int, window_s: float, work: Path)
             time.sleep(window_s)
             return 100.0 * (proc_cpu_s(proc.pid) - before_s) / (time.monotonic() - wall_s)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
 
 
 def bench_scale(plan: PeerPlan, work: Path) -> list[Result]:
