@@ -34,7 +34,7 @@ class Folder:
                                       nodes=names)
         self.source = source
         self.clock = clock
-        self.snapshots: dict[str, NodeSnapshot] = {name: NodeSnapshot(name) for name in names}
+        self.snapshots: dict[str, NodeSnapshot] = {}  # a node not yet heard from is absent, not down
         self.seen_at_s: dict[str, float] = {}
         self.idle_s: dict[tuple[str, int], float] = {}
         self.instances: tuple[Instance, ...] | None = None

@@ -60,8 +60,8 @@ def test_the_exporter_shows_the_fleet_and_passes_promtool(demo: DemoThread, tmp_
     grant = cli_json("reserve", "--gpus", "2", "--node", "node-01", config=demo.config_path)
     exporter = Exporter(demo.config_path)
     try:
-        text = wait_for(lambda: t if _samples(t := exporter.scrape(), "gpuconsole_gpu_reserved") else None,
-                        timeout_s=30, message="the reserved GPUs in a scrape")
+        text = wait_for(lambda: t if len(_samples(t := exporter.scrape(), "gpuconsole_node_up")) == 2 else None,
+                        timeout_s=30, message="both nodes in a scrape")  # a node not yet heard from is absent
         reserved = _samples(text, "gpuconsole_gpu_reserved")
         assert len(reserved) == 2 and all(f'reservation="{grant["id"]}"' in line for line in reserved)
         assert 'gpuconsole_node_up{node="node-02"} 1.0' in text

@@ -15,7 +15,7 @@ from gpuconsole.demo.cluster import DemoThread
 from tests.helpers import cli_json, run_cli, submit_job, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-QUEUED_JOBS = 100  # issue 14: queued jobs add at most one process per user (1,000 in bench/); each runs `true` on the one GPU
+QUEUED_JOBS = 100  # issue 14: queued jobs add at most one process per user (1,000 in bench/), each `true`
 
 
 def _roles(state_dir: Path) -> dict[str, int]:
