@@ -78,8 +78,9 @@ def summary(state: State) -> Summary:
              if health.gpu_key(gpu) and isinstance(entry, dict)})
 
 
-def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list[Result]:
-    """The ledger records of one transaction: what its housekeeping and its op changed."""
+def events(before: Summary, state: State, ctx: Ctx, op: str, ended: list[Ended]) -> list[Result]:
+    """The ledger records of one transaction: what its housekeeping and its op changed (`ended`: its
+    ended_grants, computed once by the caller, who also charges them to fair share)."""
     leases_before, jobs_before, withheld_before, unreserved_before = before
     at = st.iso_utc(ctx.now_wall)
     out: list[Result] = []
@@ -105,9 +106,9 @@ def events(before: Summary, state: State, ctx: Ctx, op: str, args: Args) -> list
             # A reservation renewed (a job's lease renews itself while it runs: its end says enough).
             out.append({"event": "renew", "id": lease_id, "owner": lease["owner"], "gpus": list(lease["gpus"]),
                         "expires_at": st.iso_utc(ctx.wall_at(lease["exp_bt"]))})
-    for lease_id, owner, gpus, _, reason, ended, _ in ended_grants(before, state, ctx, op, args):
+    for lease_id, owner, gpus, _, reason, ended_wall, _ in ended:
         out.append({"event": "end", "id": lease_id, "owner": owner, "gpus": gpus, "reason": reason,
-                    "ended_at": st.iso_utc(ended)})
+                    "ended_at": st.iso_utc(ended_wall)})
     for job_id, job in state.get("jobs", {}).items():
         was = jobs_before.get(job_id)
         if job["state"] == "running" and was != "running":

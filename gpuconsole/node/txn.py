@@ -202,7 +202,7 @@ class Transactions:
         ended = ledger.ended_grants(before, state, ctx, op, args)
         fairshare.charge(state, [(owner, len(gpus), granted, end) for _, owner, gpus, _, _, end, granted in ended],
                          ctx.now_wall, ctx.policy.get("fair_share_half_life_s"))
-        return ledger.events(before, state, ctx, op, args)
+        return ledger.events(before, state, ctx, op, ended)
 
     def _commit(self, state: State, records: list[Result]) -> Warnings:
         """Append the change's ledger records, then commit the state naming the ledger's new head; or
