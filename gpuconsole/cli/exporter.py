@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpuconsole.cli.options import ExporterArgs
@@ -13,7 +14,9 @@ from gpuconsole.cli.output import warn
 from gpuconsole.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from gpuconsole.config import Config
     from gpuconsole.core.registry import Registry
+    from gpuconsole.exporter.webconfig import WebConfig
 
 DEFAULT_LISTEN = "127.0.0.1:9400"
 
@@ -27,8 +30,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def web_config_for(config: Config, flag: str | None) -> WebConfig | None:
+    """--web-config, else `[exporter] web_config`, loaded and checked before anything listens."""
+    chosen = flag or config.exporter.web_config
+    if chosen is None:
+        return None
+    from gpuconsole.exporter.webconfig import load_web_config
+
+    return load_web_config(Path(chosen).expanduser())
+
+
 def run_exporter(registry: Registry, args: ExporterArgs) -> int:
-    host, port = parse_listen(args.listen or DEFAULT_LISTEN)
+    host, port = parse_listen(args.listen or registry.config.exporter.listen or DEFAULT_LISTEN)
+    web = web_config_for(registry.config, args.web_config)
     from gpuconsole.exporter.server import serve
 
     async def main() -> None:
@@ -36,7 +50,7 @@ def run_exporter(registry: Registry, args: ExporterArgs) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(registry, host, port, lambda url: warn(f"serving {url}"), stop)
+        await serve(registry, host, port, lambda url: warn(f"serving {url}"), stop, web)
 
     try:
         asyncio.run(main())

@@ -186,6 +186,7 @@ class WatchArgs:
     once: bool = False
     json: bool = False
     metrics: str | None = None  # HOST:PORT: also serve the exporter's /metrics from the same poller
+    web_config: str | None = None  # with --metrics: TLS and basic auth (else [exporter] web_config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,20 +197,22 @@ class DoctorArgs:
 
 @dataclass(frozen=True, slots=True)
 class ServeArgs:
-    """`serve [--listen HOST:PORT] [--allow-actions]`: the console in a browser (tui/serve.py)."""
+    """`serve [--listen HOST:PORT] [--readonly | --allow-actions]`: the console in a browser (tui/serve.py)."""
 
     config: str | None
     listen: str | None
     allow_actions: bool
     theme: str | None = None
+    readonly: bool = False  # the default, spelled out
 
 
 @dataclass(frozen=True, slots=True)
 class ExporterArgs:
-    """`exporter [--listen HOST:PORT]`: Prometheus metrics of the fleet (gpuconsole/exporter)."""
+    """`exporter [--listen HOST:PORT] [--web-config FILE]`: Prometheus metrics of the fleet."""
 
     config: str | None
     listen: str | None
+    web_config: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

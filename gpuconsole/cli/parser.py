@@ -273,6 +273,8 @@ def _watch_parser(sub: Subparsers, common: Parser) -> None:
     watch.add_argument("--once", action="store_true", help="judge once and exit (for cron)")
     watch.add_argument("--metrics", metavar="HOST:PORT",
                        help="also serve the exporter's Prometheus /metrics there, from the watcher's own poll")
+    watch.add_argument("--web-config", metavar="FILE",
+                       help="with --metrics: TLS and basic auth from a Prometheus web config file")
     watch.add_argument("--json", action="store_true", help="one alert per line as JSON")
 
 
@@ -294,14 +296,19 @@ def _exporter_parser(sub: Subparsers, common: Parser) -> None:
     exporter = sub.add_parser("exporter", parents=[common], help="serve the fleet as Prometheus metrics on /metrics")
     exporter.add_argument("--listen", metavar="HOST:PORT",
                           help="the address to serve on (default 127.0.0.1:9400; port 0: a free one)")
+    exporter.add_argument("--web-config", metavar="FILE",
+                          help="TLS and basic auth from a Prometheus web config file (tls_server_config, "
+                               "basic_auth_users)")
 
 
 def _serve_parser(sub: Subparsers, common: Parser) -> None:
     serve = sub.add_parser("serve", parents=[common],
                            help="the console in a browser (read-only unless --allow-actions)")
     serve.add_argument("--listen", metavar="HOST:PORT", help="the address to serve on (default 127.0.0.1:8000)")
-    serve.add_argument("--allow-actions", action="store_true",
-                       help="let the page reserve, release, cancel…: whoever opens it acts as you")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--readonly", action="store_true", help="no reserve, release, cancel… from the page (default)")
+    mode.add_argument("--allow-actions", action="store_true",
+                      help="let the page reserve, release, cancel…: whoever opens it acts as you")
 
 
 def _gpu_parser(sub: Subparsers, common: Parser) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpuconsole.cli.options import WatchArgs
 from gpuconsole.cli.output import warn
@@ -19,6 +20,11 @@ from gpuconsole.model.events import PollEvent
 from gpuconsole.watch.runner import WatchRunner, WatchSettings
 from gpuconsole.watch.sinks import Dispatcher, ExecSink, NotifySink, Sink, StdoutSink
 from gpuconsole.watch.statefile import default_state_path
+
+if TYPE_CHECKING:
+    from gpuconsole.exporter.webconfig import WebConfig
+
+Metrics = tuple[tuple[str, int], "WebConfig | None"]  # --metrics HOST:PORT and its web config
 
 DEFAULT_INTERVAL_S = 5.0
 DEFAULT_GRACE_MINUTES = 15.0
@@ -91,21 +97,24 @@ def run_watch(registry: Registry, args: WatchArgs) -> int:
     settings = settings_from(registry.config, args)
     sinks = build_sinks(registry.config, args)
     metrics = None
+    if args.web_config is not None and args.metrics is None:
+        raise UsageError("--web-config secures --metrics: give --metrics HOST:PORT too")
     if args.metrics is not None:
         if settings.once:
             raise UsageError("--metrics serves while the watcher runs: drop --once")
-        from gpuconsole.cli.exporter import parse_listen
+        from gpuconsole.cli.exporter import parse_listen, web_config_for
 
-        metrics = parse_listen(args.metrics)
+        metrics = parse_listen(args.metrics), web_config_for(registry.config, args.web_config)
     return asyncio.run(_watch(registry, settings, sinks, bool(args.json), bool(args.stop_idle_cloud), metrics))
 
 
-def _serve_metrics(registry: Registry, runner: WatchRunner, listen: tuple[str, int]) -> Callable[[], None]:
+def _serve_metrics(registry: Registry, runner: WatchRunner, metrics: Metrics) -> Callable[[], None]:
     """`--metrics`: the exporter's /metrics fed by the watcher's own poll events; its closer."""
     from gpuconsole.exporter.server import MetricsEndpoint
 
+    listen, web = metrics
     try:
-        endpoint = MetricsEndpoint(registry, *listen)
+        endpoint = MetricsEndpoint(registry, *listen, web)
     except OSError as exc:
         raise UsageError(f"--metrics {listen[0]}:{listen[1]}: {exc.strerror or exc}") from None
     judge = runner.on_event
@@ -120,7 +129,7 @@ def _serve_metrics(registry: Registry, runner: WatchRunner, listen: tuple[str, i
 
 
 async def _watch(registry: Registry, settings: WatchSettings, sinks: list[Sink], as_json: bool,
-                 stop_idle_cloud: bool, metrics: tuple[str, int] | None = None) -> int:
+                 stop_idle_cloud: bool, metrics: Metrics | None = None) -> int:
     runner = WatchRunner(registry, settings, Dispatcher(StdoutSink(as_json, time.time), sinks, warn), warn)
     attach_cloud(registry.config, runner, stop_idle_cloud)
     runner.load_state()  # takes the state file's lock first: a second watcher stops here (exit 2)

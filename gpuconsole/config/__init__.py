@@ -14,6 +14,7 @@ from gpuconsole.config.keys import (
     AWS_ID_RE,
     HOST_RE,
     INSTANCE_TYPE_RE,
+    LISTEN_RE,
     MODES,
     NAME_RE,
     PATH_RE,
@@ -103,6 +104,14 @@ class WatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExporterConfig:
+    """The `[exporter]` table: what `gpuconsole exporter` and `watch --metrics` serve with."""
+
+    listen: str | None = None  # HOST:PORT; None: 127.0.0.1:9400
+    web_config: str | None = None  # TLS and basic auth, Prometheus exporters' web config format
+
+
+@dataclass(frozen=True, slots=True)
 class AwsConfig:
     """The `[cloud.aws]` table. Credentials are never here: they come from the boto3 chain."""
 
@@ -134,6 +143,7 @@ class Config:
     nodes: tuple[NodeConfig, ...]
     watch: WatchConfig = field(default_factory=WatchConfig)
     aws: AwsConfig | None = None
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
 
     def node(self, name: str) -> NodeConfig:
         """Return the node called ``name`` or raise NotFoundError."""
@@ -213,8 +223,14 @@ WATCH = Section("[watch]", "watch", (
     Key("exec", text(), "gets each alert as JSON on stdin (--exec)"),
 ))
 
-SECTIONS = (DEFAULTS, NODES, AWS, WATCH)
-_TOP_KEYS = {"defaults", "nodes", "cloud", "watch"}
+EXPORTER = Section("[exporter]", "exporter", (
+    Key("listen", text(LISTEN_RE, invalid="is not HOST:PORT (e.g. 127.0.0.1:9400)"),
+        "HOST:PORT of /metrics (--listen overrides; default 127.0.0.1:9400)"),
+    Key("web_config", local_path, "TLS and basic auth: a Prometheus web config file (--web-config overrides)"),
+))
+
+SECTIONS = (DEFAULTS, NODES, AWS, WATCH, EXPORTER)
+_TOP_KEYS = {"defaults", "nodes", "cloud", "watch", "exporter"}
 _INHERITED = frozenset(f.name for f in fields(Defaults)) & frozenset(f.name for f in fields(NodeConfig))
 
 
@@ -283,7 +299,8 @@ def parse_config(text: str, path: Path) -> Config:
         nodes.append(node)
     aws = _parse_aws(data.get("cloud"), loc, base_dir)
     watch = WatchConfig(**WATCH.read(_table(data, "watch", loc), loc, base_dir))
-    return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws)
+    exporter = ExporterConfig(**EXPORTER.read(_table(data, "exporter", loc), loc, base_dir))
+    return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws, exporter=exporter)
 
 
 def _table(data: dict[str, Any], name: str, loc: Locator) -> dict[str, Any]:

@@ -55,6 +55,7 @@ AWS_ID_RE = re.compile(r"^[A-Za-z0-9._:/-]{1,255}$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z0-9-]+\.[a-z0-9-]+$")
 REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 URL_RE = re.compile(r"^https?://[^\s]+$")
+LISTEN_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from gpuconsole.core.poller import Poller
 from gpuconsole.core.registry import Registry
 from gpuconsole.exporter.metrics import FleetView, FleetViewSource, render
+from gpuconsole.exporter.webconfig import WebConfig
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.cloud import Instance
 from gpuconsole.model.detect import Detector
@@ -69,11 +70,19 @@ class Folder:
         self.publish()
 
 
-def handler_for(source: FleetViewSource) -> type[BaseHTTPRequestHandler]:
+def handler_for(source: FleetViewSource, web: WebConfig | None = None) -> type[BaseHTTPRequestHandler]:
     class Metrics(BaseHTTPRequestHandler):
         """GET /metrics: the exposition of the latest view; anything else 404. Logs nothing."""
 
+        timeout = 10  # a client that stalls (mid-handshake, mid-request) loses its thread, not ours
+
         def do_GET(self) -> None:
+            if web is not None and not web.authorized(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="gpuconsole"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if self.path.split("?", 1)[0] not in ("/metrics", "/"):
                 self.send_error(404)
                 return
@@ -92,19 +101,25 @@ def handler_for(source: FleetViewSource) -> type[BaseHTTPRequestHandler]:
 
 class MetricsEndpoint:
     """/metrics for a fleet whose poll events someone else runs (the exporter's own poller, or the
-    watcher's): `folder` takes each event, `start()` serves and says where, `close()` stops."""
+    watcher's): `folder` takes each event, `start()` serves and says where, `close()` stops. A web
+    config adds TLS (the handshake runs in the connection's thread, not the accept loop) and basic auth."""
 
-    def __init__(self, registry: Registry, host: str, port: int) -> None:
+    def __init__(self, registry: Registry, host: str, port: int, web: WebConfig | None = None) -> None:
         self.source = FleetViewSource()
         self.folder = Folder(registry, self.source)
-        self.httpd = ThreadingHTTPServer((host, port), handler_for(self.source))  # OSError: cannot bind
+        self.httpd = ThreadingHTTPServer((host, port), handler_for(self.source, web))  # OSError: cannot bind
         self.httpd.daemon_threads = True
+        self.scheme = "http"
+        if web is not None and web.tls is not None:
+            self.httpd.socket = web.tls.wrap_socket(self.httpd.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
+            self.scheme = "https"
         self.host = host
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
     def start(self) -> str:
         self.thread.start()
-        return f"http://{self.host}:{self.httpd.server_port}/metrics"
+        return f"{self.scheme}://{self.host}:{self.httpd.server_port}/metrics"
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -134,9 +149,10 @@ async def discover(registry: Registry, folder: Folder) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event) -> None:
+async def serve(registry: Registry, host: str, port: int, ready: Callable[[str], None], stop: asyncio.Event,
+                web: WebConfig | None = None) -> None:
     """Poll the fleet and serve /metrics on host:port until `stop` is set; `ready` hears the URL."""
-    endpoint = MetricsEndpoint(registry, host, port)
+    endpoint = MetricsEndpoint(registry, host, port, web)
     poller = Poller(registry, endpoint.folder)
     poller.start()
     cloud = asyncio.create_task(discover(registry, endpoint.folder)) if registry.config.aws is not None else None

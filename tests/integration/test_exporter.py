@@ -4,21 +4,23 @@ reserved GPUs `status --json` shows; metric names, units and labels as the READM
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, wait_for
+from tests.helpers import cli_json, run_cli, wait_for
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 
@@ -26,13 +28,13 @@ PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 class Exporter:
     """The exporter in a subprocess on a free port; its URL from its `serving URL` line."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *extra: str, scheme: str = "http") -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(config), "exporter",
-                                      "--listen", "127.0.0.1:0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                                      "--listen", "127.0.0.1:0", *extra], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
-        assert line.startswith("gpuconsole: serving http://"), line
+        assert line.startswith(f"gpuconsole: serving {scheme}://"), line
         self.url = line.split()[-1]
 
     def scrape(self) -> str:
@@ -43,6 +45,38 @@ class Exporter:
     def stop(self) -> None:
         self.proc.terminate()
         assert self.proc.wait(timeout=30) == 0
+
+
+class Prometheus:
+    """A real Prometheus server (the Debian package) on a free port, scraping one target every second."""
+
+    def __init__(self, tmp_path: Path, target: str, scrape_extra: str = "") -> None:
+        assert PROMETHEUS is not None
+        self.port = _free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"scrape_configs:\n  - job_name: gpuconsole\n{scrape_extra}    static_configs:\n"
+            f"      - targets: ['{target}']\n")
+        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}",
+                                      f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(self, promql: str) -> float | None:
+        """The first sample's value, or None (no result, or not listening yet)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                answer = json.loads(response.read())
+        except OSError:
+            return None
+        result = answer["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
 
 
 def _free_port() -> int:
@@ -81,38 +115,17 @@ def test_a_real_prometheus_counts_the_reserved_gpus_status_shows(demo: DemoThrea
     status = cli_json("status", "--json", config=demo.config_path)
     expected = sum(1 for n in status["nodes"] for g in n["gpus"] if g["reservation"] is not None)
     exporter = Exporter(demo.config_path)
-    port = _free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n  - job_name: gpuconsole\n    static_configs:\n"
-        f"      - targets: ['{urllib.parse.urlsplit(exporter.url).netloc}']\n")
-    assert PROMETHEUS is not None
-    server = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def query(promql: str) -> Any:
-        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                answer = json.loads(response.read())
-        except OSError:
-            return None  # not listening yet
-        result = answer["data"]["result"]
-        return float(result[0]["value"][1]) if result else None
-
+    server = Prometheus(tmp_path, urllib.parse.urlsplit(exporter.url).netloc)
     try:
-        counted = wait_for(lambda: query("count(gpuconsole_gpu_reserved == 1)"), timeout_s=60, interval_s=0.5,
-                           message="Prometheus to scrape the exporter")
+        counted = wait_for(lambda: server.query("count(gpuconsole_gpu_reserved == 1)"), timeout_s=60,
+                           interval_s=0.5, message="Prometheus to scrape the exporter")
         assert expected == 4 and counted == expected
-        assert query('sum(gpuconsole_node_up{job="gpuconsole"})') == 2
+        assert server.query('sum(gpuconsole_node_up{job="gpuconsole"})') == 2
         # Every expression of the dashboard and the alert rules is one this Prometheus runs.
         for expr in _dashboard_exprs() + _rule_exprs():
-            assert _valid(port, expr), expr
+            assert _valid(server.port, expr), expr
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
         exporter.stop()
 
 
@@ -188,3 +201,102 @@ def test_the_watcher_serves_the_same_metrics_from_its_own_poll(demo: DemoThread,
         assert watcher.wait(timeout=30) == 0
     once = subprocess.run([*argv, "--once"], capture_output=True, text=True, timeout=60)
     assert once.returncode == 2 and "drop --once" in once.stderr
+    alone = run_cli("watch", "--once", "--web-config", str(tmp_path / "web.yml"), config=demo.config_path)
+    assert alone.returncode == 2 and "give --metrics" in alone.stderr
+
+
+def _tls_files(directory: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 signed by it (ca.pem, server.pem, server.key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpuconsole test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    server = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(2)
+              .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                             critical=False)
+              .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+def _fetch(url: str, context: ssl.SSLContext | None, auth: tuple[str, str] | None) -> int:
+    """The HTTP status of a GET (an error status included)."""
+    request = urllib.request.Request(url)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="needs the prometheus package (apt-get install prometheus)")
+def test_tls_and_basic_auth_from_a_web_config_and_prometheus_scrapes_through_them(
+        demo: DemoThread, tmp_path: Path) -> None:
+    """`--web-config` in the format every Prometheus exporter reads: HTTPS with the operator's
+    certificate, bcrypt basic auth; a real Prometheus scrapes with `scheme: https`, `tls_config`
+    and `basic_auth`, and counts the reservation; no or wrong credentials get 401, plain HTTP nothing."""
+    import bcrypt
+
+    _tls_files(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+    (tmp_path / "web.yml").write_text("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n"
+                                      f"basic_auth_users:\n  prom: '{hashed}'\n")
+    cli_json("reserve", "--gpus", "2", "--node", "node-02", config=demo.config_path)
+    exporter = Exporter(demo.config_path, "--web-config", str(tmp_path / "web.yml"), scheme="https")
+    server = Prometheus(tmp_path, urllib.parse.urlsplit(exporter.url).netloc,
+                        "    scheme: https\n"
+                        f"    tls_config:\n      ca_file: {tmp_path / 'ca.pem'}\n"
+                        "    basic_auth:\n      username: prom\n      password: s3cret\n")
+    try:
+        trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        netloc = urllib.parse.urlsplit(exporter.url)
+        with socket.create_connection((netloc.hostname, netloc.port)):  # a client that never handshakes
+            assert _fetch(exporter.url, trusted, ("prom", "s3cret")) == 200  # holds no one else up
+        assert _fetch(exporter.url, trusted, None) == 401
+        assert _fetch(exporter.url, trusted, ("prom", "wrong")) == 401
+        assert _fetch(exporter.url, trusted, ("nobody", "s3cret")) == 401
+        with pytest.raises(urllib.error.URLError):  # an untrusted certificate is refused by the client
+            _fetch(exporter.url, ssl.create_default_context(), ("prom", "s3cret"))
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            _fetch(exporter.url.replace("https://", "http://"), None, ("prom", "s3cret"))
+        counted = wait_for(lambda: server.query('count(gpuconsole_gpu_reserved{node="node-02"} == 1)'),
+                           timeout_s=60, interval_s=0.5, message="Prometheus to scrape through TLS and auth")
+        assert counted == 2
+    finally:
+        server.stop()
+        exporter.stop()
+
+
+@pytest.mark.parametrize(("web_yml", "problem"), [
+    ("basic_auth_users:\n  prom: plaintext\n", "not a bcrypt hash"),
+    ("tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.key\n", "cannot load"),
+    ("http_server_config:\n  http2: false\n", "not supported"),
+    ("tls_server_config: [\n", "not valid YAML"),
+])
+def test_a_bad_web_config_is_one_line_and_exit_2_before_serving(
+        demo: DemoThread, tmp_path: Path, web_yml: str, problem: str) -> None:
+    (tmp_path / "web.yml").write_text(web_yml)
+    done = run_cli("exporter", "--listen", "127.0.0.1:0", "--web-config", str(tmp_path / "web.yml"),
+                   config=demo.config_path)
+    assert done.returncode == 2, done
+    assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -172,6 +172,10 @@ BAD = [
      '2: exec: must be a non-empty string'),
     ('[watch]', 'cooldown_minutes = -1',
      '2: cooldown_minutes: -1 is out of range [0, 100000]'),
+    ('[exporter]', 'listen = "0.0.0.0"',
+     "2: listen: '0.0.0.0' is not HOST:PORT (e.g. 127.0.0.1:9400)"),
+    ('[exporter]', 'web_config = ""',
+     "2: web_config: must be a non-empty path string"),
     ('[watch]', 'typo = 1',
      f'2: typo: unknown key (allowed: {WATCH_KEYS})'),
 ]
@@ -251,6 +255,10 @@ util_below_pct = 3
 notify = "ntfy://x"
 exec = "/bin/page"
 cooldown_minutes = 0
+
+[exporter]
+listen = "[::1]:9401"
+web_config = "web.yml"
 """
 
 FULL_PARSED = (
@@ -269,7 +277,8 @@ FULL_PARSED = (
     "endpoint_url='http://127.0.0.1:5000', instance_types=('g5.xlarge', 'g6.xlarge'), ami='ami-123', "
     "key_name='team', subnet_id='subnet-1', security_group_ids=('sg-1',), ssh_user='ec2-user', spot=True, "
     "max_instances=2, idle_stop_minutes=12.5, idle_action='terminate', prices=(('g5.xlarge', 1.0), "
-    "('g6.xlarge', 0.75)), address='private', host_map='/cfg/hosts.json'))"
+    "('g6.xlarge', 0.75)), address='private', host_map='/cfg/hosts.json'), "
+    "exporter=ExporterConfig(listen='[::1]:9401', web_config='/cfg/web.yml'))"
 )
 
 MINIMAL_PARSED = (
@@ -284,7 +293,8 @@ MINIMAL_PARSED = (
     "watch=WatchConfig(idle_minutes=30.0, util_below_pct=5.0, notify=(), exec=None, cooldown_minutes=60.0), "
     "aws=AwsConfig(region='us-east-1', endpoint_url=None, instance_types=(), ami=None, key_name=None, "
     "subnet_id=None, security_group_ids=(), ssh_user='ubuntu', spot=False, max_instances=4, "
-    "idle_stop_minutes=30.0, idle_action='stop', prices=(), address='public', host_map=None))"
+    "idle_stop_minutes=30.0, idle_action='stop', prices=(), address='public', host_map=None), "
+    "exporter=ExporterConfig(listen=None, web_config=None))"
 )
 
 
