@@ -104,7 +104,7 @@ class DevTools:
         await self.call("Runtime.evaluate", awaitPromise=True,
                         expression="new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
         shot = base64.b64decode((await self.call("Page.captureScreenshot", format="png"))["data"])
-        path.write_bytes(shot)
+        await asyncio.to_thread(path.write_bytes, shot)
         return shot
 
 
