@@ -19,11 +19,13 @@ from gpuconsole.cli.output import say, warn
 from gpuconsole.config import (
     AWS,
     DEFAULTS,
+    EXPORTER,
     NAME_RE,
     NODES,
     WATCH,
     AwsConfig,
     Defaults,
+    ExporterConfig,
     NodeConfig,
     WatchConfig,
     parse_config,
@@ -40,7 +42,7 @@ EXAMPLES = {
     "ami": '"ami-0123456789abcdef0"', "key_name": '"team-key"', "subnet_id": '"subnet-0123456789abcdef0"',
     "security_group_ids": '["sg-0123456789abcdef0"]', "instance_types": '["g6.xlarge", "g5.xlarge"]',
     "prices": '{ "g5.xlarge" = 1.006 }', "host_map": '"hosts.json"', "notify": '["ntfy://ntfy.sh/our-gpus"]',
-    "exec": '"/usr/local/bin/page-owner"',
+    "exec": '"/usr/local/bin/page-owner"', "listen": '"127.0.0.1:9400"', "web_config": '"web.yml"',
 }
 
 
@@ -157,6 +159,8 @@ def config_text(hosts: list[str]) -> str:
               *_section(AWS, AwsConfig(region=""), header=False)]
     parts += ["\n", "# The idle-GPU watcher (`gpuconsole watch`) and the console's Alerts tab.\n",
               *_section(WATCH, WatchConfig(), header=True)]
+    parts += ["\n", "# Prometheus metrics (`gpuconsole exporter`, `watch --metrics`).\n",
+              *_section(EXPORTER, ExporterConfig(), header=False)]
     return "".join(parts)
 
 
