@@ -18,12 +18,14 @@ from gpuconsole.cli.options import InitArgs
 from gpuconsole.cli.output import say, warn
 from gpuconsole.config import (
     AWS,
+    CLUSTERS,
     DEFAULTS,
     EXPORTER,
     NAME_RE,
     NODES,
     WATCH,
     AwsConfig,
+    ClusterConfig,
     Defaults,
     ExporterConfig,
     NodeConfig,
@@ -43,6 +45,7 @@ EXAMPLES = {
     "security_group_ids": '["sg-0123456789abcdef0"]', "instance_types": '["g6.xlarge", "g5.xlarge"]',
     "prices": '{ "g5.xlarge" = 1.006 }', "host_map": '"hosts.json"', "notify": '["ntfy://ntfy.sh/our-gpus"]',
     "exec": '"/usr/local/bin/page-owner"', "listen": '"127.0.0.1:9400"', "web_config": '"web.yml"',
+    "kind": '"slurm"', "login": '"login.hpc"',
 }
 
 
@@ -155,6 +158,9 @@ def config_text(hosts: list[str]) -> str:
         ]
     parts += ["\n", "# Another node: every [[nodes]] key ([defaults] gives the ones left out).\n",
               *_section(NODES, NodeConfig(name="", host=""), header=False)]
+    parts += ["\n", "# A Slurm cluster, fronted through its login node (Slurm decides; README \"Slurm clusters\").\n",
+              *_section(CLUSTERS, ClusterConfig(name="", kind="", login=""), header=False,
+                        examples={"name": '"hpc"'})]
     parts += ["\n", "# EC2 burst (credentials come from the boto3 chain: AWS_PROFILE, `aws configure`).\n",
               *_section(AWS, AwsConfig(region=""), header=False)]
     parts += ["\n", "# The idle-GPU watcher (`gpuconsole watch`) and the console's Alerts tab.\n",
@@ -164,14 +170,16 @@ def config_text(hosts: list[str]) -> str:
     return "".join(parts)
 
 
-def _section(section: Section, defaults: object, header: bool) -> list[str]:
-    """The section's lines: its header (commented unless ``header``), then each key commented out."""
+def _section(section: Section, defaults: object, header: bool, examples: dict[str, str] | None = None) -> list[str]:
+    """The section's lines: its header (commented unless ``header``), then each key commented out
+    (`examples`: this section's own example values, where another section's would clash)."""
+    examples = {**EXAMPLES, **(examples or {})}
     lines = [(section.header if header else f"# {section.header}") + "\n"]
     values = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}  # type: ignore[arg-type]
     for key in section.keys:
         default = values.get(key.target)
         example = default in (None, "", ()) or key.name in ("name", "host")
-        value = EXAMPLES[key.name] if example or key.name in EXAMPLES else _literal(default)
+        value = examples[key.name] if example or key.name in examples else _literal(default)
         lines.append(f"# {key.name} = {value}    # {key.doc}{' (example)' if example else ''}\n")
     return lines
 

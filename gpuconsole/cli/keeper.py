@@ -16,7 +16,7 @@ from gpuconsole.config import Config, resolve_config_path
 from gpuconsole.core import keeper_client as kc
 from gpuconsole.core.keeper_fleet import KeeperFleet
 from gpuconsole.errors import GpuConsoleError
-from gpuconsole.model import NodeSnapshot
+from gpuconsole.model.slurm import node_snapshots
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -70,7 +70,7 @@ def through_keeper(config: Config, op: str, args: dict[str, Any] | None,
         return None
     try:
         text = config.path.read_bytes()
-        timeout_s = max(n.connect_timeout_s for n in config.nodes) + 40.0 if config.nodes else 40.0
+        timeout_s = max(n.connect_timeout_s for n in config.members()) + 40.0 if config.members() else 40.0
         return kc.call_all(config.path, text, op, args, names, timeout_s)
     except kc.KeeperUnavailableError as exc:
         if exc.absent:
@@ -93,8 +93,8 @@ def status_through_keeper(config: Config, opts: o.StatusArgs) -> int | None:
     results = through_keeper(config, "snapshot", None if not opts.json else {"rates": False}, names)
     if results is None:
         return None
-    fetched = [NodeSnapshot.from_result(cfg.name, results.get(cfg.name), cfg.source)
-               for cfg in ([config.node(n) for n in names] if names else list(config.nodes))]
+    fetched = [snap for cfg in ([config.node(n) for n in names] if names else list(config.members()))
+               for snap in node_snapshots(cfg.name, results.get(cfg.name), cfg.source)]
     show(fetched, opts, view)
     return outcome(fetched)
 

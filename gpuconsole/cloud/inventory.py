@@ -95,7 +95,7 @@ def cloud_nodes(config: Config, instances: list[Instance]) -> list[NodeConfig]:
     """Nodes for the running managed instances that can be dialled now."""
     assert config.aws is not None
     host_map = read_host_map(config.aws.host_map)
-    taken = {n.name for n in config.nodes}
+    taken = {n.name for n in config.members()}
     nodes = [node_for(i, config, host_map) for i in instances if i.managed]
     return [n for n in nodes if n is not None and n.name not in taken]
 

@@ -12,6 +12,7 @@ from typing import Any
 from gpuconsole.config.keys import (
     AGENT_PATH_RE,
     AWS_ID_RE,
+    CLUSTER_KINDS,
     HOST_RE,
     INSTANCE_TYPE_RE,
     LISTEN_RE,
@@ -37,10 +38,36 @@ from gpuconsole.config.keys import (
 from gpuconsole.errors import ConfigError
 
 __all__ = [  # the patterns are part of this module's interface (node-install checks with them)
-    "AGENT_PATH_RE", "AWS", "AWS_ID_RE", "DEFAULTS", "DEFAULT_SERVICE_AGENT", "DEFAULT_SERVICE_USER",
-    "DEFAULT_STATE_DIR", "HOST_RE", "INSTANCE_TYPE_RE", "MODES", "NAME_RE", "NODES", "PATH_RE", "SECTIONS",
-    "USER_RE", "WATCH", "AwsConfig", "Config", "Defaults", "NodeConfig", "WatchConfig", "default_config_path",
-    "load_config", "local_state_dir", "parse_config", "resolve_config_path",
+    "AGENT_PATH_RE",
+    "AWS",
+    "AWS_ID_RE",
+    "CLUSTERS",
+    "DEFAULTS",
+    "DEFAULT_SERVICE_AGENT",
+    "DEFAULT_SERVICE_USER",
+    "DEFAULT_STATE_DIR",
+    "EXPORTER",
+    "HOST_RE",
+    "INSTANCE_TYPE_RE",
+    "MODES",
+    "NAME_RE",
+    "NODES",
+    "PATH_RE",
+    "SECTIONS",
+    "USER_RE",
+    "WATCH",
+    "AwsConfig",
+    "ClusterConfig",
+    "Config",
+    "Defaults",
+    "ExporterConfig",
+    "NodeConfig",
+    "WatchConfig",
+    "default_config_path",
+    "load_config",
+    "local_state_dir",
+    "parse_config",
+    "resolve_config_path",
 ]
 
 DEFAULT_STATE_DIR = "/var/lib/gpuconsole"
@@ -104,6 +131,29 @@ class WatchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """A `[[clusters]]` entry: a scheduler gpuconsole fronts (kind "slurm"), reached over SSH at its
+    login node like a node (same keys, same host-key rules); Slurm decides, gpuconsole asks."""
+
+    name: str
+    kind: str
+    login: str
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    python: str = "python3"
+    ssh_config: str | None = None
+    connect_timeout_s: float = 10.0
+
+    def login_node(self) -> NodeConfig:
+        """The login node as the fleet connects to it: a member named after the cluster."""
+        return NodeConfig(name=self.name, host=self.login, port=self.port, user=self.user,
+                          identity_file=self.identity_file, known_hosts=self.known_hosts, python=self.python,
+                          source=self.kind, ssh_config=self.ssh_config, connect_timeout_s=self.connect_timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
 class ExporterConfig:
     """The `[exporter]` table: what `gpuconsole exporter` and `watch --metrics` serve with."""
 
@@ -144,15 +194,20 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     aws: AwsConfig | None = None
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    clusters: tuple[ClusterConfig, ...] = ()
+
+    def members(self) -> tuple[NodeConfig, ...]:
+        """What the fleet connects to: the [[nodes]], then each cluster's login node."""
+        return (*self.nodes, *(cluster.login_node() for cluster in self.clusters))
 
     def node(self, name: str) -> NodeConfig:
         """Return the node called ``name`` or raise NotFoundError."""
         from gpuconsole.errors import NotFoundError
 
-        for node in self.nodes:
+        for node in self.members():
             if node.name == name:
                 return node
-        known = ", ".join(n.name for n in self.nodes) or "none"
+        known = ", ".join(n.name for n in self.members()) or "none"
         raise NotFoundError(f"unknown node {name!r} (known: {known})")
 
 
@@ -223,14 +278,28 @@ WATCH = Section("[watch]", "watch", (
     Key("exec", text(), "gets each alert as JSON on stdin (--exec)"),
 ))
 
+CLUSTERS = Section("[[clusters]]", "clusters", (
+    Key("name", text(NAME_RE, invalid="is not a valid cluster name (letters, digits, '.', '_', '-'; at most 63)"),
+        "the cluster's name in every command (--node NAME)", required="is required"),
+    Key("kind", text(choices=CLUSTER_KINDS), 'the scheduler: "slurm"', required='is required ("slurm")'),
+    Key("login", text(HOST_RE), "the login node: host name, address or ~/.ssh/config alias (default: the name)"),
+    Key("port", number(1, 65535, integer=True), "SSH port"),
+    Key("user", text(USER_RE), "SSH login (the Slurm user)"),
+    Key("identity_file", local_path, "SSH private key"),
+    Key("known_hosts", local_path, "host keys"),
+    Key("python", text(PATH_RE), "the login node's interpreter (3.8+)"),
+    Key("connect_timeout", number(0.1, 600), "seconds", field="connect_timeout_s"),
+))
+
 EXPORTER = Section("[exporter]", "exporter", (
     Key("listen", text(LISTEN_RE, invalid="is not HOST:PORT (e.g. 127.0.0.1:9400)"),
         "HOST:PORT of /metrics (--listen overrides; default 127.0.0.1:9400)"),
     Key("web_config", local_path, "TLS and basic auth: a Prometheus web config file (--web-config overrides)"),
 ))
 
-SECTIONS = (DEFAULTS, NODES, AWS, WATCH, EXPORTER)
-_TOP_KEYS = {"defaults", "nodes", "cloud", "watch", "exporter"}
+SECTIONS = (DEFAULTS, NODES, CLUSTERS, AWS, WATCH, EXPORTER)
+_TOP_KEYS = {"defaults", "nodes", "clusters", "cloud", "watch", "exporter"}
+CLUSTER_INHERITED = ("user", "identity_file", "known_hosts", "ssh_config", "connect_timeout_s")
 _INHERITED = frozenset(f.name for f in fields(Defaults)) & frozenset(f.name for f in fields(NodeConfig))
 
 
@@ -297,10 +366,12 @@ def parse_config(text: str, path: Path) -> Config:
             raise loc.error("nodes", "name", f"duplicate node name {node.name!r}", index)
         seen.add(node.name)
         nodes.append(node)
+    clusters = _parse_clusters(data.get("clusters", []), defaults, seen, loc, base_dir)
     aws = _parse_aws(data.get("cloud"), loc, base_dir)
     watch = WatchConfig(**WATCH.read(_table(data, "watch", loc), loc, base_dir))
     exporter = ExporterConfig(**EXPORTER.read(_table(data, "exporter", loc), loc, base_dir))
-    return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws, exporter=exporter)
+    return Config(path=path, defaults=defaults, nodes=tuple(nodes), watch=watch, aws=aws, exporter=exporter,
+                  clusters=clusters)
 
 
 def _table(data: dict[str, Any], name: str, loc: Locator) -> dict[str, Any]:
@@ -317,6 +388,25 @@ def _parse_node(raw: Any, index: int, defaults: Defaults, loc: Locator, base_dir
     values = NODES.read(raw, loc, base_dir, index)
     inherited = {name: getattr(defaults, name) for name in _INHERITED}
     return NodeConfig(**{"host": values["name"], **inherited, **values})
+
+
+def _parse_clusters(raw: Any, defaults: Defaults, seen: set[str], loc: Locator,
+                    base_dir: Path) -> tuple[ClusterConfig, ...]:
+    """The [[clusters]] entries; a name is unique among nodes and clusters (it is a --node target)."""
+    if not isinstance(raw, list):
+        raise loc.error("clusters", None, "must be an array of tables ([[clusters]])")
+    clusters = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            raise loc.error("clusters", None, "each [[clusters]] entry must be a table", index)
+        values = CLUSTERS.read(entry, loc, base_dir, index)
+        if values["name"] in seen:
+            raise loc.error("clusters", "name", f"duplicate name {values['name']!r} (nodes and clusters share names)",
+                            index)
+        seen.add(values["name"])
+        inherited = {name: getattr(defaults, name) for name in CLUSTER_INHERITED}
+        clusters.append(ClusterConfig(**{"login": values["name"], **inherited, **values}))
+    return tuple(clusters)
 
 
 def _parse_aws(raw: Any, loc: Locator, base_dir: Path) -> AwsConfig | None:

@@ -15,6 +15,7 @@ from gpuconsole.durations import parse_duration_s
 from gpuconsole.errors import ConfigError, UsageError
 
 MODES = ("cooperative", "service")
+CLUSTER_KINDS = ("slurm",)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 HOST_RE = re.compile(r"^[A-Za-z0-9_.:%-]{1,253}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")

@@ -60,7 +60,7 @@ def _watched(config: Config) -> list[str]:
     """The local files that decide how a node is reached: a change to any of them drops the
     connections, so a changed host key is checked again before the next request is served."""
     files = {str(config.path), "~/.ssh/config"}
-    for node in config.nodes:
+    for node in config.members():
         files.update(trust_set(node).files)
         files.update(f for f in (node.ssh_config, node.identity_file) if f)
     return sorted(files)

@@ -42,7 +42,7 @@ class KeeperFleet:
         self._direct: Fleet | None = None
         self.fell_back: str | None = None  # why the keeper was left (None: it answered everything)
         # What a request may wait for the keeper: a node's connect (and a reconnect) before its reply.
-        self._slack_s = 2 * max((n.connect_timeout_s for n in config.nodes), default=10.0) + KEEPER_SLACK_S
+        self._slack_s = 2 * max((n.connect_timeout_s for n in config.members()), default=10.0) + KEEPER_SLACK_S
 
     async def __aenter__(self) -> KeeperFleet:
         return self
@@ -60,13 +60,13 @@ class KeeperFleet:
 
     @property
     def nodes(self) -> tuple[NodeConfig, ...]:
-        return self._config.nodes
+        return self._config.members()
 
     def node(self, name: str) -> NodeConfig:
         return self._config.node(name)
 
     def has(self, name: str) -> bool:
-        return any(n.name == name for n in self._config.nodes)
+        return any(n.name == name for n in self._config.members())
 
     def hello(self, name: str) -> Hello | None:
         if self._direct is not None and (hello := self._direct.hello(name)) is not None:
@@ -92,7 +92,7 @@ class KeeperFleet:
         self, op: str, args: dict[str, Any] | None = None, names: Iterable[str] | None = None,
         *, timeout_s: float = 30.0,
     ) -> dict[str, dict[str, Any] | GpuConsoleError]:
-        wanted = [n.name for n in (self._config.nodes if names is None else [self.node(n) for n in names])]
+        wanted = [n.name for n in (self._config.members() if names is None else [self.node(n) for n in names])]
         if self._direct is None:
             request = kc.exchange_request(self._config.path, self._text, op, args, wanted, timeout_s)
             replies = await self._ask(request, timeout_s)

@@ -51,7 +51,7 @@ class Registry:
         # The managed cloud instances pending or running when `joined` was discovered (None: no
         # cloud, or EC2 could not be asked); `jobs` requeues the journaled jobs of instances not in it.
         self.live_instances = live_instances
-        self._nodes: dict[str, NodeConfig] = {n.name: n for n in config.nodes}
+        self._nodes: dict[str, NodeConfig] = {n.name: n for n in config.members()}
         for node in joined:
             self._nodes.setdefault(node.name, node)
         self._conns: dict[str, NodeConnection] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.model import NodeSnapshot
+from gpuconsole.model.slurm import node_snapshots
 
 
 async def fleet_snapshot(fleet: Fleet, names: list[str] | None = None, *,
@@ -14,5 +15,5 @@ async def fleet_snapshot(fleet: Fleet, names: list[str] | None = None, *,
     for a rate window answers at once with them null, instead of waiting ~100 ms for the window.
     """
     results = await fleet.call_all("snapshot", None if rates else {"rates": False}, names=names)
-    return [NodeSnapshot.from_result(cfg.name, results.get(cfg.name), cfg.source)
-            for cfg in fleet.node_configs(names)]
+    return [snap for cfg in fleet.node_configs(names)
+            for snap in node_snapshots(cfg.name, results.get(cfg.name), cfg.source)]

@@ -138,7 +138,7 @@ async def discover(registry: Registry, folder: Folder) -> None:
     assert config.aws is not None
     interval_s = CLOUD_POLL_LOOPBACK_S if is_loopback_endpoint(config.aws.endpoint_url) else CLOUD_POLL_S
     monitor = CloudMonitor(config)
-    on_prem = {n.name for n in config.nodes}
+    on_prem = {n.name for n in config.members()}
     while True:
         view = await monitor.refresh()
         if view.error is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from gpuconsole import notices
 from gpuconsole.errors import AgentError, GpuConsoleError, UnreachableError
+from gpuconsole.model.slurm import SLURM_FIELD
 from gpuconsole.model.wire import (
     ABSENT,
     INT64_MAX,
@@ -104,6 +105,7 @@ SNAPSHOT = obj({
     "net_rx_bps": Opt(metric_int), "net_tx_bps": Opt(metric_int), "gpu_source": OPT_TEXT,
     "gpus": list_of(GPU, unique="index"), "reservations": list_of(RESERVATION), "queue": list_of(QUEUED),
     "jobs": list_of(JOB), "state_error": OPT_TEXT, "warnings": Opt(list_of(string), []),
+    "slurm": SLURM_FIELD,  # a Slurm cluster's login node: Slurm's nodes and jobs (model/slurm.py)
 })
 HELLO = obj({
     "user": string, "agent_version": Opt(nullable(COUNT)), "uid": Opt(nullable(COUNT)), "admin": Opt(boolean, False),

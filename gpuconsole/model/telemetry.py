@@ -231,6 +231,21 @@ class QueuedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SlurmNode:
+    """What Slurm says of one of its nodes (model/slurm.py builds it)."""
+
+    cluster: str
+    node: str
+    state: str
+    reason: str
+    partitions: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cluster": self.cluster, "node": self.node, "state": self.state, "reason": self.reason or None,
+                "partitions": list(self.partitions)}
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSnapshot:
     """A node as last seen: host I/O, GPUs, reservations and queue, or why it is unreachable."""
 
@@ -255,6 +270,7 @@ class NodeSnapshot:
     jobs: tuple[Job, ...] = ()
     state_error: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    slurm: SlurmNode | None = None  # a Slurm cluster's node (model/slurm.py): what Slurm says of it
 
     @classmethod
     def from_agent(cls, name: str, data: dict[str, Any], source: str = "onprem") -> NodeSnapshot:
@@ -320,6 +336,8 @@ class NodeSnapshot:
             "net_rx_bps": self.net_rx_bps, "net_tx_bps": self.net_tx_bps,
             "gpu_source": self.gpu_source, "state_error": self.state_error,
             "warnings": list(self.warnings),
+            "cluster": self.slurm.cluster if self.slurm is not None else None,
+            "slurm": self.slurm.to_json() if self.slurm is not None else None,
             "gpus": [
                 {
                     "index": g.index, "uuid": g.uuid, "name": g.name, "util_pct": g.util_pct,

@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import arrays, doctor, jobs, ledger, loader, pending, procs
+from . import arrays, doctor, jobs, ledger, loader, pending, procs, slurm
 from . import gpus as gpu_sources
 from . import policy as node_policy
 from . import service as svc
@@ -104,6 +104,7 @@ class Agent:
         self.telemetry = Telemetry(self.send, HostSampler(), self.snapshot, lambda: self.stop_requested)
         self.stream_wake = self.telemetry.wake
         self.hello_warnings: list[str] = []
+        self.slurm: slurm.Backend | None = None  # a Slurm cluster's login node (hello kind "slurm")
         self.handlers: dict[str, Handler] = {
             "snapshot": lambda args: (self.snapshot(rates=args.get("rates") is not False), []),
             "stream": self._op_stream,
@@ -129,7 +130,9 @@ class Agent:
 
     def snapshot(self, rates: bool = True) -> Result:
         """Host I/O, GPUs with their reservations and processes, and the state listing (`rates` False:
-        no wait for a rate window; see Telemetry.collect)."""
+        no wait for a rate window; see Telemetry.collect); on a Slurm login node, Slurm's view."""
+        if self.slurm is not None:
+            return self.slurm.snapshot()
         return self.telemetry.collect(self.gpus, self._txn(), self.new_ctx, rates)
 
     def set_stream(self, interval: object) -> None:
@@ -179,6 +182,8 @@ class Agent:
     def op_hello(self, args: Args) -> Result:
         node = args.get("node") or self.node
         self.config_name = str(node)  # the client's name for this node (the `ledger` op's witnesses)
+        if args.get("kind") == "slurm":
+            return self._hello_slurm(str(node), args)
         simulate = args.get("simulate_gpus") or 0
         state_dir = args.get("state_dir") or "/var/lib/gpuconsole"
         if self.service is not None:  # the installed agent serves what its admin chose, not the caller
@@ -237,6 +242,20 @@ class Agent:
             "mode": self.mode, "service_error": self.forwarder.error if self.forwarder else None,
             "agent_digest": getattr(sys.modules.get(__package__ or ""), "DIGEST", None),
         }
+
+    def _hello_slurm(self, cluster: str, args: Args) -> Result:
+        """A Slurm cluster's login node: Slurm's commands answer the operations (slurm.py), as this user."""
+        if self.service is not None:
+            raise st.OpError("invalid", "the service agent does not serve Slurm clusters")
+        self.slurm = slurm.Backend(cluster, self.user, self.uid)
+        self.mode = "slurm"
+        answer = {"agent_version": AGENT_VERSION, "user": self.user, "uid": self.uid, "admin": False,
+                  "hostname": self.node, "boot_id": self.boot_id, "python": _PY_VERSION, "state_dir": None,
+                  "state_dir_error": None, "pid": os.getpid(), "mode": "slurm", "service_error": None,
+                  "agent_digest": getattr(sys.modules.get(__package__ or ""), "DIGEST", None)}
+        answer.update(self.slurm.hello())
+        self.set_stream(slurm.stream_interval(args.get("stream_s")))
+        return answer
 
     def _op_stream(self, args: Args) -> Reply:
         self.set_stream(args.get("interval_s"))
@@ -318,6 +337,11 @@ class Agent:
                 raise st.OpError("invalid", "%s must be a string" % key)
         if op == "hello":
             return self.op_hello(args), self.hello_warnings
+        if self.slurm is not None:
+            if op == "stream":
+                self.set_stream(slurm.stream_interval(args.get("interval_s")))
+                return {"stream_s": self.telemetry.stream_s}, []
+            return self.slurm.handle(str(op), args), []
         self._txn()
         if self.service is not None:
             if op not in svc.SERVED and op not in MUTATIONS:

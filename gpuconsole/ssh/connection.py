@@ -150,6 +150,8 @@ class NodeConnection:
             "simulate_gpus": self.cfg.simulate_gpus,
             "stream_s": stream_s,
         }
+        if self.cfg.source == "slurm":  # a cluster's login node: Slurm answers (node/slurm.py)
+            hello["kind"] = "slurm"
         if self.cfg.mode == "service":  # changes go through the node's sudo rule (see node/service.py)
             hello.update(mode="service", service_user=self.cfg.service_user,
                          service_agent=self.cfg.service_agent)

@@ -143,9 +143,10 @@ simulate_gpus = {GPUS}
     return path
 
 
-def start_sshd(root: Path, host_key: Path, auth_dir: Path,
-               users: Sequence[str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start sshd on a free loopback port and wait until it greets; retry if the port was taken."""
+def start_sshd(root: Path, host_key: Path, auth_dir: Path, users: Sequence[str],
+               sshd_extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
+    """Start sshd on a free loopback port and wait until it greets; retry if the port was taken.
+    `sshd_extra`: more sshd_config lines (`SetEnv SLURM_CONF=…` for the Slurm tests)."""
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     log_path = root / "sshd.log"
     for _attempt in range(3):
@@ -171,7 +172,7 @@ X11Forwarding no
 AllowTcpForwarding no
 MaxStartups 64:30:128
 LogLevel VERBOSE
-"""
+{sshd_extra}"""
         )
         run(str(SSHD), "-t", "-f", str(cfg))
         with log_path.open("ab") as log:
@@ -198,7 +199,8 @@ def cooperative_state_dir(group: str) -> Callable[[Path], None]:
 
 @contextlib.contextmanager
 def running_sshd(users: Sequence[str], group: str, make_state_dir: Callable[[Path], None], *,
-                 extra_config: str = "", kill_users: Sequence[str] = ()) -> Iterator[SshdNode]:
+                 extra_config: str = "", kill_users: Sequence[str] = (),
+                 sshd_extra: str = "") -> Iterator[SshdNode]:
     """sshd as root on 127.0.0.1, ``users`` in ``group``, the state dir made by ``make_state_dir``.
 
     At the end sshd stops and every process of ``users`` and ``kill_users`` is killed (job
@@ -232,7 +234,7 @@ def running_sshd(users: Sequence[str], group: str, make_state_dir: Callable[[Pat
         state_dir = root / "state"
         make_state_dir(state_dir)
 
-        proc, port = start_sshd(root, host_key_path, auth_dir, users)
+        proc, port = start_sshd(root, host_key_path, auth_dir, users, sshd_extra)
         pubkey = host_key.export_public_key().decode().strip()
         node = SshdNode(root, port, state_dir, f"[127.0.0.1]:{port} {pubkey}\n", {}, keys,
                         extra_config, tuple(users))

@@ -232,6 +232,17 @@ mode = "cooperative"
 service_user = "svc2"
 service_agent = "/opt/b.py"
 
+[[clusters]]
+name = "hpc"
+kind = "slurm"
+login = "login.hpc"
+port = 2200
+user = "carol"
+identity_file = "/k/c"
+known_hosts = "/k/kh"
+python = "/usr/bin/python3"
+connect_timeout = 4
+
 [cloud.aws]
 region = "eu-west-1"
 endpoint_url = "http://127.0.0.1:5000"
@@ -278,7 +289,10 @@ FULL_PARSED = (
     "key_name='team', subnet_id='subnet-1', security_group_ids=('sg-1',), ssh_user='ec2-user', spot=True, "
     "max_instances=2, idle_stop_minutes=12.5, idle_action='terminate', prices=(('g5.xlarge', 1.0), "
     "('g6.xlarge', 0.75)), address='private', host_map='/cfg/hosts.json'), "
-    "exporter=ExporterConfig(listen='[::1]:9401', web_config='/cfg/web.yml'))"
+    "exporter=ExporterConfig(listen='[::1]:9401', web_config='/cfg/web.yml'), "
+    "clusters=(ClusterConfig(name='hpc', kind='slurm', login='login.hpc', port=2200, user='carol', "
+    "identity_file='/k/c', known_hosts='/k/kh', python='/usr/bin/python3', ssh_config='/etc/ssh/cfg', "
+    "connect_timeout_s=4.0),))"
 )
 
 MINIMAL_PARSED = (
@@ -294,7 +308,7 @@ MINIMAL_PARSED = (
     "aws=AwsConfig(region='us-east-1', endpoint_url=None, instance_types=(), ami=None, key_name=None, "
     "subnet_id=None, security_group_ids=(), ssh_user='ubuntu', spot=False, max_instances=4, "
     "idle_stop_minutes=30.0, idle_action='stop', prices=(), address='public', host_map=None), "
-    "exporter=ExporterConfig(listen=None, web_config=None))"
+    "exporter=ExporterConfig(listen=None, web_config=None), clusters=())"
 )
 
 

@@ -1,0 +1,84 @@
+"""A Slurm cluster's view as the fleet shows it: the login node's `snapshot` carries Slurm's nodes and
+jobs (node/slurm.py); each Slurm node becomes one entry named `CLUSTER/NODE` with `source` "slurm",
+one GPU per GRES GPU, held by the job Slurm allocated it to. GPU telemetry is unknown (null) unless
+an agent runs on the compute nodes, never guessed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuconsole.model.telemetry import GpuSample, NodeSnapshot, ReservationRef, SlurmNode
+from gpuconsole.model.wire import (
+    ABSENT,
+    Opt,
+    WireError,
+    boolean,
+    describe,
+    integer,
+    join,
+    list_of,
+    metric_int,
+    nullable,
+    obj,
+    string,
+)
+
+RESERVE_NAME = "gpuconsole-reserve"  # node/slurm.py: the allocations `reserve` makes
+MAX_GPUS = 4096
+
+_INDICES = list_of(integer(0, 4095))
+
+
+def _gpus_by_node(value: Any, path: str) -> dict[str, list[int]]:
+    """{Slurm node name: [GPU index, …]} of one job."""
+    if not isinstance(value, dict):
+        raise WireError(path, f"expected an object, got {describe(value)}")
+    return {string(node, path): _INDICES(indices, join(path, str(node))) for node, indices in value.items()}
+
+
+SLURM_NODE = obj({
+    "name": string, "state": string, "reason": Opt(string, ""), "partitions": Opt(list_of(string), []),
+    "gpus": integer(0, MAX_GPUS), "gpus_used": Opt(integer(0, MAX_GPUS), 0), "cpus": Opt(nullable(metric_int)),
+})
+SLURM_JOB = obj({
+    "job_id": integer(0, 2**63 - 1), "name": Opt(string, ""), "user": string, "state": string,
+    "reason": Opt(string, ""), "gpus": Opt(integer(0, MAX_GPUS), 0), "start_s": Opt(nullable(metric_int)),
+    "end_s": Opt(nullable(metric_int)), "nodes": Opt(string, ""),
+    "gpus_by_node": Opt(_gpus_by_node, {}), "batch": Opt(boolean, False),
+})
+SLURM_VIEW = obj({"cluster": string, "source": Opt(string, "json"), "nodes": list_of(SLURM_NODE),
+                  "jobs": list_of(SLURM_JOB)})
+SLURM_FIELD = Opt(SLURM_VIEW, ABSENT)  # the `slurm` key of a snapshot (model/replies.py)
+
+
+def _iso(epoch_s: Any) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s)) if isinstance(epoch_s, int) else ""
+
+
+def node_snapshots(name: str, result: object, source: str = "onprem") -> list[NodeSnapshot]:
+    """A member's `snapshot` answer as fleet entries: a Slurm login node's, one per Slurm node (or
+    the cluster itself, unreachable, with its error); any other member's, itself."""
+    if source != "slurm" or not isinstance(result, dict) or not isinstance(result.get("slurm"), dict):
+        return [NodeSnapshot.from_result(name, result, source)]
+    view = result["slurm"]
+    holders: dict[tuple[str, int], ReservationRef] = {}
+    for job in view["jobs"]:
+        if job["state"] not in ("RUNNING", "COMPLETING", "CONFIGURING"):
+            continue
+        ref = ReservationRef(id=f"{name}.{job['job_id']}", owner=job["user"], expires_at=_iso(job.get("end_s")))
+        for node, indices in job["gpus_by_node"].items():
+            for index in indices:
+                holders[(node, index)] = ref
+    snapshots = []
+    for node in view["nodes"]:
+        gpus = tuple(GpuSample(index=i, uuid=None, name=None, util_pct=None, mem_used_mib=None, mem_total_mib=None,
+                               temperature_c=None, power_w=None, reservation=holders.get((node["name"], i)))
+                     for i in range(node["gpus"]))
+        snapshots.append(NodeSnapshot(
+            name=f"{name}/{node['name']}", source="slurm", reachable=True, taken_at=result.get("t_wall"),
+            cpu_count=node.get("cpus"), gpu_source="slurm", gpus=gpus,
+            slurm=SlurmNode(name, node["name"], node["state"], node.get("reason") or "",
+                            tuple(node.get("partitions") or ()))))
+    return snapshots

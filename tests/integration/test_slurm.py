@@ -1,0 +1,95 @@
+"""A Slurm cluster in the fleet (issue 17): a real single-host Slurm (slurm_fixture.py) whose login
+node is reached over a real OpenSSH sshd as real OS users, beside a lock-file node. Slurm decides:
+`reserve` is an allocation `squeue` shows, `release` its scancel, and Slurm's own refusal stops one
+user from ending another's allocation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import run_cli, schema_valid
+from tests.integration import sshd_fixture
+from tests.integration.slurm_fixture import GPUS, NODE, SlurmSite, missing_slurm, running_slurm
+
+USERS = ("gcutestslurm1", "gcutestslurm2")
+GROUP = "gcutestslurm"
+CLUSTER = "hpc"
+
+pytestmark = pytest.mark.skipif(bool(missing_slurm() or sshd_fixture.missing_tools()),
+                                reason=str(missing_slurm() or sshd_fixture.missing_tools()))
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[tuple[SlurmSite, dict[str, Path]]]:
+    """The Slurm cluster, its login node behind sshd, and each user's config (a node and the cluster)."""
+    with running_slurm() as slurm, sshd_fixture.running_sshd(
+            USERS, GROUP, sshd_fixture.cooperative_state_dir(GROUP),
+            sshd_extra=f"SetEnv SLURM_CONF={slurm.conf}") as node:
+        configs = {}
+        for user in USERS:
+            cluster = (f'\n[[clusters]]\nname = "{CLUSTER}"\nkind = "slurm"\nlogin = "127.0.0.1"\nport = {node.port}\n'
+                       f'user = "{user}"\nidentity_file = "{node.keys[user]}"\n'
+                       f'known_hosts = "{node.root / f"known_hosts.{user}"}"\npython = "{sshd_fixture.NODE_PYTHON}"\n')
+            configs[user] = node.config(user, name=f"slurm-{user}", extra=cluster,
+                                        known_hosts_text=node.host_key_line)
+        yield slurm, configs
+
+
+def _json(config: Path, *args: str) -> Any:
+    done = run_cli(*args, "--json", config=config, timeout_s=90)
+    assert done.returncode == 0, f"{args}: exit {done.returncode}: {done.stderr}"
+    return json.loads(done.stdout)
+
+
+def _squeue(slurm: SlurmSite) -> dict[int, tuple[str, str]]:
+    """{job id: (user, state)} of the jobs Slurm has now."""
+    listed = slurm.run("squeue", "-h", "-t", "all", "-o", "%i|%u|%T")
+    assert listed.returncode == 0, listed.stderr
+    jobs = {}
+    for line in listed.stdout.splitlines():
+        job_id, user, state = line.split("|")
+        jobs[int(job_id)] = (user, state)
+    return jobs
+
+
+def test_status_shows_the_slurm_node_and_its_gpus_beside_a_node(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    _slurm, configs = site
+    status = _json(configs[USERS[0]], "status")
+    schema_valid("gpuconsole:schemas/status", status)
+    by_name = {n["name"]: n for n in status["nodes"]}
+    assert by_name[sshd_fixture.NODE]["source"] == "onprem" and by_name[sshd_fixture.NODE]["cluster"] is None
+    slurm_node = by_name[f"{CLUSTER}/{NODE}"]
+    assert slurm_node["source"] == "slurm" and slurm_node["cluster"] == CLUSTER and slurm_node["reachable"]
+    assert slurm_node["slurm"]["state"] == "idle" and slurm_node["slurm"]["partitions"] == ["debug"]
+    assert [g["index"] for g in slurm_node["gpus"]] == list(range(GPUS))
+    assert all(g["util_pct"] is None and g["reservation"] is None for g in slurm_node["gpus"])  # unknown, not 0
+
+
+def test_reserve_is_a_slurm_allocation_that_release_ends(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    slurm, configs = site
+    alice, bob = (configs[user] for user in USERS)
+    grant = _json(alice, "reserve", "--gpus", "1", "--node", CLUSTER, "--for", "20m")
+    job_id = int(grant["id"].split(".")[-1])
+    assert grant["id"] == f"{CLUSTER}.{job_id}" and grant["node"] == CLUSTER and len(grant["gpus"]) == 1
+    assert _squeue(slurm)[job_id] == (USERS[0], "RUNNING")  # Slurm's own queue has it
+    status = _json(alice, "status")
+    held = [g for n in status["nodes"] if n["name"] == f"{CLUSTER}/{NODE}" for g in n["gpus"] if g["reservation"]]
+    assert [(g["index"], g["reservation"]["id"], g["reservation"]["owner"]) for g in held] == \
+        [(grant["gpus"][0], grant["id"], USERS[0])]
+    listed = _json(bob, "reservations")
+    assert grant["id"] in [r["id"] for r in listed["reservations"]]
+
+    refused = run_cli("release", grant["id"], config=bob, timeout_s=90)  # Slurm refuses bob's scancel
+    assert refused.returncode == 4, refused
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert _squeue(slurm)[job_id] == (USERS[0], "RUNNING")
+
+    assert "Access/permission denied" in refused.stderr  # Slurm's own words
+    released = _json(alice, "release", grant["id"])
+    assert [(r["id"], r["released"]) for r in released["released"]] == [(grant["id"], True)]
+    assert _squeue(slurm).get(job_id, ("", "CANCELLED"))[1] in ("CANCELLED", "COMPLETING", "COMPLETED")
