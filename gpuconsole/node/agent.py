@@ -18,7 +18,7 @@ import threading
 import time
 from functools import partial
 
-from . import arrays, doctor, jobs, ledger, loader, pending, procs, slurm
+from . import arrays, doctor, jobs, ledger, loader, pending, procs, slurm, slurmjobs
 from . import gpus as gpu_sources
 from . import policy as node_policy
 from . import service as svc
@@ -341,7 +341,7 @@ class Agent:
             if op == "stream":
                 self.set_stream(slurm.stream_interval(args.get("interval_s")))
                 return {"stream_s": self.telemetry.stream_s}, []
-            return self.slurm.handle(str(op), args), []
+            return slurmjobs.handle(self.slurm, str(op), args), []
         self._txn()
         if self.service is not None:
             if op not in svc.SERVED and op not in MUTATIONS:

@@ -81,6 +81,19 @@ def tail_offset(fd: int, lines: int) -> int:
     return pos
 
 
+def read_chunk(fd: int, offset: int, tail_lines: int | None, ended: bool) -> tuple[bytes, int]:
+    """(data, where it starts) of an output file: from `offset`, or from the start of its last
+    `tail_lines` lines; cut at a whole UTF-8 character unless it is the end of an ended job's output
+    (the rest of a split character comes with the next chunk)."""
+    if tail_lines is not None:
+        offset = tail_offset(fd, tail_lines)
+    os.lseek(fd, offset, os.SEEK_SET)
+    data = os.read(fd, MAX_LOG_CHUNK)
+    if not (ended and len(data) < MAX_LOG_CHUNK):
+        data = data[:_utf8_boundary(data)]
+    return data, offset
+
+
 def _utf8_boundary(data: bytes) -> int:
     """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
     for back in range(1, min(4, len(data)) + 1):

@@ -21,11 +21,10 @@ from .jobfiles import (  # noqa: F401
     _exists,
     _local_program,
     _shell_quote,
-    _utf8_boundary,
     job_dir_of,
     kill_leftovers,
+    read_chunk,
     spawn_program,
-    tail_offset,
 )
 from .store import CorruptState
 
@@ -36,9 +35,6 @@ if TYPE_CHECKING:
 
     from .txn import Transactions
     from .typedefs import Args, Result, Warnings
-
-MAX_LOG_CHUNK = 256 * 1024
-
 
 class JobOps:
     """Batch jobs of one caller: their private dirs, supervisors, logs, and records in the state."""
@@ -258,14 +254,8 @@ class JobOps:
             raise st.OpError("permission", "logs of job %s: %s" % (job["id"], exc.strerror or exc)) from None
         else:
             try:
-                if tail is not None:
-                    offset = tail_offset(fd, tail)
-                os.lseek(fd, offset, os.SEEK_SET)
-                data = os.read(fd, MAX_LOG_CHUNK)
-                at_end = len(data) < MAX_LOG_CHUNK
+                data, offset = read_chunk(fd, offset, tail, ended)
             finally:
                 os.close(fd)
-            if not (ended and at_end):
-                data = data[:_utf8_boundary(data)]  # the rest of a split character comes next time
         return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data),
                 "state": job["state"], "ended": ended}

@@ -46,16 +46,16 @@ def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no message"
 
 
-def _refused(argv0: str, err: str, code: str = "invalid") -> st.OpError:
+def refused(argv0: str, err: str, code: str = "invalid") -> st.OpError:
     """Slurm's refusal as an OpError: a permission refusal is "permission" (exit 4)."""
     if _DENIED_RE.search(err):
         code = "permission"
-    return st.OpError(code, "%s: %s" % (argv0, _last_line(err)))
+    return st.OpError(code, "%s: %s" % (argv0, last_line(err)))
 
 
 def stream_interval(asked: Any) -> float | None:
@@ -132,7 +132,7 @@ def _scontrol_fields(line: str) -> dict[str, str]:
 def nodes_text() -> list[dict[str, Any]]:
     code, out, err = run(["scontrol", "-d", "-o", "show", "node"])  # -d: GresUsed
     if code != 0:
-        raise _refused("scontrol", err, "io")
+        raise refused("scontrol", err, "io")
     found = []
     for line in out.splitlines():
         fields = _scontrol_fields(line)
@@ -180,7 +180,7 @@ def jobs_json() -> list[dict[str, Any]] | None:
                           gpu_count(str(job.get("tres_per_node") or "")), _number(job.get("time_limit")),
                           _number(job.get("start_time")), _number(job.get("end_time")),
                           str(job.get("nodes") or ""), gpus_by_node, bool(job.get("batch_flag")),
-                          str(job.get("standard_output") or "")))
+                          _number(job.get("submit_time")), _exit_code(job.get("exit_code"))))
     return found
 
 
@@ -193,12 +193,19 @@ def _number(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _exit_code(value: Any) -> int | None:
+    """A job's exit code: an int (22.05), or 23.02+'s {"return_code": …}."""
+    if isinstance(value, dict):
+        value = _number(value.get("return_code"))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def jobs_text() -> list[dict[str, Any]]:
     """Every job from a squeue format whose last field is the name (free text, so nothing after
     it can be spoofed); no GPU indices."""
     code, out, err = run(["squeue", "-h", "-o", "%i|%u|%T|%r|%b|%l|%N|%j"])
     if code != 0:
-        raise _refused("squeue", err, "io")
+        raise refused("squeue", err, "io")
     found = []
     for line in out.splitlines():
         parts = line.split("|", 7)
@@ -206,16 +213,16 @@ def jobs_text() -> list[dict[str, Any]]:
             continue
         job_id, user, job_state, reason, tres, _limit, nodes, name = parts
         found.append(_job(int(job_id), name, user, job_state, reason, gpu_count(tres), None, None, None,
-                          nodes, {}, name != RESERVE_NAME, ""))
+                          nodes, {}, name != RESERVE_NAME))
     return found
 
 
 def _job(job_id: int, name: str, user: str, job_state: str, reason: str, gpus: int, limit_min: int | None,
          start_s: int | None, end_s: int | None, nodes: str, gpus_by_node: dict[str, list[int]],
-         batch: bool, stdout_path: str) -> dict[str, Any]:
+         batch: bool, submit_s: int | None = None, exit_code: int | None = None) -> dict[str, Any]:
     return {"job_id": job_id, "name": name, "user": user, "state": job_state.upper(), "reason": reason,
             "gpus": gpus, "time_limit_min": limit_min, "start_s": start_s, "end_s": end_s, "nodes": nodes,
-            "gpus_by_node": gpus_by_node, "batch": batch, "stdout": stdout_path}
+            "gpus_by_node": gpus_by_node, "batch": batch, "submit_s": submit_s, "exit_code": exit_code}
 
 
 class Backend:
@@ -239,7 +246,7 @@ class Backend:
     def hello(self) -> Result:
         nodes, _jobs, source = self.view()
         code, out, _err = run(["sinfo", "--version"])
-        return {"kind": "slurm", "cluster": self.cluster, "slurm_version": _last_line(out) if code == 0 else None,
+        return {"kind": "slurm", "cluster": self.cluster, "slurm_version": last_line(out) if code == 0 else None,
                 "slurm_source": source, "gpu_count": sum(n["gpus"] for n in nodes), "gpu_source": "slurm"}
 
     def snapshot(self) -> Result:
@@ -274,11 +281,11 @@ class Backend:
         if code != 0 or match is None:
             if match is not None:  # salloc gave up waiting: withdraw what it had queued
                 run(["scancel", match.group(1)])
-            raise _refused("salloc", err or out, "insufficient")
+            raise refused("salloc", err or out, "insufficient")
         return self._grant(int(match.group(1)))
 
     def _grant(self, job_id: int) -> Result:
-        job = self._find(job_id)
+        job = self.find(job_id)
         node: str = ""
         gpus: list[int] = []
         if job is not None and job["gpus_by_node"]:
@@ -289,7 +296,7 @@ class Backend:
                 "token": 1, "cuda_visible_devices": ",".join(str(g) for g in gpus), "priority": "normal",
                 "slurm_job_id": job_id, "slurm_node": node or (job["nodes"] if job else "")}
 
-    def _find(self, job_id: int) -> dict[str, Any] | None:
+    def find(self, job_id: int) -> dict[str, Any] | None:
         _nodes, jobs, _source = self.view()
         for job in jobs:
             if job["job_id"] == job_id:
@@ -299,12 +306,12 @@ class Backend:
     def release(self, args: Args) -> Result:
         """`scancel`: Slurm itself refuses another user's allocation (exit 4)."""
         job_id = self.job_id(args.get("id"))
-        job = self._find(job_id)
+        job = self.find(job_id)
         if job is None:
             raise st.OpError("not_found", "no allocation %s on Slurm cluster %s" % (job_id, self.cluster))
         code, _out, err = run(["scancel", str(job_id)])
         if code != 0:
-            raise _refused("scancel", err)
+            raise refused("scancel", err)
         gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
         return {"id": self.reservation_id(job_id), "released": True, "was": "granted", "gpus": gpus}
 
@@ -335,20 +342,3 @@ class Backend:
         free = max((n["gpus"] - n["gpus_used"] for n in usable), default=0)  # one node per allocation
         return {"gpu_count": max((n["gpus"] for n in usable), default=0), "free": max(0, free),
                 "queued": sum(1 for j in jobs if j["state"] == "PENDING"), "unreserved": []}
-
-    def handle(self, op: str, args: Args) -> Result:
-        """One operation of the node protocol, answered from Slurm."""
-        if op == "snapshot":
-            return self.snapshot()
-        if op == "reserve":
-            return self.reserve(args)
-        if op == "release":
-            return self.release(args)
-        if op == "reservations":
-            return self.listing()
-        if op == "capacity":
-            return self.capacity()
-        if op == "ping":
-            return {"pong": True}
-        raise st.OpError("invalid", "%r is not available on a Slurm cluster yet" % (op,))
-

@@ -6,13 +6,14 @@ user from ending another's allocation."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import run_cli, schema_valid
+from tests.helpers import run_cli, schema_valid, wait_for
 from tests.integration import sshd_fixture
 from tests.integration.slurm_fixture import GPUS, NODE, SlurmSite, missing_slurm, running_slurm
 
@@ -41,7 +42,9 @@ def site() -> Iterator[tuple[SlurmSite, dict[str, Path]]]:
 
 
 def _json(config: Path, *args: str) -> Any:
-    done = run_cli(*args, "--json", config=config, timeout_s=90)
+    """A command's --json answer (the flag before any `-- CMD`)."""
+    at = args.index("--") if "--" in args else len(args)
+    done = run_cli(*args[:at], "--json", *args[at:], config=config, timeout_s=90)
     assert done.returncode == 0, f"{args}: exit {done.returncode}: {done.stderr}"
     return json.loads(done.stdout)
 
@@ -93,3 +96,50 @@ def test_reserve_is_a_slurm_allocation_that_release_ends(site: tuple[SlurmSite, 
     released = _json(alice, "release", grant["id"])
     assert [(r["id"], r["released"]) for r in released["released"]] == [(grant["id"], True)]
     assert _squeue(slurm).get(job_id, ("", "CANCELLED"))[1] in ("CANCELLED", "COMPLETING", "COMPLETED")
+
+
+def _job(config: Path, job_id: str) -> Any:
+    listed = _json(config, "jobs")
+    found = [j for j in listed["jobs"] if j["id"] == job_id]
+    return found[0] if found else None
+
+
+def test_submit_runs_through_sbatch_and_logs_show_its_gpus(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    slurm, configs = site
+    alice = configs[USERS[0]]
+    submitted = _json(alice, "submit", "--gpus", "2", "--node", CLUSTER, "--name", "gpus-of $USER;x", "--",
+                      "sh", "-c", "echo CVD=$CUDA_VISIBLE_DEVICES SJG=$SLURM_JOB_GPUS; echo 'quoted $HOME `id`'")
+    job_id = submitted["id"]
+    slurm_id = int(job_id.split(".")[-1])
+    assert _squeue(slurm)[slurm_id][0] == USERS[0]  # sbatch, as alice
+    done = wait_for(lambda: j if (j := _job(alice, job_id)) and j["state"] == "succeeded" else None,
+                    timeout_s=60, message="the batch job to succeed")
+    assert done["name"] == "gpus-of $USER;x" and done["gpus_requested"] == 2 and done["exit_code"] == 0
+    out = run_cli("logs", job_id, config=alice, timeout_s=90)
+    assert out.returncode == 0, out.stderr
+    seen = re.search(r"CVD=(\S*) SJG=(\S*)", out.stdout)
+    assert seen is not None and seen.group(1) == seen.group(2) and len(seen.group(1).split(",")) == 2, out.stdout
+    assert "quoted $HOME `id`" in out.stdout  # the argv ran as given: nothing expanded but by the job's own sh
+
+
+def test_cancel_pending_reason_and_preempt_are_slurms(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    slurm, configs = site
+    alice, bob = (configs[user] for user in USERS)
+    holder = _json(alice, "submit", "--gpus", str(GPUS), "--node", CLUSTER, "--", "sleep", "300")["id"]
+    wait_for(lambda: (_job(alice, holder) or {}).get("state") == "running", timeout_s=60,
+             message="the job holding every GPU to run")
+    waiting = _json(bob, "submit", "--gpus", "1", "--node", CLUSTER, "--", "true")["id"]
+    pending = wait_for(lambda: j if (j := _job(bob, waiting)) and j.get("pending_reason") else None, timeout_s=60,
+                       message="Slurm's pending reason")
+    assert pending["state"] == "queued" and pending["pending_reason"] == "Resources"
+
+    refused = run_cli("cancel", holder, config=bob, timeout_s=90)  # not bob's: Slurm says no
+    assert refused.returncode == 4 and "Access/permission denied" in refused.stderr, refused
+    assert _squeue(slurm)[int(holder.split(".")[-1])] == (USERS[0], "RUNNING")
+    preempt = run_cli("preempt", holder, config=alice, timeout_s=90)
+    assert preempt.returncode == 4 and "PreemptMode=OFF" in preempt.stderr, preempt
+
+    cancelled = _json(alice, "cancel", holder)
+    assert cancelled["state"] == "cancelled"
+    wait_for(lambda: (_job(bob, waiting) or {}).get("state") == "succeeded", timeout_s=60,
+             message="the waiting job to run once the GPUs were free")

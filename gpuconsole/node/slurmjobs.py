@@ -1,0 +1,201 @@
+"""Jobs on a Slurm cluster, answered in the node protocol's shapes (node/slurm.py's other half):
+`submit` is `sbatch` with a script built from the argv, each word quoted, given on stdin; `jobs`
+lists what `squeue` shows; `logs` reads the job's output from this user's private directory, where
+every gpuconsole job writes it (never a path a job record names); `cancel` is `scancel`, so Slurm
+decides who may. `preempt` is refused: Slurm decides preemption (its PreemptMode says how)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from . import private
+from . import state as st
+from .jobfiles import read_chunk
+from .slurm import RESERVE_NAME, Backend, last_line, refused, run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .typedefs import Args, Result
+
+OUTPUT_DIR = "~/.local/state/gpuconsole/slurm"  # home is shared with the compute nodes on a Slurm site
+# Slurm's job states as the node protocol names them (the rest: "failed").
+STATES = {"PENDING": "queued", "REQUEUED": "queued", "CONFIGURING": "running", "RUNNING": "running",
+          "COMPLETING": "running", "SUSPENDED": "running", "COMPLETED": "succeeded", "CANCELLED": "cancelled",
+          "TIMEOUT": "timed_out", "DEADLINE": "timed_out", "PREEMPTED": "preempted", "NODE_FAIL": "lost"}
+ACTIVE = ("queued", "running")
+NICE = {"low": 1000, "normal": 0}  # a user may only lower their priority; "high" needs the site's QOS
+
+
+def output_dir() -> str:
+    """This user's private directory for job output, made 0700 if missing."""
+    path = os.path.expanduser(OUTPUT_DIR)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def script(argv: list[str], cwd: str | None) -> str:
+    """A batch script that runs exactly `argv` (in `cwd`): every word quoted, nothing expanded."""
+    lines = ["#!/bin/sh"]
+    if cwd:
+        lines.append("cd %s || exit 1" % shlex.quote(cwd))
+    lines.append("exec " + " ".join(shlex.quote(word) for word in argv))
+    return "\n".join(lines) + "\n"
+
+
+def submit(backend: Backend, args: Args) -> Result:
+    argv = args.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+        raise st.OpError("invalid", "argv must be a non-empty list of strings")
+    gpus = st.integer(args.get("gpus") or 0, "gpus must be an integer 0..64", 0, 64)
+    priority = args.get("priority") or "normal"
+    if priority not in NICE:
+        raise st.OpError("permission", "priority %s: on a Slurm cluster only the site's QOS raises a job's "
+                                       "priority (gpuconsole never does)" % (priority,))
+    cwd = args.get("cwd")
+    cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None
+    name = args.get("name")
+    name = name if isinstance(name, str) and name and name != RESERVE_NAME else os.path.basename(argv[0])
+    out = output_dir()
+    command = ["sbatch", "--parsable", "--nodes=1", "--job-name=" + name[:200],
+               "--output=%s/%%j.out" % out, "--error=%s/%%j.err" % out,
+               "--requeue" if args.get("requeue") else "--no-requeue", "--nice=%d" % NICE[priority]]
+    if gpus:
+        command.append("--gres=gpu:%d" % gpus)
+    limit_s = args.get("time_limit_s")
+    if isinstance(limit_s, (int, float)) and not isinstance(limit_s, bool) and limit_s > 0:
+        command.append("--time=%d" % max(1, int((limit_s + 59) // 60)))
+    code, stdout, err = run(command, stdin=script(argv, cwd))
+    job_id = stdout.strip().split(";")[0]
+    if code != 0 or not job_id.isdigit():
+        raise refused("sbatch", err or stdout)
+    return {"id": backend.reservation_id(int(job_id)), "state": "queued", "position": None,
+            "owner": backend.user, "slurm_job_id": int(job_id)}
+
+
+def job_view(backend: Backend, job: Result, position: int | None = None) -> Result:
+    """A Slurm job as the node protocol's job record."""
+    gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
+    state = STATES.get(job["state"], "failed")
+    view: Result = {
+        "id": backend.reservation_id(job["job_id"]), "name": job["name"], "gpus": gpus,
+        "gpus_requested": job["gpus"], "owner": job["user"], "priority": "normal", "state": state,
+        "exit_code": job.get("exit_code"), "command": "",
+        "created_at": _iso(job.get("submit_s")), "started_at": _iso(job["start_s"]) if state != "queued" else None,
+        "ended_at": _iso(job["end_s"]) if state not in ACTIVE else None, "position": position,
+        "time_limit_s": job["time_limit_min"] * 60.0 if job["time_limit_min"] else None,
+        "slurm_job_id": job["job_id"], "slurm_state": job["state"],
+    }
+    if state == "queued" and job["reason"] and job["reason"] != "None":
+        view["pending_reason"] = job["reason"]
+    return view
+
+
+def _iso(epoch_s: Any) -> str | None:
+    return st.iso_utc(epoch_s) if isinstance(epoch_s, int) and epoch_s > 0 else None
+
+
+def listing(backend: Backend) -> Result:
+    """Every batch job Slurm shows (not the allocations `reserve` made: those are reservations)."""
+    jobs = [j for j in backend.view()[1] if j["name"] != RESERVE_NAME]
+    queued = [j["job_id"] for j in jobs if j["state"] == "PENDING"]
+    return {"jobs": [job_view(backend, j, queued.index(j["job_id"]) + 1 if j["job_id"] in queued else None)
+                     for j in jobs]}
+
+
+def _own_job(backend: Backend, args: Args) -> Result:
+    job_id = backend.job_id(args.get("id"))
+    job = backend.find(job_id)
+    if job is None:
+        raise st.OpError("not_found", "no job %s on Slurm cluster %s" % (job_id, backend.cluster))
+    return job
+
+
+def cancel(backend: Backend, args: Args) -> Result:
+    """`scancel`: Slurm decides whether this user may (exit 4 with its words if not)."""
+    job = _own_job(backend, args)
+    code, _out, err = run(["scancel", str(job["job_id"])])
+    if code != 0:
+        raise refused("scancel", err)
+    after = backend.find(job["job_id"]) or job
+    view = job_view(backend, after)
+    if view["state"] in ACTIVE:  # Slurm took the cancel; the job's record catches up a moment later
+        view.update(state="cancelled", ended_at=None)
+    return view
+
+
+def logs(backend: Backend, args: Args) -> Result:
+    """A chunk of one's own job's stdout or stderr from `offset` (or its last `tail_lines` lines)."""
+    job = _own_job(backend, args)
+    if job["user"] != backend.user:
+        raise st.OpError("permission", "job %s belongs to %s" % (backend.reservation_id(job["job_id"]), job["user"]))
+    stream = args.get("stream", "stdout")
+    if stream not in ("stdout", "stderr"):
+        raise st.OpError("invalid", "stream must be stdout or stderr")
+    offset = st.integer(args.get("offset") or 0, "offset must be a non-negative integer", low=0)
+    tail = args.get("tail_lines")
+    state = STATES.get(job["state"], "failed")
+    ended = state not in ACTIVE
+    name = "%d.%s" % (job["job_id"], "out" if stream == "stdout" else "err")
+    try:
+        dir_fd = private.open_dir(output_dir())
+        try:
+            fd = private.open_file(dir_fd, name, label=name)
+        finally:
+            os.close(dir_fd)
+    except FileNotFoundError:
+        return {"data": "", "offset": offset, "state": state, "ended": ended}
+    except OSError as exc:
+        raise st.OpError("permission", "logs of job %s: %s" % (job["job_id"], exc.strerror or exc)) from None
+    if tail is not None:
+        tail = st.integer(tail, "tail_lines must be a non-negative integer", low=0)
+    try:
+        data, offset = read_chunk(fd, offset, tail, ended)
+    finally:
+        os.close(fd)
+    return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data), "state": state, "ended": ended}
+
+
+def preempt_refusal(backend: Backend) -> st.OpError:
+    """Slurm decides preemption: say how this site has it set."""
+    code, out, _err = run(["scontrol", "show", "config"])
+    mode = "unknown"
+    for line in out.splitlines() if code == 0 else ():
+        key, _, value = line.partition("=")
+        if key.strip() == "PreemptMode":
+            mode = value.strip() or mode
+    return st.OpError("permission", "Slurm decides preemption on cluster %s (PreemptMode=%s); gpuconsole never "
+                                    "preempts there: ask with a preemptible QOS or an admin" % (backend.cluster,
+                                                                                              last_line(mode)))
+
+
+def handle(backend: Backend, op: str, args: Args) -> Result:
+    """One operation of the node protocol on a Slurm login node."""
+    if op == "snapshot":
+        return backend.snapshot()
+    if op == "reserve":
+        if args.get("wait"):
+            raise st.OpError("invalid", "reserve --wait is not available on a Slurm cluster yet: submit a job, "
+                                        "or reserve without --wait")
+        return backend.reserve(args)
+    if op == "release":
+        return backend.release(args)
+    if op == "reservations":
+        return backend.listing()
+    if op == "capacity":
+        return backend.capacity()
+    if op == "submit":
+        return submit(backend, args)
+    if op == "jobs":
+        return listing(backend)
+    if op == "cancel":
+        return cancel(backend, args)
+    if op == "logs":
+        return logs(backend, args)
+    if op == "preempt":
+        raise preempt_refusal(backend)
+    if op == "ping":
+        return {"pong": True}
+    raise st.OpError("invalid", "%r is not available on a Slurm cluster" % (op,))
