@@ -13,6 +13,7 @@ from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
+from gpuconsole.model.slurm import node_snapshots
 from gpuconsole.ssh.connection import AuthFailedError, HostKeyError, NodeConnection
 
 BACKOFF_START_S = 0.5
@@ -109,6 +110,9 @@ class Poller:
         source = self._sources.get(name, "onprem")
         self.last_seen[name] = time.monotonic()
         self.on_event(NodeUpdated(NodeSnapshot.from_agent(name, data, source), time.monotonic()))
+        if source == "slurm" and isinstance(data.get("slurm"), dict):  # then each of its Slurm nodes
+            for snap in node_snapshots(name, data, source):
+                self.on_event(NodeUpdated(snap, time.monotonic()))
 
     async def _node_loop(self, cfg: NodeConfig) -> None:
         backoff_s = BACKOFF_START_S

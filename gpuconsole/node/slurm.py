@@ -30,7 +30,7 @@ MIN_STREAM_S = 5.0  # a console streams a Slurm view at most this often: squeue 
 IMMEDIATE_S = 10  # salloc --immediate: a reserve without --wait is granted now or refused
 _IDX_RE = re.compile(r"^gpu(?::[^:(]+)?:(\d+)\(IDX:([0-9,\-]*)\)")
 _GRES_GPU_RE = re.compile(r"(?:^|,)(?:gres[:/])?gpu(?::[^:,(]+)?[:=](\d+)")
-_JOBID_RE = re.compile(r"(?:Granted job allocation|Submitted batch job|job allocation) (\d+)")
+JOBID_RE = re.compile(r"(?:Granted job allocation|Submitted batch job|job allocation) (\d+)")
 _DENIED_RE = re.compile(r"(?i)access/permission denied|not authorized|permission denied|invalid user id")
 
 
@@ -267,24 +267,30 @@ class Backend:
             raise st.OpError("not_found", "no allocation %r on Slurm cluster %s" % (text[:80], self.cluster))
         return int(text[len(prefix):])
 
-    def reserve(self, args: Args) -> Result:
-        """`salloc --no-shell`: an allocation Slurm grants now (within IMMEDIATE_S) or refuses."""
+    @staticmethod
+    def salloc(args: Args, immediate_s: int | None) -> list[str]:
+        """The `salloc --no-shell` of a reserve: GPUs, one node, `--time` from the lease, and how
+        long Slurm may take to grant it (None: until it does)."""
         gpus = st.integer(args.get("gpus"), "gpus must be an integer 1..64", 1, 64)
         ttl_s = args.get("ttl_s")
-        minutes = max(1, int((float(ttl_s) + 59) // 60)) if isinstance(ttl_s, (int, float)) else None
-        argv = ["salloc", "--no-shell", "--immediate=%d" % IMMEDIATE_S, "--job-name=" + RESERVE_NAME,
-                "--gres=gpu:%d" % gpus, "--nodes=1"]
-        if minutes is not None:
-            argv.append("--time=%d" % minutes)
-        code, out, err = run(argv)
-        match = _JOBID_RE.search(err + out)
+        argv = ["salloc", "--no-shell", "--job-name=" + RESERVE_NAME, "--gres=gpu:%d" % gpus, "--nodes=1"]
+        if isinstance(ttl_s, (int, float)) and not isinstance(ttl_s, bool) and ttl_s > 0:
+            argv.append("--time=%d" % max(1, int((float(ttl_s) + 59) // 60)))
+        if immediate_s is not None:
+            argv.append("--immediate=%d" % max(1, immediate_s))
+        return argv
+
+    def reserve(self, args: Args) -> Result:
+        """`salloc --no-shell`: an allocation Slurm grants now (within IMMEDIATE_S) or refuses."""
+        code, out, err = run(self.salloc(args, IMMEDIATE_S))
+        match = JOBID_RE.search(err + out)
         if code != 0 or match is None:
             if match is not None:  # salloc gave up waiting: withdraw what it had queued
                 run(["scancel", match.group(1)])
             raise refused("salloc", err or out, "insufficient")
-        return self._grant(int(match.group(1)))
+        return self.grant(int(match.group(1)))
 
-    def _grant(self, job_id: int) -> Result:
+    def grant(self, job_id: int) -> Result:
         job = self.find(job_id)
         node: str = ""
         gpus: list[int] = []

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import time
 
 from . import private
 from . import state as st
 from .jobfiles import read_chunk
-from .slurm import RESERVE_NAME, Backend, last_line, refused, run
+from .slurm import JOBID_RE, RESERVE_NAME, Backend, last_line, refused, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +45,51 @@ def script(argv: list[str], cwd: str | None) -> str:
         lines.append("cd %s || exit 1" % shlex.quote(cwd))
     lines.append("exec " + " ".join(shlex.quote(word) for word in argv))
     return "\n".join(lines) + "\n"
+
+
+def reserve_waiting(backend: Backend, args: Args) -> Result:
+    """`reserve --wait`: a detached `salloc --no-shell` that waits in Slurm's queue (bounded by the
+    client's `wait_s` through `--immediate`, so Slurm withdraws it when the client gives up) and
+    outlives this agent; a granted allocation, or a ticket that `poll` follows by its job id."""
+    wait_s = args.get("wait_s")
+    immediate = int(wait_s + 0.999) if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) else None
+    argv = backend.salloc(args, immediate)
+    note = os.path.join(output_dir(), "salloc-%d-%d.err" % (os.getpid(), time.monotonic_ns()))
+    with open(note, "w") as err:
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                         start_new_session=True)  # its own session: a dropped connection leaves it waiting
+    deadline = time.monotonic() + 15.0
+    text = ""
+    try:
+        while time.monotonic() < deadline:
+            with open(note) as err:
+                text = err.read()
+            match = JOBID_RE.search(text)
+            if match is not None:
+                return poll(backend, {"id": backend.reservation_id(int(match.group(1)))})
+            if "error" in text.lower():
+                raise refused("salloc", text, "insufficient")
+            time.sleep(0.1)
+    finally:
+        os.unlink(note)
+    raise st.OpError("busy", "salloc named no job within 15 s: %s" % last_line(text))
+
+
+def poll(backend: Backend, args: Args) -> Result:
+    """Where an allocation request stands: granted (running) or queued with Slurm's reason."""
+    job_id = backend.job_id(args.get("id"))
+    job = backend.find(job_id)
+    if job is None or job["state"] not in ("PENDING", "RUNNING", "CONFIGURING"):
+        raise st.OpError("not_found", "no waiting or granted allocation %s on %s" % (job_id, backend.cluster))
+    if job["state"] != "PENDING":
+        return backend.grant(job_id)
+    pending = [j["job_id"] for j in backend.view()[1] if j["state"] == "PENDING"]
+    ticket: Result = {"state": "queued", "id": backend.reservation_id(job_id), "owner": job["user"],
+                      "position": pending.index(job_id) + 1 if job_id in pending else 1,
+                      "gpus_requested": job["gpus"], "slurm_job_id": job_id}
+    if job["reason"] and job["reason"] != "None":
+        ticket["pending_reason"] = job["reason"]
+    return ticket
 
 
 def submit(backend: Backend, args: Args) -> Result:
@@ -176,10 +223,9 @@ def handle(backend: Backend, op: str, args: Args) -> Result:
     if op == "snapshot":
         return backend.snapshot()
     if op == "reserve":
-        if args.get("wait"):
-            raise st.OpError("invalid", "reserve --wait is not available on a Slurm cluster yet: submit a job, "
-                                        "or reserve without --wait")
-        return backend.reserve(args)
+        return reserve_waiting(backend, args) if args.get("wait") else backend.reserve(args)
+    if op in ("poll", "reattach"):  # the request waits in Slurm, not in this agent: nothing to take back
+        return poll(backend, args)
     if op == "release":
         return backend.release(args)
     if op == "reservations":

@@ -148,7 +148,8 @@ def running_slurm() -> Iterator[SlurmSite]:
         if site is not None:
             site.run("scancel", "--partition=debug")  # every user's jobs: root may
             with contextlib.suppress(AssertionError):
-                _wait(lambda: not site.run("squeue", "-h", "-t", "all").stdout.strip(), "jobs did not end", 20)
+                _wait(lambda: not site.run("squeue", "-h", "-t", "pending,running,completing,configuring,suspended"
+                                           ).stdout.strip(), "jobs did not end", 20)
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,56 @@ def test_cancel_pending_reason_and_preempt_are_slurms(site: tuple[SlurmSite, dic
     assert cancelled["state"] == "cancelled"
     wait_for(lambda: (_job(bob, waiting) or {}).get("state") == "succeeded", timeout_s=60,
              message="the waiting job to run once the GPUs were free")
+
+
+def test_reserve_wait_queues_in_slurm_and_is_granted_when_gpus_free(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    """`reserve --wait` is a pending Slurm allocation: its progress names Slurm's reason, and it is
+    granted once the job holding the GPUs ends; a timed-out wait leaves nothing queued in Slurm."""
+    slurm, configs = site
+    alice, bob = (configs[user] for user in USERS)
+    holder = _json(alice, "submit", "--gpus", str(GPUS), "--node", CLUSTER, "--", "sleep", "300")["id"]
+    wait_for(lambda: (_job(alice, holder) or {}).get("state") == "running", timeout_s=60,
+             message="the job holding every GPU to run")
+    timed_out = run_cli("reserve", "--gpus", "1", "--node", CLUSTER, "--wait", "--timeout", "3s", config=bob,
+                        timeout_s=90)
+    assert timed_out.returncode == 3, timed_out
+    assert not [j for j, (user, state) in _squeue(slurm).items() if user == USERS[1] and state == "PENDING"]
+
+    waiting = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(bob), "reserve", "--gpus", "1",
+                                "--node", CLUSTER, "--wait", "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(u == USERS[1] and s == "PENDING" for u, s in _squeue(slurm).values()), timeout_s=60,
+                 message="bob's allocation pending in Slurm")
+        _json(alice, "cancel", holder)
+        out, err = waiting.communicate(timeout=90)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0, err
+    progress = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert progress and progress[0]["event"] == "queued" and progress[0]["pending_reason"] == "Resources", err
+    grant = json.loads(out)
+    assert grant["id"] == progress[0]["id"] and grant["owner"] == USERS[1] and len(grant["gpus"]) == 1
+    assert _squeue(slurm)[int(grant["id"].split(".")[-1])] == (USERS[1], "RUNNING")
+    _json(bob, "release", grant["id"])
+
+
+async def test_the_console_shows_the_clusters_nodes_beside_a_node(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    """The console's poller streams the cluster's view: a row for the login node's cluster and one per
+    Slurm node, marked by kind, beside the lock-file node."""
+    from gpuconsole.config import load_config
+    from gpuconsole.tui.app import GpuConsoleApp
+    from tests.helpers import until
+
+    _slurm, configs = site
+    app = GpuConsoleApp(load_config(str(configs[USERS[0]])))
+    row = f"{CLUSTER}/{NODE}"
+    async with app.run_test(size=(140, 40)) as pilot:
+        await until(pilot, lambda: (v := app.fleet.nodes.get(row)) is not None and v.snapshot is not None,
+                    "the Slurm node's row", timeout_s=60)
+        view = app.fleet.nodes[row]
+        assert view.source == "slurm" and view.snapshot is not None and len(view.snapshot.gpus) == GPUS
+        assert app.fleet.nodes[sshd_fixture.NODE].source == "onprem"
+        assert app.fleet.nodes[CLUSTER].snapshot is not None  # the login node: reachable
