@@ -87,6 +87,8 @@ def status_through_keeper(config: Config, opts: o.StatusArgs) -> int | None:
     """`status` (once, without cloud nodes) answered by the keeper; None: the caller goes direct."""
     from gpuconsole.cli.status import outcome, show, status_view
 
+    if any(cluster.telemetry == "agent" for cluster in config.clusters):
+        return None  # its compute nodes join as the cluster's view names them: the direct path does that
     names = [config.node(opts.node).name] if opts.node else None
     view = status_view(opts)
     # As the direct path asks: a single JSON document does not wait for a rate window.

@@ -71,6 +71,7 @@ __all__ = [  # the patterns are part of this module's interface (node-install ch
 ]
 
 DEFAULT_STATE_DIR = "/var/lib/gpuconsole"
+COMPUTE_SOURCE = "slurm-node"  # a Slurm compute node's agent (telemetry only; its entry's source is "slurm")
 DEFAULT_SERVICE_USER = "gpuconsole"
 DEFAULT_SERVICE_AGENT = "/usr/local/lib/gpuconsole/gcagent.py"
 
@@ -145,12 +146,22 @@ class ClusterConfig:
     python: str = "python3"
     ssh_config: str | None = None
     connect_timeout_s: float = 10.0
+    telemetry: str = "none"  # "agent": the gpuconsole agent on each compute node, over SSH like the login
+    simulate_gpus: int = 0  # demo and tests: the compute nodes' agents simulate that many GPUs
 
     def login_node(self) -> NodeConfig:
         """The login node as the fleet connects to it: a member named after the cluster."""
         return NodeConfig(name=self.name, host=self.login, port=self.port, user=self.user,
                           identity_file=self.identity_file, known_hosts=self.known_hosts, python=self.python,
                           source=self.kind, ssh_config=self.ssh_config, connect_timeout_s=self.connect_timeout_s)
+
+    def compute_node(self, entry: str, address: str) -> NodeConfig:
+        """A compute node whose agent measures its GPUs (`telemetry = "agent"`): reached at the address
+        Slurm gives it with the cluster's SSH settings (a ProxyJump belongs in the ssh config); named
+        like its Slurm entry, `CLUSTER/NODE`. Its agent reads telemetry only: every change is Slurm's."""
+        return NodeConfig(name=entry, host=address, port=self.port, user=self.user, identity_file=self.identity_file,
+                          known_hosts=self.known_hosts, python=self.python, simulate_gpus=self.simulate_gpus,
+                          source=COMPUTE_SOURCE, ssh_config=self.ssh_config, connect_timeout_s=self.connect_timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +300,9 @@ CLUSTERS = Section("[[clusters]]", "clusters", (
     Key("known_hosts", local_path, "host keys"),
     Key("python", text(PATH_RE), "the login node's interpreter (3.8+)"),
     Key("connect_timeout", number(0.1, 600), "seconds", field="connect_timeout_s"),
+    Key("telemetry", text(choices=("none", "agent")),
+        '"agent": GPU telemetry from the agent on each compute node (SSH to them); "none": unknown'),
+    Key("simulate_gpus", number(0, 64, integer=True), ">0: the compute nodes' agents simulate GPUs (demo, tests)"),
 ))
 
 EXPORTER = Section("[exporter]", "exporter", (

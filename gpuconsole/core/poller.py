@@ -8,12 +8,13 @@ import random
 import time
 from collections.abc import Callable
 
-from gpuconsole.config import Config, NodeConfig
+from gpuconsole.config import COMPUTE_SOURCE, Config, NodeConfig
+from gpuconsole.core.clusters import ClusterViews
 from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
 from gpuconsole.errors import GpuConsoleError
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.events import NodeFailed, NodeUpdated, PollEvent
-from gpuconsole.model.slurm import node_snapshots
+from gpuconsole.model.slurm import SLURM_STREAM_S
 from gpuconsole.ssh.connection import AuthFailedError, HostKeyError, NodeConnection
 
 BACKOFF_START_S = 0.5
@@ -55,6 +56,7 @@ class Poller:
         self._sources: dict[str, str] = {}
         self._rng = random.Random(seed)
         self._unsubscribe: Callable[[], None] | None = None
+        self.clusters = ClusterViews(self.config)  # Slurm clusters: their nodes' entries, measured
         self.registry.stream(self.interval_s, self._snapshot_arrived)
 
     def start(self) -> None:
@@ -109,9 +111,17 @@ class Poller:
             return  # a node that is not (or no longer) polled
         source = self._sources.get(name, "onprem")
         self.last_seen[name] = time.monotonic()
+        if source == COMPUTE_SOURCE:  # a Slurm compute node's agent: measurements of its Slurm node's entry
+            measured = self.clusters.agent_arrived(NodeSnapshot.from_agent(name, data, source))
+            if measured is not None:
+                self.on_event(NodeUpdated(measured, time.monotonic()))
+            return
         self.on_event(NodeUpdated(NodeSnapshot.from_agent(name, data, source), time.monotonic()))
         if source == "slurm" and isinstance(data.get("slurm"), dict):  # then each of its Slurm nodes
-            for snap in node_snapshots(name, data, source):
+            for compute in self.clusters.compute_members(name, data):
+                if compute.name not in self._tasks:
+                    self.add_node(compute)
+            for snap in self.clusters.login_arrived(name, data, source):
                 self.on_event(NodeUpdated(snap, time.monotonic()))
 
     async def _node_loop(self, cfg: NodeConfig) -> None:
@@ -124,7 +134,7 @@ class Poller:
                 if conn.failure is None:  # it worked until now; a node that answers garbage keeps backing off
                     backoff_s = BACKOFF_START_S
             except (AuthFailedError, HostKeyError) as exc:
-                self.on_event(NodeFailed(cfg.name, str(exc), True, None, time.monotonic()))
+                self._failed(cfg, NodeFailed(cfg.name, str(exc), True, None, time.monotonic()))
                 return
             except GpuConsoleError as exc:
                 error = str(exc)
@@ -132,8 +142,15 @@ class Poller:
                 if conn is not None:
                     await self.registry.drop(cfg.name, conn)
             sleep_s, backoff_s = next_backoff_s(backoff_s, self._rng)
-            self.on_event(NodeFailed(cfg.name, error, False, sleep_s, time.monotonic()))
+            self._failed(cfg, NodeFailed(cfg.name, error, False, sleep_s, time.monotonic()))
             await asyncio.sleep(sleep_s)
+
+    def _failed(self, cfg: NodeConfig, event: NodeFailed) -> None:
+        """A node failed; a compute node's agent failing leaves its Slurm node's entry, unmeasured."""
+        if cfg.source != COMPUTE_SOURCE:
+            self.on_event(event)
+        elif (entry := self.clusters.agent_lost(cfg.name)) is not None:
+            self.on_event(NodeUpdated(entry, time.monotonic()))
 
     async def _watch(self, conn: NodeConnection) -> str:
         """Wait until the connection dies or goes silent; return why."""
@@ -145,7 +162,9 @@ class Poller:
             if conn.closed.is_set():
                 return str(conn.failure) if conn.failure is not None else f"{conn.name}: connection lost"
             silent_s = time.monotonic() - self.last_seen.get(conn.name, 0.0)
-            if silent_s > self.stale_after_s:
+            # A Slurm login node streams no more often than every SLURM_STREAM_S (the controller's load).
+            stale_s = self.stale_after_s if conn.cfg.source != "slurm" else max(self.stale_after_s, 3 * SLURM_STREAM_S)
+            if silent_s > stale_s:
                 return f"{conn.name}: no telemetry for {silent_s:.0f}s"
 
     async def aclose(self) -> None:

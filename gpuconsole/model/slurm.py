@@ -5,6 +5,7 @@ an agent runs on the compute nodes, never guessed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot, ReservationRef, SlurmNode
@@ -25,6 +26,7 @@ from gpuconsole.model.wire import (
 
 RESERVE_NAME = "gpuconsole-reserve"  # node/slurm.py: the allocations `reserve` makes
 MAX_GPUS = 4096
+SLURM_STREAM_S = 5.0  # node/slurm.py's MIN_STREAM_S: a login node streams no more often (tests hold them equal)
 
 _INDICES = list_of(integer(0, 4095))
 
@@ -37,7 +39,8 @@ def _gpus_by_node(value: Any, path: str) -> dict[str, list[int]]:
 
 
 SLURM_NODE = obj({
-    "name": string, "state": string, "reason": Opt(string, ""), "partitions": Opt(list_of(string), []),
+    "name": string, "address": Opt(string, ""), "state": string, "reason": Opt(string, ""),
+    "partitions": Opt(list_of(string), []),
     "gpus": integer(0, MAX_GPUS), "gpus_used": Opt(integer(0, MAX_GPUS), 0), "cpus": Opt(nullable(metric_int)),
 })
 SLURM_JOB = obj({
@@ -82,3 +85,26 @@ def node_snapshots(name: str, result: object, source: str = "onprem") -> list[No
             slurm=SlurmNode(name, node["name"], node["state"], node.get("reason") or "",
                             tuple(node.get("partitions") or ()))))
     return snapshots
+
+
+def with_telemetry(slurm: NodeSnapshot, agent: NodeSnapshot | None) -> NodeSnapshot:
+    """A Slurm node's entry with what the agent on it measured: host I/O and, GPU by GPU (Slurm's GRES
+    index = the device's index), utilization, memory, temperature, power and processes; who holds a
+    GPU stays Slurm's word. Without an agent (or with one that failed), the entry as Slurm has it."""
+    if agent is None or not agent.reachable:
+        return slurm
+    measured = {gpu.index: gpu for gpu in agent.gpus}
+    gpus = tuple(replace(measured[g.index], reservation=g.reservation) if g.index in measured else g
+                 for g in slurm.gpus)
+    return replace(slurm, taken_at=agent.taken_at, cpu_pct=agent.cpu_pct, cpu_count=agent.cpu_count,
+                   load1=agent.load1, mem_used_bytes=agent.mem_used_bytes, mem_total_bytes=agent.mem_total_bytes,
+                   disk_read_bps=agent.disk_read_bps, disk_write_bps=agent.disk_write_bps,
+                   net_rx_bps=agent.net_rx_bps, net_tx_bps=agent.net_tx_bps, gpu_source=agent.gpu_source,
+                   gpus=gpus, warnings=agent.warnings)
+
+
+def addresses(name: str, result: object) -> dict[str, str]:
+    """{entry name `CLUSTER/NODE`: the address Slurm gives the node} of a login node's snapshot."""
+    if not isinstance(result, dict) or not isinstance(result.get("slurm"), dict):
+        return {}
+    return {f"{name}/{node['name']}": node.get("address") or node["name"] for node in result["slurm"]["nodes"]}

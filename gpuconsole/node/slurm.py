@@ -110,6 +110,7 @@ def nodes_json() -> list[dict[str, Any]] | None:
             state = "+".join(str(s) for s in state)
         found.append({
             "name": str(node.get("name") or node.get("hostname") or "?"),
+            "address": str(node.get("address") or node.get("hostname") or ""),
             "state": str(state or "unknown").lower(),
             "reason": str(node.get("reason") or ""),
             "partitions": [str(p) for p in node.get("partitions") or []],
@@ -140,7 +141,8 @@ def nodes_text() -> list[dict[str, Any]]:
             continue
         used = fields.get("GresUsed", "")
         found.append({
-            "name": fields["NodeName"], "state": fields.get("State", "unknown").lower(),
+            "name": fields["NodeName"], "address": fields.get("NodeAddr", ""),
+            "state": fields.get("State", "unknown").lower(),
             "reason": fields.get("Reason", ""),
             "partitions": [p for p in fields.get("Partitions", "").split(",") if p],
             "gpus": gpu_count(fields.get("Gres", "")), "gpus_used": gpu_count(_without_detail(used)),

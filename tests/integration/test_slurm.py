@@ -1,7 +1,8 @@
 """A Slurm cluster in the fleet (issue 17): a real single-host Slurm (slurm_fixture.py) whose login
 node is reached over a real OpenSSH sshd as real OS users, beside a lock-file node. Slurm decides:
 `reserve` is an allocation `squeue` shows, `release` its scancel, and Slurm's own refusal stops one
-user from ending another's allocation."""
+user from ending another's allocation. The module's tests share one cluster and its OS users (whose
+setup ends their processes), so it runs on one worker: the README's `--dist loadfile`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import run_cli, schema_valid, wait_for
+from tests.helpers import FAST, WatchProc, of_kind, run_cli, schema_valid, wait_for
 from tests.integration import sshd_fixture
 from tests.integration.slurm_fixture import GPUS, NODE, SlurmSite, missing_slurm, running_slurm
 
@@ -25,6 +26,17 @@ CLUSTER = "hpc"
 
 pytestmark = pytest.mark.skipif(bool(missing_slurm() or sshd_fixture.missing_tools()),
                                 reason=str(missing_slurm() or sshd_fixture.missing_tools()))
+
+
+@pytest.fixture(autouse=True)
+def _no_jobs_left(site: tuple[SlurmSite, dict[str, Path]]) -> Iterator[None]:
+    """Every test starts with Slurm's queue empty of the users' jobs, whatever the last one left."""
+    yield
+    slurm, _configs = site
+    for user in USERS:
+        slurm.run("scancel", "-u", user)
+    wait_for(lambda: not slurm.run("squeue", "-h", "-t", "pending,running,completing,configuring").stdout.strip(),
+             timeout_s=30, message="the users' jobs to end")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +52,10 @@ def site() -> Iterator[tuple[SlurmSite, dict[str, Path]]]:
                        f'known_hosts = "{node.root / f"known_hosts.{user}"}"\npython = "{sshd_fixture.NODE_PYTHON}"\n')
             configs[user] = node.config(user, name=f"slurm-{user}", extra=cluster,
                                         known_hosts_text=node.host_key_line)
+            # The same cluster measured by the agent on its compute node (Slurm's NodeAddr: this sshd).
+            configs[f"{user}+agent"] = node.config(
+                user, name=f"slurm-agent-{user}", known_hosts_text=node.host_key_line,
+                extra=cluster + f'telemetry = "agent"\nsimulate_gpus = {GPUS}\n[watch]\nidle_minutes = 0.02\n')
         yield slurm, configs
 
 
@@ -164,8 +180,12 @@ def test_reserve_wait_queues_in_slurm_and_is_granted_when_gpus_free(site: tuple[
                                 "--node", CLUSTER, "--wait", "--json"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(u == USERS[1] and s == "PENDING" for u, s in _squeue(slurm).values()), timeout_s=60,
-                 message="bob's allocation pending in Slurm")
+        def pending() -> bool:
+            if waiting.poll() is not None:
+                raise AssertionError(f"reserve --wait ended early: {waiting.communicate()}")
+            return any(u == USERS[1] and s == "PENDING" for u, s in _squeue(slurm).values())
+
+        wait_for(pending, timeout_s=60, message="bob's allocation pending in Slurm")
         _json(alice, "cancel", holder)
         out, err = waiting.communicate(timeout=90)
     finally:
@@ -198,3 +218,32 @@ async def test_the_console_shows_the_clusters_nodes_beside_a_node(site: tuple[Sl
         assert view.source == "slurm" and view.snapshot is not None and len(view.snapshot.gpus) == GPUS
         assert app.fleet.nodes[sshd_fixture.NODE].source == "onprem"
         assert app.fleet.nodes[CLUSTER].snapshot is not None  # the login node: reachable
+
+
+def test_agent_telemetry_measures_the_slurm_gpus_and_an_idle_allocation_alerts(
+        site: tuple[SlurmSite, dict[str, Path]], tmp_path: Path) -> None:
+    """`telemetry = "agent"`: the Slurm node's GPUs carry what the agent on the compute node measures
+    (Slurm still says who holds them), and an allocation whose GPU is idle raises the watcher's
+    idle_reservation with its owner and id, as a lock-file reservation does."""
+    _slurm, configs = site
+    alice = configs[f"{USERS[0]}+agent"]
+    grant = _json(alice, "reserve", "--gpus", "1", "--node", CLUSTER, "--for", "20m")
+    try:
+        status = _json(alice, "status")
+        schema_valid("gpuconsole:schemas/status", status)
+        entry = next(n for n in status["nodes"] if n["name"] == f"{CLUSTER}/{NODE}")
+        assert entry["cpu_count"] is not None and entry["mem_total_bytes"]  # the compute node's host I/O
+        assert all(g["util_pct"] is not None and g["mem_total_mib"] for g in entry["gpus"])  # measured
+        held = [g for g in entry["gpus"] if g["reservation"]]
+        assert [(g["index"], g["reservation"]["id"]) for g in held] == [(grant["gpus"][0], grant["id"])]
+        assert not [n for n in status["nodes"] if n["source"] == "slurm-node"]  # no entries of their own
+
+        watcher = WatchProc(alice, tmp_path / "watch.json", *FAST)
+        try:
+            idle = watcher.wait_alert(of_kind("idle_reservation", reservation=grant["id"]), "the idle allocation",
+                                      timeout_s=60)
+            assert (idle["owner"], idle["node"], idle["gpus"]) == (USERS[0], f"{CLUSTER}/{NODE}", grant["gpus"])
+        finally:
+            assert watcher.stop() == 0
+    finally:
+        _json(alice, "release", grant["id"])

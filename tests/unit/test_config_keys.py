@@ -242,6 +242,8 @@ identity_file = "/k/c"
 known_hosts = "/k/kh"
 python = "/usr/bin/python3"
 connect_timeout = 4
+telemetry = "agent"
+simulate_gpus = 2
 
 [cloud.aws]
 region = "eu-west-1"
@@ -292,7 +294,7 @@ FULL_PARSED = (
     "exporter=ExporterConfig(listen='[::1]:9401', web_config='/cfg/web.yml'), "
     "clusters=(ClusterConfig(name='hpc', kind='slurm', login='login.hpc', port=2200, user='carol', "
     "identity_file='/k/c', known_hosts='/k/kh', python='/usr/bin/python3', ssh_config='/etc/ssh/cfg', "
-    "connect_timeout_s=4.0),))"
+    "connect_timeout_s=4.0, telemetry='agent', simulate_gpus=2),))"
 )
 
 MINIMAL_PARSED = (
@@ -348,3 +350,11 @@ def test_readme_and_design_document_every_declared_key() -> None:
         line = next(item for item in keys_doc.split("\n- ") if item.startswith(f"`{section.header}`"))
         named = set(re.findall(r"`(\w+)`", line.split(":", 1)[1]))
         assert {key.name for key in section.keys} <= named, section.header
+
+
+def test_the_client_knows_how_often_a_slurm_login_node_streams() -> None:
+    """The poller's patience with a Slurm login node follows the agent's floor on its stream."""
+    from gpuconsole.model.slurm import SLURM_STREAM_S
+    from gpuconsole.node.slurm import MIN_STREAM_S
+
+    assert SLURM_STREAM_S == MIN_STREAM_S
