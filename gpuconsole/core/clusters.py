@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from gpuconsole.core.fleet import Fleet
 
 
+def member_of(config: Config, entry: str) -> str:
+    """The fleet member that answers for an entry: a Slurm node's `CLUSTER/NODE` is its cluster's."""
+    cluster, sep, _node = entry.partition("/")
+    return cluster if sep and any(c.name == cluster for c in config.clusters) else entry
+
+
 class ClusterViews:
     """The latest Slurm view of each Slurm node and the latest telemetry of its agent, merged."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuconsole.config import Config, NodeConfig
+from gpuconsole.core.clusters import member_of
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.poller import Poller
 from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
@@ -232,7 +233,8 @@ class WatchRunner:
         assert self.releaser is not None
         what = f"idle reservation {pending.reservation} of {pending.owner} on {pending.node}"
         try:
-            await release_on(self._fleet, pending.node, pending.reservation, reason="idle")
+            await release_on(self._fleet, member_of(self.registry.config, pending.node), pending.reservation,
+                             reason="idle")
         except GpuConsoleError as exc:
             if exc.exit_code == ExitCode.NOT_FOUND:
                 self.releaser.released(key)  # already gone: its condition resolves on the next sample

@@ -238,12 +238,18 @@ def test_agent_telemetry_measures_the_slurm_gpus_and_an_idle_allocation_alerts(
         assert [(g["index"], g["reservation"]["id"]) for g in held] == [(grant["gpus"][0], grant["id"])]
         assert not [n for n in status["nodes"] if n["source"] == "slurm-node"]  # no entries of their own
 
-        watcher = WatchProc(alice, tmp_path / "watch.json", *FAST)
+        watcher = WatchProc(alice, tmp_path / "watch.json", *FAST, "--release-idle", "--grace-minutes", "0.02")
         try:
             idle = watcher.wait_alert(of_kind("idle_reservation", reservation=grant["id"]), "the idle allocation",
                                       timeout_s=60)
             assert (idle["owner"], idle["node"], idle["gpus"]) == (USERS[0], f"{CLUSTER}/{NODE}", grant["gpus"])
+            # Her own watcher releases it after the grace: scancel, as her; Slurm ends the allocation.
+            watcher.wait_alert(of_kind("resolved", reservation=grant["id"], action="released"), "the release",
+                               timeout_s=60)
+            job_id = int(grant["id"].split(".")[-1])
+            wait_for(lambda: _squeue(_slurm).get(job_id, ("", "CANCELLED"))[1] != "RUNNING", timeout_s=30,
+                     message="Slurm to end the released allocation")
         finally:
             assert watcher.stop() == 0
     finally:
-        _json(alice, "release", grant["id"])
+        _slurm.run("scancel", grant["id"].split(".")[-1])
