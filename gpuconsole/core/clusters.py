@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from gpuconsole.config import COMPUTE_SOURCE, ClusterConfig, Config, NodeConfig
+from gpuconsole.config import COMPUTE_SOURCE, HOST_RE, ClusterConfig, Config, NodeConfig
 from gpuconsole.model import NodeSnapshot
 from gpuconsole.model.slurm import addresses, node_snapshots, with_telemetry
 
@@ -34,7 +34,9 @@ class ClusterViews:
         cluster = self.clusters.get(name)
         if cluster is None or cluster.telemetry != "agent":
             return []
-        return [cluster.compute_node(entry, address) for entry, address in addresses(name, result).items()]
+        # An address is the site's Slurm's word, but it becomes an SSH host: a host name or address only.
+        return [cluster.compute_node(entry, address) for entry, address in addresses(name, result).items()
+                if HOST_RE.fullmatch(address) and not address.startswith("-")]
 
     def login_arrived(self, name: str, result: object, source: str) -> list[NodeSnapshot]:
         """A member's snapshot as entries: a cluster's, one per Slurm node with its measurements."""

@@ -5,6 +5,7 @@ an agent runs on the compute nodes, never guessed."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -29,18 +30,27 @@ MAX_GPUS = 4096
 SLURM_STREAM_S = 5.0  # node/slurm.py's MIN_STREAM_S: a login node streams no more often (tests hold them equal)
 
 _INDICES = list_of(integer(0, 4095))
+# Slurm node and partition names become parts of entry names and table cells: identifiers only.
+_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _ident(value: Any, path: str) -> str:
+    text = string(value, path)
+    if not _IDENT.fullmatch(text):
+        raise WireError(path, f"not a Slurm name: {describe(value)}")
+    return text
 
 
 def _gpus_by_node(value: Any, path: str) -> dict[str, list[int]]:
     """{Slurm node name: [GPU index, …]} of one job."""
     if not isinstance(value, dict):
         raise WireError(path, f"expected an object, got {describe(value)}")
-    return {string(node, path): _INDICES(indices, join(path, str(node))) for node, indices in value.items()}
+    return {_ident(node, path): _INDICES(indices, join(path, str(node))) for node, indices in value.items()}
 
 
 SLURM_NODE = obj({
-    "name": string, "address": Opt(string, ""), "state": string, "reason": Opt(string, ""),
-    "partitions": Opt(list_of(string), []),
+    "name": _ident, "address": Opt(string, ""), "state": string, "reason": Opt(string, ""),
+    "partitions": Opt(list_of(_ident), []),
     "gpus": integer(0, MAX_GPUS), "gpus_used": Opt(integer(0, MAX_GPUS), 0), "cpus": Opt(nullable(metric_int)),
 })
 SLURM_JOB = obj({

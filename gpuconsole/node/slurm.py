@@ -93,13 +93,21 @@ def gpu_count(gres: str) -> int:
 def nodes_json() -> list[dict[str, Any]] | None:
     """`sinfo --json`'s nodes, or None where this Slurm has no --json."""
     code, out, _err = run(["sinfo", "--json"])
-    if code != 0:
-        return None
+    return parse_nodes_json(out) if code == 0 else None
+
+
+def _json_list(text: str, key: str) -> list[Any] | None:
     try:
-        nodes = json.loads(out).get("nodes")
+        document = json.loads(text)
     except ValueError:
         return None
-    if not isinstance(nodes, list):
+    found = document.get(key) if isinstance(document, dict) else None
+    return found if isinstance(found, list) else None
+
+
+def parse_nodes_json(text: str) -> list[dict[str, Any]] | None:
+    nodes = _json_list(text, "nodes")
+    if nodes is None:
         return None
     found = []
     for node in nodes:
@@ -134,6 +142,10 @@ def nodes_text() -> list[dict[str, Any]]:
     code, out, err = run(["scontrol", "-d", "-o", "show", "node"])  # -d: GresUsed
     if code != 0:
         raise refused("scontrol", err, "io")
+    return parse_nodes_text(out)
+
+
+def parse_nodes_text(out: str) -> list[dict[str, Any]]:
     found = []
     for line in out.splitlines():
         fields = _scontrol_fields(line)
@@ -154,13 +166,12 @@ def nodes_text() -> list[dict[str, Any]]:
 def jobs_json() -> list[dict[str, Any]] | None:
     """`squeue --json`'s jobs (every user's, as Slurm lets this user see them), or None."""
     code, out, _err = run(["squeue", "--json"])
-    if code != 0:
-        return None
-    try:
-        jobs = json.loads(out).get("jobs")
-    except ValueError:
-        return None
-    if not isinstance(jobs, list):
+    return parse_jobs_json(out) if code == 0 else None
+
+
+def parse_jobs_json(text: str) -> list[dict[str, Any]] | None:
+    jobs = _json_list(text, "jobs")
+    if jobs is None:
         return None
     found = []
     for job in jobs:
@@ -208,6 +219,10 @@ def jobs_text() -> list[dict[str, Any]]:
     code, out, err = run(["squeue", "-h", "-o", "%i|%u|%T|%r|%b|%l|%N|%j"])
     if code != 0:
         raise refused("squeue", err, "io")
+    return parse_jobs_text(out)
+
+
+def parse_jobs_text(out: str) -> list[dict[str, Any]]:
     found = []
     for line in out.splitlines():
         parts = line.split("|", 7)
