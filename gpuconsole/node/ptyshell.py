@@ -20,7 +20,7 @@ import os
 import pwd
 import sys
 
-from . import loader
+from . import loader, slurmjobs
 from . import state as st
 
 TYPE_CHECKING = False
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         """What the shell needs of agent.Agent (passed in: this module must not import agent)."""
 
         txn: Transactions | None
+        slurm: Any  # a Slurm cluster's login node (slurm.Backend), else None
 
         def op_hello(self, args: Args) -> dict[str, Any]: ...
 
@@ -143,7 +144,10 @@ def main(make_agent: Callable[[IO[bytes]], _Agent]) -> None:
         with open(os.devnull, "wb") as sink:
             agent = make_agent(sink)
             agent.op_hello(hello)
-            gpus = check_lease(*_view(agent), rid)
+            if agent.slurm is not None:  # a step of the allocation, run by Slurm on its node
+                argv, gpus = slurmjobs.shell_argv(agent.slurm, rid, argv, os.isatty(0))
+            else:
+                gpus = check_lease(*_view(agent), rid)
     except st.OpError as exc:
         _restore_tty()
         _reply({"ok": False, "error": exc.to_dict()})
@@ -153,7 +157,8 @@ def main(make_agent: Callable[[IO[bytes]], _Agent]) -> None:
         _reply({"ok": False, "error": {"code": "internal", "message": "%s: %s" % (exc.__class__.__name__, exc)}})
         sys.exit(2)
     env = dict(os.environ)
-    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+    if agent.slurm is None:  # on Slurm, srun sets the step's own
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     env["GPUCONSOLE_RESERVATION"] = rid
     _restore_tty()
     _reply({"ok": True, "gpus": gpus})

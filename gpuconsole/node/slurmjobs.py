@@ -205,6 +205,42 @@ def logs(backend: Backend, args: Args) -> Result:
     return {"data": data.decode("utf-8", "replace"), "offset": offset + len(data), "state": state, "ended": ended}
 
 
+def shell_argv(backend: Backend, reservation: str, argv: list[str] | None, tty: bool) -> tuple[list[str], list[int]]:
+    """`gpuconsole shell` in one of the caller's own running allocations: `srun --jobid … --overlap`
+    runs the login shell (or the argv) as a step of it on its node, where Slurm sets the GPUs; with
+    the GPUs Slurm gave it."""
+    job_id = backend.job_id(reservation)
+    job = backend.find(job_id)
+    if job is None or job["state"] not in ("RUNNING", "CONFIGURING"):
+        raise st.OpError("not_found", "no running allocation %s on Slurm cluster %s" % (reservation, backend.cluster))
+    if job["user"] != backend.user:
+        raise st.OpError("permission", "allocation %s belongs to %s; a shell runs only in your own" % (
+            reservation, job["user"]))
+    if argv is not None and argv[0].startswith("-"):
+        raise st.OpError("invalid", "the command must not start with '-'")
+    if argv is None:
+        import pwd
+
+        argv = [pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh", "-l"]
+    step = ["srun", "--jobid=%d" % job_id, "--overlap", "--nodes=1", "--ntasks=1"] + (["--pty"] if tty else [])
+    gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
+    return step + argv, gpus
+
+
+def renewed(backend: Backend, args: Args) -> Result:
+    """`renew`: Slurm sets an allocation's time limit and users cannot raise it; the grant as it
+    stands, its true end (the shell's renew loop then simply keeps it)."""
+    job_id = backend.job_id(args.get("id"))
+    job = backend.find(job_id)
+    if job is None or job["state"] not in ("RUNNING", "CONFIGURING"):
+        raise st.OpError("not_found", "no running allocation %s on Slurm cluster %s" % (job_id, backend.cluster))
+    if job["user"] != backend.user:
+        raise st.OpError("permission", "allocation %s belongs to %s" % (backend.reservation_id(job_id), job["user"]))
+    grant = backend.grant(job_id)
+    grant.pop("state", None)
+    return dict(grant, extended=False)
+
+
 def preempt_refusal(backend: Backend) -> st.OpError:
     """Slurm decides preemption: say how this site has it set."""
     code, out, _err = run(["scontrol", "show", "config"])
@@ -226,6 +262,8 @@ def handle(backend: Backend, op: str, args: Args) -> Result:
         return reserve_waiting(backend, args) if args.get("wait") else backend.reserve(args)
     if op in ("poll", "reattach"):  # the request waits in Slurm, not in this agent: nothing to take back
         return poll(backend, args)
+    if op == "renew":
+        return renewed(backend, args)
     if op == "release":
         return backend.release(args)
     if op == "reservations":

@@ -253,3 +253,17 @@ def test_agent_telemetry_measures_the_slurm_gpus_and_an_idle_allocation_alerts(
             assert watcher.stop() == 0
     finally:
         _slurm.run("scancel", grant["id"].split(".")[-1])
+
+
+def test_shell_runs_as_a_step_of_the_allocation_and_releases_it(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    """`shell --node hpc -- CMD`: an allocation, the command as `srun --overlap` step of it (Slurm sets
+    its GPUs), its exit status, and the allocation ended when the shell ends."""
+    slurm, configs = site
+    alice = configs[USERS[0]]
+    done = run_cli("shell", "--node", CLUSTER, "--gpus", "1", "--",
+                   "sh", "-c", "echo CVD=$CUDA_VISIBLE_DEVICES JOB=$SLURM_JOB_ID; exit 3", config=alice, timeout_s=90)
+    assert done.returncode == 3, done
+    seen = re.search(r"CVD=(\d+) JOB=(\d+)", done.stdout)
+    assert seen is not None, done
+    job_id = int(seen.group(2))
+    assert _squeue(slurm).get(job_id, ("", "CANCELLED"))[1] != "RUNNING"  # released at the end
