@@ -241,6 +241,29 @@ def renewed(backend: Backend, args: Args) -> Result:
     return dict(grant, extended=False)
 
 
+def doctor(backend: Backend) -> Result:
+    """`doctor` on a login node: Slurm answers and how it is read, GPUs it schedules, where job output goes."""
+    rows: list[list[Any]] = []
+    code, out, err = run(["sinfo", "--version"])
+    rows.append(["slurm", code == 0, last_line(out) if code == 0 else "sinfo: %s" % last_line(err),
+                 None if code == 0 else "load Slurm's client on the login node (module load slurm), or fix "
+                                        "SLURM_CONF for non-interactive SSH sessions"])
+    if code == 0:
+        nodes, _jobs, source = backend.view()
+        rows.append(["slurm_json", True, "read from sinfo/squeue --json" if source == "json" else
+                     "read from text output (no --json before Slurm 21.08): GPU indices per job unknown", None])
+        gpus = sum(n["gpus"] for n in nodes)
+        rows.append(["gres_gpu", gpus > 0, "%d GPUs on %d nodes" % (gpus, len(nodes)),
+                     None if gpus else "no node has a gpu GRES (GresTypes=gpu and Gres=gpu:N in slurm.conf)"])
+    try:
+        os.close(private.open_dir(output_dir()))
+        rows.append(["job_output", True, OUTPUT_DIR, None])
+    except OSError as exc:
+        rows.append(["job_output", False, "%s: %s" % (OUTPUT_DIR, exc.strerror or exc),
+                     "mkdir -p %s && chmod 700 %s" % (OUTPUT_DIR, OUTPUT_DIR)])
+    return {"checks": [{"check": c, "ok": ok, "detail": detail, "fix": fix} for c, ok, detail, fix in rows]}
+
+
 def preempt_refusal(backend: Backend) -> st.OpError:
     """Slurm decides preemption: say how this site has it set."""
     code, out, _err = run(["scontrol", "show", "config"])
@@ -280,6 +303,8 @@ def handle(backend: Backend, op: str, args: Args) -> Result:
         return logs(backend, args)
     if op == "preempt":
         raise preempt_refusal(backend)
+    if op == "doctor":
+        return doctor(backend)
     if op == "ping":
         return {"pong": True}
     raise st.OpError("invalid", "%r is not available on a Slurm cluster" % (op,))

@@ -89,6 +89,11 @@ def test_status_shows_the_slurm_node_and_its_gpus_beside_a_node(site: tuple[Slur
     assert slurm_node["slurm"]["state"] == "idle" and slurm_node["slurm"]["partitions"] == ["debug"]
     assert [g["index"] for g in slurm_node["gpus"]] == list(range(GPUS))
     assert all(g["util_pct"] is None and g["reservation"] is None for g in slurm_node["gpus"])  # unknown, not 0
+    doctor = run_cli("doctor", "--json", config=configs[USERS[0]], timeout_s=90)
+    assert doctor.returncode == 0, doctor
+    rows = {c["check"]: c for n in json.loads(doctor.stdout)["nodes"] if n["node"] == CLUSTER for c in n["checks"]}
+    assert rows["slurm"]["ok"] and rows["slurm"]["detail"].startswith("slurm")
+    assert rows["gres_gpu"]["detail"] == f"{GPUS} GPUs on 1 nodes" and rows["job_output"]["ok"]
 
 
 def test_reserve_is_a_slurm_allocation_that_release_ends(site: tuple[SlurmSite, dict[str, Path]]) -> None:
