@@ -10,6 +10,7 @@ from typing import Any
 from gpuconsole.durations import format_duration_s
 from gpuconsole.format import when_h
 
+OURS = frozenset({"resources", "priority", "quota"})  # node/pending.py's reasons; any other is a scheduler's
 FIELDS = ("pending_reason", "ahead", "blockers", "eta", "eta_in_s", "quota", "fair_share")
 
 
@@ -77,6 +78,9 @@ class Pending:
         """'behind 2 requests: bob's j-x (4 GPUs, high); GPUs 0-3 held by alice r-7dj until 14:20 UTC
         (in 9m); starts by 14:20 UTC (in 9m)'. Plain text of node strings: escape it to print."""
         parts = []
+        if self.reason not in OURS:  # a scheduler's own reason (Slurm's Resources, Priority, QOS…): its word
+            return f"the scheduler says: {self.reason}" + (f"; starts by {when_h(now_s + self.eta_in_s, now_s)}"
+                                                          if self.eta_in_s is not None else "")
         if self.reason == "quota":
             parts.append(f"held by the node's quota: its owner holds {_gpus(self.quota_held or 0)} there, "
                          f"at most {self.quota_cap} per user")

@@ -9,6 +9,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from gpuconsole.model.jobs import Job
 from gpuconsole.model.telemetry import GpuSample, NodeSnapshot, ReservationRef, SlurmNode
 from gpuconsole.model.wire import (
     ABSENT,
@@ -30,6 +31,7 @@ MAX_GPUS = 4096
 SLURM_STREAM_S = 5.0  # node/slurm.py's MIN_STREAM_S: a login node streams no more often (tests hold them equal)
 
 _INDICES = list_of(integer(0, 4095))
+_EPOCH = integer(0, 253402300799)  # seconds, up to the year 9999 (what time.gmtime can show)
 # Slurm node and partition names become parts of entry names and table cells: identifiers only.
 _IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -55,8 +57,8 @@ SLURM_NODE = obj({
 })
 SLURM_JOB = obj({
     "job_id": integer(0, 2**63 - 1), "name": Opt(string, ""), "user": string, "state": string,
-    "reason": Opt(string, ""), "gpus": Opt(integer(0, MAX_GPUS), 0), "start_s": Opt(nullable(metric_int)),
-    "end_s": Opt(nullable(metric_int)), "nodes": Opt(string, ""),
+    "reason": Opt(string, ""), "gpus": Opt(integer(0, MAX_GPUS), 0), "start_s": Opt(nullable(_EPOCH)),
+    "end_s": Opt(nullable(_EPOCH)), "nodes": Opt(string, ""),
     "gpus_by_node": Opt(_gpus_by_node, {}), "batch": Opt(boolean, False),
 })
 SLURM_VIEW = obj({"cluster": string, "source": Opt(string, "json"), "nodes": list_of(SLURM_NODE),
@@ -67,7 +69,10 @@ SLURM_FIELD = Opt(SLURM_VIEW, ABSENT)  # the `slurm` key of a snapshot (model/re
 def _iso(epoch_s: Any) -> str:
     import time
 
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s)) if isinstance(epoch_s, int) else ""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s)) if isinstance(epoch_s, int) else ""
+    except (OverflowError, OSError, ValueError):
+        return ""
 
 
 def node_snapshots(name: str, result: object, source: str = "onprem") -> list[NodeSnapshot]:
@@ -77,6 +82,7 @@ def node_snapshots(name: str, result: object, source: str = "onprem") -> list[No
         return [NodeSnapshot.from_result(name, result, source)]
     view = result["slurm"]
     holders: dict[tuple[str, int], ReservationRef] = {}
+    jobs: dict[str, list[Job]] = {}  # batch jobs by node: the detector names their GPUs a job's, never released
     for job in view["jobs"]:
         if job["state"] not in ("RUNNING", "COMPLETING", "CONFIGURING"):
             continue
@@ -84,6 +90,12 @@ def node_snapshots(name: str, result: object, source: str = "onprem") -> list[No
         for node, indices in job["gpus_by_node"].items():
             for index in indices:
                 holders[(node, index)] = ref
+            if job["batch"] or job["name"] != RESERVE_NAME:
+                jobs.setdefault(node, []).append(Job(
+                    id=ref.id, node=f"{name}/{node}", name=job["name"], gpus=tuple(indices),
+                    gpus_requested=job["gpus"], owner=job["user"], priority="normal", state="running",
+                    exit_code=None, command="", created_at=None, started_at=_iso(job.get("start_s")) or None,
+                    ended_at=None))
     snapshots = []
     for node in view["nodes"]:
         gpus = tuple(GpuSample(index=i, uuid=None, name=None, util_pct=None, mem_used_mib=None, mem_total_mib=None,
@@ -91,7 +103,7 @@ def node_snapshots(name: str, result: object, source: str = "onprem") -> list[No
                      for i in range(node["gpus"]))
         snapshots.append(NodeSnapshot(
             name=f"{name}/{node['name']}", source="slurm", reachable=True, taken_at=result.get("t_wall"),
-            cpu_count=node.get("cpus"), gpu_source="slurm", gpus=gpus,
+            cpu_count=node.get("cpus"), gpu_source="slurm", gpus=gpus, jobs=tuple(jobs.get(node["name"], ())),
             slurm=SlurmNode(name, node["name"], node["state"], node.get("reason") or "",
                             tuple(node.get("partitions") or ()))))
     return snapshots

@@ -29,21 +29,21 @@ def _refuse(path: str, why: str) -> NotPrivate:
     return NotPrivate(errno.EPERM, "%s %s; refusing to trust it" % (path, why))
 
 
-def _check(info: os.stat_result, path: str, uid: int, want_dir: bool) -> None:
+def _check(info: os.stat_result, path: str, uid: int, want_dir: bool, shared_mode: bool = False) -> None:
     if want_dir and not stat.S_ISDIR(info.st_mode):
         raise _refuse(path, "is not a directory")
     if not want_dir and not stat.S_ISREG(info.st_mode):
         raise _refuse(path, "is not a regular file")
     if info.st_uid != uid:
         raise _refuse(path, "is owned by uid %d, not %d" % (info.st_uid, uid))
-    if info.st_mode & 0o022:
+    if info.st_mode & 0o022 and not shared_mode:
         raise _refuse(path, "is writable by group or others (mode %o)" % (info.st_mode & 0o7777))
 
 
-def _checked(fd: int, label: str, uid: int, want_dir: bool) -> int:
+def _checked(fd: int, label: str, uid: int, want_dir: bool, shared_mode: bool = False) -> int:
     """`fd` once its fstat passes _check; closed (and the refusal raised) otherwise."""
     try:
-        _check(os.fstat(fd), label, uid, want_dir)
+        _check(os.fstat(fd), label, uid, want_dir, shared_mode)
     except BaseException:
         os.close(fd)
         raise
@@ -63,8 +63,10 @@ def open_dir(path: str, uid: int | None = None) -> int:
 
 
 def open_file(dir_fd: int, name: str, flags: int = os.O_RDONLY, mode: int = 0o600, uid: int | None = None,
-              label: str | None = None) -> int:
-    """An fd on `name` inside a checked directory fd: regular, ours, not group/other-writable."""
+              label: str | None = None, shared_mode: bool = False) -> int:
+    """An fd on `name` inside a checked directory fd: regular, ours, not group/other-writable
+    (`shared_mode`: may be, for a file another program made with the user's umask, read only from
+    a directory no one else can enter)."""
     uid = os.geteuid() if uid is None else uid
     label = label or name
     try:
@@ -73,7 +75,7 @@ def open_file(dir_fd: int, name: str, flags: int = os.O_RDONLY, mode: int = 0o60
         if exc.errno == errno.ELOOP:
             raise _refuse(label, "is a symlink") from None
         raise
-    return _checked(fd, label, uid, False)
+    return _checked(fd, label, uid, False, shared_mode)
 
 
 def read_json(dir_fd: int, name: str, limit: int = 1 << 20, label: str | None = None) -> Any:

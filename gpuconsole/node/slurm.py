@@ -12,6 +12,7 @@ script is built from the argv with each word quoted and handed to `sbatch` on st
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -30,14 +31,19 @@ MIN_STREAM_S = 5.0  # a console streams a Slurm view at most this often: squeue 
 IMMEDIATE_S = 10  # salloc --immediate: a reserve without --wait is granted now or refused
 _IDX_RE = re.compile(r"^gpu(?::[^:(]+)?:(\d+)\(IDX:([0-9,\-]*)\)")
 _GRES_GPU_RE = re.compile(r"(?:^|,)(?:gres[:/])?gpu(?::[^:,(]+)?[:=](\d+)")
-JOBID_RE = re.compile(r"(?:Granted job allocation|Submitted batch job|job allocation) (\d+)")
+JOBID_RE = re.compile(r"(?:Granted job allocation|Submitted batch job|job allocation) ([0-9]+)\s")  # a whole line
+UNUSABLE = {"down", "drain", "drained", "draining", "fail", "failing", "not_responding", "maint", "reserved"}
+JSON_RETRY_S = 300.0  # after a failed --json read, text until then: a transient failure is not for good
+_DIGITS = re.compile(r"[0-9]{1,18}")
 _DENIED_RE = re.compile(r"(?i)access/permission denied|not authorized|permission denied|invalid user id")
 
 
 def run(argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
     """Run a Slurm command (an argv list, no shell); (exit code, stdout, stderr)."""
     try:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+        # Slurm passes job names through as bytes: one that is not UTF-8 must not break every read.
+        done = subprocess.run(argv, input=stdin, capture_output=True, encoding="utf-8", errors="replace",
+                              timeout=COMMAND_TIMEOUT_S,
                               stdin=None if stdin is not None else subprocess.DEVNULL)
     except FileNotFoundError:
         raise st.OpError("io", "%s: not found on the login node (is Slurm's client installed?)" % argv[0]) from None
@@ -56,6 +62,11 @@ def refused(argv0: str, err: str, code: str = "invalid") -> st.OpError:
     if _DENIED_RE.search(err):
         code = "permission"
     return st.OpError(code, "%s: %s" % (argv0, last_line(err)))
+
+
+def new_tag() -> str:
+    """A request's own mark (salloc --comment): unguessable, so no other job can carry it."""
+    return "gpuconsole-" + os.urandom(8).hex()
 
 
 def stream_interval(asked: Any) -> float | None:
@@ -116,6 +127,9 @@ def parse_nodes_json(text: str) -> list[dict[str, Any]] | None:
         state = node.get("state")
         if isinstance(state, list):  # 23.02+: a list of flags
             state = "+".join(str(s) for s in state)
+        flags = node.get("state_flags")  # 22.05: DRAIN, NOT_RESPONDING… beside the base state
+        if isinstance(flags, list) and flags:
+            state = "+".join([str(state or "unknown")] + [str(f) for f in flags])
         found.append({
             "name": str(node.get("name") or node.get("hostname") or "?"),
             "address": str(node.get("address") or node.get("hostname") or ""),
@@ -219,14 +233,33 @@ def jobs_text() -> list[dict[str, Any]]:
     code, out, err = run(["squeue", "-h", "-o", "%i|%u|%T|%r|%b|%l|%N|%j"])
     if code != 0:
         raise refused("squeue", err, "io")
-    return parse_jobs_text(out)
+    # A name may hold a newline and so a whole fake line: keep only jobs a listing without free
+    # text also has, with the same user and state, and only ids seen once.
+    code, plain, err = run(["squeue", "-h", "-o", "%i|%u|%T"])
+    if code != 0:
+        raise refused("squeue", err, "io")
+    return trusted_jobs(parse_jobs_text(out), plain)
+
+
+def trusted_jobs(jobs: list[dict[str, Any]], plain: str) -> list[dict[str, Any]]:
+    """The parsed jobs that `plain` (`%i|%u|%T`, no free text) confirms: same id, user and state,
+    and an id that appears once (a name with a newline cannot add or shadow a job)."""
+    trusted = {}
+    for line in plain.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and _DIGITS.fullmatch(parts[0]):
+            trusted[int(parts[0])] = (parts[1], parts[2].upper())
+    seen: dict[int, int] = {}
+    for job in jobs:
+        seen[job["job_id"]] = seen.get(job["job_id"], 0) + 1
+    return [j for j in jobs if seen[j["job_id"]] == 1 and trusted.get(j["job_id"]) == (j["user"], j["state"])]
 
 
 def parse_jobs_text(out: str) -> list[dict[str, Any]]:
     found = []
     for line in out.splitlines():
         parts = line.split("|", 7)
-        if len(parts) != 8 or not parts[0].isdigit():
+        if len(parts) != 8 or not _DIGITS.fullmatch(parts[0]):
             continue
         job_id, user, job_state, reason, tres, _limit, nodes, name = parts
         found.append(_job(int(job_id), name, user, job_state, reason, gpu_count(tres), None, None, None,
@@ -249,22 +282,25 @@ class Backend:
         self.cluster = cluster
         self.user = user
         self.uid = uid
-        self.json_ok = True  # until a --json call fails: then parsed text from then on
+        self.json_failed_at: float | None = None  # the last failed --json read: text for JSON_RETRY_S
 
     def view(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
         """(nodes, jobs, "json" | "text")."""
-        if self.json_ok:
+        if self.json_failed_at is None or time.monotonic() - self.json_failed_at > JSON_RETRY_S:
             nodes, jobs = nodes_json(), jobs_json()
             if nodes is not None and jobs is not None:
+                self.json_failed_at = None
                 return nodes, jobs, "json"
-            self.json_ok = False
+            self.json_failed_at = time.monotonic()
         return nodes_text(), jobs_text(), "text"
 
     def hello(self) -> Result:
         nodes, _jobs, source = self.view()
         code, out, _err = run(["sinfo", "--version"])
         return {"kind": "slurm", "cluster": self.cluster, "slurm_version": last_line(out) if code == 0 else None,
-                "slurm_source": source, "gpu_count": sum(n["gpus"] for n in nodes), "gpu_source": "slurm"}
+                "slurm_source": source, "gpu_source": "slurm",
+                # One allocation is on one node: the most a reserve could get (a cluster's total may be huge).
+                "gpu_count": max((n["gpus"] for n in nodes), default=0)}
 
     def snapshot(self) -> Result:
         """Slurm's nodes and jobs, and the allocations as the node protocol lists reservations."""
@@ -280,17 +316,19 @@ class Backend:
     def job_id(self, reservation_id: Any) -> int:
         text = str(reservation_id)
         prefix = self.cluster + "."
-        if not text.startswith(prefix) or not text[len(prefix):].isdigit():
+        if not text.startswith(prefix) or not _DIGITS.fullmatch(text[len(prefix):]):
             raise st.OpError("not_found", "no allocation %r on Slurm cluster %s" % (text[:80], self.cluster))
         return int(text[len(prefix):])
 
     @staticmethod
-    def salloc(args: Args, immediate_s: int | None) -> list[str]:
-        """The `salloc --no-shell` of a reserve: GPUs, one node, `--time` from the lease, and how
-        long Slurm may take to grant it (None: until it does)."""
+    def salloc(args: Args, immediate_s: int | None, tag: str) -> list[str]:
+        """The `salloc --no-shell` of a reserve: GPUs, one node, `--time` from the lease, how long
+        Slurm may take to grant it (None: until it does), and a tag that finds it again if salloc
+        dies before naming its job."""
         gpus = st.integer(args.get("gpus"), "gpus must be an integer 1..64", 1, 64)
         ttl_s = args.get("ttl_s")
-        argv = ["salloc", "--no-shell", "--job-name=" + RESERVE_NAME, "--gres=gpu:%d" % gpus, "--nodes=1"]
+        argv = ["salloc", "--no-shell", "--job-name=" + RESERVE_NAME, "--comment=" + tag, "--gres=gpu:%d" % gpus,
+                "--nodes=1"]
         if isinstance(ttl_s, (int, float)) and not isinstance(ttl_s, bool) and ttl_s > 0:
             argv.append("--time=%d" % max(1, int((float(ttl_s) + 59) // 60)))
         if immediate_s is not None:
@@ -298,26 +336,56 @@ class Backend:
         return argv
 
     def reserve(self, args: Args) -> Result:
-        """`salloc --no-shell`: an allocation Slurm grants now (within IMMEDIATE_S) or refuses."""
-        code, out, err = run(self.salloc(args, IMMEDIATE_S))
+        """`salloc --no-shell`: an allocation Slurm grants now (within IMMEDIATE_S) or refuses; a
+        refusal leaves nothing in Slurm (what salloc queued before it failed is cancelled)."""
+        tag = new_tag()
+        try:
+            code, out, err = run(self.salloc(args, IMMEDIATE_S, tag))
+        except st.OpError:
+            self.cancel_tagged(tag)  # salloc timed out (and was killed): its request may be queued
+            raise
         match = JOBID_RE.search(err + out)
-        if code != 0 or match is None:
-            if match is not None:  # salloc gave up waiting: withdraw what it had queued
-                run(["scancel", match.group(1)])
+        if code != 0 or match is None or "Granted" not in err + out:
+            self.cancel_tagged(tag)
             raise refused("salloc", err or out, "insufficient")
         return self.grant(int(match.group(1)))
 
+    def cancel_tagged(self, tag: str) -> None:
+        """Cancel this user's jobs carrying `tag` (a request whose salloc died before naming its job)."""
+        code, out, _err = run(["squeue", "-h", "-u", self.user, "-o", "%i %k"])
+        for line in out.splitlines() if code == 0 else ():
+            job_id, _, comment = line.partition(" ")
+            if comment == tag and _DIGITS.fullmatch(job_id):
+                run(["scancel", job_id])
+
     def grant(self, job_id: int) -> Result:
-        job = self.find(job_id)
+        """A granted allocation. Once Slurm named it, the answer is a grant even if it cannot be
+        looked up now (GPU indices then unknown): the allocation exists, so it must be reported."""
+        try:
+            job = self.find(job_id)
+        except st.OpError:
+            job = None
         node: str = ""
         gpus: list[int] = []
         if job is not None and job["gpus_by_node"]:
             node, gpus = sorted(job["gpus_by_node"].items())[0]
         end_s = job.get("end_s") if job else None
-        return {"state": "granted", "id": self.reservation_id(job_id), "gpus": gpus, "owner": self.user,
+        return {"state": "granted", "id": self.reservation_id(job_id), "gpus": gpus,
+                "owner": job["user"] if job else self.user,
                 "expires_at": st.iso_utc(end_s) if end_s else st.iso_utc(time.time() + 365 * 86400.0),
                 "token": 1, "cuda_visible_devices": ",".join(str(g) for g in gpus), "priority": "normal",
                 "slurm_job_id": job_id, "slurm_node": node or (job["nodes"] if job else "")}
+
+    def allocation(self, reservation_id: Any) -> dict[str, Any]:
+        """One of the allocations `reserve` makes (not a batch job: those are ended by `cancel`)."""
+        job_id = self.job_id(reservation_id)
+        job = self.find(job_id)
+        if job is None:
+            raise st.OpError("not_found", "no allocation %s on Slurm cluster %s" % (job_id, self.cluster))
+        if job["name"] != RESERVE_NAME or job["batch"]:
+            raise st.OpError("invalid", "%s is a batch job, not a reservation: `gpuconsole cancel %s` ends it" % (
+                self.reservation_id(job_id), self.reservation_id(job_id)))
+        return job
 
     def find(self, job_id: int) -> dict[str, Any] | None:
         _nodes, jobs, _source = self.view()
@@ -327,16 +395,14 @@ class Backend:
         return None
 
     def release(self, args: Args) -> Result:
-        """`scancel`: Slurm itself refuses another user's allocation (exit 4)."""
-        job_id = self.job_id(args.get("id"))
-        job = self.find(job_id)
-        if job is None:
-            raise st.OpError("not_found", "no allocation %s on Slurm cluster %s" % (job_id, self.cluster))
-        code, _out, err = run(["scancel", str(job_id)])
+        """`scancel` of an allocation: Slurm itself refuses another user's (exit 4)."""
+        job = self.allocation(args.get("id"))
+        code, _out, err = run(["scancel", str(job["job_id"])])
         if code != 0:
             raise refused("scancel", err)
         gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
-        return {"id": self.reservation_id(job_id), "released": True, "was": "granted", "gpus": gpus}
+        return {"id": self.reservation_id(job["job_id"]), "released": True,
+                "was": "queued" if job["state"] == "PENDING" else "granted", "gpus": gpus}
 
     def listing(self, jobs: list[Result] | None = None) -> Result:
         """Allocations made by `reserve` (every user's Slurm shows) as reservations and queue."""
@@ -361,7 +427,7 @@ class Backend:
 
     def capacity(self) -> Result:
         nodes, jobs, _source = self.view()
-        usable = [n for n in nodes if not any(s in n["state"] for s in ("down", "drain", "fail"))]
+        usable = [n for n in nodes if not UNUSABLE & set(n["state"].split("+"))]
         free = max((n["gpus"] - n["gpus_used"] for n in usable), default=0)  # one node per allocation
         return {"gpu_count": max((n["gpus"] for n in usable), default=0), "free": max(0, free),
                 "queued": sum(1 for j in jobs if j["state"] == "PENDING"), "unreserved": []}

@@ -6,15 +6,18 @@ decides who may. `preempt` is refused: Slurm decides preemption (its PreemptMode
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shlex
+import signal
 import subprocess
 import time
 
 from . import private
 from . import state as st
 from .jobfiles import read_chunk
-from .slurm import JOBID_RE, RESERVE_NAME, Backend, last_line, refused, run
+from .slurm import JOBID_RE, RESERVE_NAME, Backend, last_line, new_tag, refused, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,7 +37,10 @@ NICE = {"low": 1000, "normal": 0}  # a user may only lower their priority; "high
 def output_dir() -> str:
     """This user's private directory for job output, made 0700 if missing."""
     path = os.path.expanduser(OUTPUT_DIR)
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise st.OpError("io", "%s: %s" % (OUTPUT_DIR, exc.strerror or exc)) from None
     return path
 
 
@@ -42,8 +48,9 @@ def script(argv: list[str], cwd: str | None) -> str:
     """A batch script that runs exactly `argv` (in `cwd`): every word quoted, nothing expanded."""
     lines = ["#!/bin/sh"]
     if cwd:
-        lines.append("cd %s || exit 1" % shlex.quote(cwd))
-    lines.append("exec " + " ".join(shlex.quote(word) for word in argv))
+        lines.append("cd -- %s || exit 1" % shlex.quote(cwd))
+    lines.append("exec " + " ".join(shlex.quote(word) for word in argv))  # argv[0] never starts with '-'
+
     return "\n".join(lines) + "\n"
 
 
@@ -52,35 +59,48 @@ def reserve_waiting(backend: Backend, args: Args) -> Result:
     client's `wait_s` through `--immediate`, so Slurm withdraws it when the client gives up) and
     outlives this agent; a granted allocation, or a ticket that `poll` follows by its job id."""
     wait_s = args.get("wait_s")
-    immediate = int(wait_s + 0.999) if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) else None
-    argv = backend.salloc(args, immediate)
-    note = os.path.join(output_dir(), "salloc-%d-%d.err" % (os.getpid(), time.monotonic_ns()))
-    with open(note, "w") as err:
-        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                         start_new_session=True)  # its own session: a dropped connection leaves it waiting
-    deadline = time.monotonic() + 15.0
-    text = ""
+    immediate = None
+    if isinstance(wait_s, (int, float)) and not isinstance(wait_s, bool) and math.isfinite(wait_s):
+        immediate = int(min(max(wait_s, 1.0), 365 * 86400.0) + 0.999)
+    tag = new_tag()
+    argv = backend.salloc(args, immediate, tag)
+    note = os.path.join(output_dir(), "salloc-%s.err" % tag)
     try:
+        with open(note, "w") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True)  # its own session: a dropped connection leaves it
+        deadline = time.monotonic() + 15.0
+        text = ""
         while time.monotonic() < deadline:
             with open(note) as err:
                 text = err.read()
             match = JOBID_RE.search(text)
             if match is not None:
                 return poll(backend, {"id": backend.reservation_id(int(match.group(1)))})
-            if "error" in text.lower():
+            if proc.poll() is not None:  # salloc ended without naming a job: refused
                 raise refused("salloc", text, "insufficient")
             time.sleep(0.1)
+        # Slurm did not answer in time: withdraw whatever salloc may have queued, then say so.
+        with contextlib.suppress(OSError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        backend.cancel_tagged(tag)
+        raise st.OpError("busy", "salloc named no job within 15 s: %s" % last_line(text))
+    except FileNotFoundError:
+        raise st.OpError("io", "salloc: not found on the login node (is Slurm's client installed?)") from None
+    except OSError as exc:
+        raise st.OpError("io", "reserve --wait: %s" % (exc.strerror or exc)) from None
     finally:
-        os.unlink(note)
-    raise st.OpError("busy", "salloc named no job within 15 s: %s" % last_line(text))
+        with contextlib.suppress(OSError):
+            os.unlink(note)
 
 
 def poll(backend: Backend, args: Args) -> Result:
-    """Where an allocation request stands: granted (running) or queued with Slurm's reason."""
-    job_id = backend.job_id(args.get("id"))
-    job = backend.find(job_id)
-    if job is None or job["state"] not in ("PENDING", "RUNNING", "CONFIGURING"):
-        raise st.OpError("not_found", "no waiting or granted allocation %s on %s" % (job_id, backend.cluster))
+    """Where one of the caller's own allocation requests stands: granted (running) or queued with
+    Slurm's reason."""
+    job = backend.allocation(args.get("id"))
+    job_id = job["job_id"]
+    if job["state"] not in ("PENDING", "RUNNING", "CONFIGURING") or job["user"] != backend.user:
+        raise st.OpError("not_found", "no waiting or granted allocation %s of yours on %s" % (job_id, backend.cluster))
     if job["state"] != "PENDING":
         return backend.grant(job_id)
     pending = [j["job_id"] for j in backend.view()[1] if j["state"] == "PENDING"]
@@ -98,15 +118,21 @@ def submit(backend: Backend, args: Args) -> Result:
         raise st.OpError("invalid", "argv must be a non-empty list of strings")
     gpus = st.integer(args.get("gpus") or 0, "gpus must be an integer 0..64", 0, 64)
     priority = args.get("priority") or "normal"
+    if not isinstance(priority, str):
+        raise st.OpError("invalid", "priority must be low, normal or high")
+    if argv[0].startswith("-"):
+        raise st.OpError("invalid", "the command must not start with '-'")
     if priority not in NICE:
         raise st.OpError("permission", "priority %s: on a Slurm cluster only the site's QOS raises a job's "
                                        "priority (gpuconsole never does)" % (priority,))
+    # The submitter's directory where the cluster has it (a shared file system); otherwise the job
+    # starts in the private output dir, never in $HOME, where a relative path could do harm.
     cwd = args.get("cwd")
-    cwd = cwd if isinstance(cwd, str) and os.path.isdir(cwd) else None
+    cwd = cwd if isinstance(cwd, str) and os.path.isabs(cwd) and os.path.isdir(cwd) else None
     name = args.get("name")
     name = name if isinstance(name, str) and name and name != RESERVE_NAME else os.path.basename(argv[0])
     out = output_dir()
-    command = ["sbatch", "--parsable", "--nodes=1", "--job-name=" + name[:200],
+    command = ["sbatch", "--parsable", "--nodes=1", "--job-name=" + name[:200], "--chdir=" + (cwd or out),
                "--output=%s/%%j.out" % out, "--error=%s/%%j.err" % out,
                "--requeue" if args.get("requeue") else "--no-requeue", "--nice=%d" % NICE[priority]]
     if gpus:
@@ -116,7 +142,7 @@ def submit(backend: Backend, args: Args) -> Result:
         command.append("--time=%d" % max(1, int((limit_s + 59) // 60)))
     code, stdout, err = run(command, stdin=script(argv, cwd))
     job_id = stdout.strip().split(";")[0]
-    if code != 0 or not job_id.isdigit():
+    if code != 0 or not job_id.isascii() or not job_id.isdigit():
         raise refused("sbatch", err or stdout)
     return {"id": backend.reservation_id(int(job_id)), "state": "queued", "position": None,
             "owner": backend.user, "slurm_job_id": int(job_id)}
@@ -166,7 +192,10 @@ def cancel(backend: Backend, args: Args) -> Result:
     code, _out, err = run(["scancel", str(job["job_id"])])
     if code != 0:
         raise refused("scancel", err)
-    after = backend.find(job["job_id"]) or job
+    try:
+        after = backend.find(job["job_id"]) or job
+    except st.OpError:  # the cancel is committed; its record can wait for the next listing
+        after = job
     view = job_view(backend, after)
     if view["state"] in ACTIVE:  # Slurm took the cancel; the job's record catches up a moment later
         view.update(state="cancelled", ended_at=None)
@@ -174,25 +203,31 @@ def cancel(backend: Backend, args: Args) -> Result:
 
 
 def logs(backend: Backend, args: Args) -> Result:
-    """A chunk of one's own job's stdout or stderr from `offset` (or its last `tail_lines` lines)."""
-    job = _own_job(backend, args)
-    if job["user"] != backend.user:
-        raise st.OpError("permission", "job %s belongs to %s" % (backend.reservation_id(job["job_id"]), job["user"]))
+    """A chunk of one's own job's stdout or stderr from `offset` (or its last `tail_lines` lines).
+    A job Slurm no longer lists (past MinJobAge) is read from its file all the same: only the
+    caller's own jobs write into the caller's private dir."""
+    job_id = backend.job_id(args.get("id"))
+    found = backend.find(job_id)
+    if found is not None and found["user"] != backend.user:
+        raise st.OpError("permission", "job %s belongs to %s" % (backend.reservation_id(job_id), found["user"]))
+    job = found or {"job_id": job_id, "state": "ENDED"}
     stream = args.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         raise st.OpError("invalid", "stream must be stdout or stderr")
     offset = st.integer(args.get("offset") or 0, "offset must be a non-negative integer", low=0)
     tail = args.get("tail_lines")
-    state = STATES.get(job["state"], "failed")
+    state = STATES.get(job["state"], "failed") if found is not None else "ended"
     ended = state not in ACTIVE
     name = "%d.%s" % (job["job_id"], "out" if stream == "stdout" else "err")
     try:
         dir_fd = private.open_dir(output_dir())
         try:
-            fd = private.open_file(dir_fd, name, label=name)
+            fd = private.open_file(dir_fd, name, label=name, shared_mode=True)  # slurmstepd's umask
         finally:
             os.close(dir_fd)
     except FileNotFoundError:
+        if found is None:
+            raise st.OpError("not_found", "no job %s on Slurm cluster %s" % (job_id, backend.cluster)) from None
         return {"data": "", "offset": offset, "state": state, "ended": ended}
     except OSError as exc:
         raise st.OpError("permission", "logs of job %s: %s" % (job["job_id"], exc.strerror or exc)) from None

@@ -129,14 +129,13 @@ class Telemetry:
                 continue
             started = time.monotonic()
             try:
-                self.send({"event": "snapshot", "data": self.snapshot()})
-            except (BrokenPipeError, ValueError):
+                message = {"event": "snapshot", "data": self.snapshot()}
+            except Exception as exc:  # a bad sample (even a ValueError) must not end the stream
+                message = {"event": "error", "message": "%s: %s" % (exc.__class__.__name__, exc)}
+            try:
+                self.send(message)
+            except (BrokenPipeError, ValueError):  # the client is gone (ValueError: a closed stdout)
                 return
-            except Exception as exc:  # a bad sample must not end the stream
-                try:
-                    self.send({"event": "error", "message": "%s: %s" % (exc.__class__.__name__, exc)})
-                except (BrokenPipeError, ValueError):
-                    return
             self.wake.wait(max(0.0, interval - (time.monotonic() - started)))
             self.wake.clear()
 

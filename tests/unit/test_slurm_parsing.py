@@ -77,4 +77,42 @@ def test_a_slurm_name_that_is_no_identifier_makes_the_reply_bad(name: str) -> No
 
 def test_a_batch_script_runs_the_argv_as_given() -> None:
     script = slurmjobs.script(["sh", "-c", "echo $HOME; `id`", "it's"], "/tmp/a dir")
-    assert script == "#!/bin/sh\ncd '/tmp/a dir' || exit 1\nexec sh -c 'echo $HOME; `id`' 'it'\"'\"'s'\n"
+    assert script == "#!/bin/sh\ncd -- '/tmp/a dir' || exit 1\nexec sh -c 'echo $HOME; `id`' 'it'\"'\"'s'\n"
+
+
+def test_a_newline_in_a_job_name_adds_or_shadows_no_job_in_text_mode() -> None:
+    named = ("7|alice|PENDING|Resources|gres:gpu:1|10:00||x\n"
+             "7|alice|RUNNING|None|gres:gpu:8|1:00|gpu1|gpuconsole-reserve\n"  # the rest of job 7's name
+             "8|bob|RUNNING|None|gres:gpu:1|1:00|gpu1|x\n"
+             "4242|alice|RUNNING|None|gres:gpu:8|1:00|gpu1|gpuconsole-reserve\n"  # bob's name's second line
+             "\u00b2|x|RUNNING|None||1:00|gpu1|y\n")  # not an ASCII number: not a job
+    plain = "7|alice|PENDING\n8|bob|RUNNING\n"
+    kept = slurm.trusted_jobs(slurm.parse_jobs_text(named), plain)
+    assert [(j["job_id"], j["user"], j["state"]) for j in kept] == [(8, "bob", "RUNNING")]
+
+
+def test_a_drained_node_says_so_in_22_05_json() -> None:
+    doc = {"nodes": [{"name": "gpu1", "state": "idle", "state_flags": ["DRAIN"], "gres": "gpu:4", "gres_used": "gpu:0",
+                      "partitions": ["debug"], "reason": "fan"}]}
+    [node] = slurm.parse_nodes_json(json.dumps(doc)) or []
+    assert node["state"] == "idle+drain" and slurm.UNUSABLE & set(node["state"].split("+"))
+
+
+def test_batch_jobs_gpus_are_a_jobs_and_times_are_bounded() -> None:
+    node = {"name": "gpu1", "state": "mixed", "gpus": 2}
+    batch = {"job_id": 3, "name": "train", "user": "bob", "state": "RUNNING", "gpus": 1, "end_s": 700,
+             "gpus_by_node": {"gpu1": [0]}, "batch": True}
+    alloc = {"job_id": 4, "name": "gpuconsole-reserve", "user": "al", "state": "RUNNING", "gpus": 1,
+             "gpus_by_node": {"gpu1": [1]}, "batch": False}
+    [entry] = node_snapshots("hpc", check_snapshot("hpc", _snapshot([node], [batch, alloc])), "slurm")
+    assert [j.id for j in entry.jobs] == ["hpc.3"]  # the watcher never releases a job's GPUs
+    with pytest.raises(BadReplyError):  # a time no clock can show would crash every view
+        check_snapshot("hpc", _snapshot([node], [dict(batch, end_s=10**17)]))
+
+
+def test_a_schedulers_own_pending_reason_is_shown_as_its_word() -> None:
+    from gpuconsole.model.pending import Pending
+
+    pending = Pending.of({"pending_reason": "QOSMaxGRESPerUser"})
+    assert pending is not None
+    assert pending.describe(1, 0.0) == "the scheduler says: QOSMaxGRESPerUser"
