@@ -16,7 +16,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 
 from gpuconsole import notices
-from gpuconsole.config import Config
+from gpuconsole.config import COMPUTE_SOURCE, Config
+from gpuconsole.core.clusters import member_of
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.poller import Poller
 from gpuconsole.core.registry import MemberEvent, NodeJoined, Registry
@@ -316,8 +317,10 @@ class GpuConsoleApp(NodeListSide, CloudSide, UsageSide, ActionSide, ReadBack, Ap
 
     def action_reserve(self) -> None:
         duration = format_duration_s(self.config.defaults.reserve_for_s)
-        dialog = ReserveDialog([n.name for n in self.registry.nodes], duration, self.selected_node,
-                               cloud=self.config.aws is not None)
+        # A Slurm node's row reserves on its cluster (Slurm picks the node); compute agents are no target.
+        targets = [n.name for n in self.registry.nodes if n.source != COMPUTE_SOURCE]
+        selected = member_of(self.config, self.selected_node) if self.selected_node else None
+        dialog = ReserveDialog(targets, duration, selected, cloud=self.config.aws is not None)
         self.push_screen(dialog, self._reserve_chosen)
 
     def _reserve_chosen(self, form: ReserveForm | None) -> None:
@@ -410,7 +413,8 @@ class GpuConsoleApp(NodeListSide, CloudSide, UsageSide, ActionSide, ReadBack, Ap
         (the poller subscribes on its own). Late poll events of a node that left are dropped."""
         if isinstance(event, NodeJoined):
             self.gone_nodes.discard(event.node.name)
-            self.fleet.add_node(event.node.name, event.node.source)
+            # A Slurm compute node's agent measures its Slurm node's row, which is the cluster's ("slurm").
+            self.fleet.add_node(event.node.name, "slurm" if event.node.source == COMPUTE_SOURCE else event.node.source)
             self.alerts.expect(event.node.name)
         else:
             self.gone_nodes.add(event.name)

@@ -16,6 +16,7 @@ from textual.notifications import SeverityLevel
 
 from gpuconsole.config import Config
 from gpuconsole.core import reservations as core
+from gpuconsole.core.clusters import member_of
 from gpuconsole.core.fleet import Fleet
 from gpuconsole.core.shell import ShellPlan, run_shell
 from gpuconsole.errors import GpuConsoleError
@@ -63,6 +64,7 @@ async def open_shell(app: ShellHost) -> None:
     if node is None:
         app.notify("select a node first", severity="warning")
         return
+    node = member_of(app.config, node)  # a Slurm node's row: a shell in an allocation on its cluster
     if app.is_headless:
         app.notify("the shell needs a real terminal", severity="warning")
         return

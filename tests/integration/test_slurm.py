@@ -211,10 +211,11 @@ async def test_the_console_shows_the_clusters_nodes_beside_a_node(site: tuple[Sl
     Slurm node, marked by kind, beside the lock-file node."""
     from gpuconsole.config import load_config
     from gpuconsole.tui.app import GpuConsoleApp
+    from gpuconsole.tui.screens.dialogs import ReserveDialog
     from tests.helpers import until
 
     _slurm, configs = site
-    app = GpuConsoleApp(load_config(str(configs[USERS[0]])))
+    app = GpuConsoleApp(load_config(str(configs[f"{USERS[0]}+agent"])))  # compute agents join, never as targets
     row = f"{CLUSTER}/{NODE}"
     async with app.run_test(size=(140, 40)) as pilot:
         await until(pilot, lambda: (v := app.fleet.nodes.get(row)) is not None and v.snapshot is not None,
@@ -223,6 +224,12 @@ async def test_the_console_shows_the_clusters_nodes_beside_a_node(site: tuple[Sl
         assert view.source == "slurm" and view.snapshot is not None and len(view.snapshot.gpus) == GPUS
         assert app.fleet.nodes[sshd_fixture.NODE].source == "onprem"
         assert app.fleet.nodes[CLUSTER].snapshot is not None  # the login node: reachable
+        app.selected_node = row  # `r` on a Slurm node's row reserves on its cluster (Slurm picks the node)
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "the reserve dialog")
+        assert isinstance(app.screen, ReserveDialog)
+        assert app.screen.default_node == CLUSTER and row not in app.screen.nodes
+        await pilot.press("escape")
 
 
 def test_agent_telemetry_measures_the_slurm_gpus_and_an_idle_allocation_alerts(
