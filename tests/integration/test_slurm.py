@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import FAST, WatchProc, of_kind, run_cli, schema_valid, wait_for
+from tests.helpers import FAST, Tmux, WatchProc, of_kind, run_cli, schema_valid, wait_for
 from tests.integration import sshd_fixture
 from tests.integration.slurm_fixture import GPUS, NODE, SlurmSite, missing_slurm, running_slurm
 
@@ -279,3 +281,26 @@ def test_shell_runs_as_a_step_of_the_allocation_and_releases_it(site: tuple[Slur
     assert seen is not None, done
     job_id = int(seen.group(2))
     assert _squeue(slurm).get(job_id, ("", "CANCELLED"))[1] != "RUNNING"  # released at the end
+
+
+@pytest.mark.tmux
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed")
+def test_an_interactive_shell_is_an_srun_pty_step(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    """In a real terminal: the login shell runs as `srun --pty` step of the allocation, on a pty, with
+    the GPUs Slurm gave it; `exit 7` ends the command with 7 and the allocation."""
+    slurm, configs = site
+    argv = [sys.executable, "-m", "gpuconsole", "--config", str(configs[USERS[0]]), "shell", "--node", CLUSTER]
+    terminal = Tmux()
+    try:
+        terminal.start(f"TERM=xterm-256color {shlex.join(argv)}; echo EXITED=$?; sleep 120")
+        terminal.wait_for("renewed while attached")
+        terminal.line("echo MARK-$CUDA_VISIBLE_DEVICES-$SLURM_JOB_ID-$SLURM_STEP_ID-$(tty)")
+        screen = terminal.wait_for("-/dev/pts/")
+        seen = re.search(r"MARK-(\d+)-(\d+)-(\d+)-/dev/pts/", screen)
+        assert seen is not None, screen
+        assert _squeue(slurm)[int(seen.group(2))] == (USERS[0], "RUNNING")
+        terminal.line("exit 7")
+        assert "EXITED=7" in terminal.wait_for("EXITED=")
+        assert _squeue(slurm).get(int(seen.group(2)), ("", "CANCELLED"))[1] != "RUNNING"
+    finally:
+        terminal.kill()
