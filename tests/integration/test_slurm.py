@@ -20,6 +20,7 @@ import pytest
 
 from tests.helpers import FAST, Tmux, WatchProc, of_kind, run_cli, schema_valid, wait_for
 from tests.integration import sshd_fixture
+from tests.integration.keeper_fixtures import _keeper, _warm, keeper_on  # noqa: F401  (the fixture)
 from tests.integration.slurm_fixture import GPUS, NODE, SlurmSite, missing_slurm, running_slurm
 
 USERS = ("gcutestslurm1", "gcutestslurm2")
@@ -304,3 +305,20 @@ def test_an_interactive_shell_is_an_srun_pty_step(site: tuple[SlurmSite, dict[st
         assert _squeue(slurm).get(int(seen.group(2)), ("", "CANCELLED"))[1] != "RUNNING"
     finally:
         terminal.kill()
+
+
+@pytest.mark.usefixtures("keeper_on")
+def test_through_the_keeper_a_cluster_answers_as_directly(site: tuple[SlurmSite, dict[str, Path]]) -> None:
+    """Commands go through the per-user keeper by default: status, reserve and release of a cluster
+    answer there as they do directly (the keeper holds the login node's connection)."""
+    slurm, configs = site
+    alice = configs[USERS[0]]
+    _warm(alice)
+    before = _keeper(alice)["requests"]
+    status = _json(alice, "status")
+    assert [g["index"] for n in status["nodes"] if n["name"] == f"{CLUSTER}/{NODE}" for g in n["gpus"]] == \
+        list(range(GPUS))
+    grant = _json(alice, "reserve", "--gpus", "1", "--node", CLUSTER)
+    assert _squeue(slurm)[int(grant["id"].split(".")[-1])] == (USERS[0], "RUNNING")
+    _json(alice, "release", grant["id"])
+    assert _keeper(alice)["requests"] - before >= 3  # they went through it
