@@ -40,6 +40,27 @@ def hostile_command(mode: str) -> str:
     return f"exec {sys.executable} {HOSTILE_AGENT} {mode}"
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (servers under test that need a fixed one)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> None:
+    """SIGTERM, SIGKILL after `grace_s`, and reaped: a server a test started is gone after it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def run_cli(*args: str, config: Path | None = None, timeout_s: float = 60,
             env: dict[str, str] | None = None, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real `gpuconsole` entry point in a fresh process."""

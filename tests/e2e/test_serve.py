@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,9 @@ import aiohttp
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 DOWN, UP = "\x1b[B", "\x1b[A"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Page:
@@ -59,7 +51,7 @@ class Page:
 
 @pytest.mark.parametrize("allow_actions", [False, True], ids=["read-only", "allow-actions"])
 def test_the_console_in_a_browser_page(demo: DemoThread, allow_actions: bool) -> None:
-    port = _free_port()
+    port = free_port()
     flags = ["--allow-actions"] if allow_actions else []
     server = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(demo.config_path), "serve",
                                "--listen", f"127.0.0.1:{port}", *flags], stdout=subprocess.DEVNULL,

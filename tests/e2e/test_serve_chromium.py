@@ -11,7 +11,6 @@ import base64
 import itertools
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import aiohttp
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import wait_for
+from tests.helpers import free_port, stop, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
@@ -47,13 +46,6 @@ window.WebSocket = class extends Native {
 };
 """
 KEYS = {"ArrowDown": ("ArrowDown", 40, ""), "ArrowUp": ("ArrowUp", 38, ""), "r": ("KeyR", 82, "r")}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class DevTools:
@@ -110,7 +102,7 @@ class DevTools:
 
 def test_serve_in_headless_chromium(demo: DemoThread, tmp_path: Path) -> None:
     assert CHROMIUM is not None
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "gpuconsole", "--config", str(demo.config_path), "serve",
                                "--listen", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
@@ -153,14 +145,8 @@ def test_serve_in_headless_chromium(demo: DemoThread, tmp_path: Path) -> None:
 
         asyncio.run(drive())
     finally:
-        browser.terminate()
-        server.terminate()
         for process in (browser, server):
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, 30)
 
 
 def _active_port(profile: Path) -> int | None:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import free_port, stop
+
 BINARIES = ("slurmctld", "slurmd", "munged", "sinfo", "squeue", "salloc", "sbatch", "scancel")
 NODE = "gcslurm1"  # Slurm's NodeName of the one compute node
 GPUS = 4
@@ -46,12 +48,6 @@ class SlurmSite:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=30, env=self.env())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
 
@@ -77,8 +73,8 @@ def _config(root: Path, sock: Path) -> Path:
     conf = root / "slurm.conf"
     conf.write_text(f"""ClusterName=gctest
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/munge
 AuthInfo=socket={sock}
 CredType=cred/munge
@@ -151,13 +147,7 @@ def running_slurm() -> Iterator[SlurmSite]:
                 _wait(lambda: not site.run("squeue", "-h", "-t", "pending,running,completing,configuring,suspended"
                                            ).stdout.strip(), "jobs did not end", 20)
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop(proc, 15)
         _kill_steps(root)
         shutil.rmtree(root, ignore_errors=True)
 

@@ -13,7 +13,6 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 
 import asyncssh
 
-from tests.helpers import run_cli
+from tests.helpers import free_port, run_cli, stop
 
 SSHD = Path("/usr/sbin/sshd")
 USERADD = shutil.which("useradd") or "/usr/sbin/useradd"
@@ -99,12 +98,6 @@ def ensure_users(homes: Path, users: Sequence[str], group: str) -> None:
         home.mkdir(mode=0o755)
         info = pwd.getpwnam(user)
         os.chown(home, info.pw_uid, info.pw_gid)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _accepts(port: int) -> bool:
@@ -245,13 +238,8 @@ def running_sshd(users: Sequence[str], group: str, make_state_dir: Callable[[Pat
                                               known_hosts, extra_config)
         yield node
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        if proc is not None:
+            stop(proc)
         for user in (*users, *kill_users):
             subprocess.run(["pkill", "-KILL", "-u", user], check=False)  # job supervisors and jobs
         shutil.rmtree(root, ignore_errors=True)

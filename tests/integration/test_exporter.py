@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gpuconsole.demo.cluster import DemoThread
-from tests.helpers import cli_json, run_cli, wait_for
+from tests.helpers import cli_json, free_port, run_cli, wait_for
 
 PROMETHEUS, PROMTOOL = shutil.which("prometheus"), shutil.which("promtool")
 
@@ -52,7 +52,7 @@ class Prometheus:
 
     def __init__(self, tmp_path: Path, target: str, scrape_extra: str = "") -> None:
         assert PROMETHEUS is not None
-        self.port = _free_port()
+        self.port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -77,13 +77,6 @@ class Prometheus:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _samples(text: str, name: str) -> list[str]:

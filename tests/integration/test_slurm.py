@@ -227,8 +227,13 @@ async def test_the_console_shows_the_clusters_nodes_beside_a_node(site: tuple[Sl
         assert view.source == "slurm" and view.snapshot is not None and len(view.snapshot.gpus) == GPUS
         assert app.fleet.nodes[sshd_fixture.NODE].source == "onprem"
         assert app.fleet.nodes[CLUSTER].snapshot is not None  # the login node: reachable
-        app.selected_node = row  # `r` on a Slurm node's row reserves on its cluster (Slurm picks the node)
-        await pilot.press("r")
+        for _ in range(5):  # select the Slurm node's row as a person does: ↓ in the node table
+            if app.selected_node == row:
+                break
+            await pilot.press("down")
+            await pilot.pause(0.1)
+        assert app.selected_node == row
+        await pilot.press("r")  # `r` on a Slurm node's row reserves on its cluster (Slurm picks the node)
         await until(pilot, lambda: isinstance(app.screen, ReserveDialog), "the reserve dialog")
         assert isinstance(app.screen, ReserveDialog)
         assert app.screen.default_node == CLUSTER and row not in app.screen.nodes
