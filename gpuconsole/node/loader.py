@@ -26,7 +26,7 @@ PACKAGE = "gcnode"
 # typedefs.py is not shipped: only the type checker imports it.
 MODULES = ("loader", "faults", "procs", "hostio", "health", "gpus", "policy", "fairshare", "state", "occupancy",
            "records", "private", "fileio", "canon", "store", "pending", "ledger", "reservations", "jobs", "service",
-           "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry", "doctor", "slurm", "slurmjobs",
+           "txn", "jobfiles", "waiter", "jobops", "arrays", "telemetry", "doctor", "slurmread", "slurm", "slurmjobs",
            "agent", "supervisor", "ptyshell")
 # The bootstrap run by the constant command line (`python -S -c BOOTSTRAP`). Its first stdin line
 # is either the program's length (the program follows: job supervisors, the shell) or

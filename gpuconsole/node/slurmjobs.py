@@ -17,7 +17,8 @@ import time
 from . import private
 from . import state as st
 from .jobfiles import read_chunk
-from .slurm import JOBID_RE, RESERVE_NAME, Backend, last_line, new_tag, refused, run
+from .slurm import JOBID_RE, Backend, new_tag
+from .slurmread import RESERVE_NAME, last_line, refused, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

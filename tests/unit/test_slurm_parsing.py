@@ -10,27 +10,27 @@ import pytest
 
 from gpuconsole.model.replies import BadReplyError, check_snapshot
 from gpuconsole.model.slurm import node_snapshots
-from gpuconsole.node import slurm, slurmjobs
+from gpuconsole.node import slurm, slurmjobs, slurmread
 
 
 def test_gpu_counts_from_every_gres_spelling() -> None:
-    assert slurm.gpu_count("gpu:4") == 4
-    assert slurm.gpu_count("gpu:a100:2(S:0-1),shard:8") == 2
-    assert slurm.gpu_count("gres:gpu:1") == 1 and slurm.gpu_count("gres/gpu=3") == 3
-    assert slurm.gpu_count(slurm._without_detail("gpu:(null):3(IDX:0-2)")) == 3
-    assert slurm.gpu_count("shard:8") == 0 and slurm.gpu_count("") == 0
-    assert slurm.expand_indices("0-1,3") == [0, 1, 3] and slurm.expand_indices("x,2") == [2]
+    assert slurmread.gpu_count("gpu:4") == 4
+    assert slurmread.gpu_count("gpu:a100:2(S:0-1),shard:8") == 2
+    assert slurmread.gpu_count("gres:gpu:1") == 1 and slurmread.gpu_count("gres/gpu=3") == 3
+    assert slurmread.gpu_count(slurmread._without_detail("gpu:(null):3(IDX:0-2)")) == 3
+    assert slurmread.gpu_count("shard:8") == 0 and slurmread.gpu_count("") == 0
+    assert slurmread.expand_indices("0-1,3") == [0, 1, 3] and slurmread.expand_indices("x,2") == [2]
 
 
 def test_the_text_fallback_takes_the_first_of_a_key_and_the_name_last() -> None:
     line = ("NodeName=gpu1 Arch=x86_64 CPUTot=8 Gres=gpu:4 NodeAddr=10.0.0.5 State=DRAIN "
             "Reason=bad fan [root@2026] Partitions=debug,long GresUsed=gpu:1(IDX:2) Reason=spoof")
-    [node] = slurm.parse_nodes_text(line)
+    [node] = slurmread.parse_nodes_text(line)
     assert (node["name"], node["address"], node["state"], node["gpus"], node["gpus_used"]) == (
         "gpu1", "10.0.0.5", "drain", 4, 1)
     assert node["reason"] == "bad fan [root@2026]" and node["partitions"] == ["debug", "long"]
     # A job name is free text: with `|` and a fake field in it, it stays the name and nothing else moves.
-    [job] = slurm.parse_jobs_text("7|alice|RUNNING|None|gres:gpu:2|10:00|gpu1|x|root|RUNNING|y\n")
+    [job] = slurmread.parse_jobs_text("7|alice|RUNNING|None|gres:gpu:2|10:00|gpu1|x|root|RUNNING|y\n")
     assert (job["job_id"], job["user"], job["name"], job["gpus"]) == (7, "alice", "x|root|RUNNING|y", 2)
 
 
@@ -44,10 +44,10 @@ def test_squeue_json_of_22_05_and_23_02_gives_the_same_job() -> None:
     job.update(job_state=["RUNNING"], time_limit={"set": True, "infinite": False, "number": 10},
                start_time={"set": True, "number": 100}, end_time={"set": True, "number": 700},
                submit_time={"set": True, "number": 90}, exit_code={"return_code": {"set": True, "number": 0}})
-    parsed = [slurm.parse_jobs_json(json.dumps(doc)) for doc in (old, new)]
+    parsed = [slurmread.parse_jobs_json(json.dumps(doc)) for doc in (old, new)]
     assert parsed[0] == parsed[1]
     assert parsed[0] is not None and parsed[0][0]["gpus_by_node"] == {"gpu1": [1, 2]}
-    assert slurm.parse_jobs_json("not json") is None and slurm.parse_jobs_json('{"jobs": 3}') is None
+    assert slurmread.parse_jobs_json("not json") is None and slurmread.parse_jobs_json('{"jobs": 3}') is None
 
 
 def _snapshot(nodes: list[dict[str, object]], jobs: list[dict[str, object]]) -> dict[str, object]:
@@ -87,14 +87,14 @@ def test_a_newline_in_a_job_name_adds_or_shadows_no_job_in_text_mode() -> None:
              "4242|alice|RUNNING|None|gres:gpu:8|1:00|gpu1|gpuconsole-reserve\n"  # bob's name's second line
              "\u00b2|x|RUNNING|None||1:00|gpu1|y\n")  # not an ASCII number: not a job
     plain = "7|alice|PENDING\n8|bob|RUNNING\n"
-    kept = slurm.trusted_jobs(slurm.parse_jobs_text(named), plain)
+    kept = slurmread.trusted_jobs(slurmread.parse_jobs_text(named), plain)
     assert [(j["job_id"], j["user"], j["state"]) for j in kept] == [(8, "bob", "RUNNING")]
 
 
 def test_a_drained_node_says_so_in_22_05_json() -> None:
     doc = {"nodes": [{"name": "gpu1", "state": "idle", "state_flags": ["DRAIN"], "gres": "gpu:4", "gres_used": "gpu:0",
                       "partitions": ["debug"], "reason": "fan"}]}
-    [node] = slurm.parse_nodes_json(json.dumps(doc)) or []
+    [node] = slurmread.parse_nodes_json(json.dumps(doc)) or []
     assert node["state"] == "idle+drain" and slurm.UNUSABLE & set(node["state"].split("+"))
 
 
