@@ -1,6 +1,6 @@
 """The machinery of config keys: readers that check one TOML value each, a key (name, field,
 reader, doc) and a section (a table of keys) that reads a TOML table into dataclass fields. Every
-error names the file, the line and the key. The tables themselves are in gpuconsole/config/__init__.py.
+error names the file, the line and the key. The tables themselves are in gpuconsole/config/sections.py.
 """
 
 from __future__ import annotations
