@@ -21,6 +21,7 @@ from .slurmread import (
     last_line,
     nodes_json,
     nodes_text,
+    placed,
     refused,
     run,
 )
@@ -48,6 +49,7 @@ def stream_interval(asked: Any) -> float | None:
     if isinstance(asked, bool) or not isinstance(asked, (int, float)) or asked <= 0:
         return None
     return max(float(asked), MIN_STREAM_S)
+
 
 class Backend:
     """The operations of a Slurm login node, for the OS user this agent runs as."""
@@ -132,23 +134,22 @@ class Backend:
             if comment == tag and DIGITS.fullmatch(job_id):
                 run(["scancel", job_id])
 
-    def grant(self, job_id: int) -> Result:
-        """A granted allocation. Once Slurm named it, the answer is a grant even if it cannot be
-        looked up now (GPU indices then unknown): the allocation exists, so it must be reported."""
-        try:
-            job = self.find(job_id)
-        except st.OpError:
-            job = None
-        node: str = ""
-        gpus: list[int] = []
-        if job is not None and job["gpus_by_node"]:
-            node, gpus = sorted(job["gpus_by_node"].items())[0]
+    def grant(self, job_id: int, job: dict[str, Any] | None = None) -> Result:
+        """A granted allocation (`job`: its record, when the caller has just read it). Once Slurm
+        named it, the answer is a grant even if it cannot be looked up now (GPU indices then
+        unknown): the allocation exists, so it must be reported."""
+        if job is None:
+            try:
+                job = self.find(job_id)
+            except st.OpError:
+                job = None
+        node, gpus = placed(job) if job is not None else ("", [])
         end_s = job.get("end_s") if job else None
         return {"state": "granted", "id": self.reservation_id(job_id), "gpus": gpus,
                 "owner": job["user"] if job else self.user,
                 "expires_at": st.iso_utc(end_s) if end_s else st.iso_utc(time.time() + 365 * 86400.0),
                 "token": 1, "cuda_visible_devices": ",".join(str(g) for g in gpus), "priority": "normal",
-                "slurm_job_id": job_id, "slurm_node": node or (job["nodes"] if job else "")}
+                "slurm_job_id": job_id, "slurm_node": node}
 
     def allocation(self, reservation_id: Any) -> dict[str, Any]:
         """One of the allocations `reserve` makes (not a batch job: those are ended by `cancel`)."""
@@ -174,7 +175,7 @@ class Backend:
         code, _out, err = run(["scancel", str(job["job_id"])])
         if code != 0:
             raise refused("scancel", err)
-        gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
+        gpus = placed(job)[1]
         return {"id": self.reservation_id(job["job_id"]), "released": True,
                 "was": "queued" if job["state"] == "PENDING" else "granted", "gpus": gpus}
 
@@ -187,7 +188,7 @@ class Backend:
         for job in jobs:
             if job["name"] != RESERVE_NAME or job["batch"]:
                 continue
-            node, gpus = sorted(job["gpus_by_node"].items())[0] if job["gpus_by_node"] else (job["nodes"], [])
+            node, gpus = placed(job)
             started = job["start_s"] or time.time()
             entry = {"id": self.reservation_id(job["job_id"]), "owner": job["user"], "slurm_node": node,
                      "slurm_job_id": job["job_id"], "created_at": st.iso_utc(started)}

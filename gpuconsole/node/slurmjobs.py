@@ -18,7 +18,7 @@ from . import private
 from . import state as st
 from .jobfiles import read_chunk
 from .slurm import JOBID_RE, Backend, new_tag
-from .slurmread import RESERVE_NAME, last_line, refused, run
+from .slurmread import RESERVE_NAME, last_line, placed, refused, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def poll(backend: Backend, args: Args) -> Result:
     if job["state"] not in ("PENDING", "RUNNING", "CONFIGURING") or job["user"] != backend.user:
         raise st.OpError("not_found", "no waiting or granted allocation %s of yours on %s" % (job_id, backend.cluster))
     if job["state"] != "PENDING":
-        return backend.grant(job_id)
+        return backend.grant(job_id, job)
     pending = [j["job_id"] for j in backend.view()[1] if j["state"] == "PENDING"]
     ticket: Result = {"state": "queued", "id": backend.reservation_id(job_id), "owner": job["user"],
                       "position": pending.index(job_id) + 1 if job_id in pending else 1,
@@ -151,7 +151,7 @@ def submit(backend: Backend, args: Args) -> Result:
 
 def job_view(backend: Backend, job: Result, position: int | None = None) -> Result:
     """A Slurm job as the node protocol's job record."""
-    gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
+    gpus = placed(job)[1]
     state = STATES.get(job["state"], "failed")
     view: Result = {
         "id": backend.reservation_id(job["job_id"]), "name": job["name"], "gpus": gpus,
@@ -245,34 +245,35 @@ def shell_argv(backend: Backend, reservation: str, argv: list[str] | None, tty: 
     """`gpuconsole shell` in one of the caller's own running allocations: `srun --jobid … --overlap`
     runs the login shell (or the argv) as a step of it on its node, where Slurm sets the GPUs; with
     the GPUs Slurm gave it."""
-    job_id = backend.job_id(reservation)
-    job = backend.find(job_id)
-    if job is None or job["state"] not in ("RUNNING", "CONFIGURING"):
-        raise st.OpError("not_found", "no running allocation %s on Slurm cluster %s" % (reservation, backend.cluster))
-    if job["user"] != backend.user:
-        raise st.OpError("permission", "allocation %s belongs to %s; a shell runs only in your own" % (
-            reservation, job["user"]))
+    job = _own_running(backend, reservation)
     if argv is not None and argv[0].startswith("-"):
         raise st.OpError("invalid", "the command must not start with '-'")
     if argv is None:
         import pwd
 
         argv = [pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh", "-l"]
-    step = ["srun", "--jobid=%d" % job_id, "--overlap", "--nodes=1", "--ntasks=1"] + (["--pty"] if tty else [])
-    gpus = sorted(job["gpus_by_node"].items())[0][1] if job["gpus_by_node"] else []
-    return step + argv, gpus
+    step = ["srun", "--jobid=%d" % job["job_id"], "--overlap", "--nodes=1", "--ntasks=1"] + (["--pty"] if tty else [])
+    return step + argv, placed(job)[1]
+
+
+def _own_running(backend: Backend, reservation: Any) -> Result:
+    """The caller's own running job `reservation` (shell and renew act on nothing else)."""
+    job_id = backend.job_id(reservation)
+    job = backend.find(job_id)
+    if job is None or job["state"] not in ("RUNNING", "CONFIGURING"):
+        raise st.OpError("not_found", "no running allocation %s on Slurm cluster %s" % (
+            backend.reservation_id(job_id), backend.cluster))
+    if job["user"] != backend.user:
+        raise st.OpError("permission", "allocation %s belongs to %s; only your own" % (
+            backend.reservation_id(job_id), job["user"]))
+    return job
 
 
 def renewed(backend: Backend, args: Args) -> Result:
     """`renew`: Slurm sets an allocation's time limit and users cannot raise it; the grant as it
     stands, its true end (the shell's renew loop then simply keeps it)."""
-    job_id = backend.job_id(args.get("id"))
-    job = backend.find(job_id)
-    if job is None or job["state"] not in ("RUNNING", "CONFIGURING"):
-        raise st.OpError("not_found", "no running allocation %s on Slurm cluster %s" % (job_id, backend.cluster))
-    if job["user"] != backend.user:
-        raise st.OpError("permission", "allocation %s belongs to %s" % (backend.reservation_id(job_id), job["user"]))
-    grant = backend.grant(job_id)
+    job = _own_running(backend, args.get("id"))
+    grant = backend.grant(job["job_id"], job)  # the record just read: no second squeue
     grant.pop("state", None)
     return dict(grant, extended=False)
 

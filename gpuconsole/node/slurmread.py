@@ -90,6 +90,14 @@ def _json_list(text: str, key: str) -> list[Any] | None:
     return found if isinstance(found, list) else None
 
 
+def placed(job: dict[str, Any]) -> tuple[str, list[int]]:
+    """(node, GPU indices) of a job's first node; (Slurm's node list, []) where the indices are unknown."""
+    if job["gpus_by_node"]:
+        node, gpus = sorted(job["gpus_by_node"].items())[0]
+        return node, gpus
+    return job["nodes"], []
+
+
 def parse_nodes_json(text: str) -> list[dict[str, Any]] | None:
     nodes = _json_list(text, "nodes")
     if nodes is None:
