@@ -41,7 +41,7 @@ class WebConfig:
     source: Path
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
-    _verified: dict[bytes, bool] = field(default_factory=dict)
+    _verified: set[bytes] = field(default_factory=set)  # SHA-256 of the pairs verified
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def authorized(self, header: str | None) -> bool:
@@ -68,7 +68,7 @@ class WebConfig:
             with self._lock:
                 if len(self._verified) >= _CACHE_MAX:
                     self._verified.clear()
-                self._verified[key] = True
+                self._verified.add(key)
         return ok
 
 
